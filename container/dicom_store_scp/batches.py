@@ -1,0 +1,243 @@
+"""Associations and their batches: what was stored, and the manifest that seals it.
+
+One batch per association, cut into several when it reaches the per-job limits of AWS HealthImaging. A batch is
+sealed by writing its manifest, last, when the association ends (release, abort, lost connection, shutdown) or
+the batch is full. An association that stored nothing writes no manifest.
+
+Every method that touches a session takes that session's lock: C-STORE handlers run in the association's thread,
+but the reaper and the shutdown path seal from other threads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import layout
+from .storage import Storage, StorageError
+
+LOG = logging.getLogger("dicom_store_scp.batches")
+
+
+@dataclass(frozen=True)
+class Instance:
+    """What the manifest records of one stored instance."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    study_date: str
+    transfer_syntax_uid: str
+    size: int
+    sha256: str
+
+
+class AssociationClosing(Exception):
+    """The association has ended; nothing more is recorded for it."""
+
+
+def _timestamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class Batch:
+    batch_id: str
+    started_at: datetime
+    entries: dict[str, Instance] = field(default_factory=dict)
+    total_bytes: int = 0
+
+    def add(self, key: str, instance: Instance) -> None:
+        # The same SOP Instance sent twice lands on the same key: the later copy wins, listed once.
+        previous = self.entries.pop(key, None)
+        if previous is not None:
+            self.total_bytes -= previous.size
+        self.entries[key] = instance
+        self.total_bytes += instance.size
+
+
+@dataclass
+class Session:
+    """One association, from establishment to its end."""
+
+    association_id: int
+    calling_ae: str
+    called_ae: str
+    peer_address: str
+    peer_port: int
+    started: float = field(default_factory=time.monotonic)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    batch: Batch | None = None
+    sealed_batches: list[str] = field(default_factory=list)
+    instances: int = 0
+    bytes: int = 0
+    failures: int = 0
+    closed: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "peer": f"{self.peer_address}:{self.peer_port}",
+            "callingAE": self.calling_ae,
+            "calledAE": self.called_ae,
+        }
+
+
+class Sessions:
+    """The live associations of one receiving process and the batches they fill."""
+
+    def __init__(self, storage: Storage, prefix: str, max_instances: int, max_bytes: int) -> None:
+        self.storage = storage
+        self.prefix = prefix
+        self.max_instances = max_instances
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._by_association: dict[int, tuple[Any, Session]] = {}
+
+    def open(self, assoc: Any) -> Session:
+        requestor = assoc.requestor
+        session = Session(
+            association_id=id(assoc),
+            calling_ae=str(requestor.ae_title).strip(),
+            called_ae=str(requestor.primitive.called_ae_title).strip(),
+            peer_address=str(requestor.address),
+            peer_port=int(requestor.port),
+        )
+        with self._lock:
+            self._by_association[id(assoc)] = (assoc, session)
+        return session
+
+    def get(self, assoc: Any) -> Session:
+        with self._lock:
+            entry = self._by_association.get(id(assoc))
+        if entry is None:
+            raise AssociationClosing("association is not open")
+        return entry[1]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._by_association)
+
+    def store(self, session: Session, source: Path, instance: Instance) -> str:
+        """Store one received instance durably in the session's current batch; return its key."""
+        with session.lock:
+            if session.closed:
+                raise AssociationClosing("association has ended")
+            batch = session.batch
+            if batch is not None and batch.entries and batch.total_bytes + instance.size > self.max_bytes:
+                self._seal(session, "chunk-limit")
+                batch = None
+            if batch is None:
+                batch = session.batch = Batch(layout.new_batch_id(), datetime.now(UTC))
+            key = layout.instance_key(
+                self.prefix,
+                batch.batch_id,
+                instance.study_instance_uid,
+                instance.series_instance_uid,
+                instance.sop_instance_uid,
+            )
+            self.storage.store_instance(source, key, instance.sha256)
+            batch.add(key, instance)
+            session.instances += 1
+            session.bytes += instance.size
+            if len(batch.entries) >= self.max_instances or batch.total_bytes >= self.max_bytes:
+                self._seal(session, "chunk-limit")
+            return key
+
+    def record_failure(self, session: Session) -> None:
+        with session.lock:
+            session.failures += 1
+
+    def close(self, assoc: Any, outcome: str) -> None:
+        """End an association: seal its batch and write its log line. Safe to call more than once."""
+        with self._lock:
+            entry = self._by_association.pop(id(assoc), None)
+        if entry is None:
+            return
+        session = entry[1]
+        with session.lock:
+            session.closed = True
+            self._seal(session, outcome)
+        LOG.info(
+            "association ended",
+            extra={
+                "fields": {
+                    "event": "association",
+                    **session.describe(),
+                    "outcome": outcome,
+                    "instances": session.instances,
+                    "bytes": session.bytes,
+                    "failures": session.failures,
+                    "batches": session.sealed_batches,
+                    "durationSeconds": round(time.monotonic() - session.started, 3),
+                }
+            },
+        )
+
+    def reap(self) -> int:
+        """Close associations whose thread has ended without a release or abort event (lost connections)."""
+        with self._lock:
+            ended = [assoc for assoc, _ in self._by_association.values() if not assoc.is_alive()]
+        for assoc in ended:
+            self.close(assoc, "connection-lost")
+        return len(ended)
+
+    def close_all(self, outcome: str) -> None:
+        with self._lock:
+            associations = [assoc for assoc, _ in self._by_association.values()]
+        for assoc in associations:
+            self.close(assoc, outcome)
+
+    def _seal(self, session: Session, reason: str) -> None:
+        batch, session.batch = session.batch, None
+        if batch is None or not batch.entries:
+            return
+        manifest = build_manifest(session, batch, self.prefix, reason)
+        key = layout.manifest_key(self.prefix, batch.batch_id)
+        try:
+            self.storage.store_manifest(key, json.dumps(manifest, indent=1).encode())
+        except StorageError as error:
+            # Every instance listed was already acknowledged and is durable; the sweeper seals this batch later.
+            LOG.error(
+                "manifest not written; the sweeper will seal the batch",
+                extra={"fields": {"event": "manifest-failed", "batchId": batch.batch_id, "error": str(error)}},
+            )
+            return
+        session.sealed_batches.append(batch.batch_id)
+
+
+def build_manifest(session: Session, batch: Batch, prefix: str, reason: str) -> dict[str, Any]:
+    return {
+        "manifestVersion": 1,
+        "batchId": batch.batch_id,
+        "prefix": layout.batch_prefix(prefix, batch.batch_id),
+        "callingAETitle": session.calling_ae,
+        "calledAETitle": session.called_ae,
+        "peerAddress": session.peer_address,
+        "peerPort": session.peer_port,
+        "startedAt": _timestamp(batch.started_at),
+        "endedAt": _timestamp(datetime.now(UTC)),
+        "endReason": reason,
+        "instanceCount": len(batch.entries),
+        "totalBytes": batch.total_bytes,
+        "instances": [
+            {
+                "key": key,
+                "sopClassUID": item.sop_class_uid,
+                "sopInstanceUID": item.sop_instance_uid,
+                "studyInstanceUID": item.study_instance_uid,
+                "seriesInstanceUID": item.series_instance_uid,
+                "studyDate": item.study_date,
+                "transferSyntaxUID": item.transfer_syntax_uid,
+                "size": item.size,
+                "sha256": item.sha256,
+            }
+            for key, item in batch.entries.items()
+        ],
+    }

@@ -1,0 +1,240 @@
+"""Wiring: build the storage backend and the Application Entity, bind the handlers, serve, shut down cleanly.
+
+No DICOM logic here (see handlers.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import socketserver
+import ssl
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from . import handlers
+from .batches import Sessions
+from .config import Config
+from .storage import LocalStorage, Storage, use_spool_dir
+from .transfer_syntaxes import AHI_IMPORTABLE
+
+LOG = logging.getLogger("dicom_store_scp.server")
+
+# pynetdicom streams each received data set to a spool file instead of holding it in memory: memory then
+# depends on MAXIMUM_PDU_SIZE and the association limit, not on what senders send.
+_config.STORE_RECV_CHUNKED_DATASET = True
+
+_HOUSEKEEPING_SECONDS = 0.25
+
+
+class ReceiverServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, with the TLS handshake moved off the accepting thread.
+
+    pynetdicom wraps accepted sockets in TLS inside ``get_request``, on the one thread that accepts every
+    connection: a peer that connects and never finishes its handshake would stall everyone. Here the handshake
+    runs in the connection's own thread with a deadline.
+    """
+
+    # Hundreds of modalities may connect at once after an outage; the kernel queues them meanwhile.
+    request_queue_size = 1024
+    # Several receiving processes may listen on one port; the kernel spreads connections between them.
+    reuse_port = False
+    daemon_threads = True
+    tls_context: ssl.SSLContext | None = None
+    handshake_timeout: float = 30.0
+
+    def server_bind(self) -> None:
+        if self.reuse_port:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        client, address = self.socket.accept()
+        # C-STORE responses are small writes that must not wait behind Nagle's algorithm.
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return client, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if self.tls_context is not None:
+            try:
+                request.settimeout(self.handshake_timeout)
+                request = self.tls_context.wrap_socket(request, server_side=True)
+                request.settimeout(None)
+            except (OSError, ValueError) as error:
+                # Load-balancer health checks (connect, then close) end up here too: not a warning.
+                LOG.info(
+                    "TLS handshake failed",
+                    extra={
+                        "fields": {
+                            "event": "tls-handshake-failed",
+                            "peer": f"{client_address[0]}:{client_address[1]}",
+                            "error": str(error),
+                        }
+                    },
+                )
+                self.shutdown_request(request)
+                return
+        super().process_request_thread(request, client_address)
+
+
+class SharedPortServer(ReceiverServer):
+    reuse_port = True
+
+
+def build_storage(config: Config) -> Storage:
+    if config.dicom_bucket:
+        from .s3 import S3Storage  # boto3 is only needed when storing to S3
+
+        return S3Storage.from_config(config)
+    spool = Path(config.spool_dir) if config.spool_dir else None
+    storage = LocalStorage(config.storage_dir, spool)
+    storage.prepare()
+    return storage
+
+
+def build_tls_context(config: Config) -> ssl.SSLContext | None:
+    if not config.tls_enabled:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(config.tls_cert_file), str(config.tls_key_file))
+    if config.tls_ca_file is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(str(config.tls_ca_file))
+    return context
+
+
+def build_ae(config: Config) -> AE:
+    ae = AE(ae_title=config.ae_title)
+    ae.maximum_associations = config.maximum_associations
+    ae.acse_timeout = config.acse_timeout
+    ae.dimse_timeout = config.dimse_timeout
+    ae.network_timeout = config.network_timeout
+    ae.maximum_pdu_size = config.maximum_pdu_size
+    ae.require_called_aet = config.require_called_ae_title
+    ae.require_calling_aet = list(config.require_calling_ae_titles)
+
+    sop_classes = config.supported_sop_class_uids or [cx.abstract_syntax for cx in AllStoragePresentationContexts]
+    for sop_class in sop_classes:
+        ae.add_supported_context(sop_class, list(AHI_IMPORTABLE))
+    ae.add_supported_context(Verification)
+    return ae
+
+
+def event_handlers(config: Config, sessions: Sessions) -> list[Any]:
+    return [
+        (evt.EVT_REQUESTED, handlers.handle_requested, [config.peer_cidrs]),
+        (evt.EVT_REJECTED, handlers.handle_rejected),
+        (evt.EVT_ACCEPTED, handlers.handle_accepted),
+        (evt.EVT_ESTABLISHED, handlers.handle_established, [sessions]),
+        (evt.EVT_C_STORE, handlers.handle_store, [sessions]),
+        (evt.EVT_RELEASED, handlers.handle_released, [sessions]),
+        (evt.EVT_ABORTED, handlers.handle_aborted, [sessions]),
+    ]
+
+
+class Receiver:
+    """One receiving process: the server, its sessions, and their housekeeping."""
+
+    def __init__(self, config: Config, reuse_port: bool = False) -> None:
+        self.config = config
+        self.storage = build_storage(config)
+        self.spool = self.storage.spool_dir()
+        use_spool_dir(self.spool)
+        self.sessions = Sessions(
+            self.storage, config.storage_prefix, config.batch_max_instances, config.batch_max_bytes
+        )
+        self.ae = build_ae(config)
+        self.server: ReceiverServer = self.ae.make_server(
+            (config.bind_address, config.port),
+            evt_handlers=event_handlers(config, self.sessions),
+            server_class=SharedPortServer if reuse_port else ReceiverServer,
+        )
+        self.server.tls_context = build_tls_context(config)
+        self.server.handshake_timeout = config.acse_timeout
+        self._stopping = threading.Event()
+        self._serving = threading.Thread(target=self.server.serve_forever, name="accept", daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        self._serving.start()
+        LOG.info(
+            "listening",
+            extra={
+                "fields": {
+                    "event": "listening",
+                    "address": f"{self.address[0]}:{self.address[1]}",
+                    "aeTitle": self.config.ae_title,
+                    "storage": self.storage.describe(),
+                    "tls": self.config.tls_enabled,
+                    "pid": os.getpid(),
+                }
+            },
+        )
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def run_until_stopped(self) -> None:
+        """Housekeeping loop; returns after a graceful shutdown once :meth:`stop` was called."""
+        while not self._stopping.wait(_HOUSEKEEPING_SECONDS):
+            self.sessions.reap()
+            self._clean_spool()
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop accepting, let running associations finish for the grace period, seal every batch."""
+        socketserver.BaseServer.shutdown(self.server)
+        self.server.server_close()
+        deadline = time.monotonic() + self.config.shutdown_grace_seconds
+        LOG.info(
+            "shutting down",
+            extra={"fields": {"event": "shutdown", "activeAssociations": len(self.server.active_associations)}},
+        )
+        while self.server.active_associations and time.monotonic() < deadline:
+            time.sleep(_HOUSEKEEPING_SECONDS)
+            self.sessions.reap()
+        remaining = self.server.active_associations
+        # Seal first (it waits for any C-STORE in flight), then abort: nothing after the seal is acknowledged.
+        self.sessions.close_all("shutdown")
+        for assoc in remaining:
+            assoc.abort()
+        LOG.info("stopped", extra={"fields": {"event": "stopped", "abortedAssociations": len(remaining)}})
+
+    def _clean_spool(self) -> None:
+        """Remove spool files of transfers that were cut off mid-data-set (pynetdicom leaves them behind)."""
+        if self.spool is None:
+            return
+        stale_after = max(self.config.network_timeout, self.config.dimse_timeout) * 2
+        cutoff = time.time() - stale_after
+        try:
+            entries = list(os.scandir(self.spool))
+        except OSError:
+            return
+        for entry in entries:
+            try:
+                if entry.is_file() and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+            except OSError:
+                pass
+
+
+def install_signal_handlers(receiver: Receiver) -> None:
+    def stop(signum: int, _frame: Any) -> None:
+        LOG.info("signal received", extra={"fields": {"event": "signal", "signal": signal.Signals(signum).name}})
+        receiver.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)

@@ -1,0 +1,39 @@
+"""Every C-STORE status this SCP sends, and when (PS3.4 Annex B.2.3 and PS3.7 Annex C).
+
+The A7xx, A9xx and Cxxx families are ranges the standard leaves to the implementation; the low byte says which
+check failed, so a PACS administrator can read the reason from the sender's log alone.
+"""
+
+# The instance is durably stored (fsync'd and renamed into place, or S3 confirmed the PUT).
+SUCCESS = 0x0000
+
+# Refused, out of resources: the store (disk or S3) failed; nothing was stored, the sender should retry.
+OUT_OF_RESOURCES_STORAGE = 0xA700
+# Refused, out of resources: the association ended before the instance could be recorded in a batch.
+OUT_OF_RESOURCES_CLOSING = 0xA701
+
+# Error, data set does not match SOP class: its SOP Class UID (0008,0016) differs from the request's.
+SOP_CLASS_MISMATCH = 0xA900
+# Error, data set does not match SOP class: its SOP Instance UID (0008,0018) differs from the request's.
+SOP_INSTANCE_MISMATCH = 0xA901
+
+# Error, cannot understand: the data set could not be parsed in the negotiated transfer syntax.
+CANNOT_PARSE_DATASET = 0xC000
+# Error, cannot understand: Study Instance UID (0020,000D) missing or not a valid UID.
+BAD_STUDY_INSTANCE_UID = 0xC001
+# Error, cannot understand: Series Instance UID (0020,000E) missing or not a valid UID.
+BAD_SERIES_INSTANCE_UID = 0xC002
+# Error, cannot understand: SOP Instance UID (0008,0018) missing or not a valid UID.
+BAD_SOP_INSTANCE_UID = 0xC003
+
+# What each failure status means, for logs and the conformance statement.
+REASONS = {
+    OUT_OF_RESOURCES_STORAGE: "storage failed; nothing was stored",
+    OUT_OF_RESOURCES_CLOSING: "association was closing; nothing was recorded",
+    SOP_CLASS_MISMATCH: "SOP Class UID in the data set differs from the request",
+    SOP_INSTANCE_MISMATCH: "SOP Instance UID in the data set differs from the request",
+    CANNOT_PARSE_DATASET: "data set cannot be parsed",
+    BAD_STUDY_INSTANCE_UID: "Study Instance UID missing or invalid",
+    BAD_SERIES_INSTANCE_UID: "Series Instance UID missing or invalid",
+    BAD_SOP_INSTANCE_UID: "SOP Instance UID missing or invalid",
+}

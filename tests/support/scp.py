@@ -1,0 +1,201 @@
+"""Test harness: a real SCP process, and DCMTK as the sending peer."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom.data import get_testdata_file
+
+# Debian's DCMTK leaves Nagle's algorithm on unless told otherwise, and is ~40x slower for it.
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+# storescu proposes only uncompressed transfer syntaxes unless told which compressed one to offer.
+STORESCU_PROPOSAL = {
+    "1.2.840.10008.1.2": "-xi",
+    "1.2.840.10008.1.2.1": "-xe",
+    "1.2.840.10008.1.2.1.99": "-xd",
+    "1.2.840.10008.1.2.2": "-xb",
+    "1.2.840.10008.1.2.4.50": "-xy",
+    "1.2.840.10008.1.2.4.51": "-xx",
+    "1.2.840.10008.1.2.4.70": "-xs",
+    "1.2.840.10008.1.2.4.80": "-xt",
+    "1.2.840.10008.1.2.4.81": "-xu",
+    "1.2.840.10008.1.2.4.90": "-xv",
+    "1.2.840.10008.1.2.4.91": "-xw",
+    "1.2.840.10008.1.2.5": "-xr",
+}
+
+_STATUS = re.compile(r"DIMSE Status\s*:\s*0x([0-9a-fA-F]{4})")
+
+
+def sample_file(name: str) -> Path:
+    """A file shipped inside pydicom (never one it would try to download)."""
+    path = get_testdata_file(name, download=False)
+    assert path is not None, name
+    return Path(path)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class StoreResult:
+    returncode: int
+    output: str
+    statuses: list[int] = field(default_factory=list)
+
+
+def storescu(port: int, *files: Path | str, args: tuple[str, ...] = (), timeout: float = 120) -> StoreResult:
+    """Send files with DCMTK storescu; return the C-STORE statuses it received, in order."""
+    completed = subprocess.run(
+        ["storescu", "-d", "-R", *args, "127.0.0.1", str(port), *map(str, files)],
+        env=DCMTK_ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    output = completed.stdout + completed.stderr
+    return StoreResult(completed.returncode, output, [int(s, 16) for s in _STATUS.findall(output)])
+
+
+def echoscu(port: int, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["echoscu", "-v", *args, "127.0.0.1", str(port)],
+        env=DCMTK_ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """The bytes after the File Meta Information: the data set as it travels over the network."""
+    data = path.read_bytes()
+    assert data[128:132] == b"DICM", path
+    # (0002,0000) UL, explicit VR little endian: tag 4 + VR 2 + length 2 + value 4 bytes.
+    assert data[132:136] == b"\x02\x00\x00\x00", f"{path} has no File Meta group length"
+    group_length = int.from_bytes(data[140:144], "little")
+    return data[144 + group_length :]
+
+
+@dataclass
+class RunningScp:
+    port: int
+    storage: Path
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def logs(self) -> list[dict[str, Any]]:
+        lines = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                lines.append(json.loads(line))
+            except json.JSONDecodeError:
+                lines.append({"level": "RAW", "message": line})
+        return lines
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [line for line in self.logs() if line.get("event") == name]
+
+    def wait_for_event(self, name: str, count: int = 1, timeout: float = 15) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.events(name)
+            if len(found) >= count:
+                return found
+            time.sleep(0.05)
+        raise AssertionError(f"no {count} {name!r} log lines in {timeout} s: {self.logs()}")
+
+    def manifests(self) -> list[dict[str, Any]]:
+        folder = self.storage / "manifests"
+        if not folder.exists():
+            return []
+        return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+    def stored_files(self) -> list[Path]:
+        folder = self.storage / "incoming"
+        return sorted(folder.rglob("*.dcm")) if folder.exists() else []
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout=timeout)
+
+
+def launch_scp(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None, user: int | None = None, wait: bool = True
+) -> RunningScp:
+    port = free_port()
+    storage = tmp_path / "storage"
+    log_path = tmp_path / f"scp-{port}.log"
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DICOM_"))}
+    environment.update(env or {})
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dicom_store_scp", "--scp-port", str(port), "--storage-dir", str(storage), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=environment,
+            user=user,
+        )
+    scp = RunningScp(port, storage, process, log_path)
+    if wait:
+        deadline = time.monotonic() + 20
+        while not scp.events("listening"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"SCP did not start: {log_path.read_text()}")
+            time.sleep(0.05)
+    return scp
+
+
+class WireWitness:
+    """DCMTK's storescp in bit-preserving mode: it writes each data set exactly as it came off the wire.
+
+    storescu re-encodes what it reads (lengths, padding), so the bytes "as sent" are those DCMTK's own SCP
+    records, not the source file's.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            ["storescp", "+B", "+xa", "-od", str(folder), str(self.port)],
+            env=DCMTK_ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    break
+            if time.monotonic() > deadline:
+                raise AssertionError("DCMTK storescp did not start")
+            time.sleep(0.05)
+
+    def sent_dataset(self, source: Path, args: tuple[str, ...]) -> bytes:
+        before = set(self.folder.iterdir())
+        result = storescu(self.port, source, args=args)
+        assert result.statuses == [0], result.output
+        [received] = set(self.folder.iterdir()) - before
+        return dataset_bytes(received)
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=10)

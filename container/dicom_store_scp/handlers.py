@@ -76,8 +76,9 @@ def _is_uid(value: str) -> bool:
 def handle_connection_open(event: Any) -> None:
     """EVT_CONN_OPEN: name the connection's threads after the peer, so every log line they emit says who."""
     host, port = event.address[:2]
-    event.assoc.name = f"association {host}:{port}"
-    event.assoc.dul.name = f"dul {host}:{port}"
+    # pynetdicom finds its acceptor threads by the "AcceptorThread" in their names: keep it.
+    event.assoc.name = f"AcceptorThread peer {host}:{port}"
+    event.assoc.dul.name = f"DUL peer {host}:{port}"
 
 
 def handle_requested(event: Any, peer_networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote_plus
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
@@ -112,8 +113,9 @@ def trigger_import(
 def handler(event: S3Event, context: LambdaContext) -> dict[str, Any]:
     results, rejected = [], []
     for record in event.records:
-        # The event's key is URL-encoded (a space arrives as "+"); the data class decodes it.
-        bucket, key = record.s3.bucket.name, record.s3.get_object.key
+        # S3 notifications URL-encode the key (a space arrives as "+"); Powertools decodes only the first
+        # record's ``object_key``, so each record is decoded here.
+        bucket, key = record.s3.bucket.name, unquote_plus(record.s3.get_object.key)
         try:
             triggered = trigger_import(
                 bucket,

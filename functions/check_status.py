@@ -130,4 +130,5 @@ def check_status(
 @metrics.log_metrics
 @logger.inject_lambda_context
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    metrics.add_metric(name="ImportJobPolls", unit=MetricUnit.Count, value=1)
     return check_status(event, s3=client("s3"), jobs=import_jobs(), repository=tracking(), config=settings())

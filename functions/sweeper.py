@@ -87,7 +87,7 @@ def describe_object(s3: Any, bucket: str, key: str, size: int) -> Instance:
         if header is not None or length >= size:
             break
     # The key names the instance (<study>/<series>/<sop>.dcm); it stands in for a header we could not read.
-    study, series, name = ([*key.rsplit("/", 3), "", "", ""])[-3:]
+    study, series, name = ["", "", "", *key.rsplit("/", 3)][-3:]
     header = header or {}
     return Instance(
         key=key,

@@ -29,6 +29,7 @@ DICOM_PREFIX = "site a/"  # a space, so S3 event keys arrive URL-encoded
 BATCH_ID = "20261123T190501Z-0f6c1d2e3a4b4c5d8e9f00112233aabb"
 DATASTORE_ID = "0123456789abcdef0123456789abcdef"
 ROLE_ARN = "arn:aws:iam::123456789012:role/ImportJobDataAccessRole"
+OTHER_BATCH_IDS = [f"20261123T19050{n}Z-{n:032x}" for n in range(1, 4)]
 
 
 def load_event(name: str) -> dict[str, Any]:

@@ -6,9 +6,18 @@ from functions import check_status, record_failure, start_import_job, trigger_im
 from functions.common import FAILED, IMPORTED, IMPORTING, TIMED_OUT
 from functions.healthimaging import ImportJobThrottled
 
-from .conftest import BATCH_ID, DATASTORE_ID, DICOM_BUCKET, RESULTS_BUCKET, ROLE_ARN, load_event, store_batch
+from .conftest import (
+    BATCH_ID,
+    DATASTORE_ID,
+    DICOM_BUCKET,
+    OTHER_BATCH_IDS,
+    RESULTS_BUCKET,
+    ROLE_ARN,
+    load_event,
+    store_batch,
+)
 
-OTHER_BATCHES = [f"20261123T19050{n}Z-{n:032x}" for n in range(1, 4)]
+OTHER_BATCHES = OTHER_BATCH_IDS
 
 
 @pytest.fixture

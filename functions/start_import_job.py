@@ -72,6 +72,8 @@ def start_import_job(
 @metrics.log_metrics
 @logger.inject_lambda_context
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    # Attempts against ImportJobsStarted shows how often the 1 request/s quota pushed a start into a retry.
+    metrics.add_metric(name="ImportJobStartAttempts", unit=MetricUnit.Count, value=1)
     result = start_import_job(
         event, s3=client("s3"), jobs=import_jobs(), repository=tracking(), config=settings()
     )

@@ -58,4 +58,5 @@ def test_the_association_limit_holds_across_workers(start_scp):
     finally:
         for assoc in held:
             assoc.release()
+    time.sleep(0.6)  # freed slots are published within 0.25 s as well
     assert storescu(scp.port, CT).statuses == [statuses.SUCCESS]

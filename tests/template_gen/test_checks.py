@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -75,6 +76,8 @@ def checkov_report(committed_path: Path) -> dict[str, Any]:
         text=True,
         timeout=240,
         check=False,
+        # Offline: no PyPI version check, no download of the platform's guideline mapping.
+        env={**os.environ, "CKV_SKIP_PACKAGE_UPDATE_CHECK": "true", "BC_SKIP_MAPPING": "true"},
     )
     assert proc.stdout, proc.stderr
     report = json.loads(proc.stdout)

@@ -26,7 +26,16 @@ from awacs import (
 from awacs import (
     s3 as s3_actions,
 )
-from awacs.aws import Allow, Condition, PolicyDocument, Principal, Statement, StringEquals, StringLike
+from awacs.aws import (
+    Allow,
+    ArnLike,
+    Condition,
+    PolicyDocument,
+    Principal,
+    Statement,
+    StringEquals,
+    StringLike,
+)
 from awacs.sts import AssumeRole
 from troposphere import (
     AWSHelperFn,
@@ -207,15 +216,39 @@ def _statements(name: str) -> list[Statement]:
     raise ValueError(name)
 
 
-def _service_trust(service: str) -> PolicyDocument:
+def _lambda_trust() -> PolicyDocument:
+    # No aws:SourceAccount condition: Lambda does not document setting it when it assumes an execution role,
+    # and a condition on a missing key would deny the role to the function.
+    return PolicyDocument(
+        Version="2012-10-17",
+        Statement=[
+            Statement(
+                Effect=Allow, Principal=Principal("Service", "lambda.amazonaws.com"), Action=[AssumeRole]
+            )
+        ],
+    )
+
+
+def _states_trust() -> PolicyDocument:
+    # Step Functions sets aws:SourceAccount and aws:SourceArn (the state machine) when it assumes its role.
     return PolicyDocument(
         Version="2012-10-17",
         Statement=[
             Statement(
                 Effect=Allow,
-                Principal=Principal("Service", service),
+                Principal=Principal("Service", "states.amazonaws.com"),
                 Action=[AssumeRole],
-                Condition=Condition(StringEquals("aws:SourceAccount", Ref("AWS::AccountId"))),
+                Condition=Condition(
+                    [
+                        StringEquals("aws:SourceAccount", Ref("AWS::AccountId")),
+                        ArnLike(
+                            "aws:SourceArn",
+                            Sub(
+                                "arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:stateMachine:*"
+                            ),
+                        ),
+                    ]
+                ),
             )
         ],
     )
@@ -311,7 +344,7 @@ def _add_function(template: Template, fn: Function, env: dict[str, object], dead
     role = template.add_resource(
         iam.Role(
             f"{fn.name}Role",
-            AssumeRolePolicyDocument=_service_trust("lambda.amazonaws.com"),
+            AssumeRolePolicyDocument=_lambda_trust(),
             Policies=[
                 iam.Policy(
                     PolicyName=fn.service_name,
@@ -377,7 +410,7 @@ def _add_state_machine(template: Template, asl_definition: str) -> None:
     role = template.add_resource(
         iam.Role(
             "ImportWorkflowRole",
-            AssumeRolePolicyDocument=_service_trust("states.amazonaws.com"),
+            AssumeRolePolicyDocument=_states_trust(),
             Policies=[
                 iam.Policy(
                     PolicyName="import-workflow",

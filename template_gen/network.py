@@ -76,9 +76,7 @@ def _add_access_log_bucket(template: Template) -> None:
                         Status="Enabled",
                         ExpirationInDays=Ref("LogRetentionDays"),
                         NoncurrentVersionExpiration=s3.NoncurrentVersionExpiration(NoncurrentDays=7),
-                        AbortIncompleteMultipartUpload=s3.AbortIncompleteMultipartUpload(
-                            DaysAfterInitiation=1
-                        ),
+                        AbortIncompleteMultipartUpload=s3.AbortIncompleteMultipartUpload(DaysAfterInitiation=1),
                     )
                 ]
             ),

@@ -134,11 +134,7 @@ def _table_resources() -> list[object]:
 def _statements(name: str) -> list[Statement]:
     results_arn = GetAtt(c.RESULTS_BUCKET, "Arn")
     if name == "read-manifests":
-        return [
-            Statement(
-                Effect=Allow, Action=[s3_actions.GetObject], Resource=[c.dicom_bucket_arn("manifests/*")]
-            )
-        ]
+        return [Statement(Effect=Allow, Action=[s3_actions.GetObject], Resource=[c.dicom_bucket_arn("manifests/*")])]
     if name == "tables":
         return [
             Statement(
@@ -171,9 +167,7 @@ def _statements(name: str) -> list[Statement]:
         ]
     if name == "start-import":
         return [
-            Statement(
-                Effect=Allow, Action=[medical_imaging.StartDICOMImportJob], Resource=[c.datastore_arn()]
-            ),
+            Statement(Effect=Allow, Action=[medical_imaging.StartDICOMImportJob], Resource=[c.datastore_arn()]),
             Statement(
                 Effect=Allow,
                 Action=[iam_actions.PassRole],
@@ -182,15 +176,11 @@ def _statements(name: str) -> list[Statement]:
             ),
         ]
     if name == "get-import":
-        return [
-            Statement(Effect=Allow, Action=[medical_imaging.GetDICOMImportJob], Resource=[c.datastore_arn()])
-        ]
+        return [Statement(Effect=Allow, Action=[medical_imaging.GetDICOMImportJob], Resource=[c.datastore_arn()])]
     if name == "read-results":
         return [
             Statement(Effect=Allow, Action=[s3_actions.ListBucket], Resource=[results_arn]),
-            Statement(
-                Effect=Allow, Action=[s3_actions.GetObject], Resource=[Sub("${Arn}/*", Arn=results_arn)]
-            ),
+            Statement(Effect=Allow, Action=[s3_actions.GetObject], Resource=[Sub("${Arn}/*", Arn=results_arn)]),
         ]
     if name == "seal-batches":
         return [
@@ -199,9 +189,7 @@ def _statements(name: str) -> list[Statement]:
                 Action=[s3_actions.ListBucket],
                 Resource=[c.dicom_bucket_arn()],
                 Condition=Condition(
-                    StringLike(
-                        "s3:prefix", [Sub("${DICOMPrefix}incoming/*"), Sub("${DICOMPrefix}manifests/*")]
-                    )
+                    StringLike("s3:prefix", [Sub("${DICOMPrefix}incoming/*"), Sub("${DICOMPrefix}manifests/*")])
                 ),
             ),
             Statement(
@@ -209,9 +197,7 @@ def _statements(name: str) -> list[Statement]:
                 Action=[s3_actions.GetObject],
                 Resource=[c.dicom_bucket_arn("incoming/*"), c.dicom_bucket_arn("manifests/*")],
             ),
-            Statement(
-                Effect=Allow, Action=[s3_actions.PutObject], Resource=[c.dicom_bucket_arn("manifests/*")]
-            ),
+            Statement(Effect=Allow, Action=[s3_actions.PutObject], Resource=[c.dicom_bucket_arn("manifests/*")]),
         ]
     raise ValueError(name)
 
@@ -222,9 +208,7 @@ def _lambda_trust() -> PolicyDocument:
     return PolicyDocument(
         Version="2012-10-17",
         Statement=[
-            Statement(
-                Effect=Allow, Principal=Principal("Service", "lambda.amazonaws.com"), Action=[AssumeRole]
-            )
+            Statement(Effect=Allow, Principal=Principal("Service", "lambda.amazonaws.com"), Action=[AssumeRole])
         ],
     )
 
@@ -243,9 +227,7 @@ def _states_trust() -> PolicyDocument:
                         StringEquals("aws:SourceAccount", Ref("AWS::AccountId")),
                         ArnLike(
                             "aws:SourceArn",
-                            Sub(
-                                "arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:stateMachine:*"
-                            ),
+                            Sub("arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:stateMachine:*"),
                         ),
                     ]
                 ),
@@ -262,9 +244,7 @@ def _kms_policy() -> If:
             PolicyDocument=PolicyDocument(
                 Version="2012-10-17",
                 Statement=[
-                    Statement(
-                        Effect=Allow, Action=[kms.Decrypt, kms.GenerateDataKey], Resource=[Ref("KmsKeyArn")]
-                    )
+                    Statement(Effect=Allow, Action=[kms.Decrypt, kms.GenerateDataKey], Resource=[Ref("KmsKeyArn")])
                 ],
             ),
         ),
@@ -338,9 +318,7 @@ def _add_function(template: Template, fn: Function, env: dict[str, object], dead
         _XRAY,
     ]
     if fn.invoked_async:
-        statements.append(
-            Statement(Effect=Allow, Action=[sqs.SendMessage], Resource=[GetAtt(dead_letters, "Arn")])
-        )
+        statements.append(Statement(Effect=Allow, Action=[sqs.SendMessage], Resource=[GetAtt(dead_letters, "Arn")]))
     role = template.add_resource(
         iam.Role(
             f"{fn.name}Role",
@@ -362,13 +340,9 @@ def _add_function(template: Template, fn: Function, env: dict[str, object], dead
         ("CKV_AWS_173", "The environment holds resource names only, no secrets."),
     ]
     if not fn.invoked_async:
-        skips.append(
-            ("CKV_AWS_116", "Invoked synchronously by the workflow, which catches and records failures.")
-        )
+        skips.append(("CKV_AWS_116", "Invoked synchronously by the workflow, which catches and records failures."))
     if fn.name != "StartImportJob":
-        skips.append(
-            ("CKV_AWS_115", "Only StartImportJob needs a concurrency limit (the import API's throttle).")
-        )
+        skips.append(("CKV_AWS_115", "Only StartImportJob needs a concurrency limit (the import API's throttle)."))
     variables = {name: env[name] for name in fn.env}
     variables["POWERTOOLS_SERVICE_NAME"] = fn.service_name
     template.add_resource(
@@ -384,13 +358,9 @@ def _add_function(template: Template, fn: Function, env: dict[str, object], dead
             Environment=lambda_.Environment(Variables=variables),
             LoggingConfig=lambda_.LoggingConfig(LogGroup=Ref(log_group)),
             TracingConfig=lambda_.TracingConfig(Mode="Active"),
-            ReservedConcurrentExecutions=(
-                START_IMPORT_JOB_CONCURRENCY if fn.name == "StartImportJob" else NoValue
-            ),
+            ReservedConcurrentExecutions=(START_IMPORT_JOB_CONCURRENCY if fn.name == "StartImportJob" else NoValue),
             DeadLetterConfig=(
-                lambda_.DeadLetterConfig(TargetArn=GetAtt(dead_letters, "Arn"))
-                if fn.invoked_async
-                else NoValue
+                lambda_.DeadLetterConfig(TargetArn=GetAtt(dead_letters, "Arn")) if fn.invoked_async else NoValue
             ),
         )
     )
@@ -404,9 +374,7 @@ def _add_state_machine(template: Template, asl_definition: str) -> None:
             KmsKeyId=c.kms_key_or_none(),
         )
     )
-    invoked = [
-        GetAtt(f"{name}Function", "Arn") for name in ("StartImportJob", "CheckStatus", "RecordFailure")
-    ]
+    invoked = [GetAtt(f"{name}Function", "Arn") for name in ("StartImportJob", "CheckStatus", "RecordFailure")]
     role = template.add_resource(
         iam.Role(
             "ImportWorkflowRole",

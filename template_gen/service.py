@@ -230,14 +230,11 @@ def add_service(template: Template) -> None:
                         Capabilities=ecs.KernelCapabilities(Drop=["ALL"]),
                     ),
                     MountPoints=[
-                        ecs.MountPoint(
-                            SourceVolume=SCRATCH_VOLUME, ContainerPath=SCRATCH_PATH, ReadOnly=False
-                        )
+                        ecs.MountPoint(SourceVolume=SCRATCH_VOLUME, ContainerPath=SCRATCH_PATH, ReadOnly=False)
                     ],
                     PortMappings=[ecs.PortMapping(ContainerPort=Ref("SCPPort"), Protocol="tcp")],
                     Environment=[
-                        ecs.Environment(Name=name, Value=value)
-                        for name, value in CONTAINER_ENVIRONMENT.items()
+                        ecs.Environment(Name=name, Value=value) for name, value in CONTAINER_ENVIRONMENT.items()
                     ],
                     LogConfiguration=ecs.LogConfiguration(
                         LogDriver="awslogs",
@@ -297,9 +294,7 @@ def add_service(template: Template) -> None:
             "ScpScalableTarget",
             ServiceNamespace="ecs",
             ScalableDimension="ecs:service:DesiredCount",
-            ResourceId=Sub(
-                "service/${Cluster}/${Service}", Cluster=Ref(cluster), Service=GetAtt(service, "Name")
-            ),
+            ResourceId=Sub("service/${Cluster}/${Service}", Cluster=Ref(cluster), Service=GetAtt(service, "Name")),
             MinCapacity=Ref("TaskDesiredCount"),
             MaxCapacity=Ref("AutoscaleMaxCapacity"),
         )

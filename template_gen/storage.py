@@ -58,9 +58,7 @@ def _bucket(logical_id: str, log_prefix: str, retention_days: Ref, **extra: obje
             ("CKV_AWS_145", KMS_OPTIONAL_REASON),
         ),
         BucketEncryption=_bucket_encryption(),
-        OwnershipControls=s3.OwnershipControls(
-            Rules=[s3.OwnershipControlsRule(ObjectOwnership="BucketOwnerEnforced")]
-        ),
+        OwnershipControls=s3.OwnershipControls(Rules=[s3.OwnershipControlsRule(ObjectOwnership="BucketOwnerEnforced")]),
         PublicAccessBlockConfiguration=s3.PublicAccessBlockConfiguration(
             BlockPublicAcls=True, BlockPublicPolicy=True, IgnorePublicAcls=True, RestrictPublicBuckets=True
         ),
@@ -71,9 +69,7 @@ def _bucket(logical_id: str, log_prefix: str, retention_days: Ref, **extra: obje
                     Id="Expire",
                     Status="Enabled",
                     ExpirationInDays=retention_days,
-                    NoncurrentVersionExpiration=s3.NoncurrentVersionExpiration(
-                        NoncurrentDays=NONCURRENT_VERSION_DAYS
-                    ),
+                    NoncurrentVersionExpiration=s3.NoncurrentVersionExpiration(NoncurrentDays=NONCURRENT_VERSION_DAYS),
                     AbortIncompleteMultipartUpload=s3.AbortIncompleteMultipartUpload(DaysAfterInitiation=1),
                 )
             ]
@@ -112,9 +108,7 @@ def _add_buckets(template: Template) -> None:
             ),
         )
     )
-    results = template.add_resource(
-        _bucket(c.RESULTS_BUCKET, "import-results/", Ref("ImportResultsRetentionDays"))
-    )
+    results = template.add_resource(_bucket(c.RESULTS_BUCKET, "import-results/", Ref("ImportResultsRetentionDays")))
     for bucket, name in ((dicom, "DicomBucketPolicy"), (results, "ImportResultsBucketPolicy")):
         template.add_resource(
             s3.BucketPolicy(
@@ -218,9 +212,7 @@ def _sse() -> dynamodb.SSESpecification:
     )
 
 
-def _table(
-    logical_id: str, key: str, attributes: list[str], index: dynamodb.GlobalSecondaryIndex
-) -> dynamodb.Table:
+def _table(logical_id: str, key: str, attributes: list[str], index: dynamodb.GlobalSecondaryIndex) -> dynamodb.Table:
     return dynamodb.Table(
         logical_id,
         **RETAIN,
@@ -231,15 +223,11 @@ def _table(
             )
         ),
         BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[
-            dynamodb.AttributeDefinition(AttributeName=a, AttributeType="S") for a in attributes
-        ],
+        AttributeDefinitions=[dynamodb.AttributeDefinition(AttributeName=a, AttributeType="S") for a in attributes],
         KeySchema=[dynamodb.KeySchema(AttributeName=key, KeyType="HASH")],
         GlobalSecondaryIndexes=[index],
         SSESpecification=_sse(),
-        PointInTimeRecoverySpecification=dynamodb.PointInTimeRecoverySpecification(
-            PointInTimeRecoveryEnabled=True
-        ),
+        PointInTimeRecoverySpecification=dynamodb.PointInTimeRecoverySpecification(PointInTimeRecoveryEnabled=True),
         Tags=Tags(Component="import-pipeline"),
     )
 

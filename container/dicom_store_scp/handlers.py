@@ -29,7 +29,13 @@ _SOP_INSTANCE_UID = Tag(0x0008, 0x0018)
 _STUDY_DATE = Tag(0x0008, 0x0020)
 _STUDY_INSTANCE_UID = Tag(0x0020, 0x000D)
 _SERIES_INSTANCE_UID = Tag(0x0020, 0x000E)
-_HEADER_TAGS = [_SOP_CLASS_UID, _SOP_INSTANCE_UID, _STUDY_DATE, _STUDY_INSTANCE_UID, _SERIES_INSTANCE_UID]
+_HEADER_TAGS: list[BaseTag | int] = [
+    _SOP_CLASS_UID,
+    _SOP_INSTANCE_UID,
+    _STUDY_DATE,
+    _STUDY_INSTANCE_UID,
+    _SERIES_INSTANCE_UID,
+]
 
 # PS3.5 9.1: digits in dot-separated components, at most 64 characters. Leading zeros are tolerated (they
 # are common in the wild and harmless here); empty components are not, which also keeps keys path-safe.

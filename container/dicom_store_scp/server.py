@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from . import handlers
@@ -55,10 +55,12 @@ class ReceiverServer(ThreadedAssociationServer):
 
     def server_bind(self) -> None:
         if self.reuse_port:
+            assert self.socket is not None
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
     def get_request(self) -> tuple[socket.socket, Any]:
+        assert self.socket is not None
         client, address = self.socket.accept()
         # C-STORE responses are small writes that must not wait behind Nagle's algorithm.
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -124,7 +126,7 @@ def build_ae(config: Config) -> AE:
     ae.require_called_aet = config.require_called_ae_title
     ae.require_calling_aet = list(config.require_calling_ae_titles)
 
-    sop_classes = config.supported_sop_class_uids or [cx.abstract_syntax for cx in AllStoragePresentationContexts]
+    sop_classes = config.supported_sop_class_uids or [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
     for sop_class in sop_classes:
         ae.add_supported_context(sop_class, list(AHI_IMPORTABLE))
     ae.add_supported_context(Verification)
@@ -157,11 +159,12 @@ class Receiver:
         )
         self.ae = build_ae(config)
         self.budget = budget
-        self.server: ReceiverServer = self.ae.make_server(
+        self.server = self.ae.make_server(
             (config.bind_address, config.port),
             evt_handlers=event_handlers(config, self.sessions, self._budget_exceeded if budget else None),
             server_class=SharedPortServer if reuse_port else ReceiverServer,
         )
+        assert isinstance(self.server, ReceiverServer)
         self.server.tls_context = build_tls_context(config)
         self.server.handshake_timeout = config.acse_timeout
         self._stopping = threading.Event()

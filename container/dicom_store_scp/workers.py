@@ -38,7 +38,7 @@ class SharedAssociationBudget:
         """Publish this worker's count (which includes the association asking) and check the total."""
         with self.counts.get_lock():
             self.counts[self.index] = local_count
-            total = sum(self.counts)
+            total = sum(self.counts[:])
         return total > self.limit
 
     def publish(self, local_count: int) -> None:

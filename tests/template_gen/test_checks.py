@@ -53,9 +53,7 @@ def _referenced_names(node: object) -> set[str]:
 
 
 def test_every_parameter_is_used(template: dict[str, Any]) -> None:
-    used = _referenced_names(
-        [template["Resources"], template["Conditions"], template["Rules"], template["Outputs"]]
-    )
+    used = _referenced_names([template["Resources"], template["Conditions"], template["Rules"], template["Outputs"]])
     assert set(template["Parameters"]) - used == set()
 
 

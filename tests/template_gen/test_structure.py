@@ -120,8 +120,7 @@ class Stack:
         return {
             name: self.resolve(r)
             for name, r in self.template["Resources"].items()
-            if (type_ is None or r["Type"] == type_)
-            and ("Condition" not in r or self.condition(r["Condition"]))
+            if (type_ is None or r["Type"] == type_) and ("Condition" not in r or self.condition(r["Condition"]))
         }
 
 
@@ -222,9 +221,7 @@ def test_every_container_variable_of_the_contract_comes_from_a_parameter(templat
 def test_peer_cidrs_joins_the_given_ones(template: dict[str, Any]) -> None:
     def peer_cidrs(**params: str) -> str:
         value = next(
-            e["Value"]
-            for e in _container(Stack(template, **params))["Environment"]
-            if e["Name"] == "PEER_CIDRS"
+            e["Value"] for e in _container(Stack(template, **params))["Environment"] if e["Name"] == "PEER_CIDRS"
         )
         stack = Stack(template, **params)
         parts = value["Fn::Join"][1]
@@ -349,9 +346,7 @@ def test_start_import_job_is_scoped_to_the_datastore_and_passes_only_the_data_ac
     stack = Stack(template)
     statements = _statements(stack.resources()["StartImportJobRole"])
     start = next(s for s in statements if s["Action"] == ["medical-imaging:StartDICOMImportJob"])
-    assert "medical-imaging:${AWS::Region}:${AWS::AccountId}:datastore/${Id}" in _sub_text(
-        start["Resource"][0]
-    )
+    assert "medical-imaging:${AWS::Region}:${AWS::AccountId}:datastore/${Id}" in _sub_text(start["Resource"][0])
     pass_role = next(s for s in statements if s["Action"] == ["iam:PassRole"])
     assert pass_role["Resource"] == [{"Fn::GetAtt": ["HealthImagingDataAccessRole", "Arn"]}]
     function = stack.resources()["StartImportJobFunction"]["Properties"]
@@ -415,9 +410,7 @@ def test_tables_have_the_contract_keys(template: dict[str, Any]) -> None:
         assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
 
 
-def test_asl_placeholders_are_exactly_the_definition_substitutions(
-    template: dict[str, Any], asl_text: str
-) -> None:
+def test_asl_placeholders_are_exactly_the_definition_substitutions(template: dict[str, Any], asl_text: str) -> None:
     machine = template["Resources"]["ImportWorkflow"]["Properties"]
     assert machine["DefinitionString"] == asl_text
     placeholders = set(re.findall(r"\$\{([^}]+)\}", asl_text))

@@ -255,7 +255,7 @@ SETTINGS: tuple[Setting, ...] = (
         "100",
         "on SIGTERM, how long running associations may finish (keep below ECS's 120 s stop timeout)",
     ),
-    Setting("WORKERS", "workers", _integer, "1", "receiving processes sharing the port (0: one per CPU)"),
+    Setting("WORKERS", "workers", _integer, "0", "receiving processes sharing the port (0: one per available CPU)"),
     Setting("TLS_CERT_FILE", "tls_cert_file", _existing_file, "", "PEM certificate (chain): enables TLS"),
     Setting("TLS_KEY_FILE", "tls_key_file", _existing_file, "", "PEM private key of TLS_CERT_FILE"),
     Setting(
@@ -293,7 +293,7 @@ class Config:
     batch_max_instances: int = AHI_MAX_FILES_PER_JOB
     batch_max_bytes: int = AHI_MAX_BYTES_PER_JOB
     shutdown_grace_seconds: float = 100
-    workers: int = 1
+    workers: int = 0
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_ca_file: Path | None = None

@@ -74,6 +74,7 @@ def test_seed_defaults():
     assert config.dicom_bucket == ""
     assert str(config.storage_dir) == "storage"
     assert config.shutdown_grace_seconds < 120  # ECS's default stop timeout
+    assert config.workers == 0  # one receiving process per available CPU
 
 
 def test_help_lists_every_variable():

@@ -308,6 +308,15 @@ class Config:
         return self.dicom_prefix if self.dicom_bucket else ""
 
 
+def settings_table() -> str:
+    """The configuration table of the README, generated so it cannot drift from the code."""
+    rows = ["| Variable | Flag | Default | Meaning |", "|---|---|---|---|"]
+    for setting in SETTINGS:
+        default = f"`{setting.default}`" if setting.default else "(empty)"
+        rows.append(f"| `{setting.env}` | `{setting.flag}` | {default} | {setting.help} |")
+    return "\n".join(rows) + "\n"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicom-store-scp",

@@ -17,11 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pydicom import config as pydicom_config
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from . import handlers
+from . import handlers, prompt
 from .batches import Sessions
 from .config import Config
 from .storage import LocalStorage, Storage, use_spool_dir
@@ -33,6 +34,10 @@ LOG = logging.getLogger("dicom_store_scp.server")
 # pynetdicom streams each received data set to a spool file instead of holding it in memory: memory then
 # depends on MAXIMUM_PDU_SIZE and the association limit, not on what senders send.
 _config.STORE_RECV_CHUNKED_DATASET = True
+# pydicom checks every element value it reads or writes against its VR with regular expressions: a large share
+# of the per-instance CPU. We store data sets unchanged and check the few UIDs we use ourselves (handlers.py).
+pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
 
 _HOUSEKEEPING_SECONDS = 0.25
 
@@ -135,6 +140,7 @@ def build_ae(config: Config) -> AE:
 
 def event_handlers(config: Config, sessions: Sessions, over_budget: Callable[[], bool] | None = None) -> list[Any]:
     return [
+        (evt.EVT_CONN_OPEN, prompt.handle_connection_open),
         (evt.EVT_CONN_OPEN, handlers.handle_connection_open),
         (evt.EVT_CONN_CLOSE, handlers.handle_connection_closed),
         (evt.EVT_REQUESTED, handlers.handle_requested, [config.peer_cidrs, over_budget]),

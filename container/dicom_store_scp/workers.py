@@ -11,6 +11,7 @@ in shared memory, and a worker rejects a new association when the total would pa
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import multiprocessing
@@ -26,6 +27,7 @@ from .config import Config
 LOG = logging.getLogger("dicom_store_scp.workers")
 
 _RESPAWN_PAUSE_SECONDS = 1.0
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class SharedAssociationBudget:
@@ -63,8 +65,21 @@ def worker_count(config: Config) -> int:
     return config.workers or available_cpus()
 
 
-def _run_worker(config: Config, index: int, counts: SynchronizedArray[Any]) -> None:
+def _die_with_supervisor() -> None:
+    """Ask Linux to send this worker SIGTERM when its supervisor dies, even by SIGKILL: no orphan keeps serving."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: workers then outlive a killed supervisor
+
+
+def _run_worker(config: Config, index: int, counts: SynchronizedArray[Any], supervisor: int) -> None:
     from .server import Receiver, install_signal_handlers
+
+    _die_with_supervisor()
+    if os.getppid() != supervisor:
+        return  # the supervisor died before the request above took effect
 
     budget = SharedAssociationBudget(counts, index, config.maximum_associations)
     receiver = Receiver(config, reuse_port=True, budget=budget)
@@ -80,7 +95,7 @@ def supervise(config: Config) -> int:
     stopping = False
 
     def spawn(index: int) -> Any:
-        process = context.Process(target=_run_worker, args=(config, index, counts), name=f"worker-{index}")
+        process = context.Process(target=_run_worker, args=(config, index, counts, os.getpid()), name=f"worker-{index}")
         process.start()
         return process
 

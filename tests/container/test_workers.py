@@ -44,6 +44,19 @@ def test_two_workers_serve_and_one_dying_leaves_the_other_serving(start_scp):
     assert scp.stop() == 0
 
 
+def test_workers_do_not_outlive_a_killed_supervisor(start_scp):
+    scp = start_scp("--workers", "2")
+    workers = {line["pid"] for line in scp.wait_for_event("listening", count=2)}
+
+    scp.process.kill()
+    scp.process.wait(timeout=10)
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{pid}") for pid in workers):
+        time.sleep(0.1)
+    assert not [pid for pid in workers if os.path.exists(f"/proc/{pid}")]
+
+
 def test_the_association_limit_holds_across_workers(start_scp):
     scp = start_scp("--workers", "2", "--maximum-associations", "2")
     scp.wait_for_event("listening", count=2)

@@ -70,7 +70,14 @@ def _is_uid(value: str) -> bool:
     return 0 < len(value) <= 64 and bool(_UID.match(value))
 
 
-# -- association events ---------------------------------------------------------------------------------------
+# -- connection and association events --------------------------------------------------------------------------
+
+
+def handle_connection_open(event: Any) -> None:
+    """EVT_CONN_OPEN: name the connection's threads after the peer, so every log line they emit says who."""
+    host, port = event.address[:2]
+    event.assoc.name = f"association {host}:{port}"
+    event.assoc.dul.name = f"dul {host}:{port}"
 
 
 def handle_requested(event: Any, peer_networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
@@ -141,7 +148,7 @@ def handle_aborted(event: Any, sessions: Sessions) -> None:
     sessions.close(event.assoc, "aborted")
 
 
-# -- C-STORE --------------------------------------------------------------------------------------------------
+# -- C-STORE -----------------------------------------------------------------------------------------------------------
 
 
 def handle_store(event: Any, sessions: Sessions) -> int:

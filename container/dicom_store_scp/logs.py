@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
+
+# Connection threads are named after their peer (see handlers.handle_connection_open).
+_PEER_THREAD = re.compile(r"^(?:association|dul) (?P<peer>\S+)$")
 
 
 class JsonFormatter(logging.Formatter):
@@ -16,6 +20,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        peer = _PEER_THREAD.match(record.threadName or "")
+        if peer:
+            line["peer"] = peer.group("peer")
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             line.update(fields)

@@ -131,6 +131,7 @@ def build_ae(config: Config) -> AE:
 
 def event_handlers(config: Config, sessions: Sessions) -> list[Any]:
     return [
+        (evt.EVT_CONN_OPEN, handlers.handle_connection_open),
         (evt.EVT_REQUESTED, handlers.handle_requested, [config.peer_cidrs]),
         (evt.EVT_REJECTED, handlers.handle_rejected),
         (evt.EVT_ACCEPTED, handlers.handle_accepted),

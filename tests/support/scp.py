@@ -141,7 +141,7 @@ def launch_scp(
     tmp_path: Path, *args: str, env: dict[str, str] | None = None, user: int | None = None, wait: bool = True
 ) -> RunningScp:
     port = free_port()
-    storage = tmp_path / "storage"
+    storage = tmp_path / f"storage-{port}"
     log_path = tmp_path / f"scp-{port}.log"
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DICOM_"))}
     environment.update(env or {})

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PACKAGES := container/dicom_store_scp functions template_gen
 
-.PHONY: install run test lint dcmtk clean
+.PHONY: install run test lint dcmtk clean bench
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ dcmtk:
 
 test: install dcmtk
 	$(PY) -m pytest
+
+# Not part of `test`: minutes of load on loopback. Results and the command go to docs/benchmarks.md.
+bench: install dcmtk
+	$(PY) bench/run.py --output bench/results.json
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -9,7 +9,7 @@ import sys
 from datetime import UTC, datetime
 
 # Connection threads are named after their peer (see handlers.handle_connection_open).
-_PEER_THREAD = re.compile(r"^(?:association|dul) (?P<peer>\S+)$")
+_PEER_THREAD = re.compile(r" peer (?P<peer>\S+)$")
 
 
 class JsonFormatter(logging.Formatter):
@@ -18,9 +18,10 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             "level": record.levelname,
             "logger": record.name,
+            "pid": record.process,
             "message": record.getMessage(),
         }
-        peer = _PEER_THREAD.match(record.threadName or "")
+        peer = _PEER_THREAD.search(record.threadName or "")
         if peer:
             line["peer"] = peer.group("peer")
         fields = getattr(record, "fields", None)

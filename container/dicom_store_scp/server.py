@@ -13,6 +13,7 @@ import socketserver
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from .batches import Sessions
 from .config import Config
 from .storage import LocalStorage, Storage, use_spool_dir
 from .transfer_syntaxes import AHI_IMPORTABLE
+from .workers import SharedAssociationBudget
 
 LOG = logging.getLogger("dicom_store_scp.server")
 
@@ -129,10 +131,10 @@ def build_ae(config: Config) -> AE:
     return ae
 
 
-def event_handlers(config: Config, sessions: Sessions) -> list[Any]:
+def event_handlers(config: Config, sessions: Sessions, over_budget: Callable[[], bool] | None = None) -> list[Any]:
     return [
         (evt.EVT_CONN_OPEN, handlers.handle_connection_open),
-        (evt.EVT_REQUESTED, handlers.handle_requested, [config.peer_cidrs]),
+        (evt.EVT_REQUESTED, handlers.handle_requested, [config.peer_cidrs, over_budget]),
         (evt.EVT_REJECTED, handlers.handle_rejected),
         (evt.EVT_ACCEPTED, handlers.handle_accepted),
         (evt.EVT_ESTABLISHED, handlers.handle_established, [sessions]),
@@ -145,7 +147,7 @@ def event_handlers(config: Config, sessions: Sessions) -> list[Any]:
 class Receiver:
     """One receiving process: the server, its sessions, and their housekeeping."""
 
-    def __init__(self, config: Config, reuse_port: bool = False) -> None:
+    def __init__(self, config: Config, reuse_port: bool = False, budget: SharedAssociationBudget | None = None) -> None:
         self.config = config
         self.storage = build_storage(config)
         self.spool = self.storage.spool_dir()
@@ -154,9 +156,10 @@ class Receiver:
             self.storage, config.storage_prefix, config.batch_max_instances, config.batch_max_bytes
         )
         self.ae = build_ae(config)
+        self.budget = budget
         self.server: ReceiverServer = self.ae.make_server(
             (config.bind_address, config.port),
-            evt_handlers=event_handlers(config, self.sessions),
+            evt_handlers=event_handlers(config, self.sessions, self._budget_exceeded if budget else None),
             server_class=SharedPortServer if reuse_port else ReceiverServer,
         )
         self.server.tls_context = build_tls_context(config)
@@ -169,6 +172,10 @@ class Receiver:
         host, port = self.server.server_address[:2]
         return str(host), int(port)
 
+    def _budget_exceeded(self) -> bool:
+        assert self.budget is not None
+        return self.budget.exceeded(len(self.server.active_associations))
+
     def start(self) -> None:
         self._serving.start()
         LOG.info(
@@ -180,7 +187,6 @@ class Receiver:
                     "aeTitle": self.config.ae_title,
                     "storage": self.storage.describe(),
                     "tls": self.config.tls_enabled,
-                    "pid": os.getpid(),
                 }
             },
         )
@@ -193,6 +199,8 @@ class Receiver:
         while not self._stopping.wait(_HOUSEKEEPING_SECONDS):
             self.sessions.reap()
             self._clean_spool()
+            if self.budget is not None:
+                self.budget.publish(len(self.server.active_associations))
         self.shutdown()
 
     def shutdown(self) -> None:

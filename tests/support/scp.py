@@ -199,3 +199,28 @@ class WireWitness:
     def close(self) -> None:
         self.process.kill()
         self.process.wait(timeout=10)
+
+
+def send_file_as_is(port: int, path: Path) -> int:
+    """Send a Part 10 file's data set bytes untouched with pynetdicom, under the UIDs its File Meta names.
+
+    DCMTK's storescu takes the request's UIDs from the data set itself, so it cannot send a request that
+    disagrees with its data set; pynetdicom's chunked sender takes them from the File Meta Information.
+    """
+    from pydicom.filereader import read_file_meta_info
+    from pynetdicom import AE, _config
+
+    meta = read_file_meta_info(path)
+    sender = AE(ae_title="CRAFTED")
+    sender.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
+    previous, _config.STORE_SEND_CHUNKED_DATASET = _config.STORE_SEND_CHUNKED_DATASET, True
+    try:
+        assoc = sender.associate("127.0.0.1", port)
+        assert assoc.is_established
+        try:
+            response = assoc.send_c_store(path)
+        finally:
+            assoc.release()
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = previous
+    return int(response.Status)

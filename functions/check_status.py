@@ -1,0 +1,132 @@
+"""CheckStatus: poll the batch's import job; once it has ended, record every instance's outcome."""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from functions.common import (
+    FAILED,
+    IMPORTED,
+    Manifest,
+    Settings,
+    Tracking,
+    client,
+    read_manifest,
+    settings,
+    split_s3_uri,
+    tracking,
+)
+from functions.healthimaging import (
+    COMPLETED,
+    FileOutcome,
+    ImportJobs,
+    import_jobs,
+    job_output_uri,
+    read_job_output,
+)
+
+logger = Logger()
+metrics = Metrics(namespace="DicomStoreScp")
+
+
+def _object_key(input_file: str) -> str:
+    return split_s3_uri(input_file)[1] if input_file.startswith("s3://") else input_file.lstrip("/")
+
+
+def match_outcomes(manifest: Manifest, outcomes: tuple[FileOutcome, ...]) -> dict[str, FileOutcome]:
+    """Outcomes by SOP Instance UID.
+
+    The guide's examples show ``inputFile`` as an object key; matching also by the path below the batch
+    prefix and by file name (``<SOPInstanceUID>.dcm``, unique within a batch) keeps us right if AHI reports
+    it relative to ``inputS3Uri`` instead.
+    """
+    by_key = {_object_key(outcome.input_file): outcome for outcome in outcomes}
+    by_name = {posixpath.basename(key): outcome for key, outcome in by_key.items()}
+    matched = {}
+    for instance in manifest.instances:
+        relative = instance.key[len(manifest.prefix) :]
+        outcome = by_key.get(instance.key) or by_key.get(relative) or by_name.get(posixpath.basename(instance.key))
+        if outcome is not None:
+            matched[instance.sop_instance_uid] = outcome
+    return matched
+
+
+def check_status(
+    execution: dict[str, Any], *, s3: Any, jobs: ImportJobs, repository: Tracking, config: Settings
+) -> dict[str, Any]:
+    batch_id, job_id = execution["batchId"], execution["jobId"]
+    polling = dict(execution.get("polling") or {})
+    job = jobs.get_import_job(job_id)
+    result = {**polling, "jobStatus": job.job_status, "ended": job.ended, "succeeded": False}
+    if not job.ended:
+        repository.update_job(job_id, jobStatus=job.job_status)
+        return result
+
+    manifest = read_manifest(s3, execution["bucket"], execution["manifestKey"], config.dicom_prefix)
+    output = read_job_output(s3, job_output_uri(job, execution.get("outputS3Uri", "")))
+    outcomes = match_outcomes(manifest, output.outcomes)
+    imported = failed = 0
+    for instance in manifest.instances:
+        outcome = outcomes.get(instance.sop_instance_uid)
+        if outcome is not None and outcome.imported:
+            repository.update_instance(
+                batch_id,
+                instance.sop_instance_uid,
+                state=IMPORTED,
+                jobId=job_id,
+                imageSetId=outcome.image_set_id,
+                isPrimary=outcome.is_primary,
+            )
+            imported += 1
+            continue
+        # A COMPLETED job may still have refused some files; a file it does not mention was not imported.
+        if outcome is not None:
+            reason = outcome.reason or "import failed"
+        elif job.job_status == COMPLETED:
+            reason = "not reported in the import job output"
+        else:
+            reason = job.message or f"import job {job.job_status}"
+        repository.update_instance(
+            batch_id, instance.sop_instance_uid, state=FAILED, jobId=job_id, failureReason=reason
+        )
+        failed += 1
+
+    repository.update_job(
+        job_id,
+        jobStatus=job.job_status,
+        endedAt=job.ended_at or None,
+        message=job.message or None,
+        importedCount=imported,
+        failedCount=failed,
+    )
+    metrics.add_metric(name="InstancesImported", unit=MetricUnit.Count, value=imported)
+    metrics.add_metric(name="InstancesFailed", unit=MetricUnit.Count, value=failed)
+    logger.info(
+        "import job ended",
+        extra={
+            "batchId": batch_id,
+            "jobId": job_id,
+            "jobStatus": job.job_status,
+            "imported": imported,
+            "failed": failed,
+        },
+    )
+    result.update(
+        succeeded=job.job_status == COMPLETED and failed == 0,
+        importedCount=imported,
+        failedCount=failed,
+        message=job.message,
+    )
+    return result
+
+
+@metrics.log_metrics
+@logger.inject_lambda_context
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    metrics.add_metric(name="ImportJobPolls", unit=MetricUnit.Count, value=1)
+    return check_status(event, s3=client("s3"), jobs=import_jobs(), repository=tracking(), config=settings())

@@ -1,0 +1,223 @@
+"""AWS HealthImaging behind one small interface: start an import job, read its properties, find its output.
+
+moto has no HealthImaging backend, so everything the pipeline needs from the service goes through
+``ImportJobs``; the tests drive the pipeline with an in-memory fake of the same interface.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from typing import Any, Protocol
+
+from botocore.exceptions import ClientError
+
+from functions.common import client, settings, split_s3_uri
+
+SUBMITTED = "SUBMITTED"
+IN_PROGRESS = "IN_PROGRESS"
+COMPLETED = "COMPLETED"
+FAILED = "FAILED"
+ENDED = frozenset({COMPLETED, FAILED})
+
+# StartDICOMImportJob is throttled at 1 request/s (burst 2) and a data store runs at most 100 jobs at once:
+# both mean "try again later", never "this batch is bad".
+RETRYABLE_ERROR_CODES = frozenset({"ThrottlingException", "ServiceQuotaExceededException", "TooManyRequestsException"})
+
+
+class ImportJobThrottled(Exception):
+    """HealthImaging asked us to slow down. The state machine retries on this error name with backoff."""
+
+
+class ImportJobRejected(Exception):
+    """HealthImaging refused the request for a reason retrying will not fix."""
+
+
+@dataclass(frozen=True)
+class ImportJob:
+    job_id: str
+    job_status: str
+    datastore_id: str
+    submitted_at: str = ""
+    ended_at: str = ""
+    input_s3_uri: str = ""
+    output_s3_uri: str = ""
+    message: str = ""
+    job_name: str = ""
+
+    @property
+    def ended(self) -> bool:
+        return self.job_status in ENDED
+
+
+class ImportJobs(Protocol):
+    def start_import_job(
+        self,
+        *,
+        job_name: str,
+        client_token: str,
+        input_s3_uri: str,
+        output_s3_uri: str,
+    ) -> ImportJob: ...
+
+    def get_import_job(self, job_id: str) -> ImportJob: ...
+
+
+def _timestamp(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value or "")
+
+
+class HealthImagingImportJobs:
+    """``ImportJobs`` over the boto3 ``medical-imaging`` client for one data store."""
+
+    def __init__(self, client: Any, datastore_id: str, data_access_role_arn: str):
+        self.client = client
+        self.datastore_id = datastore_id
+        self.data_access_role_arn = data_access_role_arn
+
+    def start_import_job(self, *, job_name: str, client_token: str, input_s3_uri: str, output_s3_uri: str) -> ImportJob:
+        try:
+            response = self.client.start_dicom_import_job(
+                jobName=job_name,
+                dataAccessRoleArn=self.data_access_role_arn,
+                clientToken=client_token,
+                datastoreId=self.datastore_id,
+                inputS3Uri=input_s3_uri,
+                outputS3Uri=output_s3_uri,
+            )
+        except ClientError as error:
+            raise _translate(error) from error
+        return ImportJob(
+            job_id=response["jobId"],
+            job_status=response["jobStatus"],
+            datastore_id=response["datastoreId"],
+            submitted_at=_timestamp(response.get("submittedAt")),
+            input_s3_uri=input_s3_uri,
+            output_s3_uri=output_s3_uri,
+            job_name=job_name,
+        )
+
+    def get_import_job(self, job_id: str) -> ImportJob:
+        try:
+            response = self.client.get_dicom_import_job(datastoreId=self.datastore_id, jobId=job_id)
+        except ClientError as error:
+            raise _translate(error) from error
+        properties = response["jobProperties"]
+        return ImportJob(
+            job_id=properties["jobId"],
+            job_status=properties["jobStatus"],
+            datastore_id=properties["datastoreId"],
+            submitted_at=_timestamp(properties.get("submittedAt")),
+            ended_at=_timestamp(properties.get("endedAt")),
+            input_s3_uri=properties.get("inputS3Uri", ""),
+            output_s3_uri=properties.get("outputS3Uri", ""),
+            message=properties.get("message", ""),
+            job_name=properties.get("jobName", ""),
+        )
+
+
+def _translate(error: ClientError) -> Exception:
+    code = error.response.get("Error", {}).get("Code", "")
+    message = error.response.get("Error", {}).get("Message", "")
+    if code in RETRYABLE_ERROR_CODES:
+        return ImportJobThrottled(f"{code}: {message}")
+    if code in (
+        "ValidationException",
+        "AccessDeniedException",
+        "ConflictException",
+        "ResourceNotFoundException",
+    ):
+        return ImportJobRejected(f"{code}: {message}")
+    return error
+
+
+# --- job output ------------------------------------------------------------------------------------------
+#
+# Per the AHI developer guide ("Understanding import jobs"), a job writes under
+# <outputS3Uri>/<datastoreId>-DicomImport-<jobId>/: job-output-manifest.json (a jobSummary with
+# successOutputS3Uri / failureOutputS3Uri / warningsOutputS3Uri and counts), SUCCESS/success.ndjson
+# ({"inputFile", "importResponse": {"imageSetId", "isPrimary"}}), FAILURE/failure.ndjson
+# ({"inputFile", "exception": {"exceptionType", "message"}}) and WARNING/warning.ndjson (imported, with
+# warnings, same shape as success). GetDICOMImportJob reports outputS3Uri with the job folder appended.
+
+OUTPUT_MANIFEST = "job-output-manifest.json"
+
+
+def job_output_uri(job: ImportJob, requested_output_s3_uri: str = "") -> str:
+    """The folder the job writes its results to."""
+    folder = f"{job.datastore_id}-DicomImport-{job.job_id}/"
+    uri = job.output_s3_uri or requested_output_s3_uri
+    if not uri.endswith("/"):
+        uri += "/"
+    return uri if uri.endswith(folder) else uri + folder
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    input_file: str
+    imported: bool
+    image_set_id: str = ""
+    is_primary: bool = False
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class JobOutput:
+    summary: dict[str, Any]
+    outcomes: tuple[FileOutcome, ...]
+
+
+def _read(s3: Any, uri: str) -> bytes | None:
+    bucket, key = split_s3_uri(uri)
+    try:
+        return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as error:
+        if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
+            return None
+        raise
+
+
+def _ndjson(body: bytes | None) -> Iterator[dict[str, Any]]:
+    for line in (body or b"").decode("utf-8").splitlines():
+        if line.strip():
+            record = json.loads(line)
+            if isinstance(record, dict):
+                yield record
+
+
+def read_job_output(s3: Any, output_uri: str) -> JobOutput:
+    """Every file outcome the job reported; absent files (a job that FAILED early writes none) are empty."""
+    manifest = _read(s3, output_uri + OUTPUT_MANIFEST)
+    summary = json.loads(manifest).get("jobSummary", {}) if manifest else {}
+    success_uri = summary.get("successOutputS3Uri") or output_uri + "SUCCESS/"
+    failure_uri = summary.get("failureOutputS3Uri") or output_uri + "FAILURE/"
+    warning_uri = summary.get("warningsOutputS3Uri") or output_uri + "WARNING/"
+    outcomes: list[FileOutcome] = []
+    for uri, name in ((success_uri, "success.ndjson"), (warning_uri, "warning.ndjson")):
+        for record in _ndjson(_read(s3, uri + name)):
+            response = record.get("importResponse", {})
+            outcomes.append(
+                FileOutcome(
+                    input_file=record.get("inputFile", ""),
+                    imported=True,
+                    image_set_id=response.get("imageSetId", ""),
+                    is_primary=bool(response.get("isPrimary", True)),
+                )
+            )
+    for record in _ndjson(_read(s3, failure_uri + "failure.ndjson")):
+        exception = record.get("exception", {})
+        reason = ": ".join(part for part in (exception.get("exceptionType"), exception.get("message")) if part)
+        outcomes.append(FileOutcome(input_file=record.get("inputFile", ""), imported=False, reason=reason))
+    return JobOutput(summary, tuple(outcomes))
+
+
+@cache
+def import_jobs() -> HealthImagingImportJobs:
+    """The process-wide HealthImaging wrapper for the configured data store."""
+    current = settings()
+    return HealthImagingImportJobs(client("medical-imaging"), current.datastore_id, current.data_access_role_arn)

@@ -1,0 +1,170 @@
+"""The ASL as moto's interpreter runs it: transitions, the polling loop and its bound, Retry and Catch."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import requests
+
+from .conftest import DEFINITION, render
+
+BATCH_ID = "20261123T190501Z-0f6c1d2e3a4b4c5d8e9f00112233aabb"
+EXECUTION_INPUT = {
+    "batchId": BATCH_ID,
+    "bucket": "dicom",
+    "manifestKey": f"manifests/{BATCH_ID}.json",
+    "prefix": f"incoming/{BATCH_ID}/",
+}
+STARTED = {
+    "jobId": "job1",
+    "jobStatus": "SUBMITTED",
+    "inputS3Uri": f"s3://dicom/incoming/{BATCH_ID}/",
+    "outputS3Uri": f"s3://results/{BATCH_ID}/",
+    "instanceCount": 2,
+}
+
+
+def polled(count: int, status: str, ended: bool = False, **extra) -> dict:
+    """A fixed CheckStatus result (for moto's queue, which cannot see the task input)."""
+    return {"waitSeconds": 0, "maxPolls": 5, "count": count, "jobStatus": status, "ended": ended, **extra}
+
+
+def reports(status: str, ended: bool = False, **extra):
+    """What CheckStatus returns: the polling state it was given, plus the job's status."""
+    return lambda task_input: {**task_input["polling"], "jobStatus": status, "ended": ended, **extra}
+
+
+def queue_lambda_results(*results: dict) -> None:
+    """moto's own queue of Lambda results (one FIFO for every function)."""
+    response = requests.post(
+        "http://motoapi.amazonaws.com/moto-api/static/lambda-simple/response",
+        json={"results": [json.dumps(result) for result in results], "region": "us-east-1"},
+        timeout=5,
+    )
+    assert response.status_code == 201
+
+
+def test_definition_uses_only_the_contract_placeholders():
+    text = DEFINITION.read_text()
+    assert set(re.findall(r"\$\{(\w+)\}", text)) == {
+        "StartImportJobFunctionArn",
+        "CheckStatusFunctionArn",
+        "RecordFailureFunctionArn",
+        "WaitSeconds",
+        "MaxPolls",
+    }
+    states = json.loads(text)["States"]
+    for name in ("TriggerImport", "StartImportJob", "WaitForCompletion", "CheckStatus", "IsComplete"):
+        assert name in states
+    assert json.loads(text)["StartAt"] == "TriggerImport"
+
+
+def test_statelint_accepts_the_rendered_definition(tmp_path):
+    rendered = render(
+        DEFINITION.read_text(),
+        {
+            "StartImportJobFunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:StartImportJob",
+            "CheckStatusFunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:CheckStatus",
+            "RecordFailureFunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:RecordFailure",
+            "WaitSeconds": "60",
+            "MaxPolls": "240",
+        },
+    )
+    path = tmp_path / "workflow.asl.json"
+    path.write_text(rendered)
+    statelint = Path(sys.executable).with_name("statelint")
+    result = subprocess.run([str(statelint), str(path)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_happy_path_polls_until_the_job_completes(workflow):
+    state_machine = workflow.create(max_polls=5)
+    queue_lambda_results(
+        STARTED,
+        polled(1, "IN_PROGRESS"),
+        polled(2, "COMPLETED", ended=True, succeeded=True, importedCount=2, failedCount=0),
+    )
+    execution = workflow.run(state_machine, BATCH_ID, EXECUTION_INPUT)
+    assert execution["status"] == "SUCCEEDED"
+    output = json.loads(execution["output"])
+    assert output["importJob"]["jobId"] == "job1"
+    assert output["polling"]["importedCount"] == 2
+    assert workflow.states_entered(execution["executionArn"]) == [
+        "TriggerImport",
+        "StartImportJob",
+        "WaitForCompletion",
+        "CheckStatus",
+        "IsComplete",
+        "WaitForCompletion",
+        "CheckStatus",
+        "IsComplete",
+        "Imported",
+    ]
+
+
+def test_tasks_receive_the_batch_and_a_counted_poll(workflow, lambda_script):
+    state_machine = workflow.create(wait_seconds=0, max_polls=7)
+    lambda_script.returns("StartImportJob", STARTED)
+    lambda_script.returns("CheckStatus", reports("IN_PROGRESS"), reports("COMPLETED", ended=True))
+    execution = workflow.run(state_machine, BATCH_ID, EXECUTION_INPUT)
+    assert execution["status"] == "SUCCEEDED"
+    start = lambda_script.called("StartImportJob")[0]
+    assert {k: start[k] for k in EXECUTION_INPUT} == EXECUTION_INPUT
+    checks = lambda_script.called("CheckStatus")
+    assert [c["polling"]["count"] for c in checks] == [1, 2]
+    assert checks[0]["jobId"] == "job1"
+    assert checks[0]["outputS3Uri"] == STARTED["outputS3Uri"]
+    assert checks[0]["polling"]["maxPolls"] == 7
+
+
+def test_failed_job_ends_the_execution_failed(workflow, lambda_script):
+    state_machine = workflow.create()
+    lambda_script.returns("StartImportJob", STARTED)
+    lambda_script.returns("CheckStatus", reports("FAILED", ended=True, message="access denied to input"))
+    execution = workflow.run(state_machine, BATCH_ID, EXECUTION_INPUT)
+    assert execution["status"] == "FAILED"
+    assert execution["error"] == "ImportJobFailed"
+    assert lambda_script.called("RecordFailure") == []  # CheckStatus already recorded each instance
+
+
+def test_throttled_start_succeeds_on_retry(workflow, lambda_script):
+    state_machine = workflow.create()
+    lambda_script.raises("StartImportJob", "ImportJobThrottled", "ThrottlingException: Rate exceeded")
+    lambda_script.returns("StartImportJob", STARTED)
+    lambda_script.returns("CheckStatus", reports("COMPLETED", ended=True))
+    execution = workflow.run(state_machine, BATCH_ID, EXECUTION_INPUT)
+    assert execution["status"] == "SUCCEEDED"
+    assert len(lambda_script.called("StartImportJob")) == 2
+    assert lambda_script.called("RecordFailure") == []
+
+
+def test_an_error_without_retry_is_caught_and_recorded(workflow, lambda_script):
+    state_machine = workflow.create()
+    lambda_script.raises("StartImportJob", "ImportJobRejected", "ValidationException: bad role")
+    lambda_script.returns("RecordFailure", {"state": "FAILED"})
+    execution = workflow.run(state_machine, BATCH_ID, EXECUTION_INPUT)
+    assert execution["status"] == "FAILED"
+    assert execution["error"] == "ImportAbandoned"
+    assert len(lambda_script.called("StartImportJob")) == 1
+    (recorded,) = lambda_script.called("RecordFailure")
+    assert recorded["batchId"] == BATCH_ID
+    assert recorded["error"]["Error"] == "ImportJobRejected"
+    assert "bad role" in recorded["error"]["Cause"]
+
+
+def test_polling_bound_records_a_timeout(workflow, lambda_script):
+    state_machine = workflow.create(max_polls=3)
+    lambda_script.returns("StartImportJob", STARTED)
+    lambda_script.returns("CheckStatus", *[reports("IN_PROGRESS")] * 4)
+    lambda_script.returns("RecordFailure", {"state": "TIMED_OUT"})
+    execution = workflow.run(state_machine, BATCH_ID, EXECUTION_INPUT)
+    assert execution["status"] == "FAILED"
+    assert len(lambda_script.called("CheckStatus")) == 3
+    (recorded,) = lambda_script.called("RecordFailure")
+    assert recorded["error"]["Error"] == "PollingBoundReached"
+    assert recorded["importJob"]["jobId"] == "job1"
+    assert "PollingBoundReached" in workflow.states_entered(execution["executionArn"])

@@ -175,6 +175,22 @@ def peak_rss_mib(pid: int) -> float:
     return total / 1024
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time of ``pid``, its reaped children (DCMTK's --fork) and its live children (WORKERS)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            pids += [int(child) for child in (task / "children").read_text().split()]
+    for each in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+            # utime, stime, cutime, cstime are fields 14-17 of stat(5); fields[0] here is field 3.
+            total += sum(int(value) for value in fields[11:15])
+    return total / tick
+
+
 # -- 1. ingest to local disk ----------------------------------------------------------------------------------
 
 
@@ -188,7 +204,7 @@ class Rate:
     instances_per_s: float
     mib_per_s: float
     ratio: float | None = None
-    note: str = ""
+    receiver_cpu_s: float | None = None
 
 
 def _receivers(workers: Sequence[int], parallel: bool) -> list[str]:
@@ -215,23 +231,34 @@ def bench_ingest(work: Path, instances: int, repeat: int, workers: Sequence[int]
     for associations in (1, 4):
         workers_here = workers if associations > 1 else [1]
         for name in _receivers(workers_here, associations > 1):
-            timings = []
+            timings, cpu = [], []
             for _ in range(repeat):
                 port = free_port()
                 out = work / "received"
                 shutil.rmtree(out, ignore_errors=True)
                 out.mkdir()
                 command, env = _receiver(name, port, out)
-                with serving(command, port, env):
+                with serving(command, port, env) as process:
+                    before = cpu_seconds(process.pid)
                     seconds = send(port, shard(paths, associations))
                     # DCMTK's forked children may still be writing their last file when storescu returns.
                     received = _wait_for_count(out, instances)
+                    cpu.append(cpu_seconds(process.pid) - before)
                 if received != instances:
                     raise RuntimeError(f"{name}: {received} of {instances} stored")
                 timings.append(seconds)
             seconds = statistics.median(timings)
             results.append(
-                Rate("ingest", name, associations, instances, seconds, instances / seconds, size / MIB / seconds)
+                Rate(
+                    "ingest",
+                    name,
+                    associations,
+                    instances,
+                    seconds,
+                    instances / seconds,
+                    size / MIB / seconds,
+                    receiver_cpu_s=statistics.median(cpu),
+                )
             )
     for associations in (1, 4):
         dcmtk = next(r for r in results if r.associations == associations and r.receiver.startswith("DCMTK"))

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PACKAGES := container/dicom_store_scp functions template_gen
 
-.PHONY: install run test lint render dcmtk clean
+.PHONY: install run test lint render dcmtk clean bench
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: install dcmtk
 # The CloudFormation template under templates/, rendered from template_gen/.
 render: install
 	$(PY) -m template_gen
+
+# Not part of `test`: minutes of load on loopback. Results and the command go to docs/benchmarks.md.
+bench: install dcmtk
+	$(PY) bench/run.py --output bench/results.json
 
 lint: install
 	$(VENV)/bin/ruff check .

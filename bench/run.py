@@ -1,0 +1,543 @@
+"""Benchmarks of issue 3 (not tests): ingest speed against DCMTK and pynetdicom, the S3 path, memory, associations.
+
+    .venv/bin/python bench/run.py [--only ingest,s3,memory,associations] [--repeat 3] [--instances 600]
+
+Everything runs on loopback on this machine; every loop is bounded. Results are printed as Markdown tables
+(docs/benchmarks.md holds a recorded run with its command) and written as JSON to --output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.config
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+MIB = 1024 * 1024
+PYTHON = sys.executable
+# Debian's DCMTK leaves Nagle's algorithm on unless told otherwise, and is ~40x slower for it.
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+FAKE_AWS = {
+    "AWS_ACCESS_KEY_ID": "bench",
+    "AWS_SECRET_ACCESS_KEY": "bench",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+BUCKET = "bench-dicom"
+
+
+# -- data -----------------------------------------------------------------------------------------------------
+
+
+def write_instances(folder: Path, count: int, rows: int = 512, columns: int = 512, frames: int = 1) -> list[Path]:
+    """CT instances of ``rows`` x ``columns`` x 16 bit (512 x 512: 512 KiB of pixel data), unique UIDs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    template = dcmread(str(get_testdata_file("CT_small.dcm", download=False)))
+    template.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    template.Rows, template.Columns = rows, columns
+    if frames > 1:
+        template.NumberOfFrames = frames
+    frame = os.urandom(rows * columns * 2)
+    template.PixelData = frame * frames
+    template.StudyInstanceUID = generate_uid()
+    template.SeriesInstanceUID = generate_uid()
+    paths = []
+    for number in range(count):
+        template.SOPInstanceUID = generate_uid()
+        template.file_meta.MediaStorageSOPInstanceUID = template.SOPInstanceUID
+        template.InstanceNumber = number + 1
+        path = folder / f"{number:05d}.dcm"
+        template.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+# -- processes ------------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{process.args!r} did not start listening on {port}")
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def serving(command: Sequence[str], port: int, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen(
+        list(command), env=env or dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for_port(port, process)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def scp_command(port: int, storage: Path, *args: str) -> list[str]:
+    return [
+        PYTHON,
+        "-m",
+        "dicom_store_scp",
+        "--scp-port",
+        str(port),
+        "--storage-dir",
+        str(storage),
+        "--log-level",
+        "WARNING",
+        *args,
+    ]
+
+
+def scp_env(workers: int, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DICOM_"))}
+    return {**env, "WORKERS": str(workers), **extra}
+
+
+def send(port: int, shards: list[list[Path]], timeout: float = 600) -> float:
+    """One DCMTK storescu per shard, all at once (one association each); wall seconds until the last ends."""
+    started = time.perf_counter()
+    senders = [
+        subprocess.Popen(
+            ["storescu", "-R", "127.0.0.1", str(port), *map(str, shard)],
+            env=DCMTK_ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for shard in shards
+    ]
+    for sender in senders:
+        _, errors = sender.communicate(timeout=timeout)
+        if sender.returncode != 0:
+            raise RuntimeError(f"storescu failed ({sender.returncode}): {errors.decode()[-2000:]}")
+    return time.perf_counter() - started
+
+
+def shard(paths: list[Path], parts: int) -> list[list[Path]]:
+    return [paths[index::parts] for index in range(parts)]
+
+
+def count_instances(folder: Path) -> int:
+    """Files a receiver stored (DCMTK and pynetdicom name them without a suffix), not counting manifests."""
+    return sum(
+        1
+        for path in folder.rglob("*")
+        if path.is_file() and ".spool" not in path.parts and path.suffix != ".json" and not path.name.startswith(".")
+    )
+
+
+def peak_rss_mib(pid: int) -> float:
+    """Peak resident memory (VmHWM) of ``pid`` and, summed, of its child processes."""
+    total = 0
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            pids += [int(child) for child in (task / "children").read_text().split()]
+    for each in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{each}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+    return total / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of ``pid``, its reaped children (DCMTK's --fork) and its live children (WORKERS)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            pids += [int(child) for child in (task / "children").read_text().split()]
+    for each in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+            # utime, stime, cutime, cstime are fields 14-17 of stat(5); fields[0] here is field 3.
+            total += sum(int(value) for value in fields[11:15])
+    return total / tick
+
+
+# -- 1. ingest to local disk ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Rate:
+    benchmark: str
+    receiver: str
+    associations: int
+    instances: int
+    seconds: float
+    instances_per_s: float
+    mib_per_s: float
+    ratio: float | None = None
+    receiver_cpu_s: float | None = None
+
+
+def _receivers(workers: Sequence[int], parallel: bool) -> list[str]:
+    return (
+        ["DCMTK storescp" + (" --fork" if parallel else "")]
+        + [f"this SCP (WORKERS={count})" for count in workers]
+        + ["pynetdicom storescp app"]
+    )
+
+
+def _receiver(name: str, port: int, out: Path) -> tuple[list[str], dict[str, str]]:
+    if name.startswith("DCMTK"):
+        return ["storescp", "-od", str(out)] + (["--fork"] if "--fork" in name else []) + [str(port)], DCMTK_ENV
+    if name.startswith("pynetdicom"):
+        return [PYTHON, "-m", "pynetdicom", "storescp", str(port), "-od", str(out)], dict(os.environ)
+    workers = int(name.split("WORKERS=")[1].rstrip(")"))
+    return scp_command(port, out), scp_env(workers)
+
+
+def bench_ingest(work: Path, instances: int, repeat: int, workers: Sequence[int]) -> list[Rate]:
+    paths = write_instances(work / "ct512", instances)
+    size = sum(path.stat().st_size for path in paths)
+    results = []
+    for associations in (1, 4):
+        workers_here = workers if associations > 1 else [1]
+        for name in _receivers(workers_here, associations > 1):
+            timings, cpu = [], []
+            for _ in range(repeat):
+                port = free_port()
+                out = work / "received"
+                shutil.rmtree(out, ignore_errors=True)
+                out.mkdir()
+                command, env = _receiver(name, port, out)
+                with serving(command, port, env) as process:
+                    before = cpu_seconds(process.pid)
+                    seconds = send(port, shard(paths, associations))
+                    # DCMTK's forked children may still be writing their last file when storescu returns.
+                    received = _wait_for_count(out, instances)
+                    cpu.append(cpu_seconds(process.pid) - before)
+                if received != instances:
+                    raise RuntimeError(f"{name}: {received} of {instances} stored")
+                timings.append(seconds)
+            seconds = statistics.median(timings)
+            results.append(
+                Rate(
+                    "ingest",
+                    name,
+                    associations,
+                    instances,
+                    seconds,
+                    instances / seconds,
+                    size / MIB / seconds,
+                    receiver_cpu_s=statistics.median(cpu),
+                )
+            )
+    for associations in (1, 4):
+        dcmtk = next(r for r in results if r.associations == associations and r.receiver.startswith("DCMTK"))
+        for result in results:
+            if result.associations == associations:
+                result.ratio = result.instances_per_s / dcmtk.instances_per_s
+    return results
+
+
+def _wait_for_count(folder: Path, expected: int, timeout: float = 10) -> int:
+    deadline = time.monotonic() + timeout
+    while (found := count_instances(folder)) < expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
+# -- 2. the S3 path -------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[tuple[str, Any]]:
+    port = free_port()
+    process = subprocess.Popen(
+        [PYTHON, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, process)
+        endpoint = f"http://127.0.0.1:{port}"
+        client = s3_client(endpoint, 16)
+        client.create_bucket(Bucket=BUCKET)
+        yield endpoint, client
+    finally:
+        process.kill()
+        process.wait()
+
+
+def s3_client(endpoint: str, pool: int) -> Any:
+    # moto accepts any credentials; these are not secrets.
+    session = boto3.session.Session(
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench",  # noqa: S106
+        region_name="us-east-1",
+    )
+    config = botocore.config.Config(max_pool_connections=pool, retries={"mode": "standard"})
+    return session.client("s3", endpoint_url=endpoint, config=config)
+
+
+def empty_bucket(client: Any) -> int:
+    """Delete everything (moto keeps objects in RAM); return how many DICOM instances there were."""
+    removed = 0
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+        keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=BUCKET, Delete={"Objects": keys})
+            removed += sum(1 for key in keys if key["Key"].endswith(".dcm"))
+    return removed
+
+
+def raw_put(endpoint: str, paths: list[Path], concurrency: int) -> float:
+    client = s3_client(endpoint, concurrency)
+
+    def put(path: Path) -> None:
+        with path.open("rb") as body:
+            client.put_object(Bucket=BUCKET, Key=f"raw/{path.name}", Body=body, ServerSideEncryption="AES256")
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(put, paths))
+    return time.perf_counter() - started
+
+
+def bench_s3(work: Path, instances: int, repeat: int, workers: Sequence[int]) -> list[Rate]:
+    paths = write_instances(work / "ct512-s3", instances)
+    size = sum(path.stat().st_size for path in paths)
+    results = []
+    with moto_server() as (endpoint, client):
+        for associations in (1, 4):
+            raw = []
+            for _ in range(repeat):
+                raw.append(raw_put(endpoint, paths, associations))
+                if empty_bucket(client) != instances:
+                    raise RuntimeError("raw PutObject did not store every file")
+            raw_seconds = statistics.median(raw)
+            raw_rate = Rate("s3", "raw boto3 PutObject", associations, instances, raw_seconds, 0, 0)
+            results.append(raw_rate)
+            for count in workers if associations > 1 else [1]:
+                timings = []
+                for _ in range(repeat):
+                    port = free_port()
+                    env = scp_env(count, **FAKE_AWS, AWS_ENDPOINT_URL=endpoint)
+                    with serving(scp_command(port, work / "unused", "--dicom-bucket", BUCKET), port, env):
+                        timings.append(send(port, shard(paths, associations)))
+                    stored = empty_bucket(client)
+                    if stored != instances:
+                        raise RuntimeError(f"SCP into S3: {stored} of {instances} stored")
+                seconds = statistics.median(timings)
+                results.append(
+                    Rate("s3", f"this SCP into S3 (WORKERS={count})", associations, instances, seconds, 0, 0)
+                )
+    for result in results:
+        result.instances_per_s = result.instances / result.seconds
+        result.mib_per_s = size / MIB / result.seconds
+    for associations in (1, 4):
+        raw_rate = next(r for r in results if r.associations == associations and r.receiver.startswith("raw"))
+        for result in results:
+            if result.associations == associations:
+                result.ratio = result.instances_per_s / raw_rate.instances_per_s
+    return results
+
+
+# -- 3. memory with one 1 GiB instance ------------------------------------------------------------------------
+
+
+@dataclass
+class Memory:
+    benchmark: str
+    storage: str
+    instance_mib: float
+    seconds: float
+    peak_rss_mib: float
+    idle_rss_mib: float
+
+
+def bench_memory(work: Path) -> list[Memory]:
+    # 2,048 frames of 512 x 512 x 16 bit: 1 GiB of pixel data in one instance.
+    [path] = write_instances(work / "ct1g", 1, frames=2048)
+    size_mib = path.stat().st_size / MIB
+    results = []
+    port = free_port()
+    with serving(scp_command(port, work / "received-1g"), port, scp_env(1)) as process:
+        idle = peak_rss_mib(process.pid)
+        seconds = send(port, [[path]])
+        results.append(Memory("memory", "local", size_mib, seconds, peak_rss_mib(process.pid), idle))
+    shutil.rmtree(work / "received-1g", ignore_errors=True)
+    with moto_server() as (endpoint, client):
+        port = free_port()
+        env = scp_env(1, **FAKE_AWS, AWS_ENDPOINT_URL=endpoint)
+        with serving(scp_command(port, work / "unused", "--dicom-bucket", BUCKET), port, env) as process:
+            idle = peak_rss_mib(process.pid)
+            seconds = send(port, [[path]])
+            results.append(Memory("memory", "S3 (multipart)", size_mib, seconds, peak_rss_mib(process.pid), idle))
+        if empty_bucket(client) != 1:
+            raise RuntimeError("the 1 GiB instance did not reach S3")
+    path.unlink()
+    return results
+
+
+# -- 4. many concurrent associations --------------------------------------------------------------------------
+
+
+@dataclass
+class Associations:
+    benchmark: str
+    storage: str
+    requested: int
+    established: int
+    succeeded: int
+    stored: int
+    seconds: float
+
+
+def concurrent_stores(port: int, path: Path, count: int) -> tuple[int, int, float]:
+    """``count`` associations held open at once (a barrier), then each stores one instance."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+    dataset = dcmread(path)
+    barrier = threading.Barrier(count)
+    established = succeeded = 0
+    lock = threading.Lock()
+
+    def one(number: int) -> None:
+        nonlocal established, succeeded
+        ae = AE(ae_title=f"BENCH{number}")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 120
+        assoc = ae.associate("127.0.0.1", port)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(timeout=120)
+        if not assoc.is_established:
+            return
+        with lock:
+            established += 1
+        copy = dataset.copy()
+        copy.SOPInstanceUID = generate_uid()
+        status = assoc.send_c_store(copy)
+        if status is not None and status.get("Status") == 0:
+            with lock:
+                succeeded += 1
+        assoc.release()
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=one, args=(number,), daemon=True) for number in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    return established, succeeded, time.perf_counter() - started
+
+
+def bench_associations(work: Path, count: int) -> list[Associations]:
+    [path] = write_instances(work / "ct-assoc", 1)
+    results = []
+    port = free_port()
+    out = work / "received-assoc"
+    with serving(scp_command(port, out), port, scp_env(1)):
+        established, succeeded, seconds = concurrent_stores(port, path, count)
+        time.sleep(1)
+    results.append(Associations("associations", "local", count, established, succeeded, count_instances(out), seconds))
+    with moto_server() as (endpoint, client):
+        port = free_port()
+        env = scp_env(1, **FAKE_AWS, AWS_ENDPOINT_URL=endpoint)
+        with serving(scp_command(port, work / "unused", "--dicom-bucket", BUCKET), port, env):
+            established, succeeded, seconds = concurrent_stores(port, path, count)
+            time.sleep(1)
+        stored = empty_bucket(client)
+    results.append(Associations("associations", "S3", count, established, succeeded, stored, seconds))
+    return results
+
+
+# -- report ---------------------------------------------------------------------------------------------------
+
+
+def table(rows: list[Any]) -> str:
+    if not rows:
+        return ""
+    columns = list(asdict(rows[0]))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = []
+        for value in asdict(row).values():
+            cells.append(f"{value:.2f}" if isinstance(value, float) else str(value if value is not None else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="ingest,s3,memory,associations")
+    parser.add_argument("--instances", type=int, default=600, help="512 KiB instances per ingest run")
+    parser.add_argument("--s3-instances", type=int, default=300, help="512 KiB instances per S3 run")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per case; the median is reported")
+    parser.add_argument("--workers", default="1,2", help="WORKERS values for the 4-association cases")
+    parser.add_argument("--associations", type=int, default=300)
+    parser.add_argument("--work-dir", default="", help="scratch folder (default: a new temp dir, removed after)")
+    parser.add_argument("--output", default="bench/results.json")
+    options = parser.parse_args(argv)
+    chosen = set(options.only.split(","))
+    workers = [int(w) for w in options.workers.split(",")]
+    for tool in ("storescu", "storescp"):
+        if shutil.which(tool) is None:
+            print(f"{tool} not found: make dcmtk", file=sys.stderr)
+            return 2
+
+    work = Path(options.work_dir or tempfile.mkdtemp(prefix="dicom-bench-"))
+    results: dict[str, list[Any]] = {}
+    try:
+        if "ingest" in chosen:
+            results["ingest"] = bench_ingest(work, options.instances, options.repeat, workers)
+            print(table(results["ingest"]), "\n", flush=True)
+        if "s3" in chosen:
+            results["s3"] = bench_s3(work, options.s3_instances, options.repeat, workers)
+            print(table(results["s3"]), "\n", flush=True)
+        if "memory" in chosen:
+            results["memory"] = bench_memory(work)
+            print(table(results["memory"]), "\n", flush=True)
+        if "associations" in chosen:
+            results["associations"] = bench_associations(work, options.associations)
+            print(table(results["associations"]), "\n", flush=True)
+    finally:
+        if not options.work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+    Path(options.output).write_text(
+        json.dumps({name: [asdict(row) for row in rows] for name, rows in results.items()}, indent=1)
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""The S3 backend: each received instance is uploaded from its spool file, the batch manifest last.
+
+Same layout and manifest as the local folder (docs/contracts.md). A ``store_*`` call returns only after S3
+answered success for the object; anything else raises :class:`StorageError`, and the SCP answers a failure
+status so the sender retries.
+
+- Integrity: every request carries a SHA-256 checksum that S3 checks against the body it received and rejects
+  the request on a mismatch. A single PUT sends the digest the handler already computed over the spool file, so
+  the file is not read twice; a multipart upload checksums each part (S3 then records a checksum of the part
+  checksums).
+- Memory: bodies are streamed from the spool file, never read whole; above the multipart threshold the transfer
+  manager sends parts of a bounded size, a few at a time.
+- Time: botocore's standard retry mode with a small attempt count and socket timeouts derived from the DIMSE
+  timeout, so a store against a failing endpoint gives up (and the sender hears 0xA700) well before the sender's
+  own DIMSE timeout would cut the association.
+- Credentials come only from botocore's default chain (the ECS task role in the product); nothing here reads,
+  logs or passes them. ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3`` are honoured by botocore itself.
+- The spool file is left where it is: pynetdicom removes it once the C-STORE handler has returned, on success
+  and failure alike.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import boto3.exceptions
+import botocore.config
+import botocore.exceptions
+from boto3.s3.transfer import TransferConfig
+
+from .config import Config
+from .storage import StorageError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+MIB = 1024 * 1024
+
+# Below this an instance is one PutObject (one round trip, checksum precomputed); above it, a multipart upload.
+# Almost every DICOM instance (CT/MR slices, even most DX/MG) is far smaller; whole-volume objects are not.
+MULTIPART_THRESHOLD = 16 * MIB
+MULTIPART_PART_SIZE = 16 * MIB
+# S3 allows at most 10,000 parts per upload; larger objects get larger parts.
+_MAX_PARTS = 10_000
+# Parts of one instance in flight at once: fills the link for a single huge instance without letting one
+# association take the whole connection pool.
+MULTIPART_CONCURRENCY = 4
+
+# botocore's standard mode retries throttling, 5xx and connection errors with jittered backoff. Three attempts
+# in total ride out a blip; a real outage is reported to the sender, who retries the instance later.
+DEFAULT_MAX_ATTEMPTS = 3
+_CONNECT_TIMEOUT_CAP = 5.0
+_READ_TIMEOUT_CAP = 30.0
+
+_STORAGE_ERRORS = (
+    botocore.exceptions.BotoCoreError,
+    botocore.exceptions.ClientError,
+    boto3.exceptions.Boto3Error,
+    OSError,
+)
+
+
+def _b64_sha256(sha256_hex: str) -> str:
+    # S3 wants the base64 of the raw digest, not the hex text.
+    return base64.b64encode(bytes.fromhex(sha256_hex)).decode("ascii")
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    bucket: str
+    prefix: str = ""
+    sse: str = "AES256"
+    kms_key_id: str = ""
+    pool_connections: int = 10
+    connect_timeout: float = _CONNECT_TIMEOUT_CAP
+    read_timeout: float = _READ_TIMEOUT_CAP
+    max_attempts: int | None = None
+    spool: Path | None = None
+
+    @classmethod
+    def from_config(cls, config: Config) -> S3Settings:
+        # A failing store costs up to max_attempts * (connect + read timeout) plus backoff; keep it within half
+        # the DIMSE timeout so the failure status reaches the sender before it gives up on us.
+        configured = _configured_max_attempts()
+        attempts = configured or DEFAULT_MAX_ATTEMPTS
+        per_attempt = max(1.0, config.dimse_timeout / 2 / attempts)
+        return cls(
+            bucket=config.dicom_bucket,
+            prefix=config.dicom_prefix,
+            sse=config.s3_sse,
+            kms_key_id=config.s3_kms_key_id,
+            # Every association may be uploading at once; a pool smaller than that makes them queue for sockets.
+            pool_connections=config.max_pool_connections or config.maximum_associations,
+            connect_timeout=min(_CONNECT_TIMEOUT_CAP, per_attempt),
+            read_timeout=min(_READ_TIMEOUT_CAP, per_attempt),
+            max_attempts=None if configured else DEFAULT_MAX_ATTEMPTS,
+            spool=Path(config.spool_dir) if config.spool_dir else None,
+        )
+
+
+def _configured_max_attempts() -> int | None:
+    """AWS_MAX_ATTEMPTS (or max_attempts in the shared config file), which then wins over our default."""
+    value = boto3.session.Session()._session.get_config_variable("max_attempts")
+    try:
+        return int(value) if value else None
+    except (TypeError, ValueError):
+        return None
+
+
+class S3Storage:
+    """Objects in one bucket under ``DICOM_PREFIX``; one client per process, shared by every association."""
+
+    def __init__(self, settings: S3Settings) -> None:
+        self.settings = settings
+        self._client: S3Client | None = None
+        self._client_pid = 0
+        self._client_lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, config: Config) -> S3Storage:
+        return cls(S3Settings.from_config(config))
+
+    def spool_dir(self) -> Path | None:
+        # Nothing is renamed into place here, so any local folder will do (None: the system temp dir).
+        return self.settings.spool
+
+    def describe(self) -> str:
+        return f"s3://{self.settings.bucket}/{self.settings.prefix}"
+
+    # -- the Storage interface ----------------------------------------------------------------------------------
+
+    def store_instance(self, source: Path, key: str, sha256: str) -> None:
+        try:
+            size = source.stat().st_size
+            if size < MULTIPART_THRESHOLD:
+                with source.open("rb") as body:
+                    self._put(key, body, sha256, content_type="application/dicom")
+            else:
+                self._upload_in_parts(source, key, size)
+        except _STORAGE_ERRORS as error:
+            raise StorageError(f"s3://{self.settings.bucket}/{key}: {_describe_error(error)}") from error
+
+    def store_manifest(self, key: str, body: bytes) -> None:
+        try:
+            self._put(key, body, hashlib.sha256(body).hexdigest(), content_type="application/json")
+        except _STORAGE_ERRORS as error:
+            raise StorageError(f"s3://{self.settings.bucket}/{key}: {_describe_error(error)}") from error
+
+    # -- S3 requests --------------------------------------------------------------------------------------------
+
+    def client(self) -> S3Client:
+        """This process's client, made on first use: a client (and its sockets) must not cross a fork."""
+        pid = os.getpid()
+        if self._client is None or self._client_pid != pid:
+            with self._client_lock:
+                if self._client is None or self._client_pid != pid:
+                    self._client = self._make_client()
+                    self._client_pid = pid
+        return self._client
+
+    def _make_client(self) -> S3Client:
+        settings = self.settings
+        retries: dict[str, Any] = {"mode": "standard"}
+        if settings.max_attempts is not None:
+            retries["max_attempts"] = settings.max_attempts
+        client_config = botocore.config.Config(
+            retries=retries,  # type: ignore[arg-type]
+            max_pool_connections=settings.pool_connections,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+        )
+        # A session of our own: boto3's default session is not safe to share between threads.
+        session = boto3.session.Session()
+        return session.client("s3", config=client_config)
+
+    def _encryption(self) -> dict[str, str]:
+        args = {"ServerSideEncryption": self.settings.sse}
+        if self.settings.sse == "aws:kms" and self.settings.kms_key_id:
+            args["SSEKMSKeyId"] = self.settings.kms_key_id
+        return args
+
+    def _put(self, key: str, body: Any, sha256: str, content_type: str) -> None:
+        self.client().put_object(
+            Bucket=self.settings.bucket,
+            Key=key,
+            Body=body,
+            ContentType=content_type,
+            ChecksumAlgorithm="SHA256",
+            ChecksumSHA256=_b64_sha256(sha256),
+            **self._encryption(),  # type: ignore[arg-type]
+        )
+
+    def _upload_in_parts(self, source: Path, key: str, size: int) -> None:
+        part_size = max(MULTIPART_PART_SIZE, -(-size // _MAX_PARTS))
+        transfer = TransferConfig(
+            multipart_threshold=MULTIPART_THRESHOLD,
+            multipart_chunksize=part_size,
+            max_concurrency=MULTIPART_CONCURRENCY,
+        )
+        # The transfer manager aborts the multipart upload when a part fails, so no orphaned parts are billed.
+        self.client().upload_file(
+            str(source),
+            self.settings.bucket,
+            key,
+            ExtraArgs={"ContentType": "application/dicom", "ChecksumAlgorithm": "SHA256", **self._encryption()},
+            Config=transfer,
+        )
+
+
+def _describe_error(error: BaseException) -> str:
+    # ClientError carries the S3 error code and message; connection errors name the endpoint. Neither holds
+    # credentials, and request headers (which hold the signature) are never part of the text.
+    if isinstance(error, boto3.exceptions.S3UploadFailedError) and error.__context__ is not None:
+        return _describe_error(error.__context__)
+    if isinstance(error, botocore.exceptions.ClientError):
+        details = error.response.get("Error", {})
+        return f"{details.get('Code', 'error')}: {details.get('Message', '')}".strip()
+    return f"{type(error).__name__}: {error}"

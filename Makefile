@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PACKAGES := container/dicom_store_scp functions template_gen release
 
-.PHONY: install run test lint dcmtk clean lock build package publish
+.PHONY: install run test lint render dcmtk clean lock build package publish
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ dcmtk:
 
 test: install dcmtk
 	$(PY) -m pytest
+
+# The CloudFormation template under templates/, rendered from template_gen/.
+render: install
+	$(PY) -m template_gen
 
 lint: install
 	$(VENV)/bin/ruff check .

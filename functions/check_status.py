@@ -50,9 +50,7 @@ def match_outcomes(manifest: Manifest, outcomes: tuple[FileOutcome, ...]) -> dic
     matched = {}
     for instance in manifest.instances:
         relative = instance.key[len(manifest.prefix) :]
-        outcome = (
-            by_key.get(instance.key) or by_key.get(relative) or by_name.get(posixpath.basename(instance.key))
-        )
+        outcome = by_key.get(instance.key) or by_key.get(relative) or by_name.get(posixpath.basename(instance.key))
         if outcome is not None:
             matched[instance.sop_instance_uid] = outcome
     return matched

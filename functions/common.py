@@ -214,13 +214,9 @@ def parse_manifest(body: bytes | str, dicom_prefix: str, key: str | None = None)
     if not isinstance(records, list) or not records:
         raise InvalidManifest("instances must be a non-empty list")
     if len(records) > MAX_INSTANCES_PER_BATCH:
-        raise InvalidManifest(
-            f"{len(records)} instances; an import job takes at most {MAX_INSTANCES_PER_BATCH}"
-        )
+        raise InvalidManifest(f"{len(records)} instances; an import job takes at most {MAX_INSTANCES_PER_BATCH}")
     if document.get("instanceCount", len(records)) != len(records):
-        raise InvalidManifest(
-            f"instanceCount {document.get('instanceCount')} but {len(records)} instances listed"
-        )
+        raise InvalidManifest(f"instanceCount {document.get('instanceCount')} but {len(records)} instances listed")
     instances = []
     for number, record in enumerate(records):
         where = f"instances[{number}]"
@@ -247,9 +243,7 @@ def parse_manifest(body: bytes | str, dicom_prefix: str, key: str | None = None)
         raise InvalidManifest("a SOP Instance UID is listed twice")
     manifest = Manifest(batch_id, prefix, tuple(instances), str(document.get("endReason", "")), document)
     if manifest.total_bytes > MAX_BYTES_PER_BATCH:
-        raise InvalidManifest(
-            f"{manifest.total_bytes} bytes; an import job takes at most {MAX_BYTES_PER_BATCH}"
-        )
+        raise InvalidManifest(f"{manifest.total_bytes} bytes; an import job takes at most {MAX_BYTES_PER_BATCH}")
     return manifest
 
 
@@ -376,8 +370,7 @@ class Tracking:
         **attributes: Any,
     ) -> int:
         return sum(
-            self.update_instance(batch_id, uid, pending_only=pending_only, **attributes)
-            for uid in sop_instance_uids
+            self.update_instance(batch_id, uid, pending_only=pending_only, **attributes) for uid in sop_instance_uids
         )
 
     def get_instance(self, sop_instance_uid: str) -> dict[str, Any] | None:

@@ -25,9 +25,7 @@ ENDED = frozenset({COMPLETED, FAILED})
 
 # StartDICOMImportJob is throttled at 1 request/s (burst 2) and a data store runs at most 100 jobs at once:
 # both mean "try again later", never "this batch is bad".
-RETRYABLE_ERROR_CODES = frozenset(
-    {"ThrottlingException", "ServiceQuotaExceededException", "TooManyRequestsException"}
-)
+RETRYABLE_ERROR_CODES = frozenset({"ThrottlingException", "ServiceQuotaExceededException", "TooManyRequestsException"})
 
 
 class ImportJobThrottled(Exception):
@@ -82,9 +80,7 @@ class HealthImagingImportJobs:
         self.datastore_id = datastore_id
         self.data_access_role_arn = data_access_role_arn
 
-    def start_import_job(
-        self, *, job_name: str, client_token: str, input_s3_uri: str, output_s3_uri: str
-    ) -> ImportJob:
+    def start_import_job(self, *, job_name: str, client_token: str, input_s3_uri: str, output_s3_uri: str) -> ImportJob:
         try:
             response = self.client.start_dicom_import_job(
                 jobName=job_name,
@@ -215,9 +211,7 @@ def read_job_output(s3: Any, output_uri: str) -> JobOutput:
             )
     for record in _ndjson(_read(s3, failure_uri + "failure.ndjson")):
         exception = record.get("exception", {})
-        reason = ": ".join(
-            part for part in (exception.get("exceptionType"), exception.get("message")) if part
-        )
+        reason = ": ".join(part for part in (exception.get("exceptionType"), exception.get("message")) if part)
         outcomes.append(FileOutcome(input_file=record.get("inputFile", ""), imported=False, reason=reason))
     return JobOutput(summary, tuple(outcomes))
 
@@ -226,6 +220,4 @@ def read_job_output(s3: Any, output_uri: str) -> JobOutput:
 def import_jobs() -> HealthImagingImportJobs:
     """The process-wide HealthImaging wrapper for the configured data store."""
     current = settings()
-    return HealthImagingImportJobs(
-        client("medical-imaging"), current.datastore_id, current.data_access_role_arn
-    )
+    return HealthImagingImportJobs(client("medical-imaging"), current.datastore_id, current.data_access_role_arn)

@@ -17,9 +17,7 @@ metrics = Metrics(namespace="DicomStoreScp")
 POLLING_BOUND = "PollingBoundReached"
 
 
-def record_failure(
-    execution: dict[str, Any], *, s3: Any, repository: Tracking, config: Settings
-) -> dict[str, Any]:
+def record_failure(execution: dict[str, Any], *, s3: Any, repository: Tracking, config: Settings) -> dict[str, Any]:
     batch_id = execution["batchId"]
     error = execution.get("error") or {}
     error_name = str(error.get("Error", "Unknown"))

@@ -74,8 +74,6 @@ def start_import_job(
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     # Attempts against ImportJobsStarted shows how often the 1 request/s quota pushed a start into a retry.
     metrics.add_metric(name="ImportJobStartAttempts", unit=MetricUnit.Count, value=1)
-    result = start_import_job(
-        event, s3=client("s3"), jobs=import_jobs(), repository=tracking(), config=settings()
-    )
+    result = start_import_job(event, s3=client("s3"), jobs=import_jobs(), repository=tracking(), config=settings())
     metrics.add_metric(name="ImportJobsStarted", unit=MetricUnit.Count, value=1)
     return result

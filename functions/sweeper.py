@@ -147,15 +147,11 @@ def sweep(s3: Any, config: Settings, now: datetime) -> list[str]:
     for batch_id in batch_ids(s3, bucket, prefix):
         if exists(s3, bucket, manifest_key(prefix, batch_id)):
             continue
-        objects = [
-            item for item in list_objects(s3, bucket, f"{prefix}{INCOMING}{batch_id}/") if item["Size"]
-        ]
+        objects = [item for item in list_objects(s3, bucket, f"{prefix}{INCOMING}{batch_id}/") if item["Size"]]
         if not objects or max(item["LastModified"] for item in objects) > cutoff:
             continue  # still being written to, or nothing to import
         if seal_batch(s3, bucket, prefix, batch_id, objects):
-            logger.warning(
-                "sealed an abandoned batch", extra={"batchId": batch_id, "instances": len(objects)}
-            )
+            logger.warning("sealed an abandoned batch", extra={"batchId": batch_id, "instances": len(objects)})
             sealed.append(batch_id)
     return sealed
 

@@ -47,15 +47,11 @@ def check_objects(s3: Any, bucket: str, manifest: Manifest) -> None:
         raise InvalidManifest(f"{len(missing)} listed object(s) are not stored, first {missing[0]}")
     wrong_size = [i.key for i in manifest.instances if i.size and stored[i.key] != i.size]
     if wrong_size:
-        raise InvalidManifest(
-            f"{len(wrong_size)} object(s) differ in size from the manifest, first {wrong_size[0]}"
-        )
+        raise InvalidManifest(f"{len(wrong_size)} object(s) differ in size from the manifest, first {wrong_size[0]}")
     unlisted = set(stored) - {instance.key for instance in manifest.instances}
     if unlisted:
         # AHI will import these too, untracked: worth a look, not worth refusing the batch over.
-        logger.warning(
-            "objects under the batch prefix missing from the manifest", extra={"count": len(unlisted)}
-        )
+        logger.warning("objects under the batch prefix missing from the manifest", extra={"count": len(unlisted)})
 
 
 def execution_arn(state_machine_arn: str, name: str) -> str:
@@ -72,9 +68,7 @@ def execution_exists(sfn: Any, arn: str) -> bool:
     return True
 
 
-def trigger_import(
-    bucket: str, key: str, *, s3: Any, sfn: Any, repository: Tracking, config: Settings
-) -> Triggered:
+def trigger_import(bucket: str, key: str, *, s3: Any, sfn: Any, repository: Tracking, config: Settings) -> Triggered:
     manifest = read_manifest(s3, bucket, key, config.dicom_prefix)
     arn = execution_arn(config.state_machine_arn, manifest.batch_id)
     # S3 delivers events at least once; the execution name (the batch id) makes the second delivery a no-op.

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from . import logs
 from .config import ConfigError, load
 from .server import Receiver, install_signal_handlers
+from .workers import supervise, worker_count
 
 LOG = logging.getLogger("dicom_store_scp")
 
@@ -20,6 +21,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dicom-store-scp: invalid configuration: {error}", file=sys.stderr)
         return 2
     logs.configure(config.log_level)
+    if worker_count(config) > 1:
+        return supervise(config)
     try:
         receiver = Receiver(config)
     except OSError as error:

@@ -11,7 +11,7 @@ import contextlib
 import ipaddress
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,13 @@ _SOP_INSTANCE_UID = Tag(0x0008, 0x0018)
 _STUDY_DATE = Tag(0x0008, 0x0020)
 _STUDY_INSTANCE_UID = Tag(0x0020, 0x000D)
 _SERIES_INSTANCE_UID = Tag(0x0020, 0x000E)
-_HEADER_TAGS = [_SOP_CLASS_UID, _SOP_INSTANCE_UID, _STUDY_DATE, _STUDY_INSTANCE_UID, _SERIES_INSTANCE_UID]
+_HEADER_TAGS: list[BaseTag | int] = [
+    _SOP_CLASS_UID,
+    _SOP_INSTANCE_UID,
+    _STUDY_DATE,
+    _STUDY_INSTANCE_UID,
+    _SERIES_INSTANCE_UID,
+]
 
 # PS3.5 9.1: digits in dot-separated components, at most 64 characters. Leading zeros are tolerated (they
 # are common in the wild and harmless here); empty components are not, which also keeps keys path-safe.
@@ -37,8 +43,11 @@ _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 # A-ASSOCIATE-RJ (PS3.8 7.1.1.9): result, source, reason.
 _REJECTED_PERMANENT = 0x01
+_REJECTED_TRANSIENT = 0x02
 _SERVICE_USER = 0x01
+_SERVICE_PROVIDER_PRESENTATION = 0x03
 _NO_REASON_GIVEN = 0x01
+_LOCAL_LIMIT_EXCEEDED = 0x02
 
 _REJECT_REASONS = {
     (0x01, 0x01): "no reason given",
@@ -81,21 +90,38 @@ def handle_connection_open(event: Any) -> None:
     event.assoc.dul.name = f"DUL peer {host}:{port}"
 
 
-def handle_requested(event: Any, peer_networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
-    """EVT_REQUESTED: reject peers outside ``PEER_CIDRS`` before negotiation (AE titles: pynetdicom checks)."""
-    if not peer_networks:
-        return
+def handle_requested(
+    event: Any,
+    peer_networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+    over_budget: Callable[[], bool] | None,
+) -> None:
+    """EVT_REQUESTED: checks pynetdicom cannot make (AE titles and its per-process limit it checks itself).
+
+    - peers outside ``PEER_CIDRS``: rejected permanent, service user, no reason given;
+    - with several worker processes, the task-wide ``MAXIMUM_ASSOCIATIONS``: rejected transient, service
+      provider (presentation), local limit exceeded, as pynetdicom answers for its own limit.
+    """
     assoc = event.assoc
+    if peer_networks and not _peer_allowed(assoc.requestor.address, peer_networks):
+        _reject(assoc, (_REJECTED_PERMANENT, _SERVICE_USER, _NO_REASON_GIVEN), "peer not in PEER_CIDRS")
+    elif over_budget is not None and over_budget():
+        _reject(
+            assoc, (_REJECTED_TRANSIENT, _SERVICE_PROVIDER_PRESENTATION, _LOCAL_LIMIT_EXCEEDED), "local limit exceeded"
+        )
+
+
+def _peer_allowed(address: str, peer_networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
     try:
-        address = ipaddress.ip_address(assoc.requestor.address)
+        peer = ipaddress.ip_address(address)
     except ValueError:
-        address = None
-    if address is not None and any(address in network for network in peer_networks):
-        return
-    assoc.acse.send_reject(_REJECTED_PERMANENT, _SERVICE_USER, _NO_REASON_GIVEN)
+        return False
+    return any(peer in network for network in peer_networks)
+
+
+def _reject(assoc: Any, result_source_reason: tuple[int, int, int], reason: str) -> None:
+    assoc.acse.send_reject(*result_source_reason)
     LOG.warning(
-        "association rejected",
-        extra={"fields": {"event": "association-rejected", **_peer(assoc), "reason": "peer not in PEER_CIDRS"}},
+        "association rejected", extra={"fields": {"event": "association-rejected", **_peer(assoc), "reason": reason}}
     )
     assoc.kill()
 

@@ -13,11 +13,12 @@ import socketserver
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from . import handlers
@@ -25,6 +26,7 @@ from .batches import Sessions
 from .config import Config
 from .storage import LocalStorage, Storage, use_spool_dir
 from .transfer_syntaxes import AHI_IMPORTABLE
+from .workers import SharedAssociationBudget
 
 LOG = logging.getLogger("dicom_store_scp.server")
 
@@ -53,10 +55,12 @@ class ReceiverServer(ThreadedAssociationServer):
 
     def server_bind(self) -> None:
         if self.reuse_port:
+            assert self.socket is not None
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
     def get_request(self) -> tuple[socket.socket, Any]:
+        assert self.socket is not None
         client, address = self.socket.accept()
         # C-STORE responses are small writes that must not wait behind Nagle's algorithm.
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -122,17 +126,17 @@ def build_ae(config: Config) -> AE:
     ae.require_called_aet = config.require_called_ae_title
     ae.require_calling_aet = list(config.require_calling_ae_titles)
 
-    sop_classes = config.supported_sop_class_uids or [cx.abstract_syntax for cx in AllStoragePresentationContexts]
+    sop_classes = config.supported_sop_class_uids or [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
     for sop_class in sop_classes:
         ae.add_supported_context(sop_class, list(AHI_IMPORTABLE))
     ae.add_supported_context(Verification)
     return ae
 
 
-def event_handlers(config: Config, sessions: Sessions) -> list[Any]:
+def event_handlers(config: Config, sessions: Sessions, over_budget: Callable[[], bool] | None = None) -> list[Any]:
     return [
         (evt.EVT_CONN_OPEN, handlers.handle_connection_open),
-        (evt.EVT_REQUESTED, handlers.handle_requested, [config.peer_cidrs]),
+        (evt.EVT_REQUESTED, handlers.handle_requested, [config.peer_cidrs, over_budget]),
         (evt.EVT_REJECTED, handlers.handle_rejected),
         (evt.EVT_ACCEPTED, handlers.handle_accepted),
         (evt.EVT_ESTABLISHED, handlers.handle_established, [sessions]),
@@ -145,7 +149,7 @@ def event_handlers(config: Config, sessions: Sessions) -> list[Any]:
 class Receiver:
     """One receiving process: the server, its sessions, and their housekeeping."""
 
-    def __init__(self, config: Config, reuse_port: bool = False) -> None:
+    def __init__(self, config: Config, reuse_port: bool = False, budget: SharedAssociationBudget | None = None) -> None:
         self.config = config
         self.storage = build_storage(config)
         self.spool = self.storage.spool_dir()
@@ -154,11 +158,13 @@ class Receiver:
             self.storage, config.storage_prefix, config.batch_max_instances, config.batch_max_bytes
         )
         self.ae = build_ae(config)
-        self.server: ReceiverServer = self.ae.make_server(
+        self.budget = budget
+        self.server = self.ae.make_server(
             (config.bind_address, config.port),
-            evt_handlers=event_handlers(config, self.sessions),
+            evt_handlers=event_handlers(config, self.sessions, self._budget_exceeded if budget else None),
             server_class=SharedPortServer if reuse_port else ReceiverServer,
         )
+        assert isinstance(self.server, ReceiverServer)
         self.server.tls_context = build_tls_context(config)
         self.server.handshake_timeout = config.acse_timeout
         self._stopping = threading.Event()
@@ -168,6 +174,10 @@ class Receiver:
     def address(self) -> tuple[str, int]:
         host, port = self.server.server_address[:2]
         return str(host), int(port)
+
+    def _budget_exceeded(self) -> bool:
+        assert self.budget is not None
+        return self.budget.exceeded(len(self.server.active_associations))
 
     def start(self) -> None:
         self._serving.start()
@@ -180,7 +190,6 @@ class Receiver:
                     "aeTitle": self.config.ae_title,
                     "storage": self.storage.describe(),
                     "tls": self.config.tls_enabled,
-                    "pid": os.getpid(),
                 }
             },
         )
@@ -193,6 +202,8 @@ class Receiver:
         while not self._stopping.wait(_HOUSEKEEPING_SECONDS):
             self.sessions.reap()
             self._clean_spool()
+            if self.budget is not None:
+                self.budget.publish(len(self.server.active_associations))
         self.shutdown()
 
     def shutdown(self) -> None:

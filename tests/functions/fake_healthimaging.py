@@ -69,9 +69,7 @@ class FakeHealthImaging:
             raise ImportJobThrottled("ThrottlingException: Rate exceeded")
         self.tokens -= 1
 
-    def start_import_job(
-        self, *, job_name: str, client_token: str, input_s3_uri: str, output_s3_uri: str
-    ) -> ImportJob:
+    def start_import_job(self, *, job_name: str, client_token: str, input_s3_uri: str, output_s3_uri: str) -> ImportJob:
         self.start_calls += 1
         self._take_token()
         if not (1 <= len(client_token) <= 64):
@@ -163,9 +161,7 @@ class FakeHealthImaging:
             }
         }
         out_bucket, out_key = split_s3_uri(folder)
-        self.s3.put_object(
-            Bucket=out_bucket, Key=f"{out_key}job-output-manifest.json", Body=json.dumps(summary)
-        )
+        self.s3.put_object(Bucket=out_bucket, Key=f"{out_key}job-output-manifest.json", Body=json.dumps(summary))
         for name, records in (("SUCCESS/success.ndjson", successes), ("FAILURE/failure.ndjson", failures)):
             body = "".join(json.dumps(record) + "\n" for record in records)
             self.s3.put_object(Bucket=out_bucket, Key=f"{out_key}{name}", Body=body.encode())

@@ -27,9 +27,7 @@ def run_workflow(sfn, state_machine_arn, fake_ahi, context, clock, max_polls=10)
             return state
 
 
-def test_every_instance_of_a_stored_batch_ends_imported(
-    environment, s3, sfn, tracking, fake_ahi, context, clock
-):
+def test_every_instance_of_a_stored_batch_ends_imported(environment, s3, sfn, tracking, fake_ahi, context, clock):
     batch = store_batch(s3, count=5)
     trigger_import.handler(batch.s3_event(), context)
 

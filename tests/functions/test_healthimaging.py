@@ -32,9 +32,7 @@ START = {
 @pytest.fixture
 def stubbed(aws_credentials):
     # No retries here: each stubbed error should reach our translation exactly once.
-    client = boto3.client(
-        "medical-imaging", region_name="us-east-1", config=RETRY_CONFIG.merge(_no_retries())
-    )
+    client = boto3.client("medical-imaging", region_name="us-east-1", config=RETRY_CONFIG.merge(_no_retries()))
     with Stubber(client) as stubber:
         yield stubber, HealthImagingImportJobs(client, DATASTORE_ID, ROLE_ARN)
         stubber.assert_no_pending_responses()
@@ -77,9 +75,7 @@ def test_throttling_and_quota_errors_become_retryable(stubbed, code):
 
 def test_validation_errors_are_not_retryable(stubbed):
     stubber, jobs = stubbed
-    stubber.add_client_error(
-        "start_dicom_import_job", service_error_code="ValidationException", http_status_code=400
-    )
+    stubber.add_client_error("start_dicom_import_job", service_error_code="ValidationException", http_status_code=400)
     with pytest.raises(ImportJobRejected):
         start(jobs)
 
@@ -116,9 +112,7 @@ def test_every_client_retries_in_standard_mode():
 
 
 def test_output_folder_is_derived_when_the_job_reports_only_the_requested_prefix():
-    job = ImportJob(
-        job_id=JOB_ID, job_status="COMPLETED", datastore_id=DATASTORE_ID, output_s3_uri="s3://r/b"
-    )
+    job = ImportJob(job_id=JOB_ID, job_status="COMPLETED", datastore_id=DATASTORE_ID, output_s3_uri="s3://r/b")
     assert job_output_uri(job) == f"s3://r/b/{DATASTORE_ID}-DicomImport-{JOB_ID}/"
 
 
@@ -138,8 +132,7 @@ def test_job_output_reads_success_warning_and_failure_records(s3):
     s3.put_object(
         Bucket=RESULTS_BUCKET,
         Key=f"{folder}FAILURE/failure.ndjson",
-        Body=b'{"inputFile":"in/c.dcm",'
-        b'"exception":{"exceptionType":"ValidationException","message":"no TS"}}\n',
+        Body=b'{"inputFile":"in/c.dcm","exception":{"exceptionType":"ValidationException","message":"no TS"}}\n',
     )
     outcomes = {o.input_file: o for o in read_job_output(s3, f"s3://{RESULTS_BUCKET}/{folder}").outcomes}
     assert outcomes["in/a.dcm"].imported and outcomes["in/a.dcm"].is_primary is False

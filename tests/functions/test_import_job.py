@@ -98,9 +98,7 @@ def test_check_status_tracks_a_running_job(triggered, fake_ahi, tracking, contex
     assert tracking.get_instance(triggered.sop_instance_uids[0])["state"] == IMPORTING
 
 
-def test_completed_job_with_a_refused_file_fails_only_that_instance(
-    environment, s3, fake_ahi, tracking, context
-):
+def test_completed_job_with_a_refused_file_fails_only_that_instance(environment, s3, fake_ahi, tracking, context):
     batch = store_batch(s3, count=3, corrupt=1)
     trigger_import.handler(batch.s3_event(), context)
     started = start(batch, context)
@@ -135,9 +133,7 @@ def test_failed_job_fails_every_instance_with_its_message(triggered, fake_ahi, t
     assert (job["jobStatus"], job["message"]) == ("FAILED", "Access denied to the input bucket")
 
 
-def test_polling_bound_times_out_the_batch_but_keeps_settled_instances(
-    triggered, fake_ahi, tracking, context
-):
+def test_polling_bound_times_out_the_batch_but_keeps_settled_instances(triggered, fake_ahi, tracking, context):
     started = start(triggered, context)
     settled = triggered.sop_instance_uids[0]
     tracking.update_instance(BATCH_ID, settled, state=IMPORTED, imageSetId="set1")

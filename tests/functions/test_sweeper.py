@@ -12,9 +12,7 @@ LATER = datetime.now(UTC) + timedelta(hours=2)
 
 
 def manifest_of(s3, batch_id):
-    return json.loads(
-        s3.get_object(Bucket=DICOM_BUCKET, Key=manifest_key(DICOM_PREFIX, batch_id))["Body"].read()
-    )
+    return json.loads(s3.get_object(Bucket=DICOM_BUCKET, Key=manifest_key(DICOM_PREFIX, batch_id))["Body"].read())
 
 
 def test_an_abandoned_batch_gets_a_manifest_from_its_objects(environment, s3):

@@ -80,9 +80,7 @@ class _SfnWithoutDescribe:
     ("spoil", "reason"),
     [
         (
-            lambda s3, batch: s3.delete_object(
-                Bucket=DICOM_BUCKET, Key=batch.manifest["instances"][1]["key"]
-            ),
+            lambda s3, batch: s3.delete_object(Bucket=DICOM_BUCKET, Key=batch.manifest["instances"][1]["key"]),
             "not stored",
         ),
         (lambda s3, batch: _rewrite(s3, batch, lambda m: m.update(manifestVersion=2)), "manifestVersion"),
@@ -101,9 +99,7 @@ class _SfnWithoutDescribe:
         ),
     ],
 )
-def test_bad_manifest_is_rejected_without_starting_anything(
-    environment, s3, sfn, tracking, context, spoil, reason
-):
+def test_bad_manifest_is_rejected_without_starting_anything(environment, s3, sfn, tracking, context, spoil, reason):
     batch = store_batch(s3)
     spoil(s3, batch)
     with pytest.raises(InvalidManifest, match=reason):

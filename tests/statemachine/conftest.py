@@ -125,9 +125,9 @@ class Workflow:
         ]
 
     def run(self, state_machine_arn: str, name: str, execution_input: dict[str, Any], timeout: float = 20.0):
-        arn = self.sfn.start_execution(
-            stateMachineArn=state_machine_arn, name=name, input=json.dumps(execution_input)
-        )["executionArn"]
+        arn = self.sfn.start_execution(stateMachineArn=state_machine_arn, name=name, input=json.dumps(execution_input))[
+            "executionArn"
+        ]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             execution = self.sfn.describe_execution(executionArn=arn)

@@ -1,0 +1,123 @@
+"""Conditions, logical ids and expressions shared by the resource groups.
+
+The DICOM bucket is referred to by a name computed from the stack, never by ``Ref``: the bucket's
+notification needs TriggerImport's invoke permission first, and that permission (and everything TriggerImport
+reaches) needs the bucket's ARN, which would be a circular dependency.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from troposphere import (
+    AWSHelperFn,
+    Equals,
+    GetAtt,
+    If,
+    Join,
+    Not,
+    NoValue,
+    Ref,
+    Select,
+    Split,
+    Sub,
+    Template,
+)
+
+# Conditions
+HAS_PEER_CIDR2 = "HasPeerCIDR2"
+HAS_PEER_CIDR3 = "HasPeerCIDR3"
+HAS_TLS = "HasTLSCertificate"
+HAS_KMS_KEY = "HasKmsKey"
+HAS_EXTRA_TASK_SG = "HasAdditionalTaskSecurityGroup"
+IS_INTERNET_FACING = "IsInternetFacing"
+CREATE_DATASTORE = "CreateDatastore"
+HAS_ALARM_TOPIC = "HasAlarmTopic"
+ENABLE_FLOW_LOGS = "EnableFlowLogs"
+
+# Logical ids referred to across groups.
+ACCESS_LOG_BUCKET = "AccessLogBucket"
+DICOM_BUCKET = "DicomBucket"
+RESULTS_BUCKET = "ImportResultsBucket"
+DATASTORE = "Datastore"
+DATA_ACCESS_ROLE = "HealthImagingDataAccessRole"
+JOB_TABLE = "DicomImportJobTable"
+INSTANCE_TABLE = "DicomInstanceTable"
+TRIGGER_IMPORT_FUNCTION = "TriggerImportFunction"
+TRIGGER_IMPORT_S3_PERMISSION = "TriggerImportS3Permission"
+STATE_MACHINE = "ImportWorkflow"
+LOAD_BALANCER = "NetworkLoadBalancer"
+TARGET_GROUP = "ScpTargetGroup"
+CLUSTER = "ScpCluster"
+SERVICE = "ScpService"
+
+# ECS stops a task with SIGTERM, then SIGKILL after this many seconds (Fargate's maximum).
+# ShutdownGraceSeconds is capped below it so open associations can finish and their batches be sealed.
+STOP_TIMEOUT_SECONDS = 120
+# The load balancer drains a stopping task this long before ECS sends SIGTERM; at most the stop timeout.
+DEREGISTRATION_DELAY_SECONDS = 110
+
+
+def add_conditions(template: Template) -> None:
+    template.add_condition(HAS_PEER_CIDR2, Not(Equals(Ref("PeerCIDR2"), "")))
+    template.add_condition(HAS_PEER_CIDR3, Not(Equals(Ref("PeerCIDR3"), "")))
+    template.add_condition(HAS_TLS, Not(Equals(Ref("TLSCertificateARN"), "")))
+    template.add_condition(HAS_KMS_KEY, Not(Equals(Ref("KmsKeyArn"), "")))
+    template.add_condition(HAS_EXTRA_TASK_SG, Not(Equals(Ref("SecurityGroupID"), "")))
+    template.add_condition(IS_INTERNET_FACING, Equals(Ref("LoadBalancerScheme"), "internet-facing"))
+    template.add_condition(CREATE_DATASTORE, Equals(Ref("ExistingDatastoreID"), ""))
+    template.add_condition(HAS_ALARM_TOPIC, Not(Equals(Ref("AlarmTopicARN"), "")))
+    template.add_condition(ENABLE_FLOW_LOGS, Equals(Ref("EnableVPCFlowLogs"), "true"))
+
+
+def stack_suffix() -> Select:
+    """The first group of the stack id's uuid: lowercase hex, unique per stack, valid in a bucket name."""
+    return Select(0, Split("-", Select(2, Split("/", Ref("AWS::StackId")))))
+
+
+def dicom_bucket_name() -> Sub:
+    return Sub("dicom-scp-${AWS::AccountId}-${AWS::Region}-${Suffix}", Suffix=stack_suffix())
+
+
+def dicom_bucket_arn(key_pattern: str | None = None) -> Sub:
+    """The bucket's ARN, or the ARN of ``key_pattern`` below ``DICOMPrefix`` (e.g. ``incoming/*``)."""
+    path = "" if key_pattern is None else "/${DICOMPrefix}" + key_pattern
+    return Sub(
+        "arn:${AWS::Partition}:s3:::dicom-scp-${AWS::AccountId}-${AWS::Region}-${Suffix}" + path,
+        Suffix=stack_suffix(),
+    )
+
+
+def datastore_id() -> If:
+    return If(CREATE_DATASTORE, GetAtt(DATASTORE, "DatastoreId"), Ref("ExistingDatastoreID"))
+
+
+def datastore_arn() -> Sub:
+    return Sub(
+        "arn:${AWS::Partition}:medical-imaging:${AWS::Region}:${AWS::AccountId}:datastore/${Id}",
+        Id=datastore_id(),
+    )
+
+
+def kms_key_or_none() -> If:
+    return If(HAS_KMS_KEY, Ref("KmsKeyArn"), NoValue)
+
+
+def skip_checks(*skips: tuple[str, str]) -> dict[str, Any]:
+    """Resource Metadata telling checkov which checks do not apply here, each with the reason."""
+    return {"checkov": {"skip": [{"id": check_id, "comment": reason} for check_id, reason in skips]}}
+
+
+def join_nonempty_cidrs() -> Join:
+    """PeerCIDR1 plus PeerCIDR2/3 when given, comma-separated (the SCP's PEER_CIDRS)."""
+    return Join(
+        "",
+        [
+            Ref("PeerCIDR1"),
+            If(HAS_PEER_CIDR2, Sub(",${PeerCIDR2}"), ""),
+            If(HAS_PEER_CIDR3, Sub(",${PeerCIDR3}"), ""),
+        ],
+    )
+
+
+Expr = AWSHelperFn | str | int

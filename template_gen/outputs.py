@@ -1,0 +1,27 @@
+"""Outputs: the DICOM endpoint (the seed's names) and where the pipeline keeps its data."""
+
+from __future__ import annotations
+
+from troposphere import GetAtt, Output, Ref, Template
+
+from template_gen import common as c
+
+
+def add_outputs(template: Template) -> None:
+    outputs = {
+        "NetworkLoadBalancerDNS": ("DNS name of the DICOM endpoint", GetAtt(c.LOAD_BALANCER, "DNSName")),
+        "DICOMPort": ("TCP port of the DICOM endpoint", Ref("SCPPort")),
+        "DICOMAETitle": ("AE title of the DICOM endpoint", Ref("SCPAETitle")),
+        "DatastoreID": ("HealthImaging data store receiving the imports", c.datastore_id()),
+        "DICOMBucketName": ("Bucket of received instances and batch manifests", c.dicom_bucket_name()),
+        "ImportResultsBucketName": ("Bucket of HealthImaging import job output", Ref(c.RESULTS_BUCKET)),
+        "AccessLogBucketName": (
+            "Bucket of access logs (S3, load balancer, flow logs)",
+            Ref(c.ACCESS_LOG_BUCKET),
+        ),
+        "ImportJobTableName": ("DynamoDB table of import jobs", Ref(c.JOB_TABLE)),
+        "InstanceTableName": ("DynamoDB table of received instances", Ref(c.INSTANCE_TABLE)),
+        "StateMachineArn": ("Import workflow state machine", Ref(c.STATE_MACHINE)),
+    }
+    for name, (description, value) in outputs.items():
+        template.add_output(Output(name, Description=description, Value=value))

@@ -1,0 +1,289 @@
+"""The stack's parameters: one declarative table, from which the console's Interface metadata is generated.
+
+A parameter cannot exist without a group, a label and a description: the table's row type requires them, and
+the tests assert every parameter is used by the template.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from troposphere import Parameter, Template
+
+from template_gen import release
+
+NETWORK = "Network"
+DICOM = "DICOM"
+SCALING = "Scaling"
+SECURITY = "Security"
+STORAGE = "Storage and import"
+RELEASE = "Release artifacts (filled in by the publish step)"
+OPERATIONS = "Operations"
+
+# Console order of the groups.
+GROUP_ORDER = (NETWORK, DICOM, SECURITY, SCALING, STORAGE, OPERATIONS, RELEASE)
+
+# A DICOM AE title: 1-16 characters of the default repertoire, no backslash, not all spaces (PS3.5 6.2).
+AE_TITLE_PATTERN = r"^[ -\[\]-~]*[!-\[\]-~][ -\[\]-~]*$"
+_OCTET = r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+CIDR_PATTERN = rf"^({_OCTET}\.){{3}}{_OCTET}/(3[0-2]|[12]?\d)$"
+OPTIONAL_CIDR_PATTERN = rf"^(({_OCTET}\.){{3}}{_OCTET}/(3[0-2]|[12]?\d))?$"
+ACM_CERTIFICATE_PATTERN = r"^(arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[A-Za-z0-9-]+)?$"
+UID_LIST_PATTERN = r"^([0-9]+(\.[0-9]+)*(,[0-9]+(\.[0-9]+)*)*)?$"
+
+FARGATE_CPU_MEMORY: dict[str, tuple[int, ...]] = {
+    # Fargate's valid task size pairs (CPU units -> memory MiB), Linux platform.
+    "256": (512, 1024, 2048),
+    "512": tuple(range(1024, 4096 + 1, 1024)),
+    "1024": tuple(range(2048, 8192 + 1, 1024)),
+    "2048": tuple(range(4096, 16384 + 1, 1024)),
+    "4096": tuple(range(8192, 30720 + 1, 1024)),
+    "8192": tuple(range(16384, 61440 + 1, 4096)),
+    "16384": tuple(range(32768, 122880 + 1, 8192)),
+}
+ALL_FARGATE_MEMORY = tuple(str(m) for m in sorted({m for ms in FARGATE_CPU_MEMORY.values() for m in ms}))
+
+# The regions where AWS HealthImaging runs (the stack is pointless anywhere else).
+HEALTHIMAGING_REGIONS = ("us-east-1", "us-west-2", "eu-west-1", "ap-southeast-2")
+
+LOG_RETENTION_DAYS = (
+    1,
+    3,
+    5,
+    7,
+    14,
+    30,
+    60,
+    90,
+    120,
+    150,
+    180,
+    365,
+    400,
+    545,
+    731,
+    1096,
+    1827,
+    2192,
+    2557,
+    2922,
+    3288,
+    3653,
+)
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: str
+    group: str
+    label: str
+    description: str
+    default: str | int | None = None
+    constraints: dict[str, Any] = field(default_factory=dict)
+
+
+PARAMETERS: tuple[Param, ...] = (
+    # --- Network
+    Param("VpcID", "AWS::EC2::VPC::Id", NETWORK, "VPC",
+          "The VPC that holds the load balancer and the SCP tasks."),
+    Param("VpcCIDR", "String", NETWORK, "VPC CIDR",
+          "The VPC's IPv4 CIDR: the load balancer may reach the SCP tasks only inside it.",
+          constraints={"AllowedPattern": CIDR_PATTERN,
+                       "ConstraintDescription": "an IPv4 CIDR block such as 10.0.0.0/16"}),
+    Param("PublicSubnetIDs", "List<AWS::EC2::Subnet::Id>", NETWORK, "Public subnets",
+          "Subnets of an internet-facing load balancer (one per Availability Zone). Ignored when the scheme "
+          "is internal."),
+    Param("PrivateSubnetIDs", "List<AWS::EC2::Subnet::Id>", NETWORK, "Private subnets",
+          "Subnets of the SCP tasks (and of an internal load balancer). They need a route to Amazon S3, ECR "
+          "and CloudWatch Logs (NAT gateway or VPC endpoints)."),
+    Param("SecurityGroupID", "String", NETWORK, "Additional task security group",
+          "Optional existing security group attached to the SCP tasks as well, e.g. one admitted by your VPC "
+          "endpoints. Leave empty for none.",
+          default="",
+          constraints={"AllowedPattern": r"^(sg-[0-9a-f]{8,17})?$",
+                       "ConstraintDescription": "empty or a security group id (sg-...)"}),
+    Param("LoadBalancerScheme", "String", NETWORK, "Load balancer scheme",
+          "internet-facing (in the public subnets) or internal (in the private subnets, reached over VPN or "
+          "Direct Connect).",
+          default="internet-facing",
+          constraints={"AllowedValues": ["internet-facing", "internal"]}),
+    Param("EnableVPCFlowLogs", "String", NETWORK, "VPC flow logs",
+          "Record the VPC's flow logs in the stack's access-log bucket.",
+          default="false", constraints={"AllowedValues": ["true", "false"]}),
+    # --- DICOM
+    Param("SCPAETitle", "String", DICOM, "SCP AE title",
+          "The AE title the SCP answers to.",
+          default="STORESCP",
+          constraints={"AllowedPattern": AE_TITLE_PATTERN, "MinLength": 1, "MaxLength": 16,
+                       "ConstraintDescription": "1-16 printable ASCII characters, no backslash"}),
+    Param("SCPPort", "Number", DICOM, "DICOM port",
+          "TCP port of the DICOM endpoint, on the load balancer and in the task.",
+          default=11112, constraints={"MinValue": 1024, "MaxValue": 65535}),
+    Param("PeerCIDR1", "String", DICOM, "Allowed peers (1)",
+          "IPv4 CIDR of senders (modalities, PACS) admitted to the DICOM port.",
+          constraints={"AllowedPattern": CIDR_PATTERN,
+                       "ConstraintDescription": "an IPv4 CIDR block such as 192.0.2.0/24"}),
+    Param("PeerCIDR2", "String", DICOM, "Allowed peers (2)",
+          "Optional second IPv4 CIDR of senders. Leave empty for none.",
+          default="",
+          constraints={"AllowedPattern": OPTIONAL_CIDR_PATTERN,
+                       "ConstraintDescription": "empty or an IPv4 CIDR block"}),
+    Param("PeerCIDR3", "String", DICOM, "Allowed peers (3)",
+          "Optional third IPv4 CIDR of senders. Leave empty for none.",
+          default="",
+          constraints={"AllowedPattern": OPTIONAL_CIDR_PATTERN,
+                       "ConstraintDescription": "empty or an IPv4 CIDR block"}),
+    Param("RequireCalledAETitle", "String", DICOM, "Require called AE title",
+          "Reject associations whose called AE title is not the SCP's AE title.",
+          default="false", constraints={"AllowedValues": ["true", "false"]}),
+    Param("RequireCallingAETitle", "String", DICOM, "Allowed calling AE titles",
+          "Comma-separated calling AE titles admitted; empty admits any.",
+          default="",
+          constraints={"AllowedPattern": r"^([^,\\]{1,16}(,[^,\\]{1,16})*)?$",
+                       "ConstraintDescription": "empty or comma-separated AE titles of 1-16 characters"}),
+    Param("DIMSETimeout", "Number", DICOM, "DIMSE timeout (s)",
+          "Seconds to wait for a DIMSE message.",
+          default=60, constraints={"MinValue": 1, "MaxValue": 3600}),
+    Param("NetworkTimeout", "Number", DICOM, "Network timeout (s)",
+          "Seconds of network inactivity before an association is aborted.",
+          default=90, constraints={"MinValue": 1, "MaxValue": 3600}),
+    Param("ACSETimeout", "Number", DICOM, "ACSE timeout (s)",
+          "Seconds to wait for association negotiation messages.",
+          default=30, constraints={"MinValue": 1, "MaxValue": 3600}),
+    Param("MaximumAssociations", "Number", DICOM, "Maximum associations",
+          "Concurrent associations per task.",
+          default=300, constraints={"MinValue": 1, "MaxValue": 2000}),
+    Param("MaximumPDUSize", "Number", DICOM, "Maximum PDU size (bytes)",
+          "Maximum PDU size the SCP accepts; 0 means unlimited.",
+          default=16382, constraints={"MinValue": 0, "MaxValue": 4294967295}),
+    Param("SupportedSOPClassUIDs", "String", DICOM, "Supported SOP classes",
+          "Comma-separated SOP Class UIDs accepted; empty accepts every storage SOP class.",
+          default="",
+          constraints={"AllowedPattern": UID_LIST_PATTERN,
+                       "ConstraintDescription": "empty or comma-separated UIDs (digits and dots)"}),
+    # --- Security
+    Param("TLSCertificateARN", "String", SECURITY, "TLS certificate (ACM)",
+          "Optional ACM certificate ARN: the load balancer then terminates DICOM TLS on the DICOM port. "
+          "Leave empty for plain TCP.",
+          default="",
+          constraints={"AllowedPattern": ACM_CERTIFICATE_PATTERN,
+                       "ConstraintDescription": "empty or an ACM certificate ARN"}),
+    Param("KmsKeyArn", "String", SECURITY, "KMS key",
+          "Optional customer managed KMS key ARN for the buckets, tables, logs, queue and data store. Its "
+          "key policy must admit this account's S3, DynamoDB, CloudWatch Logs, SQS and HealthImaging "
+          "use. Leave empty for AWS owned keys.",
+          default="",
+          constraints={"AllowedPattern": r"^(arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[a-f0-9-]{36})?$",
+                       "ConstraintDescription": "empty or a KMS key ARN (arn:...:key/<uuid>)"}),
+    # --- Scaling
+    Param("TaskCPU", "String", SCALING, "Task CPU (units)",
+          "Fargate CPU units per task (1024 = 1 vCPU).",
+          default="1024", constraints={"AllowedValues": list(FARGATE_CPU_MEMORY)}),
+    Param("TaskMemoryLimit", "String", SCALING, "Task memory (MiB)",
+          "Fargate memory per task; must be a valid pair with the CPU.",
+          default="2048", constraints={"AllowedValues": list(ALL_FARGATE_MEMORY)}),
+    Param("TaskEphemeralStorageGiB", "Number", SCALING, "Task ephemeral storage (GiB)",
+          "Scratch disk per task: received instances are streamed to disk before they are stored.",
+          default=50, constraints={"MinValue": 21, "MaxValue": 200}),
+    Param("TaskDesiredCount", "Number", SCALING, "Minimum tasks",
+          "Tasks always running (the autoscaling minimum).",
+          default=1, constraints={"MinValue": 1, "MaxValue": 100}),
+    Param("AutoscaleMaxCapacity", "Number", SCALING, "Maximum tasks",
+          "Most tasks CPU target tracking may run; at least the minimum.",
+          default=3, constraints={"MinValue": 1, "MaxValue": 100}),
+    Param("Workers", "Number", SCALING, "Storage workers per task",
+          "Threads per task writing received instances to Amazon S3.",
+          default=8, constraints={"MinValue": 1, "MaxValue": 128}),
+    Param("MaxPoolConnections", "Number", SCALING, "S3 connections per task",
+          "Size of the task's S3 connection pool.",
+          default=50, constraints={"MinValue": 1, "MaxValue": 1000}),
+    Param("ShutdownGraceSeconds", "Number", SCALING, "Shutdown grace (s)",
+          "Seconds a stopping task gives open associations to finish; below the 120 s stop timeout.",
+          default=100, constraints={"MinValue": 0, "MaxValue": 110}),
+    # --- Storage and import
+    Param("DICOMPrefix", "String", STORAGE, "Object key prefix",
+          "Optional key prefix inside the DICOM bucket, ending with a slash (e.g. site-a/). Empty for none.",
+          default="",
+          constraints={"AllowedPattern": r"^([A-Za-z0-9!_.*'()-]+/)*$",
+                       "ConstraintDescription": "empty or path segments each ending with a slash"}),
+    Param("BatchMaxInstances", "Number", STORAGE, "Instances per import batch",
+          "An association's instances are split into import batches of at most this many (AHI allows 5,000).",
+          default=5000, constraints={"MinValue": 1, "MaxValue": 5000}),
+    Param("BatchMaxBytes", "Number", STORAGE, "Bytes per import batch",
+          "Import batches hold at most this many bytes (AHI allows 10 GB per job).",
+          default=10000000000, constraints={"MinValue": 1048576, "MaxValue": 10000000000}),
+    Param("DICOMObjectRetentionDays", "Number", STORAGE, "DICOM object retention (days)",
+          "Days received objects and manifests stay in the DICOM bucket (HealthImaging keeps the images).",
+          default=30, constraints={"MinValue": 1, "MaxValue": 3650}),
+    Param("ImportResultsRetentionDays", "Number", STORAGE, "Import result retention (days)",
+          "Days HealthImaging's job output (success and failure reports) is kept.",
+          default=365, constraints={"MinValue": 1, "MaxValue": 3650}),
+    Param("ExistingDatastoreID", "String", STORAGE, "Existing data store id",
+          "Optional id of an existing HealthImaging data store in this region. Leave empty to create one.",
+          default="",
+          constraints={"AllowedPattern": r"^([0-9a-z]{32})?$",
+                       "ConstraintDescription": "empty or a 32-character data store id"}),
+    Param("ImportPollSeconds", "Number", STORAGE, "Import status poll interval (s)",
+          "Seconds the workflow waits between import job status checks.",
+          default=30, constraints={"MinValue": 5, "MaxValue": 3600}),
+    Param("ImportMaxPolls", "Number", STORAGE, "Import status polls",
+          "Status checks before an import job is recorded as failed (poll interval x polls = time limit).",
+          default=480, constraints={"MinValue": 1, "MaxValue": 10000}),
+    Param("SweepIntervalMinutes", "Number", STORAGE, "Sweep interval (min)",
+          "How often the sweeper seals batches left open by a task that died.",
+          default=15, constraints={"MinValue": 5, "MaxValue": 1440}),
+    Param("SweepMinAgeMinutes", "Number", STORAGE, "Sweep age (min)",
+          "A batch without a manifest is sealed once its newest object is this old.",
+          default=60, constraints={"MinValue": 10, "MaxValue": 10080}),
+    # --- Operations
+    Param("LogLevel", "String", OPERATIONS, "Log level",
+          "Log level of the SCP and the import functions.",
+          default="INFO", constraints={"AllowedValues": ["DEBUG", "INFO", "WARNING", "ERROR"]}),
+    Param("LogRetentionDays", "Number", OPERATIONS, "Log retention (days)",
+          "Days CloudWatch Logs keeps the SCP's, the functions' and the workflow's logs.",
+          default=365, constraints={"AllowedValues": list(LOG_RETENTION_DAYS)}),
+    Param("AlarmTopicARN", "String", OPERATIONS, "Alarm SNS topic",
+          "Optional SNS topic ARN notified by the stack's alarms. Leave empty for none.",
+          default="",
+          constraints={"AllowedPattern": r"^(arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256})?$",
+                       "ConstraintDescription": "empty or an SNS topic ARN"}),
+    # --- Release artifacts
+    Param("ContainerImageURI", "String", RELEASE, "SCP container image",
+          "Amazon ECR image of the SCP (registry/repository:tag or @sha256:digest).",
+          default=release.CONTAINER_IMAGE_URI,
+          constraints={"AllowedPattern": release.ECR_IMAGE_PATTERN,
+                       "ConstraintDescription": "an Amazon ECR image URI"}),
+    Param("LambdaArtifactBucket", "String", RELEASE, "Function code bucket",
+          "S3 bucket in this region holding the import functions' zip.",
+          default=release.LAMBDA_ARTIFACT_BUCKET,
+          constraints={"AllowedPattern": r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+                       "ConstraintDescription": "an S3 bucket name"}),
+    Param("LambdaArtifactKey", "String", RELEASE, "Function code key",
+          "Key of the import functions' zip in the function code bucket.",
+          default=release.LAMBDA_ARTIFACT_KEY,
+          constraints={"AllowedPattern": r"^[A-Za-z0-9!_.*'()/-]+\.zip$",
+                       "ConstraintDescription": "an S3 key ending in .zip"}),
+)  # fmt: skip
+
+BY_NAME = {p.name: p for p in PARAMETERS}
+
+
+def add_parameters(template: Template) -> dict[str, Parameter]:
+    added = {}
+    for p in PARAMETERS:
+        kwargs: dict[str, Any] = {"Type": p.type, "Description": p.description, **p.constraints}
+        if p.default is not None:
+            kwargs["Default"] = p.default
+        added[p.name] = template.add_parameter(Parameter(p.name, **kwargs))
+    return added
+
+
+def interface_metadata() -> dict[str, Any]:
+    groups = [
+        {"Label": {"default": group}, "Parameters": [p.name for p in PARAMETERS if p.group == group]}
+        for group in GROUP_ORDER
+    ]
+    labels = {p.name: {"default": p.label} for p in PARAMETERS}
+    return {"AWS::CloudFormation::Interface": {"ParameterGroups": groups, "ParameterLabels": labels}}

@@ -1,0 +1,262 @@
+"""Storage: the DICOM bucket, the import results bucket, the HealthImaging data store and its data-access
+role, and the DynamoDB tables of import jobs and instances."""
+
+from __future__ import annotations
+
+from awacs import kms
+from awacs import s3 as s3_actions
+from awacs.aws import (
+    Allow,
+    ArnLike,
+    Condition,
+    PolicyDocument,
+    Principal,
+    Statement,
+    StringEquals,
+    StringLike,
+)
+from awacs.sts import AssumeRole
+from troposphere import GetAtt, If, NoValue, Ref, Sub, Tags, Template, dynamodb, healthimaging, iam, s3
+
+from template_gen import common as c
+from template_gen.network import S3_ACCESS_LOG_PREFIX, tls_only_statement
+
+# Retained on stack deletion: they hold medical images and the record of what was imported.
+RETAIN = {"DeletionPolicy": "Retain", "UpdateReplacePolicy": "Retain"}
+
+NONCURRENT_VERSION_DAYS = 7
+
+KMS_OPTIONAL_REASON = "SSE-KMS with the customer's key when KmsKeyArn is given, SSE-S3 otherwise."
+
+
+def add_storage(template: Template) -> None:
+    _add_buckets(template)
+    _add_datastore(template)
+    _add_tables(template)
+
+
+def _bucket_encryption() -> s3.BucketEncryption:
+    return s3.BucketEncryption(
+        ServerSideEncryptionConfiguration=[
+            s3.ServerSideEncryptionRule(
+                BucketKeyEnabled=True,
+                ServerSideEncryptionByDefault=s3.ServerSideEncryptionByDefault(
+                    SSEAlgorithm=If(c.HAS_KMS_KEY, "aws:kms", "AES256"),
+                    KMSMasterKeyID=c.kms_key_or_none(),
+                ),
+            )
+        ]
+    )
+
+
+def _bucket(logical_id: str, log_prefix: str, retention_days: Ref, **extra: object) -> s3.Bucket:
+    return s3.Bucket(
+        logical_id,
+        **RETAIN,
+        Metadata=c.skip_checks(
+            ("CKV_AWS_19", "Default encryption is always on: " + KMS_OPTIONAL_REASON),
+            ("CKV_AWS_145", KMS_OPTIONAL_REASON),
+        ),
+        BucketEncryption=_bucket_encryption(),
+        OwnershipControls=s3.OwnershipControls(Rules=[s3.OwnershipControlsRule(ObjectOwnership="BucketOwnerEnforced")]),
+        PublicAccessBlockConfiguration=s3.PublicAccessBlockConfiguration(
+            BlockPublicAcls=True, BlockPublicPolicy=True, IgnorePublicAcls=True, RestrictPublicBuckets=True
+        ),
+        VersioningConfiguration=s3.VersioningConfiguration(Status="Enabled"),
+        LifecycleConfiguration=s3.LifecycleConfiguration(
+            Rules=[
+                s3.LifecycleRule(
+                    Id="Expire",
+                    Status="Enabled",
+                    ExpirationInDays=retention_days,
+                    NoncurrentVersionExpiration=s3.NoncurrentVersionExpiration(NoncurrentDays=NONCURRENT_VERSION_DAYS),
+                    AbortIncompleteMultipartUpload=s3.AbortIncompleteMultipartUpload(DaysAfterInitiation=1),
+                )
+            ]
+        ),
+        LoggingConfiguration=s3.LoggingConfiguration(
+            DestinationBucketName=Ref(c.ACCESS_LOG_BUCKET), LogFilePrefix=S3_ACCESS_LOG_PREFIX + log_prefix
+        ),
+        **extra,
+    )
+
+
+def _add_buckets(template: Template) -> None:
+    dicom = template.add_resource(
+        _bucket(
+            c.DICOM_BUCKET,
+            "dicom/",
+            Ref("DICOMObjectRetentionDays"),
+            BucketName=c.dicom_bucket_name(),
+            # S3 checks the destination's invoke permission when the notification is set.
+            DependsOn=[c.TRIGGER_IMPORT_S3_PERMISSION],
+            NotificationConfiguration=s3.NotificationConfiguration(
+                LambdaConfigurations=[
+                    s3.LambdaConfigurations(
+                        Event="s3:ObjectCreated:*",
+                        Function=GetAtt(c.TRIGGER_IMPORT_FUNCTION, "Arn"),
+                        Filter=s3.Filter(
+                            S3Key=s3.S3Key(
+                                Rules=[
+                                    s3.Rules(Name="prefix", Value=Sub("${DICOMPrefix}manifests/")),
+                                    s3.Rules(Name="suffix", Value=".json"),
+                                ]
+                            )
+                        ),
+                    )
+                ]
+            ),
+        )
+    )
+    results = template.add_resource(_bucket(c.RESULTS_BUCKET, "import-results/", Ref("ImportResultsRetentionDays")))
+    for bucket, name in ((dicom, "DicomBucketPolicy"), (results, "ImportResultsBucketPolicy")):
+        template.add_resource(
+            s3.BucketPolicy(
+                name,
+                Bucket=Ref(bucket),
+                PolicyDocument=PolicyDocument(
+                    Version="2012-10-17", Statement=[tls_only_statement(GetAtt(bucket, "Arn"))]
+                ),
+            )
+        )
+
+
+def _add_datastore(template: Template) -> None:
+    template.add_resource(
+        healthimaging.Datastore(
+            c.DATASTORE,
+            **RETAIN,
+            Condition=c.CREATE_DATASTORE,
+            DatastoreName=Sub("${AWS::StackName}"),
+            KmsKeyArn=c.kms_key_or_none(),
+        )
+    )
+    results_arn = GetAtt(c.RESULTS_BUCKET, "Arn")
+    template.add_resource(
+        iam.Role(
+            c.DATA_ACCESS_ROLE,
+            AssumeRolePolicyDocument=PolicyDocument(
+                Version="2012-10-17",
+                Statement=[
+                    Statement(
+                        Effect=Allow,
+                        Principal=Principal("Service", "medical-imaging.amazonaws.com"),
+                        Action=[AssumeRole],
+                        # Only this account's data store may use the role (confused deputy).
+                        Condition=Condition(
+                            [
+                                StringEquals("aws:SourceAccount", Ref("AWS::AccountId")),
+                                ArnLike("aws:SourceArn", c.datastore_arn()),
+                            ]
+                        ),
+                    )
+                ],
+            ),
+            Policies=[
+                iam.Policy(
+                    PolicyName="read-incoming-write-results",
+                    PolicyDocument=PolicyDocument(
+                        Version="2012-10-17",
+                        Statement=[
+                            Statement(
+                                Effect=Allow,
+                                Action=[s3_actions.ListBucket],
+                                Resource=[c.dicom_bucket_arn()],
+                                Condition=Condition(StringLike("s3:prefix", Sub("${DICOMPrefix}incoming/*"))),
+                            ),
+                            Statement(
+                                Effect=Allow,
+                                Action=[s3_actions.GetObject],
+                                Resource=[c.dicom_bucket_arn("incoming/*")],
+                            ),
+                            Statement(
+                                Effect=Allow,
+                                Action=[s3_actions.ListBucket],
+                                Resource=[results_arn],
+                            ),
+                            Statement(
+                                Effect=Allow,
+                                Action=[s3_actions.PutObject],
+                                Resource=[Sub("${Arn}/*", Arn=results_arn)],
+                            ),
+                        ],
+                    ),
+                ),
+                If(
+                    c.HAS_KMS_KEY,
+                    iam.Policy(
+                        PolicyName="use-bucket-key",
+                        PolicyDocument=PolicyDocument(
+                            Version="2012-10-17",
+                            Statement=[
+                                Statement(
+                                    Effect=Allow,
+                                    Action=[kms.Decrypt, kms.GenerateDataKey],
+                                    Resource=[Ref("KmsKeyArn")],
+                                )
+                            ],
+                        ),
+                    ),
+                    NoValue,
+                ),
+            ],
+        )
+    )
+
+
+def _sse() -> dynamodb.SSESpecification:
+    return dynamodb.SSESpecification(
+        SSEEnabled=True,
+        SSEType=If(c.HAS_KMS_KEY, "KMS", NoValue),
+        KMSMasterKeyId=c.kms_key_or_none(),
+    )
+
+
+def _table(logical_id: str, key: str, attributes: list[str], index: dynamodb.GlobalSecondaryIndex) -> dynamodb.Table:
+    return dynamodb.Table(
+        logical_id,
+        **RETAIN,
+        Metadata=c.skip_checks(
+            (
+                "CKV_AWS_119",
+                "Encrypted with the customer's KMS key when KmsKeyArn is given, an AWS owned key otherwise.",
+            )
+        ),
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[dynamodb.AttributeDefinition(AttributeName=a, AttributeType="S") for a in attributes],
+        KeySchema=[dynamodb.KeySchema(AttributeName=key, KeyType="HASH")],
+        GlobalSecondaryIndexes=[index],
+        SSESpecification=_sse(),
+        PointInTimeRecoverySpecification=dynamodb.PointInTimeRecoverySpecification(PointInTimeRecoveryEnabled=True),
+        Tags=Tags(Component="import-pipeline"),
+    )
+
+
+def _add_tables(template: Template) -> None:
+    template.add_resource(
+        _table(
+            c.JOB_TABLE,
+            "jobId",
+            ["jobId", "batchId"],
+            dynamodb.GlobalSecondaryIndex(
+                IndexName="batchId-index",
+                KeySchema=[dynamodb.KeySchema(AttributeName="batchId", KeyType="HASH")],
+                Projection=dynamodb.Projection(ProjectionType="ALL"),
+            ),
+        )
+    )
+    template.add_resource(
+        _table(
+            c.INSTANCE_TABLE,
+            "sopInstanceUID",
+            ["sopInstanceUID", "studyInstanceUID"],
+            dynamodb.GlobalSecondaryIndex(
+                IndexName="studyInstanceUID-index",
+                KeySchema=[
+                    dynamodb.KeySchema(AttributeName="studyInstanceUID", KeyType="HASH"),
+                    dynamodb.KeySchema(AttributeName="sopInstanceUID", KeyType="RANGE"),
+                ],
+                Projection=dynamodb.Projection(ProjectionType="ALL"),
+            ),
+        )
+    )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from release import project
 
@@ -18,6 +20,22 @@ def main(argv: list[str] | None = None) -> int:
 
     package = commands.add_parser("package", help="build the deterministic Lambda zip")
     package.add_argument("--arch", default="x86_64", choices=sorted(project.LAMBDA_ARCHITECTURES))
+
+    publish = commands.add_parser("publish", help="push the image, upload the zip, render the release templates")
+    publish.add_argument("--version", default=project.version())
+    publish.add_argument("--regions", required=True, help="comma list, e.g. us-east-1,eu-west-1")
+    publish.add_argument("--arch", default="x86_64", choices=sorted(project.LAMBDA_ARCHITECTURES))
+    publish.add_argument("--artifact-bucket-prefix", default="dicom-store-scp-artifacts")
+    publish.add_argument("--account-id", help="the publishing account (default: the caller's, from STS)")
+    publish.add_argument("--dist", type=Path, default=project.DIST, help="where make package put the zip")
+    publish.add_argument("--output", type=Path, default=project.DIST / "release", help="release templates go here")
+    publish.add_argument("--skip-image", action="store_true", help="leave the image out (no container engine)")
+    publish.add_argument(
+        "--dry-run",
+        action="store_true",
+        default=os.environ.get("DRY_RUN", "") not in {"", "0"},
+        help="print every action and change nothing (also DRY_RUN=1)",
+    )
 
     args = parser.parse_args(argv)
     if args.command == "lock":
@@ -36,7 +54,43 @@ def main(argv: list[str] | None = None) -> int:
         built = packaging.build(arch=args.arch)
         print(f"{built.path.relative_to(project.ROOT)}  sha256 {built.sha256}  ({built.files} files)")
         return 0
+    if args.command == "publish":
+        return publish_command(args)
     return 2
+
+
+def publish_command(args: argparse.Namespace) -> int:
+    from release import image, package, publish
+
+    try:
+        version = publish.check_version(args.version)
+        regions = tuple(region.strip() for region in args.regions.split(",") if region.strip())
+        if not regions:
+            raise publish.PublishError("--regions names no region")
+        zip_path = args.dist / package.zip_name(version, args.arch)
+        release = publish.Release(
+            version=version,
+            regions=regions,
+            account_id=publish.account_id(args.dry_run, args.account_id),
+            artifact_bucket_prefix=args.artifact_bucket_prefix,
+            zip_path=zip_path,
+            zip_sha256=publish.zip_sha256(zip_path),
+            output=args.output,
+        )
+        engine = None
+        if not args.skip_image and not args.dry_run:
+            engine, reasons = image.find_engine()
+            if engine is None:
+                raise publish.PublishError(
+                    image.no_engine_message("The image cannot be pushed (--skip-image to go on).", reasons)
+                )
+        publish.plan(release, engine, skip_image=args.skip_image).execute(args.dry_run)
+    except publish.PublishError as error:
+        print(f"publish: {error}", file=sys.stderr)
+        return 1
+    if args.dry_run:
+        print("dry run: nothing was changed")
+    return 0
 
 
 if __name__ == "__main__":

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 
 from release import package
@@ -25,3 +29,25 @@ def aws_credentials(monkeypatch):
 def functions_zip(tmp_path_factory) -> package.Built:
     """The Lambda zip, built once for the session from the working tree's sources and lock."""
     return package.build(dist=tmp_path_factory.mktemp("dist"))
+
+
+@pytest.fixture
+def fake_engine(tmp_path) -> Callable[..., Path]:
+    """Container engine stand-ins in ``tmp_path/bin``: ``info`` exits with ``info_exit``; every other call is
+    recorded in ``<name>.calls`` (and a login's stdin in ``<name>.calls.stdin``). Returns the record's path."""
+    folder = tmp_path / "bin"
+
+    def make(name: str, info_exit: int) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        script = folder / name
+        record = folder / f"{name}.calls"
+        script.write_text(
+            "#!/bin/sh\n"
+            f'if [ "$1" = info ]; then exit {info_exit}; fi\n'
+            f'echo "$@" >> "{record}"\n'
+            f'if [ "$1" = login ]; then cat > "{record}.stdin"; fi\n'
+        )
+        script.chmod(script.stat().st_mode | stat.S_IXUSR)
+        return record
+
+    return make

@@ -10,7 +10,6 @@ import configparser
 import json
 import os
 import re
-import stat
 import subprocess
 import sys
 import time
@@ -141,21 +140,6 @@ def test_health_check_passes_without_a_log_line_and_fails_when_the_scp_is_down(t
     assert probe.returncode != 0
 
 
-def fake_engine(folder: Path, name: str, info_exit: int) -> Path:
-    """An engine stand-in on PATH: ``info`` exits with ``info_exit``; anything else is recorded."""
-    folder.mkdir(parents=True, exist_ok=True)
-    script = folder / name
-    record = folder / f"{name}.calls"
-    script.write_text(
-        "#!/bin/sh\n"
-        f'if [ "$1" = info ]; then exit {info_exit}; fi\n'
-        f'echo "$@" >> "{record}"\n'
-        f'if [ "$1" = login ]; then cat > "{record}.stdin"; fi\n'
-    )
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    return record
-
-
 def run_build(path: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "release", "build"],
@@ -167,8 +151,8 @@ def run_build(path: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_build_says_plainly_when_no_engine_runs(tmp_path):
-    fake_engine(tmp_path / "bin", "docker", info_exit=1)
+def test_build_says_plainly_when_no_engine_runs(fake_engine, tmp_path):
+    fake_engine("docker", info_exit=1)
     result = run_build(str(tmp_path / "bin"))
     assert result.returncode == 1
     assert "No container engine" in result.stderr
@@ -177,9 +161,9 @@ def test_build_says_plainly_when_no_engine_runs(tmp_path):
     assert "The image was not built." in result.stderr
 
 
-def test_build_uses_podman_when_docker_has_no_daemon(tmp_path):
-    fake_engine(tmp_path / "bin", "docker", info_exit=1)
-    calls = fake_engine(tmp_path / "bin", "podman", info_exit=0)
+def test_build_uses_podman_when_docker_has_no_daemon(fake_engine, tmp_path):
+    fake_engine("docker", info_exit=1)
+    calls = fake_engine("podman", info_exit=0)
     result = run_build(str(tmp_path / "bin"))
     assert result.returncode == 0, result.stderr
     version = project.version()

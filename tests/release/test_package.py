@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import venv
@@ -15,12 +14,26 @@ import pytest
 from packaging.utils import canonicalize_name
 
 from release import lock, package, project
+from template_gen.template import build_template
+
+
+def lambda_functions() -> list[dict]:
+    """The Lambda functions of the stack's template, as template_gen builds it."""
+    template = build_template((project.ROOT / "statemachine" / "import_workflow.asl.json").read_text())
+    resources = template.to_dict()["Resources"]
+    return [r["Properties"] for r in resources.values() if r["Type"] == "AWS::Lambda::Function"]
 
 
 def handlers_named_by_stack() -> list[str]:
-    """Handlers of the contract's function table (docs/contracts.md)."""
-    text = (project.ROOT / "docs" / "contracts.md").read_text(encoding="utf-8")
-    return sorted(set(re.findall(r"`(functions\.[a-z_]+\.handler)`", text)))
+    return sorted({function["Handler"] for function in lambda_functions()})
+
+
+def test_zip_targets_the_runtime_and_architecture_the_template_names():
+    functions = lambda_functions()
+    assert {f["Runtime"] for f in functions} == {f"python{project.LAMBDA_PYTHON}"}
+    # No Architectures property means x86_64, which `make package` builds by default.
+    assert {tuple(f.get("Architectures", ["x86_64"])) for f in functions} == {("x86_64",)}
+    assert {f["Code"]["S3Key"]["Ref"] for f in functions} == {"LambdaArtifactKey"}
 
 
 def test_same_sources_give_the_same_bytes(functions_zip, tmp_path):

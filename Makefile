@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PACKAGES := container/dicom_store_scp functions template_gen release
 
-.PHONY: install run test lint render dcmtk clean lock build package publish
+.PHONY: install run test lint render dcmtk clean lock build package publish docs graphviz
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ dcmtk:
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dcmtk >/dev/null; }
 
-test: install dcmtk
+test: install dcmtk graphviz
 	$(PY) -m pytest
 
 # The CloudFormation template under templates/, rendered from template_gen/.
@@ -64,6 +64,16 @@ publish: package
 	$(PY) -m release publish --version $(VERSION) --regions $(REGIONS) --arch $(ARCH) \
 	  --artifact-bucket-prefix $(ARTIFACT_BUCKET_PREFIX) $(if $(ACCOUNT_ID),--account-id $(ACCOUNT_ID)) \
 	  $(if $(filter-out 0,$(DRY_RUN)),--dry-run)
+
+# graphviz's dot draws docs/architecture.svg.
+graphviz:
+	@command -v dot >/dev/null || { \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq graphviz >/dev/null; }
+
+# The generated parts of docs/deployment.md and docs/security.md, and docs/architecture.{dot,svg}.
+docs: install graphviz
+	$(PY) -m release docs
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

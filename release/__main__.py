@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     package = commands.add_parser("package", help="build the deterministic Lambda zip")
     package.add_argument("--arch", default="x86_64", choices=sorted(project.LAMBDA_ARCHITECTURES))
 
+    commands.add_parser("docs", help="regenerate the generated parts of docs/ and the architecture picture")
+
     publish = commands.add_parser("publish", help="push the image, upload the zip, render the release templates")
     publish.add_argument("--version", default=project.version())
     publish.add_argument("--regions", required=True, help="comma list, e.g. us-east-1,eu-west-1")
@@ -53,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
 
         built = packaging.build(arch=args.arch)
         print(f"{built.path.relative_to(project.ROOT)}  sha256 {built.sha256}  ({built.files} files)")
+        return 0
+    if args.command == "docs":
+        from release import docs
+
+        for written in docs.write_all():
+            print(f"wrote {written}")
         return 0
     if args.command == "publish":
         return publish_command(args)

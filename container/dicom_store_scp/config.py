@@ -255,7 +255,7 @@ SETTINGS: tuple[Setting, ...] = (
         "100",
         "on SIGTERM, how long running associations may finish (keep below ECS's 120 s stop timeout)",
     ),
-    Setting("WORKERS", "workers", _integer, "1", "receiving processes sharing the port (0: one per CPU)"),
+    Setting("WORKERS", "workers", _integer, "0", "receiving processes sharing the port (0: one per available CPU)"),
     Setting("TLS_CERT_FILE", "tls_cert_file", _existing_file, "", "PEM certificate (chain): enables TLS"),
     Setting("TLS_KEY_FILE", "tls_key_file", _existing_file, "", "PEM private key of TLS_CERT_FILE"),
     Setting(
@@ -293,7 +293,7 @@ class Config:
     batch_max_instances: int = AHI_MAX_FILES_PER_JOB
     batch_max_bytes: int = AHI_MAX_BYTES_PER_JOB
     shutdown_grace_seconds: float = 100
-    workers: int = 1
+    workers: int = 0
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_ca_file: Path | None = None
@@ -306,6 +306,15 @@ class Config:
     def storage_prefix(self) -> str:
         """Key prefix in the store: ``DICOM_PREFIX`` in S3, nothing in a local folder."""
         return self.dicom_prefix if self.dicom_bucket else ""
+
+
+def settings_table() -> str:
+    """The configuration table of the README, generated so it cannot drift from the code."""
+    rows = ["| Variable | Flag | Default | Meaning |", "|---|---|---|---|"]
+    for setting in SETTINGS:
+        default = f"`{setting.default}`" if setting.default else "(empty)"
+        rows.append(f"| `{setting.env}` | `{setting.flag}` | {default} | {setting.help} |")
+    return "\n".join(rows) + "\n"
 
 
 def _parser() -> argparse.ArgumentParser:

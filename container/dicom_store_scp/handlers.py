@@ -90,6 +90,18 @@ def handle_connection_open(event: Any) -> None:
     event.assoc.dul.name = f"DUL peer {host}:{port}"
 
 
+def handle_connection_closed(event: Any) -> None:
+    """EVT_CONN_CLOSE: a peer that closed before asking for an association (a load balancer's TCP health check).
+
+    pynetdicom's association thread would wait for the A-ASSOCIATE-RQ until the ACSE timeout, holding a thread
+    and an association slot for every health check. An empty item on its queue is what that wait returns on a
+    timeout, so the thread ends now, quietly.
+    """
+    assoc = event.assoc
+    if assoc.requestor.primitive is None:
+        assoc.dul.to_user_queue.put(None)
+
+
 def handle_requested(
     event: Any,
     peer_networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],

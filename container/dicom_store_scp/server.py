@@ -136,6 +136,7 @@ def build_ae(config: Config) -> AE:
 def event_handlers(config: Config, sessions: Sessions, over_budget: Callable[[], bool] | None = None) -> list[Any]:
     return [
         (evt.EVT_CONN_OPEN, handlers.handle_connection_open),
+        (evt.EVT_CONN_CLOSE, handlers.handle_connection_closed),
         (evt.EVT_REQUESTED, handlers.handle_requested, [config.peer_cidrs, over_budget]),
         (evt.EVT_REJECTED, handlers.handle_rejected),
         (evt.EVT_ACCEPTED, handlers.handle_accepted),

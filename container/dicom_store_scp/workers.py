@@ -12,11 +12,13 @@ in shared memory, and a worker rejects a new association when the total would pa
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import os
 import signal
 import time
 from multiprocessing.sharedctypes import SynchronizedArray
+from pathlib import Path
 from typing import Any
 
 from .config import Config
@@ -45,8 +47,20 @@ class SharedAssociationBudget:
         self.counts[self.index] = local_count
 
 
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup CPU quota (ECS/Fargate task CPU)."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
 def worker_count(config: Config) -> int:
-    return config.workers or os.cpu_count() or 1
+    return config.workers or available_cpus()
 
 
 def _run_worker(config: Config, index: int, counts: SynchronizedArray[Any]) -> None:

@@ -5,6 +5,7 @@ Each test asserts what the sending peer sees (DCMTK's rendering of the A-ASSOCIA
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 
@@ -103,16 +104,32 @@ def test_only_the_configured_sop_classes_are_accepted(start_scp):
     assert len(scp.stored_files()) == 1
 
 
-def test_load_balancer_health_checks_leave_no_warnings(scp):
+def _open_descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def test_load_balancer_health_checks_leave_no_warnings_and_leak_nothing(scp):
+    assert echoscu(scp.port).returncode == 0
+    time.sleep(0.5)
+    descriptors, threads = _open_descriptors(scp.process.pid), _threads(scp.process.pid)
+
     # A Network Load Balancer's TCP health check: connect, then close without a word.
-    for _ in range(5):
+    for _ in range(50):
         with socket.create_connection(("127.0.0.1", scp.port)):
             pass
 
     result = echoscu(scp.port)
 
     assert result.returncode == 0, result.stdout + result.stderr
-    time.sleep(0.5)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _threads(scp.process.pid) > threads:
+        time.sleep(0.1)
+    assert _open_descriptors(scp.process.pid) <= descriptors
+    assert _threads(scp.process.pid) <= threads
     noisy = [line for line in scp.logs() if line.get("level") in {"WARNING", "ERROR", "CRITICAL", "RAW"}]
     assert noisy == []
 

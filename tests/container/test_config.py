@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-from dicom_store_scp.config import SETTINGS, ConfigError, load
+from dicom_store_scp.config import SETTINGS, ConfigError, load, settings_table
+
+README = Path(__file__).parents[2] / "README.md"
 
 
 def run_scp(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -74,6 +77,7 @@ def test_seed_defaults():
     assert config.dicom_bucket == ""
     assert str(config.storage_dir) == "storage"
     assert config.shutdown_grace_seconds < 120  # ECS's default stop timeout
+    assert config.workers == 0  # one receiving process per available CPU
 
 
 def test_help_lists_every_variable():
@@ -82,3 +86,7 @@ def test_help_lists_every_variable():
     for setting in SETTINGS:
         assert setting.flag in result.stdout
         assert setting.env in result.stdout
+
+
+def test_readme_configuration_table_is_the_generated_one():
+    assert settings_table() in README.read_text(), "regenerate the README table from config.settings_table()"

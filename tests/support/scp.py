@@ -140,6 +140,9 @@ class RunningScp:
 def launch_scp(
     tmp_path: Path, *args: str, env: dict[str, str] | None = None, user: int | None = None, wait: bool = True
 ) -> RunningScp:
+    """Start ``python -m dicom_store_scp``; one worker process unless the test asks for more."""
+    if "--workers" not in args:
+        args = ("--workers", "1", *args)
     port = free_port()
     storage = tmp_path / f"storage-{port}"
     log_path = tmp_path / f"scp-{port}.log"

@@ -219,3 +219,20 @@ def test_release_defaults_satisfy_the_parameters_own_constraints(release):
         for name in ("ContainerImageURI", "LambdaArtifactBucket", "LambdaArtifactKey"):
             spec = parameters[name]
             assert re.search(spec["AllowedPattern"], spec["Default"]), (name, spec["Default"])
+
+
+def test_artifact_names_match_the_committed_templates_development_defaults(functions_zip):
+    # template_gen/release.py carries what a publish from account 111122223333 in us-east-1 would produce.
+    from template_gen import release as development
+
+    ours = publish.Release(
+        version=VERSION,
+        regions=("us-east-1",),
+        account_id="111122223333",
+        artifact_bucket_prefix="dicom-store-scp-artifacts",
+        zip_path=functions_zip.path,
+        zip_sha256=functions_zip.sha256,
+    )
+    assert ours.image_uri("us-east-1") == development.CONTAINER_IMAGE_URI
+    assert ours.artifact_bucket("us-east-1") == development.LAMBDA_ARTIFACT_BUCKET
+    assert ours.lambda_key == development.LAMBDA_ARTIFACT_KEY

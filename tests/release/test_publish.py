@@ -236,3 +236,17 @@ def test_artifact_names_match_the_committed_templates_development_defaults(funct
     assert ours.image_uri("us-east-1") == development.CONTAINER_IMAGE_URI
     assert ours.artifact_bucket("us-east-1") == development.LAMBDA_ARTIFACT_BUCKET
     assert ours.lambda_key == development.LAMBDA_ARTIFACT_KEY
+
+
+def test_release_template_is_cfn_lint_clean_in_its_region(release):
+    from cfnlint.api import lint
+    from cfnlint.config import ManualArgs
+
+    from release.templates import release_template_text
+
+    region = REGIONS[0]
+    text = release_template_text(
+        VERSION, release.image_uri(region), release.artifact_bucket(region), release.lambda_key
+    )
+    matches = lint(text, config=ManualArgs(regions=[region], include_checks=["I3042"]))
+    assert [str(m) for m in matches] == []

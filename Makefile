@@ -5,9 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-PACKAGES := container/dicom_store_scp functions template_gen
+PACKAGES := container/dicom_store_scp functions template_gen release
 
-.PHONY: install run test lint render dcmtk clean bench
+.PHONY: install run test lint render dcmtk clean bench lock build package publish docs graphviz
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ dcmtk:
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dcmtk >/dev/null; }
 
-test: install dcmtk
+test: install dcmtk graphviz
 	$(PY) -m pytest
 
 # The CloudFormation template under templates/, rendered from template_gen/.
@@ -42,6 +42,42 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy $(PACKAGES)
+	$(VENV)/bin/hadolint container/Dockerfile
+
+# --- Release (docs/deployment.md). One version, setup.cfg's, names the image tag, the zip and the template.
+VERSION ?= $(shell sed -n 's/^version *= *//p' setup.cfg)
+ARCH ?= x86_64
+REGIONS ?= us-east-1
+ARTIFACT_BUCKET_PREFIX ?= dicom-store-scp-artifacts
+DRY_RUN ?=
+
+# Regenerates container/requirements.lock and release/functions.lock from setup.cfg (needs PyPI).
+lock: install
+	$(PY) -m release lock
+
+# The SCP image, with docker or podman; says so and fails when neither engine runs here.
+build: install
+	$(PY) -m release build
+
+# dist/dicom-store-scp-functions-$(VERSION).zip: the Lambda code, byte-for-byte reproducible.
+package: install
+	$(PY) -m release package --arch $(ARCH)
+
+# Image to ECR, zip to <prefix>-<account>-<region>, release template to dist/; DRY_RUN=1 only prints.
+publish: package
+	$(PY) -m release publish --version $(VERSION) --regions $(REGIONS) --arch $(ARCH) \
+	  --artifact-bucket-prefix $(ARTIFACT_BUCKET_PREFIX) $(if $(ACCOUNT_ID),--account-id $(ACCOUNT_ID)) \
+	  $(if $(filter-out 0,$(DRY_RUN)),--dry-run)
+
+# graphviz's dot draws docs/architecture.svg.
+graphviz:
+	@command -v dot >/dev/null || { \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq graphviz >/dev/null; }
+
+# The generated parts of docs/deployment.md and docs/security.md, and docs/architecture.{dot,svg}.
+docs: install graphviz
+	$(PY) -m release docs
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,105 @@
+"""``python -m release lock | build | package | publish``: the Makefile's release targets."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from release import project
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m release", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("lock", help="regenerate the lock files from setup.cfg (needs PyPI)")
+
+    commands.add_parser("build", help="build the SCP image with docker or podman")
+
+    package = commands.add_parser("package", help="build the deterministic Lambda zip")
+    package.add_argument("--arch", default="x86_64", choices=sorted(project.LAMBDA_ARCHITECTURES))
+
+    commands.add_parser("docs", help="regenerate the generated parts of docs/ and the architecture picture")
+
+    publish = commands.add_parser("publish", help="push the image, upload the zip, render the release templates")
+    publish.add_argument("--version", default=project.version())
+    publish.add_argument("--regions", required=True, help="comma list, e.g. us-east-1,eu-west-1")
+    publish.add_argument("--arch", default="x86_64", choices=sorted(project.LAMBDA_ARCHITECTURES))
+    publish.add_argument("--artifact-bucket-prefix", default="dicom-store-scp-artifacts")
+    publish.add_argument("--account-id", help="the publishing account (default: the caller's, from STS)")
+    publish.add_argument("--dist", type=Path, default=project.DIST, help="where make package put the zip")
+    publish.add_argument("--output", type=Path, default=project.DIST / "release", help="release templates go here")
+    publish.add_argument("--skip-image", action="store_true", help="leave the image out (no container engine)")
+    publish.add_argument(
+        "--dry-run",
+        action="store_true",
+        default=os.environ.get("DRY_RUN", "") not in {"", "0"},
+        help="print every action and change nothing (also DRY_RUN=1)",
+    )
+
+    args = parser.parse_args(argv)
+    if args.command == "lock":
+        from release import lock
+
+        for target in project.lock_targets():
+            print(f"wrote {lock.write(target)}")
+        return 0
+    if args.command == "build":
+        from release import image
+
+        return image.build_command()
+    if args.command == "package":
+        from release import package as packaging
+
+        built = packaging.build(arch=args.arch)
+        print(f"{built.path.relative_to(project.ROOT)}  sha256 {built.sha256}  ({built.files} files)")
+        return 0
+    if args.command == "docs":
+        from release import docs
+
+        for written in docs.write_all():
+            print(f"wrote {written}")
+        return 0
+    if args.command == "publish":
+        return publish_command(args)
+    return 2
+
+
+def publish_command(args: argparse.Namespace) -> int:
+    from release import image, package, publish
+
+    try:
+        version = publish.check_version(args.version)
+        regions = tuple(region.strip() for region in args.regions.split(",") if region.strip())
+        if not regions:
+            raise publish.PublishError("--regions names no region")
+        zip_path = args.dist / package.zip_name(version, args.arch)
+        release = publish.Release(
+            version=version,
+            regions=regions,
+            account_id=publish.account_id(args.dry_run, args.account_id),
+            artifact_bucket_prefix=args.artifact_bucket_prefix,
+            zip_path=zip_path,
+            zip_sha256=publish.zip_sha256(zip_path),
+            output=args.output,
+        )
+        engine = None
+        if not args.skip_image and not args.dry_run:
+            engine, reasons = image.find_engine()
+            if engine is None:
+                raise publish.PublishError(
+                    image.no_engine_message("The image cannot be pushed (--skip-image to go on).", reasons)
+                )
+        publish.plan(release, engine, skip_image=args.skip_image).execute(args.dry_run)
+    except publish.PublishError as error:
+        print(f"publish: {error}", file=sys.stderr)
+        return 1
+    if args.dry_run:
+        print("dry run: nothing was changed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

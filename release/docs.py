@@ -1,0 +1,328 @@
+"""Generated parts of the documents, from template_gen (never copied by hand):
+
+- docs/deployment.md: the parameter table, from template_gen's parameter table;
+- docs/security.md: the IAM roles and what each may do, from the template's roles;
+- docs/architecture.dot / .svg: the stack's resources and the references between them (graphviz).
+
+Each generated block sits between ``<!-- generated:NAME -->`` and ``<!-- end generated:NAME -->``; the prose
+around it is written by hand. ``make docs`` rewrites the blocks and the picture; a test fails when a
+committed document differs from a fresh generation.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from release import project
+
+DOCS = project.ROOT / "docs"
+DEPLOYMENT = DOCS / "deployment.md"
+SECURITY = DOCS / "security.md"
+ARCHITECTURE_DOT = DOCS / "architecture.dot"
+ARCHITECTURE_SVG = DOCS / "architecture.svg"
+ASL_PATH = project.ROOT / "statemachine" / "import_workflow.asl.json"
+
+
+def template_dict() -> dict[str, Any]:
+    from template_gen.template import build_template
+
+    result: dict[str, Any] = build_template(ASL_PATH.read_text(encoding="utf-8")).to_dict()
+    return result
+
+
+# --- blocks ------------------------------------------------------------------------------------------------
+
+
+def fill(text: str, name: str, content: str) -> str:
+    """``text`` with the block ``name`` replaced by ``content``."""
+    begin, end = f"<!-- generated:{name} (make docs; do not edit) -->", f"<!-- end generated:{name} -->"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if not pattern.search(text):
+        raise ValueError(f"no generated:{name} block")
+    return pattern.sub(lambda _: f"{begin}\n{content.rstrip()}\n{end}", text)
+
+
+def _cell(value: object) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _code(value: object) -> str:
+    # A pattern or value in backticks, its pipes escaped for the table (GitHub honours \| inside code spans).
+    return f"`{_cell(value)}`"
+
+
+def _constraint(constraints: dict[str, Any]) -> str:
+    if "AllowedValues" in constraints:
+        return ", ".join(_code(v) for v in constraints["AllowedValues"])
+    parts = []
+    if "MinValue" in constraints or "MaxValue" in constraints:
+        parts.append(f"{constraints.get('MinValue', '')} to {constraints.get('MaxValue', '')}")
+    if "MinLength" in constraints or "MaxLength" in constraints:
+        parts.append(f"{constraints.get('MinLength', 0)} to {constraints.get('MaxLength', '')} characters")
+    if "ConstraintDescription" in constraints:
+        parts.append(_cell(constraints["ConstraintDescription"]))
+    return "; ".join(parts)
+
+
+def parameter_table() -> str:
+    from template_gen.parameters import GROUP_ORDER, PARAMETERS
+
+    lines = []
+    for group in GROUP_ORDER:
+        lines += [
+            f"#### {group}",
+            "",
+            "| Parameter | Console label | Default | Allowed | Description |",
+            "|---|---|---|---|---|",
+        ]
+        for p in (p for p in PARAMETERS if p.group == group):
+            if p.default is None:
+                default = "**required**"
+            elif p.default == "":
+                default = "(empty)"
+            else:
+                default = _code(p.default)
+            allowed = _constraint(p.constraints) or _code(p.type)
+            lines.append(f"| `{p.name}` | {_cell(p.label)} | {default} | {allowed} | {_cell(p.description)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# --- readable intrinsic functions --------------------------------------------------------------------------
+
+_PSEUDO = {
+    "AWS::Partition": "aws",
+    "AWS::Region": "<region>",
+    "AWS::AccountId": "<account>",
+    "AWS::StackName": "<stack>",
+    "AWS::StackId": "<stack-id>",
+    "AWS::URLSuffix": "amazonaws.com",
+}
+
+
+class Reader:
+    """Renders CloudFormation values as short text (``DicomBucket``, ``<KmsKeyArn>``, ``X.Arn``) and lists the
+    resources a value refers to."""
+
+    def __init__(self, template: dict[str, Any]) -> None:
+        self.resources: dict[str, Any] = template["Resources"]
+        # Buckets named with Fn::Sub appear in ARNs only as that same pattern: recognise it as the bucket.
+        self.name_patterns: dict[str, str] = {}
+        for name, resource in self.resources.items():
+            bucket_name = resource.get("Properties", {}).get("BucketName")
+            if isinstance(bucket_name, dict) and "Fn::Sub" in bucket_name:
+                sub = bucket_name["Fn::Sub"]
+                self.name_patterns[sub[0] if isinstance(sub, list) else sub] = name
+
+    def _name(self, name: str) -> str:
+        if name in _PSEUDO:
+            return _PSEUDO[name]
+        if name.split(".")[0] in self.resources:
+            return name
+        return f"<{name}>"
+
+    def text(self, value: Any) -> str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list):
+            return ", ".join(self.text(v) for v in value)
+        if not isinstance(value, dict) or len(value) != 1:
+            return str(value)
+        [(function, argument)] = value.items()
+        if function == "Ref":
+            return self._name(argument)
+        if function == "Fn::GetAtt":
+            return ".".join(argument)
+        if function == "Fn::Sub":
+            pattern, variables = (argument, {}) if isinstance(argument, str) else argument
+            for known, resource in self.name_patterns.items():
+                pattern = pattern.replace(known, "${" + resource + "}")
+
+            def variable(match: re.Match[str]) -> str:
+                key = match.group(1)
+                return self.text(variables[key]) if key in variables else self._name(key)
+
+            return re.sub(r"\$\{([^}!]+)\}", variable, pattern)
+        if function == "Fn::If":
+            condition, when_true, when_false = argument
+            if when_false == {"Ref": "AWS::NoValue"}:
+                return f"{self.text(when_true)} (if {condition})"
+            return f"{self.text(when_true)} if {condition}, else {self.text(when_false)}"
+        if function == "Fn::Join":
+            return argument[0].join(self.text(v) for v in argument[1])
+        return "<derived>"
+
+    def references(self, value: Any) -> set[str]:
+        found: set[str] = set()
+        if isinstance(value, list):
+            for item in value:
+                found |= self.references(item)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if key == "Ref" and item in self.resources:
+                    found.add(item)
+                elif key == "Fn::GetAtt":
+                    found.add(item[0] if isinstance(item, list) else item.split(".")[0])
+                elif key == "Fn::Sub":
+                    pattern = item if isinstance(item, str) else item[0]
+                    for known, resource in self.name_patterns.items():
+                        if known in pattern:
+                            found.add(resource)
+                    for name in re.findall(r"\$\{([^}!.]+)", pattern):
+                        if name in self.resources:
+                            found.add(name)
+                    if isinstance(item, list):
+                        found |= self.references(item[1])
+                else:
+                    found |= self.references(item)
+        return found
+
+
+# --- IAM ---------------------------------------------------------------------------------------------------
+
+
+def _policies(policies: list[Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(policy name, condition or "", document) for each inline policy."""
+    found = []
+    for policy in policies:
+        if "Fn::If" in policy:
+            condition, when_true, _ = policy["Fn::If"]
+            found.append((when_true["PolicyName"], condition, when_true["PolicyDocument"]))
+        else:
+            found.append((policy["PolicyName"], "", policy["PolicyDocument"]))
+    return found
+
+
+def iam_table(template: dict[str, Any]) -> str:
+    reader = Reader(template)
+    lines = [
+        "| Role | Assumed by | Policy | Actions | On |",
+        "|---|---|---|---|---|",
+    ]
+    for name, resource in template["Resources"].items():
+        if resource["Type"] != "AWS::IAM::Role":
+            continue
+        properties = resource["Properties"]
+        principals = sorted(
+            {
+                service
+                for statement in properties["AssumeRolePolicyDocument"]["Statement"]
+                for service in _as_list(statement["Principal"].get("Service", []))
+            }
+        )
+        for managed in properties.get("ManagedPolicyArns", []):
+            lines.append(f"| `{name}` | {', '.join(principals)} | managed | {_cell(reader.text(managed))} | |")
+        for policy_name, condition, document in _policies(properties.get("Policies", [])):
+            label = f"{policy_name} (if {condition})" if condition else policy_name
+            for statement in document["Statement"]:
+                effect = "" if statement.get("Effect", "Allow") == "Allow" else "**Deny** "
+                actions = ", ".join(f"`{a}`" for a in _as_list(statement["Action"]))
+                on = "<br>".join(_code(reader.text(r)) for r in _as_list(statement.get("Resource", [])))
+                lines.append(f"| `{name}` | {', '.join(principals)} | {_cell(label)} | {effect}{actions} | {on} |")
+    return "\n".join(lines)
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+# --- architecture picture ----------------------------------------------------------------------------------
+
+# What the picture shows, grouped as template_gen's modules are. Roles are not drawn: an edge through a role
+# (function -> its role -> table) is drawn from the function to the table. Logs, alarms, permissions, policies
+# and security groups are left out: they would hide the data path.
+CLUSTERS = {
+    "AWS::ElasticLoadBalancingV2::LoadBalancer": "Network",
+    "AWS::ElasticLoadBalancingV2::Listener": "Network",
+    "AWS::ElasticLoadBalancingV2::TargetGroup": "Network",
+    "AWS::ECS::Service": "SCP service (ECS Fargate)",
+    "AWS::ECS::TaskDefinition": "SCP service (ECS Fargate)",
+    "AWS::S3::Bucket": "Storage",
+    "AWS::HealthImaging::Datastore": "Storage",
+    "AWS::DynamoDB::Table": "Import pipeline",
+    "AWS::Lambda::Function": "Import pipeline",
+    "AWS::StepFunctions::StateMachine": "Import pipeline",
+    "AWS::Events::Rule": "Import pipeline",
+    "AWS::SQS::Queue": "Import pipeline",
+}
+SENDER = "Modality / PACS"
+
+
+def architecture_dot(template: dict[str, Any]) -> str:
+    reader = Reader(template)
+    resources = template["Resources"]
+    shown = {name for name, r in resources.items() if r["Type"] in CLUSTERS}
+
+    def uses(name: str, seen: frozenset[str] = frozenset()) -> set[str]:
+        found = set()
+        for target in reader.references(resources[name].get("Properties", {})):
+            if target in shown:
+                found.add(target)
+            elif resources[target]["Type"] == "AWS::IAM::Role" and target not in seen:
+                found |= uses(target, seen | {target})
+        return found - {name}
+
+    lines = [
+        "// Generated by `make docs` (python -m release docs) from template_gen's template; do not edit.",
+        "digraph stack {",
+        '  graph [rankdir=LR, fontname="Helvetica", fontsize=11, nodesep=0.3, ranksep=0.9,',
+        '         label="Arrows: A refers to B in the template (through its IAM role where it has one)", labelloc=b];',
+        '  node [shape=box, style="rounded,filled", fillcolor="#f5f7fa", fontname="Helvetica", fontsize=10];',
+        '  edge [color="#55606e", arrowsize=0.7, fontname="Helvetica", fontsize=10];',
+        f'  "{SENDER}" [shape=box, style="rounded,dashed", fillcolor=white];',
+    ]
+    for number, cluster in enumerate(dict.fromkeys(CLUSTERS.values())):
+        members = sorted(n for n in shown if CLUSTERS[resources[n]["Type"]] == cluster)
+        lines.append(f'  subgraph cluster_{number} {{ label="{cluster}"; style=rounded; color="#9aa5b1";')
+        for name in members:
+            kind = resources[name]["Type"].removeprefix("AWS::")
+            condition = resources[name].get("Condition")
+            note = f"\\n(if {condition})" if condition else ""
+            lines.append(f'    "{name}" [label="{name}\\n{kind}{note}"];')
+        lines.append("  }")
+    load_balancers = sorted(n for n in shown if resources[n]["Type"] == "AWS::ElasticLoadBalancingV2::LoadBalancer")
+    for name in load_balancers:
+        lines.append(f'  "{SENDER}" -> "{name}" [label="DICOM C-STORE", style=bold];')
+    for name in sorted(shown):
+        for target in sorted(uses(name)):
+            lines.append(f'  "{name}" -> "{target}";')
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def render_svg(dot_source: Path, svg: Path) -> bool:
+    """Render with graphviz's ``dot``; False when it is not installed."""
+    dot = shutil.which("dot")
+    if dot is None:
+        return False
+    svg.write_bytes(subprocess.run([dot, "-Tsvg", str(dot_source)], check=True, capture_output=True).stdout)
+    return True
+
+
+# --- all of it ---------------------------------------------------------------------------------------------
+
+
+def generated_documents() -> dict[Path, str]:
+    """Every generated text file as it should be committed (the SVG apart: graphviz renders it)."""
+    template = template_dict()
+    return {
+        DEPLOYMENT: fill(DEPLOYMENT.read_text(encoding="utf-8"), "parameters", parameter_table()),
+        SECURITY: fill(SECURITY.read_text(encoding="utf-8"), "iam-roles", iam_table(template)),
+        ARCHITECTURE_DOT: architecture_dot(template),
+    }
+
+
+def write_all() -> list[str]:
+    written = []
+    for path, text in generated_documents().items():
+        path.write_text(text, encoding="utf-8")
+        written.append(str(path.relative_to(project.ROOT)))
+    if render_svg(ARCHITECTURE_DOT, ARCHITECTURE_SVG):
+        written.append(str(ARCHITECTURE_SVG.relative_to(project.ROOT)))
+    else:
+        written.append("(graphviz's dot is not installed: docs/architecture.svg not rendered)")
+    return written

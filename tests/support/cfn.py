@@ -146,3 +146,25 @@ class Deployment:
         ref = self.resource(logical_id)["Properties"][attribute]
         assert set(ref) == {"Fn::GetAtt"}, ref
         return str(ref["Fn::GetAtt"][0])
+
+
+def refs_to_parameters(template: dict[str, Any], node: Any) -> set[str]:
+    """The parameters a value depends on: by Ref, by ${...} in Sub, or through an Fn::If's condition."""
+    found: set[str] = set()
+    if isinstance(node, list):
+        for item in node:
+            found |= refs_to_parameters(template, item)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            if key == "Ref" and value in template["Parameters"]:
+                found.add(value)
+            elif key == "Fn::Sub":
+                text = value if isinstance(value, str) else value[0]
+                found |= set(re.findall(r"\$\{([A-Za-z0-9]+)\}", text)) & set(template["Parameters"])
+                found |= refs_to_parameters(template, value)
+            elif key == "Fn::If":
+                found |= refs_to_parameters(template, template["Conditions"][value[0]])
+                found |= refs_to_parameters(template, value[1:])
+            else:
+                found |= refs_to_parameters(template, value)
+    return found

@@ -39,6 +39,7 @@ class ApiCall:
 _S3_ACTIONS = {
     "HeadObject": "s3:GetObject",
     "ListObjectsV2": "s3:ListBucket",
+    "HeadBucket": "s3:ListBucket",
     "ListObjects": "s3:ListBucket",
     "CreateMultipartUpload": "s3:PutObject",
     "UploadPart": "s3:PutObject",

@@ -50,13 +50,10 @@ def batch_ids(s3: Any, bucket: str, prefix: str) -> list[str]:
 
 
 def exists(s3: Any, bucket: str, key: str) -> bool:
-    try:
-        s3.head_object(Bucket=bucket, Key=key)
-    except ClientError as error:
-        if error.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
-            return False
-        raise
-    return True
+    # Listed, not HEAD: S3 answers HEAD of a missing key 404 only to a caller with an unconditional
+    # s3:ListBucket (403 otherwise); our role lists only under incoming/ and manifests/ (s3:prefix).
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("Contents", [])
+    return bool(listed) and listed[0]["Key"] == key
 
 
 def _parse_header(body: bytes) -> dict[str, str] | None:

@@ -155,9 +155,10 @@ PARAMETERS: tuple[Param, ...] = (
     Param("MaximumAssociations", "Number", DICOM, "Maximum associations",
           "Concurrent associations per task.",
           default=300, constraints={"MinValue": 1, "MaxValue": 2000}),
+    # The SCP refuses sizes below 4096 (a PDV header plus data); its "0 = no limit" would unbound memory.
     Param("MaximumPDUSize", "Number", DICOM, "Maximum PDU size (bytes)",
-          "Maximum PDU size the SCP accepts; 0 means unlimited.",
-          default=16382, constraints={"MinValue": 0, "MaxValue": 4294967295}),
+          "Maximum PDU size the SCP accepts (4096 or more); bounds the memory each association takes.",
+          default=16382, constraints={"MinValue": 4096, "MaxValue": 4294967295}),
     Param("SupportedSOPClassUIDs", "String", DICOM, "Supported SOP classes",
           "Comma-separated SOP Class UIDs accepted; empty accepts every storage SOP class.",
           default="",
@@ -201,7 +202,7 @@ PARAMETERS: tuple[Param, ...] = (
           default=0, constraints={"MinValue": 0, "MaxValue": 1000}),
     Param("ShutdownGraceSeconds", "Number", SCALING, "Shutdown grace (s)",
           "Seconds a stopping task gives open associations to finish; below the 120 s stop timeout.",
-          default=100, constraints={"MinValue": 0, "MaxValue": 110}),
+          default=100, constraints={"MinValue": 1, "MaxValue": 110}),
     # --- Storage and import
     Param("DICOMPrefix", "String", STORAGE, "Object key prefix",
           "Optional key prefix inside the DICOM bucket, ending with a slash (e.g. site-a/). Empty for none.",

@@ -110,7 +110,8 @@ class Function:
 # depends on the functions it invokes).
 FUNCTIONS = (
     Function("TriggerImport", "functions.trigger_import.handler", "trigger-import", 300, 512,
-             (*_COMMON_ENV, "STATE_MACHINE_ARN"), True, ("read-manifests", "tables", "start-execution")),
+             (*_COMMON_ENV, "STATE_MACHINE_ARN"), True,
+             ("read-manifests", "list-incoming", "tables", "start-execution")),
     Function("StartImportJob", "functions.start_import_job.handler", "start-import-job", 60, 256,
              (*_COMMON_ENV, "DATASTORE_ID", "DATA_ACCESS_ROLE_ARN", "RESULTS_BUCKET"), False,
              ("read-manifests", "tables", "start-import")),
@@ -135,6 +136,16 @@ def _statements(name: str) -> list[Statement]:
     results_arn = GetAtt(c.RESULTS_BUCKET, "Arn")
     if name == "read-manifests":
         return [Statement(Effect=Allow, Action=[s3_actions.GetObject], Resource=[c.dicom_bucket_arn("manifests/*")])]
+    if name == "list-incoming":
+        # TriggerImport checks every listed object is stored: it lists the batch prefix, nothing else.
+        return [
+            Statement(
+                Effect=Allow,
+                Action=[s3_actions.ListBucket],
+                Resource=[c.dicom_bucket_arn()],
+                Condition=Condition(StringLike("s3:prefix", [Sub("${DICOMPrefix}incoming/*")])),
+            )
+        ]
     if name == "tables":
         return [
             Statement(

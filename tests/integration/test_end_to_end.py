@@ -1,0 +1,252 @@
+"""End to end on one machine: DCMTK -> the SCP (S3 backend) -> moto_server -> the import pipeline -> AHI fake.
+
+One ``moto_server`` serves S3, DynamoDB and Step Functions on one loopback endpoint, so the SCP process and the
+in-process Lambda handlers see the same bucket, tables and state machine. Each handler runs with exactly the
+environment the template gives it; the manifest's S3 event is built as AWS sends it (URL-encoded key).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import boto3
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
+from support.aws import load_fake_healthimaging
+from support.cfn import REGION, Deployment
+from support.iam import ApiCall, denied
+from support.pipeline import Pipeline, load_event, manifest_created_event
+from support.scp import RunningScp, launch_scp, storescu
+
+from .conftest import DATASTORE_ID, DICOM_PREFIX, create_stack_resources
+
+pytestmark = pytest.mark.slow
+
+# The SCP's S3 backend and the moto_server fixture arrive together (branch s3); until then there is no S3 path.
+_moto = pytest.importorskip("support.moto", reason="the SCP's S3 backend (tests/support/moto.py) has not landed")
+MotoServer, aws_env = _moto.MotoServer, _moto.aws_env
+
+# Above the SCP's multipart threshold (16 MiB), so the series exercises both of its upload paths.
+LARGE_INSTANCE_BYTES = 17 * 1024 * 1024
+
+
+@pytest.fixture
+def moto_server(tmp_path: Path) -> Iterator[MotoServer]:
+    server = MotoServer(tmp_path / "moto_server.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def stack(aws_credentials: None, template: dict[str, Any], moto_server: MotoServer, monkeypatch: Any) -> Deployment:
+    # The functions reach moto_server through botocore's own endpoint setting, as the SCP does.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server.endpoint)
+    return create_stack_resources(template, endpoint_url=moto_server.endpoint)
+
+
+@pytest.fixture
+def s3(stack: Deployment, moto_server: MotoServer) -> Any:
+    return boto3.client("s3", region_name=REGION, endpoint_url=moto_server.endpoint)
+
+
+@pytest.fixture
+def pipeline(stack: Deployment, s3: Any, monkeypatch: Any) -> Pipeline:
+    return Pipeline(stack, load_fake_healthimaging()(s3, DATASTORE_ID), monkeypatch)
+
+
+def start_scp(tmp_path: Path, stack: Deployment, moto_server: MotoServer) -> RunningScp:
+    bucket = stack.output("DICOMBucketName")
+    return launch_scp(
+        tmp_path,
+        *("--dicom-bucket", bucket, "--dicom-prefix", DICOM_PREFIX, "--workers", "1"),
+        env=aws_env(moto_server.endpoint),
+    )
+
+
+def write_series(folder: Path, count: int, large: int = 0) -> tuple[list[Path], set[str]]:
+    """``count`` CT slices of one series (the last ``large`` of them big enough for a multipart upload)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study, series = generate_uid(), generate_uid()
+    paths, uids = [], set()
+    for number in range(count):
+        dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        dataset.StudyInstanceUID, dataset.SeriesInstanceUID = study, series
+        dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        dataset.InstanceNumber = number + 1
+        if number >= count - large:
+            side = int((LARGE_INSTANCE_BYTES / 2) ** 0.5) + 1
+            dataset.Rows = dataset.Columns = side
+            dataset.PixelData = np.zeros((side, side), dtype=np.uint16).tobytes()
+        path = folder / f"{number:03d}.dcm"
+        dataset.save_as(path, enforce_file_format=True)
+        paths.append(path)
+        uids.add(str(dataset.SOPInstanceUID))
+    return paths, uids
+
+
+def instance_items(stack: Deployment, endpoint: str) -> dict[str, dict[str, Any]]:
+    dynamodb = boto3.client("dynamodb", region_name=REGION, endpoint_url=endpoint)
+    items = dynamodb.scan(TableName=stack.resources["DicomInstanceTable"], ConsistentRead=True)["Items"]
+    plain = [{name: next(iter(value.values())) for name, value in item.items()} for item in items]
+    return {item["sopInstanceUID"]: item for item in plain}
+
+
+def job_item(stack: Deployment, endpoint: str, job_id: str) -> dict[str, Any]:
+    dynamodb = boto3.client("dynamodb", region_name=REGION, endpoint_url=endpoint)
+    item = dynamodb.get_item(
+        TableName=stack.resources["DicomImportJobTable"], Key={"jobId": {"S": job_id}}, ConsistentRead=True
+    )["Item"]
+    return {name: next(iter(value.values())) for name, value in item.items()}
+
+
+def import_manifest(pipeline: Pipeline, s3: Any, bucket: str, manifest_key: str) -> dict[str, Any]:
+    """What AWS does once the manifest lands: the S3 event to TriggerImport, then the workflow."""
+    size = s3.head_object(Bucket=bucket, Key=manifest_key)["ContentLength"]
+    triggered = pipeline.invoke("TriggerImportFunction", manifest_created_event(bucket, manifest_key, size))
+    (batch,) = triggered["batches"]
+    assert batch["started"] is True
+    sfn = boto3.client("stepfunctions", region_name=REGION)  # AWS_ENDPOINT_URL: moto_server
+    execution = sfn.describe_execution(executionArn=batch["executionArn"])
+    return pipeline.run_workflow(json.loads(execution["input"]))
+
+
+# --- the SCP's S3 requests, read from moto_server's request log --------------------------------------------
+
+_REQUEST_LINE = re.compile(r'"(GET|PUT|POST|DELETE|HEAD) (\S+) HTTP/1\.[01]" (\d{3})')
+
+
+def s3_requests(log_text: str) -> list[ApiCall]:
+    """The S3 operations in moto_server's request log (path-style addressing, as botocore uses for an IP)."""
+    calls = []
+    for method, target, status in _REQUEST_LINE.findall(log_text):
+        url = urlsplit(target)
+        query = parse_qs(url.query, keep_blank_values=True)
+        bucket, _, key = unquote(url.path).lstrip("/").partition("/")
+        params: dict[str, Any] = {"Bucket": bucket}
+        if key:
+            params["Key"] = key
+        if method == "PUT" and key:
+            operation = "UploadPart" if "uploadId" in query else "PutObject"
+        elif method == "POST" and "uploads" in query:
+            operation = "CreateMultipartUpload"
+        elif method == "POST" and "uploadId" in query:
+            operation = "CompleteMultipartUpload"
+        elif method == "DELETE" and "uploadId" in query:
+            operation = "AbortMultipartUpload"
+        elif method == "GET" and not key:
+            operation = "ListObjectsV2"
+            params.update({"Prefix": query["prefix"][0]} if "prefix" in query else {})
+        elif method == "HEAD" and not key:
+            operation = "HeadBucket"
+        else:
+            operation = {"GET": "GetObject", "HEAD": "HeadObject", "DELETE": "DeleteObject"}.get(method, method)
+        calls.append(ApiCall("s3", operation, params, int(status)))
+    return calls
+
+
+def test_the_scp_writes_only_what_its_task_role_allows(
+    tmp_path: Path, stack: Deployment, moto_server: MotoServer, s3: Any
+) -> None:
+    paths, uids = write_series(tmp_path / "series", count=2, large=1)
+    before = moto_server.log_path.stat().st_size
+    scp = start_scp(tmp_path, stack, moto_server)
+    try:
+        result = storescu(scp.port, *paths)
+        assert result.statuses == [0x0000, 0x0000], result.output
+        scp.wait_for_event("association")
+    finally:
+        scp.stop()
+    calls = s3_requests(moto_server.log_path.read_text()[before:])
+
+    operations = {call.operation for call in calls}
+    assert {"PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"} <= operations
+    assert all(call.status < 300 for call in calls), [str(c) for c in calls]
+    statements = stack.role_statements("ScpTaskRole")
+    assert denied(statements, calls) == []
+    # The abort a failed multipart upload sends is allowed too, on the same keys.
+    aborts = [ApiCall("s3", "AbortMultipartUpload", c.params) for c in calls if c.operation == "UploadPart"]
+    assert denied(statements, aborts) == []
+    stored = {item["Key"] for item in s3.list_objects_v2(Bucket=stack.output("DICOMBucketName"))["Contents"]}
+    assert {key.rsplit("/", 1)[-1] for key in stored if key.endswith(".dcm")} == {f"{uid}.dcm" for uid in uids}
+
+
+def test_a_series_sent_with_dcmtk_ends_imported(
+    tmp_path: Path, stack: Deployment, moto_server: MotoServer, s3: Any, pipeline: Pipeline
+) -> None:
+    bucket = stack.output("DICOMBucketName")
+    paths, uids = write_series(tmp_path / "series", count=4)
+    scp = start_scp(tmp_path, stack, moto_server)
+    try:
+        result = storescu(scp.port, *paths)
+        assert result.statuses == [0x0000] * 4, result.output
+        (ended,) = scp.wait_for_event("association")
+    finally:
+        scp.stop()
+    (batch_id,) = ended["batches"]
+    manifest_key = f"{DICOM_PREFIX}manifests/{batch_id}.json"
+
+    final = import_manifest(pipeline, s3, bucket, manifest_key)
+
+    assert final["polling"]["jobStatus"] == "COMPLETED"
+    items = instance_items(stack, moto_server.endpoint)
+    assert set(items) == uids
+    assert {item["state"] for item in items.values()} == {"IMPORTED"}
+    assert all(item["batchId"] == batch_id and item["imageSetId"] for item in items.values())
+    job = job_item(stack, moto_server.endpoint, final["importJob"]["jobId"])
+    assert (job["jobStatus"], job["batchId"]) == ("COMPLETED", batch_id)
+    assert (job["instanceCount"], job["importedCount"], job["failedCount"]) == ("4", "4", "0")
+    # And the functions stayed within their roles against the real HTTP path too.
+    for function, calls in pipeline.calls.items():
+        assert denied(stack.role_statements(stack.role_of(function)), calls) == [], function
+
+
+def test_the_sweeper_seals_a_batch_the_scp_left_open_and_it_imports(
+    tmp_path: Path, stack: Deployment, moto_server: MotoServer, s3: Any, pipeline: Pipeline, monkeypatch: Any
+) -> None:
+    bucket = stack.output("DICOMBucketName")
+    paths, _ = write_series(tmp_path / "series", count=3)
+    scp = start_scp(tmp_path, stack, moto_server)
+    sender = AE(ae_title="MODALITY1")
+    sender.add_requested_context(pydicom.dcmread(paths[0]).SOPClassUID, ExplicitVRLittleEndian)
+    assoc = sender.associate("127.0.0.1", scp.port, ae_title="STORESCP")
+    assert assoc.is_established
+    acknowledged = set()
+    try:
+        for path in paths:
+            dataset = pydicom.dcmread(path)
+            if assoc.send_c_store(dataset).Status == 0x0000:
+                acknowledged.add(str(dataset.SOPInstanceUID))
+        scp.stop(signal.SIGKILL)  # the task dies mid-association: no release, no manifest
+    finally:
+        assoc.abort()
+    assert len(acknowledged) == 3
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=DICOM_PREFIX)["Contents"]
+    assert not [item for item in listed if "/manifests/" in item["Key"]]
+
+    class Later(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Any:  # type: ignore[override]
+            return datetime.now(tz or UTC) + timedelta(days=1)  # the next sweep after the age limit
+
+    monkeypatch.setattr("functions.sweeper.datetime", Later)
+    swept = pipeline.invoke("SweeperFunction", load_event("scheduled_sweep.json"))
+    (batch_id,) = swept["sealed"]
+
+    final = import_manifest(pipeline, s3, bucket, f"{DICOM_PREFIX}manifests/{batch_id}.json")
+
+    assert final["polling"]["jobStatus"] == "COMPLETED"
+    items = instance_items(stack, moto_server.endpoint)
+    assert set(items) == acknowledged
+    assert {item["state"] for item in items.values()} == {"IMPORTED"}
+    assert all(item["imageSetId"] for item in items.values())

@@ -1,0 +1,150 @@
+"""The template's Lambda functions, as deployed: each handler with exactly its template environment and role.
+
+Every AWS::Lambda::Function of the rendered template runs its Handler against moto (S3, DynamoDB, Step
+Functions) and the HealthImaging fake, with only the environment variables the template gives it (values: the
+stand-in resources' names and ARNs). The API calls each makes are then checked against its role's policy.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+import pytest
+from support.cfn import REGION
+from support.iam import denied
+from support.pipeline import Pipeline, load_event, manifest_created_event
+
+from .conftest import DICOM_PREFIX, store_batch
+
+BATCH_IMPORTED = "20261123T190501Z-0f6c1d2e3a4b4c5d8e9f00112233aabb"
+BATCH_TIMED_OUT = "20261123T190502Z-1f6c1d2e3a4b4c5d8e9f00112233aabb"
+BATCH_ABANDONED = "20261123T190503Z-2f6c1d2e3a4b4c5d8e9f00112233aabb"
+
+
+def instance_item(table: str, uid: str) -> dict[str, Any]:
+    dynamodb = boto3.client("dynamodb", region_name=REGION)
+    item = dynamodb.get_item(TableName=table, Key={"sopInstanceUID": {"S": uid}}, ConsistentRead=True)["Item"]
+    return {name: next(iter(value.values())) for name, value in item.items()}
+
+
+def job_item(table: str, job_id: str) -> dict[str, Any]:
+    dynamodb = boto3.client("dynamodb", region_name=REGION)
+    item = dynamodb.get_item(TableName=table, Key={"jobId": {"S": job_id}}, ConsistentRead=True)["Item"]
+    return {name: next(iter(value.values())) for name, value in item.items()}
+
+
+def trigger(pipeline: Pipeline, s3: Any, bucket: str, batch_id: str) -> dict[str, Any]:
+    key = f"{DICOM_PREFIX}manifests/{batch_id}.json"
+    size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
+    return pipeline.invoke("TriggerImportFunction", manifest_created_event(bucket, key, size))
+
+
+def run_every_function(pipeline: Pipeline, s3: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """One batch imported, one given up on by the polling bound, one abandoned and swept."""
+    deployment = pipeline.deployment
+    bucket = deployment.output("DICOMBucketName")
+    instance_table = deployment.resources["DicomInstanceTable"]
+    job_table = deployment.resources["DicomImportJobTable"]
+    seen: dict[str, Any] = {"bucket": bucket}
+
+    imported = store_batch(s3, bucket, BATCH_IMPORTED, count=3)
+    seen["triggered"] = trigger(pipeline, s3, bucket, BATCH_IMPORTED)
+    seen["received"] = [instance_item(instance_table, i["sopInstanceUID"])["state"] for i in imported["instances"]]
+    sfn = boto3.client("stepfunctions", region_name=REGION)
+    (execution,) = sfn.list_executions(stateMachineArn=deployment.resources["ImportWorkflow"])["executions"]
+    seen["execution"] = sfn.describe_execution(executionArn=execution["executionArn"])
+    final = pipeline.run_workflow(
+        {
+            "batchId": BATCH_IMPORTED,
+            "bucket": bucket,
+            "manifestKey": f"{DICOM_PREFIX}manifests/{BATCH_IMPORTED}.json",
+            "prefix": imported["prefix"],
+        }
+    )
+    seen["imported"] = [instance_item(instance_table, i["sopInstanceUID"]) for i in imported["instances"]]
+    seen["imported_job"] = job_item(job_table, final["importJob"]["jobId"])
+
+    timed_out = store_batch(s3, bucket, BATCH_TIMED_OUT, count=2)
+    trigger(pipeline, s3, bucket, BATCH_TIMED_OUT)
+    execution_input = {
+        "batchId": BATCH_TIMED_OUT,
+        "bucket": bucket,
+        "manifestKey": f"{DICOM_PREFIX}manifests/{BATCH_TIMED_OUT}.json",
+        "prefix": timed_out["prefix"],
+        "polling": {"waitSeconds": 0, "maxPolls": 1, "count": 0},
+    }
+    started = pipeline.invoke("StartImportJobFunction", execution_input)
+    failure_input = copy.deepcopy(load_event("record_failure_input.json"))
+    failure_input.update({key: execution_input[key] for key in ("batchId", "bucket", "manifestKey", "prefix")})
+    failure_input["importJob"] = started
+    pipeline.invoke("RecordFailureFunction", failure_input)
+    seen["timed_out"] = [instance_item(instance_table, i["sopInstanceUID"])["state"] for i in timed_out["instances"]]
+    seen["timed_out_job"] = job_item(job_table, started["jobId"])
+
+    abandoned = store_batch(s3, bucket, BATCH_ABANDONED, count=2, write_manifest=False)
+
+    class Later(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Any:  # type: ignore[override]
+            return datetime.now(tz or UTC) + timedelta(days=1)  # the task died a day ago
+
+    monkeypatch.setattr("functions.sweeper.datetime", Later)
+    seen["swept"] = pipeline.invoke("SweeperFunction", load_event("scheduled_sweep.json"))
+    seen["abandoned"] = abandoned
+    return seen
+
+
+def test_every_function_does_its_job_with_only_the_template_environment(
+    pipeline: Pipeline, s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert set(pipeline.functions()) == {
+        "TriggerImportFunction",
+        "StartImportJobFunction",
+        "CheckStatusFunction",
+        "RecordFailureFunction",
+        "SweeperFunction",
+    }
+    seen = run_every_function(pipeline, s3, monkeypatch)
+
+    # TriggerImport: instances recorded, the workflow started under the batch id.
+    assert seen["triggered"]["batches"][0]["started"] is True
+    assert seen["received"] == ["RECEIVED"] * 3
+    assert seen["execution"]["name"] == BATCH_IMPORTED
+    # StartImportJob and CheckStatus: every instance imported into its image set, the job item complete.
+    assert [item["state"] for item in seen["imported"]] == ["IMPORTED"] * 3
+    assert all(item["imageSetId"] for item in seen["imported"])
+    job = seen["imported_job"]
+    assert (job["jobStatus"], job["instanceCount"], job["importedCount"], job["failedCount"]) == (
+        "COMPLETED",
+        "3",
+        "3",
+        "0",
+    )
+    assert job["datastoreId"] == pipeline.fake_healthimaging.datastore_id
+    assert job["dataAccessRoleArn"] == pipeline.deployment.resources["HealthImagingDataAccessRole.Arn"]
+    # RecordFailure: the polling bound recorded on the job and every instance.
+    assert seen["timed_out"] == ["TIMED_OUT"] * 2
+    assert seen["timed_out_job"]["jobStatus"] == "TIMED_OUT"
+    # Sweeper: the abandoned batch got its manifest.
+    assert seen["swept"]["sealed"] == [BATCH_ABANDONED]
+    manifest = s3.get_object(Bucket=seen["bucket"], Key=f"{DICOM_PREFIX}manifests/{BATCH_ABANDONED}.json")
+    assert b'"swept"' in manifest["Body"].read()
+
+
+def test_every_call_a_function_makes_is_allowed_by_its_role(
+    pipeline: Pipeline, s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_every_function(pipeline, s3, monkeypatch)
+    deployment = pipeline.deployment
+    assert set(pipeline.calls) == set(pipeline.functions())
+    problems = {}
+    for function, calls in pipeline.calls.items():
+        assert calls, function
+        statements = deployment.role_statements(deployment.role_of(function))
+        missing = denied(statements, calls)
+        if missing:
+            problems[function] = missing
+    assert not problems, "\n".join(f"{fn}: {line}" for fn, lines in problems.items() for line in lines)

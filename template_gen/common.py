@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from awacs.aws import Allow, ArnLike, Condition, PolicyDocument, Principal, Statement, StringEquals
+from awacs.sts import AssumeRole
 from troposphere import (
     AWSHelperFn,
     Equals,
@@ -22,6 +24,7 @@ from troposphere import (
     Split,
     Sub,
     Template,
+    iam,
 )
 
 # Conditions
@@ -121,3 +124,38 @@ def join_nonempty_cidrs() -> Join:
 
 
 Expr = AWSHelperFn | str | int
+
+
+def service_trust(service: str, source_arn: Any) -> PolicyDocument:
+    """A role only ``service`` may assume, and only on behalf of this account and ``source_arn`` (confused deputy)."""
+    return PolicyDocument(
+        Version="2012-10-17",
+        Statement=[
+            Statement(
+                Effect=Allow,
+                Principal=Principal("Service", service),
+                Action=[AssumeRole],
+                Condition=Condition(
+                    [
+                        StringEquals("aws:SourceAccount", Ref("AWS::AccountId")),
+                        ArnLike("aws:SourceArn", source_arn),
+                    ]
+                ),
+            )
+        ],
+    )
+
+
+def kms_key_policy(name: str, actions: list[Any]) -> If:
+    """An inline policy allowing ``actions`` on the stack's KMS key, present only when a key is given."""
+    return If(
+        HAS_KMS_KEY,
+        iam.Policy(
+            PolicyName=name,
+            PolicyDocument=PolicyDocument(
+                Version="2012-10-17",
+                Statement=[Statement(Effect=Allow, Action=actions, Resource=[Ref("KmsKeyArn")])],
+            ),
+        ),
+        NoValue,
+    )

@@ -28,7 +28,6 @@ from awacs import (
 )
 from awacs.aws import (
     Allow,
-    ArnLike,
     Condition,
     PolicyDocument,
     Principal,
@@ -226,41 +225,13 @@ def _lambda_trust() -> PolicyDocument:
 
 def _states_trust() -> PolicyDocument:
     # Step Functions sets aws:SourceAccount and aws:SourceArn (the state machine) when it assumes its role.
-    return PolicyDocument(
-        Version="2012-10-17",
-        Statement=[
-            Statement(
-                Effect=Allow,
-                Principal=Principal("Service", "states.amazonaws.com"),
-                Action=[AssumeRole],
-                Condition=Condition(
-                    [
-                        StringEquals("aws:SourceAccount", Ref("AWS::AccountId")),
-                        ArnLike(
-                            "aws:SourceArn",
-                            Sub("arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:stateMachine:*"),
-                        ),
-                    ]
-                ),
-            )
-        ],
+    return c.service_trust(
+        "states.amazonaws.com", Sub("arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:stateMachine:*")
     )
 
 
 def _kms_policy() -> If:
-    return If(
-        c.HAS_KMS_KEY,
-        iam.Policy(
-            PolicyName="use-stack-key",
-            PolicyDocument=PolicyDocument(
-                Version="2012-10-17",
-                Statement=[
-                    Statement(Effect=Allow, Action=[kms.Decrypt, kms.GenerateDataKey], Resource=[Ref("KmsKeyArn")])
-                ],
-            ),
-        ),
-        NoValue,
-    )
+    return c.kms_key_policy("use-stack-key", [kms.Decrypt, kms.GenerateDataKey])
 
 
 # X-Ray trace submission has no resource type: it can only be granted on "*".

@@ -5,15 +5,10 @@ from __future__ import annotations
 from awacs import ecr, kms, logs, s3
 from awacs.aws import (
     Allow,
-    ArnLike,
-    Condition,
     PolicyDocument,
-    Principal,
     Statement,
-    StringEquals,
 )
-from awacs.sts import AssumeRole
-from troposphere import GetAtt, If, NoValue, Ref, Select, Split, Sub, Template, ec2, ecs, iam
+from troposphere import GetAtt, If, Ref, Select, Split, Sub, Template, ec2, ecs, iam
 from troposphere import applicationautoscaling as aas
 from troposphere import logs as cwlogs
 
@@ -55,24 +50,8 @@ CONTAINER_ENVIRONMENT = {
 
 
 def ecs_tasks_trust() -> PolicyDocument:
-    return PolicyDocument(
-        Version="2012-10-17",
-        Statement=[
-            Statement(
-                Effect=Allow,
-                Principal=Principal("Service", "ecs-tasks.amazonaws.com"),
-                Action=[AssumeRole],
-                Condition=Condition(
-                    [
-                        StringEquals("aws:SourceAccount", Ref("AWS::AccountId")),
-                        ArnLike(
-                            "aws:SourceArn",
-                            Sub("arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:*"),
-                        ),
-                    ]
-                ),
-            )
-        ],
+    return c.service_trust(
+        "ecs-tasks.amazonaws.com", Sub("arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:*")
     )
 
 
@@ -183,24 +162,8 @@ def add_service(template: Template) -> None:
                         ],
                     ),
                 ),
-                If(
-                    c.HAS_KMS_KEY,
-                    iam.Policy(
-                        PolicyName="encrypt-with-bucket-key",
-                        PolicyDocument=PolicyDocument(
-                            Version="2012-10-17",
-                            Statement=[
-                                # Multipart uploads under SSE-KMS need Decrypt as well as GenerateDataKey.
-                                Statement(
-                                    Effect=Allow,
-                                    Action=[kms.GenerateDataKey, kms.Decrypt],
-                                    Resource=[Ref("KmsKeyArn")],
-                                )
-                            ],
-                        ),
-                    ),
-                    NoValue,
-                ),
+                # Multipart uploads under SSE-KMS need Decrypt as well as GenerateDataKey.
+                c.kms_key_policy("encrypt-with-bucket-key", [kms.GenerateDataKey, kms.Decrypt]),
             ],
         )
     )

@@ -7,15 +7,11 @@ from awacs import kms
 from awacs import s3 as s3_actions
 from awacs.aws import (
     Allow,
-    ArnLike,
     Condition,
     PolicyDocument,
-    Principal,
     Statement,
-    StringEquals,
     StringLike,
 )
-from awacs.sts import AssumeRole
 from troposphere import GetAtt, If, NoValue, Ref, Sub, Tags, Template, dynamodb, healthimaging, iam, s3
 
 from template_gen import common as c
@@ -135,23 +131,8 @@ def _add_datastore(template: Template) -> None:
     template.add_resource(
         iam.Role(
             c.DATA_ACCESS_ROLE,
-            AssumeRolePolicyDocument=PolicyDocument(
-                Version="2012-10-17",
-                Statement=[
-                    Statement(
-                        Effect=Allow,
-                        Principal=Principal("Service", "medical-imaging.amazonaws.com"),
-                        Action=[AssumeRole],
-                        # Only this account's data store may use the role (confused deputy).
-                        Condition=Condition(
-                            [
-                                StringEquals("aws:SourceAccount", Ref("AWS::AccountId")),
-                                ArnLike("aws:SourceArn", c.datastore_arn()),
-                            ]
-                        ),
-                    )
-                ],
-            ),
+            # Only this account's data store may use the role.
+            AssumeRolePolicyDocument=c.service_trust("medical-imaging.amazonaws.com", c.datastore_arn()),
             Policies=[
                 iam.Policy(
                     PolicyName="read-incoming-write-results",
@@ -182,23 +163,7 @@ def _add_datastore(template: Template) -> None:
                         ],
                     ),
                 ),
-                If(
-                    c.HAS_KMS_KEY,
-                    iam.Policy(
-                        PolicyName="use-bucket-key",
-                        PolicyDocument=PolicyDocument(
-                            Version="2012-10-17",
-                            Statement=[
-                                Statement(
-                                    Effect=Allow,
-                                    Action=[kms.Decrypt, kms.GenerateDataKey],
-                                    Resource=[Ref("KmsKeyArn")],
-                                )
-                            ],
-                        ),
-                    ),
-                    NoValue,
-                ),
+                c.kms_key_policy("use-bucket-key", [kms.Decrypt, kms.GenerateDataKey]),
             ],
         )
     )

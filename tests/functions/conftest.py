@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import boto3
-import pydicom
 import pytest
 from moto import mock_aws
-from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
+from support.batches import write_batch
 
 from functions import common, healthimaging
 
@@ -185,15 +181,6 @@ def context():
 # --- batches ---------------------------------------------------------------------------------------------
 
 
-def part10(study: str, series: str, sop: str) -> bytes:
-    dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    dataset.StudyInstanceUID, dataset.SeriesInstanceUID = study, series
-    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = sop
-    buffer = BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 @dataclass
 class Batch:
     batch_id: str
@@ -223,43 +210,5 @@ def store_batch(
     s3: Any, batch_id: str = BATCH_ID, count: int = 3, corrupt: int = 0, write_manifest: bool = True
 ) -> Batch:
     """Objects and manifest in the layout of docs/contracts.md, as the SCP writes them."""
-    prefix = common.batch_prefix(DICOM_PREFIX, batch_id)
-    study, series = generate_uid(), generate_uid()
-    instances = []
-    for number in range(count):
-        sop = generate_uid()
-        body = part10(study, series, sop) if number >= corrupt else b"not a DICOM file" * 10
-        key = f"{prefix}{study}/{series}/{sop}.dcm"
-        s3.put_object(Bucket=DICOM_BUCKET, Key=key, Body=body)
-        instances.append(
-            {
-                "key": key,
-                "sopClassUID": "1.2.840.10008.5.1.4.1.1.2",
-                "sopInstanceUID": sop,
-                "studyInstanceUID": study,
-                "seriesInstanceUID": series,
-                "studyDate": "20261123",
-                "transferSyntaxUID": "1.2.840.10008.1.2.1",
-                "size": len(body),
-                "sha256": hashlib.sha256(body).hexdigest(),
-            }
-        )
-    manifest = {
-        "manifestVersion": 1,
-        "batchId": batch_id,
-        "prefix": prefix,
-        "callingAETitle": "MODALITY1",
-        "calledAETitle": "STORESCP",
-        "peerAddress": "10.0.1.23",
-        "peerPort": 50123,
-        "startedAt": "2026-11-23T19:05:01.123456Z",
-        "endedAt": "2026-11-23T19:05:09.654321Z",
-        "endReason": "released",
-        "instanceCount": count,
-        "totalBytes": sum(i["size"] for i in instances),
-        "instances": instances,
-    }
-    key = common.manifest_key(DICOM_PREFIX, batch_id)
-    if write_manifest:
-        s3.put_object(Bucket=DICOM_BUCKET, Key=key, Body=json.dumps(manifest).encode())
+    key, manifest = write_batch(s3, DICOM_BUCKET, DICOM_PREFIX, batch_id, count, corrupt, write_manifest)
     return Batch(batch_id, key, manifest)

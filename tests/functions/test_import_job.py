@@ -56,7 +56,7 @@ def test_start_writes_the_job_item_and_marks_instances_importing(triggered, fake
         "outputS3Uri": started["outputS3Uri"],
         "datastoreId": DATASTORE_ID,
         "dataAccessRoleArn": ROLE_ARN,
-        "studyDate": "20261123",
+        "studyDate": instance["studyDate"],
         "studyInstanceUID": instance["studyInstanceUID"],
         "seriesInstanceUID": instance["seriesInstanceUID"],
         "message": "",

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-from io import BytesIO
 from typing import Any
 
 import boto3
-import pydicom
 import pytest
 from moto import mock_aws
-from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
 from support.aws import FAKE_CREDENTIALS, load_fake_healthimaging
+from support.batches import write_batch
 from support.cfn import REGION, Deployment, rendered_template
 from support.pipeline import Pipeline
 
@@ -101,53 +97,6 @@ def pipeline(deployment: Deployment, fake_healthimaging: Any, monkeypatch: pytes
 # --- batches as the SCP stores them ----------------------------------------------------------------------
 
 
-def part10(study: str, series: str, sop: str) -> bytes:
-    dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    dataset.StudyInstanceUID, dataset.SeriesInstanceUID = study, series
-    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = sop
-    buffer = BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 def store_batch(s3: Any, bucket: str, batch_id: str, count: int, write_manifest: bool = True) -> dict[str, Any]:
     """Objects, then the manifest, in the layout of docs/contracts.md; returns the manifest."""
-    prefix = f"{DICOM_PREFIX}incoming/{batch_id}/"
-    study, series = generate_uid(), generate_uid()
-    instances = []
-    for _ in range(count):
-        sop = generate_uid()
-        body = part10(study, series, sop)
-        key = f"{prefix}{study}/{series}/{sop}.dcm"
-        s3.put_object(Bucket=bucket, Key=key, Body=body)
-        instances.append(
-            {
-                "key": key,
-                "sopClassUID": "1.2.840.10008.5.1.4.1.1.2",
-                "sopInstanceUID": sop,
-                "studyInstanceUID": study,
-                "seriesInstanceUID": series,
-                "studyDate": "20040119",
-                "transferSyntaxUID": "1.2.840.10008.1.2.1",
-                "size": len(body),
-                "sha256": hashlib.sha256(body).hexdigest(),
-            }
-        )
-    manifest = {
-        "manifestVersion": 1,
-        "batchId": batch_id,
-        "prefix": prefix,
-        "callingAETitle": "MODALITY1",
-        "calledAETitle": "STORESCP",
-        "peerAddress": "10.0.1.23",
-        "peerPort": 50123,
-        "startedAt": "2026-11-23T19:05:01.123456Z",
-        "endedAt": "2026-11-23T19:05:09.654321Z",
-        "endReason": "released",
-        "instanceCount": count,
-        "totalBytes": sum(i["size"] for i in instances),
-        "instances": instances,
-    }
-    if write_manifest:
-        s3.put_object(Bucket=bucket, Key=f"{DICOM_PREFIX}manifests/{batch_id}.json", Body=json.dumps(manifest))
-    return manifest
+    return write_batch(s3, bucket, DICOM_PREFIX, batch_id, count, write_manifest=write_manifest)[1]

@@ -98,8 +98,14 @@ for handler in sys.argv[2:]:
     module = importlib.import_module(module_name)
     found[handler] = callable(getattr(module, attribute))
 import boto3, botocore
+# The sweeper imports pydicom only when it meets an unsealed batch: read a real header the way it does.
+from functions.sweeper import _parse_header
+from pydicom.data import get_testdata_file
+with open(get_testdata_file("CT_small.dcm", download=False), "rb") as handle:
+    header = _parse_header(handle.read())
 print(json.dumps({
     "handlers": found,
+    "sweptSopInstanceUID": header["sopInstanceUID"],
     "boto3": boto3.__file__,
     "botocore": botocore.__file__,
     "services": boto3.session.Session().get_available_services(),
@@ -146,6 +152,7 @@ def test_every_handler_imports_from_the_unpacked_zip_in_a_bare_interpreter(funct
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["handlers"] == dict.fromkeys(handlers, True)
+    assert report["sweptSopInstanceUID"] == "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322"
     # boto3 and botocore come from the zip, not from the build machine, and know the HealthImaging API.
     assert report["boto3"].startswith(str(task))
     assert report["botocore"].startswith(str(task))

@@ -11,6 +11,7 @@ import signal
 import socket
 import socketserver
 import ssl
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +41,7 @@ pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
 pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
 
 _HOUSEKEEPING_SECONDS = 0.25
+_SPOOL_STALE_SECONDS = 3600
 
 
 class ReceiverServer(ThreadedAssociationServer):
@@ -159,7 +161,8 @@ class Receiver:
     def __init__(self, config: Config, reuse_port: bool = False, budget: SharedAssociationBudget | None = None) -> None:
         self.config = config
         self.storage = build_storage(config)
-        self.spool = self.storage.spool_dir()
+        # A folder of our own, so the janitor below can tell our leftovers from anyone else's files.
+        self.spool = self.storage.spool_dir() or Path(tempfile.mkdtemp(prefix="dicom-store-scp-spool-"))
         use_spool_dir(self.spool)
         self.sessions = Sessions(
             self.storage, config.storage_prefix, config.batch_max_instances, config.batch_max_bytes
@@ -233,10 +236,12 @@ class Receiver:
         LOG.info("stopped", extra={"fields": {"event": "stopped", "abortedAssociations": len(remaining)}})
 
     def _clean_spool(self) -> None:
-        """Remove spool files of transfers that were cut off mid-data-set (pynetdicom leaves them behind)."""
-        if self.spool is None:
-            return
-        stale_after = max(self.config.network_timeout, self.config.dimse_timeout) * 2
+        """Remove spool files of transfers that were cut off mid-data-set (pynetdicom leaves them behind).
+
+        A file still being received is written to at least every network timeout; one being stored (hashed,
+        uploaded) is not written to, and a multi-gigabyte upload can take minutes: hence the generous margin.
+        """
+        stale_after = max(_SPOOL_STALE_SECONDS, 2 * max(self.config.network_timeout, self.config.dimse_timeout))
         cutoff = time.time() - stale_after
         try:
             entries = list(os.scandir(self.spool))

@@ -132,6 +132,27 @@ def test_batches_are_cut_at_the_instance_limit(start_scp, tmp_path):
         assert on_disk == sorted(f"{item['sopInstanceUID']}.dcm" for item in manifest["instances"])
 
 
+def test_batches_are_cut_before_the_byte_limit_would_be_passed(start_scp):
+    sources = [sample_file(name) for name in ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm")]
+    unlimited = start_scp()
+    assert storescu(unlimited.port, *sources).statuses == [statuses.SUCCESS] * 3
+    sizes = sorted(path.stat().st_size for path in unlimited.stored_files())
+    # Room for the two smallest stored instances, never for all three.
+    limit = sizes[0] + sizes[1]
+    scp = start_scp("--batch-max-bytes", str(limit))
+
+    result = storescu(scp.port, *sources)
+
+    assert result.statuses == [statuses.SUCCESS] * 3, result.output
+    scp.wait_for_event("association")
+    manifests = scp.manifests()
+    assert len(manifests) == 2
+    assert sorted(m["instanceCount"] for m in manifests) == [1, 2]
+    # An instance larger than the limit on its own still travels, alone.
+    assert all(m["totalBytes"] <= limit or m["instanceCount"] == 1 for m in manifests)
+    assert sum(m["instanceCount"] for m in manifests) == len(scp.stored_files()) == 3
+
+
 def test_association_log_line_says_what_happened(scp):
     storescu(scp.port, sample_file("CT_small.dcm"), args=("-aet", "MODALITY1", "-aec", "STORESCP"))
 

@@ -50,15 +50,30 @@ class SharedAssociationBudget:
 
 
 def available_cpus() -> int:
-    """CPUs this process may use: its affinity, capped by a cgroup CPU quota (ECS/Fargate task CPU)."""
+    """CPUs this process may use: its affinity, capped by a cgroup CPU quota (an ECS/Fargate task's CPU units).
+
+    Fargate shows more CPUs than a task is given (a 1 vCPU task sees two); the quota is what counts.
+    """
     cpus = len(os.sched_getaffinity(0))
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return max(1, cpus)
+
+
+def _cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs' worth of quota from cgroup v2 (cpu.max) or v1 (cpu.cfs_quota_us / cpu.cfs_period_us); None: none."""
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
     except (OSError, ValueError):
         pass
-    return max(1, cpus)
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
 
 
 def worker_count(config: Config) -> int:

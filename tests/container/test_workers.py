@@ -73,3 +73,23 @@ def test_the_association_limit_holds_across_workers(start_scp):
             assoc.release()
     time.sleep(0.6)  # freed slots are published within 0.25 s as well
     assert storescu(scp.port, CT).statuses == [statuses.SUCCESS]
+
+
+def test_cpu_quota_of_a_task_limits_the_default_worker_count(tmp_path):
+    from dicom_store_scp.workers import _cgroup_cpu_quota
+
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("100000 100000\n")  # a 1 vCPU task (1024 CPU units)
+    assert _cgroup_cpu_quota(v2) == 1.0
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert _cgroup_cpu_quota(v2) is None
+
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("200000\n")  # 2 vCPU
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert _cgroup_cpu_quota(v1) == 2.0
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert _cgroup_cpu_quota(v1) is None
+    assert _cgroup_cpu_quota(tmp_path / "none") is None

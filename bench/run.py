@@ -1,6 +1,6 @@
 """Benchmarks of issue 3 (not tests): ingest speed against DCMTK and pynetdicom, the S3 path, memory, associations.
 
-    .venv/bin/python bench/run.py [--only ingest,s3,memory,associations] [--repeat 3] [--instances 600]
+    .venv/bin/python bench/run.py [--only ingest,ingest-tmpfs,s3,memory,associations] [--repeat 3] [--instances 600]
 
 Everything runs on loopback on this machine; every loop is bounded. Results are printed as Markdown tables
 (docs/benchmarks.md holds a recorded run with its command) and written as JSON to --output.
@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -224,17 +225,31 @@ def _receiver(name: str, port: int, out: Path) -> tuple[list[str], dict[str, str
     return scp_command(port, out), scp_env(workers)
 
 
-def bench_ingest(work: Path, instances: int, repeat: int, workers: Sequence[int]) -> list[Rate]:
+def bench_ingest(
+    work: Path,
+    instances: int,
+    repeat: int,
+    workers: Sequence[int],
+    received_root: Path | None = None,
+    label: str = "ingest",
+    pynetdicom_app: bool = True,
+) -> list[Rate]:
+    """``instances`` 512 KiB instances through 1 and 4 associations into each receiver.
+
+    ``received_root`` is where the receivers store (and the SCP spools); default the work folder (disk). With
+    /dev/shm nothing reaches the disk, so fsync costs nothing: a secondary comparison, labelled ``label``.
+    """
     paths = write_instances(work / "ct512", instances)
     size = sum(path.stat().st_size for path in paths)
     results = []
     for associations in (1, 4):
         workers_here = workers if associations > 1 else [1]
-        for name in _receivers(workers_here, associations > 1):
+        names = _receivers(workers_here, associations > 1)
+        for name in names if pynetdicom_app else names[:-1]:
             timings, cpu = [], []
             for _ in range(repeat):
                 port = free_port()
-                out = work / "received"
+                out = (received_root or work) / "received"
                 shutil.rmtree(out, ignore_errors=True)
                 out.mkdir()
                 command, env = _receiver(name, port, out)
@@ -250,7 +265,7 @@ def bench_ingest(work: Path, instances: int, repeat: int, workers: Sequence[int]
             seconds = statistics.median(timings)
             results.append(
                 Rate(
-                    "ingest",
+                    label,
                     name,
                     associations,
                     instances,
@@ -415,69 +430,168 @@ def bench_memory(work: Path) -> list[Memory]:
 class Associations:
     benchmark: str
     storage: str
-    requested: int
-    established: int
-    succeeded: int
+    workers: int
+    associations: int
+    instances_each: int
+    peak_tcp_established: int
+    peak_held_by_scp: int
+    associations_ok: int
+    instances_ok: int
     stored: int
     seconds: float
+    failures: str = ""
 
 
-def concurrent_stores(port: int, path: Path, count: int) -> tuple[int, int, float]:
-    """``count`` associations held open at once (a barrier), then each stores one instance."""
-    from pynetdicom import AE
-    from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+def _connections(port: int, pids: Sequence[int]) -> tuple[int, int]:
+    """Server-side connections on ``port``: (ESTABLISHED in the kernel, of those held open by ``pids``).
 
-    dataset = dcmread(path)
-    barrier = threading.Barrier(count)
-    established = succeeded = 0
-    lock = threading.Lock()
+    The kernel counts a connection as ESTABLISHED while it still waits in the listen queue; the second number
+    counts only connections the receiver has accepted (its file descriptors point at the socket's inode) and
+    not yet closed, which excludes its own connections elsewhere (to S3, between workers).
+    """
+    suffix = f":{port:04X}"
+    inodes = set()
+    for table_path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table_path) as table_file:
+            next(table_file)
+            for line in table_file:
+                fields = line.split()
+                if fields[1].endswith(suffix) and fields[3] == "01":
+                    inodes.add(f"socket:[{fields[9]}]")
+    held = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.scandir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd.path) in inodes:
+                        held += 1
+    return len(inodes), held
 
-    def one(number: int) -> None:
-        nonlocal established, succeeded
-        ae = AE(ae_title=f"BENCH{number}")
-        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 120
-        assoc = ae.associate("127.0.0.1", port)
-        with contextlib.suppress(threading.BrokenBarrierError):
-            barrier.wait(timeout=120)
-        if not assoc.is_established:
-            return
-        with lock:
-            established += 1
-        copy = dataset.copy()
-        copy.SOPInstanceUID = generate_uid()
-        status = assoc.send_c_store(copy)
-        if status is not None and status.get("Status") == 0:
-            with lock:
-                succeeded += 1
-        assoc.release()
 
+def _process_tree(pid: int) -> list[int]:
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            pids += [int(child) for child in (task / "children").read_text().split()]
+    return pids
+
+
+def _failure_reason(output: str, returncode: int | None) -> str:
+    """The last error line storescu printed (E:/F:), or how it ended."""
+    errors = [line for line in output.splitlines() if line.startswith(("E: ", "F: "))]
+    if errors:
+        return errors[-1][3:].split(":", 1)[-1].strip()[:80]
+    return "timed out (killed)" if returncode is None else f"exit {returncode}, no success response"
+
+
+def concurrent_stores(
+    port: int, receiver_pid: int, shards: list[list[Path]], log_dir: Path, timeout: float = 300
+) -> tuple[int, int, int, int, float, str]:
+    """One DCMTK storescu process per shard (one association each), all started at once.
+
+    Separate native senders, so the sender is not the bottleneck (one Python sender with hundreds of pynetdicom
+    requestor threads starved a 2-core machine with its own 1 ms polling). A sampler thread records, every
+    10 ms, the peak of ESTABLISHED connections to the port (the kernel counts connections still waiting in the
+    listen queue too) and the peak of those the receiver's processes hold (accepted, not yet closed).
+
+    Returns (peak established, peak held by the receiver, associations whose every instance succeeded,
+    instances acknowledged with success, seconds, the commonest failure reasons).
+    """
+    pids = _process_tree(receiver_pid)
+    peak_established = peak_held = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak_established, peak_held
+        while not stop.is_set():
+            established, held = _connections(port, pids)
+            peak_established = max(peak_established, established)
+            peak_held = max(peak_held, held)
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    log_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    threads = [threading.Thread(target=one, args=(number,), daemon=True) for number in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=300)
-    return established, succeeded, time.perf_counter() - started
+    senders = []
+    for number, files in enumerate(shards):
+        log = (log_dir / f"storescu-{number:03d}.log").open("w+")
+        command = ["storescu", "-v", "-to", "60", "-ta", "60", "-td", "60", "127.0.0.1", str(port), *map(str, files)]
+        senders.append((subprocess.Popen(command, env=DCMTK_ENV, stdout=log, stderr=subprocess.STDOUT), log, files))
+    associations_ok = instances_ok = 0
+    reasons: Counter[str] = Counter()
+    deadline = time.monotonic() + timeout
+    for sender, log, files in senders:
+        try:
+            returncode: int | None = sender.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            sender.kill()
+            sender.wait()
+            returncode = None
+        log.seek(0)
+        output = log.read()
+        log.close()
+        successes = output.count("Received Store Response (Success)")
+        instances_ok += successes
+        if returncode == 0 and successes == len(files):
+            associations_ok += 1
+        else:
+            reasons[_failure_reason(output, returncode)] += 1
+    seconds = time.perf_counter() - started
+    stop.set()
+    sampler.join()
+    failures = "; ".join(f"{count}x {reason}" for reason, count in reasons.most_common(3))
+    return peak_established, peak_held, associations_ok, instances_ok, seconds, failures
 
 
-def bench_associations(work: Path, count: int) -> list[Associations]:
-    [path] = write_instances(work / "ct-assoc", 1)
+def bench_associations(
+    work: Path, count: int, per_association: Sequence[int], workers: Sequence[int]
+) -> list[Associations]:
+    """``count`` associations at once against MAXIMUM_ASSOCIATIONS=300 (the default), local disk and S3."""
+    # Distinct SOP Instance UIDs, so the stored count says whether every acknowledged instance is there.
+    paths = write_instances(work / "ct-assoc", count * max(per_association))
     results = []
-    port = free_port()
-    out = work / "received-assoc"
-    with serving(scp_command(port, out), port, scp_env(1)):
-        established, succeeded, seconds = concurrent_stores(port, path, count)
-        time.sleep(1)
-    results.append(Associations("associations", "local", count, established, succeeded, count_instances(out), seconds))
+
+    def row(storage: str, worker_count: int, each: int, measured: tuple[Any, ...], stored: int) -> Associations:
+        established, held, associations_ok, instances_ok, seconds, failures = measured
+        return Associations(
+            "associations",
+            storage,
+            worker_count,
+            count,
+            each,
+            established,
+            held,
+            associations_ok,
+            instances_ok,
+            stored,
+            seconds,
+            failures,
+        )
+
+    for each in per_association:
+        shards = [paths[number * each : (number + 1) * each] for number in range(count)]
+        for worker_count in workers:
+            port = free_port()
+            out = work / f"received-assoc-{worker_count}"
+            env = scp_env(worker_count, MAXIMUM_ASSOCIATIONS="300")
+            with serving(scp_command(port, out), port, env) as process:
+                measured = concurrent_stores(port, process.pid, shards, work / "assoc-logs")
+                time.sleep(1)
+            results.append(row("local", worker_count, each, measured, count_instances(out)))
+            print(table(results[-1:]).splitlines()[-1], flush=True)
+            shutil.rmtree(out, ignore_errors=True)
     with moto_server() as (endpoint, client):
-        port = free_port()
-        env = scp_env(1, **FAKE_AWS, AWS_ENDPOINT_URL=endpoint)
-        with serving(scp_command(port, work / "unused", "--dicom-bucket", BUCKET), port, env):
-            established, succeeded, seconds = concurrent_stores(port, path, count)
-            time.sleep(1)
-        stored = empty_bucket(client)
-    results.append(Associations("associations", "S3", count, established, succeeded, stored, seconds))
+        for each in per_association:
+            shards = [paths[number * each : (number + 1) * each] for number in range(count)]
+            for worker_count in workers:
+                port = free_port()
+                env = scp_env(worker_count, **FAKE_AWS, AWS_ENDPOINT_URL=endpoint, MAXIMUM_ASSOCIATIONS="300")
+                with serving(scp_command(port, work / "unused", "--dicom-bucket", BUCKET), port, env) as process:
+                    measured = concurrent_stores(port, process.pid, shards, work / "assoc-logs")
+                    time.sleep(1)
+                results.append(row("S3", worker_count, each, measured, empty_bucket(client)))
+                print(table(results[-1:]).splitlines()[-1], flush=True)
     return results
 
 
@@ -499,12 +613,17 @@ def table(rows: list[Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="ingest,s3,memory,associations")
+    parser.add_argument("--only", default="ingest,ingest-tmpfs,s3,memory,associations")
     parser.add_argument("--instances", type=int, default=600, help="512 KiB instances per ingest run")
     parser.add_argument("--s3-instances", type=int, default=300, help="512 KiB instances per S3 run")
     parser.add_argument("--repeat", type=int, default=3, help="runs per case; the median is reported")
     parser.add_argument("--workers", default="1,2", help="WORKERS values for the 4-association cases")
     parser.add_argument("--associations", type=int, default=300)
+    parser.add_argument(
+        "--instances-per-association",
+        default="1,5",
+        help="instances each of the concurrent associations stores (5 makes each association last longer)",
+    )
     parser.add_argument("--work-dir", default="", help="scratch folder (default: a new temp dir, removed after)")
     parser.add_argument("--output", default="bench/results.json")
     options = parser.parse_args(argv)
@@ -521,6 +640,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "ingest" in chosen:
             results["ingest"] = bench_ingest(work, options.instances, options.repeat, workers)
             print(table(results["ingest"]), "\n", flush=True)
+        if "ingest-tmpfs" in chosen:
+            shm = Path(tempfile.mkdtemp(prefix="dicom-bench-", dir="/dev/shm"))
+            try:
+                results["ingest-tmpfs"] = bench_ingest(
+                    work, options.instances, options.repeat, workers, shm, "ingest-tmpfs", pynetdicom_app=False
+                )
+            finally:
+                shutil.rmtree(shm, ignore_errors=True)
+            print(table(results["ingest-tmpfs"]), "\n", flush=True)
         if "s3" in chosen:
             results["s3"] = bench_s3(work, options.s3_instances, options.repeat, workers)
             print(table(results["s3"]), "\n", flush=True)
@@ -528,7 +656,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["memory"] = bench_memory(work)
             print(table(results["memory"]), "\n", flush=True)
         if "associations" in chosen:
-            results["associations"] = bench_associations(work, options.associations)
+            per_association = [int(n) for n in options.instances_per_association.split(",")]
+            results["associations"] = bench_associations(work, options.associations, per_association, workers)
             print(table(results["associations"]), "\n", flush=True)
     finally:
         if not options.work_dir:

@@ -8,7 +8,7 @@ from typing import Any
 import boto3
 import pytest
 from moto import mock_aws
-from support.aws import FAKE_CREDENTIALS, load_fake_healthimaging
+from support.aws import load_fake_healthimaging
 from support.batches import write_batch
 from support.cfn import REGION, Deployment, rendered_template
 from support.pipeline import Pipeline
@@ -23,14 +23,6 @@ DICOM_PREFIX = "site-a/"
 @pytest.fixture(scope="session")
 def template() -> dict[str, Any]:
     return rendered_template()
-
-
-@pytest.fixture
-def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in FAKE_CREDENTIALS.items():
-        monkeypatch.setenv(name, value)
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
-        monkeypatch.delenv(name, raising=False)
 
 
 def create_stack_resources(template: dict[str, Any], endpoint_url: str | None = None) -> Deployment:

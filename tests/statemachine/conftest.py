@@ -27,18 +27,6 @@ def render(definition: str, substitutions: dict[str, str]) -> str:
     return definition
 
 
-@pytest.fixture
-def aws_credentials(monkeypatch):
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-
-
 class LambdaScript:
     """What each Lambda task answers, in order: a result dict, or an exception as Lambda reports one."""
 

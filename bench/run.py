@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -550,7 +550,8 @@ def bench_associations(
     """``count`` associations at once against MAXIMUM_ASSOCIATIONS=300 (the default), local disk and S3."""
     # Distinct SOP Instance UIDs, so the stored count says whether every acknowledged instance is there.
     paths = write_instances(work / "ct-assoc", count * max(per_association))
-    results = []
+    results: list[Associations] = []
+    print("| " + " | ".join(field.name for field in fields(Associations)) + " |", flush=True)
 
     def row(storage: str, worker_count: int, each: int, measured: tuple[Any, ...], stored: int) -> Associations:
         established, held, associations_ok, instances_ok, seconds, failures = measured

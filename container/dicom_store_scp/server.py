@@ -5,6 +5,8 @@ No DICOM logic here (see handlers.py).
 
 from __future__ import annotations
 
+import copy
+import gc
 import logging
 import os
 import signal
@@ -20,8 +22,9 @@ from typing import Any
 
 from pydicom import config as pydicom_config
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from . import handlers, prompt
 from .batches import Sessions
@@ -44,6 +47,37 @@ _HOUSEKEEPING_SECONDS = 0.25
 _SPOOL_STALE_SECONDS = 3600
 
 
+def _copy_context(context: PresentationContext) -> PresentationContext:
+    # What negotiation may change on a context is its own attributes and its transfer syntax list.
+    duplicate = copy.copy(context)
+    duplicate._transfer_syntax = list(context._transfer_syntax)
+    return duplicate
+
+
+class QuickRequestHandler(RequestHandler):
+    """pynetdicom's request handler, without a deep copy of every supported context per association.
+
+    pynetdicom deep-copies the supported contexts (here 170 storage classes x 16 transfer syntaxes) for every new
+    association: about 30 ms of CPU each, which caps a burst of connecting modalities at a few dozen associations
+    a second. A copy of each context and its transfer syntax list isolates associations just as well.
+    """
+
+    # pynetdicom reads server.contexts only here; hiding them while it builds the association skips its deep copy.
+    # Connections are handled on many threads at once, so the swap is serialised.
+    _swap = threading.Lock()
+
+    def _create_association(self) -> Any:
+        with self._swap:
+            shared = self.server.contexts
+            self.server.contexts = []
+            try:
+                assoc = super()._create_association()
+            finally:
+                self.server.contexts = shared
+        assoc.acceptor.supported_contexts = [_copy_context(context) for context in shared]
+        return assoc
+
+
 class ReceiverServer(ThreadedAssociationServer):
     """pynetdicom's threaded server, with the TLS handshake moved off the accepting thread.
 
@@ -59,6 +93,12 @@ class ReceiverServer(ThreadedAssociationServer):
     daemon_threads = True
     tls_context: ssl.SSLContext | None = None
     handshake_timeout: float = 30.0
+
+    def service_actions(self) -> None:
+        # pynetdicom runs a full gc.collect() every 60 connections from here: with hundreds of associations alive
+        # that is a pause of hundreds of milliseconds on the accepting thread. Python's own generational collector
+        # frees the same cycles incrementally.
+        pass
 
     def server_bind(self) -> None:
         if self.reuse_port:
@@ -173,6 +213,7 @@ class Receiver:
             (config.bind_address, config.port),
             evt_handlers=event_handlers(config, self.sessions, self._budget_exceeded if budget else None),
             server_class=SharedPortServer if reuse_port else ReceiverServer,
+            request_handler=QuickRequestHandler,
         )
         assert isinstance(self.server, ReceiverServer)
         self.server.tls_context = build_tls_context(config)
@@ -190,6 +231,9 @@ class Receiver:
         return self.budget.exceeded(len(self.server.active_associations))
 
     def start(self) -> None:
+        # Everything built so far (modules, the AE and its contexts) lives as long as the process: keep it out of
+        # every future garbage collection.
+        gc.freeze()
         self._serving.start()
         LOG.info(
             "listening",

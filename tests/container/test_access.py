@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from dicom_store_scp import statuses
 from pynetdicom import AE
@@ -90,6 +91,20 @@ def test_transfer_syntax_health_imaging_cannot_import_is_declined(scp):
     assert scp.stored_files() == []
     [line] = scp.wait_for_event("contexts-declined")
     assert any("1.2.840.10008.1.2.4.100" in ctx["transferSyntaxes"] for ctx in line["declined"])
+
+
+def test_concurrent_associations_each_negotiate_their_own_contexts(scp):
+    # Associations are built on many threads at once from one table of supported contexts (server.py copies it
+    # per association): what one peer negotiates must not leak into another's association.
+    proposals = [("-xm",) if number % 2 else () for number in range(24)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda args: storescu(scp.port, CT, args=args), proposals))
+
+    for args, result in zip(proposals, results, strict=True):
+        assert result.statuses == ([] if args else [statuses.SUCCESS]), result.output
+    scp.wait_for_event("association", count=12)
+    assert len(scp.stored_files()) == 12
+    assert len(scp.manifests()) == 12
 
 
 def test_only_the_configured_sop_classes_are_accepted(start_scp):

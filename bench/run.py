@@ -161,14 +161,19 @@ def count_instances(folder: Path) -> int:
     )
 
 
-def peak_rss_mib(pid: int) -> float:
-    """Peak resident memory (VmHWM) of ``pid`` and, summed, of its child processes."""
-    total = 0
+def _process_and_children(pid: int) -> list[int]:
+    """``pid`` and its live child processes (DCMTK's --fork children, the SCP's WORKERS)."""
     pids = [pid]
     with contextlib.suppress(OSError):
         for task in Path(f"/proc/{pid}/task").iterdir():
             pids += [int(child) for child in (task / "children").read_text().split()]
-    for each in pids:
+    return pids
+
+
+def peak_rss_mib(pid: int) -> float:
+    """Peak resident memory (VmHWM) of ``pid`` and, summed, of its child processes."""
+    total = 0
+    for each in _process_and_children(pid):
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{each}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
@@ -180,11 +185,7 @@ def cpu_seconds(pid: int) -> float:
     """CPU time of ``pid``, its reaped children (DCMTK's --fork) and its live children (WORKERS)."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0
-    pids = [pid]
-    with contextlib.suppress(OSError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            pids += [int(child) for child in (task / "children").read_text().split()]
-    for each in pids:
+    for each in _process_and_children(pid):
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
             # utime, stime, cutime, cstime are fields 14-17 of stat(5); fields[0] here is field 3.

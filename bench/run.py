@@ -469,14 +469,6 @@ def _connections(port: int, pids: Sequence[int]) -> tuple[int, int]:
     return len(inodes), held
 
 
-def _process_tree(pid: int) -> list[int]:
-    pids = [pid]
-    with contextlib.suppress(OSError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            pids += [int(child) for child in (task / "children").read_text().split()]
-    return pids
-
-
 def _failure_reason(output: str, returncode: int | None) -> str:
     """The last error line storescu printed (E:/F:), or how it ended."""
     errors = [line for line in output.splitlines() if line.startswith(("E: ", "F: "))]
@@ -498,7 +490,7 @@ def concurrent_stores(
     Returns (peak established, peak held by the receiver, associations whose every instance succeeded,
     instances acknowledged with success, seconds, the commonest failure reasons).
     """
-    pids = _process_tree(receiver_pid)
+    pids = _process_and_children(receiver_pid)
     peak_established = peak_held = 0
     stop = threading.Event()
 

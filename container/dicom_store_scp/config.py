@@ -135,10 +135,14 @@ def _at_least(minimum: int) -> Callable[[int], None]:
     return check
 
 
+# What MAXIMUM_PDU_SIZE=0 (PS3.8's "no limit") stands for: memory must not depend on what a peer sends, so the SCP
+# announces and enforces this instead.
+PDU_SIZE_CEILING = 1024 * 1024
+
+
 def _pdu_size(size: int) -> None:
-    # 0 means "no limit" in PS3.8; anything else must hold at least a PDV header plus a byte.
     if size != 0 and not 4096 <= size <= 2**32 - 1:
-        raise ConfigError(f"{size} must be 0 (no limit) or between 4096 and 4294967295")
+        raise ConfigError(f"{size} must be 0 (the ceiling, {PDU_SIZE_CEILING} bytes) or between 4096 and 4294967295")
 
 
 # AHI import jobs take at most 5,000 files and 10 GB (its quotas); a batch is one import job.
@@ -201,7 +205,8 @@ SETTINGS: tuple[Setting, ...] = (
         "maximum_pdu_size",
         _integer,
         "262144",
-        "largest PDU accepted, bytes (0: no limit); bounds memory per association",
+        f"largest PDU accepted, bytes (0: {PDU_SIZE_CEILING // 1024**2} MiB); a longer one is aborted; bounds memory"
+        " per association",
         _pdu_size,
     ),
     Setting(

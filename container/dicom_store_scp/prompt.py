@@ -132,7 +132,10 @@ class PromptDUL(DULServiceProvider):
             except queue.Empty:
                 self._wait_for_work()
                 continue
-            self.state_machine.do_action(event)
+            self._process_event(event)
+
+    def _process_event(self, event: str) -> None:
+        self.state_machine.do_action(event)
 
     def _abort_after_failure(self) -> None:
         # As pynetdicom does: the state machine cannot be trusted now, so send A-ABORT directly and stop both

@@ -26,7 +26,7 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from . import handlers, prompt
+from . import guard, handlers
 from .batches import Sessions
 from .config import Config
 from .storage import LocalStorage, Storage, use_spool_dir
@@ -169,7 +169,7 @@ def build_ae(config: Config) -> AE:
     ae.acse_timeout = config.acse_timeout
     ae.dimse_timeout = config.dimse_timeout
     ae.network_timeout = config.network_timeout
-    ae.maximum_pdu_size = config.maximum_pdu_size
+    ae.maximum_pdu_size = guard.receive_pdu_size(config.maximum_pdu_size)
     ae.require_called_aet = config.require_called_ae_title
     ae.require_calling_aet = list(config.require_calling_ae_titles)
 
@@ -182,7 +182,7 @@ def build_ae(config: Config) -> AE:
 
 def event_handlers(config: Config, sessions: Sessions, over_budget: Callable[[], bool] | None = None) -> list[Any]:
     return [
-        (evt.EVT_CONN_OPEN, prompt.handle_connection_open),
+        (evt.EVT_CONN_OPEN, guard.handle_connection_open),
         (evt.EVT_CONN_OPEN, handlers.handle_connection_open),
         (evt.EVT_CONN_CLOSE, handlers.handle_connection_closed),
         (evt.EVT_REQUESTED, handlers.handle_requested, [config.peer_cidrs, over_budget]),

@@ -26,6 +26,13 @@ BAD_SERIES_INSTANCE_UID = 0xC002
 # Error, cannot understand: SOP Instance UID (0008,0018) missing or not a valid UID.
 BAD_SOP_INSTANCE_UID = 0xC003
 
+# Error, cannot understand: the C-STORE request's Affected SOP Instance UID (0000,1000) is missing, empty,
+# multi-valued or not a valid UID; its data set was read and dropped.
+BAD_REQUEST_SOP_INSTANCE_UID = 0xC010
+# Error, cannot understand: the C-STORE request's Affected SOP Class UID (0000,0002) is not a valid UID, or its
+# Priority (0000,0700) is missing; its data set was read and dropped.
+BAD_STORE_REQUEST = 0xC011
+
 # What each failure status means, for logs and the conformance statement.
 REASONS = {
     OUT_OF_RESOURCES_STORAGE: "storage failed; nothing was stored",
@@ -36,4 +43,6 @@ REASONS = {
     BAD_STUDY_INSTANCE_UID: "Study Instance UID missing or invalid",
     BAD_SERIES_INSTANCE_UID: "Series Instance UID missing or invalid",
     BAD_SOP_INSTANCE_UID: "SOP Instance UID missing or invalid",
+    BAD_REQUEST_SOP_INSTANCE_UID: "request's Affected SOP Instance UID missing or not one valid UID",
+    BAD_STORE_REQUEST: "request's Affected SOP Class UID or Priority missing or invalid",
 }

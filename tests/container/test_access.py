@@ -157,11 +157,11 @@ def test_a_malformed_pdu_is_aborted_logged_and_others_keep_being_served(scp):
         sock.settimeout(10)
         answer = sock.recv(1024)
 
-    # PS3.8 9.3.8: an A-ABORT PDU (type 07), then the connection is closed.
-    assert answer[:1] == b"\x07"
+    # PS3.8 9.3.8: an A-ABORT PDU (type 07) from the service provider (2), unrecognized PDU (1); then the close.
+    assert answer[:1] == b"\x07" and answer[8:10] == b"\x02\x01"
     assert echoscu(scp.port).returncode == 0
     logged = [line for line in scp.logs() if line.get("peer") == f"127.0.0.1:{local_port}"]
-    assert any("Unknown PDU type" in line["message"] for line in logged), scp.logs()
+    assert any(line.get("reason") == "unrecognized PDU" for line in logged), scp.logs()
 
 
 def test_a_silent_peer_frees_its_slot_when_the_timeout_ends(start_scp):

@@ -1,0 +1,305 @@
+"""Hostile input (issue 9): every declared length checked, every buffer bounded, every request answered.
+
+A raw peer (support/wire.py) sends bytes no well-behaved SCU would; each test asserts what the peer receives
+(A-ABORT with its source and reason, A-ASSOCIATE-AC, a C-STORE status), that the SCP closes the connection at once,
+what the SCP logs, that its memory stays small, and that it still answers DCMTK's echoscu afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+from pathlib import Path
+
+import pytest
+from dicom_store_scp import guard, statuses
+from support import wire
+from support.scp import RunningScp, echoscu
+from support.wire import RawPeer
+
+# What the SCP's peak resident memory may grow by in one test. The defects this guards against cost 4 GiB (a
+# declared PDU length) or the size of what the peer streamed (8 MiB here).
+_GROWTH_LIMIT = 32 * 1024 * 1024
+# Far below the ACSE and network timeouts the SCPs here run with: a close this quick is the SCP's own doing.
+_PROMPT = 10
+_TIMEOUTS = ("--acse-timeout", "120", "--network-timeout", "120")
+
+_SERVICE_USER = (guard.SERVICE_USER, guard.REASON_NOT_SPECIFIED)
+_UNRECOGNIZED_PDU = (guard.SERVICE_PROVIDER, guard.UNRECOGNIZED_PDU)
+_UNEXPECTED_PDU = (guard.SERVICE_PROVIDER, guard.UNEXPECTED_PDU)
+_INVALID_PARAMETER = (guard.SERVICE_PROVIDER, guard.INVALID_PARAMETER_VALUE)
+
+
+def _peak_memory(scp: RunningScp) -> int:
+    for line in Path(f"/proc/{scp.process.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def _open_files(scp: RunningScp) -> list[str]:
+    folder = Path(f"/proc/{scp.process.pid}/fd")
+    found = []
+    for entry in folder.iterdir():
+        with contextlib.suppress(OSError):  # closed meanwhile
+            found.append(os.readlink(entry))
+    return found
+
+
+def _assert_still_serving(scp: RunningScp) -> None:
+    echo = echoscu(scp.port)
+    assert echo.returncode == 0, echo.stdout + echo.stderr
+
+
+def _assert_aborted(peer: RawPeer, source_reason: tuple[int, int]) -> None:
+    answer = peer.receive(_PROMPT)
+    assert answer is not None, "the SCP closed without an A-ABORT"
+    assert answer.pdu_type == wire.ABORT, answer
+    assert answer.abort_source_reason == source_reason
+    assert peer.closed_by_scp(_PROMPT)
+
+
+def _associated(scp: RunningScp) -> RawPeer:
+    peer = RawPeer(scp.port)
+    answer = peer.associate()
+    assert answer is not None and answer.pdu_type == wire.ASSOCIATE_AC, answer
+    return peer
+
+
+@pytest.fixture
+def hardened_scp(start_scp) -> RunningScp:
+    return start_scp(*_TIMEOUTS)
+
+
+# -- 1: declared lengths ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("associate_first", [False, True], ids=["before-association", "after-association"])
+def test_pdu_declaring_4_gib_is_aborted_without_allocating_it(hardened_scp, associate_first):
+    """The issue's reproduction: a 6-byte P-DATA-TF header declaring 0xFFFFFFFF bytes, then 10 bytes."""
+    scp = hardened_scp
+    _assert_still_serving(scp)
+    before = _peak_memory(scp)
+
+    peer = _associated(scp) if associate_first else RawPeer(scp.port)
+    with peer:
+        peer.send(struct.pack(">BBL", wire.P_DATA, 0, 0xFFFFFFFF) + bytes(10))
+        _assert_aborted(peer, _INVALID_PARAMETER)
+
+    assert _peak_memory(scp) - before < _GROWTH_LIMIT
+    _assert_still_serving(scp)
+    [line] = scp.wait_for_event("protocol-abort")
+    assert line["reason"] == "invalid PDU parameter value"
+    assert line["peer"].startswith("127.0.0.1:")
+    assert "4294967295" in line["detail"]
+
+
+def test_p_data_longer_than_maximum_pdu_size_is_aborted(start_scp):
+    scp = start_scp(*_TIMEOUTS, "--maximum-pdu-size", "16384")
+    # A C-ECHO-RQ padded (with an element no service reads) to fill a PDU of the announced size plus a PDV item
+    # header (6 bytes), which is tolerated; one byte more is not.
+    elements = {0x0002: wire.VERIFICATION, 0x0100: wire.C_ECHO_RQ, 0x0110: 1, 0x0800: wire.NO_DATA_SET}
+    unpadded = len(wire.command_set(elements))
+    padded = wire.command_set({**elements, 0x7777: bytes(16384 - unpadded - 8)})
+    tolerated = wire.p_data(wire.pdv(wire.ECHO_CONTEXT, wire.COMMAND | wire.LAST, padded))
+    assert len(tolerated) == 6 + 16384 + 6
+
+    with _associated(scp) as peer:
+        peer.send(tolerated)
+        answer = peer.receive(_PROMPT)
+        assert answer is not None and answer.statuses() == [statuses.SUCCESS]
+        peer.send(wire.pdu(wire.P_DATA, bytes(16384 + 7)))
+        _assert_aborted(peer, _INVALID_PARAMETER)
+
+    [line] = scp.wait_for_event("protocol-abort")
+    assert line["detail"] == "P-DATA-TF declares 16391 bytes, limit 16390"
+    _assert_still_serving(scp)
+
+
+def test_association_request_longer_than_its_cap_is_aborted(hardened_scp):
+    scp = hardened_scp
+    before = _peak_memory(scp)
+    with RawPeer(scp.port) as peer:
+        peer.send(struct.pack(">BBL", wire.ASSOCIATE_RQ, 0, guard.ASSOCIATION_PDU_LIMIT + 1) + bytes(64))
+        _assert_aborted(peer, _INVALID_PARAMETER)
+    assert _peak_memory(scp) - before < _GROWTH_LIMIT
+    _assert_still_serving(scp)
+
+
+@pytest.mark.parametrize("pdu_type", [0x00, 0x08, 0x09, 0x7F, 0xFF])
+def test_unknown_pdu_type_is_aborted_and_its_body_never_read(hardened_scp, pdu_type):
+    scp = hardened_scp
+    before = _peak_memory(scp)
+    with RawPeer(scp.port) as peer:
+        # Random garbage: an unknown type whose "length" is huge.
+        peer.send(struct.pack(">BBL", pdu_type, 0x5A, 0xF0F0F0F0) + os.urandom(64))
+        _assert_aborted(peer, _UNRECOGNIZED_PDU)
+    assert _peak_memory(scp) - before < _GROWTH_LIMIT
+    [line] = scp.wait_for_event("protocol-abort")
+    assert line["reason"] == "unrecognized PDU"
+    _assert_still_serving(scp)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        wire.pdu(wire.ASSOCIATE_AC, bytes(68)),
+        wire.release_rq(),
+        wire.p_data(wire.pdv(1, wire.COMMAND | wire.LAST, wire.echo_command())),
+    ],
+    ids=["associate-ac", "release-rq", "p-data"],
+)
+def test_pdu_out_of_order_before_association_is_aborted(hardened_scp, message):
+    scp = hardened_scp
+    with RawPeer(scp.port) as peer:
+        peer.send(message)
+        _assert_aborted(peer, _UNEXPECTED_PDU)
+    _assert_still_serving(scp)
+
+
+def test_fixed_length_pdu_with_a_longer_length_is_aborted(hardened_scp):
+    scp = hardened_scp
+    with _associated(scp) as peer:
+        peer.send(wire.pdu(wire.RELEASE_RQ, bytes(5)))
+        _assert_aborted(peer, _INVALID_PARAMETER)
+    _assert_still_serving(scp)
+
+
+# -- 2: bounded buffering -----------------------------------------------------------------------------------------
+
+
+def _never_last(kind: str) -> list[bytes]:
+    """P-DATA-TF PDUs of 16,000-byte fragments, none marked last, as the issue's unbounded streams were."""
+    chunk = bytes(16000)
+    if kind == "command-fragments":
+        return [wire.p_data(wire.pdv(wire.STORE_CONTEXT, wire.COMMAND, chunk))]
+    if kind == "data-without-command":
+        return [wire.p_data(wire.pdv(wire.STORE_CONTEXT, 0, chunk))]
+    # A C-ECHO-RQ declaring a data set, then that "data set".
+    echo = wire.p_data(wire.pdv(wire.ECHO_CONTEXT, wire.COMMAND | wire.LAST, wire.echo_command(wire.HAS_DATA_SET)))
+    return [echo, wire.p_data(wire.pdv(wire.ECHO_CONTEXT, 0, chunk))]
+
+
+@pytest.mark.parametrize("kind", ["command-fragments", "data-without-command", "echo-with-data-set"])
+def test_fragments_that_never_complete_abort_the_association(hardened_scp, kind):
+    scp = hardened_scp
+    _assert_still_serving(scp)
+    before = _peak_memory(scp)
+    pdus = _never_last(kind)
+    stream = pdus[:-1] + [pdus[-1]] * 512  # 8 MiB unless the SCP stops it
+
+    with _associated(scp) as peer:
+        sent = 0
+        for pdu in stream:
+            if not peer.send(pdu):
+                break
+            sent += len(pdu)
+        _assert_aborted(peer, _SERVICE_USER)
+
+    assert _peak_memory(scp) - before < _GROWTH_LIMIT
+    [line] = scp.wait_for_event("protocol-abort")
+    assert line["callingAE"] == "RAWPEER" and line["peer"].startswith("127.0.0.1:")
+    _assert_still_serving(scp)
+
+
+def test_abort_of_one_association_leaves_another_running(hardened_scp):
+    scp = hardened_scp
+    with _associated(scp) as bystander, _associated(scp) as attacker:
+        attacker.send(wire.p_data(wire.pdv(wire.STORE_CONTEXT, 0, bytes(100))))
+        _assert_aborted(attacker, _SERVICE_USER)
+        bystander.send(wire.p_data(wire.pdv(wire.ECHO_CONTEXT, wire.COMMAND | wire.LAST, wire.echo_command())))
+        answer = bystander.receive(_PROMPT)
+        assert answer is not None and answer.statuses() == [statuses.SUCCESS]
+        bystander.send(wire.release_rq())
+        answer = bystander.receive(_PROMPT)
+        assert answer is not None and answer.pdu_type == wire.RELEASE_RP
+
+
+# -- 3: every request answered ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        wire.associate_rq([wire.presentation_context(2, wire.VERIFICATION, wire.IMPLICIT_LE)]),
+        wire.associate_rq([wire.presentation_context(0, wire.VERIFICATION, wire.IMPLICIT_LE)]),
+        wire.associate_rq(user_info=wire.user_information(wire.user_identity(0))),
+        wire.associate_rq(user_info=wire.user_information(wire.user_identity(255))),
+    ],
+    ids=["even-context-id", "context-id-0", "user-identity-type-0", "user-identity-type-255"],
+)
+def test_malformed_association_request_is_answered_and_closed_at_once(hardened_scp, request_bytes):
+    scp = hardened_scp
+    with RawPeer(scp.port) as peer:
+        peer.send(request_bytes)
+        _assert_aborted(peer, _INVALID_PARAMETER)
+    [line] = scp.wait_for_event("protocol-abort")
+    assert line["detail"].startswith("A-ASSOCIATE-RQ cannot be decoded")
+    assert line["peer"].startswith("127.0.0.1:")
+    assert scp.process.poll() is None
+    _assert_still_serving(scp)
+
+
+def _store(peer: RawPeer, command: bytes, data_set: bytes) -> wire.Received | None:
+    peer.send(wire.p_data(wire.pdv(wire.STORE_CONTEXT, wire.COMMAND | wire.LAST, command)))
+    peer.send(wire.p_data(wire.pdv(wire.STORE_CONTEXT, wire.LAST, data_set)))
+    return peer.receive(_PROMPT)
+
+
+# A small data set (explicit VR little endian, the store context's transfer syntax): SOP Class UID only.
+_DATA_SET = b"\x08\x00\x16\x00UI\x1a\x00" + wire.CT_IMAGE_STORAGE.encode() + b"\x00"
+
+
+@pytest.mark.parametrize(
+    ("sop_instance", "expected"),
+    [
+        (None, statuses.BAD_REQUEST_SOP_INSTANCE_UID),
+        ("\\", statuses.BAD_REQUEST_SOP_INSTANCE_UID),
+        ("1.2.3\\1.2.4", statuses.BAD_REQUEST_SOP_INSTANCE_UID),
+        ("", statuses.BAD_REQUEST_SOP_INSTANCE_UID),
+        ("not a uid", statuses.BAD_REQUEST_SOP_INSTANCE_UID),
+    ],
+    ids=["missing", "backslash", "two-uids", "empty", "not-a-uid"],
+)
+def test_store_request_with_unusable_instance_uid_gets_a_failure_status(hardened_scp, sop_instance, expected):
+    scp = hardened_scp
+    with _associated(scp) as peer:
+        answer = _store(peer, wire.store_command(sop_instance), _DATA_SET)
+        assert answer is not None and answer.pdu_type == wire.P_DATA, answer
+        assert answer.statuses() == [expected]
+        # The association goes on.
+        peer.send(wire.release_rq())
+        answer = peer.receive(_PROMPT)
+        assert answer is not None and answer.pdu_type == wire.RELEASE_RP
+
+    [line] = scp.wait_for_event("c-store-failed")
+    assert line["status"] == f"0x{expected:04X}"
+    assert line["peer"].startswith("127.0.0.1:") and line["callingAE"] == "RAWPEER"
+    assert scp.stored_files() == []
+    _assert_still_serving(scp)
+
+
+def test_store_request_without_message_id_is_aborted(hardened_scp):
+    scp = hardened_scp
+    command = wire.command_set({0x0002: wire.CT_IMAGE_STORAGE, 0x0100: wire.C_STORE_RQ, 0x0800: 0, 0x1000: "1.2.3"})
+    with _associated(scp) as peer:
+        peer.send(wire.p_data(wire.pdv(wire.STORE_CONTEXT, wire.COMMAND | wire.LAST, command)))
+        _assert_aborted(peer, _SERVICE_USER)
+    _assert_still_serving(scp)
+
+
+def test_data_set_cut_off_by_an_abort_leaves_no_spool_file_open(hardened_scp):
+    scp = hardened_scp
+    _assert_still_serving(scp)
+    with _associated(scp) as peer:
+        peer.send(wire.p_data(wire.pdv(wire.STORE_CONTEXT, wire.COMMAND | wire.LAST, wire.store_command("1.2.3.4"))))
+        peer.send(wire.p_data(wire.pdv(wire.STORE_CONTEXT, 0, bytes(1000))))
+        peer.send(b"\x42" * 10)  # garbage: an unknown PDU type
+        _assert_aborted(peer, _UNRECOGNIZED_PDU)
+
+    spool = scp.storage / ".spool"
+    scp.wait_for_event("association")
+    assert [name for name in _open_files(scp) if name.startswith(str(spool))] == []
+    assert list(spool.iterdir()) == []
+    _assert_still_serving(scp)

@@ -1,0 +1,219 @@
+"""A raw DICOM upper-layer peer: PDUs written out by hand so any field can be made wrong (PS3.8 section 9).
+
+Nothing here validates. ``RawPeer`` sends bytes and reads back whole PDUs until the SCP answers or closes.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from dataclasses import dataclass
+
+ASSOCIATE_RQ = 0x01
+ASSOCIATE_AC = 0x02
+ASSOCIATE_RJ = 0x03
+P_DATA = 0x04
+RELEASE_RQ = 0x05
+RELEASE_RP = 0x06
+ABORT = 0x07
+
+APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+VERIFICATION = "1.2.840.10008.1.1"
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+IMPLICIT_LE = "1.2.840.10008.1.2"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+
+# The presentation contexts a default request proposes.
+ECHO_CONTEXT = 1
+STORE_CONTEXT = 3
+
+# Message control header of a PDV (PS3.8 E.2).
+COMMAND = 0x01
+LAST = 0x02
+
+C_STORE_RQ = 0x0001
+C_ECHO_RQ = 0x0030
+NO_DATA_SET = 0x0101
+HAS_DATA_SET = 0x0000
+
+
+def pdu(pdu_type: int, body: bytes, length: int | None = None) -> bytes:
+    return struct.pack(">BBL", pdu_type, 0, len(body) if length is None else length) + body
+
+
+def item(item_type: int, body: bytes) -> bytes:
+    return struct.pack(">BBH", item_type, 0, len(body)) + body
+
+
+def presentation_context(context_id: int, abstract: str, *transfer: str) -> bytes:
+    body = struct.pack(">BBBB", context_id, 0, 0, 0) + item(0x30, abstract.encode())
+    return item(0x20, body + b"".join(item(0x40, ts.encode()) for ts in transfer))
+
+
+def user_identity(identity_type: int, primary: bytes = b"someone") -> bytes:
+    return item(0x58, struct.pack(">BBH", identity_type, 0, len(primary)) + primary + struct.pack(">H", 0))
+
+
+def user_information(*extra: bytes, maximum_length: int = 16384) -> bytes:
+    return item(0x50, item(0x51, struct.pack(">L", maximum_length)) + item(0x52, b"1.2.3.4") + b"".join(extra))
+
+
+def associate_rq(
+    contexts: list[bytes] | None = None, user_info: bytes | None = None, called: str = "STORESCP"
+) -> bytes:
+    if contexts is None:
+        contexts = [
+            presentation_context(ECHO_CONTEXT, VERIFICATION, IMPLICIT_LE),
+            presentation_context(STORE_CONTEXT, CT_IMAGE_STORAGE, EXPLICIT_LE),
+        ]
+    fixed = struct.pack(">HH", 1, 0) + called.encode().ljust(16) + b"RAWPEER".ljust(16) + bytes(32)
+    variable = item(0x10, APPLICATION_CONTEXT.encode()) + b"".join(contexts)
+    return pdu(ASSOCIATE_RQ, fixed + variable + (user_information() if user_info is None else user_info))
+
+
+def release_rq() -> bytes:
+    return pdu(RELEASE_RQ, bytes(4))
+
+
+def pdv(context_id: int, control: int, fragment: bytes) -> bytes:
+    return struct.pack(">LBB", len(fragment) + 2, context_id, control) + fragment
+
+
+def p_data(*pdvs: bytes) -> bytes:
+    return pdu(P_DATA, b"".join(pdvs))
+
+
+def command_set(elements: dict[int, int | str | bytes]) -> bytes:
+    """Group 0000 in implicit VR little endian with its group length, elements in ascending order (PS3.7 6.3.1)."""
+    body = b""
+    for element in sorted(elements):
+        value = elements[element]
+        if isinstance(value, int):
+            raw = struct.pack("<H", value)
+        elif isinstance(value, str):
+            raw = value.encode("ascii")
+            raw += b"\0" * (len(raw) % 2)
+        else:
+            raw = value
+        body += struct.pack("<HHL", 0, element, len(raw)) + raw
+    return struct.pack("<HHLL", 0, 0, 4, len(body)) + body
+
+
+def echo_command(data_set_type: int = NO_DATA_SET) -> bytes:
+    return command_set({0x0002: VERIFICATION, 0x0100: C_ECHO_RQ, 0x0110: 1, 0x0800: data_set_type})
+
+
+def store_command(sop_instance: str | None, sop_class: str = CT_IMAGE_STORAGE, message_id: int = 1) -> bytes:
+    elements: dict[int, int | str | bytes] = {
+        0x0002: sop_class,
+        0x0100: C_STORE_RQ,
+        0x0110: message_id,
+        0x0700: 0,
+        0x0800: HAS_DATA_SET,
+    }
+    if sop_instance is not None:
+        elements[0x1000] = sop_instance
+    return command_set(elements)
+
+
+def response_status(command: bytes) -> int | None:
+    """Status (0000,0900) of a response command set."""
+    offset = 0
+    while offset + 8 <= len(command):
+        _group, element, size = struct.unpack_from("<HHL", command, offset)
+        if element == 0x0900 and size == 2:
+            return int(struct.unpack_from("<H", command, offset + 8)[0])
+        offset += 8 + size
+    return None
+
+
+@dataclass
+class Received:
+    pdu_type: int
+    body: bytes
+
+    @property
+    def abort_source_reason(self) -> tuple[int, int]:
+        assert self.pdu_type == ABORT, self
+        return self.body[2], self.body[3]
+
+    @property
+    def reject_result_source_reason(self) -> tuple[int, int, int]:
+        assert self.pdu_type == ASSOCIATE_RJ, self
+        return self.body[1], self.body[2], self.body[3]
+
+    def statuses(self) -> list[int | None]:
+        """Statuses of the (single-PDV) command sets in a P-DATA-TF."""
+        found = []
+        offset = 0
+        while offset + 6 <= len(self.body):
+            size, _context, control = struct.unpack_from(">LBB", self.body, offset)
+            if control & COMMAND:
+                found.append(response_status(self.body[offset + 6 : offset + 4 + size]))
+            offset += 4 + size
+        return found
+
+
+class RawPeer:
+    """One TCP connection to the SCP."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._buffer = b""
+
+    def __enter__(self) -> RawPeer:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes) -> bool:
+        """False when the SCP had already closed the connection."""
+        try:
+            self.sock.sendall(data)
+        except OSError:
+            return False
+        return True
+
+    def receive(self, seconds: float = 10) -> Received | None:
+        """The next whole PDU, or None when the SCP closed the connection first (or ``seconds`` passed)."""
+        deadline = time.monotonic() + seconds
+        while True:
+            if len(self._buffer) >= 6:
+                pdu_type, _, size = struct.unpack_from(">BBL", self._buffer)
+                if len(self._buffer) >= 6 + size:
+                    body, self._buffer = self._buffer[6 : 6 + size], self._buffer[6 + size :]
+                    return Received(pdu_type, body)
+            chunk = self._recv(deadline)
+            if not chunk:
+                return None
+            self._buffer += chunk
+
+    def closed_by_scp(self, seconds: float = 10) -> bool:
+        """True when the SCP closes the connection (after any PDUs still in flight) within ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                chunk = self._recv(deadline)
+            except TimeoutError:
+                return False
+            if not chunk:
+                return True
+
+    def _recv(self, deadline: float) -> bytes:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("no answer from the SCP")
+        self.sock.settimeout(remaining)
+        try:
+            return self.sock.recv(65536)
+        except TimeoutError:
+            raise
+        except OSError:
+            return b""
+
+    def associate(self, request: bytes | None = None) -> Received | None:
+        self.send(associate_rq() if request is None else request)
+        return self.receive()

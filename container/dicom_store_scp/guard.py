@@ -28,6 +28,7 @@ import contextlib
 import logging
 import re
 import socket
+import ssl
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -48,9 +49,9 @@ from .config import PDU_SIZE_CEILING
 LOG = logging.getLogger("dicom_store_scp.guard")
 
 # An A-ASSOCIATE-RQ/AC carries no data: 128 presentation contexts (all that odd one-byte IDs allow), each with
-# an abstract syntax and 25 transfer syntaxes of the longest UID (64 characters), come to 226 KiB, and a user
-# identity item to at most 64 KiB more.
-ASSOCIATION_PDU_LIMIT = 320 * 1024
+# an abstract syntax and 20 transfer syntaxes of the longest UID (64 characters), come to 182 KiB, leaving room
+# for a user identity item of the largest size (64 KiB). Real requests are a few KiB to a few tens of KiB.
+ASSOCIATION_PDU_LIMIT = 256 * 1024
 # A-ASSOCIATE-RJ, A-RELEASE-RQ/RP and A-ABORT are 4 bytes long (PS3.8 9.3.4, 9.3.6, 9.3.7, 9.3.8).
 FIXED_PDU_LENGTH = 4
 # A command set is a few hundred bytes (PS3.7 9.3, 10.3): this leaves room for every optional element.
@@ -87,9 +88,11 @@ _PDU_NAMES = {
     0x07: "A-ABORT",
 }
 _P_DATA_TF = 0x04
+# The state-machine event each received PDU type raises (PS3.8 9.2.2).
+_PDU_EVENTS = {0x01: "Evt6", 0x02: "Evt3", 0x03: "Evt4", 0x04: "Evt10", 0x05: "Evt12", 0x06: "Evt13", 0x07: "Evt16"}
 # State-machine events for PDUs received from the peer (PS3.8 9.2.2), and the actions that mean "this PDU may
 # not come now" (AA-1 in Sta2, AA-8 in the others).
-_RECEIVED_PDU_EVENTS = {"Evt3", "Evt4", "Evt6", "Evt10", "Evt12", "Evt13", "Evt16", "Evt19"}
+_RECEIVED_PDU_EVENTS = {"Evt3", "Evt4", "Evt6", "Evt10", "Evt12", "Evt13", "Evt16"}
 _PROTOCOL_ERROR_ACTIONS = {"AA-1", "AA-8"}
 
 # Message control header of a PDV (PS3.8 E.2).
@@ -168,28 +171,74 @@ class GuardedDUL(prompt.PromptDUL):
             return FIXED_PDU_LENGTH
         return None
 
+    def start_reading(self) -> None:
+        self._header = bytearray(6)
+        self._pdu: bytearray | None = None  # once its header passed the checks
+        self._filled = 0  # bytes of the header, then of the PDU, read so far
+
     def _read_pdu_data(self) -> None:
+        """Read what the peer has sent so far, without waiting: a PDU arrives over as many calls as it takes.
+
+        A blocking read would let a peer that sends half a header hold this thread, and with it the timers that
+        end the association (ARTIM, network timeout), for as long as it likes.
+        """
         transport = self.socket
         assert transport is not None and transport.socket is not None
-        header = bytearray(6)
-        if _read_exactly(transport.socket, memoryview(header)) < 6:
-            self.event_queue.put("Evt17")  # the connection closed (pynetdicom's reading)
-            return
-        pdu_type, _, length = struct.unpack(">BBL", header)
+        connection = transport.socket
+        previous = connection.gettimeout()
+        connection.settimeout(0)
+        try:
+            self._read_available(connection)
+        finally:
+            with contextlib.suppress(OSError):  # closed meanwhile (an abort)
+                connection.settimeout(previous)
+
+    def _read_available(self, connection: socket.socket) -> None:
+        while True:
+            target = self._header if self._pdu is None else self._pdu
+            if self._filled < len(target):
+                try:
+                    count = connection.recv_into(memoryview(target)[self._filled :])
+                except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    return  # everything that has arrived is read
+                except OSError:
+                    count = 0
+                if not count:
+                    self.event_queue.put("Evt17")  # the connection closed (as pynetdicom reads it)
+                    return
+                self._filled += count
+                if self._filled < len(target):
+                    continue
+            if self._pdu is None:
+                if not self._start_pdu():
+                    return
+                continue
+            pdu_bytes, self._pdu, self._filled = self._pdu, None, 0
+            self._finish_pdu(pdu_bytes)
+            return  # one PDU per call, as pynetdicom reads
+
+    def _start_pdu(self) -> bool:
+        """The header is complete: check the type and the declared length; False when that ended the association."""
+        pdu_type, _, length = struct.unpack(">BBL", self._header)
         limit = self._pdu_limit(pdu_type)
         name = _PDU_NAMES.get(pdu_type, f"PDU type 0x{pdu_type:02X}")
         if limit is None:
             self.refuse(SERVICE_PROVIDER, UNRECOGNIZED_PDU, f"unknown {name} declaring {length} bytes")
-            return
+            return False
         if length > limit:
             self.refuse(SERVICE_PROVIDER, INVALID_PARAMETER_VALUE, f"{name} declares {length} bytes, limit {limit}")
-            return
+            return False
+        if self._unexpected(_PDU_EVENTS[pdu_type]):
+            # Not worth reading: the association ends whatever the body holds.
+            self.refuse(SERVICE_PROVIDER, UNEXPECTED_PDU, f"{name} not expected in {self._state()}")
+            return False
         # One buffer for the whole PDU, sized by a length already checked: the body is read into it in place.
-        pdu_bytes = bytearray(6 + length)
-        pdu_bytes[:6] = header
-        if _read_exactly(transport.socket, memoryview(pdu_bytes)[6:]) < length:
-            self.event_queue.put("Evt17")
-            return
+        self._pdu = bytearray(6 + length)
+        self._pdu[:6] = self._header
+        return True
+
+    def _finish_pdu(self, pdu_bytes: bytearray) -> None:
+        name = _PDU_NAMES[pdu_bytes[0]]
         try:
             pdu, event = self._decode_pdu(pdu_bytes)
             if isinstance(pdu, A_ASSOCIATE_RQ):
@@ -202,10 +251,25 @@ class GuardedDUL(prompt.PromptDUL):
         self.event_queue.put(event)
         self._recv_pdu.put(pdu)
 
+    def _state(self) -> str:
+        # Until the state machine has handled the connection event (Evt5) it is in Sta1; a PDU read meanwhile
+        # meets Sta2, "awaiting A-ASSOCIATE-RQ".
+        state = self.state_machine.current_state
+        return "Sta2" if state == "Sta1" else state
+
+    def _unexpected(self, event: str) -> bool:
+        """Would the state machine answer this received PDU with a protocol-error abort (AA-1, AA-8)?"""
+        return TRANSITION_TABLE.get((event, self._state())) in _PROTOCOL_ERROR_ACTIONS
+
     def _process_event(self, event: str) -> None:
         state = self.state_machine.current_state
         action = TRANSITION_TABLE.get((event, state))
-        if event in _RECEIVED_PDU_EVENTS and action in _PROTOCOL_ERROR_ACTIONS:
+        if event == "Evt19":
+            # This reader never raises it; pynetdicom's DIMSE layer does, for a message it cannot turn into a
+            # primitive (a value its setters refuse).
+            self.refuse(SERVICE_USER, REASON_NOT_SPECIFIED, "DIMSE message with an invalid value")
+            return
+        if event in _RECEIVED_PDU_EVENTS and self._unexpected(event):
             self.refuse(SERVICE_PROVIDER, UNEXPECTED_PDU, f"{event} (PS3.8 9.2) not expected in {state}")
             return
         try:
@@ -251,6 +315,8 @@ class GuardedDUL(prompt.PromptDUL):
     def _hang_up(self) -> None:
         assoc = self.assoc
         self.artim_timer.stop()
+        if isinstance(assoc.dimse, GuardedDIMSE):
+            assoc.dimse.discard_incomplete_message()
         if assoc.requestor.primitive is None:
             # The association thread still waits for an A-ASSOCIATE-RQ: an empty item ends that wait quietly.
             self.to_user_queue.put(None)
@@ -270,20 +336,6 @@ class GuardedDUL(prompt.PromptDUL):
             evt.trigger(assoc, evt.EVT_CONN_CLOSE, {"address": address.as_tuple})
         self.state_machine.transition("Sta1")
         self.kill_dul()
-
-
-def _read_exactly(connection: socket.socket, view: memoryview) -> int:
-    """Fill ``view`` from the connection; fewer bytes only when the peer closed it. OSError means closed too."""
-    received = 0
-    try:
-        while received < len(view):
-            count = connection.recv_into(view[received:], len(view) - received)
-            if not count:
-                break
-            received += count
-    except OSError:
-        pass
-    return received
 
 
 def _drain_and_close(connection: socket.socket) -> None:
@@ -329,7 +381,7 @@ class GuardedDIMSE(DIMSEServiceProvider):
     _command: bytearray
     _command_context: int | None
     _awaited: _AwaitedDataSet | None
-    _accepted: frozenset[int] | None
+    _accepted: dict[int, str] | None
     # Why the association must end; the upper layer aborts it as soon as the state machine's action returns.
     violation: str | None
 
@@ -353,7 +405,7 @@ class GuardedDIMSE(DIMSEServiceProvider):
     def _receive_fragment(self, context_id: int, fragment: bytes) -> None:
         if not fragment:
             raise DimseViolation("PDV without a message control header")
-        if context_id not in self._accepted_context_ids():
+        if context_id not in self._accepted_contexts():
             raise DimseViolation(f"PDV on presentation context {context_id}, which was not accepted")
         control = fragment[0]
         if control & _COMMAND:
@@ -361,11 +413,12 @@ class GuardedDIMSE(DIMSEServiceProvider):
         else:
             self._receive_data_fragment(context_id, fragment, control)
 
-    def _accepted_context_ids(self) -> frozenset[int]:
+    def _accepted_contexts(self) -> dict[int, str]:
+        """Accepted presentation context ID -> abstract syntax (SOP class UID)."""
         # P-DATA is only read once the association is established, after which the accepted contexts never change.
         if self._accepted is None:
             contexts = self.assoc.accepted_contexts
-            self._accepted = frozenset(cx.context_id for cx in contexts if cx.context_id is not None)
+            self._accepted = {cx.context_id: str(cx.abstract_syntax) for cx in contexts if cx.context_id is not None}
         return self._accepted
 
     def _receive_command_fragment(self, context_id: int, fragment: bytes, control: int) -> None:
@@ -397,14 +450,19 @@ class GuardedDIMSE(DIMSEServiceProvider):
         if data_set_type is None:
             raise DimseViolation(f"{name} without Command Data Set Type (0000,0800)")
         has_data_set = data_set_type != _NO_DATA_SET
+        abstract_syntax = self._accepted_contexts()[context_id]
         if field != _C_STORE_RQ:
             if has_data_set:
                 raise DimseViolation(f"{name} declares a data set: it takes none")
+            sop_class = _text(elements, _AFFECTED_SOP_CLASS_UID)
+            if sop_class is not None and sop_class != abstract_syntax:
+                # pynetdicom picks the service by the command's SOP class, not by the context it came on.
+                raise DimseViolation(f"{name} for {sop_class} on a presentation context for {abstract_syntax}")
             self._hand_over(context_id, bytes([_COMMAND | _LAST]) + command)
             return
         if not has_data_set:
             raise DimseViolation("C-STORE-RQ without a data set")
-        awaited = _check_store_request(context_id, elements)
+        awaited = _check_store_request(context_id, elements, abstract_syntax)
         if awaited.refusal is None:
             self._hand_over(context_id, bytes([_COMMAND | _LAST]) + command)
         self._awaited = awaited
@@ -463,13 +521,16 @@ class GuardedDIMSE(DIMSEServiceProvider):
         """Close and remove the spool file of a data set that will never complete."""
         message = self.message
         self.message = None
-        spool = getattr(message, "_data_set_file", None)
-        if spool is None:
-            return
-        with contextlib.suppress(OSError):
-            spool.close()
-        with contextlib.suppress(OSError):
-            Path(spool.name).unlink()
+        _remove_spool_file(getattr(message, "_data_set_file", None))
+
+
+def _remove_spool_file(spool: Any) -> None:
+    if spool is None:
+        return
+    with contextlib.suppress(OSError):
+        spool.close()
+    with contextlib.suppress(OSError):
+        Path(spool.name).unlink()
 
 
 def _command_elements(command: bytes) -> dict[int, bytes]:
@@ -508,7 +569,7 @@ def _is_uid(value: str) -> bool:
     return 0 < len(value) <= 64 and bool(_UID.match(value))
 
 
-def _check_store_request(context_id: int, elements: dict[int, bytes]) -> _AwaitedDataSet:
+def _check_store_request(context_id: int, elements: dict[int, bytes], abstract_syntax: str) -> _AwaitedDataSet:
     """A C-STORE request with a Message ID can be answered: refuse it when what it names is unusable."""
     awaited = _AwaitedDataSet(
         context_id,
@@ -516,13 +577,15 @@ def _check_store_request(context_id: int, elements: dict[int, bytes]) -> _Awaite
         sop_class_uid=_text(elements, _AFFECTED_SOP_CLASS_UID) or "",
         sop_instance_uid=_text(elements, _AFFECTED_SOP_INSTANCE_UID) or "",
     )
-    fault = next(_store_request_faults(elements, awaited), None)
+    fault = next(_store_request_faults(elements, awaited, abstract_syntax), None)
     if fault is not None:
         awaited.refusal, awaited.detail = fault
     return awaited
 
 
-def _store_request_faults(elements: dict[int, bytes], awaited: _AwaitedDataSet) -> Iterator[tuple[int, str]]:
+def _store_request_faults(
+    elements: dict[int, bytes], awaited: _AwaitedDataSet, abstract_syntax: str
+) -> Iterator[tuple[int, str]]:
     instance = awaited.sop_instance_uid
     if _AFFECTED_SOP_INSTANCE_UID not in elements:
         yield statuses.BAD_REQUEST_SOP_INSTANCE_UID, "request has no Affected SOP Instance UID (0000,1000)"
@@ -532,6 +595,12 @@ def _store_request_faults(elements: dict[int, bytes], awaited: _AwaitedDataSet) 
         yield statuses.BAD_REQUEST_SOP_INSTANCE_UID, f"request has {instance or 'an empty value'}"
     if not _is_uid(awaited.sop_class_uid):
         yield statuses.BAD_STORE_REQUEST, f"Affected SOP Class UID (0000,0002) is {awaited.sop_class_uid or 'empty'}"
+    elif awaited.sop_class_uid != abstract_syntax:
+        # pynetdicom would pick the service by this UID: a C-STORE naming Verification got a C-ECHO's success.
+        yield (
+            statuses.SOP_CLASS_NOT_SUPPORTED,
+            f"request names {awaited.sop_class_uid} on a presentation context for {abstract_syntax}",
+        )
     if _unsigned_short(elements, _PRIORITY) is None:
         yield statuses.BAD_STORE_REQUEST, "request has no Priority (0000,0700)"
 
@@ -541,6 +610,13 @@ def _store_request_faults(elements: dict[int, bytes], awaited: _AwaitedDataSet) 
 
 class GuardedAssociation(prompt.PromptAssociation):
     """pynetdicom's acceptor association: an exception in its thread becomes an A-ABORT, not a silent end."""
+
+    def _serve_request(self, msg: Any, context_id: int) -> None:
+        try:
+            super()._serve_request(msg, context_id)
+        finally:
+            # pynetdicom removes the spool file only when the C-STORE handler returned normally.
+            _remove_spool_file(getattr(msg, "_dataset_file", None))
 
     def run_reactor(self) -> None:
         try:
@@ -566,6 +642,7 @@ def handle_connection_open(event: Any) -> None:
     prompt.handle_connection_open(event)
     assoc = event.assoc
     assoc.dul.__class__ = GuardedDUL
+    assoc.dul.start_reading()
     assoc.dul._target = make_target(assoc.dul.run_reactor)
     assoc.dimse.__class__ = GuardedDIMSE
     assoc.dimse.start_guarding()

@@ -7,6 +7,10 @@ check failed, so a PACS administrator can read the reason from the sender's log 
 # The instance is durably stored (fsync'd and renamed into place, or S3 confirmed the PUT).
 SUCCESS = 0x0000
 
+# Refused, SOP class not supported: the request's Affected SOP Class UID (0000,0002) is not the abstract syntax of
+# the presentation context it came on; its data set was read and dropped.
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+
 # Refused, out of resources: the store (disk or S3) failed; nothing was stored, the sender should retry.
 OUT_OF_RESOURCES_STORAGE = 0xA700
 # Refused, out of resources: the association ended before the instance could be recorded in a batch.
@@ -35,6 +39,7 @@ BAD_STORE_REQUEST = 0xC011
 
 # What each failure status means, for logs and the conformance statement.
 REASONS = {
+    SOP_CLASS_NOT_SUPPORTED: "request's SOP Class UID is not its presentation context's",
     OUT_OF_RESOURCES_STORAGE: "storage failed; nothing was stored",
     OUT_OF_RESOURCES_CLOSING: "association was closing; nothing was recorded",
     SOP_CLASS_MISMATCH: "SOP Class UID in the data set differs from the request",

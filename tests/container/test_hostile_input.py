@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,15 @@ def _open_files(scp: RunningScp) -> list[str]:
         with contextlib.suppress(OSError):  # closed meanwhile
             found.append(os.readlink(entry))
     return found
+
+
+def _wait_until_spool_is_empty(scp: RunningScp) -> None:
+    # The association's end is logged by its own thread, the spool file released by the upper layer's.
+    spool = scp.storage / ".spool"
+    deadline = time.monotonic() + _PROMPT
+    while list(spool.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(spool.iterdir()) == []
 
 
 def _assert_still_serving(scp: RunningScp) -> None:
@@ -300,6 +310,53 @@ def test_data_set_cut_off_by_an_abort_leaves_no_spool_file_open(hardened_scp):
 
     spool = scp.storage / ".spool"
     scp.wait_for_event("association")
+    _wait_until_spool_is_empty(scp)
     assert [name for name in _open_files(scp) if name.startswith(str(spool))] == []
-    assert list(spool.iterdir()) == []
     _assert_still_serving(scp)
+
+
+def test_store_request_for_another_sop_class_than_its_context_is_refused(hardened_scp):
+    """A C-STORE-RQ naming Verification on the CT context got pynetdicom's C-ECHO success: nothing stored."""
+    scp = hardened_scp
+    with _associated(scp) as peer:
+        answer = _store(peer, wire.store_command("1.2.3.4", sop_class=wire.VERIFICATION), _DATA_SET)
+        assert answer is not None and answer.statuses() == [statuses.SOP_CLASS_NOT_SUPPORTED]
+    [line] = scp.wait_for_event("c-store-failed")
+    assert line["status"] == "0x0122"
+    _assert_still_serving(scp)
+
+
+def test_echo_on_a_storage_context_is_aborted(hardened_scp):
+    scp = hardened_scp
+    with _associated(scp) as peer:
+        peer.send(wire.p_data(wire.pdv(wire.STORE_CONTEXT, wire.COMMAND | wire.LAST, wire.echo_command())))
+        _assert_aborted(peer, _SERVICE_USER)
+    _assert_still_serving(scp)
+
+
+@pytest.mark.parametrize("associate_first", [False, True], ids=["before-association", "after-association"])
+def test_half_a_header_does_not_hold_the_connection_past_its_timeout(start_scp, associate_first):
+    """A blocking read of the 6-byte header kept the reader, and the timers that end the association, waiting."""
+    scp = start_scp("--acse-timeout", "1", "--network-timeout", "1")
+    peer = _associated(scp) if associate_first else RawPeer(scp.port)
+    with peer:
+        peer.send(b"\x04\x00\x00")
+        assert peer.closed_by_scp(_PROMPT)
+    _assert_still_serving(scp)
+
+
+def test_spool_file_is_removed_when_the_store_handler_fails(hardened_scp):
+    scp = hardened_scp
+    # A character set, then (0008,0016) with a VR that does not exist: pydicom raises when the handler reads the
+    # value, and pynetdicom skipped removing the spool file after a handler's exception.
+    data_set = b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100" + b"\x08\x00\x16\x00U\x09\x02\x00" + b"1\x00"
+    with _associated(scp) as peer:
+        answer = _store(peer, wire.store_command("1.2.3.4"), data_set)
+        assert answer is not None and answer.pdu_type == wire.P_DATA
+        [status] = answer.statuses()
+        assert status is not None and status != statuses.SUCCESS
+        peer.send(wire.release_rq())
+        peer.receive(_PROMPT)
+    scp.wait_for_event("association")
+    _wait_until_spool_is_empty(scp)
+    assert scp.stored_files() == []

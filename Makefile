@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-PACKAGES := container/dicom_store_scp functions template_gen release
+PACKAGES := container/dicom_store_scp container/dicom_store_contract functions template_gen release
 
 .PHONY: install run test lint render dcmtk clean bench lock build package publish docs graphviz
 

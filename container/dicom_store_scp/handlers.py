@@ -15,11 +15,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from dicom_store_contract.manifest import EndReason, Instance
 from pydicom.filereader import read_partial
 from pydicom.tag import BaseTag, Tag
 
 from . import statuses
-from .batches import AssociationClosing, Instance, Sessions
+from .batches import AssociationClosing, Sessions
 from .storage import StorageError, file_sha256
 
 LOG = logging.getLogger("dicom_store_scp.handlers")
@@ -180,11 +181,11 @@ def handle_established(event: Any, sessions: Sessions) -> None:
 
 
 def handle_released(event: Any, sessions: Sessions) -> None:
-    sessions.close(event.assoc, "released")
+    sessions.close(event.assoc, EndReason.RELEASED)
 
 
 def handle_aborted(event: Any, sessions: Sessions) -> None:
-    sessions.close(event.assoc, "aborted")
+    sessions.close(event.assoc, EndReason.ABORTED)
 
 
 # -- C-STORE -----------------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dicom_store_contract.manifest import EndReason
 from pydicom import config as pydicom_config
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.presentation import PresentationContext
@@ -274,7 +275,7 @@ class Receiver:
             self.sessions.reap()
         remaining = self.server.active_associations
         # Seal first (it waits for any C-STORE in flight), then abort: nothing after the seal is acknowledged.
-        self.sessions.close_all("shutdown")
+        self.sessions.close_all(EndReason.SHUTDOWN)
         for assoc in remaining:
             assoc.abort()
         LOG.info("stopped", extra={"fields": {"event": "stopped", "abortedAssociations": len(remaining)}})

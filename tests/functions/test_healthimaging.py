@@ -6,7 +6,6 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from functions.common import RETRY_CONFIG
 from functions.healthimaging import (
     HealthImagingImportJobs,
     ImportJob,
@@ -15,6 +14,7 @@ from functions.healthimaging import (
     job_output_uri,
     read_job_output,
 )
+from functions.settings import RETRY_CONFIG
 
 from .conftest import DATASTORE_ID, RESULTS_BUCKET, ROLE_ARN
 

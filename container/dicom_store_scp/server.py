@@ -29,10 +29,10 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from . import handlers, prompt
 from .batches import Sessions
+from .budget import SharedAssociationBudget
 from .config import Config
 from .storage import LocalStorage, Storage, use_spool_dir
 from .transfer_syntaxes import AHI_IMPORTABLE
-from .workers import SharedAssociationBudget
 
 LOG = logging.getLogger("dicom_store_scp.server")
 
@@ -307,3 +307,22 @@ def install_signal_handlers(receiver: Receiver) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+
+
+# Exit statuses of one receiving process (the supervisor's own are in workers.py).
+EXIT_STOPPED = 0  # stopped by SIGTERM/SIGINT after a graceful shutdown
+EXIT_START_FAILED = 1  # could not start: port in use, storage not writable, TLS files unreadable
+
+
+def serve(config: Config, reuse_port: bool = False, budget: SharedAssociationBudget | None = None) -> int:
+    """Run one receiving process until it is told to stop; the only start-up path (single process or worker)."""
+    try:
+        receiver = Receiver(config, reuse_port=reuse_port, budget=budget)
+    except OSError as error:
+        # A start-up failure, not a crash: say what failed, and exit without a traceback.
+        LOG.error("cannot start", extra={"fields": {"event": "start-failed", "error": str(error)}})
+        return EXIT_START_FAILED
+    install_signal_handlers(receiver)
+    receiver.start()
+    receiver.run_until_stopped()
+    return EXIT_STOPPED

@@ -39,3 +39,21 @@ def test_the_table_renders_every_row():
     table = limits.table()
     assert all(f"| {limit.name} |" in table for limit in limits.LIMITS)
     assert "ap-southeast-2: 20" in table
+
+
+def test_the_template_defaults_and_bounds_come_from_the_table():
+    from template_gen.parameters import PARAMETERS
+
+    parameters = {parameter.name: parameter for parameter in PARAMETERS}
+    expected = {
+        "MaximumPDUSize": (limits.MAXIMUM_PDU_SIZE, limits.PDU_SIZE_CEILING),
+        "BatchMaxInstances": (limits.BATCH_MAX_INSTANCES, limits.FILES_PER_IMPORT_JOB),
+        "BatchMaxBytes": (limits.BATCH_MAX_BYTES, limits.BYTES_PER_IMPORT_JOB),
+    }
+    scp_defaults = {setting.env: setting.default for setting in config.SETTINGS}
+    for name, (default, ceiling) in expected.items():
+        assert parameters[name].default == default.value, name
+        assert parameters[name].constraints["MaxValue"] == ceiling.value, name
+    # One MAXIMUM_PDU_SIZE default: the stack ships what the SCP runs with when started by hand.
+    assert str(parameters["MaximumPDUSize"].default) == scp_defaults["MAXIMUM_PDU_SIZE"]
+    assert parameters["MaximumPDUSize"].constraints["MinValue"] == limits.PDU_SIZE_FLOOR.value

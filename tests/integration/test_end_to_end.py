@@ -20,6 +20,7 @@ import boto3
 import numpy as np
 import pydicom
 import pytest
+from dicom_store_contract import layout
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
@@ -194,7 +195,7 @@ def test_a_series_sent_with_dcmtk_ends_imported(
     finally:
         scp.stop()
     (batch_id,) = ended["batches"]
-    manifest_key = f"{DICOM_PREFIX}manifests/{batch_id}.json"
+    manifest_key = layout.manifest_key(DICOM_PREFIX, batch_id)
 
     final = import_manifest(pipeline, s3, bucket, manifest_key)
 
@@ -243,7 +244,7 @@ def test_the_sweeper_seals_a_batch_the_scp_left_open_and_it_imports(
     swept = pipeline.invoke("SweeperFunction", load_event("scheduled_sweep.json"))
     (batch_id,) = swept["sealed"]
 
-    final = import_manifest(pipeline, s3, bucket, f"{DICOM_PREFIX}manifests/{batch_id}.json")
+    final = import_manifest(pipeline, s3, bucket, layout.manifest_key(DICOM_PREFIX, batch_id))
 
     assert final["polling"]["jobStatus"] == "COMPLETED"
     items = instance_items(stack, moto_server.endpoint)

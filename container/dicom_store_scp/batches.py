@@ -50,7 +50,6 @@ class Batch:
 class Session:
     """One association, from establishment to its end."""
 
-    association_id: int
     calling_ae: str
     called_ae: str
     peer_address: str
@@ -86,7 +85,6 @@ class Sessions:
     def open(self, assoc: Any) -> Session:
         requestor = assoc.requestor
         session = Session(
-            association_id=id(assoc),
             calling_ae=str(requestor.ae_title).strip(),
             called_ae=str(requestor.primitive.called_ae_title).strip(),
             peer_address=str(requestor.address),

@@ -2,7 +2,9 @@
 
 - Jobs go SUBMITTED -> IN_PROGRESS -> COMPLETED (or FAILED), one step per GetDICOMImportJob call.
 - The same clientToken returns the same job (StartDICOMImportJob is idempotent on it).
-- StartDICOMImportJob is throttled at 1 request/s with a burst of 2 (token bucket on an injectable clock).
+- StartDICOMImportJob is throttled at 1 request/s with a burst of 2 (token bucket on an injectable clock): an
+  earlier edition of AHI's quota, far below today's (dicom_store_contract.limits.START_IMPORT_JOB_RATE), so the
+  tests meet throttling often.
 - A job that ends writes the developer guide's output under <outputS3Uri><datastoreId>-DicomImport-<jobId>/:
   job-output-manifest.json, SUCCESS/success.ndjson, FAILURE/failure.ndjson. Files that are not DICOM Part 10
   fail with a ValidationException record; a FAILED job writes nothing.

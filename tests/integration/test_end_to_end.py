@@ -27,6 +27,7 @@ from pynetdicom import AE
 from support.aws import load_fake_healthimaging
 from support.cfn import REGION, Deployment
 from support.iam import ApiCall, denied
+from support.moto import MotoServer, aws_env
 from support.pipeline import Pipeline, load_event, manifest_created_event
 from support.scp import RunningScp, launch_scp, storescu
 
@@ -34,9 +35,6 @@ from .conftest import DATASTORE_ID, DICOM_PREFIX, create_stack_resources
 
 pytestmark = pytest.mark.slow
 
-# The SCP's S3 backend and the moto_server fixture arrive together (branch s3); until then there is no S3 path.
-_moto = pytest.importorskip("support.moto", reason="the SCP's S3 backend (tests/support/moto.py) has not landed")
-MotoServer, aws_env = _moto.MotoServer, _moto.aws_env
 
 # Above the SCP's multipart threshold (16 MiB), so the series exercises both of its upload paths.
 LARGE_INSTANCE_BYTES = 17 * 1024 * 1024

@@ -27,7 +27,7 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from . import handlers, prompt
+from . import handlers, pynetdicom_threads
 from .batches import Sessions
 from .budget import SharedAssociationBudget
 from .config import Config
@@ -182,8 +182,10 @@ def build_ae(config: Config) -> AE:
 
 
 def event_handlers(config: Config, sessions: Sessions, over_budget: Callable[[], bool] | None = None) -> list[Any]:
+    # Event-driven waiting in pynetdicom's threads, unless this pynetdicom is not the one it was written for.
+    threads = [(evt.EVT_CONN_OPEN, pynetdicom_threads.handle_connection_open)] if pynetdicom_threads.supported() else []
     return [
-        (evt.EVT_CONN_OPEN, prompt.handle_connection_open),
+        *threads,
         (evt.EVT_CONN_OPEN, handlers.handle_connection_open),
         (evt.EVT_CONN_CLOSE, handlers.handle_connection_closed),
         (evt.EVT_REQUESTED, handlers.handle_requested, [config.peer_cidrs, over_budget]),

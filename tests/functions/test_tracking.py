@@ -37,3 +37,13 @@ def test_a_job_status_is_never_an_instance_state(environment, tables, tracking):
     assert tracking.get_job(JOB_ID)["jobStatus"] == JobStatus.SUBMITTED
     assert JobStatus.COMPLETED.ended and JobStatus.FAILED.ended
     assert not JobStatus.TIMED_OUT.ended and not JobStatus.IN_PROGRESS.ended
+
+
+def test_contracts_doc_lists_every_state_and_status():
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs" / "contracts.md").read_text()
+    section = text.split("## DynamoDB", 1)[1].split("\n## ", 1)[0]
+    job_part, instance_part = section.split("- Instance table", 1)
+    assert all(status.value in job_part for status in JobStatus)
+    assert all(state.value in instance_part for state in InstanceState)

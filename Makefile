@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-PACKAGES := container/dicom_store_scp functions template_gen release
+PACKAGES := container/dicom_store_scp container/dicom_store_contract functions template_gen release
 
 .PHONY: install run test lint render dcmtk clean bench lock build package publish docs graphviz
 
@@ -25,7 +25,7 @@ run: install
 dcmtk:
 	@command -v storescu >/dev/null && command -v echoscu >/dev/null || { \
 	  export DEBIAN_FRONTEND=noninteractive; \
-	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dcmtk >/dev/null; }
+	  $(SUDO) apt-get update -qq -o DPkg::Lock::Timeout=600 && $(SUDO) apt-get install -y -qq -o DPkg::Lock::Timeout=600 dcmtk >/dev/null; }
 
 test: install dcmtk graphviz
 	$(PY) -m pytest
@@ -73,7 +73,7 @@ publish: package
 graphviz:
 	@command -v dot >/dev/null || { \
 	  export DEBIAN_FRONTEND=noninteractive; \
-	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq graphviz >/dev/null; }
+	  $(SUDO) apt-get update -qq -o DPkg::Lock::Timeout=600 && $(SUDO) apt-get install -y -qq -o DPkg::Lock::Timeout=600 graphviz >/dev/null; }
 
 # The generated parts of docs/deployment.md and docs/security.md, and docs/architecture.{dot,svg}.
 docs: install graphviz

@@ -1,6 +1,6 @@
 """Benchmarks of issue 3 (not tests): ingest speed against DCMTK and pynetdicom, the S3 path, memory, associations.
 
-    .venv/bin/python bench/run.py [--only ingest,ingest-tmpfs,s3,memory,associations] [--repeat 3] [--instances 600]
+    .venv/bin/python bench/run.py [--only ingest,ingest-tmpfs,s3,memory,associations,pdu] [--repeat 3] [--instances 600]
 
 Everything runs on loopback on this machine; every loop is bounded. Results are printed as Markdown tables
 (docs/benchmarks.md holds a recorded run with its command) and written as JSON to --output.
@@ -424,6 +424,55 @@ def bench_memory(work: Path) -> list[Memory]:
     return results
 
 
+# -- 5. MAXIMUM_PDU_SIZE --------------------------------------------------------------------------------------
+
+
+@dataclass
+class PduSize:
+    benchmark: str
+    maximum_pdu_size: int
+    instances: int
+    seconds: float
+    instances_per_s: float
+    receiver_cpu_s: float
+    cpu_ms_per_instance: float
+    peak_rss_mib: float
+
+
+PDU_SIZES = (16382, 65536, 131072, 262144)
+
+
+def bench_pdu(work: Path, instances: int, repeat: int) -> list[PduSize]:
+    """The SCP (WORKERS=1) at each MAXIMUM_PDU_SIZE, 1 association of ``instances`` 512 KiB instances.
+
+    storescu sends PDUs up to the size the SCP announces, capped at DCMTK's own maximum (128 KiB): the 262144
+    row shows what the SCP costs when it accepts more than this sender uses.
+    """
+    paths = write_instances(work / "ct512", instances)
+    results = []
+    for size in PDU_SIZES:
+        timings, cpu, rss = [], [], []
+        for _ in range(repeat):
+            port = free_port()
+            out = work / "received-pdu"
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            command = scp_command(port, out, "--maximum-pdu-size", str(size))
+            with serving(command, port, scp_env(1)) as process:
+                before = cpu_seconds(process.pid)
+                timings.append(send(port, [paths]))
+                received = _wait_for_count(out, instances)
+                cpu.append(cpu_seconds(process.pid) - before)
+                rss.append(peak_rss_mib(process.pid))
+            if received != instances:
+                raise RuntimeError(f"MAXIMUM_PDU_SIZE={size}: {received} of {instances} stored")
+        seconds, cpu_s = statistics.median(timings), statistics.median(cpu)
+        results.append(
+            PduSize("pdu", size, instances, seconds, instances / seconds, cpu_s, cpu_s / instances * 1000, max(rss))
+        )
+    return results
+
+
 # -- 4. many concurrent associations --------------------------------------------------------------------------
 
 
@@ -607,7 +656,7 @@ def table(rows: list[Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="ingest,ingest-tmpfs,s3,memory,associations")
+    parser.add_argument("--only", default="ingest,ingest-tmpfs,s3,memory,associations,pdu")
     parser.add_argument("--instances", type=int, default=600, help="512 KiB instances per ingest run")
     parser.add_argument("--s3-instances", type=int, default=300, help="512 KiB instances per S3 run")
     parser.add_argument("--repeat", type=int, default=3, help="runs per case; the median is reported")
@@ -649,6 +698,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "memory" in chosen:
             results["memory"] = bench_memory(work)
             print(table(results["memory"]), "\n", flush=True)
+        if "pdu" in chosen:
+            results["pdu"] = bench_pdu(work, options.instances, options.repeat)
+            print(table(results["pdu"]), "\n", flush=True)
         if "associations" in chosen:
             per_association = [int(n) for n in options.instances_per_association.split(",")]
             results["associations"] = bench_associations(work, options.associations, per_association, workers)

@@ -8,27 +8,18 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from dicom_store_contract.manifest import Manifest
 
-from functions.common import (
-    FAILED,
-    IMPORTED,
-    Manifest,
-    Settings,
-    Tracking,
-    client,
-    read_manifest,
-    settings,
-    split_s3_uri,
-    tracking,
-)
+from functions.contract import read_manifest, split_s3_uri
 from functions.healthimaging import (
-    COMPLETED,
     FileOutcome,
     ImportJobs,
     import_jobs,
     job_output_uri,
     read_job_output,
 )
+from functions.settings import Settings, client, settings
+from functions.tracking import InstanceState, JobStatus, Tracking, tracking
 
 logger = Logger()
 metrics = Metrics(namespace="DicomStoreScp")
@@ -64,7 +55,7 @@ def check_status(
     job = jobs.get_import_job(job_id)
     result = {**polling, "jobStatus": job.job_status, "ended": job.ended, "succeeded": False}
     if not job.ended:
-        repository.update_job(job_id, jobStatus=job.job_status)
+        repository.update_job(job_id, job.job_status)
         return result
 
     manifest = read_manifest(s3, execution["bucket"], execution["manifestKey"], config.dicom_prefix)
@@ -77,7 +68,7 @@ def check_status(
             repository.update_instance(
                 batch_id,
                 instance.sop_instance_uid,
-                state=IMPORTED,
+                InstanceState.IMPORTED,
                 jobId=job_id,
                 imageSetId=outcome.image_set_id,
                 isPrimary=outcome.is_primary,
@@ -87,18 +78,18 @@ def check_status(
         # A COMPLETED job may still have refused some files; a file it does not mention was not imported.
         if outcome is not None:
             reason = outcome.reason or "import failed"
-        elif job.job_status == COMPLETED:
+        elif job.job_status == JobStatus.COMPLETED:
             reason = "not reported in the import job output"
         else:
             reason = job.message or f"import job {job.job_status}"
         repository.update_instance(
-            batch_id, instance.sop_instance_uid, state=FAILED, jobId=job_id, failureReason=reason
+            batch_id, instance.sop_instance_uid, InstanceState.FAILED, jobId=job_id, failureReason=reason
         )
         failed += 1
 
     repository.update_job(
         job_id,
-        jobStatus=job.job_status,
+        job.job_status,
         endedAt=job.ended_at or None,
         message=job.message or None,
         importedCount=imported,
@@ -117,7 +108,7 @@ def check_status(
         },
     )
     result.update(
-        succeeded=job.job_status == COMPLETED and failed == 0,
+        succeeded=job.job_status == JobStatus.COMPLETED and failed == 0,
         importedCount=imported,
         failedCount=failed,
         message=job.message,

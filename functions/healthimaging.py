@@ -15,16 +15,12 @@ from typing import Any, Protocol
 
 from botocore.exceptions import ClientError
 
-from functions.common import client, settings, split_s3_uri
+from functions.contract import split_s3_uri
+from functions.settings import client, settings
+from functions.tracking import JobStatus
 
-SUBMITTED = "SUBMITTED"
-IN_PROGRESS = "IN_PROGRESS"
-COMPLETED = "COMPLETED"
-FAILED = "FAILED"
-ENDED = frozenset({COMPLETED, FAILED})
-
-# StartDICOMImportJob is throttled at 1 request/s (burst 2) and a data store runs at most 100 jobs at once:
-# both mean "try again later", never "this batch is bad".
+# StartDICOMImportJob is throttled (dicom_store_contract.limits: START_IMPORT_JOB_RATE) and a data store runs a
+# bounded number of jobs at once (CONCURRENT_IMPORT_JOBS): both mean "try again later", never "this batch is bad".
 RETRYABLE_ERROR_CODES = frozenset({"ThrottlingException", "ServiceQuotaExceededException", "TooManyRequestsException"})
 
 
@@ -39,7 +35,7 @@ class ImportJobRejected(Exception):
 @dataclass(frozen=True)
 class ImportJob:
     job_id: str
-    job_status: str
+    job_status: JobStatus
     datastore_id: str
     submitted_at: str = ""
     ended_at: str = ""
@@ -50,7 +46,7 @@ class ImportJob:
 
     @property
     def ended(self) -> bool:
-        return self.job_status in ENDED
+        return JobStatus(self.job_status).ended
 
 
 class ImportJobs(Protocol):
@@ -94,7 +90,7 @@ class HealthImagingImportJobs:
             raise _translate(error) from error
         return ImportJob(
             job_id=response["jobId"],
-            job_status=response["jobStatus"],
+            job_status=JobStatus(response["jobStatus"]),
             datastore_id=response["datastoreId"],
             submitted_at=_timestamp(response.get("submittedAt")),
             input_s3_uri=input_s3_uri,
@@ -110,7 +106,7 @@ class HealthImagingImportJobs:
         properties = response["jobProperties"]
         return ImportJob(
             job_id=properties["jobId"],
-            job_status=properties["jobStatus"],
+            job_status=JobStatus(properties["jobStatus"]),
             datastore_id=properties["datastoreId"],
             submitted_at=_timestamp(properties.get("submittedAt")),
             ended_at=_timestamp(properties.get("endedAt")),

@@ -8,7 +8,9 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from functions.common import FAILED, TIMED_OUT, Settings, Tracking, client, read_manifest, settings, tracking
+from functions.contract import read_manifest
+from functions.settings import Settings, client, settings
+from functions.tracking import InstanceState, JobStatus, Tracking, tracking
 
 logger = Logger()
 metrics = Metrics(namespace="DicomStoreScp")
@@ -21,25 +23,24 @@ def record_failure(execution: dict[str, Any], *, s3: Any, repository: Tracking, 
     batch_id = execution["batchId"]
     error = execution.get("error") or {}
     error_name = str(error.get("Error", "Unknown"))
-    state = TIMED_OUT if error_name == POLLING_BOUND else FAILED
+    timed_out = error_name == POLLING_BOUND
+    state = InstanceState.TIMED_OUT if timed_out else InstanceState.FAILED
     message = f"{error_name}: {error.get('Cause', '')}".rstrip(": ")
     job_id = (execution.get("importJob") or {}).get("jobId")
     if job_id:
-        repository.update_job(job_id, jobStatus=state, message=message)
+        repository.update_job(job_id, JobStatus.TIMED_OUT if timed_out else JobStatus.FAILED, message=message)
     manifest = read_manifest(s3, execution["bucket"], execution["manifestKey"], config.dicom_prefix)
-    attributes: dict[str, Any] = {"state": state, "failureReason": message}
+    attributes: dict[str, Any] = {"failureReason": message}
     if job_id:
         attributes["jobId"] = job_id
     # Instances CheckStatus already settled keep their outcome.
     uids = (i.sop_instance_uid for i in manifest.instances)
-    marked = repository.update_instances(batch_id, uids, pending_only=True, **attributes)
+    marked = repository.update_instances(batch_id, uids, state, pending_only=True, **attributes)
     logger.error(
         "batch import gave up",
         extra={"batchId": batch_id, "jobId": job_id, "state": state, "reason": message},
     )
-    metrics.add_metric(
-        name="BatchesTimedOut" if state == TIMED_OUT else "BatchesFailed", unit=MetricUnit.Count, value=1
-    )
+    metrics.add_metric(name="BatchesTimedOut" if timed_out else "BatchesFailed", unit=MetricUnit.Count, value=1)
     return {"batchId": batch_id, "jobId": job_id, "state": state, "instances": marked, "message": message}
 
 

@@ -8,8 +8,10 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from functions.common import IMPORTING, Settings, Tracking, client, read_manifest, s3_uri, settings, tracking
+from functions.contract import read_manifest, s3_uri
 from functions.healthimaging import ImportJobs, import_jobs
+from functions.settings import Settings, client, settings
+from functions.tracking import InstanceState, Tracking, tracking
 
 logger = Logger()
 metrics = Metrics(namespace="DicomStoreScp")
@@ -57,7 +59,7 @@ def start_import_job(
         }
     )
     marked = repository.update_instances(
-        batch_id, (i.sop_instance_uid for i in manifest.instances), state=IMPORTING, jobId=job.job_id
+        batch_id, (i.sop_instance_uid for i in manifest.instances), InstanceState.IMPORTING, jobId=job.job_id
     )
     logger.info("import job started", extra={"batchId": batch_id, "jobId": job.job_id, "instances": marked})
     return {
@@ -72,7 +74,7 @@ def start_import_job(
 @metrics.log_metrics
 @logger.inject_lambda_context
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    # Attempts against ImportJobsStarted shows how often the 1 request/s quota pushed a start into a retry.
+    # Attempts against ImportJobsStarted shows how often AHI's start rate pushed a start into a retry.
     metrics.add_metric(name="ImportJobStartAttempts", unit=MetricUnit.Count, value=1)
     result = start_import_job(event, s3=client("s3"), jobs=import_jobs(), repository=tracking(), config=settings())
     metrics.add_metric(name="ImportJobsStarted", unit=MetricUnit.Count, value=1)

@@ -6,8 +6,6 @@ manifest with endReason "swept". Writing it fires TriggerImport like any other m
 
 from __future__ import annotations
 
-import json
-import posixpath
 from datetime import UTC, datetime, timedelta
 from io import BytesIO
 from typing import Any
@@ -17,18 +15,11 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
+from dicom_store_contract import layout
+from dicom_store_contract.manifest import EndReason, Instance, Manifest
 
-from functions.common import (
-    BATCH_ID_PATTERN,
-    INCOMING,
-    MANIFEST_VERSION,
-    Instance,
-    Settings,
-    client,
-    list_objects,
-    manifest_key,
-    settings,
-)
+from functions.contract import list_objects
+from functions.settings import Settings, client, settings
 
 logger = Logger()
 metrics = Metrics(namespace="DicomStoreScp")
@@ -41,10 +32,10 @@ HEADER_TAGS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInsta
 def batch_ids(s3: Any, bucket: str, prefix: str) -> list[str]:
     ids = []
     paginator = s3.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=bucket, Prefix=f"{prefix}{INCOMING}", Delimiter="/"):
-        for common in page.get("CommonPrefixes", []):
-            batch_id = common["Prefix"].rstrip("/").rsplit("/", 1)[-1]
-            if BATCH_ID_PATTERN.match(batch_id):
+    for page in paginator.paginate(Bucket=bucket, Prefix=layout.incoming_prefix(prefix), Delimiter="/"):
+        for folder in page.get("CommonPrefixes", []):
+            batch_id = layout.batch_id_of_folder(folder["Prefix"])
+            if batch_id is not None:
                 ids.append(batch_id)
     return ids
 
@@ -84,12 +75,12 @@ def describe_object(s3: Any, bucket: str, key: str, size: int) -> Instance:
         if header is not None or length >= size:
             break
     # The key names the instance (<study>/<series>/<sop>.dcm); it stands in for a header we could not read.
-    study, series, name = ["", "", "", *key.rsplit("/", 3)][-3:]
+    study, series, sop = layout.uids_of_instance_key(key)
     header = header or {}
     return Instance(
         key=key,
         sop_class_uid=header.get("sopClassUID", ""),
-        sop_instance_uid=header.get("sopInstanceUID") or posixpath.splitext(name)[0],
+        sop_instance_uid=header.get("sopInstanceUID") or sop,
         study_instance_uid=header.get("studyInstanceUID") or study,
         series_instance_uid=header.get("seriesInstanceUID") or series,
         study_date=header.get("studyDate", ""),
@@ -98,34 +89,23 @@ def describe_object(s3: Any, bucket: str, key: str, size: int) -> Instance:
     )
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
 def seal_batch(s3: Any, bucket: str, prefix: str, batch_id: str, objects: list[dict[str, Any]]) -> bool:
     instances = [describe_object(s3, bucket, item["Key"], item["Size"]) for item in objects]
     modified = [item["LastModified"] for item in objects]
-    manifest = {
-        "manifestVersion": MANIFEST_VERSION,
-        "batchId": batch_id,
-        "prefix": f"{prefix}{INCOMING}{batch_id}/",
-        "callingAETitle": "",
-        "calledAETitle": "",
-        "peerAddress": "",
-        "peerPort": 0,
-        "startedAt": _iso(min(modified)),
-        "endedAt": _iso(max(modified)),
-        "endReason": "swept",
-        "instanceCount": len(instances),
-        "totalBytes": sum(instance.size for instance in instances),
-        "instances": [instance.to_json() for instance in instances],
-    }
+    manifest = Manifest.build(
+        prefix,
+        batch_id,
+        tuple(instances),
+        started_at=min(modified),
+        ended_at=max(modified),
+        end_reason=EndReason.SWEPT,
+    )
     try:
         # If-None-Match: a late SCP or a concurrent sweep that sealed the batch first wins, untouched.
         s3.put_object(
             Bucket=bucket,
-            Key=manifest_key(prefix, batch_id),
-            Body=json.dumps(manifest, indent=1).encode(),
+            Key=layout.manifest_key(prefix, batch_id),
+            Body=manifest.encode(),
             ContentType="application/json",
             IfNoneMatch="*",
         )
@@ -142,9 +122,9 @@ def sweep(s3: Any, config: Settings, now: datetime) -> list[str]:
     cutoff = now - timedelta(minutes=config.sweep_min_age_minutes)
     sealed = []
     for batch_id in batch_ids(s3, bucket, prefix):
-        if exists(s3, bucket, manifest_key(prefix, batch_id)):
+        if exists(s3, bucket, layout.manifest_key(prefix, batch_id)):
             continue
-        objects = [item for item in list_objects(s3, bucket, f"{prefix}{INCOMING}{batch_id}/") if item["Size"]]
+        objects = [item for item in list_objects(s3, bucket, layout.batch_prefix(prefix, batch_id)) if item["Size"]]
         if not objects or max(item["LastModified"] for item in objects) > cutoff:
             continue  # still being written to, or nothing to import
         if seal_batch(s3, bucket, prefix, batch_id, objects):

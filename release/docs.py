@@ -2,7 +2,9 @@
 
 - docs/deployment.md: the parameter table, from template_gen's parameter table;
 - docs/security.md: the IAM roles and what each may do, from the template's roles;
-- docs/architecture.dot / .svg: the stack's resources and the references between them (graphviz).
+- docs/architecture.dot / .svg: the stack's resources and the references between them (graphviz);
+- docs/contracts.md: the storage layout, the manifest's fields and an example, the limits table, from
+  dicom_store_contract.
 
 Each generated block sits between ``<!-- generated:NAME -->`` and ``<!-- end generated:NAME -->``; the prose
 around it is written by hand. ``make docs`` rewrites the blocks and the picture; a test fails when a
@@ -24,6 +26,7 @@ DEPLOYMENT = DOCS / "deployment.md"
 SECURITY = DOCS / "security.md"
 ARCHITECTURE_DOT = DOCS / "architecture.dot"
 ARCHITECTURE_SVG = DOCS / "architecture.svg"
+CONTRACTS = DOCS / "contracts.md"
 ASL_PATH = project.ROOT / "statemachine" / "import_workflow.asl.json"
 
 
@@ -303,6 +306,79 @@ def render_svg(dot_source: Path, svg: Path) -> bool:
     return True
 
 
+# --- contracts.md: from dicom_store_contract --------------------------------------------------------------
+
+EXAMPLE_BATCH_ID = "20261123T190501Z-0f6c1d2e3a4b4c5d8e9f00112233aabb"
+
+
+def layout_table() -> str:
+    from dicom_store_contract import layout
+
+    batch = "<batch-id>"
+    instance = layout.instance_key("<prefix>", batch, "<StudyInstanceUID>", "<SeriesInstanceUID>", "<SOPInstanceUID>")
+    rows = [
+        "| key | what |",
+        "|---|---|",
+        f"| `{instance}` | one DICOM Part 10 file, dataset bytes exactly as received, File Meta Information added |",
+        f"| `{layout.manifest_key('<prefix>', batch)}` "
+        "| the batch manifest, written last: its presence means the batch is complete |",
+    ]
+    return (
+        "\n".join(rows)
+        + f"\n\n`<batch-id>` is `{layout.BATCH_ID_FORM}`: the UTC time the batch opened, then a uuid4.\n"
+    )
+
+
+def manifest_section() -> str:
+    from datetime import UTC, datetime
+
+    from dicom_store_contract import layout, manifest
+
+    study, series, sop = "1.2.3", "1.2.3.4", "1.2.3.4.5"
+    example = manifest.Manifest.build(
+        "",
+        EXAMPLE_BATCH_ID,
+        (
+            manifest.Instance(
+                key=layout.instance_key("", EXAMPLE_BATCH_ID, study, series, sop),
+                sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                sop_instance_uid=sop,
+                study_instance_uid=study,
+                series_instance_uid=series,
+                study_date="20261123",
+                transfer_syntax_uid="1.2.840.10008.1.2.1",
+                size=525312,
+                sha256="0" * 64,
+            ),
+        ),
+        started_at=datetime(2026, 11, 23, 19, 5, 1, 123456, tzinfo=UTC),
+        ended_at=datetime(2026, 11, 23, 19, 5, 9, 654321, tzinfo=UTC),
+        end_reason=manifest.EndReason.RELEASED,
+        calling_ae="MODALITY1",
+        called_ae="STORESCP",
+        peer_address="10.0.1.23",
+        peer_port=50123,
+    )
+    return (
+        f"Version {manifest.MANIFEST_VERSION}. Example:\n\n```json\n{example.encode().decode()}\n```\n\n"
+        f"Fields of the manifest:\n\n{manifest.fields_table(manifest.MANIFEST_FIELDS)}\n"
+        f"Fields of each entry of `instances`:\n\n{manifest.fields_table(manifest.INSTANCE_FIELDS)}"
+    )
+
+
+def limits_table() -> str:
+    from dicom_store_contract import limits
+
+    return limits.table()
+
+
+def contracts_document() -> str:
+    text = CONTRACTS.read_text(encoding="utf-8")
+    for name, content in (("layout", layout_table()), ("manifest", manifest_section()), ("limits", limits_table())):
+        text = fill(text, name, content)
+    return text
+
+
 # --- all of it ---------------------------------------------------------------------------------------------
 
 
@@ -313,6 +389,7 @@ def generated_documents() -> dict[Path, str]:
         DEPLOYMENT: fill(DEPLOYMENT.read_text(encoding="utf-8"), "parameters", parameter_table()),
         SECURITY: fill(SECURITY.read_text(encoding="utf-8"), "iam-roles", iam_table(template)),
         ARCHITECTURE_DOT: architecture_dot(template),
+        CONTRACTS: contracts_document(),
     }
 
 

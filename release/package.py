@@ -1,4 +1,4 @@
-"""The Lambda zip: the ``functions`` package and its locked dependencies, byte-for-byte reproducible.
+"""The Lambda zip: our ``functions`` and ``dicom_store_contract`` packages and the locked dependencies, reproducible.
 
 Wheels are unpacked here rather than installed with ``pip install --target``: pip writes install-time files
 (INSTALLER, direct_url.json with the build path, byte code) that differ between builds. A wheel's own files,
@@ -22,7 +22,9 @@ from release import project
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 # Regular file, rw-r--r--: Lambda runs the code as another user, which only needs to read it.
 FILE_MODE = 0o100644 << 16
-SOURCE_PACKAGE = "functions"
+# Packages of this repository in the zip: name in the zip -> folder in the checkout. The contract package is the
+# one the SCP image ships too (container/Dockerfile).
+SOURCE_PACKAGES = {"functions": "functions", "dicom_store_contract": "container/dicom_store_contract"}
 
 
 class PackageError(RuntimeError):
@@ -101,14 +103,15 @@ def wheel_entries(wheel_path: Path) -> tuple[dict[str, bytes], bool]:
 
 
 def source_entries(root: Path) -> dict[str, bytes]:
-    package = root / SOURCE_PACKAGE
     entries = {}
-    for path in sorted(package.rglob("*")):
-        relative = PurePosixPath(path.relative_to(root).as_posix())
-        if path.is_file() and not _skipped(relative):
-            entries[str(relative)] = path.read_bytes()
-    if f"{SOURCE_PACKAGE}/__init__.py" not in entries:
-        raise PackageError(f"{package} is not a package")
+    for name, folder in SOURCE_PACKAGES.items():
+        package = root / folder
+        for path in sorted(package.rglob("*")):
+            relative = PurePosixPath(name, path.relative_to(package).as_posix())
+            if path.is_file() and not _skipped(relative):
+                entries[str(relative)] = path.read_bytes()
+        if f"{name}/__init__.py" not in entries:
+            raise PackageError(f"{package} is not a package")
     return entries
 
 

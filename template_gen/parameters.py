@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from dicom_store_contract import limits
 from troposphere import Parameter, Template
 
 from template_gen import release
@@ -155,10 +156,12 @@ PARAMETERS: tuple[Param, ...] = (
     Param("MaximumAssociations", "Number", DICOM, "Maximum associations",
           "Concurrent associations per task.",
           default=300, constraints={"MinValue": 1, "MaxValue": 2000}),
-    # The SCP refuses sizes below 4096 (a PDV header plus data); its "0 = no limit" would unbound memory.
+    # Default and bounds from the limits table (the SCP's own); 0 (which the SCP reads as 1 MiB) is not offered.
     Param("MaximumPDUSize", "Number", DICOM, "Maximum PDU size (bytes)",
-          "Maximum PDU size the SCP accepts (4096 or more); bounds the memory each association takes.",
-          default=16382, constraints={"MinValue": 4096, "MaxValue": 4294967295}),
+          f"Maximum PDU size the SCP accepts ({limits.PDU_SIZE_FLOOR.whole} or more); bounds the memory each "
+          "association takes.",
+          default=limits.MAXIMUM_PDU_SIZE.whole,
+          constraints={"MinValue": limits.PDU_SIZE_FLOOR.whole, "MaxValue": limits.PDU_SIZE_CEILING.whole}),
     Param("SupportedSOPClassUIDs", "String", DICOM, "Supported SOP classes",
           "Comma-separated SOP Class UIDs accepted; empty accepts every storage SOP class.",
           default="",
@@ -210,11 +213,14 @@ PARAMETERS: tuple[Param, ...] = (
           constraints={"AllowedPattern": r"^([A-Za-z0-9!_.*'()-]+/)*$",
                        "ConstraintDescription": "empty or path segments each ending with a slash"}),
     Param("BatchMaxInstances", "Number", STORAGE, "Instances per import batch",
-          "An association's instances are split into import batches of at most this many (AHI allows 5,000).",
-          default=5000, constraints={"MinValue": 1, "MaxValue": 5000}),
+          "An association's instances are split into import batches of at most this many "
+          f"(AHI allows {limits.FILES_PER_IMPORT_JOB.whole:,}).",
+          default=limits.BATCH_MAX_INSTANCES.whole,
+          constraints={"MinValue": 1, "MaxValue": limits.FILES_PER_IMPORT_JOB.whole}),
     Param("BatchMaxBytes", "Number", STORAGE, "Bytes per import batch",
           "Import batches hold at most this many bytes (AHI allows 10 GB per job).",
-          default=10000000000, constraints={"MinValue": 1048576, "MaxValue": 10000000000}),
+          default=limits.BATCH_MAX_BYTES.whole,
+          constraints={"MinValue": 1048576, "MaxValue": limits.BYTES_PER_IMPORT_JOB.whole}),
     Param("DICOMObjectRetentionDays", "Number", STORAGE, "DICOM object retention (days)",
           "Days received objects and manifests stay in the DICOM bucket (HealthImaging keeps the images).",
           default=30, constraints={"MinValue": 1, "MaxValue": 3650}),

@@ -10,41 +10,24 @@ but the reaper and the shutdown path seal from other threads.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import layout
+from dicom_store_contract import layout
+from dicom_store_contract.manifest import EndReason, Instance, Manifest
+
 from .storage import Storage, StorageError
 
 LOG = logging.getLogger("dicom_store_scp.batches")
 
 
-@dataclass(frozen=True)
-class Instance:
-    """What the manifest records of one stored instance."""
-
-    sop_class_uid: str
-    sop_instance_uid: str
-    study_instance_uid: str
-    series_instance_uid: str
-    study_date: str
-    transfer_syntax_uid: str
-    size: int
-    sha256: str
-
-
 class AssociationClosing(Exception):
     """The association has ended; nothing more is recorded for it."""
-
-
-def _timestamp(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass
@@ -54,12 +37,12 @@ class Batch:
     entries: dict[str, Instance] = field(default_factory=dict)
     total_bytes: int = 0
 
-    def add(self, key: str, instance: Instance) -> None:
+    def add(self, instance: Instance) -> None:
         # The same SOP Instance sent twice lands on the same key: the later copy wins, listed once.
-        previous = self.entries.pop(key, None)
+        previous = self.entries.pop(instance.key, None)
         if previous is not None:
             self.total_bytes -= previous.size
-        self.entries[key] = instance
+        self.entries[instance.key] = instance
         self.total_bytes += instance.size
 
 
@@ -67,7 +50,6 @@ class Batch:
 class Session:
     """One association, from establishment to its end."""
 
-    association_id: int
     calling_ae: str
     called_ae: str
     peer_address: str
@@ -103,7 +85,6 @@ class Sessions:
     def open(self, assoc: Any) -> Session:
         requestor = assoc.requestor
         session = Session(
-            association_id=id(assoc),
             calling_ae=str(requestor.ae_title).strip(),
             called_ae=str(requestor.primitive.called_ae_title).strip(),
             peer_address=str(requestor.address),
@@ -131,7 +112,7 @@ class Sessions:
                 raise AssociationClosing("association has ended")
             batch = session.batch
             if batch is not None and batch.entries and batch.total_bytes + instance.size > self.max_bytes:
-                self._seal(session, "chunk-limit")
+                self._seal(session, EndReason.CHUNK_LIMIT)
                 batch = None
             if batch is None:
                 batch = session.batch = Batch(layout.new_batch_id(), datetime.now(UTC))
@@ -143,18 +124,18 @@ class Sessions:
                 instance.sop_instance_uid,
             )
             self.storage.store_instance(source, key, instance.sha256)
-            batch.add(key, instance)
+            batch.add(replace(instance, key=key))
             session.instances += 1
             session.bytes += instance.size
             if len(batch.entries) >= self.max_instances or batch.total_bytes >= self.max_bytes:
-                self._seal(session, "chunk-limit")
+                self._seal(session, EndReason.CHUNK_LIMIT)
             return key
 
     def record_failure(self, session: Session) -> None:
         with session.lock:
             session.failures += 1
 
-    def close(self, assoc: Any, outcome: str) -> None:
+    def close(self, assoc: Any, outcome: EndReason) -> None:
         """End an association: seal its batch and write its log line. Safe to call more than once."""
         with self._lock:
             entry = self._by_association.pop(id(assoc), None)
@@ -185,23 +166,23 @@ class Sessions:
         with self._lock:
             ended = [assoc for assoc, _ in self._by_association.values() if not assoc.is_alive()]
         for assoc in ended:
-            self.close(assoc, "connection-lost")
+            self.close(assoc, EndReason.CONNECTION_LOST)
         return len(ended)
 
-    def close_all(self, outcome: str) -> None:
+    def close_all(self, outcome: EndReason) -> None:
         with self._lock:
             associations = [assoc for assoc, _ in self._by_association.values()]
         for assoc in associations:
             self.close(assoc, outcome)
 
-    def _seal(self, session: Session, reason: str) -> None:
+    def _seal(self, session: Session, reason: EndReason) -> None:
         batch, session.batch = session.batch, None
         if batch is None or not batch.entries:
             return
         manifest = build_manifest(session, batch, self.prefix, reason)
         key = layout.manifest_key(self.prefix, batch.batch_id)
         try:
-            self.storage.store_manifest(key, json.dumps(manifest, indent=1).encode())
+            self.storage.store_manifest(key, manifest.encode())
         except StorageError as error:
             # Every instance listed was already acknowledged and is durable; the sweeper seals this batch later.
             LOG.error(
@@ -212,32 +193,16 @@ class Sessions:
         session.sealed_batches.append(batch.batch_id)
 
 
-def build_manifest(session: Session, batch: Batch, prefix: str, reason: str) -> dict[str, Any]:
-    return {
-        "manifestVersion": 1,
-        "batchId": batch.batch_id,
-        "prefix": layout.batch_prefix(prefix, batch.batch_id),
-        "callingAETitle": session.calling_ae,
-        "calledAETitle": session.called_ae,
-        "peerAddress": session.peer_address,
-        "peerPort": session.peer_port,
-        "startedAt": _timestamp(batch.started_at),
-        "endedAt": _timestamp(datetime.now(UTC)),
-        "endReason": reason,
-        "instanceCount": len(batch.entries),
-        "totalBytes": batch.total_bytes,
-        "instances": [
-            {
-                "key": key,
-                "sopClassUID": item.sop_class_uid,
-                "sopInstanceUID": item.sop_instance_uid,
-                "studyInstanceUID": item.study_instance_uid,
-                "seriesInstanceUID": item.series_instance_uid,
-                "studyDate": item.study_date,
-                "transferSyntaxUID": item.transfer_syntax_uid,
-                "size": item.size,
-                "sha256": item.sha256,
-            }
-            for key, item in batch.entries.items()
-        ],
-    }
+def build_manifest(session: Session, batch: Batch, prefix: str, reason: EndReason) -> Manifest:
+    return Manifest.build(
+        prefix,
+        batch.batch_id,
+        tuple(batch.entries.values()),
+        started_at=batch.started_at,
+        ended_at=datetime.now(UTC),
+        end_reason=reason,
+        calling_ae=session.calling_ae,
+        called_ae=session.called_ae,
+        peer_address=session.peer_address,
+        peer_port=session.peer_port,
+    )

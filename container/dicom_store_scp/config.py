@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dicom_store_contract import limits
+from dicom_store_contract.layout import normalise_prefix
 from pydicom.uid import UID
-
-from .layout import normalise_prefix
 
 
 class ConfigError(ValueError):
@@ -136,28 +136,27 @@ def _at_least(minimum: int) -> Callable[[int], None]:
 
 
 # What MAXIMUM_PDU_SIZE=0 (PS3.8's "no limit") stands for: memory must not depend on what a peer sends, so the SCP
-# announces and enforces this instead.
-PDU_SIZE_CEILING = 1024 * 1024
+# announces and enforces this instead (guard.py).
+PDU_SIZE_FOR_NO_LIMIT = 1024 * 1024
 
 
 def _pdu_size(size: int) -> None:
-    if size != 0 and not 4096 <= size <= 2**32 - 1:
-        raise ConfigError(f"{size} must be 0 (the ceiling, {PDU_SIZE_CEILING} bytes) or between 4096 and 4294967295")
+    floor, ceiling = limits.PDU_SIZE_FLOOR.whole, limits.PDU_SIZE_CEILING.whole
+    if size != 0 and not floor <= size <= ceiling:
+        raise ConfigError(f"{size} must be 0 ({PDU_SIZE_FOR_NO_LIMIT} bytes) or between {floor} and {ceiling}")
 
 
-# AHI import jobs take at most 5,000 files and 10 GB (its quotas); a batch is one import job.
-AHI_MAX_FILES_PER_JOB = 5_000
-AHI_MAX_BYTES_PER_JOB = 10 * 1000**3
-
-
+# A batch is one import job: it stays within AHI's files and bytes per job.
 def _batch_instances(value: int) -> None:
-    if not 1 <= value <= AHI_MAX_FILES_PER_JOB:
-        raise ConfigError(f"{value} must be between 1 and {AHI_MAX_FILES_PER_JOB} (AHI's files per job)")
+    most = limits.FILES_PER_IMPORT_JOB.whole
+    if not 1 <= value <= most:
+        raise ConfigError(f"{value} must be between 1 and {most} (AHI's files per import job)")
 
 
 def _batch_bytes(value: int) -> None:
-    if not 1 <= value <= AHI_MAX_BYTES_PER_JOB:
-        raise ConfigError(f"{value} must be between 1 and {AHI_MAX_BYTES_PER_JOB} (AHI's bytes per job)")
+    most = limits.BYTES_PER_IMPORT_JOB.whole
+    if not 1 <= value <= most:
+        raise ConfigError(f"{value} must be between 1 and {most} (AHI's bytes per import job)")
 
 
 def _sse(value: str) -> None:
@@ -204,9 +203,9 @@ SETTINGS: tuple[Setting, ...] = (
         "MAXIMUM_PDU_SIZE",
         "maximum_pdu_size",
         _integer,
-        "262144",
-        f"largest PDU accepted, bytes (0: {PDU_SIZE_CEILING // 1024**2} MiB); a longer one is aborted; bounds memory"
-        " per association",
+        str(limits.MAXIMUM_PDU_SIZE.whole),
+        f"largest PDU accepted, bytes (0: {PDU_SIZE_FOR_NO_LIMIT // 1024**2} MiB); a longer one is aborted; bounds"
+        " memory per association",
         _pdu_size,
     ),
     Setting(
@@ -241,7 +240,7 @@ SETTINGS: tuple[Setting, ...] = (
         "BATCH_MAX_INSTANCES",
         "batch_max_instances",
         _integer,
-        str(AHI_MAX_FILES_PER_JOB),
+        str(limits.BATCH_MAX_INSTANCES.whole),
         "instances per batch (one import job) before a new batch starts",
         _batch_instances,
     ),
@@ -249,7 +248,7 @@ SETTINGS: tuple[Setting, ...] = (
         "BATCH_MAX_BYTES",
         "batch_max_bytes",
         _integer,
-        str(AHI_MAX_BYTES_PER_JOB),
+        str(limits.BATCH_MAX_BYTES.whole),
         "bytes per batch before a new batch starts",
         _batch_bytes,
     ),
@@ -285,7 +284,7 @@ class Config:
     network_timeout: float = 90
     acse_timeout: float = 30
     maximum_associations: int = 300
-    maximum_pdu_size: int = 262144
+    maximum_pdu_size: int = limits.MAXIMUM_PDU_SIZE.whole
     supported_sop_class_uids: tuple[str, ...] = ()
     log_level: str = "INFO"
     storage_dir: Path = field(default_factory=lambda: Path("./storage"))
@@ -295,8 +294,8 @@ class Config:
     s3_kms_key_id: str = ""
     max_pool_connections: int = 0
     spool_dir: str = ""
-    batch_max_instances: int = AHI_MAX_FILES_PER_JOB
-    batch_max_bytes: int = AHI_MAX_BYTES_PER_JOB
+    batch_max_instances: int = limits.BATCH_MAX_INSTANCES.whole
+    batch_max_bytes: int = limits.BATCH_MAX_BYTES.whole
     shutdown_grace_seconds: float = 100
     workers: int = 0
     tls_cert_file: Path | None = None

@@ -43,8 +43,8 @@ from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import A_P_ABORT, P_DATA
 from pynetdicom.utils import make_target
 
-from . import prompt, statuses
-from .config import PDU_SIZE_CEILING
+from . import pynetdicom_threads, statuses
+from .config import PDU_SIZE_FOR_NO_LIMIT
 
 LOG = logging.getLogger("dicom_store_scp.guard")
 
@@ -128,7 +128,7 @@ _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 def receive_pdu_size(configured: int | None) -> int:
     """The Maximum Length Received the SCP announces and enforces for MAXIMUM_PDU_SIZE."""
-    return configured or PDU_SIZE_CEILING
+    return configured or PDU_SIZE_FOR_NO_LIMIT
 
 
 class DimseViolation(Exception):
@@ -148,7 +148,7 @@ def _peer_fields(assoc: Any) -> dict[str, Any]:
 # -- the upper layer: PDUs ------------------------------------------------------------------------------------------
 
 
-class GuardedDUL(prompt.PromptDUL):
+class GuardedDUL(pynetdicom_threads.PromptDUL):
     """pynetdicom's upper-layer provider, checking each PDU's type and length before reading its body."""
 
     _refused = False
@@ -608,7 +608,7 @@ def _store_request_faults(
 # -- the association thread -----------------------------------------------------------------------------------------
 
 
-class GuardedAssociation(prompt.PromptAssociation):
+class GuardedAssociation(pynetdicom_threads.PromptAssociation):
     """pynetdicom's acceptor association: an exception in its thread becomes an A-ABORT, not a silent end."""
 
     def _serve_request(self, msg: Any, context_id: int) -> None:
@@ -639,7 +639,7 @@ class GuardedAssociation(prompt.PromptAssociation):
 
 def handle_connection_open(event: Any) -> None:
     """EVT_CONN_OPEN (before the association's threads start): event-driven waiting, and these bounds."""
-    prompt.handle_connection_open(event)
+    pynetdicom_threads.handle_connection_open(event)
     assoc = event.assoc
     assoc.dul.__class__ = GuardedDUL
     assoc.dul.start_reading()

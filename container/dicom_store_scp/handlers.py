@@ -15,11 +15,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from dicom_store_contract import limits
+from dicom_store_contract.manifest import EndReason, Instance
 from pydicom.filereader import read_partial
 from pydicom.tag import BaseTag, Tag
 
 from . import statuses
-from .batches import AssociationClosing, Instance, Sessions
+from .batches import AssociationClosing, Sessions
 from .storage import StorageError, file_sha256
 
 LOG = logging.getLogger("dicom_store_scp.handlers")
@@ -40,6 +42,7 @@ _HEADER_TAGS: list[BaseTag | int] = [
 # PS3.5 9.1: digits in dot-separated components, at most 64 characters. Leading zeros are tolerated (they
 # are common in the wild and harmless here); empty components are not, which also keeps keys path-safe.
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_UID_LENGTH = limits.DICOM_UID_LENGTH.whole
 
 # A-ASSOCIATE-RJ (PS3.8 7.1.1.9): result, source, reason.
 _REJECTED_PERMANENT = 0x01
@@ -76,7 +79,7 @@ def _stop_after_series_uid(tag: BaseTag, vr: str | None, length: int) -> bool:
 
 
 def _is_uid(value: str) -> bool:
-    return 0 < len(value) <= 64 and bool(_UID.match(value))
+    return 0 < len(value) <= _UID_LENGTH and bool(_UID.match(value))
 
 
 # -- connection and association events --------------------------------------------------------------------------
@@ -180,11 +183,11 @@ def handle_established(event: Any, sessions: Sessions) -> None:
 
 
 def handle_released(event: Any, sessions: Sessions) -> None:
-    sessions.close(event.assoc, "released")
+    sessions.close(event.assoc, EndReason.RELEASED)
 
 
 def handle_aborted(event: Any, sessions: Sessions) -> None:
-    sessions.close(event.assoc, "aborted")
+    sessions.close(event.assoc, EndReason.ABORTED)
 
 
 # -- C-STORE -----------------------------------------------------------------------------------------------------------

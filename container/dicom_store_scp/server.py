@@ -20,18 +20,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dicom_store_contract.manifest import EndReason
 from pydicom import config as pydicom_config
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from . import guard, handlers
+from . import guard, handlers, pynetdicom_threads
 from .batches import Sessions
+from .budget import SharedAssociationBudget
 from .config import Config
 from .storage import LocalStorage, Storage, use_spool_dir
 from .transfer_syntaxes import AHI_IMPORTABLE
-from .workers import SharedAssociationBudget
 
 LOG = logging.getLogger("dicom_store_scp.server")
 
@@ -181,8 +182,11 @@ def build_ae(config: Config) -> AE:
 
 
 def event_handlers(config: Config, sessions: Sessions, over_budget: Callable[[], bool] | None = None) -> list[Any]:
+    # Event-driven waiting in pynetdicom's threads and the receive path's bounds (guard.py, built on those threads),
+    # unless this pynetdicom is not the one they were written for.
+    threads = [(evt.EVT_CONN_OPEN, guard.handle_connection_open)] if pynetdicom_threads.supported() else []
     return [
-        (evt.EVT_CONN_OPEN, guard.handle_connection_open),
+        *threads,
         (evt.EVT_CONN_OPEN, handlers.handle_connection_open),
         (evt.EVT_CONN_CLOSE, handlers.handle_connection_closed),
         (evt.EVT_REQUESTED, handlers.handle_requested, [config.peer_cidrs, over_budget]),
@@ -274,7 +278,7 @@ class Receiver:
             self.sessions.reap()
         remaining = self.server.active_associations
         # Seal first (it waits for any C-STORE in flight), then abort: nothing after the seal is acknowledged.
-        self.sessions.close_all("shutdown")
+        self.sessions.close_all(EndReason.SHUTDOWN)
         for assoc in remaining:
             assoc.abort()
         LOG.info("stopped", extra={"fields": {"event": "stopped", "abortedAssociations": len(remaining)}})
@@ -306,3 +310,22 @@ def install_signal_handlers(receiver: Receiver) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+
+
+# Exit statuses of one receiving process (the supervisor's own are in workers.py).
+EXIT_STOPPED = 0  # stopped by SIGTERM/SIGINT after a graceful shutdown
+EXIT_START_FAILED = 1  # could not start: port in use, storage not writable, TLS files unreadable
+
+
+def serve(config: Config, reuse_port: bool = False, budget: SharedAssociationBudget | None = None) -> int:
+    """Run one receiving process until it is told to stop; the only start-up path (single process or worker)."""
+    try:
+        receiver = Receiver(config, reuse_port=reuse_port, budget=budget)
+    except OSError as error:
+        # A start-up failure, not a crash: say what failed, and exit without a traceback.
+        LOG.error("cannot start", extra={"fields": {"event": "start-failed", "error": str(error)}})
+        return EXIT_START_FAILED
+    install_signal_handlers(receiver)
+    receiver.start()
+    receiver.run_until_stopped()
+    return EXIT_STOPPED

@@ -2,11 +2,12 @@
 
 One pynetdicom process tops out near one CPU core. With ``WORKERS`` > 1 a supervisor forks that many receivers;
 each binds the port with SO_REUSEPORT and the kernel spreads new connections between them. A worker that dies is
-replaced; the others keep serving meanwhile. SIGTERM is passed on to every worker, each of which shuts down
-gracefully, and the supervisor exits 0 when all did.
+replaced; the others keep serving meanwhile. A worker that keeps dying soon after it starts (a port in use, a
+storage folder it cannot write) is not replaced forever: the supervisor stops the others and exits
+EXIT_WORKERS_FAILING. SIGTERM is passed on to every worker, each of which shuts down gracefully, and the
+supervisor exits 0 when all did.
 
-``MAXIMUM_ASSOCIATIONS`` stays a limit for the whole task: every worker publishes how many associations it holds
-in shared memory, and a worker rejects a new association when the total would pass the limit.
+``MAXIMUM_ASSOCIATIONS`` stays a limit for the whole task (budget.py).
 """
 
 from __future__ import annotations
@@ -17,36 +18,29 @@ import math
 import multiprocessing
 import os
 import signal
+import sys
 import time
 from multiprocessing.sharedctypes import SynchronizedArray
 from pathlib import Path
 from typing import Any
 
+from .budget import SharedAssociationBudget
 from .config import Config
+from .server import serve
 
 LOG = logging.getLogger("dicom_store_scp.workers")
 
 _RESPAWN_PAUSE_SECONDS = 1.0
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
+# A worker that dies within FAST_DEATH_SECONDS of its start, FAST_DEATHS_ALLOWED times in a row, will not start:
+# replacing it again would only repeat the failure (and hide it behind a task that looks alive).
+FAST_DEATH_SECONDS = 10.0
+FAST_DEATHS_ALLOWED = 3
 
-class SharedAssociationBudget:
-    """One task-wide association limit over several processes, each counting only its own associations."""
-
-    def __init__(self, counts: SynchronizedArray[Any], index: int, limit: int) -> None:
-        self.counts = counts
-        self.index = index
-        self.limit = limit
-
-    def exceeded(self, local_count: int) -> bool:
-        """Publish this worker's count (which includes the association asking) and check the total."""
-        with self.counts.get_lock():
-            self.counts[self.index] = local_count
-            total = sum(self.counts[:])
-        return total > self.limit
-
-    def publish(self, local_count: int) -> None:
-        self.counts[self.index] = local_count
+EXIT_STOPPED = 0  # every worker stopped gracefully after SIGTERM/SIGINT
+EXIT_WORKER_FAILED = 1  # stopping, a worker exited with an error
+EXIT_WORKERS_FAILING = 3  # a worker kept dying at start-up; the supervisor gave up
 
 
 def available_cpus() -> int:
@@ -90,17 +84,12 @@ def _die_with_supervisor() -> None:
 
 
 def _run_worker(config: Config, index: int, counts: SynchronizedArray[Any], supervisor: int) -> None:
-    from .server import Receiver, install_signal_handlers
-
     _die_with_supervisor()
     if os.getppid() != supervisor:
         return  # the supervisor died before the request above took effect
 
     budget = SharedAssociationBudget(counts, index, config.maximum_associations)
-    receiver = Receiver(config, reuse_port=True, budget=budget)
-    install_signal_handlers(receiver)
-    receiver.start()
-    receiver.run_until_stopped()
+    sys.exit(serve(config, reuse_port=True, budget=budget))
 
 
 def supervise(config: Config) -> int:
@@ -108,10 +97,13 @@ def supervise(config: Config) -> int:
     context = multiprocessing.get_context("fork")
     counts = context.Array("i", count)
     stopping = False
+    started_at: dict[int, float] = {}
+    fast_deaths = dict.fromkeys(range(count), 0)
 
     def spawn(index: int) -> Any:
         process = context.Process(target=_run_worker, args=(config, index, counts, os.getpid()), name=f"worker-{index}")
         process.start()
+        started_at[index] = time.monotonic()
         return process
 
     def stop(signum: int, _frame: Any) -> None:
@@ -139,10 +131,32 @@ def supervise(config: Config) -> int:
                 exit_codes[index] = process.exitcode or 0
                 del workers[index]
                 continue
+            lived = time.monotonic() - started_at[index]
+            fast_deaths[index] = fast_deaths[index] + 1 if lived < FAST_DEATH_SECONDS else 0
+            if fast_deaths[index] >= FAST_DEATHS_ALLOWED:
+                LOG.critical(
+                    "a worker keeps dying at start-up; stopping",
+                    extra={
+                        "fields": {
+                            "event": "workers-failing",
+                            "worker": index,
+                            "exitCode": process.exitcode,
+                            "deaths": fast_deaths[index],
+                            "withinSeconds": FAST_DEATH_SECONDS,
+                        }
+                    },
+                )
+                del workers[index]
+                stop(signal.SIGTERM, None)
+                for other in workers.values():
+                    other.join(config.shutdown_grace_seconds + 10)
+                    if other.is_alive():
+                        other.kill()
+                return EXIT_WORKERS_FAILING
             LOG.error(
                 "worker died; starting a new one",
                 extra={"fields": {"event": "worker-died", "worker": index, "exitCode": process.exitcode}},
             )
             time.sleep(_RESPAWN_PAUSE_SECONDS)
             workers[index] = spawn(index)
-    return 0 if all(code == 0 for code in exit_codes.values()) else 1
+    return EXIT_STOPPED if all(code == 0 for code in exit_codes.values()) else EXIT_WORKER_FAILED

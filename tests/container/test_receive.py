@@ -6,7 +6,8 @@ import hashlib
 import json
 
 import pytest
-from dicom_store_scp import layout, statuses
+from dicom_store_contract import layout
+from dicom_store_scp import statuses
 from pydicom import dcmread
 from support.scp import STORESCU_PROPOSAL, dataset_bytes, echoscu, sample_file, storescu
 

@@ -10,7 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from dicom_store_scp import layout, statuses
+from dicom_store_contract import layout
+from dicom_store_scp import statuses
 from dicom_store_scp.config import Config
 from dicom_store_scp.s3 import S3Settings, S3Storage
 from pydicom import dcmread

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from dicom_store_scp import statuses
+import pytest
+from dicom_store_scp import server, statuses
+from dicom_store_scp import workers as workers_module
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 from support.scp import sample_file, storescu
@@ -93,3 +96,32 @@ def test_cpu_quota_of_a_task_limits_the_default_worker_count(tmp_path):
     (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
     assert _cgroup_cpu_quota(v1) is None
     assert _cgroup_cpu_quota(tmp_path / "none") is None
+
+
+def _occupied_port() -> socket.socket:
+    # Bound without SO_REUSEPORT: no receiver can share it.
+    holder = socket.socket()
+    holder.bind(("0.0.0.0", 0))
+    holder.listen()
+    return holder
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_in_use_stops_start_up_with_a_clear_exit(start_scp, workers):
+    with _occupied_port() as holder:
+        busy = str(holder.getsockname()[1])
+        scp = start_scp("--workers", workers, "--scp-port", busy, wait=False)
+        code = scp.process.wait(timeout=60)
+
+    failures = scp.events("start-failed")
+    assert failures and "in use" in failures[0]["error"]
+    if workers == "1":
+        assert code == server.EXIT_START_FAILED
+        return
+    # The supervisor replaced the dying workers a few times, then gave up instead of restarting them forever.
+    assert code == workers_module.EXIT_WORKERS_FAILING
+    [gave_up] = scp.events("workers-failing")
+    assert gave_up["deaths"] == workers_module.FAST_DEATHS_ALLOWED
+    assert gave_up["exitCode"] == server.EXIT_START_FAILED
+    assert len(scp.events("worker-died")) >= workers_module.FAST_DEATHS_ALLOWED - 1
+    assert not scp.events("listening")

@@ -13,7 +13,9 @@ import pytest
 from moto import mock_aws
 from support.batches import write_batch
 
-from functions import common, healthimaging
+from functions import healthimaging
+from functions import settings as runtime
+from functions.tracking import tracking as tables_of
 
 from .fake_healthimaging import FakeHealthImaging
 
@@ -114,21 +116,21 @@ def environment(monkeypatch, s3, tables, state_machine):
         "POWERTOOLS_METRICS_NAMESPACE": "DicomStoreScp",
     }.items():
         monkeypatch.setenv(name, value)
-    common.reset()
+    runtime.reset()
     healthimaging.import_jobs.cache_clear()
-    yield common.settings()
-    common.reset()
+    yield runtime.settings()
+    runtime.reset()
     healthimaging.import_jobs.cache_clear()
 
 
 @pytest.fixture
 def sfn(environment):
-    return common.client("stepfunctions")
+    return runtime.client("stepfunctions")
 
 
 @pytest.fixture
 def tracking(environment):
-    return common.tracking()
+    return tables_of()
 
 
 class Clock:

@@ -2,7 +2,9 @@
 
 - Jobs go SUBMITTED -> IN_PROGRESS -> COMPLETED (or FAILED), one step per GetDICOMImportJob call.
 - The same clientToken returns the same job (StartDICOMImportJob is idempotent on it).
-- StartDICOMImportJob is throttled at 1 request/s with a burst of 2 (token bucket on an injectable clock).
+- StartDICOMImportJob is throttled at 1 request/s with a burst of 2 (token bucket on an injectable clock): an
+  earlier edition of AHI's quota, far below today's (dicom_store_contract.limits.START_IMPORT_JOB_RATE), so the
+  tests meet throttling often.
 - A job that ends writes the developer guide's output under <outputS3Uri><datastoreId>-DicomImport-<jobId>/:
   job-output-manifest.json, SUCCESS/success.ndjson, FAILURE/failure.ndjson. Files that are not DICOM Part 10
   fail with a ValidationException record; a FAILED job writes nothing.
@@ -21,16 +23,9 @@ from typing import Any
 
 import pydicom
 
-from functions.common import split_s3_uri
-from functions.healthimaging import (
-    COMPLETED,
-    FAILED,
-    IN_PROGRESS,
-    SUBMITTED,
-    ImportJob,
-    ImportJobRejected,
-    ImportJobThrottled,
-)
+from functions.contract import split_s3_uri
+from functions.healthimaging import ImportJob, ImportJobRejected, ImportJobThrottled
+from functions.tracking import JobStatus
 
 
 @dataclass
@@ -79,7 +74,7 @@ class FakeHealthImaging:
         job_id = hashlib.sha256(client_token.encode()).hexdigest()[:32]
         job = ImportJob(
             job_id=job_id,
-            job_status=SUBMITTED,
+            job_status=JobStatus.SUBMITTED,
             datastore_id=self.datastore_id,
             submitted_at=datetime.now(UTC).isoformat(),
             input_s3_uri=input_s3_uri,
@@ -94,17 +89,17 @@ class FakeHealthImaging:
         if job_id not in self.jobs:
             raise ImportJobRejected(f"ResourceNotFoundException: no job {job_id}")
         entry = self.jobs[job_id]
-        if entry.job.job_status in (COMPLETED, FAILED):
+        if entry.job.job_status in (JobStatus.COMPLETED, JobStatus.FAILED):
             return self._reported(entry.job)
         entry.polls += 1
         if entry.polls < self.polls_to_finish:
-            entry.job = replace(entry.job, job_status=IN_PROGRESS)
+            entry.job = replace(entry.job, job_status=JobStatus.IN_PROGRESS)
         elif self.fail_with is not None:
-            entry.job = replace(entry.job, job_status=FAILED, message=self.fail_with, ended_at=_now())
+            entry.job = replace(entry.job, job_status=JobStatus.FAILED, message=self.fail_with, ended_at=_now())
             self.fail_with = None
         else:
             self._import(entry.job)
-            entry.job = replace(entry.job, job_status=COMPLETED, ended_at=_now())
+            entry.job = replace(entry.job, job_status=JobStatus.COMPLETED, ended_at=_now())
         return self._reported(entry.job)
 
     def _folder(self, job: ImportJob) -> str:

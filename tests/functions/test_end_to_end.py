@@ -3,7 +3,7 @@
 import json
 
 from functions import check_status, start_import_job, trigger_import
-from functions.common import IMPORTED
+from functions.tracking import InstanceState
 
 from .conftest import BATCH_ID, store_batch
 
@@ -44,7 +44,7 @@ def test_every_instance_of_a_stored_batch_ends_imported(environment, s3, sfn, tr
     (image_set,) = summary["imageSetsSummary"]
     for uid in batch.sop_instance_uids:
         item = tracking.get_instance(uid)
-        assert item["state"] == IMPORTED
+        assert item["state"] == InstanceState.IMPORTED
         assert item["imageSetId"] == image_set["imageSetId"]
         assert item["jobId"] == final["importJob"]["jobId"]
     job = tracking.get_job(final["importJob"]["jobId"])

@@ -6,7 +6,7 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from functions.common import RETRY_CONFIG
+from functions import settings
 from functions.healthimaging import (
     HealthImagingImportJobs,
     ImportJob,
@@ -15,6 +15,7 @@ from functions.healthimaging import (
     job_output_uri,
     read_job_output,
 )
+from functions.settings import RETRY_CONFIG
 
 from .conftest import DATASTORE_ID, RESULTS_BUCKET, ROLE_ARN
 
@@ -107,8 +108,12 @@ def test_get_reads_the_job_properties(stubbed):
     assert job_output_uri(job) == output
 
 
-def test_every_client_retries_in_standard_mode():
-    assert RETRY_CONFIG.retries["mode"] == "standard"
+def test_every_client_retries_in_standard_mode(environment):
+    # Throttling (StartDICOMImportJob's rate, DynamoDB, Step Functions) is retried with backoff by every client.
+    for service in ("s3", "dynamodb", "stepfunctions", "medical-imaging"):
+        retries = settings.client(service).meta.config.retries
+        # botocore reads RETRY_CONFIG's max_attempts (8) as retries after the first attempt.
+        assert retries == {"mode": "standard", "total_max_attempts": 9}
 
 
 def test_output_folder_is_derived_when_the_job_reports_only_the_requested_prefix():

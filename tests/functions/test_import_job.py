@@ -3,8 +3,8 @@
 import pytest
 
 from functions import check_status, record_failure, start_import_job, trigger_import
-from functions.common import FAILED, IMPORTED, IMPORTING, TIMED_OUT
 from functions.healthimaging import ImportJobThrottled
+from functions.tracking import InstanceState, JobStatus
 
 from .conftest import (
     BATCH_ID,
@@ -67,7 +67,7 @@ def test_start_writes_the_job_item_and_marks_instances_importing(triggered, fake
     }
     for uid in triggered.sop_instance_uids:
         item = tracking.get_instance(uid)
-        assert (item["state"], item["jobId"]) == (IMPORTING, started["jobId"])
+        assert (item["state"], item["jobId"]) == (InstanceState.IMPORTING, started["jobId"])
 
 
 def test_start_twice_gives_one_import_job(triggered, fake_ahi, tracking, context, clock):
@@ -95,7 +95,7 @@ def test_check_status_tracks_a_running_job(triggered, fake_ahi, tracking, contex
     result = check(triggered, started, context)
     assert (result["jobStatus"], result["ended"], result["count"]) == ("IN_PROGRESS", False, 1)
     assert tracking.get_job(started["jobId"])["jobStatus"] == "IN_PROGRESS"
-    assert tracking.get_instance(triggered.sop_instance_uids[0])["state"] == IMPORTING
+    assert tracking.get_instance(triggered.sop_instance_uids[0])["state"] == InstanceState.IMPORTING
 
 
 def test_completed_job_with_a_refused_file_fails_only_that_instance(environment, s3, fake_ahi, tracking, context):
@@ -109,7 +109,7 @@ def test_completed_job_with_a_refused_file_fails_only_that_instance(environment,
     assert (result["importedCount"], result["failedCount"], result["succeeded"]) == (2, 1, False)
     refused, *imported = batch.sop_instance_uids
     item = tracking.get_instance(refused)
-    assert item["state"] == FAILED
+    assert item["state"] == InstanceState.FAILED
     assert item["failureReason"].startswith("ValidationException")
     image_sets = {tracking.get_instance(uid)["imageSetId"] for uid in imported}
     assert len(image_sets) == 1 and image_sets != {""}
@@ -128,7 +128,7 @@ def test_failed_job_fails_every_instance_with_its_message(triggered, fake_ahi, t
     assert (result["jobStatus"], result["ended"], result["failedCount"]) == ("FAILED", True, 3)
     for uid in triggered.sop_instance_uids:
         item = tracking.get_instance(uid)
-        assert (item["state"], item["failureReason"]) == (FAILED, "Access denied to the input bucket")
+        assert (item["state"], item["failureReason"]) == (InstanceState.FAILED, "Access denied to the input bucket")
     job = tracking.get_job(started["jobId"])
     assert (job["jobStatus"], job["message"]) == ("FAILED", "Access denied to the input bucket")
 
@@ -136,19 +136,19 @@ def test_failed_job_fails_every_instance_with_its_message(triggered, fake_ahi, t
 def test_polling_bound_times_out_the_batch_but_keeps_settled_instances(triggered, fake_ahi, tracking, context):
     started = start(triggered, context)
     settled = triggered.sop_instance_uids[0]
-    tracking.update_instance(BATCH_ID, settled, state=IMPORTED, imageSetId="set1")
+    tracking.update_instance(BATCH_ID, settled, state=InstanceState.IMPORTED, imageSetId="set1")
     event = load_event("record_failure_input.json")
     event["manifestKey"], event["importJob"]["jobId"] = triggered.manifest_key, started["jobId"]
 
     result = record_failure.handler(event, context)
 
-    assert (result["state"], result["instances"]) == (TIMED_OUT, 2)
-    assert tracking.get_instance(settled)["state"] == IMPORTED
+    assert (result["state"], result["instances"]) == (InstanceState.TIMED_OUT, 2)
+    assert tracking.get_instance(settled)["state"] == InstanceState.IMPORTED
     for uid in triggered.sop_instance_uids[1:]:
         item = tracking.get_instance(uid)
-        assert item["state"] == TIMED_OUT
+        assert item["state"] == InstanceState.TIMED_OUT
         assert item["failureReason"].startswith("PollingBoundReached")
-    assert tracking.get_job(started["jobId"])["jobStatus"] == TIMED_OUT
+    assert tracking.get_job(started["jobId"])["jobStatus"] == JobStatus.TIMED_OUT
 
 
 def test_caught_error_before_a_job_exists_fails_the_instances(triggered, tracking, context):
@@ -157,9 +157,9 @@ def test_caught_error_before_a_job_exists_fails_the_instances(triggered, trackin
         "error": {"Error": "ImportJobRejected", "Cause": "ValidationException: role cannot be assumed"},
     }
     result = record_failure.handler(event, context)
-    assert (result["state"], result["jobId"], result["instances"]) == (FAILED, None, 3)
+    assert (result["state"], result["jobId"], result["instances"]) == (InstanceState.FAILED, None, 3)
     item = tracking.get_instance(triggered.sop_instance_uids[0])
-    assert item["state"] == FAILED
+    assert item["state"] == InstanceState.FAILED
     assert "role cannot be assumed" in item["failureReason"]
 
 
@@ -176,4 +176,4 @@ def test_a_newer_batch_owns_a_resent_instance(triggered, fake_ahi, tracking, con
     check(triggered, started, context)
     check(triggered, started, context, count=2)
     assert tracking.get_instance(resent)["state"] == "RECEIVED"
-    assert tracking.get_instance(triggered.sop_instance_uids[1])["state"] == IMPORTED
+    assert tracking.get_instance(triggered.sop_instance_uids[1])["state"] == InstanceState.IMPORTED

@@ -3,8 +3,11 @@
 import json
 from datetime import UTC, datetime, timedelta
 
+from dicom_store_contract.layout import manifest_key
+from dicom_store_contract.manifest import parse as parse_manifest
+
 from functions import sweeper, trigger_import
-from functions.common import RECEIVED, manifest_key, parse_manifest
+from functions.tracking import InstanceState
 
 from .conftest import DICOM_BUCKET, DICOM_PREFIX, OTHER_BATCH_IDS, load_event, store_batch
 
@@ -50,7 +53,7 @@ def test_a_swept_manifest_triggers_an_import(environment, s3, sfn, tracking, con
     trigger_import.handler(abandoned.s3_event(), context)
     (execution,) = sfn.list_executions(stateMachineArn=environment.state_machine_arn)["executions"]
     assert execution["name"] == abandoned.batch_id
-    assert tracking.get_instance(abandoned.sop_instance_uids[0])["state"] == RECEIVED
+    assert tracking.get_instance(abandoned.sop_instance_uids[0])["state"] == InstanceState.RECEIVED
 
 
 def test_an_unreadable_object_is_named_by_its_key(environment, s3):

@@ -1,9 +1,10 @@
 import json
 
 import pytest
+from dicom_store_contract.manifest import InvalidManifest
 
 from functions import trigger_import
-from functions.common import RECEIVED, InvalidManifest
+from functions.tracking import InstanceState
 
 from .conftest import DICOM_BUCKET, store_batch
 
@@ -28,7 +29,7 @@ def test_manifest_event_records_instances_and_starts_one_execution(environment, 
     }
     for instance in batch.manifest["instances"]:
         item = tracking.get_instance(instance["sopInstanceUID"])
-        assert item["state"] == RECEIVED
+        assert item["state"] == InstanceState.RECEIVED
         assert item["batchId"] == batch.batch_id
         assert item["s3Key"] == instance["key"]
         assert item["studyInstanceUID"] == instance["studyInstanceUID"]
@@ -43,7 +44,7 @@ def test_duplicate_event_is_a_no_op(environment, s3, sfn, tracking, context):
 
     assert again["batches"][0]["started"] is False
     assert len(executions(sfn, environment.state_machine_arn)) == 1
-    # The second delivery must not drag an instance the workflow already moved back to RECEIVED.
+    # The second delivery must not drag an instance the workflow already moved back to InstanceState.RECEIVED.
     assert tracking.get_instance(batch.sop_instance_uids[0])["state"] == "IMPORTING"
 
 

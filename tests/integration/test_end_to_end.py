@@ -20,12 +20,14 @@ import boto3
 import numpy as np
 import pydicom
 import pytest
+from dicom_store_contract import layout
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from support.aws import load_fake_healthimaging
 from support.cfn import REGION, Deployment
 from support.iam import ApiCall, denied
+from support.moto import MotoServer, aws_env
 from support.pipeline import Pipeline, load_event, manifest_created_event
 from support.scp import RunningScp, launch_scp, storescu
 
@@ -33,9 +35,6 @@ from .conftest import DATASTORE_ID, DICOM_PREFIX, create_stack_resources
 
 pytestmark = pytest.mark.slow
 
-# The SCP's S3 backend and the moto_server fixture arrive together (branch s3); until then there is no S3 path.
-_moto = pytest.importorskip("support.moto", reason="the SCP's S3 backend (tests/support/moto.py) has not landed")
-MotoServer, aws_env = _moto.MotoServer, _moto.aws_env
 
 # Above the SCP's multipart threshold (16 MiB), so the series exercises both of its upload paths.
 LARGE_INSTANCE_BYTES = 17 * 1024 * 1024
@@ -194,7 +193,7 @@ def test_a_series_sent_with_dcmtk_ends_imported(
     finally:
         scp.stop()
     (batch_id,) = ended["batches"]
-    manifest_key = f"{DICOM_PREFIX}manifests/{batch_id}.json"
+    manifest_key = layout.manifest_key(DICOM_PREFIX, batch_id)
 
     final = import_manifest(pipeline, s3, bucket, manifest_key)
 
@@ -243,7 +242,7 @@ def test_the_sweeper_seals_a_batch_the_scp_left_open_and_it_imports(
     swept = pipeline.invoke("SweeperFunction", load_event("scheduled_sweep.json"))
     (batch_id,) = swept["sealed"]
 
-    final = import_manifest(pipeline, s3, bucket, f"{DICOM_PREFIX}manifests/{batch_id}.json")
+    final = import_manifest(pipeline, s3, bucket, layout.manifest_key(DICOM_PREFIX, batch_id))
 
     assert final["polling"]["jobStatus"] == "COMPLETED"
     items = instance_items(stack, moto_server.endpoint)

@@ -13,6 +13,7 @@ from typing import Any
 
 import boto3
 import pytest
+from dicom_store_contract import layout
 from support.cfn import REGION
 from support.iam import denied
 from support.pipeline import Pipeline, load_event, manifest_created_event
@@ -37,7 +38,7 @@ def job_item(table: str, job_id: str) -> dict[str, Any]:
 
 
 def trigger(pipeline: Pipeline, s3: Any, bucket: str, batch_id: str) -> dict[str, Any]:
-    key = f"{DICOM_PREFIX}manifests/{batch_id}.json"
+    key = layout.manifest_key(DICOM_PREFIX, batch_id)
     size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
     return pipeline.invoke("TriggerImportFunction", manifest_created_event(bucket, key, size))
 
@@ -60,7 +61,7 @@ def run_every_function(pipeline: Pipeline, s3: Any, monkeypatch: pytest.MonkeyPa
         {
             "batchId": BATCH_IMPORTED,
             "bucket": bucket,
-            "manifestKey": f"{DICOM_PREFIX}manifests/{BATCH_IMPORTED}.json",
+            "manifestKey": layout.manifest_key(DICOM_PREFIX, BATCH_IMPORTED),
             "prefix": imported["prefix"],
         }
     )
@@ -72,7 +73,7 @@ def run_every_function(pipeline: Pipeline, s3: Any, monkeypatch: pytest.MonkeyPa
     execution_input = {
         "batchId": BATCH_TIMED_OUT,
         "bucket": bucket,
-        "manifestKey": f"{DICOM_PREFIX}manifests/{BATCH_TIMED_OUT}.json",
+        "manifestKey": layout.manifest_key(DICOM_PREFIX, BATCH_TIMED_OUT),
         "prefix": timed_out["prefix"],
         "polling": {"waitSeconds": 0, "maxPolls": 1, "count": 0},
     }
@@ -130,7 +131,7 @@ def test_every_function_does_its_job_with_only_the_template_environment(
     assert seen["timed_out_job"]["jobStatus"] == "TIMED_OUT"
     # Sweeper: the abandoned batch got its manifest.
     assert seen["swept"]["sealed"] == [BATCH_ABANDONED]
-    manifest = s3.get_object(Bucket=seen["bucket"], Key=f"{DICOM_PREFIX}manifests/{BATCH_ABANDONED}.json")
+    manifest = s3.get_object(Bucket=seen["bucket"], Key=layout.manifest_key(DICOM_PREFIX, BATCH_ABANDONED))
     assert b'"swept"' in manifest["Body"].read()
 
 

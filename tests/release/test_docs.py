@@ -16,7 +16,9 @@ def template():
     return docs.template_dict()
 
 
-@pytest.mark.parametrize("path", [docs.DEPLOYMENT, docs.SECURITY, docs.ARCHITECTURE_DOT], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", [docs.DEPLOYMENT, docs.SECURITY, docs.ARCHITECTURE_DOT, docs.CONTRACTS], ids=lambda p: p.name
+)
 def test_committed_document_equals_a_fresh_generation(path):
     assert path.read_text(encoding="utf-8") == docs.generated_documents()[path], "run make docs and commit"
 

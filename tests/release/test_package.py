@@ -28,6 +28,11 @@ def handlers_named_by_stack() -> list[str]:
     return sorted({function["Handler"] for function in lambda_functions()})
 
 
+def copy_sources(root):
+    for folder in package.SOURCE_PACKAGES.values():
+        shutil.copytree(project.ROOT / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
+
+
 def test_zip_targets_the_runtime_and_architecture_the_template_names():
     functions = lambda_functions()
     assert {f["Runtime"] for f in functions} == {f"python{project.LAMBDA_PYTHON}"}
@@ -39,8 +44,8 @@ def test_zip_targets_the_runtime_and_architecture_the_template_names():
 def test_same_sources_give_the_same_bytes(functions_zip, tmp_path):
     # A copy of the sources with other timestamps and stray byte code: neither may reach the zip.
     root = tmp_path / "checkout"
-    shutil.copytree(project.ROOT / "functions", root / "functions")
-    for path in (root / "functions").rglob("*"):
+    copy_sources(root)
+    for path in root.rglob("*"):
         os.utime(path, (1_700_000_000, 1_700_000_000))
     (root / "functions" / "__pycache__").mkdir(exist_ok=True)
     (root / "functions" / "__pycache__" / "common.cpython-311.pyc").write_bytes(b"stale")
@@ -55,8 +60,8 @@ def test_same_sources_give_the_same_bytes(functions_zip, tmp_path):
 
 def test_a_changed_source_changes_the_zip(functions_zip, tmp_path):
     root = tmp_path / "checkout"
-    shutil.copytree(project.ROOT / "functions", root / "functions")
-    with (root / "functions" / "common.py").open("a") as source:
+    copy_sources(root)
+    with (root / "functions" / "trigger_import.py").open("a") as source:
         source.write("\n# changed\n")
 
     assert package.build(root=root, dist=tmp_path / "dist").sha256 != functions_zip.sha256
@@ -72,6 +77,7 @@ def test_entries_have_fixed_metadata_and_no_byte_code(functions_zip):
     assert not [n for n in names if n.endswith((".pyc", ".pyo")) or "__pycache__" in n]
     assert not [n for n in names if n.endswith(("INSTALLER", "direct_url.json", "REQUESTED"))]
     assert "functions/trigger_import.py" in names
+    assert "dicom_store_contract/manifest.py" in names
     assert functions_zip.files == len(names)
 
 

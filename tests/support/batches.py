@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
+from datetime import UTC, datetime
 from io import BytesIO
 from typing import Any
 
 import pydicom
+from dicom_store_contract import layout
+from dicom_store_contract.manifest import EndReason, Instance, Manifest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
@@ -35,43 +37,39 @@ def write_batch(
 
     Returns the manifest's key and its content.
     """
-    batch_prefix = f"{prefix}incoming/{batch_id}/"
     study, series = generate_uid(), generate_uid()
     instances = []
     for number in range(count):
         sop = generate_uid()
         body = part10(study, series, sop) if number >= corrupt else b"not a DICOM file" * 10
-        key = f"{batch_prefix}{study}/{series}/{sop}.dcm"
+        key = layout.instance_key(prefix, batch_id, study, series, sop)
         s3.put_object(Bucket=bucket, Key=key, Body=body)
         instances.append(
-            {
-                "key": key,
-                "sopClassUID": "1.2.840.10008.5.1.4.1.1.2",
-                "sopInstanceUID": sop,
-                "studyInstanceUID": study,
-                "seriesInstanceUID": series,
-                "studyDate": "20040119",
-                "transferSyntaxUID": "1.2.840.10008.1.2.1",
-                "size": len(body),
-                "sha256": hashlib.sha256(body).hexdigest(),
-            }
+            Instance(
+                key=key,
+                sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                sop_instance_uid=sop,
+                study_instance_uid=study,
+                series_instance_uid=series,
+                study_date="20040119",
+                transfer_syntax_uid="1.2.840.10008.1.2.1",
+                size=len(body),
+                sha256=hashlib.sha256(body).hexdigest(),
+            )
         )
-    manifest = {
-        "manifestVersion": 1,
-        "batchId": batch_id,
-        "prefix": batch_prefix,
-        "callingAETitle": "MODALITY1",
-        "calledAETitle": "STORESCP",
-        "peerAddress": "10.0.1.23",
-        "peerPort": 50123,
-        "startedAt": "2026-11-23T19:05:01.123456Z",
-        "endedAt": "2026-11-23T19:05:09.654321Z",
-        "endReason": "released",
-        "instanceCount": count,
-        "totalBytes": sum(i["size"] for i in instances),
-        "instances": instances,
-    }
-    manifest_key = f"{prefix}manifests/{batch_id}.json"
+    manifest = Manifest.build(
+        prefix,
+        batch_id,
+        tuple(instances),
+        started_at=datetime(2026, 11, 23, 19, 5, 1, 123456, tzinfo=UTC),
+        ended_at=datetime(2026, 11, 23, 19, 5, 9, 654321, tzinfo=UTC),
+        end_reason=EndReason.RELEASED,
+        calling_ae="MODALITY1",
+        called_ae="STORESCP",
+        peer_address="10.0.1.23",
+        peer_port=50123,
+    )
+    manifest_key = layout.manifest_key(prefix, batch_id)
     if write_manifest:
-        s3.put_object(Bucket=bucket, Key=manifest_key, Body=json.dumps(manifest).encode())
-    return manifest_key, manifest
+        s3.put_object(Bucket=bucket, Key=manifest_key, Body=manifest.encode())
+    return manifest_key, manifest.to_json()

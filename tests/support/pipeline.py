@@ -60,25 +60,26 @@ class Pipeline:
         return {name for f in self.functions().values() for name in f["Properties"]["Environment"]["Variables"]}
 
     def invoke(self, logical_id: str, event: dict[str, Any]) -> Any:
-        from functions import common, healthimaging
+        from functions import healthimaging
+        from functions import settings as runtime
 
         for name in self.variable_names():
             self.monkeypatch.delenv(name, raising=False)
         for name, value in self.deployment.lambda_environment(logical_id).items():
             self.monkeypatch.setenv(name, value)
-        common.reset()
+        runtime.reset()
         healthimaging.import_jobs.cache_clear()
         calls = self.calls.setdefault(logical_id, [])
         for service in SERVICES:
-            record_calls(common.client(service), calls)
-        bridge_to_fake(common.client("medical-imaging"), self.fake_healthimaging)
+            record_calls(runtime.client(service), calls)
+        bridge_to_fake(runtime.client("medical-imaging"), self.fake_healthimaging)
 
         module_name, _, attribute = self.functions()[logical_id]["Properties"]["Handler"].rpartition(".")
         handler = getattr(importlib.import_module(module_name), attribute)
         try:
             return handler(event, LambdaContext(function_name=logical_id))
         finally:
-            common.reset()
+            runtime.reset()
             healthimaging.import_jobs.cache_clear()
 
     def run_workflow(self, execution_input: dict[str, Any], max_polls: int = 10) -> dict[str, Any]:

@@ -10,11 +10,17 @@ Here the DUL thread blocks in ``select`` on the peer's socket and a wake-up sock
 least every ``_IDLE_WAIT`` seconds for their timers (ARTIM, network timeout); a release or abort request wakes
 the association thread at once. The steps of both loops and their order are pynetdicom's; only the waiting changed.
 The network timeout aborts (pynetdicom's default ``network_timeout_response``).
+
+This replaces pynetdicom internals (private names, a thread's target, class swaps), so it is written against
+one minor version: setup.cfg pins pynetdicom to WRITTEN_FOR, and ``supported()`` checks at start-up that the
+installed pynetdicom is that version and has every name used here. If not, the SCP runs on pynetdicom's stock
+(polling) threads and says so once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import queue
 import select
@@ -22,6 +28,7 @@ import socket
 import ssl
 from typing import Any
 
+import pynetdicom
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
@@ -29,9 +36,70 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket
 from pynetdicom.utils import make_target
 
+LOG = logging.getLogger("dicom_store_scp.pynetdicom_threads")
+
+# The pynetdicom minor version this module copies the loops of (setup.cfg pins the same).
+WRITTEN_FOR = "3.0"
+
 # Longest an idle thread sleeps before looking at its timers (ARTIM, network timeout) again. Everything else that
 # concerns a thread wakes it at once.
 _IDLE_WAIT = 0.5
+
+# Every pynetdicom name used below, on a freshly built acceptor association: (where, attribute names).
+REQUIRED_NAMES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("assoc", ("_kill", "_dul_ready", "_reactor_checkpoint", "_serve_request", "is_released", "kill", "abort")),
+    ("assoc", ("requestor", "accepted_contexts", "run_reactor")),  # guard.py
+    ("assoc.acse", ("is_release_requested", "send_release", "is_aborted")),
+    ("assoc.dimse", ("msg_queue",)),
+    ("assoc.dimse", ("message", "receive_primitive", "send_msg")),  # guard.py
+    (
+        "assoc.dul",
+        (
+            "assoc", "socket", "event_queue", "to_provider_queue", "to_user_queue", "artim_timer", "state_machine",
+            "_idle_timer", "_kill_thread", "_target", "_process_recv_primitive", "_is_transport_event",
+            "idle_timer_expired", "receive_pdu", "kill_dul", "stop_dul", "run_reactor",
+            "_decode_pdu", "_recv_pdu", "_send",  # guard.py
+        ),
+    ),
+)  # fmt: skip
+
+
+def missing_names() -> list[str]:
+    """The names this module needs that the installed pynetdicom lacks (empty: all present)."""
+    from pynetdicom.association import Association
+
+    assoc = Association(pynetdicom.AE(), "acceptor")  # built, never started: no thread, no socket
+    missing = []
+    for where, names in REQUIRED_NAMES:
+        target: Any = assoc
+        for step in where.split(".")[1:]:
+            target = getattr(target, step)
+        missing += [f"{where}.{name}" for name in names if not hasattr(target, name)]
+    if not callable(getattr(AssociationSocket, "recv", None)):
+        missing.append("AssociationSocket.recv")
+    return missing
+
+
+@functools.cache
+def supported() -> bool:
+    """Whether the installed pynetdicom is the one this module was written for; warns once when it is not."""
+    version = pynetdicom.__version__
+    reasons = []
+    if version.split(".")[:2] != WRITTEN_FOR.split("."):
+        reasons.append(f"pynetdicom {version} is not {WRITTEN_FOR}.x")
+    try:
+        missing = missing_names()
+    except Exception as error:  # a changed constructor is a changed pynetdicom too
+        missing = [f"(building an association failed: {error})"]
+    if missing:
+        reasons.append("missing " + ", ".join(missing))
+    if reasons:
+        LOG.warning(
+            "pynetdicom's stock polling threads in use",
+            extra={"fields": {"event": "pynetdicom-stock-threads", "reason": "; ".join(reasons)}},
+        )
+        return False
+    return True
 
 
 class _Doorbell(queue.Queue):

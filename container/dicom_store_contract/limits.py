@@ -1,0 +1,228 @@
+"""Every limit the parts share, one value each, with the page it comes from.
+
+AWS HealthImaging's quotas differ by region and have changed over time: when a page changes, change the row here
+and every part follows (the SCP's batch defaults and bounds, the manifest check in TriggerImport, the template's
+parameter defaults and constraints, docs/contracts.md).
+
+Sizes: AHI's pages say "GB" without saying 1000³ or 1024³; we read the smaller (10 GB = 10·1000³ bytes), so a
+batch within our limit is within AHI's under either reading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+GB = 1000**3
+
+_GUIDE = "https://docs.aws.amazon.com/healthimaging/latest/devguide/"
+QUOTAS_PAGE = _GUIDE + "endpoints-quotas.html#quotas"
+THROTTLING_PAGE = _GUIDE + "throttling-limits.html"
+IMPORT_JOBS_PAGE = _GUIDE + "understanding-import-jobs.html"
+ELEMENT_CONSTRAINTS_PAGE = _GUIDE + "dicom-element-constraints.html"
+START_IMPORT_JOB_API = "https://docs.aws.amazon.com/healthimaging/latest/APIReference/API_StartDICOMImportJob.html"
+START_EXECUTION_API = "https://docs.aws.amazon.com/step-functions/latest/apireference/API_StartExecution.html"
+DICOM_UID_RULES = "https://dicom.nema.org/medical/dicom/current/output/chtml/part05/chapter_9.html"
+DICOM_PDU_LENGTH = "https://dicom.nema.org/medical/dicom/current/output/chtml/part08/sect_D.1.html"
+BENCHMARKS = "docs/benchmarks.md"
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One row of the table: a value, what it bounds, and where it comes from."""
+
+    name: str
+    value: int | float
+    unit: str
+    meaning: str
+    source: str
+    # For AHI quotas: whether a customer can have it raised (Service Quotas). None: not an AHI quota.
+    adjustable: bool | None = None
+    # Regions whose default differs from ``value``.
+    regional: Mapping[str, int | float] = field(default_factory=lambda: MappingProxyType({}))
+    note: str = ""
+
+    def in_region(self, region: str) -> int | float:
+        return self.regional.get(region, self.value)
+
+    @property
+    def whole(self) -> int:
+        """The value as an integer, for limits that count things."""
+        if int(self.value) != self.value:
+            raise TypeError(f"{self.name} is {self.value}, not a whole number")
+        return int(self.value)
+
+
+# --- AWS HealthImaging: import jobs -------------------------------------------------------------------------
+
+FILES_PER_IMPORT_JOB = Limit(
+    "Files per import job",
+    5_000,
+    "files",
+    "DICOM P10 files one StartDICOMImportJob imports",
+    QUOTAS_PAGE,
+    adjustable=True,
+)
+BYTES_PER_IMPORT_JOB = Limit(
+    "Bytes per import job",
+    10 * GB,
+    "bytes",
+    "total size of the files one import job imports",
+    QUOTAS_PAGE,
+    adjustable=False,
+    note="10 GB; read as 10·1000³ bytes, the smaller of the two readings",
+)
+NESTED_FOLDERS_PER_IMPORT_JOB = Limit(
+    "Nested folders per import job",
+    10_000,
+    "folders",
+    "folders below inputS3Uri one import job walks",
+    QUOTAS_PAGE,
+    adjustable=False,
+    note="a batch holds one folder per study and one per series: at most 2 per instance (IMPORT_JOBS_PAGE too)",
+)
+BYTES_PER_FILE = Limit(
+    "Bytes per file",
+    10 * GB,
+    "bytes",
+    "size of one DICOM P10 file in an import job",
+    QUOTAS_PAGE,
+    adjustable=False,
+    note="10 GB in the current quota table (an earlier edition said 4 GB)",
+)
+CONCURRENT_IMPORT_JOBS = Limit(
+    "Concurrent import jobs per data store",
+    100,
+    "jobs",
+    "import jobs a data store runs at once; more are refused",
+    QUOTAS_PAGE,
+    adjustable=True,
+    regional=MappingProxyType({"ap-southeast-2": 20}),
+)
+START_IMPORT_JOB_RATE = Limit(
+    "StartDICOMImportJob rate",
+    40,
+    "requests/s",
+    "steady request rate before ThrottlingException",
+    THROTTLING_PAGE,
+    adjustable=True,
+    note="burst 80; earlier editions said 1 request/s, burst 2",
+)
+START_IMPORT_JOB_BURST = Limit(
+    "StartDICOMImportJob burst",
+    80,
+    "requests/s",
+    "short burst before ThrottlingException",
+    THROTTLING_PAGE,
+    adjustable=True,
+)
+GET_IMPORT_JOB_RATE = Limit(
+    "GetDICOMImportJob rate",
+    25,
+    "requests/s",
+    "steady rate of job status reads (CheckStatus)",
+    THROTTLING_PAGE,
+    adjustable=True,
+    note="burst 50",
+)
+CLIENT_TOKEN_LENGTH = Limit(
+    "clientToken length",
+    64,
+    "characters",
+    "StartDICOMImportJob's idempotency token ([A-Za-z0-9._-]+)",
+    START_IMPORT_JOB_API,
+)
+AHI_UID_LENGTH = Limit(
+    "UID length in AHI",
+    256,
+    "characters",
+    "StudyInstanceUID, SeriesInstanceUID and SOPInstanceUID at import",
+    ELEMENT_CONSTRAINTS_PAGE,
+)
+
+# --- DICOM and Step Functions -------------------------------------------------------------------------------
+
+DICOM_UID_LENGTH = Limit("UID length in DICOM", 64, "characters", "a UID value (PS3.5 §9)", DICOM_UID_RULES)
+EXECUTION_NAME_LENGTH = Limit(
+    "Execution name length",
+    80,
+    "characters",
+    "a Step Functions execution name (the batch id)",
+    START_EXECUTION_API,
+)
+PDU_SIZE_CEILING = Limit(
+    "Largest PDU length",
+    2**32 - 1,
+    "bytes",
+    "the PDU length field is 4 bytes (PS3.8 §9.3)",
+    DICOM_PDU_LENGTH,
+)
+
+# --- this product's choices, bounded by the rows above ------------------------------------------------------
+
+BATCH_MAX_INSTANCES = Limit(
+    "BATCH_MAX_INSTANCES default",
+    FILES_PER_IMPORT_JOB.value,
+    "files",
+    "instances in a batch before the SCP seals it (one batch, one import job)",
+    "Files per import job",
+)
+BATCH_MAX_BYTES = Limit(
+    "BATCH_MAX_BYTES default",
+    BYTES_PER_IMPORT_JOB.value,
+    "bytes",
+    "bytes in a batch before the SCP seals it",
+    "Bytes per import job",
+)
+MAXIMUM_PDU_SIZE = Limit(
+    "MAXIMUM_PDU_SIZE default",
+    262_144,
+    "bytes",
+    "largest PDU the SCP accepts, a longer one is aborted; bounds memory per association (0 = 1 MiB)",
+    BENCHMARKS + " section 5",
+    note="16 KiB PDUs cost the SCP 1.7x the CPU per instance; 256 KiB x 300 associations, each PDU held about"
+    " four times while decoded: about 320 MiB at most (docs/conformance.md 2.3)",
+)
+PDU_SIZE_FLOOR = Limit(
+    "Smallest MAXIMUM_PDU_SIZE",
+    4096,
+    "bytes",
+    "below this a PDU holds little more than its headers",
+    "our choice",
+)
+
+LIMITS: tuple[Limit, ...] = (
+    FILES_PER_IMPORT_JOB,
+    BYTES_PER_IMPORT_JOB,
+    NESTED_FOLDERS_PER_IMPORT_JOB,
+    BYTES_PER_FILE,
+    CONCURRENT_IMPORT_JOBS,
+    START_IMPORT_JOB_RATE,
+    START_IMPORT_JOB_BURST,
+    GET_IMPORT_JOB_RATE,
+    CLIENT_TOKEN_LENGTH,
+    AHI_UID_LENGTH,
+    DICOM_UID_LENGTH,
+    EXECUTION_NAME_LENGTH,
+    PDU_SIZE_CEILING,
+    BATCH_MAX_INSTANCES,
+    BATCH_MAX_BYTES,
+    MAXIMUM_PDU_SIZE,
+    PDU_SIZE_FLOOR,
+)
+
+
+def table() -> str:
+    """The table as Markdown, for docs/contracts.md."""
+    rows = ["| limit | value | unit | what it bounds | source |", "|---|---|---|---|---|"]
+    for limit in LIMITS:
+        value = f"{limit.value:,}"
+        if limit.regional:
+            value += " (" + ", ".join(f"{region}: {v:,}" for region, v in limit.regional.items()) + ")"
+        meaning = limit.meaning + (f"; {limit.note}" if limit.note else "")
+        if limit.adjustable is not None:
+            meaning += "; adjustable quota" if limit.adjustable else "; fixed quota"
+        source = f"[{limit.source.rsplit('/', 1)[-1]}]({limit.source})" if "://" in limit.source else limit.source
+        rows.append(f"| {limit.name} | {value} | {limit.unit} | {meaning} | {source} |")
+    return "\n".join(rows) + "\n"

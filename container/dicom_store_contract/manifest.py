@@ -1,0 +1,243 @@
+"""The batch manifest: ``<prefix>manifests/<batch-id>.json``, written last, its presence meaning "batch complete".
+
+One JSON object (UTF-8) whose fields are listed once, in MANIFEST_FIELDS and INSTANCE_FIELDS; ``Manifest.encode``
+writes it (the SCP, the sweeper) and ``parse`` reads and checks it (the functions). It carries
+``manifestVersion``: a reader refuses a version it does not know rather than guess.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from . import layout, limits
+
+MANIFEST_VERSION = 1
+
+
+class EndReason(StrEnum):
+    """Why a batch was sealed (``endReason``)."""
+
+    RELEASED = "released"  # the calling AE released the association
+    ABORTED = "aborted"  # either side aborted it
+    CONNECTION_LOST = "connection-lost"  # the connection ended without a release or abort
+    CHUNK_LIMIT = "chunk-limit"  # the batch reached BATCH_MAX_INSTANCES or BATCH_MAX_BYTES; the next one opens
+    SHUTDOWN = "shutdown"  # the SCP stopped (SIGTERM) while the association was open
+    SWEPT = "swept"  # the sweeper sealed a batch whose SCP task died before writing its manifest
+
+
+@dataclass(frozen=True)
+class Field:
+    """One JSON field: its name, its attribute on the Python object, its type, and what it holds."""
+
+    name: str
+    attribute: str
+    kind: type
+    required: bool
+    meaning: str
+
+
+MANIFEST_FIELDS: tuple[Field, ...] = (
+    Field("manifestVersion", "version", int, True, f"this format's version, {MANIFEST_VERSION}"),
+    Field("batchId", "batch_id", str, True, f"the batch id, {layout.BATCH_ID_FORM}"),
+    Field("prefix", "prefix", str, True, "the batch prefix `<prefix>incoming/<batch-id>/`, DICOM_PREFIX included"),
+    Field("callingAETitle", "calling_ae", str, False, "the sender's AE title (empty when swept)"),
+    Field("calledAETitle", "called_ae", str, False, "the AE title the sender called (empty when swept)"),
+    Field("peerAddress", "peer_address", str, False, "the sender's IP address (empty when swept)"),
+    Field("peerPort", "peer_port", int, False, "the sender's TCP port (0 when swept)"),
+    Field("startedAt", "started_at", str, False, "UTC time the batch opened, `YYYY-MM-DDTHH:MM:SS.ffffffZ`"),
+    Field("endedAt", "ended_at", str, False, "UTC time the batch was sealed"),
+    Field("endReason", "end_reason", str, False, "why it was sealed: " + ", ".join(f"`{r}`" for r in EndReason)),
+    Field("instanceCount", "instance_count", int, False, "number of entries in `instances`"),
+    Field("totalBytes", "total_bytes", int, False, "sum of the instances' `size`"),
+    Field("instances", "instances", list, True, "one object per stored instance (below); never empty"),
+)
+
+INSTANCE_FIELDS: tuple[Field, ...] = (
+    Field("key", "key", str, True, "the object's key, under `prefix`"),
+    Field("sopClassUID", "sop_class_uid", str, False, "SOP Class UID (0008,0016)"),
+    Field("sopInstanceUID", "sop_instance_uid", str, True, "SOP Instance UID (0008,0018); unique in the batch"),
+    Field("studyInstanceUID", "study_instance_uid", str, True, "Study Instance UID (0020,000D)"),
+    Field("seriesInstanceUID", "series_instance_uid", str, True, "Series Instance UID (0020,000E)"),
+    Field("studyDate", "study_date", str, False, "Study Date (0008,0020); empty when the data set has none"),
+    Field("transferSyntaxUID", "transfer_syntax_uid", str, False, "the stored object's transfer syntax"),
+    Field("size", "size", int, False, "bytes of the stored Part 10 object"),
+    Field("sha256", "sha256", str, False, "SHA-256 of the stored object's bytes, hex (absent when swept)"),
+)
+
+
+class InvalidManifest(Exception):
+    """The manifest cannot be imported as it stands; retrying will not help."""
+
+
+def timestamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Instance:
+    """One stored instance, as the manifest lists it. The SCP fills ``key`` when it stores the instance."""
+
+    key: str = ""
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    study_date: str = ""
+    transfer_syntax_uid: str = ""
+    size: int = 0
+    sha256: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        record = {field.name: getattr(self, field.attribute) for field in INSTANCE_FIELDS}
+        if not self.sha256:
+            del record["sha256"]
+        return record
+
+
+@dataclass(frozen=True)
+class Manifest:
+    batch_id: str
+    prefix: str
+    instances: tuple[Instance, ...]
+    calling_ae: str = ""
+    called_ae: str = ""
+    peer_address: str = ""
+    peer_port: int = 0
+    started_at: str = ""
+    ended_at: str = ""
+    end_reason: str = ""
+    version: int = MANIFEST_VERSION
+
+    @classmethod
+    def build(
+        cls,
+        dicom_prefix: str,
+        batch_id: str,
+        instances: tuple[Instance, ...],
+        *,
+        started_at: datetime,
+        ended_at: datetime,
+        end_reason: EndReason,
+        calling_ae: str = "",
+        called_ae: str = "",
+        peer_address: str = "",
+        peer_port: int = 0,
+    ) -> Manifest:
+        return cls(
+            batch_id=batch_id,
+            prefix=layout.batch_prefix(dicom_prefix, batch_id),
+            instances=instances,
+            calling_ae=calling_ae,
+            called_ae=called_ae,
+            peer_address=peer_address,
+            peer_port=peer_port,
+            started_at=timestamp(started_at),
+            ended_at=timestamp(ended_at),
+            end_reason=str(end_reason),
+        )
+
+    @property
+    def instance_count(self) -> int:
+        return len(self.instances)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(instance.size for instance in self.instances)
+
+    def shared(self, attribute: str) -> str | None:
+        """The value every instance has for ``attribute``, or None when they differ."""
+        values = {getattr(instance, attribute) for instance in self.instances}
+        return values.pop() if len(values) == 1 else None
+
+    def to_json(self) -> dict[str, Any]:
+        document = {field.name: getattr(self, field.attribute) for field in MANIFEST_FIELDS}
+        document["instances"] = [instance.to_json() for instance in self.instances]
+        return document
+
+    def encode(self) -> bytes:
+        return json.dumps(self.to_json(), indent=1).encode("utf-8")
+
+
+def _value(record: dict[str, Any], field: Field, where: str) -> Any:
+    value = record.get(field.name)
+    if value is None:
+        if field.required:
+            raise InvalidManifest(f"{where}: {field.name} is missing")
+        return field.kind()
+    if field.kind is int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise InvalidManifest(f"{where}: {field.name} must be a non-negative integer")
+    elif not isinstance(value, field.kind):
+        raise InvalidManifest(f"{where}: {field.name} must be a {field.kind.__name__}")
+    if field.required and field.kind is str and not value:
+        raise InvalidManifest(f"{where}: {field.name} must be a non-empty string")
+    return value
+
+
+def _instance(record: Any, where: str, prefix: str) -> Instance:
+    if not isinstance(record, dict):
+        raise InvalidManifest(f"{where} is not an object")
+    instance = Instance(**{field.attribute: _value(record, field, where) for field in INSTANCE_FIELDS})
+    if not instance.key.startswith(prefix):
+        raise InvalidManifest(f"{where}: key {instance.key!r} is outside the batch prefix")
+    return instance
+
+
+def parse(body: bytes | str, dicom_prefix: str, key: str | None = None) -> Manifest:
+    """Read a manifest and check it against this contract and AHI's per-job limits.
+
+    ``key``, when given, is where the manifest was found: its batch id must be the manifest's.
+    Raises InvalidManifest naming the first thing wrong.
+    """
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InvalidManifest(f"not JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise InvalidManifest("not a JSON object")
+    if document.get("manifestVersion") != MANIFEST_VERSION:
+        raise InvalidManifest(f"manifestVersion must be {MANIFEST_VERSION}")
+    values = {
+        field.attribute: _value(document, field, "manifest")
+        for field in MANIFEST_FIELDS
+        if field.attribute not in ("instances", "instance_count", "total_bytes")
+    }
+    batch_id = values["batch_id"]
+    if not layout.is_batch_id(batch_id):
+        raise InvalidManifest(f"batchId {batch_id!r} is not {layout.BATCH_ID_FORM}")
+    if key is not None and key != layout.manifest_key(dicom_prefix, batch_id):
+        raise InvalidManifest(f"batchId {batch_id} does not match the manifest key {key}")
+    expected_prefix = layout.batch_prefix(dicom_prefix, batch_id)
+    if values["prefix"] != expected_prefix:
+        raise InvalidManifest(f"prefix {values['prefix']!r} is not {expected_prefix!r}")
+    records = document.get("instances")
+    if not isinstance(records, list) or not records:
+        raise InvalidManifest("instances must be a non-empty list")
+    most_files = limits.FILES_PER_IMPORT_JOB.whole
+    if len(records) > most_files:
+        raise InvalidManifest(f"{len(records)} instances; an import job takes at most {most_files}")
+    if document.get("instanceCount", len(records)) != len(records):
+        raise InvalidManifest(f"instanceCount {document.get('instanceCount')} but {len(records)} instances listed")
+    instances = tuple(
+        _instance(record, f"instances[{number}]", expected_prefix) for number, record in enumerate(records)
+    )
+    if len({instance.sop_instance_uid for instance in instances}) != len(instances):
+        raise InvalidManifest("a SOP Instance UID is listed twice")
+    manifest = Manifest(instances=instances, **values)
+    most_bytes = limits.BYTES_PER_IMPORT_JOB.whole
+    if manifest.total_bytes > most_bytes:
+        raise InvalidManifest(f"{manifest.total_bytes} bytes; an import job takes at most {most_bytes}")
+    return manifest
+
+
+def fields_table(fields: tuple[Field, ...]) -> str:
+    """A field table as Markdown, for docs/contracts.md."""
+    rows = ["| field | type | required | holds |", "|---|---|---|---|"]
+    kinds = {str: "string", int: "integer", list: "array"}
+    for field in fields:
+        rows.append(f"| `{field.name}` | {kinds[field.kind]} | {'yes' if field.required else 'no'} | {field.meaning} |")
+    return "\n".join(rows) + "\n"

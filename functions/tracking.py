@@ -1,0 +1,240 @@
+"""The tracking tables: one item per import job, one per SOP instance (docs/contracts.md, DynamoDB).
+
+Two vocabularies, never mixed: an instance has a state (``InstanceState``), an import job a status
+(``JobStatus``). Values go through boto3's TypeSerializer/TypeDeserializer, so numbers are written as numbers
+and read back as numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+from dicom_store_contract.manifest import Manifest
+
+from functions.settings import client, settings
+
+
+class InstanceState(StrEnum):
+    """``state`` of an item in the instance table."""
+
+    RECEIVED = "RECEIVED"  # listed in a manifest TriggerImport accepted
+    IMPORTING = "IMPORTING"  # its batch's import job has started
+    IMPORTED = "IMPORTED"  # the job output lists it as imported (imageSetId, isPrimary set)
+    FAILED = "FAILED"  # the job refused it, did not report it, or the workflow failed (failureReason set)
+    TIMED_OUT = "TIMED_OUT"  # the workflow stopped waiting for the job (its polling bound)
+
+
+class JobStatus(StrEnum):
+    """``jobStatus`` of an item in the job table: AWS HealthImaging's job statuses, and one of ours."""
+
+    SUBMITTED = "SUBMITTED"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    TIMED_OUT = "TIMED_OUT"  # ours: the workflow stopped waiting; the job may still end in AHI
+
+    @property
+    def ended(self) -> bool:
+        """AHI will not change this status any more (TIMED_OUT is ours: AHI may)."""
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED)
+
+
+# The states an instance has until its import job reports on it.
+PENDING = (InstanceState.RECEIVED, InstanceState.IMPORTING)
+
+_SERIALIZER = TypeSerializer()
+_DESERIALIZER = TypeDeserializer()
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def to_attribute(value: Any) -> dict[str, Any]:
+    """A Python value as a DynamoDB attribute value (an enum member as its value)."""
+    if isinstance(value, StrEnum):
+        value = value.value
+    return dict(_SERIALIZER.serialize(value))
+
+
+def to_item(values: dict[str, Any]) -> dict[str, Any]:
+    return {name: to_attribute(value) for name, value in values.items()}
+
+
+def _number(value: Any) -> Any:
+    # The deserializer reads every number as a Decimal; ours are counts, so integers stay integers.
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return value
+
+
+def from_item(item: dict[str, Any]) -> dict[str, Any]:
+    return {name: _number(_DESERIALIZER.deserialize(value)) for name, value in item.items()}
+
+
+def _set(attributes: dict[str, Any]) -> dict[str, Any]:
+    """UpdateExpression, names and values setting every attribute given."""
+    names = {f"#a{number}": name for number, name in enumerate(attributes)}
+    values = {f":v{number}": to_attribute(value) for number, value in enumerate(attributes.values())}
+    return {
+        "UpdateExpression": "SET " + ", ".join(f"#a{n} = :v{n}" for n in range(len(attributes))),
+        "ExpressionAttributeNames": names,
+        "ExpressionAttributeValues": values,
+    }
+
+
+def _condition_failed(error: ClientError) -> bool:
+    return error.response["Error"]["Code"] == "ConditionalCheckFailedException"
+
+
+class Tracking:
+    """The job table (one item per import job) and the instance table (one item per SOP instance).
+
+    Every instance update is conditional on the instance still belonging to the batch: a SOP instance sent
+    again later lands in a newer batch, and the older batch's outcome must not overwrite the newer state.
+    """
+
+    def __init__(self, dynamodb: Any, job_table: str, instance_table: str):
+        self.dynamodb = dynamodb
+        self.job_table = job_table
+        self.instance_table = instance_table
+
+    # instances
+
+    def record_received(self, manifest: Manifest) -> int:
+        """Record every instance RECEIVED; instances this batch already recorded are left as they are."""
+        now = utc_now()
+        recorded = 0
+        for instance in manifest.instances:
+            item = {
+                "sopInstanceUID": instance.sop_instance_uid,
+                "studyInstanceUID": instance.study_instance_uid,
+                "seriesInstanceUID": instance.series_instance_uid,
+                "sopClassUID": instance.sop_class_uid,
+                "state": InstanceState.RECEIVED,
+                "batchId": manifest.batch_id,
+                "s3Key": instance.key,
+                "updatedAt": now,
+            }
+            try:
+                self.dynamodb.put_item(
+                    TableName=self.instance_table,
+                    Item=to_item(item),
+                    ConditionExpression="attribute_not_exists(sopInstanceUID) OR batchId <> :batch",
+                    ExpressionAttributeValues={":batch": to_attribute(manifest.batch_id)},
+                )
+                recorded += 1
+            except ClientError as error:
+                if not _condition_failed(error):
+                    raise
+        return recorded
+
+    def update_instance(
+        self,
+        batch_id: str,
+        sop_instance_uid: str,
+        state: InstanceState,
+        *,
+        pending_only: bool = False,
+        **attributes: Any,
+    ) -> bool:
+        """Set the state and attributes of one instance of this batch; False when it now belongs to another.
+
+        ``pending_only`` leaves instances alone that already have an outcome (IMPORTED or FAILED).
+        """
+        update = _set({"state": InstanceState(state), **attributes, "updatedAt": utc_now()})
+        update["ExpressionAttributeValues"][":batch"] = to_attribute(batch_id)
+        condition = "batchId = :batch"
+        if pending_only:
+            update["ExpressionAttributeNames"]["#state"] = "state"
+            for number, pending in enumerate(PENDING):
+                update["ExpressionAttributeValues"][f":pending{number}"] = to_attribute(pending)
+            condition += " AND #state IN (" + ", ".join(f":pending{n}" for n in range(len(PENDING))) + ")"
+        try:
+            self.dynamodb.update_item(
+                TableName=self.instance_table,
+                Key=to_item({"sopInstanceUID": sop_instance_uid}),
+                ConditionExpression=condition,
+                **update,
+            )
+        except ClientError as error:
+            if _condition_failed(error):
+                return False
+            raise
+        return True
+
+    def update_instances(
+        self,
+        batch_id: str,
+        sop_instance_uids: Iterable[str],
+        state: InstanceState,
+        *,
+        pending_only: bool = False,
+        **attributes: Any,
+    ) -> int:
+        return sum(
+            self.update_instance(batch_id, uid, state, pending_only=pending_only, **attributes)
+            for uid in sop_instance_uids
+        )
+
+    def get_instance(self, sop_instance_uid: str) -> dict[str, Any] | None:
+        item = self.dynamodb.get_item(
+            TableName=self.instance_table,
+            Key=to_item({"sopInstanceUID": sop_instance_uid}),
+            ConsistentRead=True,
+        ).get("Item")
+        return from_item(item) if item else None
+
+    # jobs
+
+    def put_job(self, job: dict[str, Any]) -> None:
+        """Write the job item unless it exists (a retried StartImportJob gets the same jobId back).
+
+        ``job["jobStatus"]`` must be a JobStatus; attributes that are None are left out.
+        """
+        job = {**job, "jobStatus": JobStatus(job["jobStatus"])}
+        try:
+            self.dynamodb.put_item(
+                TableName=self.job_table,
+                Item=to_item({name: value for name, value in job.items() if value is not None}),
+                ConditionExpression="attribute_not_exists(jobId)",
+            )
+        except ClientError as error:
+            if not _condition_failed(error):
+                raise
+
+    def update_job(self, job_id: str, status: JobStatus, **attributes: Any) -> None:
+        """Set the job's status and the attributes given; those that are None are left as they are."""
+        values = {"jobStatus": JobStatus(status), **{n: v for n, v in attributes.items() if v is not None}}
+        self.dynamodb.update_item(
+            TableName=self.job_table,
+            Key=to_item({"jobId": job_id}),
+            **_set(values),
+        )
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        item = self.dynamodb.get_item(
+            TableName=self.job_table, Key=to_item({"jobId": job_id}), ConsistentRead=True
+        ).get("Item")
+        return from_item(item) if item else None
+
+    def jobs_for_batch(self, batch_id: str) -> list[dict[str, Any]]:
+        response = self.dynamodb.query(
+            TableName=self.job_table,
+            IndexName="batchId-index",
+            KeyConditionExpression="batchId = :batch",
+            ExpressionAttributeValues={":batch": to_attribute(batch_id)},
+        )
+        return [from_item(item) for item in response.get("Items", [])]
+
+
+def tracking() -> Tracking:
+    """The tables this process's settings name, through its DynamoDB client."""
+    current = settings()
+    return Tracking(client("dynamodb"), current.job_table_name, current.instance_table_name)

@@ -1,0 +1,120 @@
+"""The manifest written by one part is the manifest read by the other, with every field and its limits."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import UTC, datetime
+
+import pytest
+from dicom_store_contract import layout, limits, manifest
+from dicom_store_contract.manifest import EndReason, Instance, InvalidManifest, Manifest
+
+BATCH_ID = "20261123T190501Z-0f6c1d2e3a4b4c5d8e9f00112233aabb"
+PREFIX = "site-a/"
+
+
+def instance(n: int, size: int = 1000, **changes) -> Instance:
+    fields = {
+        "key": layout.instance_key(PREFIX, BATCH_ID, "1.2", "1.2.3", f"1.2.3.{n}"),
+        "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2",
+        "sop_instance_uid": f"1.2.3.{n}",
+        "study_instance_uid": "1.2",
+        "series_instance_uid": "1.2.3",
+        "study_date": "20261123",
+        "transfer_syntax_uid": "1.2.840.10008.1.2.1",
+        "size": size,
+        "sha256": "ab" * 32,
+    }
+    return Instance(**{**fields, **changes})
+
+
+def built(*instances: Instance) -> Manifest:
+    return Manifest.build(
+        PREFIX,
+        BATCH_ID,
+        instances or (instance(1),),
+        started_at=datetime(2026, 11, 23, 19, 5, 1, 123456, tzinfo=UTC),
+        ended_at=datetime(2026, 11, 23, 19, 5, 9, tzinfo=UTC),
+        end_reason=EndReason.RELEASED,
+        calling_ae="MODALITY1",
+        called_ae="STORESCP",
+        peer_address="10.0.1.23",
+        peer_port=50123,
+    )
+
+
+def test_what_is_built_parses_back_to_the_same_manifest():
+    written = built(instance(1), instance(2, size=5))
+    read = manifest.parse(written.encode(), PREFIX, layout.manifest_key(PREFIX, BATCH_ID))
+    assert read == written
+    document = json.loads(written.encode())
+    assert document["manifestVersion"] == manifest.MANIFEST_VERSION
+    assert document["prefix"] == f"{PREFIX}incoming/{BATCH_ID}/"
+    assert document["startedAt"] == "2026-11-23T19:05:01.123456Z"
+    assert document["endReason"] == "released"
+    assert (document["instanceCount"], document["totalBytes"]) == (2, 1005)
+
+
+def test_the_field_tables_name_every_field_once():
+    instance_attributes = {f.name for f in dataclasses.fields(Instance)}
+    assert [f.attribute for f in manifest.INSTANCE_FIELDS] == [f.name for f in dataclasses.fields(Instance)]
+    assert set(built().to_json()) == {f.name for f in manifest.MANIFEST_FIELDS}
+    assert set(built().to_json()["instances"][0]) == {f.name for f in manifest.INSTANCE_FIELDS}
+    assert len(instance_attributes) == len(manifest.INSTANCE_FIELDS)
+
+
+def test_a_swept_instance_without_checksum_omits_it():
+    record = instance(1, sha256="").to_json()
+    assert "sha256" not in record
+    assert manifest.parse(built(instance(1, sha256="")).encode(), PREFIX).instances[0].sha256 == ""
+
+
+def rewritten(change) -> bytes:
+    document = built(instance(1), instance(2)).to_json()
+    change(document)
+    return json.dumps(document).encode()
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda d: d.update(manifestVersion=2), "manifestVersion must be 1"),
+        (lambda d: d.update(batchId="not-a-batch"), "is not YYYYMMDDTHHMMSSZ-<32 hex>"),
+        (lambda d: d.update(prefix="incoming/"), "prefix 'incoming/' is not"),
+        (lambda d: d.update(instances=[]), "instances must be a non-empty list"),
+        (lambda d: d.update(instanceCount=3), "instanceCount 3 but 2 instances listed"),
+        (lambda d: d["instances"][1].update(sopInstanceUID="1.2.3.1"), "a SOP Instance UID is listed twice"),
+        (lambda d: d["instances"][0].update(size=-1), "size must be a non-negative integer"),
+        (lambda d: d["instances"][0].update(size=True), "size must be a non-negative integer"),
+        (lambda d: d["instances"][0].pop("studyInstanceUID"), "studyInstanceUID is missing"),
+        (lambda d: d["instances"][0].update(key="elsewhere/x.dcm"), "is outside the batch prefix"),
+        (lambda d: d.update(peerPort="50123"), "peerPort must be a non-negative integer"),
+    ],
+)
+def test_parse_names_what_is_wrong(change, reason):
+    with pytest.raises(InvalidManifest, match=reason.replace("(", r"\(").replace("[", r"\[")):
+        manifest.parse(rewritten(change), PREFIX)
+
+
+def test_parse_refuses_a_manifest_found_under_another_batch_key():
+    with pytest.raises(InvalidManifest, match="does not match the manifest key"):
+        manifest.parse(built().encode(), PREFIX, layout.manifest_key(PREFIX, layout.new_batch_id()))
+
+
+def test_parse_holds_a_batch_to_ahis_per_job_limits():
+    most = limits.FILES_PER_IMPORT_JOB.whole
+    too_many = built(*(instance(n, size=1) for n in range(most + 1)))
+    with pytest.raises(InvalidManifest, match=f"at most {most}"):
+        manifest.parse(too_many.encode(), PREFIX)
+    assert manifest.parse(built(*(instance(n, size=1) for n in range(most))).encode(), PREFIX).instance_count == most
+
+    half = limits.BYTES_PER_IMPORT_JOB.whole // 2
+    assert manifest.parse(built(instance(1, size=half), instance(2, size=half)).encode(), PREFIX)
+    with pytest.raises(InvalidManifest, match=f"at most {limits.BYTES_PER_IMPORT_JOB.whole}"):
+        manifest.parse(built(instance(1, size=half), instance(2, size=half + 1)).encode(), PREFIX)
+
+
+def test_every_end_reason_is_documented_in_the_field_table():
+    end_reason = next(f for f in manifest.MANIFEST_FIELDS if f.name == "endReason")
+    assert all(f"`{reason}`" in end_reason.meaning for reason in EndReason)

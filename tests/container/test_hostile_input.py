@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import ssl
 import struct
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 from dicom_store_scp import guard, statuses
 from support import wire
+from support.certs import make_pki
 from support.scp import RunningScp, echoscu
 from support.wire import RawPeer
 
@@ -360,3 +362,45 @@ def test_spool_file_is_removed_when_the_store_handler_fails(hardened_scp):
     scp.wait_for_event("association")
     _wait_until_spool_is_empty(scp)
     assert scp.stored_files() == []
+
+
+# -- PDUs arriving in pieces, in plain TCP and in TLS records -----------------------------------------------------
+
+
+def _trickled_echo(peer: RawPeer) -> None:
+    """An association request and a C-ECHO sent a byte at a time: each PDU is read over many wake-ups."""
+    peer.trickle(wire.associate_rq())
+    answer = peer.receive(_PROMPT)
+    assert answer is not None and answer.pdu_type == wire.ASSOCIATE_AC, answer
+    peer.trickle(wire.p_data(wire.pdv(wire.ECHO_CONTEXT, wire.COMMAND | wire.LAST, wire.echo_command())), piece=3)
+    answer = peer.receive(_PROMPT)
+    assert answer is not None and answer.statuses() == [statuses.SUCCESS]
+    peer.trickle(wire.release_rq())
+    answer = peer.receive(_PROMPT)
+    assert answer is not None and answer.pdu_type == wire.RELEASE_RP
+
+
+def test_pdus_sent_a_byte_at_a_time_are_served(hardened_scp):
+    with RawPeer(hardened_scp.port) as peer:
+        _trickled_echo(peer)
+
+
+@pytest.fixture
+def tls_scp(start_scp, tmp_path):
+    pki = make_pki(tmp_path / "pki")
+    scp = start_scp(*_TIMEOUTS, "--tls-cert-file", str(pki.server_cert), "--tls-key-file", str(pki.server_key))
+    client = ssl.create_default_context(cafile=str(pki.ca_cert))
+    return scp, client, pki
+
+
+def test_over_tls_pdus_in_pieces_are_served_and_a_4_gib_header_is_aborted(tls_scp):
+    scp, client, pki = tls_scp
+    with RawPeer(scp.port, tls=client) as peer:
+        _trickled_echo(peer)
+    before = _peak_memory(scp)
+    with RawPeer(scp.port, tls=client) as peer:
+        peer.send(struct.pack(">BBL", wire.P_DATA, 0, 0xFFFFFFFF) + bytes(10))
+        _assert_aborted(peer, _INVALID_PARAMETER)
+    assert _peak_memory(scp) - before < _GROWTH_LIMIT
+    echo = echoscu(scp.port, "+tla", "+cf", str(pki.ca_cert))
+    assert echo.returncode == 0, echo.stdout + echo.stderr

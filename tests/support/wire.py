@@ -6,6 +6,7 @@ Nothing here validates. ``RawPeer`` sends bytes and reads back whole PDUs until 
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 import time
 from dataclasses import dataclass
@@ -158,9 +159,11 @@ class Received:
 class RawPeer:
     """One TCP connection to the SCP."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, tls: ssl.SSLContext | None = None) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_hostname="localhost")
         self._buffer = b""
 
     def __enter__(self) -> RawPeer:
@@ -177,8 +180,14 @@ class RawPeer:
             return False
         return True
 
+    def trickle(self, data: bytes, piece: int = 1) -> None:
+        """Send ``data`` a few bytes at a time, each piece in its own segment (or TLS record)."""
+        for start in range(0, len(data), piece):
+            self.sock.sendall(data[start : start + piece])
+            time.sleep(0.001)
+
     def receive(self, seconds: float = 10) -> Received | None:
-        """The next whole PDU, or None when the SCP closed the connection first (or ``seconds`` passed)."""
+        """The next whole PDU, or None when the SCP closed the connection first; TimeoutError after ``seconds``."""
         deadline = time.monotonic() + seconds
         while True:
             if len(self._buffer) >= 6:

@@ -25,9 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import free_port, scp_command, scp_env, serving  # noqa: E402
-from support import wire  # noqa: E402
-from support.wire import RawPeer  # noqa: E402
+from run import free_port, scp_command, scp_env, serving
+from support import wire
+from support.wire import RawPeer
 
 
 def _status(pid: int) -> dict[str, int]:

@@ -243,8 +243,9 @@ class GuardedDUL(pynetdicom_threads.PromptDUL):
             pdu, event = self._decode_pdu(pdu_bytes)
             if isinstance(pdu, A_ASSOCIATE_RQ):
                 # pynetdicom turns the request into a primitive inside its state machine, where a bad item (an even
-                # presentation context ID, an unknown user identity type) raises: find out here instead.
-                pdu.to_primitive()
+                # presentation context ID, an unknown user identity type) raises, and negotiates it in the
+                # association thread, where a context without its syntaxes raises: find out here instead.
+                _check_contexts(pdu.to_primitive())
         except Exception as error:  # pynetdicom and pydicom raise many types for malformed input
             self.refuse(SERVICE_PROVIDER, INVALID_PARAMETER_VALUE, f"{name} cannot be decoded: {error}")
             return
@@ -317,7 +318,7 @@ class GuardedDUL(pynetdicom_threads.PromptDUL):
         self.artim_timer.stop()
         if isinstance(assoc.dimse, GuardedDIMSE):
             assoc.dimse.discard_incomplete_message()
-        if assoc.requestor.primitive is None:
+        if self.state_machine.current_state in ("Sta1", "Sta2"):
             # The association thread still waits for an A-ASSOCIATE-RQ: an empty item ends that wait quietly.
             self.to_user_queue.put(None)
         else:
@@ -336,6 +337,16 @@ class GuardedDUL(pynetdicom_threads.PromptDUL):
             evt.trigger(assoc, evt.EVT_CONN_CLOSE, {"address": address.as_tuple})
         self.state_machine.transition("Sta1")
         self.kill_dul()
+
+
+def _check_contexts(request: Any) -> None:
+    """Every proposed presentation context names an abstract syntax and at least one transfer syntax (PS3.8 9.3.2.2)."""
+    for context in request.presentation_context_definition_list:
+        if not str(context.abstract_syntax or "").strip():
+            raise ValueError(f"presentation context {context.context_id} has no abstract syntax")
+        syntaxes = [str(syntax).strip() for syntax in context.transfer_syntax]
+        if not syntaxes or not all(syntaxes):
+            raise ValueError(f"presentation context {context.context_id} has no or an empty transfer syntax")
 
 
 def _drain_and_close(connection: socket.socket) -> None:
@@ -628,7 +639,8 @@ class GuardedAssociation(pynetdicom_threads.PromptAssociation):
             if isinstance(dul, GuardedDUL):
                 # The upper-layer thread owns the socket; stop it first, then answer from here.
                 dul.kill_dul()
-                dul.join(timeout=5)
+                if dul.is_alive():
+                    dul.join(timeout=5)
                 dul.refuse(SERVICE_PROVIDER, REASON_NOT_SPECIFIED, f"{type(error).__name__}: {error}")
             self.is_aborted = True
             self.is_established = False

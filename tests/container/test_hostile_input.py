@@ -238,8 +238,19 @@ def test_abort_of_one_association_leaves_another_running(hardened_scp):
         wire.associate_rq([wire.presentation_context(0, wire.VERIFICATION, wire.IMPLICIT_LE)]),
         wire.associate_rq(user_info=wire.user_information(wire.user_identity(0))),
         wire.associate_rq(user_info=wire.user_information(wire.user_identity(255))),
+        wire.associate_rq([wire.presentation_context(1, wire.VERIFICATION)]),
+        wire.associate_rq([wire.item(0x20, bytes([1, 0, 0, 0]) + wire.item(0x40, wire.IMPLICIT_LE.encode()))]),
+        wire.associate_rq([wire.presentation_context(1, wire.VERIFICATION, " " * 20)]),
     ],
-    ids=["even-context-id", "context-id-0", "user-identity-type-0", "user-identity-type-255"],
+    ids=[
+        "even-context-id",
+        "context-id-0",
+        "user-identity-type-0",
+        "user-identity-type-255",
+        "no-transfer-syntax",
+        "no-abstract-syntax",
+        "blank-transfer-syntax",
+    ],
 )
 def test_malformed_association_request_is_answered_and_closed_at_once(hardened_scp, request_bytes):
     scp = hardened_scp

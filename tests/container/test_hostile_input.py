@@ -11,14 +11,17 @@ import contextlib
 import os
 import ssl
 import struct
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from dicom_store_scp import guard, statuses
+from dicom_store_scp import guard, server, statuses
+from dicom_store_scp.config import load
+from pynetdicom.acse import ACSE
 from support import wire
 from support.certs import make_pki
-from support.scp import RunningScp, echoscu
+from support.scp import RunningScp, echoscu, free_port
 from support.wire import RawPeer
 
 # What the SCP's peak resident memory may grow by in one test. The defects this guards against cost 4 GiB (a
@@ -415,3 +418,24 @@ def test_over_tls_pdus_in_pieces_are_served_and_a_4_gib_header_is_aborted(tls_sc
     assert _peak_memory(scp) - before < _GROWTH_LIMIT
     echo = echoscu(scp.port, "+tla", "+cf", str(pki.ca_cert))
     assert echo.returncode == 0, echo.stdout + echo.stderr
+
+
+def test_exception_in_the_association_thread_is_answered_with_an_abort(tmp_path, monkeypatch):
+    """Anything that raises while the association is negotiated ends in A-ABORT, not in silence (in process)."""
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("negotiation broke")
+
+    monkeypatch.setattr(ACSE, "negotiate_association", broken)
+    config = load(["--scp-port", str(free_port()), "--storage-dir", str(tmp_path / "storage"), "--workers", "1"])
+    receiver = server.Receiver(config)
+    runner = threading.Thread(target=receiver.run_until_stopped)
+    receiver.start()
+    runner.start()
+    try:
+        with RawPeer(config.port) as peer:
+            peer.send(wire.associate_rq())
+            _assert_aborted(peer, (guard.SERVICE_PROVIDER, guard.REASON_NOT_SPECIFIED))
+    finally:
+        receiver.stop()
+        runner.join(timeout=30)

@@ -31,14 +31,16 @@ dcmtk:
 test: install dcmtk graphviz image-tools
 	$(PY) -m pytest
 
-# podman with runc (crun fails on hosts with hybrid cgroups) and mmdebstrap, which makes the image tests' base
-# from Debian packages (no container registry needed). Where they cannot be installed the image tests skip.
+# podman with runc (crun fails on hosts with hybrid cgroups) and catatonit (--init), and mmdebstrap, which makes
+# the image tests' base from Debian packages (no container registry needed). Where they cannot be installed the
+# image tests skip.
 image-tools:
-	@command -v podman >/dev/null && command -v runc >/dev/null && command -v mmdebstrap >/dev/null || { \
+	@command -v podman >/dev/null && command -v runc >/dev/null && command -v catatonit >/dev/null \
+	  && command -v mmdebstrap >/dev/null || { \
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  $(SUDO) apt-get update -qq -o DPkg::Lock::Timeout=600 && $(SUDO) apt-get install -y -qq -o DPkg::Lock::Timeout=600 \
 	    --no-install-recommends podman runc mmdebstrap catatonit >/dev/null \
-	  || echo "image-tools: podman, runc and mmdebstrap could not be installed: the image tests will skip" >&2; }
+	  || echo "image-tools: podman, runc, catatonit, mmdebstrap not installed: the image tests will skip" >&2; }
 
 # The SCP image built on a Debian-packaged Python base and run as ECS runs it (tests/image).
 image-test: install dcmtk image-tools

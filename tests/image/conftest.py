@@ -6,6 +6,7 @@ Everything they write (config, logs of every podman call, the base and image bui
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from collections.abc import Iterator
 
@@ -46,8 +47,11 @@ def test_base(podman: Podman) -> str:
 @pytest.fixture(scope="session")
 def scp_image(podman: Podman, test_base: str) -> str:
     """The image as ``make build`` builds it, on the test base and under a tag of its own: make publish pushes
-    dicom-store-scp:<version>, which must never name an image built on this base."""
-    tag = f"localhost/dicom-store-scp-test:{project.version()}"
+    dicom-store-scp:<version>, which must never name an image built on this base. The tag names the checkout, so
+    worktrees testing at once do not retag each other's images."""
+    checkout = hashlib.sha256(str(project.ROOT).encode()).hexdigest()[:8]
+    tag = f"localhost/dicom-store-scp-test:{project.version()}-{checkout}"
+    previous = podman("image", "inspect", "--format", "{{.Id}}", tag, check=False).stdout.strip()
     log = WORK / "build.log"
     with log.open("w") as output:
         built = subprocess.run(
@@ -67,6 +71,10 @@ def scp_image(podman: Podman, test_base: str) -> str:
             timeout=1200,
         )
     assert built.returncode == 0, log.read_text()[-4000:]
+    current = podman("image", "inspect", "--format", "{{.Id}}", tag).stdout.strip()
+    if previous and previous != current:
+        # The last run's image, untagged now; its layers shared with this one stay.
+        podman("rmi", previous, check=False)
     return tag
 
 

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TOOLS = ("podman", "runc", "mmdebstrap")
+# catatonit is the init process podman runs with --init (ECS runs the task with one).
+TOOLS = ("podman", "runc", "catatonit", "mmdebstrap")
 
 # What the machines allow at most (their hard limits); podman would ask for more and fail.
 ULIMITS = {"nofile": (resource.RLIMIT_NOFILE, 20000), "nproc": (resource.RLIMIT_NPROC, 32768)}
@@ -41,8 +42,8 @@ def unusable_reason() -> str | None:
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
         return (
-            f"{', '.join(missing)} not installed: `make image-test` (as root) installs podman, runc and mmdebstrap "
-            "with apt-get; where that is impossible the image is not built or run"
+            f"{', '.join(missing)} not installed: `make image-test` (as root) installs them with apt-get; where "
+            "that is impossible the image is not built or run"
         )
     if os.geteuid() != 0:
         return "the image tests run podman as root, as CI does (rootless podman is not set up here)"

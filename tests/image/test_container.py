@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 
 import pydicom
 import pytest
-from support.podman import GRACE_SECONDS, STOP_TIMEOUT_SECONDS, Podman, ScpContainer
-from support.scp import echoscu, sample_file, storescu
+from support.moto import FAKE_CREDENTIALS, MotoServer, empty_bucket
+from support.podman import GRACE_SECONDS, SCP_ENV, STOP_TIMEOUT_SECONDS, Podman, ScpContainer, run_scp
+from support.scp import echoscu, free_port, sample_file, storescu
 
 from release import project
 
@@ -129,3 +131,44 @@ def test_sigterm_stops_it_with_exit_code_0_and_it_logs_only_json_to_stderr(fresh
     events = [record.get("event") for record in records]
     for expected in ("listening", "signal", "shutdown", "stopped"):
         assert expected in events, events
+
+
+@pytest.fixture
+def moto_bucket(tmp_path) -> Iterator[tuple[MotoServer, str]]:
+    server = MotoServer(tmp_path / "moto_server.log")
+    bucket = "image-test-dicom"
+    try:
+        server.client().create_bucket(Bucket=bucket)
+        yield server, bucket
+        empty_bucket(server.client(), bucket)
+    finally:
+        server.stop()
+
+
+def test_stores_into_s3_as_the_stack_runs_it(podman: Podman, scp_image: str, moto_bucket):
+    """DICOM_BUCKET set, as the task definition sets it: the instance goes to S3 (moto_server on the host's
+    loopback, hence the host network) and the read-only container writes only its spool under /tmp."""
+    server, bucket = moto_bucket
+    source = pydicom.dcmread(sample_file(SOURCE))
+    env = {
+        **SCP_ENV,
+        **FAKE_CREDENTIALS,
+        "AWS_ENDPOINT_URL": server.endpoint,
+        "DICOM_BUCKET": bucket,
+        "DICOM_PREFIX": "",
+        "S3_SSE": "AES256",
+    }
+    container = run_scp(podman, scp_image, "ecs-task", free_port(), env, host_network=True)
+    try:
+        sent = storescu(container.port, sample_file(SOURCE))
+        assert sent.statuses == [0x0000], sent.output
+        container.wait_for_record(event="association", instances=1)
+        keys = [item["Key"] for item in server.client().list_objects_v2(Bucket=bucket).get("Contents", [])]
+        [stored] = [key for key in keys if key.endswith(f"/{source.SOPInstanceUID}.dcm")]
+        body = server.client().get_object(Bucket=bucket, Key=stored)["Body"].read()
+        assert pydicom.dcmread(pydicom.filebase.DicomBytesIO(body)).PixelData == source.PixelData
+        assert any(key.startswith("manifests/") for key in keys), keys
+        assert container.files("/tmp", "*.dcm") == []
+        assert container.stop(STOP_TIMEOUT_SECONDS) == 0
+    finally:
+        container.remove()

@@ -262,8 +262,11 @@ class ScpContainer:
             self.podman("volume", "rm", "--force", self.volume, check=False)
 
 
-def run_scp(podman: Podman, image: str, style: str, port: int, env: dict[str, str]) -> ScpContainer:
-    """Start the image detached in ``style``, publishing its DICOM port on 127.0.0.1:``port``; returns once a
+def run_scp(
+    podman: Podman, image: str, style: str, port: int, env: dict[str, str], host_network: bool = False
+) -> ScpContainer:
+    """Start the image detached in ``style`` with its DICOM port on 127.0.0.1:``port`` (published from the bridge,
+    or with ``host_network`` the SCP's own, so that it reaches services on the host's loopback); returns once a
     worker listens."""
     name = f"dicom-store-scp-test-{style}-{os.getpid()}-{port}"
     arguments = [*RUN_STYLES[style]]
@@ -273,9 +276,14 @@ def run_scp(podman: Podman, image: str, style: str, port: int, env: dict[str, st
         volume = f"{name}-tmp"
         podman("volume", "create", volume)
         arguments += ["--volume", f"{volume}:/tmp"]
+    if host_network:
+        arguments += ["--network", "host"]
+        env = {**env, "SCP_PORT": str(port)}
+    else:
+        arguments += ["--publish", f"127.0.0.1:{port}:{SCP_PORT}"]
     for key, value in env.items():
         arguments += ["--env", f"{key}={value}"]
-    podman("run", "--detach", "--name", name, "--publish", f"127.0.0.1:{port}:{SCP_PORT}", *arguments, image)
+    podman("run", "--detach", "--name", name, *arguments, image)
     container = ScpContainer(podman, name, port, volume)
     try:
         container.wait_for_record(event="listening")

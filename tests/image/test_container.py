@@ -58,7 +58,7 @@ def processes(container: ScpContainer) -> list[dict[str, str]]:
     found = []
     for line in listing.splitlines():
         fields = dict(part.split(":", 1) for part in line.strip("|").split("|") if ":" in part)
-        found.append({key: value.split()[0] for key, value in fields.items()})
+        found.append({key: value.strip() for key, value in fields.items()})
     return found
 
 
@@ -67,7 +67,8 @@ def test_scp_runs_as_the_non_root_user_without_capabilities(running_scp: ScpCont
     # The main process and one receiving worker per CPU.
     assert len(scp_processes) >= 2
     for process in scp_processes:
-        assert process["Uid"] == "10001"
+        # Real, effective, saved and file-system user ids.
+        assert process["Uid"].split() == ["10001"] * 4
         assert int(process["CapEff"], 16) == 0
 
 

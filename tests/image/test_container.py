@@ -14,6 +14,9 @@ from collections.abc import Iterator
 
 import pydicom
 import pytest
+from pydicom import dcmread
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage
 from support.moto import FAKE_CREDENTIALS, MotoServer, empty_bucket
 from support.podman import GRACE_SECONDS, SCP_ENV, STOP_TIMEOUT_SECONDS, Podman, ScpContainer, run_scp
 from support.scp import echoscu, free_port, sample_file, storescu
@@ -132,6 +135,27 @@ def test_sigterm_stops_it_with_exit_code_0_and_it_logs_only_json_to_stderr(fresh
     events = [record.get("event") for record in records]
     for expected in ("listening", "signal", "shutdown", "stopped"):
         assert expected in events, events
+
+
+def test_sigterm_lets_an_open_association_finish_then_exits_0(fresh_scp: ScpContainer):
+    """ECS's stop through the init process (ecs-task) or straight to the SCP as PID 1 (docker-run) reaches the
+    receiving workers: a running association is served to its end and sealed before the exit."""
+    first, second = (dcmread(sample_file(SOURCE)) for _ in range(2))
+    second.SOPInstanceUID = first.SOPInstanceUID + ".2"
+    sender = AE(ae_title="MODALITY1")
+    sender.add_requested_context(CTImageStorage, first.file_meta.TransferSyntaxUID)
+    association = sender.associate("127.0.0.1", fresh_scp.port)
+    assert association.is_established
+    try:
+        assert association.send_c_store(first).Status == 0x0000
+        fresh_scp.kill("SIGTERM")
+        fresh_scp.wait_for_record(event="shutdown")
+        assert association.send_c_store(second).Status == 0x0000
+    finally:
+        association.release()
+    assert fresh_scp.wait(timeout=STOP_TIMEOUT_SECONDS) == 0
+    ended = [record for record in fresh_scp.records() if record.get("event") == "association"]
+    assert [(record["outcome"], record["instances"]) for record in ended] == [("released", 2)]
 
 
 @pytest.fixture

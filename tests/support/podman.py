@@ -256,6 +256,13 @@ class ScpContainer:
         self.podman("stop", "--time", str(grace_seconds), self.name, timeout=grace_seconds + 60)
         return int(self.podman.inspect("container", self.name)["State"]["ExitCode"])
 
+    def kill(self, signal: str) -> None:
+        self.podman("kill", "--signal", signal, self.name)
+
+    def wait(self, timeout: float) -> int:
+        """The exit code once the container has stopped on its own."""
+        return int(self.podman("wait", self.name, timeout=timeout).stdout.strip())
+
     def remove(self) -> None:
         self.podman("rm", "--force", "--time", "0", self.name, check=False)
         if self.volume:

@@ -109,9 +109,24 @@ def test_health_check_passes(podman: Podman, running_scp: ScpContainer):
     checked = podman("healthcheck", "run", running_scp.name, check=False)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     state = podman.inspect("container", running_scp.name)["State"]
-    health = state.get("Health") or state["Healthcheck"]
+    health = state["Health"]
     assert health["Status"] == "healthy"
     assert health["Log"][-1]["ExitCode"] == 0
+
+
+def test_health_check_fails_when_nothing_listens(podman: Podman, scp_image: str):
+    name = f"dicom-store-scp-test-unhealthy-{free_port()}"
+    # The image with its entrypoint replaced by a process that never listens.
+    podman("run", "--detach", "--name", name, "--read-only", "--entrypoint", "sleep", scp_image, "120")
+    try:
+        checked = podman("healthcheck", "run", name, check=False)
+        assert checked.returncode != 0
+        health = podman.inspect("container", name)["State"]["Health"]
+        # Within the image's start period a failure is recorded but the status stays "starting".
+        assert health["Status"] != "healthy"
+        assert health["Log"][-1]["ExitCode"] != 0
+    finally:
+        podman("rm", "--force", "--time", "0", name, check=False)
 
 
 def test_sigterm_stops_it_with_exit_code_0_and_it_logs_only_json_to_stderr(fresh_scp: ScpContainer):

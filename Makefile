@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PACKAGES := container/dicom_store_scp container/dicom_store_contract functions template_gen release
 
-.PHONY: install run test lint render dcmtk clean bench lock build package publish docs graphviz
+.PHONY: install run test lint render dcmtk clean bench lock build package publish docs graphviz image-tools image-test
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,24 @@ dcmtk:
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  $(SUDO) apt-get update -qq -o DPkg::Lock::Timeout=600 && $(SUDO) apt-get install -y -qq -o DPkg::Lock::Timeout=600 dcmtk >/dev/null; }
 
-test: install dcmtk graphviz
+# tests/image builds the SCP image and runs it with podman (a few minutes the first time, the base image cached).
+test: install dcmtk graphviz image-tools
 	$(PY) -m pytest
+
+# podman with runc (crun fails on hosts with hybrid cgroups) and catatonit (--init), and mmdebstrap, which makes
+# the image tests' base from Debian packages (no container registry needed). Where they cannot be installed the
+# image tests skip.
+image-tools:
+	@command -v podman >/dev/null && command -v runc >/dev/null && command -v catatonit >/dev/null \
+	  && command -v mmdebstrap >/dev/null || { \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $(SUDO) apt-get update -qq -o DPkg::Lock::Timeout=600 && $(SUDO) apt-get install -y -qq -o DPkg::Lock::Timeout=600 \
+	    --no-install-recommends podman runc mmdebstrap catatonit >/dev/null \
+	  || echo "image-tools: podman, runc, catatonit, mmdebstrap not installed: the image tests will skip" >&2; }
+
+# The SCP image built on a Debian-packaged Python base and run as ECS runs it (tests/image).
+image-test: install dcmtk image-tools
+	$(PY) -m pytest tests/image
 
 # The CloudFormation template under templates/, rendered from template_gen/.
 render: install
@@ -55,9 +71,15 @@ DRY_RUN ?=
 lock: install
 	$(PY) -m release lock
 
-# The SCP image, with docker or podman; says so and fails when neither engine runs here.
+# The SCP image, with docker or podman; says so and fails when neither engine runs here. PYTHON_IMAGE replaces
+# the Dockerfile's base; IMAGE_TAG the local tag (give one with any other base: make publish pushes the default);
+# CONTAINER_ENGINE picks docker or podman.
+PYTHON_IMAGE ?=
+IMAGE_TAG ?=
+CONTAINER_ENGINE ?=
 build: install
-	$(PY) -m release build
+	$(PY) -m release build $(if $(PYTHON_IMAGE),--python-image '$(PYTHON_IMAGE)') \
+	  $(if $(IMAGE_TAG),--tag '$(IMAGE_TAG)') $(if $(CONTAINER_ENGINE),--engine '$(CONTAINER_ENGINE)')
 
 # dist/dicom-store-scp-functions-$(VERSION).zip: the Lambda code, byte-for-byte reproducible.
 package: install

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from release import project
+from release import image, project
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,7 +16,10 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("lock", help="regenerate the lock files from setup.cfg (needs PyPI)")
 
-    commands.add_parser("build", help="build the SCP image with docker or podman")
+    build = commands.add_parser("build", help="build the SCP image with docker or podman")
+    build.add_argument("--python-image", help="base image instead of the Dockerfile's PYTHON_IMAGE")
+    build.add_argument("--tag", help="local tag instead of dicom-store-scp:<version> (use one for any other base)")
+    build.add_argument("--engine", choices=image.ENGINES, help="this engine only (default: the first that runs)")
 
     package = commands.add_parser("package", help="build the deterministic Lambda zip")
     package.add_argument("--arch", default="x86_64", choices=sorted(project.LAMBDA_ARCHITECTURES))
@@ -47,9 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {lock.write(target)}")
         return 0
     if args.command == "build":
-        from release import image
-
-        return image.build_command()
+        return image.build_command(python_image=args.python_image, tag=args.tag, engine_name=args.engine)
     if args.command == "package":
         from release import package as packaging
 

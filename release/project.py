@@ -11,6 +11,7 @@ from packaging.requirements import Requirement
 ROOT = Path(__file__).resolve().parent.parent
 SETUP_CFG = ROOT / "setup.cfg"
 DIST = ROOT / "dist"
+BUILD = ROOT / "build"
 
 # The SCP image's Python (container/Dockerfile's base) and the Lambda runtime the template names.
 CONTAINER_PYTHON = "3.11"

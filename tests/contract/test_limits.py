@@ -57,3 +57,10 @@ def test_the_template_defaults_and_bounds_come_from_the_table():
     # One MAXIMUM_PDU_SIZE default: the stack ships what the SCP runs with when started by hand.
     assert str(parameters["MaximumPDUSize"].default) == scp_defaults["MAXIMUM_PDU_SIZE"]
     assert parameters["MaximumPDUSize"].constraints["MinValue"] == limits.PDU_SIZE_FLOOR.value
+
+
+def test_a_full_batch_stays_within_ahis_nested_folder_limit():
+    # Each instance adds at most a study folder and a series folder below the batch prefix (layout.instance_key).
+    assert 2 * limits.BATCH_MAX_INSTANCES.whole <= limits.NESTED_FOLDERS_PER_IMPORT_JOB.whole
+    assert limits.BATCH_MAX_INSTANCES.whole <= limits.FILES_PER_IMPORT_JOB.whole
+    assert limits.BATCH_MAX_BYTES.whole <= limits.BYTES_PER_IMPORT_JOB.whole

@@ -1,7 +1,6 @@
-"""The SCP image's Dockerfile, its lock, its health check against a real SCP, and ``make build``'s engine check.
+"""The SCP image's Dockerfile, its lock, its health check against a real SCP, and ``make build``'s command line.
 
-No container engine runs here, so the image itself is not built in the tests; what the Dockerfile relies on is
-checked piece by piece instead.
+What the Dockerfile relies on is checked piece by piece here; tests/image builds the image and runs it.
 """
 
 from __future__ import annotations
@@ -141,9 +140,9 @@ def test_health_check_passes_without_a_log_line_and_fails_when_the_scp_is_down(t
     assert probe.returncode != 0
 
 
-def run_build(path: str) -> subprocess.CompletedProcess[str]:
+def run_build(path: str, *arguments: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "release", "build"],
+        [sys.executable, "-m", "release", "build", *arguments],
         env={**os.environ, "PATH": path},
         capture_output=True,
         text=True,
@@ -172,9 +171,59 @@ def test_build_uses_podman_when_docker_has_no_daemon(fake_engine, tmp_path):
         "build",
         "--file",
         "container/Dockerfile",
+        # podman's default OCI format drops HEALTHCHECK.
+        "--format",
+        "docker",
         "--build-arg",
         f"VERSION={version}",
         "--tag",
         f"dicom-store-scp:{version}",
         ".",
     ]
+
+
+def test_build_takes_another_base_and_tag_and_keeps_dockers_own_format(fake_engine, tmp_path):
+    calls = fake_engine("docker", info_exit=0)
+    result = run_build(str(tmp_path / "bin"), "--python-image", "localhost/base:1", "--tag", "scp-test:1")
+    assert result.returncode == 0, result.stderr
+    assert calls.read_text().split() == [
+        "build",
+        "--file",
+        "container/Dockerfile",
+        "--build-arg",
+        "PYTHON_IMAGE=localhost/base:1",
+        "--build-arg",
+        f"VERSION={project.version()}",
+        "--tag",
+        "scp-test:1",
+        ".",
+    ]
+
+
+def test_build_uses_only_the_engine_asked_for(fake_engine, tmp_path):
+    docker = fake_engine("docker", info_exit=0)
+    podman = fake_engine("podman", info_exit=0)
+    result = run_build(str(tmp_path / "bin"), "--engine", "podman")
+    assert result.returncode == 0, result.stderr
+    assert not docker.exists()
+    assert podman.read_text().split()[:5] == ["build", "--file", "container/Dockerfile", "--format", "docker"]
+
+
+def test_make_build_passes_the_base_tag_and_engine_on():
+    dry_run = subprocess.run(
+        [
+            "make",
+            "--dry-run",
+            "--no-print-directory",
+            "build",
+            "PYTHON_IMAGE=localhost/base:1",
+            "IMAGE_TAG=t:1",
+            "CONTAINER_ENGINE=podman",
+        ],
+        cwd=project.ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    command = " ".join(dry_run.stdout.replace("\\\n", " ").split())
+    assert "-m release build --python-image 'localhost/base:1' --tag 't:1' --engine 'podman'" in command

@@ -63,8 +63,14 @@ lint: install
 # --- Release (docs/deployment.md). One version, setup.cfg's, names the image tag, the zip and the template.
 VERSION ?= $(shell sed -n 's/^version *= *//p' setup.cfg)
 ARCH ?= x86_64
-REGIONS ?= us-east-1
-ARTIFACT_BUCKET_PREFIX ?= dicom-store-scp-artifacts
+# Empty: every region AWS HealthImaging runs in (dicom_store_contract/limits.py).
+REGIONS ?=
+# Empty: dicom-store-scp-artifacts-<account> (buckets <prefix>-<region>); a seller's release uses its own prefix.
+ARTIFACT_BUCKET_PREFIX ?=
+# The seller's AWS Marketplace ECR repository (no tag); empty: <account>'s own us-east-1 repository dicom-store-scp.
+IMAGE_REPOSITORY ?=
+# sha256:... of an image already in IMAGE_REPOSITORY: nothing is pushed, the template names it.
+IMAGE_DIGEST ?=
 DRY_RUN ?=
 
 # Regenerates container/requirements.lock and release/functions.lock from setup.cfg (needs PyPI).
@@ -85,11 +91,13 @@ build: install
 package: install
 	$(PY) -m release package --arch $(ARCH)
 
-# Image to ECR, zip to <prefix>-<account>-<region>, release template to dist/; DRY_RUN=1 only prints.
+# Image to ECR (by digest in the template), zip and template to every region's <prefix>-<region> bucket
+# (readable by any account under dicom-store-scp/ only), one release template in dist/release/; DRY_RUN=1 only prints.
 publish: package
-	$(PY) -m release publish --version $(VERSION) --regions $(REGIONS) --arch $(ARCH) \
-	  --artifact-bucket-prefix $(ARTIFACT_BUCKET_PREFIX) $(if $(ACCOUNT_ID),--account-id $(ACCOUNT_ID)) \
-	  $(if $(filter-out 0,$(DRY_RUN)),--dry-run)
+	$(PY) -m release publish --version $(VERSION) --arch $(ARCH) $(if $(REGIONS),--regions $(REGIONS)) \
+	  $(if $(ARTIFACT_BUCKET_PREFIX),--artifact-bucket-prefix $(ARTIFACT_BUCKET_PREFIX)) \
+	  $(if $(IMAGE_REPOSITORY),--image-repository $(IMAGE_REPOSITORY)) $(if $(IMAGE_DIGEST),--image-digest $(IMAGE_DIGEST)) \
+	  $(if $(ACCOUNT_ID),--account-id $(ACCOUNT_ID)) $(if $(filter-out 0,$(DRY_RUN)),--dry-run)
 
 # graphviz's dot draws docs/architecture.svg.
 graphviz:

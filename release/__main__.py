@@ -26,15 +26,26 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("docs", help="regenerate the generated parts of docs/ and the architecture picture")
 
-    publish = commands.add_parser("publish", help="push the image, upload the zip, render the release templates")
+    publish = commands.add_parser(
+        "publish", help="push the image, upload the zip and the release template to every region's bucket"
+    )
     publish.add_argument("--version", default=project.version())
-    publish.add_argument("--regions", required=True, help="comma list, e.g. us-east-1,eu-west-1")
+    publish.add_argument(
+        "--regions", default="", help="comma list, e.g. us-east-1,eu-west-1 (default: every supported region)"
+    )
     publish.add_argument("--arch", default="x86_64", choices=sorted(project.LAMBDA_ARCHITECTURES))
-    publish.add_argument("--artifact-bucket-prefix", default="dicom-store-scp-artifacts")
+    publish.add_argument(
+        "--image-repository",
+        help="ECR repository URI without tag, e.g. the seller's AWS Marketplace repository "
+        "(default: <account>.dkr.ecr.us-east-1.amazonaws.com/dicom-store-scp, made when missing)",
+    )
+    publish.add_argument("--image-digest", help="sha256:... of an image already pushed there: push nothing")
+    publish.add_argument(
+        "--artifact-bucket-prefix", help="buckets are <prefix>-<region> (default: dicom-store-scp-artifacts-<account>)"
+    )
     publish.add_argument("--account-id", help="the publishing account (default: the caller's, from STS)")
     publish.add_argument("--dist", type=Path, default=project.DIST, help="where make package put the zip")
-    publish.add_argument("--output", type=Path, default=project.DIST / "release", help="release templates go here")
-    publish.add_argument("--skip-image", action="store_true", help="leave the image out (no container engine)")
+    publish.add_argument("--output", type=Path, default=project.DIST / "release", help="the release template goes here")
     publish.add_argument(
         "--dry-run",
         action="store_true",
@@ -70,30 +81,31 @@ def main(argv: list[str] | None = None) -> int:
 
 def publish_command(args: argparse.Namespace) -> int:
     from release import image, package, publish
+    from template_gen.release import HEALTHIMAGING_REGIONS
 
     try:
         version = publish.check_version(args.version)
         regions = tuple(region.strip() for region in args.regions.split(",") if region.strip())
-        if not regions:
-            raise publish.PublishError("--regions names no region")
+        account = publish.account_id(args.dry_run, args.account_id)
         zip_path = args.dist / package.zip_name(version, args.arch)
         release = publish.Release(
             version=version,
-            regions=regions,
-            account_id=publish.account_id(args.dry_run, args.account_id),
-            artifact_bucket_prefix=args.artifact_bucket_prefix,
+            regions=regions or HEALTHIMAGING_REGIONS,
+            account_id=account,
+            image_repository=args.image_repository or publish.development_repository(account),
+            artifact_bucket_prefix=args.artifact_bucket_prefix or publish.development_bucket_prefix(account),
             zip_path=zip_path,
             zip_sha256=publish.zip_sha256(zip_path),
             output=args.output,
         )
         engine = None
-        if not args.skip_image and not args.dry_run:
+        if args.image_digest is None and not args.dry_run:
             engine, reasons = image.find_engine()
             if engine is None:
                 raise publish.PublishError(
-                    image.no_engine_message("The image cannot be pushed (--skip-image to go on).", reasons)
+                    image.no_engine_message("The image cannot be pushed (--image-digest to go on).", reasons)
                 )
-        publish.plan(release, engine, skip_image=args.skip_image).execute(args.dry_run)
+        publish.plan(release, engine, image_digest=args.image_digest).execute(args.dry_run)
     except publish.PublishError as error:
         print(f"publish: {error}", file=sys.stderr)
         return 1

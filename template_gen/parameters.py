@@ -12,18 +12,15 @@ from typing import Any
 from dicom_store_contract import limits
 from troposphere import Parameter, Template
 
-from template_gen import release
-
 NETWORK = "Network"
 DICOM = "DICOM"
 SCALING = "Scaling"
 SECURITY = "Security"
 STORAGE = "Storage and import"
-RELEASE = "Release artifacts (filled in by the publish step)"
 OPERATIONS = "Operations"
 
 # Console order of the groups.
-GROUP_ORDER = (NETWORK, DICOM, SECURITY, SCALING, STORAGE, OPERATIONS, RELEASE)
+GROUP_ORDER = (NETWORK, DICOM, SECURITY, SCALING, STORAGE, OPERATIONS)
 
 # A DICOM AE title: 1-16 characters of the default repertoire, no backslash, not all spaces (PS3.5 6.2).
 AE_TITLE_PATTERN = r"^[ -\[\]-~]*[!-\[\]-~][ -\[\]-~]*$"
@@ -45,8 +42,8 @@ FARGATE_CPU_MEMORY: dict[str, tuple[int, ...]] = {
 }
 ALL_FARGATE_MEMORY = tuple(str(m) for m in sorted({m for ms in FARGATE_CPU_MEMORY.values() for m in ms}))
 
-# The regions where AWS HealthImaging runs (the stack is pointless anywhere else).
-HEALTHIMAGING_REGIONS = ("us-east-1", "us-west-2", "eu-west-1", "ap-southeast-2")
+# The regions where AWS HealthImaging runs (the stack is pointless anywhere else): the limits module's table.
+HEALTHIMAGING_REGIONS = limits.HEALTHIMAGING_REGIONS
 
 LOG_RETENTION_DAYS = (
     1,
@@ -256,22 +253,6 @@ PARAMETERS: tuple[Param, ...] = (
           default="",
           constraints={"AllowedPattern": r"^(arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256})?$",
                        "ConstraintDescription": "empty or an SNS topic ARN"}),
-    # --- Release artifacts
-    Param("ContainerImageURI", "String", RELEASE, "SCP container image",
-          "Amazon ECR image of the SCP (registry/repository:tag or @sha256:digest).",
-          default=release.CONTAINER_IMAGE_URI,
-          constraints={"AllowedPattern": release.ECR_IMAGE_PATTERN,
-                       "ConstraintDescription": "an Amazon ECR image URI"}),
-    Param("LambdaArtifactBucket", "String", RELEASE, "Function code bucket",
-          "S3 bucket in this region holding the import functions' zip.",
-          default=release.LAMBDA_ARTIFACT_BUCKET,
-          constraints={"AllowedPattern": r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
-                       "ConstraintDescription": "an S3 bucket name"}),
-    Param("LambdaArtifactKey", "String", RELEASE, "Function code key",
-          "Key of the import functions' zip in the function code bucket.",
-          default=release.LAMBDA_ARTIFACT_KEY,
-          constraints={"AllowedPattern": r"^[A-Za-z0-9!_.*'()/-]+\.zip$",
-                       "ConstraintDescription": "an S3 key ending in .zip"}),
 )  # fmt: skip
 
 BY_NAME = {p.name: p for p in PARAMETERS}

@@ -55,6 +55,7 @@ from troposphere import logs as cwlogs
 from troposphere import sqs as sqs_
 
 from template_gen import common as c
+from template_gen import release
 
 RUNTIME = "python3.12"
 
@@ -333,7 +334,7 @@ def _add_function(template: Template, fn: Function, env: dict[str, object], dead
             Metadata=c.skip_checks(*skips),
             Runtime=RUNTIME,
             Handler=fn.handler,
-            Code=lambda_.Code(S3Bucket=Ref("LambdaArtifactBucket"), S3Key=Ref("LambdaArtifactKey")),
+            Code=release.functions_code(),
             Role=GetAtt(role, "Arn"),
             Timeout=fn.timeout,
             MemorySize=fn.memory,

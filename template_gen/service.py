@@ -13,6 +13,7 @@ from troposphere import applicationautoscaling as aas
 from troposphere import logs as cwlogs
 
 from template_gen import common as c
+from template_gen import release
 
 CONTAINER_NAME = "scp"
 # The image runs as this non-root user; it must declare ``VOLUME /tmp`` so Fargate seeds the scratch volume
@@ -56,11 +57,11 @@ def ecs_tasks_trust() -> PolicyDocument:
 
 
 def image_repository_arn() -> Sub:
-    """The ECR repository of ContainerImageURI.
+    """The ECR repository of the release's image.
 
     ``<account>.dkr.ecr.<region>.amazonaws.com/<repository>[:tag|@digest]``
     """
-    uri = Ref("ContainerImageURI")
+    uri = release.image_uri()
     path = Select(1, Split(".amazonaws.com/", uri))
     return Sub(
         "arn:${AWS::Partition}:ecr:${Region}:${Account}:repository/${Repository}",
@@ -182,7 +183,7 @@ def add_service(template: Template) -> None:
             ContainerDefinitions=[
                 ecs.ContainerDefinition(
                     Name=CONTAINER_NAME,
-                    Image=Ref("ContainerImageURI"),
+                    Image=release.image_uri(),
                     Essential=True,
                     User=SCP_USER,
                     ReadonlyRootFilesystem=True,

@@ -10,6 +10,7 @@ from template_gen.network import add_network
 from template_gen.outputs import add_outputs
 from template_gen.parameters import add_parameters, interface_metadata
 from template_gen.pipeline import add_pipeline
+from template_gen.release import DEVELOPMENT, set_artifacts
 from template_gen.rules import add_rules
 from template_gen.service import add_service
 from template_gen.storage import add_storage
@@ -26,6 +27,7 @@ def build_template(asl_definition: str) -> Template:
     template.set_version("2010-09-09")
     template.set_metadata(interface_metadata())
     add_parameters(template)
+    set_artifacts(template, DEVELOPMENT)
     add_rules(template)
     add_conditions(template)
     add_network(template)

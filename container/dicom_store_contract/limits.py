@@ -28,6 +28,30 @@ DICOM_PDU_LENGTH = "https://dicom.nema.org/medical/dicom/current/output/chtml/pa
 BENCHMARKS = "docs/benchmarks.md"
 
 
+ENDPOINTS_PAGE = _GUIDE + "endpoints-quotas.html#endpoints"
+
+
+@dataclass(frozen=True)
+class Region:
+    """A region with an AWS HealthImaging endpoint: the stack runs there and nowhere else."""
+
+    code: str
+    name: str
+
+
+# ENDPOINTS_PAGE's table of service endpoints (English page, read 2026-12-04; its translations lag behind and
+# still omit eu-west-2). The template's region rule, the cfn-lint runs, the regions `make publish` serves and
+# docs/deployment.md all read this table.
+HEALTHIMAGING_REGION_TABLE: tuple[Region, ...] = (
+    Region("us-east-1", "US East (N. Virginia)"),
+    Region("us-west-2", "US West (Oregon)"),
+    Region("ap-southeast-2", "Asia Pacific (Sydney)"),
+    Region("eu-west-1", "Europe (Ireland)"),
+    Region("eu-west-2", "Europe (London)"),
+)
+HEALTHIMAGING_REGIONS: tuple[str, ...] = tuple(region.code for region in HEALTHIMAGING_REGION_TABLE)
+
+
 @dataclass(frozen=True)
 class Limit:
     """One row of the table: a value, what it bounds, and where it comes from."""

@@ -34,7 +34,8 @@ def functions_zip(tmp_path_factory) -> package.Built:
 @pytest.fixture
 def fake_engine(tmp_path) -> Callable[..., Path]:
     """Container engine stand-ins in ``tmp_path/bin``: ``info`` exits with ``info_exit``; every other call is
-    recorded in ``<name>.calls`` (and a login's stdin in ``<name>.calls.stdin``). Returns the record's path."""
+    recorded in ``<name>.calls`` (and a login's stdin in ``<name>.calls.stdin``); a push reports a digest.
+    Returns the record's path."""
     folder = tmp_path / "bin"
 
     def make(name: str, info_exit: int) -> Path:
@@ -46,6 +47,15 @@ def fake_engine(tmp_path) -> Callable[..., Path]:
             f'if [ "$1" = info ]; then exit {info_exit}; fi\n'
             f'echo "$@" >> "{record}"\n'
             f'if [ "$1" = login ]; then cat > "{record}.stdin"; fi\n'
+            # A push reports the digest the registry stored, as each engine does: podman to --digestfile, docker
+            # on its last line. The digest is the sha256 of the
+            # pushed reference (test_publish.pushed_digest).
+            'if [ "$1" = push ]; then\n'
+            "  for reference; do :; done\n"
+            '  digest="sha256:$(printf %s "$reference" | sha256sum | cut -c1-64)"\n'
+            '  if [ "$2" = --digestfile ]; then printf %s "$digest" > "$3";\n'
+            '  else echo "latest: digest: $digest size: 1234"; fi\n'
+            "fi\n"
         )
         script.chmod(script.stat().st_mode | stat.S_IXUSR)
         return record

@@ -1,14 +1,16 @@
-"""``make publish``: dry runs change nothing; against moto the zip lands in each region's bucket, the ECR
-repository is made, the engine is driven with the registry's token, and the release template names exactly
-the published artifacts.
+"""``make publish``: dry runs change nothing; against moto the image goes to one repository and the template names
+it by the digest the push reported, the zip and the template land in every region's ``<prefix>-<region>`` bucket,
+and ONE release template serves every region.
 
 moto has no container registry behind ECR, and no engine runs here: the engine is a recording stand-in
-(see test_image.fake_engine), so the image bytes themselves are never pushed in a test.
+(conftest.fake_engine) that reports a digest as docker and podman do, so the image bytes are never pushed.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import os
 import re
 import subprocess
@@ -20,11 +22,14 @@ from cfn_flip import load as load_template
 from moto import mock_aws
 
 from release import image, package, project, publish
-from release.templates import release_template
+from release.templates import release_template, release_template_text
+from template_gen import release as layout
 
 ACCOUNT = "123456789012"  # moto's account
 REGIONS = ("us-east-1", "eu-west-1")
 VERSION = project.version()
+PREFIX = "acme-dicom-store-scp"
+MARKETPLACE_REPOSITORY = "709825985650.dkr.ecr.us-east-1.amazonaws.com/acme/dicom-store-scp"
 
 
 @pytest.fixture
@@ -33,7 +38,8 @@ def release(functions_zip, tmp_path) -> publish.Release:
         version=VERSION,
         regions=REGIONS,
         account_id=ACCOUNT,
-        artifact_bucket_prefix="dicom-store-scp-artifacts",
+        image_repository=publish.development_repository(ACCOUNT),
+        artifact_bucket_prefix=PREFIX,
         zip_path=functions_zip.path,
         zip_sha256=functions_zip.sha256,
         output=tmp_path / "release",
@@ -47,93 +53,141 @@ def aws(aws_credentials):
 
 
 @pytest.fixture
-def artifact_buckets(aws, release):
-    for region in REGIONS:
-        s3 = boto3.client("s3", region_name=region)
-        options = {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
-        s3.create_bucket(Bucket=release.artifact_bucket(region), **options)
-
-
-@pytest.fixture
 def engine(fake_engine, tmp_path):
     calls = fake_engine("docker", info_exit=0)
     return image.Engine("docker", str(tmp_path / "bin" / "docker")), calls
 
 
-def parameter_defaults(text: str) -> dict[str, str]:
+def pushed_digest(reference: str) -> str:
+    """The digest the fake engine (conftest.fake_engine) reports for a push of ``reference``."""
+    return "sha256:" + hashlib.sha256(reference.encode()).hexdigest()
+
+
+def quiet(_: str) -> None:
+    return None
+
+
+def mapping(text: str) -> dict[str, dict[str, str]]:
     data, _ = load_template(text)
-    return {name: spec.get("Default") for name, spec in data["Parameters"].items()}
+    result: dict[str, dict[str, str]] = data["Mappings"][layout.MAPPING]
+    return result
 
 
-def test_publishes_zip_repository_image_and_templates(release, artifact_buckets, engine):
+def test_publishes_image_by_digest_zip_and_one_template_to_every_region(release, aws, engine):
     fake, calls = engine
-    publish.plan(release, fake).execute(dry_run=False, say=lambda _: None)
+    publish.plan(release, fake).execute(dry_run=False, say=quiet)
+
+    digest = pushed_digest(release.image_tag_uri)
+    text = release.template_path.read_text()
+    assert release.template_path == release.output / VERSION / "dicom-store-scp.yaml"
+    assert list(release.output.rglob("*.yaml")) == [release.template_path]  # one template, not one per region
+    assert mapping(text) == {
+        "Image": {"Uri": f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/dicom-store-scp@{digest}"},
+        "Functions": {"BucketPrefix": PREFIX, "Key": f"dicom-store-scp/{VERSION}/{release.zip_path.name}"},
+    }
+    assert load_template(text)[0]["Description"].endswith(f" Version {VERSION}.")
 
     for region in REGIONS:
         s3 = boto3.client("s3", region_name=region)
-        stored = s3.get_object(Bucket=release.artifact_bucket(region), Key=release.lambda_key)
+        bucket = f"{PREFIX}-{region}"
+        stored = s3.get_object(Bucket=bucket, Key=release.lambda_key)
         assert stored["Body"].read() == release.zip_path.read_bytes()
         assert stored["Metadata"] == {"sha256": release.zip_sha256}
-        assert release.lambda_key == f"functions/dicom-store-scp-functions-{VERSION}.zip"
+        # The same template bytes in every region's bucket: its S3 URL launches it there.
+        assert s3.get_object(Bucket=bucket, Key=release.template_key)["Body"].read().decode() == text
+        assert s3.get_bucket_location(Bucket=bucket)["LocationConstraint"] in {region, None}
+        assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+        assert json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"]) == publish.artifact_bucket_policy(bucket)
+        block = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
+        assert block["BlockPublicAcls"] and block["IgnorePublicAcls"]
 
-        [repository] = boto3.client("ecr", region_name=region).describe_repositories()["repositories"]
-        assert repository["repositoryName"] == "dicom-store-scp"
-        assert repository["imageTagMutability"] == "IMMUTABLE"
-        assert repository["imageScanningConfiguration"] == {"scanOnPush": True}
-
-        text = release.template_path(region).read_text()
-        defaults = parameter_defaults(text)
-        assert defaults["ContainerImageURI"] == f"{ACCOUNT}.dkr.ecr.{region}.amazonaws.com/dicom-store-scp:{VERSION}"
-        assert defaults["LambdaArtifactBucket"] == f"dicom-store-scp-artifacts-{ACCOUNT}-{region}"
-        assert defaults["LambdaArtifactKey"] == release.lambda_key
-        assert load_template(text)[0]["Description"].endswith(f" Version {VERSION}.")
+    # One repository (the development default: this account's, us-east-1), made with immutable tags.
+    [repository] = boto3.client("ecr", region_name="us-east-1").describe_repositories()["repositories"]
+    assert repository["repositoryName"] == "dicom-store-scp"
+    assert repository["imageTagMutability"] == "IMMUTABLE"
+    assert boto3.client("ecr", region_name="eu-west-1").describe_repositories()["repositories"] == []
 
     recorded = calls.read_text().splitlines()
-    logins = [line.split() for line in recorded if line.startswith("login")]
-    assert len(logins) == len(REGIONS)
-    for login in logins:
-        assert login[:4] == ["login", "--username", "AWS", "--password-stdin"]
-        assert re.fullmatch(r"https://\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com", login[4])
-    # The password reached the engine through stdin only, and it is the one ECR's token carries.
-    token = boto3.client("ecr", region_name=REGIONS[-1]).get_authorization_token()["authorizationData"][0]
+    assert [line.split() for line in recorded if line.startswith("login")] == [
+        ["login", "--username", "AWS", "--password-stdin", f"https://{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com"]
+    ]
+    token = boto3.client("ecr", region_name="us-east-1").get_authorization_token()["authorizationData"][0]
     password = base64.b64decode(token["authorizationToken"]).decode().partition(":")[2]
-    assert password
-    assert password not in calls.read_text()
+    assert password and password not in calls.read_text()
     assert calls.with_name(calls.name + ".stdin").read_text() == password
-    for region in REGIONS:
-        remote = release.image_uri(region)
-        assert f"tag dicom-store-scp:{VERSION} {remote}" in recorded
-        assert f"push {remote}" in recorded
+    assert f"tag dicom-store-scp:{VERSION} {release.image_tag_uri}" in recorded
+    assert f"push {release.image_tag_uri}" in recorded
 
 
-def test_publishing_again_is_a_no_op_but_other_bytes_under_the_same_version_are_refused(
-    release, artifact_buckets, engine, tmp_path
-):
+def test_podman_reports_the_digest_through_a_file(release, aws, fake_engine, tmp_path):
+    calls = fake_engine("podman", info_exit=0)
+    podman = image.Engine("podman", str(tmp_path / "bin" / "podman"))
+    publish.plan(release, podman).execute(dry_run=False, say=quiet)
+    assert any(re.fullmatch(r"push --digestfile \S+ " + re.escape(release.image_tag_uri), line)
+               for line in calls.read_text().splitlines())  # fmt: skip
+    assert mapping(release.template_path.read_text())["Image"]["Uri"] == release.image_by_digest(
+        pushed_digest(release.image_tag_uri)
+    )
+
+
+def test_a_push_without_a_digest_stops_before_the_template(release, aws, fake_engine, tmp_path):
+    fake_engine("docker", info_exit=0)
+    script = tmp_path / "bin" / "docker"
+    script.write_text(script.read_text().replace("digest: $digest", "pushed"))
+    with pytest.raises(publish.PublishError, match="reported no image digest"):
+        publish.plan(release, image.Engine("docker", str(script))).execute(dry_run=False, say=quiet)
+    assert not release.template_path.exists()
+
+
+def test_marketplace_repository_is_pushed_to_never_created(functions_zip, tmp_path, aws, engine):
+    fake, calls = engine
+    marketplace = publish.Release(
+        version=VERSION,
+        regions=("eu-west-2",),
+        account_id=ACCOUNT,
+        image_repository=MARKETPLACE_REPOSITORY,
+        artifact_bucket_prefix=PREFIX,
+        zip_path=functions_zip.path,
+        zip_sha256=functions_zip.sha256,
+        output=tmp_path / "release",
+    )
+    steps = publish.plan(marketplace, fake)
+    assert not any("ensure repository" in step.description for step in steps.steps)
+    steps.execute(dry_run=False, say=quiet)
+
+    assert boto3.client("ecr", region_name="us-east-1").describe_repositories()["repositories"] == []
+    recorded = calls.read_text().splitlines()
+    assert f"push {MARKETPLACE_REPOSITORY}:{VERSION}" in recorded
+    assert "login --username AWS --password-stdin https://709825985650.dkr.ecr.us-east-1.amazonaws.com" in recorded
+    uri = mapping(marketplace.template_path.read_text())["Image"]["Uri"]
+    assert uri == f"{MARKETPLACE_REPOSITORY}@{pushed_digest(f'{MARKETPLACE_REPOSITORY}:{VERSION}')}"
+
+
+def test_publishing_again_is_a_no_op_but_other_bytes_under_the_same_version_are_refused(release, aws, engine, tmp_path):
     fake, _ = engine
-    publish.plan(release, fake, skip_image=True).execute(dry_run=False, say=lambda _: None)
-    publish.plan(release, fake, skip_image=True).execute(dry_run=False, say=lambda _: None)
+    digest = "sha256:" + "b" * 64
+    publish.plan(release, fake, image_digest=digest).execute(dry_run=False, say=quiet)
+    publish.plan(release, fake, image_digest=digest).execute(dry_run=False, say=quiet)
 
     other = tmp_path / release.zip_path.name
     other.write_bytes(release.zip_path.read_bytes() + b"\0")
     changed = publish.Release(**{**release.__dict__, "zip_path": other, "zip_sha256": "0" * 64})
     with pytest.raises(publish.PublishError, match="holds other bytes"):
-        publish.plan(changed, fake, skip_image=True).execute(dry_run=False, say=lambda _: None)
+        publish.plan(changed, fake, image_digest=digest).execute(dry_run=False, say=quiet)
+    # Another image under the same version renders another template: its upload is refused as well.
+    with pytest.raises(publish.PublishError, match="holds other bytes"):
+        publish.plan(release, fake, image_digest="sha256:" + "c" * 64).execute(dry_run=False, say=quiet)
     s3 = boto3.client("s3", region_name=REGIONS[0])
-    stored = s3.get_object(Bucket=release.artifact_bucket(REGIONS[0]), Key=release.lambda_key)["Body"].read()
-    assert stored == release.zip_path.read_bytes()
+    bucket = release.artifact_bucket(REGIONS[0])
+    assert s3.get_object(Bucket=bucket, Key=release.lambda_key)["Body"].read() == release.zip_path.read_bytes()
+    versions = s3.list_object_versions(Bucket=bucket, Prefix=release.lambda_key)["Versions"]
+    assert len(versions) == 1
 
 
-def test_a_missing_artifact_bucket_stops_the_release(release, aws, engine):
-    fake, _ = engine
-    with pytest.raises(publish.PublishError, match=r"artifact bucket .* is missing"):
-        publish.plan(release, fake, skip_image=True).execute(dry_run=False, say=lambda _: None)
-    assert not release.template_path(REGIONS[0]).exists()
-
-
-def test_without_an_engine_the_image_step_fails_plainly(release, artifact_buckets, monkeypatch, tmp_path):
+def test_without_an_engine_the_image_step_fails_plainly(release, aws, monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(publish.PublishError, match=r"No container engine.*docker is not installed"):
-        publish.plan(release, None).execute(dry_run=False, say=lambda _: None)
+        publish.plan(release, None).execute(dry_run=False, say=quiet)
 
 
 def test_dry_run_prints_every_action_and_touches_nothing(release, tmp_path):
@@ -144,14 +198,28 @@ def test_dry_run_prints_every_action_and_touches_nothing(release, tmp_path):
     steps = publish.plan(release, None, client=unreachable)
     steps.execute(dry_run=True, say=said.append)
 
-    assert len(said) == 4 * len(REGIONS)
+    # repository, push, template, then per region: bucket, uploads, policy.
+    assert len(said) == 3 + 3 * len(REGIONS)
     text = "\n".join(said)
+    assert f"push {release.image_tag_uri}" in text
+    assert str(release.template_path) in text
     for region in REGIONS:
-        assert release.image_uri(region) in text
         assert f"s3://{release.artifact_bucket(region)}/{release.lambda_key}" in text
-        assert str(release.template_path(region)) in text
-        assert not release.template_path(region).exists()
+        assert release.template_url(region) in text
     assert not (tmp_path / "release").exists()
+
+
+def test_settings_are_checked_before_anything_runs(release):
+    for change, message in (
+        ({"regions": ("us-east-1", "eu-central-1")}, "eu-central-1: AWS HealthImaging does not run there"),
+        ({"image_repository": release.image_tag_uri}, "not an ECR repository URI"),
+        ({"artifact_bucket_prefix": "Upper_Case"}, "no bucket prefix"),
+        ({"artifact_bucket_prefix": "x" * 50}, "at most 48 characters"),
+    ):
+        with pytest.raises(publish.PublishError, match=message):
+            publish.Release(**{**release.__dict__, **change})
+    with pytest.raises(publish.PublishError, match="not an image digest"):
+        publish.plan(release, None, image_digest="latest")
 
 
 def run_publish(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -169,13 +237,15 @@ def run_publish(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_dry_run_from_the_command_line(functions_zip, tmp_path):
+def test_dry_run_from_the_command_line_serves_every_supported_region_by_default(functions_zip, tmp_path):
     output = tmp_path / "release"
     result = run_publish(
-        "--regions",
-        ",".join(REGIONS),
         "--account-id",
         "111122223333",
+        "--image-repository",
+        MARKETPLACE_REPOSITORY,
+        "--artifact-bucket-prefix",
+        PREFIX,
         "--dist",
         str(functions_zip.path.parent),
         "--output",
@@ -185,9 +255,23 @@ def test_dry_run_from_the_command_line(functions_zip, tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[-1] == "dry run: nothing was changed"
-    assert sum(line.startswith("[dry-run ") for line in lines) == 4 * len(REGIONS)
-    assert "docker push 111122223333.dkr.ecr.eu-west-1.amazonaws.com/dicom-store-scp:" in result.stdout
+    regions = layout.HEALTHIMAGING_REGIONS
+    assert sum(line.startswith("[dry-run ") for line in lines) == 2 + 3 * len(regions)
+    assert f"docker push {MARKETPLACE_REPOSITORY}:{VERSION}" in result.stdout
+    for region in regions:
+        assert f"https://{PREFIX}-{region}.s3.{region}.amazonaws.com/dicom-store-scp/{VERSION}/" in result.stdout
     assert not output.exists()
+
+
+def test_development_defaults_name_the_publishing_accounts_own_repository_and_buckets(functions_zip):
+    result = run_publish(
+        "--account-id", "111122223333", "--regions", "eu-west-1", "--dist", str(functions_zip.path.parent),
+        "--dry-run",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "ensure repository dicom-store-scp" in result.stdout
+    assert "docker push 111122223333.dkr.ecr.us-east-1.amazonaws.com/dicom-store-scp:" in result.stdout
+    assert "s3://dicom-store-scp-artifacts-111122223333-eu-west-1/" in result.stdout
 
 
 def test_version_must_be_setup_cfgs(functions_zip):
@@ -202,51 +286,40 @@ def test_dry_run_needs_the_account_because_it_asks_nobody(functions_zip):
     assert "--account-id" in result.stderr
 
 
+def artifacts(image_uri: str = MARKETPLACE_REPOSITORY + "@sha256:" + "a" * 64) -> layout.Artifacts:
+    return layout.Artifacts(image_uri, PREFIX, layout.artifact_key(VERSION, package.zip_name(VERSION, "x86_64")))
+
+
 def test_one_version_names_image_zip_and_template():
     import dicom_store_scp
 
     assert dicom_store_scp.__version__ == VERSION
     assert package.zip_name(VERSION, "x86_64") == f"dicom-store-scp-functions-{VERSION}.zip"
-    template = release_template(VERSION, "1.dkr.ecr.us-east-1.amazonaws.com/r:1", "b", "k.zip").to_dict()
+    template = release_template(VERSION, artifacts()).to_dict()
     assert template["Description"].endswith(f"Version {VERSION}.")
 
 
-def test_release_defaults_satisfy_the_parameters_own_constraints(release):
-    for region in REGIONS:
-        parameters = release_template(
-            VERSION, release.image_uri(region), release.artifact_bucket(region), release.lambda_key
-        ).to_dict()["Parameters"]
-        for name in ("ContainerImageURI", "LambdaArtifactBucket", "LambdaArtifactKey"):
-            spec = parameters[name]
-            assert re.search(spec["AllowedPattern"], spec["Default"]), (name, spec["Default"])
-
-
-def test_artifact_names_match_the_committed_templates_development_defaults(functions_zip):
-    # template_gen/release.py carries what a publish from account 111122223333 in us-east-1 would produce.
-    from template_gen import release as development
-
+def test_development_artifacts_are_what_a_publish_from_the_development_account_names(functions_zip):
+    # template_gen/release.py carries what a publish from account 111122223333 would name (the image by tag).
     ours = publish.Release(
         version=VERSION,
         regions=("us-east-1",),
-        account_id="111122223333",
-        artifact_bucket_prefix="dicom-store-scp-artifacts",
+        account_id=layout.DEVELOPMENT_ACCOUNT,
+        image_repository=publish.development_repository(layout.DEVELOPMENT_ACCOUNT),
+        artifact_bucket_prefix=publish.development_bucket_prefix(layout.DEVELOPMENT_ACCOUNT),
         zip_path=functions_zip.path,
         zip_sha256=functions_zip.sha256,
     )
-    assert ours.image_uri("us-east-1") == development.CONTAINER_IMAGE_URI
-    assert ours.artifact_bucket("us-east-1") == development.LAMBDA_ARTIFACT_BUCKET
-    assert ours.lambda_key == development.LAMBDA_ARTIFACT_KEY
+    assert layout.DEVELOPMENT.image_uri == ours.image_tag_uri
+    assert layout.DEVELOPMENT.bucket_prefix == ours.artifact_bucket_prefix
+    assert layout.DEVELOPMENT.functions_key == ours.lambda_key
 
 
-def test_release_template_is_cfn_lint_clean_in_its_region(release):
+def test_release_template_is_cfn_lint_clean_in_every_supported_region():
     from cfnlint.api import lint
     from cfnlint.config import ManualArgs
 
-    from release.templates import release_template_text
-
-    region = REGIONS[0]
-    text = release_template_text(
-        VERSION, release.image_uri(region), release.artifact_bucket(region), release.lambda_key
-    )
-    matches = lint(text, config=ManualArgs(regions=[region], include_checks=["I3042"]))
+    text = release_template_text(VERSION, artifacts())
+    regions = list(layout.HEALTHIMAGING_REGIONS)
+    matches = lint(text, config=ManualArgs(regions=regions, include_checks=["I3042"]))
     assert [str(m) for m in matches] == []

@@ -1,6 +1,7 @@
 """The rendered template as one deployment would see it: parameters chosen, intrinsics evaluated.
 
-``Deployment`` evaluates Ref, Fn::GetAtt, Fn::Sub, Fn::Join, Fn::Select, Fn::Split and Fn::If against values
+``Deployment`` evaluates Ref, Fn::GetAtt, Fn::Sub, Fn::FindInMap, Fn::Join, Fn::Select, Fn::Split and
+Fn::If against values
 the test supplies for resources (the names and ARNs of the moto resources standing in for them), so a test
 reads a function's environment or a role's policy with the same values the handler sees.
 """
@@ -98,6 +99,9 @@ class Deployment:
                 return str(self._ref(name))
 
             return re.sub(r"\$\{([A-Za-z0-9:._]+)\}", substitute, text)
+        if key == "Fn::FindInMap":
+            mapping, top, second = (self.value(part) for part in arg)
+            return self.template["Mappings"][mapping][top][second]
         if key == "Fn::Join":
             return arg[0].join(str(v) for v in self.value(arg[1]))
         if key == "Fn::Select":

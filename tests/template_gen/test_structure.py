@@ -379,8 +379,13 @@ def test_functions_follow_the_contract(template: dict[str, Any]) -> None:
         props = f["Properties"]
         assert props["Runtime"] == "python3.12"
         assert props["Code"] == {
-            "S3Bucket": {"Ref": "LambdaArtifactBucket"},
-            "S3Key": {"Ref": "LambdaArtifactKey"},
+            "S3Bucket": {
+                "Fn::Sub": [
+                    "${Prefix}-${AWS::Region}",
+                    {"Prefix": {"Fn::FindInMap": ["ReleaseArtifacts", "Functions", "BucketPrefix"]}},
+                ]
+            },
+            "S3Key": {"Fn::FindInMap": ["ReleaseArtifacts", "Functions", "Key"]},
         }
         seen |= set(props["Environment"]["Variables"])
     assert seen == LAMBDA_CONTRACT

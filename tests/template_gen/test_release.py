@@ -1,0 +1,76 @@
+"""Where the template finds its artifacts: a Mappings table no buyer edits, one template for every region."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from support.cfn import Deployment
+
+from template_gen import build_template, release
+from template_gen.parameters import HEALTHIMAGING_REGIONS, PARAMETERS
+
+MARKETPLACE_IMAGE = "709825985650.dkr.ecr.us-east-1.amazonaws.com/acme/dicom-store-scp@sha256:" + "a" * 64
+
+
+def released(asl_text: str, artifacts: release.Artifacts) -> dict[str, Any]:
+    template = build_template(asl_text)
+    release.set_artifacts(template, artifacts)
+    result: dict[str, Any] = json.loads(template.to_json())
+    return result
+
+
+def test_no_artifact_location_is_a_parameter_or_in_the_console(template: dict[str, Any]) -> None:
+    words = ("image", "artifact", "bucketprefix", "lambdacode", "functioncode")
+    assert not [p for p in template["Parameters"] if any(w in p.lower() for w in words)]
+    groups = template["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]
+    assert {name for group in groups for name in group["Parameters"]} == {p.name for p in PARAMETERS}
+    assert template["Mappings"][release.MAPPING] == release.DEVELOPMENT.mapping()
+
+
+@pytest.mark.parametrize("region", HEALTHIMAGING_REGIONS)
+def test_one_template_reads_the_code_from_the_stacks_own_regions_bucket(asl_text: str, region: str) -> None:
+    artifacts = release.Artifacts(MARKETPLACE_IMAGE, "acme-dicom-store-scp", "dicom-store-scp/1.2.3/f-1.2.3.zip")
+    deployment = Deployment(released(asl_text, artifacts))
+    deployment.pseudo["AWS::Region"] = region
+    functions = deployment.of_type("AWS::Lambda::Function")
+    assert len(functions) == 5
+    for function in functions.values():
+        code = deployment.value(function["Properties"]["Code"])
+        assert code == {"S3Bucket": f"acme-dicom-store-scp-{region}", "S3Key": "dicom-store-scp/1.2.3/f-1.2.3.zip"}
+    [task] = deployment.of_type("AWS::ECS::TaskDefinition").values()
+    [container] = task["Properties"]["ContainerDefinitions"]
+    assert deployment.value(container["Image"]) == MARKETPLACE_IMAGE  # the same image everywhere
+
+
+def test_execution_role_pulls_from_exactly_the_images_repository(asl_text: str) -> None:
+    for image, repository in (
+        (MARKETPLACE_IMAGE, "arn:aws:ecr:us-east-1:709825985650:repository/acme/dicom-store-scp"),
+        (release.DEVELOPMENT.image_uri, "arn:aws:ecr:us-east-1:111122223333:repository/dicom-store-scp"),
+    ):
+        artifacts = release.Artifacts(image, "acme-dicom-store-scp", release.DEVELOPMENT.functions_key)
+        deployment = Deployment(released(asl_text, artifacts))
+        role = deployment.resource("ScpExecutionRole")
+        statements = [
+            s
+            for policy in deployment.value(role["Properties"]["Policies"])
+            for s in policy["PolicyDocument"]["Statement"]
+        ]
+        pulls = [s for s in statements if "ecr:BatchGetImage" in s["Action"]]
+        assert [s["Resource"] for s in pulls] in ([repository], [[repository]])
+
+
+def test_artifacts_are_checked_when_named() -> None:
+    key = release.DEVELOPMENT.functions_key
+    for image, prefix, zip_key in (
+        ("docker.io/library/python:3.11", "acme", key),
+        (MARKETPLACE_IMAGE, "Acme", key),
+        (MARKETPLACE_IMAGE, "a" * (release.BUCKET_PREFIX_MAX + 1), key),
+        (MARKETPLACE_IMAGE, "acme", "functions/f.zip"),
+    ):
+        with pytest.raises(ValueError):
+            release.Artifacts(image, prefix, zip_key)
+    longest = release.Artifacts(MARKETPLACE_IMAGE, "a" * release.BUCKET_PREFIX_MAX, key)
+    assert max(len(release.artifact_bucket(longest.bucket_prefix, r)) for r in HEALTHIMAGING_REGIONS) == 63
+    assert longest.by_digest and not release.DEVELOPMENT.by_digest

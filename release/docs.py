@@ -1,6 +1,7 @@
 """Generated parts of the documents, from template_gen (never copied by hand):
 
-- docs/deployment.md: the parameter table, from template_gen's parameter table;
+- docs/deployment.md: the parameter table, from template_gen's parameter table, and the supported regions, from
+  dicom_store_contract.limits;
 - docs/security.md: the IAM roles and what each may do, from the template's roles;
 - docs/architecture.dot / .svg: the stack's resources and the references between them (graphviz);
 - docs/contracts.md: the storage layout, the manifest's fields and an example, the limits table, from
@@ -366,6 +367,17 @@ def manifest_section() -> str:
     )
 
 
+def regions_list() -> str:
+    """The supported regions, from the limits module's table (AWS HealthImaging's endpoints page)."""
+    from dicom_store_contract import limits
+
+    names = [f"{region.name} `{region.code}`" for region in limits.HEALTHIMAGING_REGION_TABLE]
+    return (
+        f"{', '.join(names[:-1])} or {names[-1]} ([AWS HealthImaging endpoints]({limits.ENDPOINTS_PAGE})). "
+        "The template refuses any other region.\n"
+    )
+
+
 def limits_table() -> str:
     from dicom_store_contract import limits
 
@@ -386,7 +398,9 @@ def generated_documents() -> dict[Path, str]:
     """Every generated text file as it should be committed (the SVG apart: graphviz renders it)."""
     template = template_dict()
     return {
-        DEPLOYMENT: fill(DEPLOYMENT.read_text(encoding="utf-8"), "parameters", parameter_table()),
+        DEPLOYMENT: fill(
+            fill(DEPLOYMENT.read_text(encoding="utf-8"), "parameters", parameter_table()), "regions", regions_list()
+        ),
         SECURITY: fill(SECURITY.read_text(encoding="utf-8"), "iam-roles", iam_table(template)),
         ARCHITECTURE_DOT: architecture_dot(template),
         CONTRACTS: contracts_document(),

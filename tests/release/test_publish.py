@@ -323,3 +323,31 @@ def test_release_template_is_cfn_lint_clean_in_every_supported_region():
     regions = list(layout.HEALTHIMAGING_REGIONS)
     matches = lint(text, config=ManualArgs(regions=regions, include_checks=["I3042"]))
     assert [str(m) for m in matches] == []
+
+
+def test_make_publish_passes_the_settings_on():
+    def command(*settings: str) -> str:
+        dry_run = subprocess.run(
+            ["make", "--dry-run", "--no-print-directory", "publish", *settings],
+            cwd=project.ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return " ".join(dry_run.stdout.replace("\\\n", " ").split())
+
+    given = command(
+        f"IMAGE_REPOSITORY={MARKETPLACE_REPOSITORY}",
+        f"ARTIFACT_BUCKET_PREFIX={PREFIX}",
+        "REGIONS=us-east-1,eu-west-2",
+        "IMAGE_DIGEST=sha256:" + "e" * 64,
+        "ACCOUNT_ID=111122223333",
+        "DRY_RUN=1",
+    )
+    assert (
+        f"-m release publish --version {VERSION} --arch x86_64 --regions us-east-1,eu-west-2 "
+        f"--artifact-bucket-prefix {PREFIX} --image-repository {MARKETPLACE_REPOSITORY} "
+        f"--image-digest sha256:{'e' * 64} --account-id 111122223333 --dry-run"
+    ) in given
+    # Nothing given: every supported region, the account's own repository and buckets (publish's defaults).
+    assert command().endswith(f"-m release publish --version {VERSION} --arch x86_64")

@@ -211,6 +211,26 @@ def push_image(ecr: Any, engine: image.Engine, local: str, remote: str) -> str:
     return digest
 
 
+def check_registry_digest(ecr: Any, release: Release, digest: str) -> None:
+    """The version's tag in the account's own repository must hold the image the engine says it pushed.
+
+    (Marketplace's registry is not checked: a seller may push there, not necessarily describe.)
+    """
+    try:
+        details = ecr.describe_images(
+            registryId=release.registry_account,
+            repositoryName=release.repository_name,
+            imageIds=[{"imageTag": release.version}],
+        )["imageDetails"]
+    except ClientError as error:
+        raise PublishError(f"{release.image_tag_uri} is not in ECR after the push ({error})") from None
+    held = {detail["imageDigest"] for detail in details}
+    if held != {digest}:
+        raise PublishError(
+            f"the push reported {digest}, but ECR holds {', '.join(sorted(held))} for {release.image_tag_uri}"
+        )
+
+
 # --- the artifact buckets ----------------------------------------------------------------------------------
 
 
@@ -323,7 +343,10 @@ def plan(
 
     def push() -> None:
         ecr = client("ecr", release.registry_region)
-        pushed["digest"] = push_image(ecr, _require(engine), local, release.image_tag_uri)
+        digest = push_image(ecr, _require(engine), local, release.image_tag_uri)
+        if release.own_repository:
+            check_registry_digest(ecr, release, digest)
+        pushed["digest"] = digest
 
     def render() -> None:
         if "digest" not in pushed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,6 +32,24 @@ def functions_zip(tmp_path_factory) -> package.Built:
     return package.build(dist=tmp_path_factory.mktemp("dist"))
 
 
+# What a push does to the registry, for the fake engine: an image manifest under the pushed tag in moto's ECR.
+REGISTRY_PUSH = """
+import json, os, sys
+import boto3
+repository, tag = sys.argv[1].rsplit(":", 1)
+registry, name = repository.split("/", 1)
+config = {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 2, "digest": "sha256:" + "1" * 64}
+manifest = json.dumps({
+    "schemaVersion": 2,
+    "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+    "config": config,
+    "layers": [],
+})
+ecr = boto3.client("ecr", region_name=registry.split(".")[3], endpoint_url=os.environ["FAKE_ECR_ENDPOINT"])
+print(ecr.put_image(repositoryName=name, imageManifest=manifest, imageTag=tag)["image"]["imageId"]["imageDigest"])
+"""
+
+
 @pytest.fixture
 def fake_engine(tmp_path) -> Callable[..., Path]:
     """Container engine stand-ins in ``tmp_path/bin``: ``info`` exits with ``info_exit``; every other call is
@@ -41,6 +60,8 @@ def fake_engine(tmp_path) -> Callable[..., Path]:
     def make(name: str, info_exit: int) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         script = folder / name
+        pusher = folder / "registry_push.py"
+        pusher.write_text(REGISTRY_PUSH)
         record = folder / f"{name}.calls"
         script.write_text(
             "#!/bin/sh\n"
@@ -48,11 +69,16 @@ def fake_engine(tmp_path) -> Callable[..., Path]:
             f'echo "$@" >> "{record}"\n'
             f'if [ "$1" = login ]; then cat > "{record}.stdin"; fi\n'
             # A push reports the digest the registry stored, as each engine does: podman to --digestfile, docker
-            # on its last line. The digest is the sha256 of the
-            # pushed reference (test_publish.pushed_digest).
+            # on its last line. With FAKE_ECR_ENDPOINT (a moto_server) the push puts a manifest into that ECR
+            # and reports the digest ECR gives it; otherwise the digest is the sha256 of the pushed reference
+            # (test_publish.pushed_digest).
             'if [ "$1" = push ]; then\n'
             "  for reference; do :; done\n"
-            '  digest="sha256:$(printf %s "$reference" | sha256sum | cut -c1-64)"\n'
+            '  if [ -n "$FAKE_ECR_ENDPOINT" ]; then\n'
+            f'    digest="$("{sys.executable}" "{pusher}" "$reference")" || exit 1\n'
+            "  else\n"
+            '    digest="sha256:$(printf %s "$reference" | sha256sum | cut -c1-64)"\n'
+            "  fi\n"
             '  if [ "$2" = --digestfile ]; then printf %s "$digest" > "$3";\n'
             '  else echo "latest: digest: $digest size: 1234"; fi\n'
             "fi\n"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -20,6 +21,7 @@ import boto3
 import pytest
 from cfn_flip import load as load_template
 from moto import mock_aws
+from support.moto import MotoServer, aws_env
 
 from release import image, package, project, publish
 from release.templates import release_template, release_template_text
@@ -52,6 +54,26 @@ def aws(aws_credentials):
         yield
 
 
+@pytest.fixture(scope="module")
+def moto_server(tmp_path_factory):
+    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto_server.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def registry(moto_server, monkeypatch):
+    """Every AWS call, the publish's and the fake engine's push, goes to a fresh moto_server over HTTP: the push
+    puts the image's manifest into its ECR, as a real push would."""
+    reset = http.client.HTTPConnection("127.0.0.1", moto_server.port, timeout=30)
+    reset.request("POST", "/moto-api/reset")
+    assert reset.getresponse().status == 200
+    reset.close()
+    for name, value in aws_env(moto_server.endpoint, FAKE_ECR_ENDPOINT=moto_server.endpoint).items():
+        monkeypatch.setenv(name, value)
+    return moto_server
+
+
 @pytest.fixture
 def engine(fake_engine, tmp_path):
     calls = fake_engine("docker", info_exit=0)
@@ -73,11 +95,18 @@ def mapping(text: str) -> dict[str, dict[str, str]]:
     return result
 
 
-def test_publishes_image_by_digest_zip_and_one_template_to_every_region(release, aws, engine):
+def registry_digest(region: str, tag: str) -> str:
+    ecr = boto3.client("ecr", region_name=region)
+    [detail] = ecr.describe_images(repositoryName="dicom-store-scp", imageIds=[{"imageTag": tag}])["imageDetails"]
+    return str(detail["imageDigest"])
+
+
+def test_publishes_image_by_digest_zip_and_one_template_to_every_region(release, registry, engine):
     fake, calls = engine
     publish.plan(release, fake).execute(dry_run=False, say=quiet)
 
-    digest = pushed_digest(release.image_tag_uri)
+    # The digest ECR holds for the version's tag, which the push reported.
+    digest = registry_digest("us-east-1", VERSION)
     text = release.template_path.read_text()
     assert release.template_path == release.output / VERSION / "dicom-store-scp.yaml"
     assert list(release.output.rglob("*.yaml")) == [release.template_path]  # one template, not one per region
@@ -119,15 +148,27 @@ def test_publishes_image_by_digest_zip_and_one_template_to_every_region(release,
     assert f"push {release.image_tag_uri}" in recorded
 
 
-def test_podman_reports_the_digest_through_a_file(release, aws, fake_engine, tmp_path):
+def test_podman_reports_the_digest_through_a_file(release, registry, fake_engine, tmp_path):
     calls = fake_engine("podman", info_exit=0)
     podman = image.Engine("podman", str(tmp_path / "bin" / "podman"))
     publish.plan(release, podman).execute(dry_run=False, say=quiet)
     assert any(re.fullmatch(r"push --digestfile \S+ " + re.escape(release.image_tag_uri), line)
                for line in calls.read_text().splitlines())  # fmt: skip
     assert mapping(release.template_path.read_text())["Image"]["Uri"] == release.image_by_digest(
-        pushed_digest(release.image_tag_uri)
+        registry_digest("us-east-1", VERSION)
     )
+
+
+def test_a_digest_other_than_the_registrys_stops_before_the_template(release, registry, fake_engine, tmp_path):
+    fake_engine("docker", info_exit=0)
+    script = tmp_path / "bin" / "docker"
+    wrong = "sha256:" + "9" * 64
+    script.write_text(
+        script.read_text().replace('"$reference")" || exit 1', f'"$reference")" || exit 1; digest={wrong}')
+    )
+    with pytest.raises(publish.PublishError, match=f"the push reported {wrong}, but ECR holds sha256:"):
+        publish.plan(release, image.Engine("docker", str(script))).execute(dry_run=False, say=quiet)
+    assert not release.template_path.exists()
 
 
 def test_a_push_without_a_digest_stops_before_the_template(release, aws, fake_engine, tmp_path):

@@ -150,7 +150,7 @@ def _block_public_access() -> s3.PublicAccessBlockConfiguration:
 def _add_load_balancer(template: Template) -> None:
     sg = template.add_resource(
         ec2.SecurityGroup(
-            "LoadBalancerSecurityGroup",
+            c.LOAD_BALANCER_SECURITY_GROUP,
             GroupDescription="DICOM load balancer: the DICOM port from the allowed peers only",
             VpcId=Ref("VpcID"),
             SecurityGroupEgress=[
@@ -159,7 +159,7 @@ def _add_load_balancer(template: Template) -> None:
                     IpProtocol="tcp",
                     FromPort=Ref("SCPPort"),
                     ToPort=Ref("SCPPort"),
-                    CidrIp=Ref("VpcCIDR"),
+                    DestinationSecurityGroupId=GetAtt(c.TASK_SECURITY_GROUP, "GroupId"),
                 )
             ],
         )
@@ -171,8 +171,8 @@ def _add_load_balancer(template: Template) -> None:
             GroupId=GetAtt(sg, "GroupId"),
             Description=f"DICOM from allowed peers {n}",
             IpProtocol="tcp",
-            FromPort=Ref("SCPPort"),
-            ToPort=Ref("SCPPort"),
+            FromPort=Ref("ListenerPort"),
+            ToPort=Ref("ListenerPort"),
             CidrIp=Ref(f"PeerCIDR{n}"),
         )
         if condition:
@@ -188,7 +188,7 @@ def _add_load_balancer(template: Template) -> None:
             ),
             Type="network",
             Scheme=Ref("LoadBalancerScheme"),
-            Subnets=If(c.IS_INTERNET_FACING, Ref("PublicSubnetIDs"), Ref("PrivateSubnetIDs")),
+            Subnets=Ref("LoadBalancerSubnetIDs"),
             SecurityGroups=[GetAtt(sg, "GroupId")],
             LoadBalancerAttributes=[
                 elbv2.LoadBalancerAttributes(Key="load_balancing.cross_zone.enabled", Value="true"),
@@ -222,7 +222,7 @@ def _add_load_balancer(template: Template) -> None:
     )
     template.add_resource(
         elbv2.Listener(
-            "DicomListener",
+            c.LISTENER,
             Metadata=c.skip_checks(
                 *(
                     (
@@ -234,7 +234,7 @@ def _add_load_balancer(template: Template) -> None:
                 )
             ),
             LoadBalancerArn=Ref(nlb),
-            Port=Ref("SCPPort"),
+            Port=Ref("ListenerPort"),
             # DICOM TLS ends at the load balancer; the task sees plain TCP.
             Protocol=If(c.HAS_TLS, "TLS", "TCP"),
             Certificates=If(

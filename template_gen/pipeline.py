@@ -293,103 +293,120 @@ def _states_trust() -> PolicyDocument:
 _XRAY = Statement(Effect=Allow, Action=[xray.PutTraceSegments, xray.PutTelemetryRecords], Resource=["*"])
 
 
+DEAD_LETTER_QUEUE = "ImportEventDeadLetterQueue"
+WORKFLOW_LOG_GROUP = "ImportWorkflowLogGroup"
+WORKFLOW_ROLE = "ImportWorkflowRole"
+SWEEPER_SCHEDULE = "SweeperSchedule"
+
+
 def add_pipeline(template: Template, asl_definition: str) -> None:
-    dead_letters = _add_dead_letter_queue(template)
+    resources: list[object] = [dead_letter_queue(), dead_letter_queue_policy()]
     env = function_environment()
     for fn in FUNCTIONS:
-        _add_function(template, fn, env, dead_letters)
+        resources += [c.log_group(f"{fn.name}LogGroup"), function_role(fn), lambda_function(fn, env)]
+    resources += [
+        trigger_import_s3_permission(),
+        c.log_group(WORKFLOW_LOG_GROUP),
+        workflow_role(),
+        state_machine(asl_definition),
+        sweeper_schedule(),
+        sweeper_schedule_permission(),
+    ]
+    for resource in resources:
+        template.add_resource(resource)
 
-    template.add_resource(
-        lambda_.Permission(
-            c.TRIGGER_IMPORT_S3_PERMISSION,
-            FunctionName=GetAtt(c.TRIGGER_IMPORT_FUNCTION, "Arn"),
-            Action="lambda:InvokeFunction",
-            Principal="s3.amazonaws.com",
-            SourceAccount=Ref("AWS::AccountId"),
-            SourceArn=c.dicom_bucket_arn(),
-        )
-    )
-    _add_state_machine(template, asl_definition)
-    schedule = template.add_resource(
-        events.Rule(
-            "SweeperSchedule",
-            Description="Seal DICOM batches left without a manifest by a stopped task",
-            ScheduleExpression=Sub("rate(${SweepIntervalMinutes} minutes)"),
-            State="ENABLED",
-            Targets=[events.Target(Id="Sweeper", Arn=GetAtt("SweeperFunction", "Arn"))],
-        )
-    )
-    template.add_resource(
-        lambda_.Permission(
-            "SweeperSchedulePermission",
-            FunctionName=GetAtt("SweeperFunction", "Arn"),
-            Action="lambda:InvokeFunction",
-            Principal="events.amazonaws.com",
-            SourceArn=GetAtt(schedule, "Arn"),
-        )
+
+def trigger_import_s3_permission() -> lambda_.Permission:
+    return lambda_.Permission(
+        c.TRIGGER_IMPORT_S3_PERMISSION,
+        FunctionName=GetAtt(c.TRIGGER_IMPORT_FUNCTION, "Arn"),
+        Action="lambda:InvokeFunction",
+        Principal="s3.amazonaws.com",
+        SourceAccount=Ref("AWS::AccountId"),
+        SourceArn=c.dicom_bucket_arn(),
     )
 
 
-def _add_dead_letter_queue(template: Template) -> sqs_.Queue:
-    queue = template.add_resource(
-        sqs_.Queue(
-            "ImportEventDeadLetterQueue",
-            # Its messages name the batches whose import never started: kept like the tables.
-            **c.RETAIN,
-            MessageRetentionPeriod=1209600,  # 14 days, SQS's maximum: time to re-drive failed manifests
-            SqsManagedSseEnabled=If(c.HAS_KMS_KEY, NoValue, True),
-            KmsMasterKeyId=c.kms_key_or_none(),
-        )
+def sweeper_schedule() -> events.Rule:
+    return events.Rule(
+        SWEEPER_SCHEDULE,
+        Description="Seal DICOM batches left without a manifest by a stopped task",
+        ScheduleExpression=Sub("rate(${SweepIntervalMinutes} minutes)"),
+        State="ENABLED",
+        Targets=[events.Target(Id="Sweeper", Arn=GetAtt(BY_NAME["Sweeper"].logical_id, "Arn"))],
     )
-    template.add_resource(
-        sqs_.QueuePolicy(
-            "ImportEventDeadLetterQueuePolicy",
-            Queues=[Ref(queue)],
-            PolicyDocument=PolicyDocument(
-                Version="2012-10-17",
-                Statement=[
-                    Statement(
-                        Sid="DenyInsecureTransport",
-                        Effect=Deny,
-                        Principal=Principal("*"),
-                        Action=[Action("sqs", "*")],
-                        Resource=[GetAtt(queue, "Arn")],
-                        Condition=Condition(Bool("aws:SecureTransport", "false")),
-                    )
-                ],
-            ),
-        )
-    )
-    return queue
 
 
-def _add_function(template: Template, fn: Function, env: dict[str, object], dead_letters: sqs_.Queue) -> None:
-    log_group = template.add_resource(c.log_group(f"{fn.name}LogGroup"))
+def sweeper_schedule_permission() -> lambda_.Permission:
+    return lambda_.Permission(
+        "SweeperSchedulePermission",
+        FunctionName=GetAtt(BY_NAME["Sweeper"].logical_id, "Arn"),
+        Action="lambda:InvokeFunction",
+        Principal="events.amazonaws.com",
+        SourceArn=GetAtt(SWEEPER_SCHEDULE, "Arn"),
+    )
+
+
+def dead_letter_queue() -> sqs_.Queue:
+    return sqs_.Queue(
+        DEAD_LETTER_QUEUE,
+        # Its messages name the batches whose import never started: kept like the tables.
+        **c.RETAIN,
+        MessageRetentionPeriod=1209600,  # 14 days, SQS's maximum: time to re-drive failed manifests
+        SqsManagedSseEnabled=If(c.HAS_KMS_KEY, NoValue, True),
+        KmsMasterKeyId=c.kms_key_or_none(),
+    )
+
+
+def dead_letter_queue_policy() -> sqs_.QueuePolicy:
+    return sqs_.QueuePolicy(
+        "ImportEventDeadLetterQueuePolicy",
+        Queues=[Ref(DEAD_LETTER_QUEUE)],
+        PolicyDocument=PolicyDocument(
+            Version="2012-10-17",
+            Statement=[
+                Statement(
+                    Sid="DenyInsecureTransport",
+                    Effect=Deny,
+                    Principal=Principal("*"),
+                    Action=[Action("sqs", "*")],
+                    Resource=[GetAtt(DEAD_LETTER_QUEUE, "Arn")],
+                    Condition=Condition(Bool("aws:SecureTransport", "false")),
+                )
+            ],
+        ),
+    )
+
+
+def function_role(fn: Function) -> iam.Role:
     statements = [s for permission in fn.permissions for s in permission()]
     statements += table_statements(fn)
     statements += [
         Statement(
             Effect=Allow,
             Action=[logs.CreateLogStream, logs.PutLogEvents],
-            Resource=[GetAtt(log_group, "Arn")],
+            Resource=[GetAtt(f"{fn.name}LogGroup", "Arn")],
         ),
         _XRAY,
     ]
     if fn.invoked_async:
-        statements.append(Statement(Effect=Allow, Action=[sqs.SendMessage], Resource=[GetAtt(dead_letters, "Arn")]))
-    role = template.add_resource(
-        iam.Role(
-            f"{fn.name}Role",
-            AssumeRolePolicyDocument=_lambda_trust(),
-            Policies=[
-                iam.Policy(
-                    PolicyName=fn.service_name,
-                    PolicyDocument=PolicyDocument(Version="2012-10-17", Statement=statements),
-                ),
-                c.kms_key_policy("use-stack-key", fn.key_uses),
-            ],
+        statements.append(
+            Statement(Effect=Allow, Action=[sqs.SendMessage], Resource=[GetAtt(DEAD_LETTER_QUEUE, "Arn")])
         )
+    return iam.Role(
+        f"{fn.name}Role",
+        AssumeRolePolicyDocument=_lambda_trust(),
+        Policies=[
+            iam.Policy(
+                PolicyName=fn.service_name,
+                PolicyDocument=PolicyDocument(Version="2012-10-17", Statement=statements),
+            ),
+            c.kms_key_policy("use-stack-key", fn.key_uses),
+        ],
     )
+
+
+def lambda_function(fn: Function, env: dict[str, object]) -> lambda_.Function:
     skips = [
         (
             "CKV_AWS_117",
@@ -409,88 +426,84 @@ def _add_function(template: Template, fn: Function, env: dict[str, object], dead
         )
     variables = {name: env[name] for name in fn.env}
     variables["POWERTOOLS_SERVICE_NAME"] = fn.service_name
-    template.add_resource(
-        lambda_.Function(
-            fn.logical_id,
-            Metadata=c.skip_checks(*skips),
-            Runtime=RUNTIME,
-            Handler=fn.handler,
-            Code=lambda_.Code(S3Bucket=Ref("LambdaArtifactBucket"), S3Key=Ref("LambdaArtifactKey")),
-            Role=GetAtt(role, "Arn"),
-            Timeout=fn.timeout,
-            MemorySize=fn.memory,
-            Environment=lambda_.Environment(Variables=variables),
-            LoggingConfig=lambda_.LoggingConfig(LogGroup=Ref(log_group)),
-            TracingConfig=lambda_.TracingConfig(Mode="Active"),
-            ReservedConcurrentExecutions=(NoValue if fn.reserved_concurrency is None else fn.reserved_concurrency),
-            DeadLetterConfig=(
-                lambda_.DeadLetterConfig(TargetArn=GetAtt(dead_letters, "Arn")) if fn.invoked_async else NoValue
-            ),
-        )
+    return lambda_.Function(
+        fn.logical_id,
+        Metadata=c.skip_checks(*skips),
+        Runtime=RUNTIME,
+        Handler=fn.handler,
+        Code=lambda_.Code(S3Bucket=Ref("LambdaArtifactBucket"), S3Key=Ref("LambdaArtifactKey")),
+        Role=GetAtt(f"{fn.name}Role", "Arn"),
+        Timeout=fn.timeout,
+        MemorySize=fn.memory,
+        Environment=lambda_.Environment(Variables=variables),
+        LoggingConfig=lambda_.LoggingConfig(LogGroup=Ref(f"{fn.name}LogGroup")),
+        TracingConfig=lambda_.TracingConfig(Mode="Active"),
+        ReservedConcurrentExecutions=(NoValue if fn.reserved_concurrency is None else fn.reserved_concurrency),
+        DeadLetterConfig=(
+            lambda_.DeadLetterConfig(TargetArn=GetAtt(DEAD_LETTER_QUEUE, "Arn")) if fn.invoked_async else NoValue
+        ),
     )
 
 
-def _add_state_machine(template: Template, asl_definition: str) -> None:
-    log_group = template.add_resource(c.log_group("ImportWorkflowLogGroup"))
+def workflow_role() -> iam.Role:
     invoked = [GetAtt(fn.logical_id, "Arn") for fn in WORKFLOW_FUNCTIONS]
-    role = template.add_resource(
-        iam.Role(
-            "ImportWorkflowRole",
-            AssumeRolePolicyDocument=_states_trust(),
-            Policies=[
-                iam.Policy(
-                    PolicyName="import-workflow",
-                    PolicyDocument=PolicyDocument(
-                        Version="2012-10-17",
-                        Statement=[
-                            Statement(
-                                Effect=Allow,
-                                Action=[awslambda.InvokeFunction],
-                                Resource=[*invoked, *(Sub("${Arn}:*", Arn=arn) for arn in invoked)],
-                            ),
-                            # CloudWatch Logs' vended-log delivery APIs have no resource types: "*" only.
-                            Statement(
-                                Effect=Allow,
-                                Action=[
-                                    logs.CreateLogDelivery,
-                                    logs.GetLogDelivery,
-                                    logs.UpdateLogDelivery,
-                                    logs.DeleteLogDelivery,
-                                    logs.ListLogDeliveries,
-                                    logs.PutResourcePolicy,
-                                    logs.DescribeResourcePolicies,
-                                    logs.DescribeLogGroups,
-                                ],
-                                Resource=["*"],
-                            ),
-                            _XRAY,
-                        ],
-                    ),
+    return iam.Role(
+        WORKFLOW_ROLE,
+        AssumeRolePolicyDocument=_states_trust(),
+        Policies=[
+            iam.Policy(
+                PolicyName="import-workflow",
+                PolicyDocument=PolicyDocument(
+                    Version="2012-10-17",
+                    Statement=[
+                        Statement(
+                            Effect=Allow,
+                            Action=[awslambda.InvokeFunction],
+                            Resource=[*invoked, *(Sub("${Arn}:*", Arn=arn) for arn in invoked)],
+                        ),
+                        # CloudWatch Logs' vended-log delivery APIs have no resource types: "*" only.
+                        Statement(
+                            Effect=Allow,
+                            Action=[
+                                logs.CreateLogDelivery,
+                                logs.GetLogDelivery,
+                                logs.UpdateLogDelivery,
+                                logs.DeleteLogDelivery,
+                                logs.ListLogDeliveries,
+                                logs.PutResourcePolicy,
+                                logs.DescribeResourcePolicies,
+                                logs.DescribeLogGroups,
+                            ],
+                            Resource=["*"],
+                        ),
+                        _XRAY,
+                    ],
                 ),
-                # No KMS: the state machine keeps no data under the stack's key (its log group is encrypted by
-                # CloudWatch Logs under the key's policy, not with this role).
-            ],
-        )
-    )
-    template.add_resource(
-        stepfunctions.StateMachine(
-            c.STATE_MACHINE,
-            StateMachineType="STANDARD",
-            RoleArn=GetAtt(role, "Arn"),
-            DefinitionString=asl_definition,
-            DefinitionSubstitutions=definition_substitutions(),
-            # Execution data names patients' studies (UIDs): the log keeps the events, not the payloads.
-            LoggingConfiguration=stepfunctions.LoggingConfiguration(
-                Level="ALL",
-                IncludeExecutionData=False,
-                Destinations=[
-                    stepfunctions.LogDestination(
-                        CloudWatchLogsLogGroup=stepfunctions.CloudWatchLogsLogGroup(
-                            LogGroupArn=GetAtt(log_group, "Arn")
-                        )
-                    )
-                ],
             ),
-            TracingConfiguration=stepfunctions.TracingConfiguration(Enabled=True),
-        )
+            # No KMS: the state machine keeps no data under the stack's key (its log group is encrypted by
+            # CloudWatch Logs under the key's policy, not with this role).
+        ],
+    )
+
+
+def state_machine(asl_definition: str) -> stepfunctions.StateMachine:
+    return stepfunctions.StateMachine(
+        c.STATE_MACHINE,
+        StateMachineType="STANDARD",
+        RoleArn=GetAtt(WORKFLOW_ROLE, "Arn"),
+        DefinitionString=asl_definition,
+        DefinitionSubstitutions=definition_substitutions(),
+        # Execution data names patients' studies (UIDs): the log keeps the events, not the payloads.
+        LoggingConfiguration=stepfunctions.LoggingConfiguration(
+            Level="ALL",
+            IncludeExecutionData=False,
+            Destinations=[
+                stepfunctions.LogDestination(
+                    CloudWatchLogsLogGroup=stepfunctions.CloudWatchLogsLogGroup(
+                        LogGroupArn=GetAtt(WORKFLOW_LOG_GROUP, "Arn")
+                    )
+                )
+            ],
+        ),
+        TracingConfiguration=stepfunctions.TracingConfiguration(Enabled=True),
     )

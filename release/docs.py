@@ -353,9 +353,21 @@ def limits_table() -> str:
     return limits.table()
 
 
+def workflow_placeholders() -> str:
+    """The ASL's DefinitionSubstitutions, from template_gen's function table."""
+    from template_gen.pipeline import definition_substitutions
+
+    return ", ".join(f"`${{{name}}}`" for name in definition_substitutions()) + "."
+
+
 def contracts_document() -> str:
     text = CONTRACTS.read_text(encoding="utf-8")
-    for name, content in (("layout", layout_table()), ("manifest", manifest_section()), ("limits", limits_table())):
+    for name, content in (
+        ("layout", layout_table()),
+        ("manifest", manifest_section()),
+        ("limits", limits_table()),
+        ("workflow-placeholders", workflow_placeholders()),
+    ):
         text = fill(text, name, content)
     return text
 

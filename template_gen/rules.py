@@ -9,6 +9,7 @@ from troposphere import And, Equals, Not, Ref, Template
 from template_gen.parameters import FARGATE_CPU_MEMORY, HEALTHIMAGING_REGIONS
 
 EVERYWHERE = "0.0.0.0/0"
+SUBNET_PARAMETERS = ("PrivateSubnetIDs", "LoadBalancerSubnetIDs")
 
 
 def add_rules(template: Template) -> None:
@@ -28,12 +29,14 @@ def add_rules(template: Template) -> None:
         {
             "Assertions": [
                 {
-                    "Assert": {
-                        "Fn::EachMemberEquals": [
-                            {"Fn::ValueOfAll": ["List<AWS::EC2::Subnet::Id>", "VpcId"]},
-                            Ref("VpcID"),
-                        ]
-                    },
+                    # Fn::ValueOf per parameter: AWS documents it for list parameters; Fn::ValueOfAll's examples
+                    # name single-value types only.
+                    "Assert": And(
+                        *(
+                            {"Fn::EachMemberEquals": [{"Fn::ValueOf": [parameter, "VpcId"]}, Ref("VpcID")]}
+                            for parameter in SUBNET_PARAMETERS
+                        )
+                    ),
                     "AssertDescription": "Every subnet (PrivateSubnetIDs, LoadBalancerSubnetIDs) must belong to VpcID",
                 }
             ]

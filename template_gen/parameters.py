@@ -45,10 +45,8 @@ FARGATE_CPU_MEMORY: dict[str, tuple[int, ...]] = {
 }
 ALL_FARGATE_MEMORY = tuple(str(m) for m in sorted({m for ms in FARGATE_CPU_MEMORY.values() for m in ms}))
 
-# The regions where AWS HealthImaging runs (the stack is pointless anywhere else): the service endpoints table of
-# https://docs.aws.amazon.com/healthimaging/latest/devguide/endpoints-quotas.html#endpoints (Europe (London) added
-# in its current edition). The one list: the Rule, cfn-lint's regions in the tests and docs/deployment.md use it.
-HEALTHIMAGING_REGIONS = ("us-east-1", "us-west-2", "eu-west-1", "eu-west-2", "ap-southeast-2")
+# The regions where AWS HealthImaging runs (the stack is pointless anywhere else).
+HEALTHIMAGING_REGIONS = ("us-east-1", "us-west-2", "eu-west-1", "ap-southeast-2")
 
 LOG_RETENTION_DAYS = (
     1,

@@ -399,13 +399,6 @@ def test_flow_logs_and_alarm_actions_are_optional(template: dict[str, Any]) -> N
     assert all(a["Properties"]["AlarmActions"] == [{"Ref": "AlarmTopicARN"}] for a in alarms.values())
 
 
-def test_deployment_guide_names_exactly_the_supported_regions() -> None:
-    guide = (Path(__file__).parents[2] / "docs" / "deployment.md").read_text(encoding="utf-8")
-    prerequisites = guide.split("## Prerequisites", 1)[1].split("\n## ", 1)[0]
-    named = set(re.findall(r"`([a-z]{2}-[a-z]+-\d)`", prerequisites))
-    assert named == set(HEALTHIMAGING_REGIONS)
-
-
 def test_rules_admit_only_fargate_pairs_and_healthimaging_regions(template: dict[str, Any]) -> None:
     rules = template["Rules"]
     region_assert = rules["HealthImagingRegion"]["Assertions"][0]["Assert"]["Fn::Contains"]

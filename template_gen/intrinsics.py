@@ -187,6 +187,7 @@ class Evaluator:
             "Ref": self.ref,
             "Fn::GetAtt": lambda a: self.get_att(*(a if isinstance(a, list) else a.split(".", 1))),
             "Fn::Sub": self.sub,
+            "Fn::FindInMap": lambda a: self.template["Mappings"][v(a[0])][v(a[1])][v(a[2])],
             "Fn::Join": self.join,
             "Fn::Select": self.select,
             "Fn::Split": self.split,

@@ -544,3 +544,23 @@ def test_tables_and_docs_name_the_same_key(template: dict[str, Any]) -> None:
             assert sse.get("SSEType") == sse_type
             assert ("KMSMasterKeyId" in sse) == bool(key)
         assert words in security
+
+
+def test_the_evaluator_computes_what_cloudformation_would() -> None:
+    template = {
+        "Parameters": {"Name": {"Type": "String", "Default": "a-b-c"}, "Ids": {"Type": "CommaDelimitedList"}},
+        "Mappings": {"ByRegion": {"us-east-1": {"Bucket": "artifacts-us-east-1"}}},
+        "Conditions": {"HasIds": {"Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "Ids"}]}, ""]}]}},
+        "Resources": {"Thing": {"Type": "AWS::SNS::Topic"}},
+    }
+    stack = Deployment(template, {"Ids": "x,y"})
+    assert stack.value({"Fn::FindInMap": ["ByRegion", {"Ref": "AWS::Region"}, "Bucket"]}) == "artifacts-us-east-1"
+    assert stack.value({"Fn::Select": [1, {"Fn::Split": ["-", {"Ref": "Name"}]}]}) == "b"
+    assert stack.value({"Fn::Sub": ["${A}/${AWS::Region}/${Thing.Arn}", {"A": {"Ref": "Name"}}]}) == (
+        "a-b-c/us-east-1/arn:aws:placeholder:us-east-1:123456789012:Thing.Arn"
+    )
+    assert stack.value([{"Fn::If": ["HasIds", {"Fn::Join": ["+", {"Ref": "Ids"}]}, {"Ref": "AWS::NoValue"}]}]) == [
+        "x+y"
+    ]
+    assert Deployment(template).value([{"Fn::If": ["HasIds", "yes", {"Ref": "AWS::NoValue"}]}]) == []
+    assert references({"Fn::Sub": ["${A}-${Thing.Arn}-${Name}", {"A": {"Ref": "Other"}}]}) == {"Thing", "Name", "Other"}

@@ -101,7 +101,7 @@ def task_security_group() -> ec2.SecurityGroup:
         # admitted by the additional task security group (SecurityGroupID). docs/deployment.md says so.
         SecurityGroupEgress=[
             ec2.SecurityGroupRule(
-                Description="HTTPS to Amazon S3, ECR, CloudWatch Logs and STS (NAT gateway or VPC endpoints)",
+                Description="HTTPS to Amazon S3, ECR and CloudWatch Logs (NAT gateway or VPC endpoints)",
                 IpProtocol="tcp",
                 FromPort=443,
                 ToPort=443,

@@ -14,6 +14,7 @@ committed document differs from a fresh generation.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from release import project
+from template_gen.intrinsics import Evaluator, references, sub_parts
 
 DOCS = project.ROOT / "docs"
 DEPLOYMENT = DOCS / "deployment.md"
@@ -108,82 +110,59 @@ _PSEUDO = {
 }
 
 
-class Reader:
+class Reader(Evaluator):
     """Renders CloudFormation values as short text (``DicomBucket``, ``<KmsKeyArn>``, ``X.Arn``) and lists the
-    resources a value refers to."""
+    resources a value refers to: template_gen's evaluator, rendering instead of computing."""
 
     def __init__(self, template: dict[str, Any]) -> None:
+        super().__init__(template, pseudo=_PSEUDO)
         self.resources: dict[str, Any] = template["Resources"]
         # Buckets named with Fn::Sub appear in ARNs only as that same pattern: recognise it as the bucket.
         self.name_patterns: dict[str, str] = {}
         for name, resource in self.resources.items():
             bucket_name = resource.get("Properties", {}).get("BucketName")
             if isinstance(bucket_name, dict) and "Fn::Sub" in bucket_name:
-                sub = bucket_name["Fn::Sub"]
-                self.name_patterns[sub[0] if isinstance(sub, list) else sub] = name
+                self.name_patterns[sub_parts(bucket_name["Fn::Sub"])[0]] = name
 
-    def _name(self, name: str) -> str:
+    def ref(self, name: str) -> str:
         if name in _PSEUDO:
             return _PSEUDO[name]
-        if name.split(".")[0] in self.resources:
+        if name in self.resources:
             return name
         return f"<{name}>"
 
-    def text(self, value: Any) -> str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, list):
-            return ", ".join(self.text(v) for v in value)
-        if not isinstance(value, dict) or len(value) != 1:
-            return str(value)
-        [(function, argument)] = value.items()
-        if function == "Ref":
-            return self._name(argument)
-        if function == "Fn::GetAtt":
-            return ".".join(argument)
-        if function == "Fn::Sub":
-            pattern, variables = (argument, {}) if isinstance(argument, str) else argument
-            for known, resource in self.name_patterns.items():
-                pattern = pattern.replace(known, "${" + resource + "}")
+    def get_att(self, logical_id: str, attribute: str) -> str:
+        return f"{logical_id}.{attribute}"
 
-            def variable(match: re.Match[str]) -> str:
-                key = match.group(1)
-                return self.text(variables[key]) if key in variables else self._name(key)
+    def if_(self, condition: str, when_true: Any, when_false: Any) -> str:
+        if when_false == {"Ref": "AWS::NoValue"}:
+            return f"{self.text(when_true)} (if {condition})"
+        return f"{self.text(when_true)} if {condition}, else {self.text(when_false)}"
 
-            return re.sub(r"\$\{([^}!]+)\}", variable, pattern)
-        if function == "Fn::If":
-            condition, when_true, when_false = argument
-            if when_false == {"Ref": "AWS::NoValue"}:
-                return f"{self.text(when_true)} (if {condition})"
-            return f"{self.text(when_true)} if {condition}, else {self.text(when_false)}"
-        if function == "Fn::Join":
-            return argument[0].join(self.text(v) for v in argument[1])
+    def sub(self, argument: Any) -> str:
+        pattern, variables = sub_parts(argument)
+        for known, resource in self.name_patterns.items():
+            pattern = pattern.replace(known, "${" + resource + "}")
+        return str(super().sub([pattern, variables]))
+
+    def join(self, argument: Any) -> str:
+        return str(argument[0]).join(self.text(v) for v in argument[1])
+
+    def select(self, argument: Any) -> str:
         return "<derived>"
 
-    def references(self, value: Any) -> set[str]:
-        found: set[str] = set()
+    def split(self, argument: Any) -> str:
+        return "<derived>"
+
+    def text(self, value: Any) -> str:
         if isinstance(value, list):
-            for item in value:
-                found |= self.references(item)
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                if key == "Ref" and item in self.resources:
-                    found.add(item)
-                elif key == "Fn::GetAtt":
-                    found.add(item[0] if isinstance(item, list) else item.split(".")[0])
-                elif key == "Fn::Sub":
-                    pattern = item if isinstance(item, str) else item[0]
-                    for known, resource in self.name_patterns.items():
-                        if known in pattern:
-                            found.add(resource)
-                    for name in re.findall(r"\$\{([^}!.]+)", pattern):
-                        if name in self.resources:
-                            found.add(name)
-                    if isinstance(item, list):
-                        found |= self.references(item[1])
-                else:
-                    found |= self.references(item)
-        return found
+            return ", ".join(self.text(v) for v in value)
+        return str(self.value(value))
+
+    def references(self, value: Any) -> set[str]:
+        found = references(value) & set(self.resources)
+        text = json.dumps(value)
+        return found | {resource for known, resource in self.name_patterns.items() if known in text}
 
 
 # --- IAM ---------------------------------------------------------------------------------------------------
@@ -226,6 +205,8 @@ def iam_table(template: dict[str, Any]) -> str:
                 effect = "" if statement.get("Effect", "Allow") == "Allow" else "**Deny** "
                 actions = ", ".join(f"`{a}`" for a in _as_list(statement["Action"]))
                 on = "<br>".join(_code(reader.text(r)) for r in _as_list(statement.get("Resource", [])))
+                for test, keys in statement.get("Condition", {}).items():
+                    on += "".join(f"<br>if {_code(k)} {test} {_code(reader.text(v))}" for k, v in keys.items())
                 lines.append(f"| `{name}` | {', '.join(principals)} | {_cell(label)} | {effect}{actions} | {on} |")
     return "\n".join(lines)
 
@@ -384,9 +365,21 @@ def limits_table() -> str:
     return limits.table()
 
 
+def workflow_placeholders() -> str:
+    """The ASL's DefinitionSubstitutions, from template_gen's function table."""
+    from template_gen.pipeline import definition_substitutions
+
+    return ", ".join(f"`${{{name}}}`" for name in definition_substitutions()) + "."
+
+
 def contracts_document() -> str:
     text = CONTRACTS.read_text(encoding="utf-8")
-    for name, content in (("layout", layout_table()), ("manifest", manifest_section()), ("limits", limits_table())):
+    for name, content in (
+        ("layout", layout_table()),
+        ("manifest", manifest_section()),
+        ("limits", limits_table()),
+        ("workflow-placeholders", workflow_placeholders()),
+    ):
         text = fill(text, name, content)
     return text
 

@@ -7,6 +7,8 @@ reaches) needs the bucket's ARN, which would be a circular dependency.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from awacs.aws import Allow, ArnLike, Condition, PolicyDocument, Principal, Statement, StringEquals
@@ -25,6 +27,7 @@ from troposphere import (
     Sub,
     Template,
     iam,
+    logs,
 )
 
 # Conditions
@@ -33,7 +36,6 @@ HAS_PEER_CIDR3 = "HasPeerCIDR3"
 HAS_TLS = "HasTLSCertificate"
 HAS_KMS_KEY = "HasKmsKey"
 HAS_EXTRA_TASK_SG = "HasAdditionalTaskSecurityGroup"
-IS_INTERNET_FACING = "IsInternetFacing"
 CREATE_DATASTORE = "CreateDatastore"
 HAS_ALARM_TOPIC = "HasAlarmTopic"
 ENABLE_FLOW_LOGS = "EnableFlowLogs"
@@ -50,9 +52,15 @@ TRIGGER_IMPORT_FUNCTION = "TriggerImportFunction"
 TRIGGER_IMPORT_S3_PERMISSION = "TriggerImportS3Permission"
 STATE_MACHINE = "ImportWorkflow"
 LOAD_BALANCER = "NetworkLoadBalancer"
+LOAD_BALANCER_SECURITY_GROUP = "LoadBalancerSecurityGroup"
+LISTENER = "DicomListener"
+TASK_SECURITY_GROUP = "ScpTaskSecurityGroup"
 TARGET_GROUP = "ScpTargetGroup"
 CLUSTER = "ScpCluster"
 SERVICE = "ScpService"
+
+# Kept on stack deletion and replacement: medical images, the record of what was imported, audit logs.
+RETAIN = {"DeletionPolicy": "Retain", "UpdateReplacePolicy": "Retain"}
 
 # ECS stops a task with SIGTERM, then SIGKILL after this many seconds (Fargate's maximum).
 # ShutdownGraceSeconds is capped below it so open associations can finish and their batches be sealed.
@@ -67,7 +75,6 @@ def add_conditions(template: Template) -> None:
     template.add_condition(HAS_TLS, Not(Equals(Ref("TLSCertificateARN"), "")))
     template.add_condition(HAS_KMS_KEY, Not(Equals(Ref("KmsKeyArn"), "")))
     template.add_condition(HAS_EXTRA_TASK_SG, Not(Equals(Ref("SecurityGroupID"), "")))
-    template.add_condition(IS_INTERNET_FACING, Equals(Ref("LoadBalancerScheme"), "internet-facing"))
     template.add_condition(CREATE_DATASTORE, Equals(Ref("ExistingDatastoreID"), ""))
     template.add_condition(HAS_ALARM_TOPIC, Not(Equals(Ref("AlarmTopicARN"), "")))
     template.add_condition(ENABLE_FLOW_LOGS, Equals(Ref("EnableVPCFlowLogs"), "true"))
@@ -146,16 +153,45 @@ def service_trust(service: str, source_arn: Any) -> PolicyDocument:
     )
 
 
-def kms_key_policy(name: str, actions: list[Any]) -> If:
-    """An inline policy allowing ``actions`` on the stack's KMS key, present only when a key is given."""
+@dataclass(frozen=True)
+class KeyUse:
+    """KMS actions a role's calls make AWS ``service`` perform with the stack's key: granted only through that
+    service (kms:ViaService), never for direct use of the key."""
+
+    service: str  # endpoint prefix: s3, dynamodb, sqs, medical-imaging
+    actions: tuple[Any, ...]
+
+
+def kms_key_policy(name: str, uses: Sequence[KeyUse]) -> If:
+    """An inline policy allowing each use of the stack's KMS key, present only when a key is given."""
     return If(
         HAS_KMS_KEY,
         iam.Policy(
             PolicyName=name,
             PolicyDocument=PolicyDocument(
                 Version="2012-10-17",
-                Statement=[Statement(Effect=Allow, Action=actions, Resource=[Ref("KmsKeyArn")])],
+                Statement=[
+                    Statement(
+                        Effect=Allow,
+                        Action=list(use.actions),
+                        Resource=[Ref("KmsKeyArn")],
+                        Condition=Condition(
+                            StringEquals("kms:ViaService", Sub(use.service + ".${AWS::Region}.amazonaws.com"))
+                        ),
+                    )
+                    for use in uses
+                ],
             ),
         ),
         NoValue,
+    )
+
+
+def log_group(logical_id: str) -> logs.LogGroup:
+    """A log group of the stack: retention from LogRetentionDays, the stack's key, kept when the stack goes."""
+    return logs.LogGroup(
+        logical_id,
+        **RETAIN,
+        RetentionInDays=Ref("LogRetentionDays"),
+        KmsKeyId=kms_key_or_none(),
     )

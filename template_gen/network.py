@@ -51,8 +51,7 @@ def _add_access_log_bucket(template: Template) -> None:
     bucket = template.add_resource(
         s3.Bucket(
             c.ACCESS_LOG_BUCKET,
-            DeletionPolicy="Retain",
-            UpdateReplacePolicy="Retain",
+            **c.RETAIN,
             Metadata=c.skip_checks(
                 ("CKV_AWS_18", "This is the access-log destination; logging it to itself would loop."),
             ),
@@ -148,101 +147,111 @@ def _block_public_access() -> s3.PublicAccessBlockConfiguration:
 
 
 def _add_load_balancer(template: Template) -> None:
-    sg = template.add_resource(
-        ec2.SecurityGroup(
-            "LoadBalancerSecurityGroup",
-            GroupDescription="DICOM load balancer: the DICOM port from the allowed peers only",
-            VpcId=Ref("VpcID"),
-            SecurityGroupEgress=[
-                ec2.SecurityGroupRule(
-                    Description="DICOM traffic and health checks to the SCP tasks",
-                    IpProtocol="tcp",
-                    FromPort=Ref("SCPPort"),
-                    ToPort=Ref("SCPPort"),
-                    CidrIp=Ref("VpcCIDR"),
-                )
-            ],
-        )
-    )
+    template.add_resource(load_balancer_security_group())
     # One resource per peer CIDR so that an empty parameter adds no rule at all.
     for n, condition in ((1, None), (2, c.HAS_PEER_CIDR2), (3, c.HAS_PEER_CIDR3)):
-        ingress = ec2.SecurityGroupIngress(
-            f"LoadBalancerIngressPeer{n}",
-            GroupId=GetAtt(sg, "GroupId"),
-            Description=f"DICOM from allowed peers {n}",
-            IpProtocol="tcp",
-            FromPort=Ref("SCPPort"),
-            ToPort=Ref("SCPPort"),
-            CidrIp=Ref(f"PeerCIDR{n}"),
-        )
-        if condition:
-            ingress.Condition = condition
-        template.add_resource(ingress)
+        template.add_resource(peer_ingress(n, condition))
+    template.add_resource(load_balancer())
+    template.add_resource(target_group())
+    template.add_resource(listener())
 
-    nlb = template.add_resource(
-        elbv2.LoadBalancer(
-            c.LOAD_BALANCER,
-            DependsOn=["AccessLogBucketPolicy"],
-            Metadata=c.skip_checks(
-                ("CKV_AWS_150", "Deletion protection would make deleting the product's stack fail."),
+
+def load_balancer_security_group() -> ec2.SecurityGroup:
+    return ec2.SecurityGroup(
+        c.LOAD_BALANCER_SECURITY_GROUP,
+        GroupDescription="DICOM load balancer: the DICOM port from the allowed peers only",
+        VpcId=Ref("VpcID"),
+        SecurityGroupEgress=[
+            ec2.SecurityGroupRule(
+                Description="DICOM traffic and health checks to the SCP tasks",
+                IpProtocol="tcp",
+                FromPort=Ref("SCPPort"),
+                ToPort=Ref("SCPPort"),
+                DestinationSecurityGroupId=GetAtt(c.TASK_SECURITY_GROUP, "GroupId"),
+            )
+        ],
+    )
+
+
+def peer_ingress(n: int, condition: str | None) -> ec2.SecurityGroupIngress:
+    ingress = ec2.SecurityGroupIngress(
+        f"LoadBalancerIngressPeer{n}",
+        GroupId=GetAtt(c.LOAD_BALANCER_SECURITY_GROUP, "GroupId"),
+        Description=f"DICOM from allowed peers {n}",
+        IpProtocol="tcp",
+        FromPort=Ref("ListenerPort"),
+        ToPort=Ref("ListenerPort"),
+        CidrIp=Ref(f"PeerCIDR{n}"),
+    )
+    if condition:
+        ingress.Condition = condition
+    return ingress
+
+
+def load_balancer() -> elbv2.LoadBalancer:
+    return elbv2.LoadBalancer(
+        c.LOAD_BALANCER,
+        DependsOn=["AccessLogBucketPolicy"],
+        Metadata=c.skip_checks(
+            ("CKV_AWS_150", "Deletion protection would make deleting the product's stack fail."),
+        ),
+        Type="network",
+        Scheme=Ref("LoadBalancerScheme"),
+        Subnets=Ref("LoadBalancerSubnetIDs"),
+        SecurityGroups=[GetAtt(c.LOAD_BALANCER_SECURITY_GROUP, "GroupId")],
+        LoadBalancerAttributes=[
+            elbv2.LoadBalancerAttributes(Key="load_balancing.cross_zone.enabled", Value="true"),
+            # NLBs write access logs for TLS listeners only; with plain TCP the setting is inert.
+            elbv2.LoadBalancerAttributes(Key="access_logs.s3.enabled", Value="true"),
+            elbv2.LoadBalancerAttributes(Key="access_logs.s3.bucket", Value=Ref(c.ACCESS_LOG_BUCKET)),
+            elbv2.LoadBalancerAttributes(Key="access_logs.s3.prefix", Value=NLB_LOG_PREFIX),
+        ],
+    )
+
+
+def target_group() -> elbv2.TargetGroup:
+    return elbv2.TargetGroup(
+        c.TARGET_GROUP,
+        TargetType="ip",
+        Protocol="TCP",
+        Port=Ref("SCPPort"),
+        VpcId=Ref("VpcID"),
+        HealthCheckProtocol="TCP",
+        HealthCheckIntervalSeconds=10,
+        HealthyThresholdCount=2,
+        UnhealthyThresholdCount=2,
+        TargetGroupAttributes=[
+            elbv2.TargetGroupAttribute(
+                Key="deregistration_delay.timeout_seconds", Value=str(c.DEREGISTRATION_DELAY_SECONDS)
             ),
-            Type="network",
-            Scheme=Ref("LoadBalancerScheme"),
-            Subnets=If(c.IS_INTERNET_FACING, Ref("PublicSubnetIDs"), Ref("PrivateSubnetIDs")),
-            SecurityGroups=[GetAtt(sg, "GroupId")],
-            LoadBalancerAttributes=[
-                elbv2.LoadBalancerAttributes(Key="load_balancing.cross_zone.enabled", Value="true"),
-                # NLBs write access logs for TLS listeners only; with plain TCP the setting is inert.
-                elbv2.LoadBalancerAttributes(Key="access_logs.s3.enabled", Value="true"),
-                elbv2.LoadBalancerAttributes(Key="access_logs.s3.bucket", Value=Ref(c.ACCESS_LOG_BUCKET)),
-                elbv2.LoadBalancerAttributes(Key="access_logs.s3.prefix", Value=NLB_LOG_PREFIX),
-            ],
-        )
+            # IP targets over TCP do not preserve the client address by default; the SCP checks peers
+            # against PEER_CIDRS and logs them, so it needs the real one.
+            elbv2.TargetGroupAttribute(Key="preserve_client_ip.enabled", Value="true"),
+        ],
     )
-    target_group = template.add_resource(
-        elbv2.TargetGroup(
-            c.TARGET_GROUP,
-            TargetType="ip",
-            Protocol="TCP",
-            Port=Ref("SCPPort"),
-            VpcId=Ref("VpcID"),
-            HealthCheckProtocol="TCP",
-            HealthCheckIntervalSeconds=10,
-            HealthyThresholdCount=2,
-            UnhealthyThresholdCount=2,
-            TargetGroupAttributes=[
-                elbv2.TargetGroupAttribute(
-                    Key="deregistration_delay.timeout_seconds", Value=str(c.DEREGISTRATION_DELAY_SECONDS)
-                ),
-                # IP targets over TCP do not preserve the client address by default; the SCP checks peers
-                # against PEER_CIDRS and logs them, so it needs the real one.
-                elbv2.TargetGroupAttribute(Key="preserve_client_ip.enabled", Value="true"),
-            ],
-        )
-    )
-    template.add_resource(
-        elbv2.Listener(
-            "DicomListener",
-            Metadata=c.skip_checks(
-                *(
-                    (
-                        check,
-                        "DICOM over TLS when TLSCertificateARN is given (TLS 1.2+ policy); many modalities "
-                        "speak plain DICOM only, so TCP stays the deployer's choice, limited to PeerCIDR1-3.",
-                    )
-                    for check in ("CKV_AWS_2", "CKV_AWS_103")
+
+
+def listener() -> elbv2.Listener:
+    return elbv2.Listener(
+        c.LISTENER,
+        Metadata=c.skip_checks(
+            *(
+                (
+                    check,
+                    "DICOM over TLS when TLSCertificateARN is given (TLS 1.2+ policy); many modalities "
+                    "speak plain DICOM only, so TCP stays the deployer's choice, limited to PeerCIDR1-3 (a Rule "
+                    "refuses plain TCP from 0.0.0.0/0 on an internet-facing load balancer).",
                 )
-            ),
-            LoadBalancerArn=Ref(nlb),
-            Port=Ref("SCPPort"),
-            # DICOM TLS ends at the load balancer; the task sees plain TCP.
-            Protocol=If(c.HAS_TLS, "TLS", "TCP"),
-            Certificates=If(
-                c.HAS_TLS, [elbv2.Certificate(CertificateArn=Ref("TLSCertificateARN"))], Ref("AWS::NoValue")
-            ),
-            SslPolicy=If(c.HAS_TLS, TLS_POLICY, Ref("AWS::NoValue")),
-            DefaultActions=[elbv2.Action(Type="forward", TargetGroupArn=Ref(target_group))],
-        )
+                for check in ("CKV_AWS_2", "CKV_AWS_103")
+            )
+        ),
+        LoadBalancerArn=Ref(c.LOAD_BALANCER),
+        Port=Ref("ListenerPort"),
+        # DICOM TLS ends at the load balancer; the task sees plain TCP.
+        Protocol=If(c.HAS_TLS, "TLS", "TCP"),
+        Certificates=If(c.HAS_TLS, [elbv2.Certificate(CertificateArn=Ref("TLSCertificateARN"))], Ref("AWS::NoValue")),
+        SslPolicy=If(c.HAS_TLS, TLS_POLICY, Ref("AWS::NoValue")),
+        DefaultActions=[elbv2.Action(Type="forward", TargetGroupArn=Ref(c.TARGET_GROUP))],
     )
 
 

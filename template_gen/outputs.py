@@ -10,7 +10,7 @@ from template_gen import common as c
 def add_outputs(template: Template) -> None:
     outputs = {
         "NetworkLoadBalancerDNS": ("DNS name of the DICOM endpoint", GetAtt(c.LOAD_BALANCER, "DNSName")),
-        "DICOMPort": ("TCP port of the DICOM endpoint", Ref("SCPPort")),
+        "DICOMPort": ("TCP port of the DICOM endpoint", Ref("ListenerPort")),
         "DICOMAETitle": ("AE title of the DICOM endpoint", Ref("SCPAETitle")),
         "DatastoreID": ("HealthImaging data store receiving the imports", c.datastore_id()),
         "DICOMBucketName": ("Bucket of received instances and batch manifests", c.dicom_bucket_name()),

@@ -86,13 +86,9 @@ PARAMETERS: tuple[Param, ...] = (
     # --- Network
     Param("VpcID", "AWS::EC2::VPC::Id", NETWORK, "VPC",
           "The VPC that holds the load balancer and the SCP tasks."),
-    Param("VpcCIDR", "String", NETWORK, "VPC CIDR",
-          "The VPC's IPv4 CIDR: the load balancer may reach the SCP tasks only inside it.",
-          constraints={"AllowedPattern": CIDR_PATTERN,
-                       "ConstraintDescription": "an IPv4 CIDR block such as 10.0.0.0/16"}),
-    Param("PublicSubnetIDs", "List<AWS::EC2::Subnet::Id>", NETWORK, "Public subnets",
-          "Subnets of an internet-facing load balancer (one per Availability Zone). Ignored when the scheme "
-          "is internal."),
+    Param("LoadBalancerSubnetIDs", "List<AWS::EC2::Subnet::Id>", NETWORK, "Load balancer subnets",
+          "Subnets of the load balancer, one per Availability Zone of the private subnets: public subnets when "
+          "the scheme is internet-facing; with the internal scheme, the private subnets themselves will do."),
     Param("PrivateSubnetIDs", "List<AWS::EC2::Subnet::Id>", NETWORK, "Private subnets",
           "Subnets of the SCP tasks (and of an internal load balancer). They need a route to Amazon S3, ECR "
           "and CloudWatch Logs (NAT gateway or VPC endpoints)."),
@@ -103,8 +99,8 @@ PARAMETERS: tuple[Param, ...] = (
           constraints={"AllowedPattern": r"^(sg-[0-9a-f]{8,17})?$",
                        "ConstraintDescription": "empty or a security group id (sg-...)"}),
     Param("LoadBalancerScheme", "String", NETWORK, "Load balancer scheme",
-          "internet-facing (in the public subnets) or internal (in the private subnets, reached over VPN or "
-          "Direct Connect).",
+          "internet-facing (load balancer subnets public) or internal (reached over VPN or Direct Connect). "
+          "Internet-facing without TLS is refused unless the allowed peers are narrower than 0.0.0.0/0.",
           default="internet-facing",
           constraints={"AllowedValues": ["internet-facing", "internal"]}),
     Param("EnableVPCFlowLogs", "String", NETWORK, "VPC flow logs",
@@ -116,8 +112,12 @@ PARAMETERS: tuple[Param, ...] = (
           default="STORESCP",
           constraints={"AllowedPattern": AE_TITLE_PATTERN, "MinLength": 1, "MaxLength": 16,
                        "ConstraintDescription": "1-16 printable ASCII characters, no backslash"}),
-    Param("SCPPort", "Number", DICOM, "DICOM port",
-          "TCP port of the DICOM endpoint, on the load balancer and in the task.",
+    Param("ListenerPort", "Number", DICOM, "DICOM port",
+          "TCP port of the DICOM endpoint on the load balancer (104 is DICOM's well-known port).",
+          default=11112, constraints={"MinValue": 1, "MaxValue": 65535}),
+    Param("SCPPort", "Number", DICOM, "Container port",
+          "TCP port the SCP listens on inside the task (unprivileged); the load balancer forwards the DICOM "
+          "port to it.",
           default=11112, constraints={"MinValue": 1024, "MaxValue": 65535}),
     Param("PeerCIDR1", "String", DICOM, "Allowed peers (1)",
           "IPv4 CIDR of senders (modalities, PACS) admitted to the DICOM port.",
@@ -215,7 +215,7 @@ PARAMETERS: tuple[Param, ...] = (
           default=limits.BATCH_MAX_INSTANCES.whole,
           constraints={"MinValue": 1, "MaxValue": limits.FILES_PER_IMPORT_JOB.whole}),
     Param("BatchMaxBytes", "Number", STORAGE, "Bytes per import batch",
-          "Import batches hold at most this many bytes (AHI allows 10 GB per job).",
+          f"Import batches hold at most this many bytes (AHI allows {limits.BYTES_PER_IMPORT_JOB.whole:,} per job).",
           default=limits.BATCH_MAX_BYTES.whole,
           constraints={"MinValue": 1048576, "MaxValue": limits.BYTES_PER_IMPORT_JOB.whole}),
     Param("DICOMObjectRetentionDays", "Number", STORAGE, "DICOM object retention (days)",

@@ -6,7 +6,9 @@ Sweeper, on a schedule, seals batches whose task died (its manifest fires Trigge
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 
 from awacs import (
     awslambda,
@@ -27,8 +29,11 @@ from awacs import (
     s3 as s3_actions,
 )
 from awacs.aws import (
+    Action,
     Allow,
+    Bool,
     Condition,
+    Deny,
     PolicyDocument,
     Principal,
     Statement,
@@ -51,7 +56,6 @@ from troposphere import (
 from troposphere import (
     awslambda as lambda_,
 )
-from troposphere import logs as cwlogs
 from troposphere import sqs as sqs_
 
 from template_gen import common as c
@@ -59,17 +63,190 @@ from template_gen import release
 
 RUNTIME = "python3.12"
 
-# StartDICOMImportJob is throttled at 1 request/s per account (burst 2): one invocation at a time keeps the
-# workflow's submissions below it; the workflow retries when Lambda throttles the next one.
-START_IMPORT_JOB_CONCURRENCY = 1
+
+class Invoker(Enum):
+    """Who invokes a function: S3 and EventBridge asynchronously (failed events go to the dead-letter queue), the
+    workflow synchronously (its states are the ASL's ``${<Name>FunctionArn}`` placeholders)."""
+
+    S3 = "s3"
+    SCHEDULE = "schedule"
+    WORKFLOW = "workflow"
+
+
+@dataclass(frozen=True)
+class TableAccess:
+    """DynamoDB actions a function calls on one table (``index``: on that global secondary index)."""
+
+    table: str  # logical id
+    actions: tuple[Action, ...]
+    index: str | None = None
+
+    def arn(self) -> AWSHelperFn:
+        if self.index is None:
+            return GetAtt(self.table, "Arn")
+        return Sub("${Arn}/index/" + self.index, Arn=GetAtt(self.table, "Arn"))
+
+
+@dataclass(frozen=True)
+class Function:
+    name: str  # logical id stem (<name>Function, <name>Role, <name>LogGroup)
+    handler: str
+    service_name: str  # POWERTOOLS_SERVICE_NAME, the role's policy name
+    timeout: int
+    memory: int
+    env: tuple[str, ...]
+    invoker: Invoker
+    permissions: tuple[Callable[[], list[Statement]], ...]  # named statement sets, below
+    tables: tuple[TableAccess, ...] = ()  # exactly the DynamoDB calls it makes (tests/integration checks)
+    key_uses: tuple[c.KeyUse, ...] = ()
+    # None: no reservation. A reservation fails stack creation where the account's unreserved concurrency would
+    # drop below Lambda's minimum (new accounts); the workflow's Retry paces StartDICOMImportJob instead.
+    reserved_concurrency: int | None = None
+
+    @property
+    def logical_id(self) -> str:
+        return f"{self.name}Function"
+
+    @property
+    def invoked_async(self) -> bool:
+        return self.invoker is not Invoker.WORKFLOW
+
+    @property
+    def placeholder(self) -> str:
+        """The ASL's placeholder of the function's ARN."""
+        return f"{self.name}FunctionArn"
+
+
+# --- named statement sets --------------------------------------------------------------------------------
+
+
+def read_manifests() -> list[Statement]:
+    return [Statement(Effect=Allow, Action=[s3_actions.GetObject], Resource=[c.dicom_bucket_arn("manifests/*")])]
+
+
+def list_incoming() -> list[Statement]:
+    # TriggerImport checks every listed object is stored: it lists the batch prefix, nothing else.
+    return [
+        Statement(
+            Effect=Allow,
+            Action=[s3_actions.ListBucket],
+            Resource=[c.dicom_bucket_arn()],
+            Condition=Condition(StringLike("s3:prefix", [Sub("${DICOMPrefix}incoming/*")])),
+        )
+    ]
+
+
+def start_execution() -> list[Statement]:
+    return [
+        Statement(Effect=Allow, Action=[states.StartExecution], Resource=[Ref(c.STATE_MACHINE)]),
+        # Re-driven events find the execution of their batch already there and read its state.
+        Statement(
+            Effect=Allow,
+            Action=[states.DescribeExecution],
+            Resource=[
+                Sub(
+                    "arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:execution:${Name}:*",
+                    Name=GetAtt(c.STATE_MACHINE, "Name"),
+                )
+            ],
+        ),
+    ]
+
+
+def start_import() -> list[Statement]:
+    return [
+        Statement(Effect=Allow, Action=[medical_imaging.StartDICOMImportJob], Resource=[c.datastore_arn()]),
+        Statement(
+            Effect=Allow,
+            Action=[iam_actions.PassRole],
+            Resource=[GetAtt(c.DATA_ACCESS_ROLE, "Arn")],
+            Condition=Condition(StringEquals("iam:PassedToService", "medical-imaging.amazonaws.com")),
+        ),
+    ]
+
+
+def get_import() -> list[Statement]:
+    return [Statement(Effect=Allow, Action=[medical_imaging.GetDICOMImportJob], Resource=[c.datastore_arn()])]
+
+
+def read_results() -> list[Statement]:
+    results_arn = GetAtt(c.RESULTS_BUCKET, "Arn")
+    return [
+        Statement(Effect=Allow, Action=[s3_actions.ListBucket], Resource=[results_arn]),
+        Statement(Effect=Allow, Action=[s3_actions.GetObject], Resource=[Sub("${Arn}/*", Arn=results_arn)]),
+    ]
+
+
+def seal_batches() -> list[Statement]:
+    return [
+        Statement(
+            Effect=Allow,
+            Action=[s3_actions.ListBucket],
+            Resource=[c.dicom_bucket_arn()],
+            Condition=Condition(
+                StringLike("s3:prefix", [Sub("${DICOMPrefix}incoming/*"), Sub("${DICOMPrefix}manifests/*")])
+            ),
+        ),
+        Statement(
+            Effect=Allow,
+            Action=[s3_actions.GetObject],
+            Resource=[c.dicom_bucket_arn("incoming/*"), c.dicom_bucket_arn("manifests/*")],
+        ),
+        Statement(Effect=Allow, Action=[s3_actions.PutObject], Resource=[c.dicom_bucket_arn("manifests/*")]),
+    ]
+
+
+# --- the function table ----------------------------------------------------------------------------------
+
+_COMMON_ENV = ("JOB_TABLE_NAME", "INSTANCE_TABLE_NAME", "DICOM_BUCKET", "DICOM_PREFIX", "LOG_LEVEL")
+
+# With the stack's key: reading an SSE-KMS object, a DynamoDB table's key refresh, Lambda's delivery of a failed
+# event to the encrypted dead-letter queue (with the function's role), HealthImaging's use of the data store key.
+_READ_OBJECTS = c.KeyUse("s3", (kms.Decrypt,))
+_WRITE_OBJECTS = c.KeyUse("s3", (kms.Decrypt, kms.GenerateDataKey))
+_TABLES = c.KeyUse("dynamodb", (kms.Decrypt,))
+_DEAD_LETTERS = c.KeyUse("sqs", (kms.Decrypt, kms.GenerateDataKey))
+_START_IMPORT = c.KeyUse("medical-imaging", (kms.DescribeKey, kms.Decrypt, kms.GenerateDataKey))
+_READ_IMPORT = c.KeyUse("medical-imaging", (kms.DescribeKey, kms.Decrypt))
+
+# Environment per function: what each reads. STATE_MACHINE_ARN only where no cycle arises (the state machine
+# depends on the functions it invokes).
+FUNCTIONS = (
+    Function("TriggerImport", "functions.trigger_import.handler", "trigger-import", 300, 512,
+             (*_COMMON_ENV, "STATE_MACHINE_ARN"), Invoker.S3,
+             (read_manifests, list_incoming, start_execution),
+             (TableAccess(c.INSTANCE_TABLE, (ddb.PutItem,)),),
+             (_READ_OBJECTS, _TABLES, _DEAD_LETTERS)),
+    Function("StartImportJob", "functions.start_import_job.handler", "start-import-job", 60, 256,
+             (*_COMMON_ENV, "DATASTORE_ID", "DATA_ACCESS_ROLE_ARN", "RESULTS_BUCKET"), Invoker.WORKFLOW,
+             (read_manifests, start_import),
+             (TableAccess(c.JOB_TABLE, (ddb.PutItem,)), TableAccess(c.INSTANCE_TABLE, (ddb.UpdateItem,))),
+             (_READ_OBJECTS, _TABLES, _START_IMPORT)),
+    Function("CheckStatus", "functions.check_status.handler", "check-status", 300, 512,
+             (*_COMMON_ENV, "DATASTORE_ID", "RESULTS_BUCKET"), Invoker.WORKFLOW,
+             (read_manifests, get_import, read_results),
+             (TableAccess(c.JOB_TABLE, (ddb.UpdateItem,)), TableAccess(c.INSTANCE_TABLE, (ddb.UpdateItem,))),
+             (_READ_OBJECTS, _TABLES, _READ_IMPORT)),
+    Function("RecordFailure", "functions.record_failure.handler", "record-failure", 300, 256,
+             _COMMON_ENV, Invoker.WORKFLOW,
+             (read_manifests,),
+             (TableAccess(c.JOB_TABLE, (ddb.UpdateItem,)), TableAccess(c.INSTANCE_TABLE, (ddb.UpdateItem,))),
+             (_READ_OBJECTS, _TABLES)),
+    Function("Sweeper", "functions.sweeper.handler", "sweeper", 300, 256,
+             (*_COMMON_ENV, "SWEEP_MIN_AGE_MINUTES"), Invoker.SCHEDULE,
+             (seal_batches,),
+             (),
+             (_WRITE_OBJECTS, _DEAD_LETTERS)),
+)  # fmt: skip
+
+WORKFLOW_FUNCTIONS = tuple(fn for fn in FUNCTIONS if fn.invoker is Invoker.WORKFLOW)
+BY_NAME = {fn.name: fn for fn in FUNCTIONS}
 
 
 # DefinitionSubstitutions of statemachine/import_workflow.asl.json (docs/contracts.md): exactly the ASL's.
 def definition_substitutions() -> dict[str, AWSHelperFn]:
     return {
-        "StartImportJobFunctionArn": GetAtt("StartImportJobFunction", "Arn"),
-        "CheckStatusFunctionArn": GetAtt("CheckStatusFunction", "Arn"),
-        "RecordFailureFunctionArn": GetAtt("RecordFailureFunction", "Arn"),
+        **{fn.placeholder: GetAtt(fn.logical_id, "Arn") for fn in WORKFLOW_FUNCTIONS},
         "WaitSeconds": Ref("ImportPollSeconds"),
         "MaxPolls": Ref("ImportMaxPolls"),
     }
@@ -91,126 +268,8 @@ def function_environment() -> dict[str, object]:
     }
 
 
-_COMMON_ENV = ("JOB_TABLE_NAME", "INSTANCE_TABLE_NAME", "DICOM_BUCKET", "DICOM_PREFIX", "LOG_LEVEL")
-
-
-@dataclass(frozen=True)
-class Function:
-    name: str  # logical id stem and POWERTOOLS_SERVICE_NAME source
-    handler: str
-    service_name: str
-    timeout: int
-    memory: int
-    env: tuple[str, ...]
-    invoked_async: bool  # by S3 or EventBridge: failed events go to the dead-letter queue
-    statements: tuple[str, ...]  # permission sets, see _statements()
-
-
-# Environment per function: what each reads. STATE_MACHINE_ARN only where no cycle arises (the state machine
-# depends on the functions it invokes).
-FUNCTIONS = (
-    Function("TriggerImport", "functions.trigger_import.handler", "trigger-import", 300, 512,
-             (*_COMMON_ENV, "STATE_MACHINE_ARN"), True,
-             ("read-manifests", "list-incoming", "tables", "start-execution")),
-    Function("StartImportJob", "functions.start_import_job.handler", "start-import-job", 60, 256,
-             (*_COMMON_ENV, "DATASTORE_ID", "DATA_ACCESS_ROLE_ARN", "RESULTS_BUCKET"), False,
-             ("read-manifests", "tables", "start-import")),
-    Function("CheckStatus", "functions.check_status.handler", "check-status", 300, 512,
-             (*_COMMON_ENV, "DATASTORE_ID", "RESULTS_BUCKET"), False,
-             ("read-manifests", "tables", "get-import", "read-results")),
-    Function("RecordFailure", "functions.record_failure.handler", "record-failure", 300, 256,
-             _COMMON_ENV, False, ("read-manifests", "tables")),
-    Function("Sweeper", "functions.sweeper.handler", "sweeper", 300, 256,
-             (*_COMMON_ENV, "SWEEP_MIN_AGE_MINUTES"), True, ("seal-batches",)),
-)  # fmt: skip
-
-
-def _table_resources() -> list[object]:
-    arns: list[object] = []
-    for table in (c.JOB_TABLE, c.INSTANCE_TABLE):
-        arns += [GetAtt(table, "Arn"), Sub("${Arn}/index/*", Arn=GetAtt(table, "Arn"))]
-    return arns
-
-
-def _statements(name: str) -> list[Statement]:
-    results_arn = GetAtt(c.RESULTS_BUCKET, "Arn")
-    if name == "read-manifests":
-        return [Statement(Effect=Allow, Action=[s3_actions.GetObject], Resource=[c.dicom_bucket_arn("manifests/*")])]
-    if name == "list-incoming":
-        # TriggerImport checks every listed object is stored: it lists the batch prefix, nothing else.
-        return [
-            Statement(
-                Effect=Allow,
-                Action=[s3_actions.ListBucket],
-                Resource=[c.dicom_bucket_arn()],
-                Condition=Condition(StringLike("s3:prefix", [Sub("${DICOMPrefix}incoming/*")])),
-            )
-        ]
-    if name == "tables":
-        return [
-            Statement(
-                Effect=Allow,
-                Action=[
-                    ddb.GetItem,
-                    ddb.BatchGetItem,
-                    ddb.Query,
-                    ddb.PutItem,
-                    ddb.UpdateItem,
-                    ddb.BatchWriteItem,
-                ],
-                Resource=_table_resources(),
-            )
-        ]
-    if name == "start-execution":
-        return [
-            Statement(Effect=Allow, Action=[states.StartExecution], Resource=[Ref(c.STATE_MACHINE)]),
-            # Re-driven events find the execution of their batch already there and read its state.
-            Statement(
-                Effect=Allow,
-                Action=[states.DescribeExecution],
-                Resource=[
-                    Sub(
-                        "arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:execution:${Name}:*",
-                        Name=GetAtt(c.STATE_MACHINE, "Name"),
-                    )
-                ],
-            ),
-        ]
-    if name == "start-import":
-        return [
-            Statement(Effect=Allow, Action=[medical_imaging.StartDICOMImportJob], Resource=[c.datastore_arn()]),
-            Statement(
-                Effect=Allow,
-                Action=[iam_actions.PassRole],
-                Resource=[GetAtt(c.DATA_ACCESS_ROLE, "Arn")],
-                Condition=Condition(StringEquals("iam:PassedToService", "medical-imaging.amazonaws.com")),
-            ),
-        ]
-    if name == "get-import":
-        return [Statement(Effect=Allow, Action=[medical_imaging.GetDICOMImportJob], Resource=[c.datastore_arn()])]
-    if name == "read-results":
-        return [
-            Statement(Effect=Allow, Action=[s3_actions.ListBucket], Resource=[results_arn]),
-            Statement(Effect=Allow, Action=[s3_actions.GetObject], Resource=[Sub("${Arn}/*", Arn=results_arn)]),
-        ]
-    if name == "seal-batches":
-        return [
-            Statement(
-                Effect=Allow,
-                Action=[s3_actions.ListBucket],
-                Resource=[c.dicom_bucket_arn()],
-                Condition=Condition(
-                    StringLike("s3:prefix", [Sub("${DICOMPrefix}incoming/*"), Sub("${DICOMPrefix}manifests/*")])
-                ),
-            ),
-            Statement(
-                Effect=Allow,
-                Action=[s3_actions.GetObject],
-                Resource=[c.dicom_bucket_arn("incoming/*"), c.dicom_bucket_arn("manifests/*")],
-            ),
-            Statement(Effect=Allow, Action=[s3_actions.PutObject], Resource=[c.dicom_bucket_arn("manifests/*")]),
-        ]
-    raise ValueError(name)
+def table_statements(fn: Function) -> list[Statement]:
+    return [Statement(Effect=Allow, Action=list(t.actions), Resource=[t.arn()]) for t in fn.tables]
 
 
 def _lambda_trust() -> PolicyDocument:
@@ -231,90 +290,124 @@ def _states_trust() -> PolicyDocument:
     )
 
 
-def _kms_policy() -> If:
-    return c.kms_key_policy("use-stack-key", [kms.Decrypt, kms.GenerateDataKey])
-
-
 # X-Ray trace submission has no resource type: it can only be granted on "*".
 _XRAY = Statement(Effect=Allow, Action=[xray.PutTraceSegments, xray.PutTelemetryRecords], Resource=["*"])
 
 
+DEAD_LETTER_QUEUE = "ImportEventDeadLetterQueue"
+WORKFLOW_LOG_GROUP = "ImportWorkflowLogGroup"
+WORKFLOW_ROLE = "ImportWorkflowRole"
+SWEEPER_SCHEDULE = "SweeperSchedule"
+
+
 def add_pipeline(template: Template, asl_definition: str) -> None:
-    dead_letters = template.add_resource(
-        sqs_.Queue(
-            "ImportEventDeadLetterQueue",
-            MessageRetentionPeriod=1209600,  # 14 days, SQS's maximum: time to re-drive failed manifests
-            SqsManagedSseEnabled=If(c.HAS_KMS_KEY, NoValue, True),
-            KmsMasterKeyId=c.kms_key_or_none(),
-        )
-    )
+    resources: list[object] = [dead_letter_queue(), dead_letter_queue_policy()]
     env = function_environment()
     for fn in FUNCTIONS:
-        _add_function(template, fn, env, dead_letters)
+        resources += [c.log_group(f"{fn.name}LogGroup"), function_role(fn), lambda_function(fn, env)]
+    resources += [
+        trigger_import_s3_permission(),
+        c.log_group(WORKFLOW_LOG_GROUP),
+        workflow_role(),
+        state_machine(asl_definition),
+        sweeper_schedule(),
+        sweeper_schedule_permission(),
+    ]
+    for resource in resources:
+        template.add_resource(resource)
 
-    template.add_resource(
-        lambda_.Permission(
-            c.TRIGGER_IMPORT_S3_PERMISSION,
-            FunctionName=GetAtt(c.TRIGGER_IMPORT_FUNCTION, "Arn"),
-            Action="lambda:InvokeFunction",
-            Principal="s3.amazonaws.com",
-            SourceAccount=Ref("AWS::AccountId"),
-            SourceArn=c.dicom_bucket_arn(),
-        )
-    )
-    _add_state_machine(template, asl_definition)
-    schedule = template.add_resource(
-        events.Rule(
-            "SweeperSchedule",
-            Description="Seal DICOM batches left without a manifest by a stopped task",
-            ScheduleExpression=Sub("rate(${SweepIntervalMinutes} minutes)"),
-            State="ENABLED",
-            Targets=[events.Target(Id="Sweeper", Arn=GetAtt("SweeperFunction", "Arn"))],
-        )
-    )
-    template.add_resource(
-        lambda_.Permission(
-            "SweeperSchedulePermission",
-            FunctionName=GetAtt("SweeperFunction", "Arn"),
-            Action="lambda:InvokeFunction",
-            Principal="events.amazonaws.com",
-            SourceArn=GetAtt(schedule, "Arn"),
-        )
+
+def trigger_import_s3_permission() -> lambda_.Permission:
+    return lambda_.Permission(
+        c.TRIGGER_IMPORT_S3_PERMISSION,
+        FunctionName=GetAtt(c.TRIGGER_IMPORT_FUNCTION, "Arn"),
+        Action="lambda:InvokeFunction",
+        Principal="s3.amazonaws.com",
+        SourceAccount=Ref("AWS::AccountId"),
+        SourceArn=c.dicom_bucket_arn(),
     )
 
 
-def _add_function(template: Template, fn: Function, env: dict[str, object], dead_letters: sqs_.Queue) -> None:
-    log_group = template.add_resource(
-        cwlogs.LogGroup(
-            f"{fn.name}LogGroup",
-            RetentionInDays=Ref("LogRetentionDays"),
-            KmsKeyId=c.kms_key_or_none(),
-        )
+def sweeper_schedule() -> events.Rule:
+    return events.Rule(
+        SWEEPER_SCHEDULE,
+        Description="Seal DICOM batches left without a manifest by a stopped task",
+        ScheduleExpression=Sub("rate(${SweepIntervalMinutes} minutes)"),
+        State="ENABLED",
+        Targets=[events.Target(Id="Sweeper", Arn=GetAtt(BY_NAME["Sweeper"].logical_id, "Arn"))],
     )
-    statements = [s for name in fn.statements for s in _statements(name)]
+
+
+def sweeper_schedule_permission() -> lambda_.Permission:
+    return lambda_.Permission(
+        "SweeperSchedulePermission",
+        FunctionName=GetAtt(BY_NAME["Sweeper"].logical_id, "Arn"),
+        Action="lambda:InvokeFunction",
+        Principal="events.amazonaws.com",
+        SourceArn=GetAtt(SWEEPER_SCHEDULE, "Arn"),
+    )
+
+
+def dead_letter_queue() -> sqs_.Queue:
+    return sqs_.Queue(
+        DEAD_LETTER_QUEUE,
+        # Its messages name the batches whose import never started: kept like the tables.
+        **c.RETAIN,
+        MessageRetentionPeriod=1209600,  # 14 days, SQS's maximum: time to re-drive failed manifests
+        SqsManagedSseEnabled=If(c.HAS_KMS_KEY, NoValue, True),
+        KmsMasterKeyId=c.kms_key_or_none(),
+    )
+
+
+def dead_letter_queue_policy() -> sqs_.QueuePolicy:
+    return sqs_.QueuePolicy(
+        "ImportEventDeadLetterQueuePolicy",
+        Queues=[Ref(DEAD_LETTER_QUEUE)],
+        PolicyDocument=PolicyDocument(
+            Version="2012-10-17",
+            Statement=[
+                Statement(
+                    Sid="DenyInsecureTransport",
+                    Effect=Deny,
+                    Principal=Principal("*"),
+                    Action=[Action("sqs", "*")],
+                    Resource=[GetAtt(DEAD_LETTER_QUEUE, "Arn")],
+                    Condition=Condition(Bool("aws:SecureTransport", "false")),
+                )
+            ],
+        ),
+    )
+
+
+def function_role(fn: Function) -> iam.Role:
+    statements = [s for permission in fn.permissions for s in permission()]
+    statements += table_statements(fn)
     statements += [
         Statement(
             Effect=Allow,
             Action=[logs.CreateLogStream, logs.PutLogEvents],
-            Resource=[GetAtt(log_group, "Arn")],
+            Resource=[GetAtt(f"{fn.name}LogGroup", "Arn")],
         ),
         _XRAY,
     ]
     if fn.invoked_async:
-        statements.append(Statement(Effect=Allow, Action=[sqs.SendMessage], Resource=[GetAtt(dead_letters, "Arn")]))
-    role = template.add_resource(
-        iam.Role(
-            f"{fn.name}Role",
-            AssumeRolePolicyDocument=_lambda_trust(),
-            Policies=[
-                iam.Policy(
-                    PolicyName=fn.service_name,
-                    PolicyDocument=PolicyDocument(Version="2012-10-17", Statement=statements),
-                ),
-                _kms_policy(),
-            ],
+        statements.append(
+            Statement(Effect=Allow, Action=[sqs.SendMessage], Resource=[GetAtt(DEAD_LETTER_QUEUE, "Arn")])
         )
+    return iam.Role(
+        f"{fn.name}Role",
+        AssumeRolePolicyDocument=_lambda_trust(),
+        Policies=[
+            iam.Policy(
+                PolicyName=fn.service_name,
+                PolicyDocument=PolicyDocument(Version="2012-10-17", Statement=statements),
+            ),
+            c.kms_key_policy("use-stack-key", fn.key_uses),
+        ],
     )
+
+
+def lambda_function(fn: Function, env: dict[str, object]) -> lambda_.Function:
     skips = [
         (
             "CKV_AWS_117",
@@ -324,97 +417,94 @@ def _add_function(template: Template, fn: Function, env: dict[str, object], dead
     ]
     if not fn.invoked_async:
         skips.append(("CKV_AWS_116", "Invoked synchronously by the workflow, which catches and records failures."))
-    if fn.name != "StartImportJob":
-        skips.append(("CKV_AWS_115", "Only StartImportJob needs a concurrency limit (the import API's throttle)."))
+    if fn.reserved_concurrency is None:
+        skips.append(
+            (
+                "CKV_AWS_115",
+                "No reserved concurrency: a reservation fails stack creation in new accounts; the workflow's "
+                "Retry with backoff paces the import API instead.",
+            )
+        )
     variables = {name: env[name] for name in fn.env}
     variables["POWERTOOLS_SERVICE_NAME"] = fn.service_name
-    template.add_resource(
-        lambda_.Function(
-            f"{fn.name}Function",
-            Metadata=c.skip_checks(*skips),
-            Runtime=RUNTIME,
-            Handler=fn.handler,
-            Code=release.functions_code(),
-            Role=GetAtt(role, "Arn"),
-            Timeout=fn.timeout,
-            MemorySize=fn.memory,
-            Environment=lambda_.Environment(Variables=variables),
-            LoggingConfig=lambda_.LoggingConfig(LogGroup=Ref(log_group)),
-            TracingConfig=lambda_.TracingConfig(Mode="Active"),
-            ReservedConcurrentExecutions=(START_IMPORT_JOB_CONCURRENCY if fn.name == "StartImportJob" else NoValue),
-            DeadLetterConfig=(
-                lambda_.DeadLetterConfig(TargetArn=GetAtt(dead_letters, "Arn")) if fn.invoked_async else NoValue
-            ),
-        )
+    return lambda_.Function(
+        fn.logical_id,
+        Metadata=c.skip_checks(*skips),
+        Runtime=RUNTIME,
+        Handler=fn.handler,
+        Code=release.functions_code(),
+        Role=GetAtt(f"{fn.name}Role", "Arn"),
+        Timeout=fn.timeout,
+        MemorySize=fn.memory,
+        Environment=lambda_.Environment(Variables=variables),
+        LoggingConfig=lambda_.LoggingConfig(LogGroup=Ref(f"{fn.name}LogGroup")),
+        TracingConfig=lambda_.TracingConfig(Mode="Active"),
+        ReservedConcurrentExecutions=(NoValue if fn.reserved_concurrency is None else fn.reserved_concurrency),
+        DeadLetterConfig=(
+            lambda_.DeadLetterConfig(TargetArn=GetAtt(DEAD_LETTER_QUEUE, "Arn")) if fn.invoked_async else NoValue
+        ),
     )
 
 
-def _add_state_machine(template: Template, asl_definition: str) -> None:
-    log_group = template.add_resource(
-        cwlogs.LogGroup(
-            "ImportWorkflowLogGroup",
-            RetentionInDays=Ref("LogRetentionDays"),
-            KmsKeyId=c.kms_key_or_none(),
-        )
-    )
-    invoked = [GetAtt(f"{name}Function", "Arn") for name in ("StartImportJob", "CheckStatus", "RecordFailure")]
-    role = template.add_resource(
-        iam.Role(
-            "ImportWorkflowRole",
-            AssumeRolePolicyDocument=_states_trust(),
-            Policies=[
-                iam.Policy(
-                    PolicyName="import-workflow",
-                    PolicyDocument=PolicyDocument(
-                        Version="2012-10-17",
-                        Statement=[
-                            Statement(
-                                Effect=Allow,
-                                Action=[awslambda.InvokeFunction],
-                                Resource=[*invoked, *(Sub("${Arn}:*", Arn=arn) for arn in invoked)],
-                            ),
-                            # CloudWatch Logs' vended-log delivery APIs have no resource types: "*" only.
-                            Statement(
-                                Effect=Allow,
-                                Action=[
-                                    logs.CreateLogDelivery,
-                                    logs.GetLogDelivery,
-                                    logs.UpdateLogDelivery,
-                                    logs.DeleteLogDelivery,
-                                    logs.ListLogDeliveries,
-                                    logs.PutResourcePolicy,
-                                    logs.DescribeResourcePolicies,
-                                    logs.DescribeLogGroups,
-                                ],
-                                Resource=["*"],
-                            ),
-                            _XRAY,
-                        ],
-                    ),
+def workflow_role() -> iam.Role:
+    invoked = [GetAtt(fn.logical_id, "Arn") for fn in WORKFLOW_FUNCTIONS]
+    return iam.Role(
+        WORKFLOW_ROLE,
+        AssumeRolePolicyDocument=_states_trust(),
+        Policies=[
+            iam.Policy(
+                PolicyName="import-workflow",
+                PolicyDocument=PolicyDocument(
+                    Version="2012-10-17",
+                    Statement=[
+                        Statement(
+                            Effect=Allow,
+                            Action=[awslambda.InvokeFunction],
+                            Resource=[*invoked, *(Sub("${Arn}:*", Arn=arn) for arn in invoked)],
+                        ),
+                        # CloudWatch Logs' vended-log delivery APIs have no resource types: "*" only.
+                        Statement(
+                            Effect=Allow,
+                            Action=[
+                                logs.CreateLogDelivery,
+                                logs.GetLogDelivery,
+                                logs.UpdateLogDelivery,
+                                logs.DeleteLogDelivery,
+                                logs.ListLogDeliveries,
+                                logs.PutResourcePolicy,
+                                logs.DescribeResourcePolicies,
+                                logs.DescribeLogGroups,
+                            ],
+                            Resource=["*"],
+                        ),
+                        _XRAY,
+                    ],
                 ),
-                _kms_policy(),
-            ],
-        )
-    )
-    template.add_resource(
-        stepfunctions.StateMachine(
-            c.STATE_MACHINE,
-            StateMachineType="STANDARD",
-            RoleArn=GetAtt(role, "Arn"),
-            DefinitionString=asl_definition,
-            DefinitionSubstitutions=definition_substitutions(),
-            # Execution data names patients' studies (UIDs): the log keeps the events, not the payloads.
-            LoggingConfiguration=stepfunctions.LoggingConfiguration(
-                Level="ALL",
-                IncludeExecutionData=False,
-                Destinations=[
-                    stepfunctions.LogDestination(
-                        CloudWatchLogsLogGroup=stepfunctions.CloudWatchLogsLogGroup(
-                            LogGroupArn=GetAtt(log_group, "Arn")
-                        )
-                    )
-                ],
             ),
-            TracingConfiguration=stepfunctions.TracingConfiguration(Enabled=True),
-        )
+            # No KMS: the state machine keeps no data under the stack's key (its log group is encrypted by
+            # CloudWatch Logs under the key's policy, not with this role).
+        ],
+    )
+
+
+def state_machine(asl_definition: str) -> stepfunctions.StateMachine:
+    return stepfunctions.StateMachine(
+        c.STATE_MACHINE,
+        StateMachineType="STANDARD",
+        RoleArn=GetAtt(WORKFLOW_ROLE, "Arn"),
+        DefinitionString=asl_definition,
+        DefinitionSubstitutions=definition_substitutions(),
+        # Execution data names patients' studies (UIDs): the log keeps the events, not the payloads.
+        LoggingConfiguration=stepfunctions.LoggingConfiguration(
+            Level="ALL",
+            IncludeExecutionData=False,
+            Destinations=[
+                stepfunctions.LogDestination(
+                    CloudWatchLogsLogGroup=stepfunctions.CloudWatchLogsLogGroup(
+                        LogGroupArn=GetAtt(WORKFLOW_LOG_GROUP, "Arn")
+                    )
+                )
+            ],
+        ),
+        TracingConfiguration=stepfunctions.TracingConfiguration(Enabled=True),
     )

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from troposphere import Equals, Ref, Template
+from typing import Any
+
+from troposphere import And, Equals, Not, Ref, Template
 
 from template_gen.parameters import FARGATE_CPU_MEMORY, HEALTHIMAGING_REGIONS
+
+EVERYWHERE = "0.0.0.0/0"
+SUBNET_PARAMETERS = ("PrivateSubnetIDs", "LoadBalancerSubnetIDs")
 
 
 def add_rules(template: Template) -> None:
@@ -17,6 +22,57 @@ def add_rules(template: Template) -> None:
                     "AssertDescription": "AWS HealthImaging runs only in " + ", ".join(HEALTHIMAGING_REGIONS),
                 }
             ]
+        },
+    )
+    template.add_rule(
+        "SubnetsInTheVpc",
+        {
+            "Assertions": [
+                {
+                    # Fn::ValueOf per parameter: AWS documents it for list parameters; Fn::ValueOfAll's examples
+                    # name single-value types only.
+                    "Assert": And(
+                        *(
+                            {"Fn::EachMemberEquals": [{"Fn::ValueOf": [parameter, "VpcId"]}, Ref("VpcID")]}
+                            for parameter in SUBNET_PARAMETERS
+                        )
+                    ),
+                    "AssertDescription": "Every subnet (PrivateSubnetIDs, LoadBalancerSubnetIDs) must belong to VpcID",
+                }
+            ]
+        },
+    )
+    template.add_rule(
+        "LoadBalancerCoversTaskZones",
+        {
+            "Assertions": [
+                {
+                    "Assert": {
+                        "Fn::EachMemberIn": [
+                            _subnet_zones("PrivateSubnetIDs"),
+                            _subnet_zones("LoadBalancerSubnetIDs"),
+                        ]
+                    },
+                    "AssertDescription": "LoadBalancerSubnetIDs must include a subnet in every Availability Zone of "
+                    "PrivateSubnetIDs: the load balancer does not route to tasks in a zone it is not in",
+                }
+            ]
+        },
+    )
+    template.add_rule(
+        "NoClearTextDicomFromTheInternet",
+        {
+            "RuleCondition": And(
+                Equals(Ref("LoadBalancerScheme"), "internet-facing"), Equals(Ref("TLSCertificateARN"), "")
+            ),
+            "Assertions": [
+                {
+                    "Assert": And(*(Not(Equals(Ref(f"PeerCIDR{n}"), EVERYWHERE)) for n in (1, 2, 3))),
+                    "AssertDescription": "An internet-facing load balancer with plain TCP open to 0.0.0.0/0 would "
+                    "carry patient data in clear text over the internet: give TLSCertificateARN, narrow "
+                    "PeerCIDR1-3 to your senders' addresses, or choose the internal LoadBalancerScheme",
+                }
+            ],
         },
     )
     for cpu, memories in FARGATE_CPU_MEMORY.items():
@@ -33,3 +89,7 @@ def add_rules(template: Template) -> None:
                 ],
             },
         )
+
+
+def _subnet_zones(parameter: str) -> dict[str, Any]:
+    return {"Fn::ValueOf": [parameter, "AvailabilityZone"]}

@@ -10,7 +10,6 @@ from awacs.aws import (
 )
 from troposphere import GetAtt, If, Ref, Select, Split, Sub, Template, ec2, ecs, iam
 from troposphere import applicationautoscaling as aas
-from troposphere import logs as cwlogs
 
 from template_gen import common as c
 from template_gen import release
@@ -71,211 +70,234 @@ def image_repository_arn() -> Sub:
     )
 
 
+LOG_GROUP = "ScpLogGroup"
+EXECUTION_ROLE = "ScpExecutionRole"
+TASK_ROLE = "ScpTaskRole"
+TASK_DEFINITION = "ScpTaskDefinition"
+SCALABLE_TARGET = "ScpScalableTarget"
+
+
 def add_service(template: Template) -> None:
-    task_sg = template.add_resource(
-        ec2.SecurityGroup(
-            "ScpTaskSecurityGroup",
-            GroupDescription="DICOM SCP tasks: the DICOM port from the load balancer only",
-            VpcId=Ref("VpcID"),
-            SecurityGroupIngress=[
-                ec2.SecurityGroupRule(
-                    Description="DICOM traffic and health checks from the load balancer",
-                    IpProtocol="tcp",
-                    FromPort=Ref("SCPPort"),
-                    ToPort=Ref("SCPPort"),
-                    SourceSecurityGroupId=GetAtt("LoadBalancerSecurityGroup", "GroupId"),
-                )
-            ],
-            SecurityGroupEgress=[
-                ec2.SecurityGroupRule(
-                    Description="HTTPS to Amazon S3, ECR and CloudWatch Logs",
-                    IpProtocol="tcp",
-                    FromPort=443,
-                    ToPort=443,
-                    CidrIp="0.0.0.0/0",
-                )
-            ],
-        )
+    for resource in (
+        task_security_group(),
+        task_ingress_from_load_balancer(),
+        cluster(),
+        c.log_group(LOG_GROUP),
+        execution_role(),
+        task_role(),
+        task_definition(),
+        service(),
+        scalable_target(),
+        cpu_scaling_policy(),
+    ):
+        template.add_resource(resource)
+
+
+def task_security_group() -> ec2.SecurityGroup:
+    return ec2.SecurityGroup(
+        c.TASK_SECURITY_GROUP,
+        GroupDescription="DICOM SCP tasks: the DICOM port from the load balancer only",
+        VpcId=Ref("VpcID"),
+        # DNS: the Amazon-provided resolver is not subject to security groups; resolvers of one's own are
+        # admitted by the additional task security group (SecurityGroupID). docs/deployment.md says so.
+        SecurityGroupEgress=[
+            ec2.SecurityGroupRule(
+                Description="HTTPS to Amazon S3, ECR and CloudWatch Logs (NAT gateway or VPC endpoints)",
+                IpProtocol="tcp",
+                FromPort=443,
+                ToPort=443,
+                CidrIp="0.0.0.0/0",
+            )
+        ],
     )
-    cluster = template.add_resource(
-        ecs.Cluster(
-            c.CLUSTER,
-            ClusterSettings=[ecs.ClusterSetting(Name="containerInsights", Value="enabled")],
-        )
+
+
+def task_ingress_from_load_balancer() -> ec2.SecurityGroupIngress:
+    # Its own resource: the load balancer's group names this group in its egress, so an inline rule here would
+    # make the two groups depend on each other.
+    return ec2.SecurityGroupIngress(
+        "ScpTaskIngressFromLoadBalancer",
+        GroupId=GetAtt(c.TASK_SECURITY_GROUP, "GroupId"),
+        Description="DICOM traffic and health checks from the load balancer",
+        IpProtocol="tcp",
+        FromPort=Ref("SCPPort"),
+        ToPort=Ref("SCPPort"),
+        SourceSecurityGroupId=GetAtt(c.LOAD_BALANCER_SECURITY_GROUP, "GroupId"),
     )
-    log_group = template.add_resource(
-        cwlogs.LogGroup(
-            "ScpLogGroup",
-            RetentionInDays=Ref("LogRetentionDays"),
-            KmsKeyId=c.kms_key_or_none(),
-        )
-    )
-    execution_role = template.add_resource(
-        iam.Role(
-            "ScpExecutionRole",
-            AssumeRolePolicyDocument=ecs_tasks_trust(),
-            Policies=[
-                iam.Policy(
-                    PolicyName="pull-image-and-write-logs",
-                    PolicyDocument=PolicyDocument(
-                        Version="2012-10-17",
-                        Statement=[
-                            # GetAuthorizationToken has no resource type: it must be granted on "*".
-                            Statement(Effect=Allow, Action=[ecr.GetAuthorizationToken], Resource=["*"]),
-                            Statement(
-                                Effect=Allow,
-                                Action=[
-                                    ecr.BatchCheckLayerAvailability,
-                                    ecr.BatchGetImage,
-                                    ecr.GetDownloadUrlForLayer,
-                                ],
-                                Resource=[image_repository_arn()],
-                            ),
-                            Statement(
-                                Effect=Allow,
-                                Action=[logs.CreateLogStream, logs.PutLogEvents],
-                                Resource=[GetAtt(log_group, "Arn")],
-                            ),
-                        ],
-                    ),
-                )
-            ],
-        )
-    )
-    task_role = template.add_resource(
-        iam.Role(
-            "ScpTaskRole",
-            AssumeRolePolicyDocument=ecs_tasks_trust(),
-            Policies=[
-                iam.Policy(
-                    PolicyName="write-received-instances-and-manifests",
-                    PolicyDocument=PolicyDocument(
-                        Version="2012-10-17",
-                        Statement=[
-                            Statement(
-                                Effect=Allow,
-                                Action=[s3.PutObject, s3.AbortMultipartUpload],
-                                Resource=[
-                                    c.dicom_bucket_arn("incoming/*"),
-                                    c.dicom_bucket_arn("manifests/*"),
-                                ],
-                            )
-                        ],
-                    ),
+
+
+def cluster() -> ecs.Cluster:
+    return ecs.Cluster(c.CLUSTER, ClusterSettings=[ecs.ClusterSetting(Name="containerInsights", Value="enabled")])
+
+
+def execution_role() -> iam.Role:
+    return iam.Role(
+        EXECUTION_ROLE,
+        AssumeRolePolicyDocument=ecs_tasks_trust(),
+        Policies=[
+            iam.Policy(
+                PolicyName="pull-image-and-write-logs",
+                PolicyDocument=PolicyDocument(
+                    Version="2012-10-17",
+                    Statement=[
+                        # GetAuthorizationToken has no resource type: it must be granted on "*".
+                        Statement(Effect=Allow, Action=[ecr.GetAuthorizationToken], Resource=["*"]),
+                        Statement(
+                            Effect=Allow,
+                            Action=[
+                                ecr.BatchCheckLayerAvailability,
+                                ecr.BatchGetImage,
+                                ecr.GetDownloadUrlForLayer,
+                            ],
+                            Resource=[image_repository_arn()],
+                        ),
+                        Statement(
+                            Effect=Allow,
+                            Action=[logs.CreateLogStream, logs.PutLogEvents],
+                            Resource=[GetAtt(LOG_GROUP, "Arn")],
+                        ),
+                    ],
                 ),
-                # Multipart uploads under SSE-KMS need Decrypt as well as GenerateDataKey.
-                c.kms_key_policy("encrypt-with-bucket-key", [kms.GenerateDataKey, kms.Decrypt]),
-            ],
-        )
+            )
+        ],
     )
-    task_definition = template.add_resource(
-        ecs.TaskDefinition(
-            "ScpTaskDefinition",
-            RequiresCompatibilities=["FARGATE"],
-            NetworkMode="awsvpc",
-            Cpu=Ref("TaskCPU"),
-            Memory=Ref("TaskMemoryLimit"),
-            EphemeralStorage=ecs.EphemeralStorage(SizeInGiB=Ref("TaskEphemeralStorageGiB")),
-            RuntimePlatform=ecs.RuntimePlatform(OperatingSystemFamily="LINUX", CpuArchitecture="X86_64"),
-            ExecutionRoleArn=GetAtt(execution_role, "Arn"),
-            TaskRoleArn=GetAtt(task_role, "Arn"),
-            Volumes=[ecs.Volume(Name=SCRATCH_VOLUME)],
-            ContainerDefinitions=[
-                ecs.ContainerDefinition(
-                    Name=CONTAINER_NAME,
-                    Image=release.image_uri(),
-                    Essential=True,
-                    User=SCP_USER,
-                    ReadonlyRootFilesystem=True,
-                    Privileged=False,
-                    StopTimeout=c.STOP_TIMEOUT_SECONDS,
-                    LinuxParameters=ecs.LinuxParameters(
-                        InitProcessEnabled=True,
-                        Capabilities=ecs.KernelCapabilities(Drop=["ALL"]),
-                    ),
-                    MountPoints=[
-                        ecs.MountPoint(SourceVolume=SCRATCH_VOLUME, ContainerPath=SCRATCH_PATH, ReadOnly=False)
+
+
+def task_role() -> iam.Role:
+    return iam.Role(
+        TASK_ROLE,
+        AssumeRolePolicyDocument=ecs_tasks_trust(),
+        Policies=[
+            iam.Policy(
+                PolicyName="write-received-instances-and-manifests",
+                PolicyDocument=PolicyDocument(
+                    Version="2012-10-17",
+                    Statement=[
+                        Statement(
+                            Effect=Allow,
+                            Action=[s3.PutObject, s3.AbortMultipartUpload],
+                            Resource=[
+                                c.dicom_bucket_arn("incoming/*"),
+                                c.dicom_bucket_arn("manifests/*"),
+                            ],
+                        )
                     ],
-                    PortMappings=[ecs.PortMapping(ContainerPort=Ref("SCPPort"), Protocol="tcp")],
-                    Environment=[
-                        ecs.Environment(Name=name, Value=value) for name, value in CONTAINER_ENVIRONMENT.items()
-                    ],
-                    LogConfiguration=ecs.LogConfiguration(
-                        LogDriver="awslogs",
-                        Options={
-                            "awslogs-group": Ref(log_group),
-                            "awslogs-region": Ref("AWS::Region"),
-                            "awslogs-stream-prefix": CONTAINER_NAME,
-                            # A throttled log stream must not stall the DICOM receive path.
-                            "mode": "non-blocking",
-                            "max-buffer-size": "25m",
-                        },
-                    ),
-                )
-            ],
-        )
-    )
-    service = template.add_resource(
-        ecs.Service(
-            c.SERVICE,
-            # The target group must be attached to the load balancer (via the listener) before the service.
-            DependsOn=["DicomListener"],
-            Cluster=Ref(cluster),
-            TaskDefinition=Ref(task_definition),
-            LaunchType="FARGATE",
-            PlatformVersion="LATEST",
-            DesiredCount=Ref("TaskDesiredCount"),
-            HealthCheckGracePeriodSeconds=60,
-            PropagateTags="SERVICE",
-            EnableECSManagedTags=True,
-            DeploymentConfiguration=ecs.DeploymentConfiguration(
-                MinimumHealthyPercent=100,
-                MaximumPercent=200,
-                DeploymentCircuitBreaker=ecs.DeploymentCircuitBreaker(Enable=True, Rollback=True),
-            ),
-            NetworkConfiguration=ecs.NetworkConfiguration(
-                AwsvpcConfiguration=ecs.AwsvpcConfiguration(
-                    AssignPublicIp="DISABLED",
-                    Subnets=Ref("PrivateSubnetIDs"),
-                    SecurityGroups=If(
-                        c.HAS_EXTRA_TASK_SG,
-                        [GetAtt(task_sg, "GroupId"), Ref("SecurityGroupID")],
-                        [GetAtt(task_sg, "GroupId")],
-                    ),
-                )
-            ),
-            LoadBalancers=[
-                ecs.LoadBalancer(
-                    ContainerName=CONTAINER_NAME,
-                    ContainerPort=Ref("SCPPort"),
-                    TargetGroupArn=Ref(c.TARGET_GROUP),
-                )
-            ],
-        )
-    )
-    scalable_target = template.add_resource(
-        aas.ScalableTarget(
-            "ScpScalableTarget",
-            ServiceNamespace="ecs",
-            ScalableDimension="ecs:service:DesiredCount",
-            ResourceId=Sub("service/${Cluster}/${Service}", Cluster=Ref(cluster), Service=GetAtt(service, "Name")),
-            MinCapacity=Ref("TaskDesiredCount"),
-            MaxCapacity=Ref("AutoscaleMaxCapacity"),
-        )
-    )
-    template.add_resource(
-        aas.ScalingPolicy(
-            "ScpCpuScalingPolicy",
-            PolicyName=Sub("${AWS::StackName}-scp-cpu"),
-            PolicyType="TargetTrackingScaling",
-            ScalingTargetId=Ref(scalable_target),
-            TargetTrackingScalingPolicyConfiguration=aas.TargetTrackingScalingPolicyConfiguration(
-                TargetValue=50.0,
-                ScaleInCooldown=60,
-                ScaleOutCooldown=60,
-                PredefinedMetricSpecification=aas.PredefinedMetricSpecification(
-                    PredefinedMetricType="ECSServiceAverageCPUUtilization"
                 ),
             ),
-        )
+            # Multipart uploads under SSE-KMS need Decrypt as well as GenerateDataKey.
+            c.kms_key_policy("encrypt-with-bucket-key", [c.KeyUse("s3", (kms.GenerateDataKey, kms.Decrypt))]),
+        ],
+    )
+
+
+def container_definition() -> ecs.ContainerDefinition:
+    return ecs.ContainerDefinition(
+        Name=CONTAINER_NAME,
+        Image=release.image_uri(),
+        Essential=True,
+        User=SCP_USER,
+        ReadonlyRootFilesystem=True,
+        Privileged=False,
+        StopTimeout=c.STOP_TIMEOUT_SECONDS,
+        LinuxParameters=ecs.LinuxParameters(
+            InitProcessEnabled=True,
+            Capabilities=ecs.KernelCapabilities(Drop=["ALL"]),
+        ),
+        MountPoints=[ecs.MountPoint(SourceVolume=SCRATCH_VOLUME, ContainerPath=SCRATCH_PATH, ReadOnly=False)],
+        PortMappings=[ecs.PortMapping(ContainerPort=Ref("SCPPort"), Protocol="tcp")],
+        Environment=[ecs.Environment(Name=name, Value=value) for name, value in CONTAINER_ENVIRONMENT.items()],
+        LogConfiguration=ecs.LogConfiguration(
+            LogDriver="awslogs",
+            Options={
+                "awslogs-group": Ref(LOG_GROUP),
+                "awslogs-region": Ref("AWS::Region"),
+                "awslogs-stream-prefix": CONTAINER_NAME,
+                # A throttled log stream must not stall the DICOM receive path.
+                "mode": "non-blocking",
+                "max-buffer-size": "25m",
+            },
+        ),
+    )
+
+
+def task_definition() -> ecs.TaskDefinition:
+    return ecs.TaskDefinition(
+        TASK_DEFINITION,
+        RequiresCompatibilities=["FARGATE"],
+        NetworkMode="awsvpc",
+        Cpu=Ref("TaskCPU"),
+        Memory=Ref("TaskMemoryLimit"),
+        EphemeralStorage=ecs.EphemeralStorage(SizeInGiB=Ref("TaskEphemeralStorageGiB")),
+        RuntimePlatform=ecs.RuntimePlatform(OperatingSystemFamily="LINUX", CpuArchitecture="X86_64"),
+        ExecutionRoleArn=GetAtt(EXECUTION_ROLE, "Arn"),
+        TaskRoleArn=GetAtt(TASK_ROLE, "Arn"),
+        Volumes=[ecs.Volume(Name=SCRATCH_VOLUME)],
+        ContainerDefinitions=[container_definition()],
+    )
+
+
+def service() -> ecs.Service:
+    return ecs.Service(
+        c.SERVICE,
+        # The target group must be attached to the load balancer (via the listener) before the service.
+        DependsOn=[c.LISTENER],
+        Cluster=Ref(c.CLUSTER),
+        TaskDefinition=Ref(TASK_DEFINITION),
+        LaunchType="FARGATE",
+        PlatformVersion="LATEST",
+        DesiredCount=Ref("TaskDesiredCount"),
+        HealthCheckGracePeriodSeconds=60,
+        PropagateTags="SERVICE",
+        EnableECSManagedTags=True,
+        DeploymentConfiguration=ecs.DeploymentConfiguration(
+            MinimumHealthyPercent=100,
+            MaximumPercent=200,
+            DeploymentCircuitBreaker=ecs.DeploymentCircuitBreaker(Enable=True, Rollback=True),
+        ),
+        NetworkConfiguration=ecs.NetworkConfiguration(
+            AwsvpcConfiguration=ecs.AwsvpcConfiguration(
+                AssignPublicIp="DISABLED",
+                Subnets=Ref("PrivateSubnetIDs"),
+                SecurityGroups=If(
+                    c.HAS_EXTRA_TASK_SG,
+                    [GetAtt(c.TASK_SECURITY_GROUP, "GroupId"), Ref("SecurityGroupID")],
+                    [GetAtt(c.TASK_SECURITY_GROUP, "GroupId")],
+                ),
+            )
+        ),
+        LoadBalancers=[
+            ecs.LoadBalancer(
+                ContainerName=CONTAINER_NAME,
+                ContainerPort=Ref("SCPPort"),
+                TargetGroupArn=Ref(c.TARGET_GROUP),
+            )
+        ],
+    )
+
+
+def scalable_target() -> aas.ScalableTarget:
+    return aas.ScalableTarget(
+        SCALABLE_TARGET,
+        ServiceNamespace="ecs",
+        ScalableDimension="ecs:service:DesiredCount",
+        ResourceId=Sub("service/${Cluster}/${Service}", Cluster=Ref(c.CLUSTER), Service=GetAtt(c.SERVICE, "Name")),
+        MinCapacity=Ref("TaskDesiredCount"),
+        MaxCapacity=Ref("AutoscaleMaxCapacity"),
+    )
+
+
+def cpu_scaling_policy() -> aas.ScalingPolicy:
+    return aas.ScalingPolicy(
+        "ScpCpuScalingPolicy",
+        PolicyName=Sub("${AWS::StackName}-scp-cpu"),
+        PolicyType="TargetTrackingScaling",
+        ScalingTargetId=Ref(SCALABLE_TARGET),
+        TargetTrackingScalingPolicyConfiguration=aas.TargetTrackingScalingPolicyConfiguration(
+            TargetValue=50.0,
+            ScaleInCooldown=60,
+            ScaleOutCooldown=60,
+            PredefinedMetricSpecification=aas.PredefinedMetricSpecification(
+                PredefinedMetricType="ECSServiceAverageCPUUtilization"
+            ),
+        ),
     )

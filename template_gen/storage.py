@@ -17,9 +17,6 @@ from troposphere import GetAtt, If, NoValue, Ref, Sub, Tags, Template, dynamodb,
 from template_gen import common as c
 from template_gen.network import S3_ACCESS_LOG_PREFIX, tls_only_statement
 
-# Retained on stack deletion: they hold medical images and the record of what was imported.
-RETAIN = {"DeletionPolicy": "Retain", "UpdateReplacePolicy": "Retain"}
-
 NONCURRENT_VERSION_DAYS = 7
 
 KMS_OPTIONAL_REASON = "SSE-KMS with the customer's key when KmsKeyArn is given, SSE-S3 otherwise."
@@ -48,7 +45,7 @@ def _bucket_encryption() -> s3.BucketEncryption:
 def _bucket(logical_id: str, log_prefix: str, retention_days: Ref, **extra: object) -> s3.Bucket:
     return s3.Bucket(
         logical_id,
-        **RETAIN,
+        **c.RETAIN,
         Metadata=c.skip_checks(
             ("CKV_AWS_19", "Default encryption is always on: " + KMS_OPTIONAL_REASON),
             ("CKV_AWS_145", KMS_OPTIONAL_REASON),
@@ -121,7 +118,7 @@ def _add_datastore(template: Template) -> None:
     template.add_resource(
         healthimaging.Datastore(
             c.DATASTORE,
-            **RETAIN,
+            **c.RETAIN,
             Condition=c.CREATE_DATASTORE,
             DatastoreName=Sub("${AWS::StackName}"),
             KmsKeyArn=c.kms_key_or_none(),
@@ -163,7 +160,8 @@ def _add_datastore(template: Template) -> None:
                         ],
                     ),
                 ),
-                c.kms_key_policy("use-bucket-key", [kms.Decrypt, kms.GenerateDataKey]),
+                # HealthImaging reads the incoming objects and writes its job output with this role.
+                c.kms_key_policy("use-bucket-key", [c.KeyUse("s3", (kms.Decrypt, kms.GenerateDataKey))]),
             ],
         )
     )
@@ -180,7 +178,7 @@ def _sse() -> dynamodb.SSESpecification:
 def _table(logical_id: str, key: str, attributes: list[str], index: dynamodb.GlobalSecondaryIndex) -> dynamodb.Table:
     return dynamodb.Table(
         logical_id,
-        **RETAIN,
+        **c.RETAIN,
         Metadata=c.skip_checks(
             (
                 "CKV_AWS_119",

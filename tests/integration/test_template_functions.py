@@ -15,8 +15,10 @@ import boto3
 import pytest
 from dicom_store_contract import layout
 from support.cfn import REGION
-from support.iam import denied
+from support.iam import denied, permissions
 from support.pipeline import Pipeline, load_event, manifest_created_event
+
+from template_gen.pipeline import FUNCTIONS
 
 from .conftest import DICOM_PREFIX, store_batch
 
@@ -41,6 +43,10 @@ def trigger(pipeline: Pipeline, s3: Any, bucket: str, batch_id: str) -> dict[str
     key = layout.manifest_key(DICOM_PREFIX, batch_id)
     size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
     return pipeline.invoke("TriggerImportFunction", manifest_created_event(bucket, key, size))
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
 
 
 def run_every_function(pipeline: Pipeline, s3: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
@@ -101,13 +107,7 @@ def run_every_function(pipeline: Pipeline, s3: Any, monkeypatch: pytest.MonkeyPa
 def test_every_function_does_its_job_with_only_the_template_environment(
     pipeline: Pipeline, s3: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert set(pipeline.functions()) == {
-        "TriggerImportFunction",
-        "StartImportJobFunction",
-        "CheckStatusFunction",
-        "RecordFailureFunction",
-        "SweeperFunction",
-    }
+    assert set(pipeline.functions()) == {fn.logical_id for fn in FUNCTIONS}
     seen = run_every_function(pipeline, s3, monkeypatch)
 
     # TriggerImport: instances recorded, the workflow started under the batch id.
@@ -149,3 +149,25 @@ def test_every_call_a_function_makes_is_allowed_by_its_role(
         if missing:
             problems[function] = missing
     assert not problems, "\n".join(f"{fn}: {line}" for fn, lines in problems.items() for line in lines)
+
+
+def test_each_function_is_granted_exactly_the_dynamodb_actions_it_calls(
+    pipeline: Pipeline, s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_every_function(pipeline, s3, monkeypatch)
+    deployment = pipeline.deployment
+    for function in pipeline.functions():
+        called = {
+            (needed.action, needed.resource)
+            for call in pipeline.calls.get(function, [])
+            if call.service == "dynamodb"
+            for needed in permissions(call)
+        }
+        granted = {
+            (action, resource)
+            for statement in deployment.role_statements(deployment.role_of(function))
+            for action in _as_list(statement["Action"])
+            if action.startswith("dynamodb:")
+            for resource in _as_list(statement["Resource"])
+        }
+        assert granted == called, function

@@ -16,9 +16,12 @@ import pytest
 from moto import mock_aws
 from moto.awslambda_simple.models import LambdaSimpleBackend
 
+from template_gen.pipeline import WORKFLOW_FUNCTIONS
+
 DEFINITION = Path(__file__).parents[2] / "statemachine" / "import_workflow.asl.json"
 REGION = "us-east-1"
-FUNCTIONS = ("StartImportJob", "CheckStatus", "RecordFailure")
+# The functions the workflow invokes, from the template's function table (their ASL placeholders' stems).
+FUNCTIONS = tuple(fn.name for fn in WORKFLOW_FUNCTIONS)
 
 
 def render(definition: str, substitutions: dict[str, str]) -> str:

@@ -11,18 +11,49 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cfnlint.api import lint
-from cfnlint.config import ManualArgs
 
+from template_gen.intrinsics import references
 from template_gen.parameters import HEALTHIMAGING_REGIONS, PARAMETERS
 
 CHECKOV = Path(sys.executable).parent / "checkov"
 
 
-def test_cfn_lint_finds_nothing_in_the_healthimaging_regions(rendered: str) -> None:
-    # I3042: ARNs with a hard-coded partition, region or account.
-    matches = lint(rendered, config=ManualArgs(regions=list(HEALTHIMAGING_REGIONS), include_checks=["I3042"]))
-    assert [str(m) for m in matches] == []
+CFN_LINT = Path(sys.executable).parent / "cfn-lint"
+# Every informational rule; I3042 (ARNs with a hard-coded partition, region or account) also for region and
+# account, which it leaves out by default.
+CFN_LINT_ARGS = ("--include-checks", "I", "--configure-rule", "I3042:region=true", "I3042:accountId=true")
+
+
+def cfn_lint(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(CFN_LINT), *CFN_LINT_ARGS, "--regions", *HEALTHIMAGING_REGIONS, "--", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+
+def test_cfn_lint_with_every_informational_rule_finds_nothing_in_every_supported_region(
+    committed_path: Path,
+) -> None:
+    result = cfn_lint(committed_path)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+def test_cfn_lint_arguments_do_report_informational_findings(tmp_path: Path) -> None:
+    # The same command on a template with a hard-coded region and account in an ARN: I3042 as configured.
+    template = tmp_path / "t.yaml"
+    template.write_text(
+        "Resources:\n  Topic:\n    Type: AWS::SNS::Topic\n    Properties:\n      KmsMasterKeyId: !Sub "
+        '"arn:${AWS::Partition}:kms:us-east-1:111122223333:key/0f6c1d2e-3a4b-4c5d-8e9f-00112233aabb"\n',
+        encoding="utf-8",
+    )
+    result = cfn_lint(template)
+    assert result.returncode != 0
+    # Both only with the configuration above: by default I3042 checks the partition alone.
+    assert "I3042 ARN in Resource Topic contains hardcoded Region" in result.stdout
+    assert "I3042 ARN in Resource Topic contains hardcoded AccountId" in result.stdout
 
 
 def test_every_parameter_is_grouped_labelled_and_described(template: dict[str, Any]) -> None:
@@ -36,24 +67,8 @@ def test_every_parameter_is_grouped_labelled_and_described(template: dict[str, A
     assert len(PARAMETERS) == len(template["Parameters"])
 
 
-def _referenced_names(node: object) -> set[str]:
-    found: set[str] = set()
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "Ref" and isinstance(value, str):
-                found.add(value)
-            elif key == "Fn::Sub":
-                text = value if isinstance(value, str) else value[0]
-                found |= set(re.findall(r"\$\{([A-Za-z0-9:]+)\}", text))
-            found |= _referenced_names(value)
-    elif isinstance(node, list):
-        for item in node:
-            found |= _referenced_names(item)
-    return found
-
-
 def test_every_parameter_is_used(template: dict[str, Any]) -> None:
-    used = _referenced_names([template["Resources"], template["Conditions"], template["Rules"], template["Outputs"]])
+    used = references([template["Resources"], template["Conditions"], template["Rules"], template["Outputs"]])
     assert set(template["Parameters"]) - used == set()
 
 

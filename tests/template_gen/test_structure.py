@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
+from support.cfn import Deployment
 
 from template_gen.common import DEREGISTRATION_DELAY_SECONDS, STOP_TIMEOUT_SECONDS
+from template_gen.intrinsics import references
 from template_gen.parameters import FARGATE_CPU_MEMORY, HEALTHIMAGING_REGIONS
-
-NO_VALUE = object()
+from template_gen.pipeline import FUNCTIONS, WORKFLOW_FUNCTIONS
 
 # The SCP's configuration contract (DESIGN.md, issue 5); STORAGE_DIR is the local store, unused in AWS.
 CONTAINER_CONTRACT = {
@@ -50,13 +53,6 @@ LAMBDA_CONTRACT = {
     "LOG_LEVEL",
     "POWERTOOLS_SERVICE_NAME",
 }
-HANDLERS = {
-    "TriggerImportFunction": "functions.trigger_import.handler",
-    "StartImportJobFunction": "functions.start_import_job.handler",
-    "CheckStatusFunction": "functions.check_status.handler",
-    "RecordFailureFunction": "functions.record_failure.handler",
-    "SweeperFunction": "functions.sweeper.handler",
-}
 # Actions that have no resource type, so IAM accepts only "*" for them.
 STAR_ONLY_ACTIONS = {
     "ecr:GetAuthorizationToken",
@@ -73,80 +69,17 @@ STAR_ONLY_ACTIONS = {
 }
 
 
-class Stack:
-    """The template as CloudFormation would see it for one set of parameter values (Conditions evaluated)."""
-
-    def __init__(self, template: dict[str, Any], **overrides: str) -> None:
-        self.template = template
-        self.params = {name: str(p.get("Default", "")) for name, p in template["Parameters"].items()}
-        self.params.update(PeerCIDR1="192.0.2.0/24", VpcCIDR="10.0.0.0/16")
-        self.params.update(overrides)
-
-    def condition(self, name: str) -> bool:
-        return bool(self._eval(self.template["Conditions"][name]))
-
-    def _eval(self, node: Any) -> Any:
-        if isinstance(node, dict) and len(node) == 1:
-            ((key, value),) = node.items()
-            if key == "Ref":
-                return self.params.get(value, f"<{value}>")
-            if key == "Fn::Equals":
-                return self._eval(value[0]) == self._eval(value[1])
-            if key == "Fn::Not":
-                return not self._eval(value[0])
-            if key == "Fn::And":
-                return all(self._eval(v) for v in value)
-            if key == "Fn::Or":
-                return any(self._eval(v) for v in value)
-            if key == "Condition":
-                return self.condition(value)
-        return node
-
-    def resolve(self, node: Any) -> Any:
-        """``node`` with every Fn::If decided and AWS::NoValue removed; other intrinsics left as they are."""
-        if isinstance(node, dict):
-            if node == {"Ref": "AWS::NoValue"}:
-                return NO_VALUE
-            if set(node) == {"Fn::If"}:
-                cond, if_true, if_false = node["Fn::If"]
-                return self.resolve(if_true if self.condition(cond) else if_false)
-            resolved = {k: self.resolve(v) for k, v in node.items()}
-            return {k: v for k, v in resolved.items() if v is not NO_VALUE}
-        if isinstance(node, list):
-            return [v for v in (self.resolve(item) for item in node) if v is not NO_VALUE]
-        return node
-
-    def resources(self, type_: str | None = None) -> dict[str, dict[str, Any]]:
-        return {
-            name: self.resolve(r)
-            for name, r in self.template["Resources"].items()
-            if (type_ is None or r["Type"] == type_) and ("Condition" not in r or self.condition(r["Condition"]))
-        }
+def Stack(template: dict[str, Any], **overrides: str) -> Deployment:
+    """The template as CloudFormation would see it for one set of parameter values."""
+    return Deployment(template, {"PeerCIDR1": "192.0.2.0/24", **overrides})
 
 
 def refs(node: Any) -> set[str]:
-    """Names a value refers to, by Ref, GetAtt or ${...} in Sub."""
-    found: set[str] = set()
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "Ref":
-                found.add(value)
-            elif key == "Fn::GetAtt":
-                found.add(value[0])
-            elif key == "Fn::Sub":
-                text = value if isinstance(value, str) else value[0]
-                found |= {v.split(".")[0] for v in re.findall(r"\$\{([A-Za-z0-9:.]+)\}", text)}
-                found |= refs(value)
-            else:
-                found |= refs(value)
-    elif isinstance(node, list):
-        for item in node:
-            found |= refs(item)
-    return found
+    return references(node)
 
 
-def listener(stack: Stack) -> dict[str, Any]:
-    (only,) = stack.resources("AWS::ElasticLoadBalancingV2::Listener").values()
+def listener(stack: Deployment) -> dict[str, Any]:
+    (only,) = stack.decided("AWS::ElasticLoadBalancingV2::Listener").values()
     return only["Properties"]
 
 
@@ -161,12 +94,12 @@ def test_tls_listener_exactly_when_a_certificate_is_given(template: dict[str, An
     assert tcp["Protocol"] == "TCP"
     assert "Certificates" not in tcp
     assert "SslPolicy" not in tcp
-    assert tcp["Port"] == {"Ref": "SCPPort"}
+    assert tcp["Port"] == {"Ref": "ListenerPort"}
 
 
-def _peer_ingress(stack: Stack) -> list[dict[str, Any]]:
-    rules = [r["Properties"] for r in stack.resources("AWS::EC2::SecurityGroupIngress").values()]
-    for sg in stack.resources("AWS::EC2::SecurityGroup").values():
+def _peer_ingress(stack: Deployment) -> list[dict[str, Any]]:
+    rules = [r["Properties"] for r in stack.decided("AWS::EC2::SecurityGroupIngress").values()]
+    for sg in stack.decided("AWS::EC2::SecurityGroup").values():
         rules += sg["Properties"].get("SecurityGroupIngress", [])
     return [r for r in rules if "CidrIp" in r]
 
@@ -186,18 +119,48 @@ def test_only_given_peer_cidrs_are_admitted(
     stack = Stack(template, PeerCIDR2=peer2, PeerCIDR3=peer3)
     rules = _peer_ingress(stack)
     assert sorted(r["CidrIp"]["Ref"] for r in rules) == expected
-    assert all(r["FromPort"] == r["ToPort"] == {"Ref": "SCPPort"} and r["IpProtocol"] == "tcp" for r in rules)
+    assert all(r["FromPort"] == r["ToPort"] == {"Ref": "ListenerPort"} and r["IpProtocol"] == "tcp" for r in rules)
 
 
 def test_tasks_admit_only_the_load_balancer(template: dict[str, Any]) -> None:
-    task_sg = Stack(template).resources()["ScpTaskSecurityGroup"]["Properties"]
-    (ingress,) = task_sg["SecurityGroupIngress"]
+    stack = Stack(template)
+    task_sg = stack.decided()["ScpTaskSecurityGroup"]["Properties"]
+    assert "SecurityGroupIngress" not in task_sg
+    to_tasks = [
+        r["Properties"]
+        for r in stack.decided("AWS::EC2::SecurityGroupIngress").values()
+        if r["Properties"]["GroupId"] == {"Fn::GetAtt": ["ScpTaskSecurityGroup", "GroupId"]}
+    ]
+    (ingress,) = to_tasks
     assert ingress["SourceSecurityGroupId"] == {"Fn::GetAtt": ["LoadBalancerSecurityGroup", "GroupId"]}
-    assert ingress["FromPort"] == {"Ref": "SCPPort"}
+    assert ingress["FromPort"] == ingress["ToPort"] == {"Ref": "SCPPort"}
 
 
-def _container(stack: Stack) -> dict[str, Any]:
-    task = stack.resources()["ScpTaskDefinition"]["Properties"]
+def test_load_balancer_sends_only_to_the_tasks_and_tasks_only_https(template: dict[str, Any]) -> None:
+    stack = Stack(template)
+    assert stack.decided("AWS::EC2::SecurityGroupEgress") == {}
+    (lb_egress,) = stack.decided()["LoadBalancerSecurityGroup"]["Properties"]["SecurityGroupEgress"]
+    assert lb_egress["DestinationSecurityGroupId"] == {"Fn::GetAtt": ["ScpTaskSecurityGroup", "GroupId"]}
+    assert "CidrIp" not in lb_egress
+    assert lb_egress["FromPort"] == lb_egress["ToPort"] == {"Ref": "SCPPort"}
+    (task_egress,) = stack.decided()["ScpTaskSecurityGroup"]["Properties"]["SecurityGroupEgress"]
+    assert (task_egress["IpProtocol"], task_egress["FromPort"], task_egress["ToPort"]) == ("tcp", 443, 443)
+    assert "VpcCIDR" not in template["Parameters"]
+
+
+def test_listener_port_is_independent_of_the_container_port(template: dict[str, Any]) -> None:
+    listener_port, container_port = template["Parameters"]["ListenerPort"], template["Parameters"]["SCPPort"]
+    assert listener_port["MinValue"] <= 104 <= listener_port["MaxValue"]
+    assert container_port["MinValue"] >= 1024  # the container runs as a non-root user
+    stack = Stack(template, ListenerPort="104")
+    assert listener(stack)["Port"] == {"Ref": "ListenerPort"}
+    assert stack.decided()["ScpTargetGroup"]["Properties"]["Port"] == {"Ref": "SCPPort"}
+    assert _container(stack)["PortMappings"] == [{"ContainerPort": {"Ref": "SCPPort"}, "Protocol": "tcp"}]
+    assert template["Outputs"]["DICOMPort"]["Value"] == {"Ref": "ListenerPort"}
+
+
+def _container(stack: Deployment) -> dict[str, Any]:
+    task = stack.decided()["ScpTaskDefinition"]["Properties"]
     (container,) = task["ContainerDefinitions"]
     return container
 
@@ -220,20 +183,7 @@ def test_every_container_variable_of_the_contract_comes_from_a_parameter(templat
 
 def test_peer_cidrs_joins_the_given_ones(template: dict[str, Any]) -> None:
     def peer_cidrs(**params: str) -> str:
-        value = next(
-            e["Value"] for e in _container(Stack(template, **params))["Environment"] if e["Name"] == "PEER_CIDRS"
-        )
-        stack = Stack(template, **params)
-        parts = value["Fn::Join"][1]
-        text = ""
-        for part in parts:
-            if isinstance(part, dict) and "Ref" in part:
-                text += stack.params[part["Ref"]]
-            elif isinstance(part, dict) and "Fn::Sub" in part:
-                text += re.sub(r"\$\{(\w+)\}", lambda m: stack.params[m.group(1)], part["Fn::Sub"])
-            else:
-                text += part
-        return text
+        return Stack(template, **params).container_environment("ScpTaskDefinition")["PEER_CIDRS"]
 
     assert peer_cidrs() == "192.0.2.0/24"
     assert peer_cidrs(PeerCIDR3="203.0.113.7/32") == "192.0.2.0/24,203.0.113.7/32"
@@ -255,7 +205,7 @@ def test_container_runs_non_root_read_only_and_stops_gracefully(template: dict[s
 
 
 def test_draining_is_no_longer_than_the_stop_timeout(template: dict[str, Any]) -> None:
-    tg = Stack(template).resources()["ScpTargetGroup"]["Properties"]
+    tg = Stack(template).decided()["ScpTargetGroup"]["Properties"]
     attributes = {a["Key"]: a["Value"] for a in tg["TargetGroupAttributes"]}
     assert int(attributes["deregistration_delay.timeout_seconds"]) <= STOP_TIMEOUT_SECONDS
     assert int(attributes["deregistration_delay.timeout_seconds"]) == DEREGISTRATION_DELAY_SECONDS
@@ -265,7 +215,7 @@ def test_draining_is_no_longer_than_the_stop_timeout(template: dict[str, Any]) -
 
 
 def test_service_runs_in_private_subnets_without_public_ip(template: dict[str, Any]) -> None:
-    service = Stack(template).resources()["ScpService"]["Properties"]
+    service = Stack(template).decided()["ScpService"]["Properties"]
     vpc = service["NetworkConfiguration"]["AwsvpcConfiguration"]
     assert vpc["AssignPublicIp"] == "DISABLED"
     assert vpc["Subnets"] == {"Ref": "PrivateSubnetIDs"}
@@ -273,7 +223,7 @@ def test_service_runs_in_private_subnets_without_public_ip(template: dict[str, A
         "Enable": True,
         "Rollback": True,
     }
-    policy = Stack(template).resources()["ScpCpuScalingPolicy"]["Properties"]
+    policy = Stack(template).decided()["ScpCpuScalingPolicy"]["Properties"]
     tracking = policy["TargetTrackingScalingPolicyConfiguration"]
     assert (tracking["TargetValue"], tracking["ScaleInCooldown"], tracking["ScaleOutCooldown"]) == (
         50.0,
@@ -296,7 +246,7 @@ def _sub_text(arn: Any) -> str:
 
 def test_task_role_writes_only_incoming_and_manifests(template: dict[str, Any]) -> None:
     kms = "arn:aws:kms:us-east-1:111122223333:key/0f6c1d2e-3a4b-4c5d-8e9f-00112233aabb"
-    role = Stack(template, KmsKeyArn=kms).resources()["ScpTaskRole"]
+    role = Stack(template, KmsKeyArn=kms).decided()["ScpTaskRole"]
     s3_statements = [s for s in _statements(role) if any(a.startswith("s3:") for a in _as_list(s["Action"]))]
     assert s3_statements
     for statement in s3_statements:
@@ -311,7 +261,7 @@ def test_task_role_writes_only_incoming_and_manifests(template: dict[str, Any]) 
 def test_data_access_role_reads_only_incoming_and_trusts_only_this_datastore(
     template: dict[str, Any],
 ) -> None:
-    role = Stack(template).resources()["HealthImagingDataAccessRole"]
+    role = Stack(template).decided()["HealthImagingDataAccessRole"]
     (trust,) = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
     assert trust["Principal"] == {"Service": "medical-imaging.amazonaws.com"}
     assert trust["Condition"]["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
@@ -329,7 +279,7 @@ def test_data_access_role_reads_only_incoming_and_trusts_only_this_datastore(
 
 def test_no_wildcard_resource_where_an_arn_is_accepted(template: dict[str, Any]) -> None:
     kms = "arn:aws:kms:us-east-1:111122223333:key/0f6c1d2e-3a4b-4c5d-8e9f-00112233aabb"
-    roles = Stack(template, KmsKeyArn=kms).resources("AWS::IAM::Role")
+    roles = Stack(template, KmsKeyArn=kms).decided("AWS::IAM::Role")
     assert len(roles) == 9  # one per component
     for name, role in roles.items():
         for statement in _statements(role):
@@ -344,13 +294,18 @@ def test_start_import_job_is_scoped_to_the_datastore_and_passes_only_the_data_ac
     template: dict[str, Any],
 ) -> None:
     stack = Stack(template)
-    statements = _statements(stack.resources()["StartImportJobRole"])
+    statements = _statements(stack.decided()["StartImportJobRole"])
     start = next(s for s in statements if s["Action"] == ["medical-imaging:StartDICOMImportJob"])
     assert "medical-imaging:${AWS::Region}:${AWS::AccountId}:datastore/${Id}" in _sub_text(start["Resource"][0])
     pass_role = next(s for s in statements if s["Action"] == ["iam:PassRole"])
     assert pass_role["Resource"] == [{"Fn::GetAtt": ["HealthImagingDataAccessRole", "Arn"]}]
-    function = stack.resources()["StartImportJobFunction"]["Properties"]
-    assert function["ReservedConcurrentExecutions"] == 1
+
+
+def test_no_function_reserves_concurrency(template: dict[str, Any]) -> None:
+    # A reservation fails stack creation where the account's unreserved concurrency would drop below Lambda's
+    # minimum (new accounts); the workflow's Retry paces the import API instead.
+    for name, function in Stack(template).decided("AWS::Lambda::Function").items():
+        assert "ReservedConcurrentExecutions" not in function["Properties"], name
 
 
 def test_dicom_bucket_is_never_ref_d(template: dict[str, Any]) -> None:
@@ -372,8 +327,11 @@ def test_dicom_bucket_is_never_ref_d(template: dict[str, Any]) -> None:
 
 
 def test_functions_follow_the_contract(template: dict[str, Any]) -> None:
-    functions = Stack(template).resources("AWS::Lambda::Function")
-    assert {name: f["Properties"]["Handler"] for name, f in functions.items()} == HANDLERS
+    functions = Stack(template).decided("AWS::Lambda::Function")
+    assert set(functions) == {fn.logical_id for fn in FUNCTIONS}
+    for f in functions.values():
+        module, _, name = f["Properties"]["Handler"].rpartition(".")
+        assert callable(getattr(importlib.import_module(module), name)), f["Properties"]["Handler"]
     seen: set[str] = set()
     for f in functions.values():
         props = f["Properties"]
@@ -392,7 +350,7 @@ def test_functions_follow_the_contract(template: dict[str, Any]) -> None:
 
 
 def test_tables_have_the_contract_keys(template: dict[str, Any]) -> None:
-    tables = Stack(template).resources("AWS::DynamoDB::Table")
+    tables = Stack(template).decided("AWS::DynamoDB::Table")
     jobs = tables["DicomImportJobTable"]["Properties"]
     assert jobs["KeySchema"] == [{"AttributeName": "jobId", "KeyType": "HASH"}]
     assert [(i["IndexName"], i["KeySchema"]) for i in jobs["GlobalSecondaryIndexes"]] == [
@@ -420,30 +378,29 @@ def test_asl_placeholders_are_exactly_the_definition_substitutions(template: dic
     assert machine["DefinitionString"] == asl_text
     placeholders = set(re.findall(r"\$\{([^}]+)\}", asl_text))
     assert placeholders == set(machine["DefinitionSubstitutions"])
-    assert placeholders == {
-        "StartImportJobFunctionArn",
-        "CheckStatusFunctionArn",
-        "RecordFailureFunctionArn",
-        "WaitSeconds",
-        "MaxPolls",
-    }
+    assert placeholders == {fn.placeholder for fn in WORKFLOW_FUNCTIONS} | {"WaitSeconds", "MaxPolls"}
+    # The workflow's role may invoke exactly the functions whose ARNs the definition names.
+    (statement,) = [
+        s for s in _statements(template["Resources"]["ImportWorkflowRole"]) if s["Action"] == ["lambda:InvokeFunction"]
+    ]
+    assert {refs(r).pop() for r in statement["Resource"]} == {fn.logical_id for fn in WORKFLOW_FUNCTIONS}
 
 
 def test_datastore_is_created_unless_one_is_given(template: dict[str, Any]) -> None:
-    assert "Datastore" in Stack(template).resources("AWS::HealthImaging::Datastore")
+    assert "Datastore" in Stack(template).decided("AWS::HealthImaging::Datastore")
     existing = Stack(template, ExistingDatastoreID="0" * 32)
-    assert existing.resources("AWS::HealthImaging::Datastore") == {}
-    variables = existing.resources()["StartImportJobFunction"]["Properties"]["Environment"]["Variables"]
+    assert existing.decided("AWS::HealthImaging::Datastore") == {}
+    variables = existing.decided()["StartImportJobFunction"]["Properties"]["Environment"]["Variables"]
     assert variables["DATASTORE_ID"] == {"Ref": "ExistingDatastoreID"}
 
 
 def test_flow_logs_and_alarm_actions_are_optional(template: dict[str, Any]) -> None:
-    assert Stack(template).resources("AWS::EC2::FlowLog") == {}
-    assert len(Stack(template, EnableVPCFlowLogs="true").resources("AWS::EC2::FlowLog")) == 1
-    alarms = Stack(template).resources("AWS::CloudWatch::Alarm")
+    assert Stack(template).decided("AWS::EC2::FlowLog") == {}
+    assert len(Stack(template, EnableVPCFlowLogs="true").decided("AWS::EC2::FlowLog")) == 1
+    alarms = Stack(template).decided("AWS::CloudWatch::Alarm")
     assert alarms and all("AlarmActions" not in a["Properties"] for a in alarms.values())
     topic = "arn:aws:sns:us-east-1:111122223333:dicom-alarms"
-    alarms = Stack(template, AlarmTopicARN=topic).resources("AWS::CloudWatch::Alarm")
+    alarms = Stack(template, AlarmTopicARN=topic).decided("AWS::CloudWatch::Alarm")
     assert all(a["Properties"]["AlarmActions"] == [{"Ref": "AlarmTopicARN"}] for a in alarms.values())
 
 
@@ -459,3 +416,156 @@ def test_rules_admit_only_fargate_pairs_and_healthimaging_regions(template: dict
     assert set(template["Parameters"]["TaskCPU"]["AllowedValues"]) == set(FARGATE_CPU_MEMORY)
     default_cpu = template["Parameters"]["TaskCPU"]["Default"]
     assert int(template["Parameters"]["TaskMemoryLimit"]["Default"]) in FARGATE_CPU_MEMORY[default_cpu]
+
+
+# --- Rules, evaluated as CloudFormation would with the subnets' VPC and zone looked up -----------------------
+
+VPC = "vpc-0a1b2c3d"
+CERTIFICATE = "arn:aws:acm:us-east-1:111122223333:certificate/0f6c1d2e-3a4b-4c5d-8e9f-00112233aabb"
+
+
+def rule_failures(
+    template: dict[str, Any],
+    private: dict[str, str],
+    load_balancer: dict[str, str],
+    vpcs: dict[str, str] | None = None,
+    **parameters: str,
+) -> list[str]:
+    """Subnets as {id: zone}; ``vpcs`` gives a subnet another VPC than VPC."""
+
+    def described(subnets: dict[str, str]) -> dict[str, list[str]]:
+        return {
+            "AvailabilityZone": list(subnets.values()),
+            "VpcId": [(vpcs or {}).get(subnet, VPC) for subnet in subnets],
+        }
+
+    stack = Deployment(
+        template,
+        {
+            "VpcID": VPC,
+            "PrivateSubnetIDs": ",".join(private),
+            "LoadBalancerSubnetIDs": ",".join(load_balancer),
+            "PeerCIDR1": "192.0.2.0/24",
+            **parameters,
+        },
+        aws_values={"PrivateSubnetIDs": described(private), "LoadBalancerSubnetIDs": described(load_balancer)},
+    )
+    return stack.rule_failures()
+
+
+PRIVATE = {"subnet-p1": "us-east-1a", "subnet-p2": "us-east-1b"}
+PUBLIC = {"subnet-l1": "us-east-1a", "subnet-l2": "us-east-1b"}
+
+
+def test_rules_admit_a_sound_network(template: dict[str, Any]) -> None:
+    assert rule_failures(template, PRIVATE, PUBLIC) == []
+    # Internal: the load balancer may sit in the private subnets themselves.
+    assert rule_failures(template, PRIVATE, PRIVATE, LoadBalancerScheme="internal") == []
+
+
+def test_rules_refuse_a_subnet_of_another_vpc(template: dict[str, Any]) -> None:
+    for other in ("subnet-p2", "subnet-l1"):
+        (failure,) = rule_failures(template, PRIVATE, PUBLIC, vpcs={other: "vpc-99999999"})
+        assert "must belong to VpcID" in failure
+
+
+def test_rules_refuse_task_zones_the_load_balancer_does_not_reach(template: dict[str, Any]) -> None:
+    (failure,) = rule_failures(template, PRIVATE, {"subnet-l1": "us-east-1a", "subnet-l3": "us-east-1c"})
+    assert "every Availability Zone of PrivateSubnetIDs" in failure
+    # More load balancer zones than task zones are fine.
+    assert rule_failures(template, {"subnet-p1": "us-east-1a"}, PUBLIC) == []
+
+
+@pytest.mark.parametrize("peer", ["PeerCIDR1", "PeerCIDR2", "PeerCIDR3"])
+def test_rules_refuse_clear_text_dicom_from_anywhere_on_the_internet(template: dict[str, Any], peer: str) -> None:
+    (failure,) = rule_failures(template, PRIVATE, PUBLIC, **{peer: "0.0.0.0/0"})
+    assert "TLSCertificateARN" in failure and "PeerCIDR1-3" in failure and "internal" in failure
+    # Each way out the message names is accepted.
+    assert rule_failures(template, PRIVATE, PUBLIC, **{peer: "0.0.0.0/0"}, TLSCertificateARN=CERTIFICATE) == []
+    assert rule_failures(template, PRIVATE, PRIVATE, **{peer: "0.0.0.0/0"}, LoadBalancerScheme="internal") == []
+
+
+# --- What stays, and what each role may do with the stack's key ------------------------------------------------
+
+STATEFUL = {
+    "AWS::S3::Bucket",
+    "AWS::DynamoDB::Table",
+    "AWS::Logs::LogGroup",
+    "AWS::HealthImaging::Datastore",
+    "AWS::SQS::Queue",
+    "AWS::KMS::Key",
+}
+
+
+def test_every_log_group_and_stateful_resource_is_retained(template: dict[str, Any]) -> None:
+    stateful = {n: r for n, r in template["Resources"].items() if r["Type"] in STATEFUL}
+    assert len([r for r in stateful.values() if r["Type"] == "AWS::Logs::LogGroup"]) == 7  # 5 functions, SCP, workflow
+    for name, resource in stateful.items():
+        assert (resource.get("DeletionPolicy"), resource.get("UpdateReplacePolicy")) == ("Retain", "Retain"), name
+
+
+def test_dead_letter_queue_refuses_requests_without_tls(template: dict[str, Any]) -> None:
+    (policy,) = Stack(template).decided("AWS::SQS::QueuePolicy").values()
+    assert policy["Properties"]["Queues"] == [{"Ref": "ImportEventDeadLetterQueue"}]
+    (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Effect"] == "Deny" and statement["Principal"] == "*"
+    assert statement["Action"] == ["sqs:*"]
+    assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+KMS_KEY = "arn:aws:kms:us-east-1:111122223333:key/0f6c1d2e-3a4b-4c5d-8e9f-00112233aabb"
+
+
+def _key_statements(stack: Deployment, role: str) -> list[dict[str, Any]]:
+    return [s for s in stack.role_statements(role) if any(str(a).startswith("kms:") for a in _as_list(s["Action"]))]
+
+
+def test_key_is_used_only_through_the_services_each_role_calls(template: dict[str, Any]) -> None:
+    assert _key_statements(Stack(template), "ScpTaskRole") == []  # no key given: no KMS at all
+    stack = Stack(template, KmsKeyArn=KMS_KEY)
+    roles = stack.of_type("AWS::IAM::Role")
+    via: dict[str, set[str]] = {}
+    for role in roles:
+        for statement in _key_statements(stack, role):
+            assert statement["Resource"] == [KMS_KEY], role
+            ((service,),) = [list(statement["Condition"]["StringEquals"].values())]
+            assert re.fullmatch(r"[a-z0-9-]+\.us-east-1\.amazonaws\.com", service), (role, service)
+            assert set(statement["Condition"]) == {"StringEquals"}
+            via.setdefault(role, set()).add(service.split(".")[0])
+    assert "ImportWorkflowRole" not in via  # the workflow keeps nothing under the key
+    assert "ScpExecutionRole" not in via
+    assert via["ScpTaskRole"] == {"s3"}
+    assert via["HealthImagingDataAccessRole"] == {"s3"}
+    assert via["TriggerImportRole"] == {"s3", "dynamodb", "sqs"}  # manifests, tables, dead letters
+    assert via["SweeperRole"] == {"s3", "sqs"}  # no table
+
+
+def test_tables_and_docs_name_the_same_key(template: dict[str, Any]) -> None:
+    security = (Path(__file__).parents[2] / "docs" / "security.md").read_text(encoding="utf-8")
+    for key, sse_type, words in (("", None, "AWS owned key"), (KMS_KEY, "KMS", "KmsKeyArn")):
+        for table in Stack(template, KmsKeyArn=key).decided("AWS::DynamoDB::Table").values():
+            sse = table["Properties"]["SSESpecification"]
+            assert sse["SSEEnabled"] is True
+            assert sse.get("SSEType") == sse_type
+            assert ("KMSMasterKeyId" in sse) == bool(key)
+        assert words in security
+
+
+def test_the_evaluator_computes_what_cloudformation_would() -> None:
+    template = {
+        "Parameters": {"Name": {"Type": "String", "Default": "a-b-c"}, "Ids": {"Type": "CommaDelimitedList"}},
+        "Mappings": {"ByRegion": {"us-east-1": {"Bucket": "artifacts-us-east-1"}}},
+        "Conditions": {"HasIds": {"Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "Ids"}]}, ""]}]}},
+        "Resources": {"Thing": {"Type": "AWS::SNS::Topic"}},
+    }
+    stack = Deployment(template, {"Ids": "x,y"})
+    assert stack.value({"Fn::FindInMap": ["ByRegion", {"Ref": "AWS::Region"}, "Bucket"]}) == "artifacts-us-east-1"
+    assert stack.value({"Fn::Select": [1, {"Fn::Split": ["-", {"Ref": "Name"}]}]}) == "b"
+    assert stack.value({"Fn::Sub": ["${A}/${AWS::Region}/${Thing.Arn}", {"A": {"Ref": "Name"}}]}) == (
+        "a-b-c/us-east-1/arn:aws:placeholder:us-east-1:123456789012:Thing.Arn"
+    )
+    assert stack.value([{"Fn::If": ["HasIds", {"Fn::Join": ["+", {"Ref": "Ids"}]}, {"Ref": "AWS::NoValue"}]}]) == [
+        "x+y"
+    ]
+    assert Deployment(template).value([{"Fn::If": ["HasIds", "yes", {"Ref": "AWS::NoValue"}]}]) == []
+    assert references({"Fn::Sub": ["${A}-${Thing.Arn}-${Name}", {"A": {"Ref": "Other"}}]}) == {"Thing", "Name", "Other"}

@@ -265,6 +265,10 @@ class GuardedDUL(pynetdicom_threads.PromptDUL):
         return TRANSITION_TABLE.get((event, self._state())) in _PROTOCOL_ERROR_ACTIONS
 
     def _process_event(self, event: str) -> None:
+        if self._refused:
+            # Events read before the abort (the peer's close, a PDU it sent on regardless) find the state machine
+            # in Sta1 already, where pynetdicom logs each as an error: the association is over, drop them.
+            return
         state = self.state_machine.current_state
         action = TRANSITION_TABLE.get((event, state))
         if event == "Evt19":

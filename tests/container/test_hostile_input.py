@@ -493,3 +493,22 @@ def test_data_set_not_in_the_negotiated_transfer_syntax_is_not_stored(hardened_s
     [line] = scp.wait_for_event("c-store-failed")
     assert "Expected" in line["detail"] and "VR, but found" in line["detail"]
     assert len(scp.stored_files()) == 1
+
+
+@pytest.mark.parametrize(
+    "message",
+    [wire.associate_rq(), wire.release_rp(), wire.pdu(wire.ASSOCIATE_RJ, bytes(8))],
+    ids=["second-associate-rq", "release-rp", "long-associate-rj"],
+)
+def test_an_aborted_association_logs_its_abort_and_no_errors(hardened_scp, message):
+    """Events still queued when the guard aborted (the peer's close) met pynetdicom's state machine in Sta1, which
+    logged each as an error; pynetdicom's standard handlers raised on some malformed PDUs, logged likewise."""
+    scp = hardened_scp
+    with _associated(scp) as peer:
+        peer.send(message)
+        answer = peer.receive(_PROMPT)
+        assert answer is not None and answer.pdu_type == wire.ABORT
+    scp.wait_for_event("protocol-abort")
+    scp.wait_for_event("association")
+    _assert_still_serving(scp)
+    assert [line for line in scp.logs() if line.get("level") == "ERROR"] == []

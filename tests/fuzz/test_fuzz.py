@@ -51,6 +51,9 @@ MAXIMUM_PDU_SIZE = limits.MAXIMUM_PDU_SIZE.whole
 PER_ASSOCIATION = 4 * (MAXIMUM_PDU_SIZE + 12) + guard.COMMAND_SET_LIMIT + 4 * guard.ASSOCIATION_PDU_LIMIT
 ALLOCATOR_SLACK = 48 * 1024 * 1024
 KNOWN_STATUSES = {statuses.SUCCESS, *statuses.REASONS}
+# Loggers whose errors mean an exception inside the SCP: its own code, pynetdicom's state machine and upper layer,
+# and event handlers. (pynetdicom.utils and pynetdicom.pdu_items log a peer's invalid values as errors.)
+_RAISING = ("dicom_store_scp", "pynetdicom.fsm", "pynetdicom.dul", "pynetdicom.events", "pynetdicom.association")
 _PATH_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -135,6 +138,10 @@ def _check_after_batch(target: Target, where: str) -> None:
     peak = _status(scp.process.pid)["VmHWM"]
     assert peak < target.memory_bound, f"{where}: VmHWM {peak >> 20} MiB, bound {target.memory_bound >> 20} MiB"
     _assert_nothing_outside_storage(target, where)
+    failures = [
+        line for line in scp.logs() if line.get("level") == "ERROR" and line.get("logger", "").startswith(_RAISING)
+    ]
+    assert failures == [], f"{where}: exceptions in the SCP: {failures[:3]}"
 
 
 def _assert_nothing_outside_storage(target: Target, where: str) -> None:
@@ -170,10 +177,12 @@ def _fuzz(target: Target, level: str, count: int, capsys: pytest.CaptureFixture[
         if len(batch) == BATCH or case.number == count - 1:
             _check_after_batch(target, f"after {batch[0].label} .. {case.label}")
             batch = []
+    peak = _status(target.scp.process.pid)["VmHWM"]
     with capsys.disabled():
         print(
             f"\nfuzz {level}: FUZZ_SEED={SEED}, {count} cases in {time.monotonic() - started:.1f} s, "
-            f"slowest answer {slowest:.2f} s; answers: {dict(sorted(answers.items()))}; stored: {dict(stored)}"
+            f"slowest answer {slowest:.2f} s, VmHWM {peak >> 20} MiB (bound {target.memory_bound >> 20} MiB); "
+            f"answers: {dict(sorted(answers.items()))}; stored: {dict(stored)}"
         )
     # Hostile UIDs never make it into storage; valid stores do.
     assert not [family for family in stored if "hostile-uid" in family], stored

@@ -40,9 +40,15 @@ _HEADER_TAGS: list[BaseTag | int] = [
     _SERIES_INSTANCE_UID,
 ]
 
+# pydicom logs each complaint about a data set (as a JSON line, through the root logger) and also raises it as a
+# Python warning, printed as a raw stderr line and remembered, text and all, in its module's warning registry: a
+# peer that sends a different bad value each time (a Specific Character Set, say) grows that registry without
+# bound. Ignored warnings are neither printed nor remembered.
+warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
 # pydicom reads a data set whose first element is not encoded as the negotiated transfer syntax says (explicit
 # VR where implicit was negotiated, or the reverse) the other way, with only a warning: the instance would be
-# stored under File Meta Information that misdescribes it. That warning is an error here: 0xC000.
+# stored under File Meta Information that misdescribes it. That warning is an error here: 0xC000. (Inserted
+# ahead of the filter above, so it wins.)
 warnings.filterwarnings("error", message=r"Expected (explicit|implicit) VR, but found", category=UserWarning)
 
 # PS3.5 9.1: digits in dot-separated components, at most 64 characters. Leading zeros are tolerated (they

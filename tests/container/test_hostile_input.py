@@ -512,3 +512,21 @@ def test_an_aborted_association_logs_its_abort_and_no_errors(hardened_scp, messa
     scp.wait_for_event("association")
     _assert_still_serving(scp)
     assert [line for line in scp.logs() if line.get("level") == "ERROR"] == []
+
+
+def test_pydicom_warnings_about_a_data_set_are_neither_printed_nor_remembered(hardened_scp):
+    """Each distinct bad value pydicom warned about was printed to stderr (not JSON) and kept in pydicom's warning
+    registry for good: a peer varying the value grew the process without bound. Its JSON log line stays."""
+    scp = hardened_scp
+    with _associated(scp) as peer:
+        for number in range(20):
+            charset = f"ISO_IR {900 + number}".encode()
+            data_set = b"\x08\x00\x05\x00CS" + struct.pack("<H", len(charset)) + charset + _DATA_SET
+            answer = _store(peer, wire.store_command(f"1.2.3.{number}"), data_set)
+            assert answer is not None and answer.statuses() == [statuses.BAD_SOP_INSTANCE_UID]
+        peer.send(wire.release_rq())
+        peer.receive(_PROMPT)
+    scp.wait_for_event("association")
+    lines = scp.logs()
+    assert [line["message"] for line in lines if line["level"] == "RAW"] == []
+    assert len({line["message"] for line in lines if "Unknown encoding 'ISO_IR 9" in line["message"]}) == 20

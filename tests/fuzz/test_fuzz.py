@@ -138,10 +138,12 @@ def _check_after_batch(target: Target, where: str) -> None:
     peak = _status(scp.process.pid)["VmHWM"]
     assert peak < target.memory_bound, f"{where}: VmHWM {peak >> 20} MiB, bound {target.memory_bound >> 20} MiB"
     _assert_nothing_outside_storage(target, where)
-    failures = [
-        line for line in scp.logs() if line.get("level") == "ERROR" and line.get("logger", "").startswith(_RAISING)
-    ]
+    lines = scp.logs()
+    failures = [line for line in lines if line.get("level") == "ERROR" and line.get("logger", "").startswith(_RAISING)]
     assert failures == [], f"{where}: exceptions in the SCP: {failures[:3]}"
+    # Not JSON: a Python warning or a traceback printed to stderr (a warning is also remembered, see handlers.py).
+    raw = [line["message"] for line in lines if line.get("level") == "RAW"]
+    assert raw == [], f"{where}: lines that are not JSON: {raw[:5]}"
 
 
 def _assert_nothing_outside_storage(target: Target, where: str) -> None:

@@ -50,9 +50,17 @@ def vitals(pid: int, storage: Path) -> dict[str, int]:
         if key in ("VmRSS", "VmHWM", "Threads"):
             values[key] = int(rest.split()[0])
     values["fds"] = len(list(Path(f"/proc/{pid}/fd").iterdir()))
-    spool = storage / ".spool"
-    values["spoolBytes"] = sum(p.stat().st_size for p in spool.iterdir() if p.is_file()) if spool.exists() else 0
+    values["spoolBytes"] = _spool_bytes(storage / ".spool")
     return values
+
+
+def _spool_bytes(spool: Path) -> int:
+    total = 0
+    with contextlib.suppress(FileNotFoundError):
+        for path in spool.iterdir():
+            with contextlib.suppress(FileNotFoundError):  # stored or removed meanwhile
+                total += path.stat().st_size
+    return total
 
 
 class Traffic:

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PACKAGES := container/dicom_store_scp container/dicom_store_contract functions template_gen release
 
-.PHONY: install run test lint render dcmtk clean bench lock build package publish docs graphviz image-tools image-test
+.PHONY: install run test lint render dcmtk clean bench soak lock build package publish docs graphviz image-tools image-test
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,12 @@ render: install
 # Not part of `test`: minutes of load on loopback. Results and the command go to docs/benchmarks.md.
 bench: install dcmtk
 	$(PY) bench/run.py --output bench/results.json
+
+# Not part of `test`: valid DCMTK traffic and the fuzzer's hostile connections together for SOAK_SECONDS, the SCP's
+# memory, threads, descriptors and spool bytes sampled to bench/soak.json (docs/benchmarks.md section 7).
+SOAK_SECONDS ?= 600
+soak: install dcmtk
+	nice -n 10 $(PY) bench/soak.py --duration $(SOAK_SECONDS) --output bench/soak.json
 
 lint: install
 	$(VENV)/bin/ruff check .

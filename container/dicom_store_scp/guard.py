@@ -241,6 +241,8 @@ class GuardedDUL(pynetdicom_threads.PromptDUL):
         name = _PDU_NAMES[pdu_bytes[0]]
         try:
             pdu, event = self._decode_pdu(pdu_bytes)
+            if isinstance(pdu, A_ABORT_RQ):
+                _tolerate_abort_values(pdu)
             if isinstance(pdu, A_ASSOCIATE_RQ):
                 # pynetdicom turns the request into a primitive inside its state machine, where a bad item (an even
                 # presentation context ID, an unknown user identity type) raises, and negotiates it in the
@@ -263,6 +265,10 @@ class GuardedDUL(pynetdicom_threads.PromptDUL):
         return TRANSITION_TABLE.get((event, self._state())) in _PROTOCOL_ERROR_ACTIONS
 
     def _process_event(self, event: str) -> None:
+        if self._refused:
+            # Events read before the abort (the peer's close, a PDU it sent on regardless) find the state machine
+            # in Sta1 already, where pynetdicom logs each as an error: the association is over, drop them.
+            return
         state = self.state_machine.current_state
         action = TRANSITION_TABLE.get((event, state))
         if event == "Evt19":
@@ -337,6 +343,24 @@ class GuardedDUL(pynetdicom_threads.PromptDUL):
             evt.trigger(assoc, evt.EVT_CONN_CLOSE, {"address": address.as_tuple})
         self.state_machine.transition("Sta1")
         self.kill_dul()
+
+
+# What pynetdicom's A-ABORT primitives accept (PS3.8 9.3.8: source 1 is reserved, reason 3 is not defined).
+_ABORT_SOURCES = (0, 1, 2)
+_PROVIDER_ABORT_REASONS = (0, 1, 2, 4, 5, 6)
+
+
+def _tolerate_abort_values(abort: A_ABORT_RQ) -> None:
+    """A peer's A-ABORT ends the association whatever its source and reason say.
+
+    pynetdicom raises inside its state machine on a value out of range, which the state machine answered with an
+    A-ABORT of its own and an error in the log; read such an abort as "service user, reason not specified".
+    """
+    if abort.source not in _ABORT_SOURCES or (
+        abort.source == SERVICE_PROVIDER and abort.reason_diagnostic not in _PROVIDER_ABORT_REASONS
+    ):
+        abort.source = SERVICE_USER
+        abort.reason_diagnostic = REASON_NOT_SPECIFIED
 
 
 def _check_contexts(request: Any) -> None:

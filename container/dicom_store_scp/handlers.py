@@ -11,6 +11,7 @@ import contextlib
 import ipaddress
 import logging
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,17 @@ _HEADER_TAGS: list[BaseTag | int] = [
     _STUDY_INSTANCE_UID,
     _SERIES_INSTANCE_UID,
 ]
+
+# pydicom logs each complaint about a data set (as a JSON line, through the root logger) and also raises it as a
+# Python warning, printed as a raw stderr line and remembered, text and all, in its module's warning registry: a
+# peer that sends a different bad value each time (a Specific Character Set, say) grows that registry without
+# bound. Ignored warnings are neither printed nor remembered.
+warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+# pydicom reads a data set whose first element is not encoded as the negotiated transfer syntax says (explicit
+# VR where implicit was negotiated, or the reverse) the other way, with only a warning: the instance would be
+# stored under File Meta Information that misdescribes it. That warning is an error here: 0xC000. (Inserted
+# ahead of the filter above, so it wins.)
+warnings.filterwarnings("error", message=r"Expected (explicit|implicit) VR, but found", category=UserWarning)
 
 # PS3.5 9.1: digits in dot-separated components, at most 64 characters. Leading zeros are tolerated (they
 # are common in the wild and harmless here); empty components are not, which also keeps keys path-safe.
@@ -205,19 +217,21 @@ def handle_store(event: Any, sessions: Sessions) -> int:
     try:
         with source.open("rb") as handle:
             header = read_partial(handle, stop_when=_stop_after_series_uid, specific_tags=_HEADER_TAGS)
+        # pydicom converts a value when it is first read: an unknown VR or an undecodable value raises only now.
+        values = {tag: _element_text(header, tag) for tag in _HEADER_TAGS}
     except Exception as error:  # pydicom raises many types for malformed input
         return _fail(event, sessions, statuses.CANNOT_PARSE_DATASET, f"{type(error).__name__}: {error}")
 
-    status, detail = _validate(request, header)
+    status, detail = _validate(request, values)
     if status != statuses.SUCCESS:
         return _fail(event, sessions, status, detail)
 
     instance = Instance(
-        sop_class_uid=str(header[_SOP_CLASS_UID].value),
-        sop_instance_uid=str(header[_SOP_INSTANCE_UID].value),
-        study_instance_uid=str(header[_STUDY_INSTANCE_UID].value),
-        series_instance_uid=str(header[_SERIES_INSTANCE_UID].value),
-        study_date=str(header[_STUDY_DATE].value or "") if _STUDY_DATE in header else "",
+        sop_class_uid=values[_SOP_CLASS_UID],
+        sop_instance_uid=values[_SOP_INSTANCE_UID],
+        study_instance_uid=values[_STUDY_INSTANCE_UID],
+        series_instance_uid=values[_SERIES_INSTANCE_UID],
+        study_date=values[_STUDY_DATE],
         transfer_syntax_uid=str(event.context.transfer_syntax),
         size=source.stat().st_size,
         sha256=file_sha256(source),
@@ -231,26 +245,26 @@ def handle_store(event: Any, sessions: Sessions) -> int:
     return statuses.SUCCESS
 
 
-def _element_text(header: Any, tag: BaseTag) -> str:
+def _element_text(header: Any, tag: BaseTag | int) -> str:
     if tag not in header:
         return ""
     value = header[tag].value
     return str(value).strip() if value is not None else ""
 
 
-def _validate(request: Any, header: Any) -> tuple[int, str]:
-    sop_class = _element_text(header, _SOP_CLASS_UID)
+def _validate(request: Any, values: dict[BaseTag | int, str]) -> tuple[int, str]:
+    sop_class = values[_SOP_CLASS_UID]
     if sop_class != str(request.AffectedSOPClassUID):
         return statuses.SOP_CLASS_MISMATCH, f"data set has {sop_class or 'none'}"
-    sop_instance = _element_text(header, _SOP_INSTANCE_UID)
+    sop_instance = values[_SOP_INSTANCE_UID]
     if not _is_uid(sop_instance):
         return statuses.BAD_SOP_INSTANCE_UID, f"data set has {sop_instance or 'none'}"
     if sop_instance != str(request.AffectedSOPInstanceUID):
         return statuses.SOP_INSTANCE_MISMATCH, f"data set has {sop_instance}"
-    study = _element_text(header, _STUDY_INSTANCE_UID)
+    study = values[_STUDY_INSTANCE_UID]
     if not _is_uid(study):
         return statuses.BAD_STUDY_INSTANCE_UID, f"data set has {study or 'none'}"
-    series = _element_text(header, _SERIES_INSTANCE_UID)
+    series = values[_SERIES_INSTANCE_UID]
     if not _is_uid(series):
         return statuses.BAD_SERIES_INSTANCE_UID, f"data set has {series or 'none'}"
     return statuses.SUCCESS, ""

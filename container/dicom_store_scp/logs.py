@@ -8,6 +8,8 @@ import re
 import sys
 from datetime import UTC, datetime
 
+from pynetdicom import _config
+
 # Connection threads are named after their peer (see handlers.handle_connection_open).
 _PEER_THREAD = re.compile(r" peer (?P<peer>\S+)$")
 
@@ -40,5 +42,8 @@ def configure(level: str) -> None:
     root.setLevel(level.upper())
     # pynetdicom narrates every PDU at INFO; keep its warnings and errors unless we are debugging.
     logging.getLogger("pynetdicom").setLevel("DEBUG" if level.upper() == "DEBUG" else "WARNING")
+    # Its standard event handlers only narrate (at INFO and DEBUG), and some raise on a malformed PDU, which
+    # pynetdicom then logs as an error with a traceback for every such connection: bind them only when debugging.
+    _config.LOG_HANDLER_LEVEL = "standard" if level.upper() == "DEBUG" else "none"
     # botocore logs credentials-resolution details at DEBUG only; never lower it below WARNING here.
     logging.getLogger("botocore").setLevel("WARNING")

@@ -138,7 +138,12 @@ class RunningScp:
 
 
 def launch_scp(
-    tmp_path: Path, *args: str, env: dict[str, str] | None = None, user: int | None = None, wait: bool = True
+    tmp_path: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    user: int | None = None,
+    wait: bool = True,
+    cwd: Path | None = None,
 ) -> RunningScp:
     """Start ``python -m dicom_store_scp``; one worker process unless the test asks for more."""
     if "--workers" not in args:
@@ -155,6 +160,7 @@ def launch_scp(
             stderr=subprocess.STDOUT,
             env=environment,
             user=user,
+            cwd=cwd,
         )
     scp = RunningScp(port, storage, process, log_path)
     if wait:

@@ -5,6 +5,7 @@ Nothing here validates. ``RawPeer`` sends bytes and reads back whole PDUs until 
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import struct
@@ -77,6 +78,14 @@ def release_rq() -> bytes:
     return pdu(RELEASE_RQ, bytes(4))
 
 
+def release_rp() -> bytes:
+    return pdu(RELEASE_RP, bytes(4))
+
+
+def abort_rq(source: int = 0, reason: int = 0) -> bytes:
+    return pdu(ABORT, bytes([0, 0, source, reason]))
+
+
 def pdv(context_id: int, control: int, fragment: bytes) -> bytes:
     return struct.pack(">LBB", len(fragment) + 2, context_id, control) + fragment
 
@@ -93,7 +102,7 @@ def command_set(elements: dict[int, int | str | bytes]) -> bytes:
         if isinstance(value, int):
             raw = struct.pack("<H", value)
         elif isinstance(value, str):
-            raw = value.encode("ascii")
+            raw = value.encode("utf-8")
             raw += b"\0" * (len(raw) % 2)
         else:
             raw = value
@@ -179,6 +188,11 @@ class RawPeer:
         except OSError:
             return False
         return True
+
+    def half_close(self) -> None:
+        """Tell the SCP nothing more will come (TCP FIN) while still reading what it answers."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
 
     def trickle(self, data: bytes, piece: int = 1) -> None:
         """Send ``data`` a few bytes at a time, each piece in its own segment (or TLS record)."""

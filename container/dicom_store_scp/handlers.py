@@ -11,6 +11,7 @@ import contextlib
 import ipaddress
 import logging
 import re
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from pydicom.tag import BaseTag, Tag
 
 from . import statuses
 from .batches import AssociationClosing, Sessions
+from .metrics import Recorder
 from .storage import StorageError, file_sha256
 
 LOG = logging.getLogger("dicom_store_scp.handlers")
@@ -61,6 +63,13 @@ _REJECT_REASONS = {
     (0x02, 0x02): "protocol version not supported",
     (0x03, 0x01): "temporary congestion",
     (0x03, 0x02): "local limit exceeded",
+}
+
+# The same, as the AssociationsRejected metric's Reason (dicom_store_contract.metrics.REJECTION_REASONS).
+_REJECT_METRIC_REASONS = {
+    (0x01, 0x03): "CallingAETitle",
+    (0x01, 0x07): "CalledAETitle",
+    (0x03, 0x02): "AssociationLimit",
 }
 
 
@@ -109,6 +118,7 @@ def handle_requested(
     event: Any,
     peer_networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
     over_budget: Callable[[], bool] | None,
+    recorder: Recorder,
 ) -> None:
     """EVT_REQUESTED: checks pynetdicom cannot make (AE titles and its per-process limit it checks itself).
 
@@ -119,10 +129,12 @@ def handle_requested(
     assoc = event.assoc
     if peer_networks and not _peer_allowed(assoc.requestor.address, peer_networks):
         _reject(assoc, (_REJECTED_PERMANENT, _SERVICE_USER, _NO_REASON_GIVEN), "peer not in PEER_CIDRS")
+        recorder.association_rejected("PeerAddress")
     elif over_budget is not None and over_budget():
         _reject(
             assoc, (_REJECTED_TRANSIENT, _SERVICE_PROVIDER_PRESENTATION, _LOCAL_LIMIT_EXCEEDED), "local limit exceeded"
         )
+        recorder.association_rejected("AssociationLimit")
 
 
 def _peer_allowed(address: str, peer_networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
@@ -141,10 +153,11 @@ def _reject(assoc: Any, result_source_reason: tuple[int, int, int], reason: str)
     assoc.kill()
 
 
-def handle_rejected(event: Any) -> None:
+def handle_rejected(event: Any, recorder: Recorder) -> None:
     """EVT_REJECTED: log pynetdicom's own rejections (AE titles, association limit) with their reason."""
     assoc = event.assoc
     primitive = assoc.acceptor.primitive
+    recorder.association_rejected(_REJECT_METRIC_REASONS.get((primitive.result_source, primitive.diagnostic), "Other"))
     reason = _REJECT_REASONS.get((primitive.result_source, primitive.diagnostic), "unknown")
     LOG.warning(
         "association rejected",
@@ -161,8 +174,9 @@ def handle_rejected(event: Any) -> None:
     )
 
 
-def handle_accepted(event: Any) -> None:
-    """EVT_ACCEPTED: log the presentation contexts we declined, so a sender's misconfiguration is visible."""
+def handle_accepted(event: Any, recorder: Recorder) -> None:
+    """EVT_ACCEPTED: count it; log the presentation contexts we declined, so a sender's misconfiguration is visible."""
+    recorder.association_accepted()
     declined = [
         {
             "abstractSyntax": str(context.abstract_syntax),
@@ -193,24 +207,26 @@ def handle_aborted(event: Any, sessions: Sessions) -> None:
 # -- C-STORE -----------------------------------------------------------------------------------------------------------
 
 
-def handle_store(event: Any, sessions: Sessions) -> int:
+def handle_store(event: Any, sessions: Sessions, recorder: Recorder) -> int:
     """EVT_C_STORE: validate, store durably, and only then answer success."""
+    # pynetdicom calls this once the data set's last fragment is in the spool file: where StoreLatency starts.
+    received = time.monotonic()
     request = event.request
     source = Path(event.dataset_path)
     try:
         session = sessions.get(event.assoc)
     except AssociationClosing:
-        return _fail(event, None, statuses.OUT_OF_RESOURCES_CLOSING, "association is not open")
+        return _fail(event, None, recorder, statuses.OUT_OF_RESOURCES_CLOSING, "association is not open")
 
     try:
         with source.open("rb") as handle:
             header = read_partial(handle, stop_when=_stop_after_series_uid, specific_tags=_HEADER_TAGS)
     except Exception as error:  # pydicom raises many types for malformed input
-        return _fail(event, sessions, statuses.CANNOT_PARSE_DATASET, f"{type(error).__name__}: {error}")
+        return _fail(event, sessions, recorder, statuses.CANNOT_PARSE_DATASET, f"{type(error).__name__}: {error}")
 
     status, detail = _validate(request, header)
     if status != statuses.SUCCESS:
-        return _fail(event, sessions, status, detail)
+        return _fail(event, sessions, recorder, status, detail)
 
     instance = Instance(
         sop_class_uid=str(header[_SOP_CLASS_UID].value),
@@ -225,9 +241,10 @@ def handle_store(event: Any, sessions: Sessions) -> int:
     try:
         sessions.store(session, source, instance)
     except StorageError as error:
-        return _fail(event, sessions, statuses.OUT_OF_RESOURCES_STORAGE, str(error))
+        return _fail(event, sessions, recorder, statuses.OUT_OF_RESOURCES_STORAGE, str(error))
     except AssociationClosing as error:
-        return _fail(event, sessions, statuses.OUT_OF_RESOURCES_CLOSING, str(error))
+        return _fail(event, sessions, recorder, statuses.OUT_OF_RESOURCES_CLOSING, str(error))
+    recorder.instance_stored(instance.size, time.monotonic() - received)
     return statuses.SUCCESS
 
 
@@ -256,7 +273,8 @@ def _validate(request: Any, header: Any) -> tuple[int, str]:
     return statuses.SUCCESS, ""
 
 
-def _fail(event: Any, sessions: Sessions | None, status: int, detail: str) -> int:
+def _fail(event: Any, sessions: Sessions | None, recorder: Recorder, status: int, detail: str) -> int:
+    recorder.instance_failed(statuses.family(status))
     if sessions is not None:
         with contextlib.suppress(AssociationClosing):
             sessions.record_failure(sessions.get(event.assoc))

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-NAMESPACE = "DicomStoreSCP"
+# The product's one namespace: the functions' Powertools metrics (FUNCTION_METRICS) are published in it too.
+NAMESPACE = "DicomStoreScp"
 
 # Dimension names.
-SERVICE = "Service"
+# Powertools names its service dimension so; the SCP uses the same name (value: METRICS_SERVICE).
+SERVICE = "service"
 REASON = "Reason"
 STATUS_FAMILY = "StatusFamily"
 
@@ -45,8 +47,8 @@ ACTIVE_ASSOCIATIONS = Metric(
     "ActiveAssociations", "Count", GAUGE, "associations open, averaged over the interval, per worker"
 )
 INSTANCES_STORED = Metric("InstancesStored", "Count", COUNT, "instances stored durably and answered success")
-INSTANCES_FAILED = Metric(
-    "InstancesFailed",
+STORES_FAILED = Metric(
+    "StoresFailed",
     "Count",
     COUNT,
     "C-STORE requests answered with a failure status, also by StatusFamily",
@@ -67,7 +69,7 @@ SCP_METRICS: tuple[Metric, ...] = (
     PROTOCOL_ABORTS,
     ACTIVE_ASSOCIATIONS,
     INSTANCES_STORED,
-    INSTANCES_FAILED,
+    STORES_FAILED,
     BYTES_RECEIVED,
     STORE_LATENCY,
     S3_UPLOAD_LATENCY,
@@ -91,6 +93,40 @@ STATUS_FAMILIES: tuple[str, ...] = (
     "SOPClassNotSupported",  # 0122
     "DataSetMismatch",  # A9xx: data set does not match the request's SOP class or instance
     "CannotUnderstand",  # Cxxx: data set or request unusable
+)
+
+
+@dataclass(frozen=True)
+class FunctionMetric:
+    """A metric a Lambda function publishes with Powertools (``metrics.add_metric``) in :data:`NAMESPACE`.
+
+    Powertools adds the dimension ``service`` = the function's POWERTOOLS_SERVICE_NAME (template_gen/pipeline.py).
+    A test reads functions/ and checks each is still published there under this name.
+    """
+
+    name: str
+    module: str  # functions/<module>.py
+    meaning: str
+
+
+INSTANCES_IMPORTED = FunctionMetric("InstancesImported", "check_status", "instances an import job imported")
+INSTANCES_NOT_IMPORTED = FunctionMetric("InstancesFailed", "check_status", "instances an import job failed to import")
+IMPORT_JOBS_STARTED = FunctionMetric("ImportJobsStarted", "start_import_job", "import jobs started")
+BATCHES_STARTED = FunctionMetric("BatchesStarted", "trigger_import", "batches whose import workflow started")
+MANIFESTS_REJECTED = FunctionMetric("ManifestsRejected", "trigger_import", "manifests that failed the checks")
+BATCHES_FAILED = FunctionMetric("BatchesFailed", "record_failure", "batches whose import workflow failed")
+BATCHES_TIMED_OUT = FunctionMetric("BatchesTimedOut", "record_failure", "batches whose import job did not end in time")
+BATCHES_SWEPT = FunctionMetric("BatchesSwept", "sweeper", "abandoned batches the sweeper sealed")
+
+FUNCTION_METRICS: tuple[FunctionMetric, ...] = (
+    INSTANCES_IMPORTED,
+    INSTANCES_NOT_IMPORTED,
+    IMPORT_JOBS_STARTED,
+    BATCHES_STARTED,
+    MANIFESTS_REJECTED,
+    BATCHES_FAILED,
+    BATCHES_TIMED_OUT,
+    BATCHES_SWEPT,
 )
 
 # EMF allows at most 100 values in one metric's array (and 100 metrics in one document).

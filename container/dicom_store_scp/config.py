@@ -240,7 +240,7 @@ SETTINGS: tuple[Setting, ...] = (
         "metrics_service",
         _text,
         "dicom-store-scp",
-        "value of the metrics' Service dimension (the stack name in the product)",
+        "value of the metrics' service dimension (the stack name in the product)",
         _not_empty,
     ),
     Setting("STORAGE_DIR", "storage_dir", _path, "./storage", "local store, used when DICOM_BUCKET is empty"),

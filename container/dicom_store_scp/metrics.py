@@ -119,7 +119,7 @@ _ALWAYS = (
     names.ASSOCIATIONS_REJECTED,
     names.PROTOCOL_ABORTS,
     names.INSTANCES_STORED,
-    names.INSTANCES_FAILED,
+    names.STORES_FAILED,
     names.BYTES_RECEIVED,
     names.BATCHES_SEALED,
     names.MANIFESTS_FAILED,
@@ -178,7 +178,7 @@ class Recorder:
 
     def instance_failed(self, family: str) -> None:
         assert family in names.STATUS_FAMILIES, family
-        self._count(names.INSTANCES_FAILED, split=family)
+        self._count(names.STORES_FAILED, split=family)
 
     def s3_upload(self, seconds: float) -> None:
         with self._lock:
@@ -298,7 +298,7 @@ def summary_fields(interval: _Interval) -> dict[str, Any]:
     latency = interval.distributions.get(names.STORE_LATENCY.name, Distribution())
     return {
         "stored": interval.counters.get(names.INSTANCES_STORED.name, 0),
-        "failed": interval.counters.get(names.INSTANCES_FAILED.name, 0),
+        "failed": interval.counters.get(names.STORES_FAILED.name, 0),
         "rejected": interval.counters.get(names.ASSOCIATIONS_REJECTED.name, 0),
         "mib": round(interval.counters.get(names.BYTES_RECEIVED.name, 0) / MIB, 2),
         "p50ms": latency.percentile(0.5),

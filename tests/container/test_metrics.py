@@ -110,7 +110,7 @@ def test_a_dcmtk_send_is_counted_as_sent_refused_and_rejected(start_scp, tmp_pat
     assert {record[names.SERVICE] for record in records} == {"stack-under-test"}
     service = totals(records)
     assert service[("InstancesStored", "")] == 3
-    assert service[("InstancesFailed", "")] == 3
+    assert service[("StoresFailed", "")] == 3
     assert service[("AssociationsAccepted", "")] == 2
     assert service[("AssociationsRejected", "")] == 1
     assert service[("ProtocolAborts", "")] == 0
@@ -118,9 +118,11 @@ def test_a_dcmtk_send_is_counted_as_sent_refused_and_rejected(start_scp, tmp_pat
     assert service[("BatchesSealed", "")] == len(scp.manifests()) == 1
     assert service[("BytesReceived", "")] == sum(path.stat().st_size for path in scp.stored_files())
     assert service[("S3UploadLatency", "")] == 0  # a local folder: no uploads
+    # Every metric of the contract but the S3 one was written (test_s3_uploads_are_timed has that).
+    assert {name for name, _ in service} == {metric.name for metric in names.SCP_METRICS} - {"S3UploadLatency"}
     assert totals(records, names.STATUS_FAMILY) == {
-        ("InstancesFailed", "DataSetMismatch"): 1,
-        ("InstancesFailed", "CannotUnderstand"): 2,
+        ("StoresFailed", "DataSetMismatch"): 1,
+        ("StoresFailed", "CannotUnderstand"): 2,
     }
     assert totals(records, names.REASON) == {("AssociationsRejected", "CallingAETitle"): 1}
     # A person reads the same figures in the summary line.
@@ -207,7 +209,7 @@ def test_a_wide_distribution_is_split_into_records_of_at_most_100_values():
     assert all(record["_aws"]["Timestamp"] == 120_000 for record in records)
     split = [record for record in records if len(record["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0]) == 2]
     assert [
-        (r.get("Reason"), r.get("StatusFamily"), r.get("AssociationsRejected"), r.get("InstancesFailed")) for r in split
+        (r.get("Reason"), r.get("StatusFamily"), r.get("AssociationsRejected"), r.get("StoresFailed")) for r in split
     ] == [
         ("AssociationLimit", None, 1, None),
         (None, "OutOfResources", None, 1),

@@ -138,7 +138,7 @@ def import_widgets() -> list[Widget]:
             period=300,
         ),
         Widget(
-            "Import jobs: started, workflows running and ended",
+            "Import jobs started; import workflows started and succeeded",
             [
                 function(m.IMPORT_JOBS_STARTED, label="import jobs started"),
                 aws("AWS/States", "ExecutionsStarted", _WORKFLOW, label="workflows started"),
@@ -322,8 +322,8 @@ def alarms() -> list[Alarm]:
         Alarm(
             "ImportWorkflowTimedOutAlarm",
             "Import workflow executions timed out.",
-            "the import job's status in AWS HealthImaging (GetDICOMImportJob); a job still running is picked up by"
-            " ImportPollSeconds x ImportMaxPolls only if raised.",
+            "the import job's status in AWS HealthImaging (aws medical-imaging get-dicom-import-job); jobs that"
+            " regularly run longer than ImportPollSeconds x ImportMaxPolls need those parameters raised.",
             aws("AWS/States", "ExecutionsTimedOut", workflow),
         ),
         *(

@@ -88,6 +88,16 @@ def totals(records: list[dict[str, Any]], dimension: str = "") -> Counter[tuple[
     return summed
 
 
+def status_lines(scp: RunningScp, count: int) -> list[dict[str, Any]]:
+    """The SIGUSR1 answers (a busy interval's end may add periodic summaries meanwhile)."""
+    deadline = time.monotonic() + 15
+    while True:
+        found = [line for line in scp.events("metrics-summary") if line["message"].startswith("metrics status: ")]
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
 def test_a_dcmtk_send_is_counted_as_sent_refused_and_rejected(start_scp, tmp_path):
     scp = start_scp("--require-calling-ae-title", "STORESCU,CRAFTED", "--metrics-service", "stack-under-test")
     valid = _valid_series(tmp_path, 3)
@@ -157,8 +167,7 @@ def test_status_on_demand_with_sigusr1(start_scp, tmp_path):
     scp.wait_for_event("association")
 
     scp.process.send_signal(signal.SIGUSR1)
-    [status] = scp.wait_for_event("metrics-summary")
-    assert status["message"].startswith("metrics status: ")
+    [status] = status_lines(scp, 1)
     assert status["sinceStart"]["stored"] == 2
     assert "2 stored" in status["message"]
     assert scp.stop() == 0
@@ -224,3 +233,21 @@ def test_percentiles_come_from_the_buckets():
     assert distribution.percentile(0.99) == 250.0
     assert distribution.percentile(1.0) == bucket(1234.0) == 1200.0
     assert bucket(0.0123) == 0.012
+
+
+def test_each_worker_answers_sigusr1_and_flushes_at_shutdown(start_scp, tmp_path):
+    scp = start_scp("--workers", "2")
+    series = _valid_series(tmp_path, 6)
+    for pair in (series[:2], series[2:4], series[4:]):
+        assert storescu(scp.port, *pair).statuses == [0, 0]
+    scp.wait_for_event("association", count=3)
+
+    scp.process.send_signal(signal.SIGUSR1)  # to the supervisor, which passes it on
+    statuses_now = status_lines(scp, 2)
+    assert len({line["pid"] for line in statuses_now}) == 2
+    assert sum(line["sinceStart"]["stored"] for line in statuses_now) == 6
+    assert scp.stop() == 0
+
+    records = emf_records(scp)
+    assert len({record["pid"] for record in records}) == 2
+    assert totals(records)[("InstancesStored", "")] == 6

@@ -400,13 +400,20 @@ def dashboard_picture(template: dict[str, Any]) -> str:
         if widgets[0]["type"] == "text":
             lines += ["", widgets[0]["properties"]["markdown"].lstrip("# ")]
             continue
-        inner = _BOX - 4
-        cells = [textwrap.wrap(w["properties"]["title"], inner) for w in widgets]
+        # A box as wide as its widget (8 columns: _BOX characters, the gaps between boxes included).
+        widths = [w["width"] * _BOX // 8 + (w["width"] // 8 - 1) for w in widgets]
+        cells = [textwrap.wrap(w["properties"]["title"], width - 4) for w, width in zip(widgets, widths, strict=True)]
         depth = max(len(cell) for cell in cells)
-        lines.append(" ".join("+" + "-" * (_BOX - 2) + "+" for _ in widgets))
+        edge = " ".join("+" + "-" * (width - 2) + "+" for width in widths)
+        lines.append(edge)
         for index in range(depth):
-            lines.append(" ".join(f"| {(cell[index] if index < len(cell) else ''):<{inner}} |" for cell in cells))
-        lines.append(" ".join("+" + "-" * (_BOX - 2) + "+" for _ in widgets))
+            lines.append(
+                " ".join(
+                    f"| {(cell[index] if index < len(cell) else ''):<{width - 4}} |"
+                    for cell, width in zip(cells, widths, strict=True)
+                )
+            )
+        lines.append(edge)
     return "```\n" + "\n".join(lines).strip("\n") + "\n```"
 
 

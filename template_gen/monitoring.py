@@ -20,6 +20,10 @@ from template_gen.pipeline import FUNCTIONS
 
 DASHBOARD = "ScpDashboard"
 DEAD_LETTER_QUEUE = "ImportEventDeadLetterQueue"
+SCP_LOG_GROUP = "ScpLogGroup"
+
+# The SCP's log lines a person reads first when ingest goes wrong (their "event" field, see handlers.py, guard.py).
+PROBLEM_EVENTS = ("c-store-failed", "association-rejected", "protocol-abort", "manifest-failed", "start-failed")
 
 # What Sub fills into the dashboard body: ${Name} -> the value.
 _SUB_VALUES: dict[str, object] = {
@@ -29,6 +33,7 @@ _SUB_VALUES: dict[str, object] = {
     "TargetGroup": GetAtt(c.TARGET_GROUP, "TargetGroupFullName"),
     "DeadLetterQueue": GetAtt(DEAD_LETTER_QUEUE, "QueueName"),
     "StateMachine": Ref(c.STATE_MACHINE),
+    "ScpLogGroup": Ref(SCP_LOG_GROUP),
     **{f"{fn.name}Function": Ref(f"{fn.name}Function") for fn in FUNCTIONS},
 }
 _STACK = "${AWS::StackName}"
@@ -243,6 +248,24 @@ def dashboard_body() -> dict[str, Any]:
                 }
             )
         y += _HEIGHT
+    widgets.append(
+        {
+            "type": "log",
+            "x": 0,
+            "y": y,
+            "width": 24,
+            "height": _HEIGHT,
+            "properties": {
+                "title": "SCP: latest failures, rejections and aborts (log lines)",
+                "region": "${AWS::Region}",
+                "view": "table",
+                "query": "SOURCE '${ScpLogGroup}'"
+                " | fields @timestamp, event, peer, callingAE, reason, status, detail"
+                f" | filter event in {json.dumps(list(PROBLEM_EVENTS))}"
+                " | sort @timestamp desc | limit 50",
+            },
+        }
+    )
     return {"widgets": widgets}
 
 

@@ -183,13 +183,8 @@ def build_ae(config: Config) -> AE:
     return ae
 
 
-def event_handlers(
-    config: Config,
-    sessions: Sessions,
-    over_budget: Callable[[], bool] | None = None,
-    recorder: Recorder | None = None,
-) -> list[Any]:
-    recorder = recorder or sessions.recorder
+def event_handlers(config: Config, sessions: Sessions, over_budget: Callable[[], bool] | None = None) -> list[Any]:
+    recorder = sessions.recorder  # the receiving process's metrics
     # Event-driven waiting in pynetdicom's threads and the receive path's bounds (guard.py, built on those threads),
     # unless this pynetdicom is not the one they were written for.
     threads = [(evt.EVT_CONN_OPEN, guard.handle_connection_open, [recorder])] if pynetdicom_threads.supported() else []
@@ -224,9 +219,7 @@ class Receiver:
         self.budget = budget
         self.server = self.ae.make_server(
             (config.bind_address, config.port),
-            evt_handlers=event_handlers(
-                config, self.sessions, self._budget_exceeded if budget else None, self.recorder
-            ),
+            evt_handlers=event_handlers(config, self.sessions, self._budget_exceeded if budget else None),
             server_class=SharedPortServer if reuse_port else ReceiverServer,
             request_handler=QuickRequestHandler,
         )

@@ -69,7 +69,7 @@ def aws(namespace: str, name: str, dimensions: dict[str, str], stat: str = "Sum"
 def per_second(row: list[Any], ident: str, label: str, scale: str = "") -> list[list[Any]]:
     """A Sum metric shown as a rate: hidden, with an expression dividing it by the period."""
     hidden = [*row[:-1], {**row[-1], "id": ident, "visible": False}]
-    return [[{"expression": f"{ident}/PERIOD({ident}){scale}", "label": label}], hidden]
+    return [[{"expression": f"{ident}/PERIOD({ident}){scale}", "label": label, "id": f"{ident}rate"}], hidden]
 
 
 _ECS = {"ClusterName": "${Cluster}", "ServiceName": "${ServiceName}"}

@@ -14,6 +14,7 @@ from typing import Any
 
 from dicom_store_contract import metrics as m
 from troposphere import GetAtt, If, NoValue, Ref, Sub, Template, cloudwatch
+from troposphere import applicationautoscaling as aas
 
 from template_gen import common as c
 from template_gen.pipeline import FUNCTIONS
@@ -414,7 +415,69 @@ def _add_alarm(template: Template, alarm: Alarm) -> None:
     )
 
 
+# -- scaling on associations ---------------------------------------------------------------------------------------
+
+SCALABLE_TARGET = "ScpScalableTarget"  # template_gen/service.py, with the CPU target tracking policy
+# Per-task associations as a share of MaximumAssociations that autoscaling keeps tasks at, %.
+ASSOCIATION_TARGET_PERCENT = 50.0
+
+
+def association_scaling_policy() -> aas.ScalingPolicy:
+    """Target tracking on open associations per task, next to the CPU policy: whichever asks for more tasks wins.
+
+    Measured (docs/benchmarks.md, section 7): 250 established, idle associations cost one worker 7-10 % CPU, so
+    CPU tracking alone lets a task run into MaximumAssociations (and reject senders) long before it scales out.
+    """
+
+    def metric(ident: str, namespace: str, name: str, dimensions: dict[str, object], stat: str) -> object:
+        return aas.TargetTrackingMetricDataQuery(
+            Id=ident,
+            ReturnData=False,
+            MetricStat=aas.TargetTrackingMetricStat(
+                Stat=stat,
+                Metric=aas.TargetTrackingMetric(
+                    Namespace=namespace,
+                    MetricName=name,
+                    Dimensions=[aas.TargetTrackingMetricDimension(Name=k, Value=v) for k, v in dimensions.items()],
+                ),
+            ),
+        )
+
+    ecs_service = {"ClusterName": Ref(c.CLUSTER), "ServiceName": GetAtt(c.SERVICE, "Name")}
+    return aas.ScalingPolicy(
+        "ScpAssociationScalingPolicy",
+        PolicyName=Sub("${AWS::StackName}-scp-associations"),
+        PolicyType="TargetTrackingScaling",
+        ScalingTargetId=Ref(SCALABLE_TARGET),
+        TargetTrackingScalingPolicyConfiguration=aas.TargetTrackingScalingPolicyConfiguration(
+            TargetValue=ASSOCIATION_TARGET_PERCENT,
+            ScaleInCooldown=60,
+            ScaleOutCooldown=60,
+            CustomizedMetricSpecification=aas.CustomizedMetricSpecification(
+                Metrics=[
+                    # Every worker's one reading a minute, summed: the service's open associations.
+                    metric(
+                        "associations",
+                        m.NAMESPACE,
+                        m.ACTIVE_ASSOCIATIONS.name,
+                        {m.SERVICE: Ref("AWS::StackName")},
+                        "Sum",
+                    ),
+                    metric("tasks", "ECS/ContainerInsights", "RunningTaskCount", ecs_service, "Average"),
+                    aas.TargetTrackingMetricDataQuery(
+                        Id="share",
+                        Label="open associations per task, % of MaximumAssociations",
+                        Expression=Sub("100 * associations / tasks / ${MaximumAssociations}"),
+                        ReturnData=True,
+                    ),
+                ]
+            ),
+        ),
+    )
+
+
 def add_monitoring(template: Template) -> None:
     add_dashboard(template)
     for alarm in alarms():
         _add_alarm(template, alarm)
+    template.add_resource(association_scaling_policy())

@@ -81,6 +81,13 @@ def named_metrics(template: dict[str, Any]) -> list[tuple[str, str, dict[str, An
             props = resource["Properties"]
             dimensions = {d["Name"]: d["Value"] for d in props["Dimensions"]}
             found.append((props["Namespace"], props["MetricName"], dimensions, logical_id))
+        if resource["Type"] == "AWS::ApplicationAutoScaling::ScalingPolicy":
+            tracking = resource["Properties"]["TargetTrackingScalingPolicyConfiguration"]
+            for query in tracking.get("CustomizedMetricSpecification", {}).get("Metrics", []):
+                if "MetricStat" in query:
+                    metric = query["MetricStat"]["Metric"]
+                    dimensions = {d["Name"]: d["Value"] for d in metric["Dimensions"]}
+                    found.append((metric["Namespace"], metric["MetricName"], dimensions, logical_id))
     return found
 
 
@@ -153,3 +160,23 @@ def test_store_failures_page_only_after_minutes_in_a_row(template: dict[str, Any
     props = template["Resources"]["ScpStoreFailuresAlarm"]["Properties"]
     assert (props["MetricName"], props["Period"], props["EvaluationPeriods"]) == ("StoresFailed", 60, 5)
     assert props["Dimensions"] == [{"Name": m.SERVICE, "Value": {"Ref": "AWS::StackName"}}]
+
+
+def test_tasks_scale_on_open_associations_as_well_as_cpu(template: dict[str, Any]) -> None:
+    policies = {
+        name: resource["Properties"]
+        for name, resource in template["Resources"].items()
+        if resource["Type"] == "AWS::ApplicationAutoScaling::ScalingPolicy"
+    }
+    assert set(policies) == {"ScpCpuScalingPolicy", "ScpAssociationScalingPolicy"}
+    cpu = policies["ScpCpuScalingPolicy"]["TargetTrackingScalingPolicyConfiguration"]
+    assert (cpu["TargetValue"], cpu["ScaleInCooldown"], cpu["ScaleOutCooldown"]) == (50.0, 60, 60)
+    associations = policies["ScpAssociationScalingPolicy"]
+    assert associations["ScalingTargetId"] == policies["ScpCpuScalingPolicy"]["ScalingTargetId"]
+    tracking = associations["TargetTrackingScalingPolicyConfiguration"]
+    assert (tracking["TargetValue"], tracking["ScaleInCooldown"], tracking["ScaleOutCooldown"]) == (50.0, 60, 60)
+    queries = {query["Id"]: query for query in tracking["CustomizedMetricSpecification"]["Metrics"]}
+    assert queries["associations"]["MetricStat"]["Metric"]["MetricName"] == m.ACTIVE_ASSOCIATIONS.name
+    assert queries["associations"]["MetricStat"]["Stat"] == "Sum"
+    [returned] = [query for query in queries.values() if query["ReturnData"]]
+    assert returned["Expression"] == {"Fn::Sub": "100 * associations / tasks / ${MaximumAssociations}"}

@@ -76,7 +76,7 @@ class Sessions:
     """The live associations of one receiving process and the batches they fill."""
 
     def __init__(
-        self, storage: Storage, prefix: str, max_instances: int, max_bytes: int, recorder: Recorder | None = None
+        self, storage: Storage, prefix: str, max_instances: int, max_bytes: int, *, recorder: Recorder | None = None
     ) -> None:
         self.storage = storage
         self.recorder = recorder or Recorder(enabled=False)

@@ -213,7 +213,11 @@ class Receiver:
         self.spool = self.storage.spool_dir() or Path(tempfile.mkdtemp(prefix="dicom-store-scp-spool-"))
         use_spool_dir(self.spool)
         self.sessions = Sessions(
-            self.storage, config.storage_prefix, config.batch_max_instances, config.batch_max_bytes, self.recorder
+            self.storage,
+            config.storage_prefix,
+            config.batch_max_instances,
+            config.batch_max_bytes,
+            recorder=self.recorder,
         )
         self.ae = build_ae(config)
         self.budget = budget

@@ -1,9 +1,10 @@
-"""Monitoring: one dashboard (ingest, storage and import, health) and alarms for what needs a person.
+"""Monitoring: one dashboard (ingest, storage and import, health), alarms for what needs a person, and the
+target tracking on open associations that sits on the SCP's own metric.
 
 Every metric named here comes from dicom_store_contract.metrics (the SCP's EMF metrics and the functions'
 Powertools metrics) or is an AWS namespace's; tests/template_gen/test_monitoring.py checks both. Each alarm's
 description says what it means and what to check first; docs/deployment.md ("Operations") is generated from
-:data:`ALARMS` and the dashboard body.
+:func:`alarms` and the dashboard body.
 """
 
 from __future__ import annotations

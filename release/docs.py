@@ -1,7 +1,8 @@
 """Generated parts of the documents, from template_gen (never copied by hand):
 
-- docs/deployment.md: the parameter table, from template_gen's parameter table, and the supported regions, from
-  dicom_store_contract.limits;
+- docs/deployment.md: the parameter table, from template_gen's parameter table; the supported regions, from
+  dicom_store_contract.limits; the operations section (the dashboard's layout, the alarms, the SCP's metrics) from
+  the template's dashboard body and template_gen.monitoring;
 - docs/security.md: the IAM roles and what each may do, from the template's roles;
 - docs/architecture.dot / .svg: the stack's resources and the references between them (graphviz);
 - docs/contracts.md: the storage layout, the manifest's fields and an example, the limits table, from
@@ -384,6 +385,71 @@ def contracts_document() -> str:
     return text
 
 
+# --- deployment.md: operations, from the template's dashboard and template_gen's alarms ---------------------
+
+_BOX = 36  # characters per 8 dashboard columns
+
+
+def dashboard_picture(template: dict[str, Any]) -> str:
+    """The dashboard's layout as text: its headings and a box per graph, placed as the body places them."""
+    import json
+    import textwrap
+
+    body = json.loads(template["Resources"]["ScpDashboard"]["Properties"]["DashboardBody"]["Fn::Sub"][0])
+    lines: list[str] = []
+    rows: dict[int, list[dict[str, Any]]] = {}
+    for widget in body["widgets"]:
+        rows.setdefault(widget["y"], []).append(widget)
+    for y in sorted(rows):
+        widgets = sorted(rows[y], key=lambda w: w["x"])
+        if widgets[0]["type"] == "text":
+            lines += ["", widgets[0]["properties"]["markdown"].lstrip("# ")]
+            continue
+        # A box as wide as its widget (8 columns: _BOX characters, the gaps between boxes included).
+        widths = [w["width"] * _BOX // 8 + (w["width"] // 8 - 1) for w in widgets]
+        cells = [textwrap.wrap(w["properties"]["title"], width - 4) for w, width in zip(widgets, widths, strict=True)]
+        depth = max(len(cell) for cell in cells)
+        edge = " ".join("+" + "-" * (width - 2) + "+" for width in widths)
+        lines.append(edge)
+        for index in range(depth):
+            lines.append(
+                " ".join(
+                    f"| {(cell[index] if index < len(cell) else ''):<{width - 4}} |"
+                    for cell, width in zip(cells, widths, strict=True)
+                )
+            )
+        lines.append(edge)
+    return "```\n" + "\n".join(lines).strip("\n") + "\n```"
+
+
+def operations_section(template: dict[str, Any]) -> str:
+    from dicom_store_contract import metrics
+
+    from template_gen.monitoring import alarms
+
+    parts = [
+        "The dashboard (`<stack>-dicom-store-scp`), from its body in the template:",
+        "",
+        dashboard_picture(template),
+        "",
+        "| Alarm | What it means | Check first |",
+        "|---|---|---|",
+    ]
+    for alarm in alarms():
+        parts.append(f"| `{alarm.logical_id}` | {_cell(alarm.means)} | {_cell(alarm.check_first)} |")
+    parts += [
+        "",
+        f"The SCP's metrics (namespace `{metrics.NAMESPACE}`, dimension `{metrics.SERVICE}` = the stack name):",
+        "",
+        "| Metric | Unit | What it counts | Also by |",
+        "|---|---|---|---|",
+    ]
+    for metric in metrics.SCP_METRICS:
+        by = f"`{metric.by}`" if metric.by else ""
+        parts.append(f"| `{metric.name}` | {metric.unit} | {_cell(metric.meaning)} | {by} |")
+    return "\n".join(parts)
+
+
 # --- all of it ---------------------------------------------------------------------------------------------
 
 
@@ -392,7 +458,11 @@ def generated_documents() -> dict[Path, str]:
     template = template_dict()
     return {
         DEPLOYMENT: fill(
-            fill(DEPLOYMENT.read_text(encoding="utf-8"), "parameters", parameter_table()), "regions", regions_list()
+            fill(
+                fill(DEPLOYMENT.read_text(encoding="utf-8"), "parameters", parameter_table()), "regions", regions_list()
+            ),
+            "operations",
+            operations_section(template),
         ),
         SECURITY: fill(SECURITY.read_text(encoding="utf-8"), "iam-roles", iam_table(template)),
         ARCHITECTURE_DOT: architecture_dot(template),

@@ -1,94 +1,484 @@
-"""Monitoring: alarms on failed imports, function errors, dead letters, an endpoint without healthy tasks."""
+"""Monitoring: one dashboard (ingest, storage and import, health), alarms for what needs a person, and the
+target tracking on open associations that sits on the SCP's own metric.
+
+Every metric named here comes from dicom_store_contract.metrics (the SCP's EMF metrics and the functions'
+Powertools metrics) or is an AWS namespace's; tests/template_gen/test_monitoring.py checks both. Each alarm's
+description says what it means and what to check first; docs/deployment.md ("Operations") is generated from
+:func:`alarms` and the dashboard body.
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from dicom_store_contract import metrics as m
 from troposphere import GetAtt, If, NoValue, Ref, Sub, Template, cloudwatch
+from troposphere import applicationautoscaling as aas
 
 from template_gen import common as c
 from template_gen.pipeline import FUNCTIONS
 
+DASHBOARD = "ScpDashboard"
+DEAD_LETTER_QUEUE = "ImportEventDeadLetterQueue"
+SCP_LOG_GROUP = "ScpLogGroup"
 
-def _alarm(
-    logical_id: str,
-    description: str,
-    namespace: str,
-    metric: str,
-    dimensions: dict[str, object],
-    statistic: str = "Sum",
-    comparison: str = "GreaterThanOrEqualToThreshold",
-    threshold: float = 1,
-) -> cloudwatch.Alarm:
+# The SCP's log lines a person reads first when ingest goes wrong (their "event" field, see handlers.py, guard.py).
+PROBLEM_EVENTS = ("c-store-failed", "association-rejected", "protocol-abort", "manifest-failed", "start-failed")
+
+# What Sub fills into the dashboard body: ${Name} -> the value.
+_SUB_VALUES: dict[str, object] = {
+    "Cluster": Ref(c.CLUSTER),
+    "ServiceName": GetAtt(c.SERVICE, "Name"),
+    "LoadBalancer": GetAtt(c.LOAD_BALANCER, "LoadBalancerFullName"),
+    "TargetGroup": GetAtt(c.TARGET_GROUP, "TargetGroupFullName"),
+    "DeadLetterQueue": GetAtt(DEAD_LETTER_QUEUE, "QueueName"),
+    "StateMachine": Ref(c.STATE_MACHINE),
+    "ScpLogGroup": Ref(SCP_LOG_GROUP),
+    **{f"{fn.name}Function": Ref(f"{fn.name}Function") for fn in FUNCTIONS},
+}
+_STACK = "${AWS::StackName}"
+
+
+def function_service(metric: m.FunctionMetric) -> str:
+    """The ``service`` dimension Powertools gives a function's metrics: its POWERTOOLS_SERVICE_NAME."""
+    [fn] = [fn for fn in FUNCTIONS if fn.handler.startswith(f"functions.{metric.module}.")]
+    return fn.service_name
+
+
+# -- metric rows of the dashboard's widgets (CloudWatch's [namespace, name, dim, value, ..., {options}]) ---------
+
+
+def scp(metric: m.Metric, stat: str = "Sum", **options: Any) -> list[Any]:
+    extra = {k: v for k, v in options.items() if k not in (m.REASON, m.STATUS_FAMILY)}
+    dimensions = [m.SERVICE, _STACK]
+    for name in (m.REASON, m.STATUS_FAMILY):
+        if name in options:
+            dimensions += [name, options[name]]
+    return [m.NAMESPACE, metric.name, *dimensions, {"stat": stat, **extra}]
+
+
+def function(metric: m.FunctionMetric, **options: Any) -> list[Any]:
+    return [m.NAMESPACE, metric.name, m.SERVICE, function_service(metric), {"stat": "Sum", **options}]
+
+
+def aws(namespace: str, name: str, dimensions: dict[str, str], stat: str = "Sum", **options: Any) -> list[Any]:
+    flat = [part for pair in dimensions.items() for part in pair]
+    return [namespace, name, *flat, {"stat": stat, **options}]
+
+
+def per_second(row: list[Any], ident: str, label: str, scale: str = "") -> list[list[Any]]:
+    """A Sum metric shown as a rate: hidden, with an expression dividing it by the period."""
+    hidden = [*row[:-1], {**row[-1], "id": ident, "visible": False}]
+    return [[{"expression": f"{ident}/PERIOD({ident}){scale}", "label": label, "id": f"{ident}rate"}], hidden]
+
+
+_ECS = {"ClusterName": "${Cluster}", "ServiceName": "${ServiceName}"}
+_NLB = {"LoadBalancer": "${LoadBalancer}", "TargetGroup": "${TargetGroup}"}
+_WORKFLOW = {"StateMachineArn": "${StateMachine}"}
+
+
+@dataclass(frozen=True)
+class Widget:
+    title: str
+    metrics: list[list[Any]]
+    stat: str = "Sum"
+    period: int = 60
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def ingest_widgets() -> list[Widget]:
+    return [
+        Widget(
+            "Instances per second (stored, failed)",
+            [
+                *per_second(scp(m.INSTANCES_STORED), "stored", "stored/s"),
+                *per_second(scp(m.STORES_FAILED), "failed", "failed/s"),
+            ],
+        ),
+        Widget("MiB received per second", per_second(scp(m.BYTES_RECEIVED), "bytes", "MiB/s", "/1048576")),
+        Widget(
+            "Store latency, ms (receive end to durable; S3 upload)",
+            [
+                scp(m.STORE_LATENCY, "p50", label="store p50"),
+                scp(m.STORE_LATENCY, "p99", label="store p99"),
+                scp(m.S3_UPLOAD_LATENCY, "p99", label="S3 upload p99"),
+            ],
+        ),
+        Widget(
+            "Active associations (all tasks) and spool",
+            [
+                scp(m.ACTIVE_ASSOCIATIONS, label="associations"),
+                scp(m.SPOOL_BYTES, "Maximum", label="largest spool (bytes)", yAxis="right"),
+            ],
+        ),
+        Widget(
+            "Associations accepted, rejected by reason, aborted",
+            [
+                scp(m.ASSOCIATIONS_ACCEPTED, label="accepted"),
+                *(
+                    scp(m.ASSOCIATIONS_REJECTED, Reason=reason, label=f"rejected: {reason}")
+                    for reason in m.REJECTION_REASONS
+                ),
+                scp(m.PROTOCOL_ABORTS, label="protocol aborts"),
+            ],
+        ),
+        Widget(
+            "Store failures by status family",
+            [scp(m.STORES_FAILED, StatusFamily=family, label=family) for family in m.STATUS_FAMILIES],
+        ),
+    ]
+
+
+def import_widgets() -> list[Widget]:
+    return [
+        Widget(
+            "Batches: sealed by the SCP, swept, workflows started",
+            [
+                scp(m.BATCHES_SEALED, label="sealed (SCP)"),
+                scp(m.MANIFESTS_FAILED, label="manifest not written (SCP)"),
+                function(m.BATCHES_SWEPT, label="sealed by the sweeper"),
+                function(m.BATCHES_STARTED, label="workflows started"),
+                function(m.MANIFESTS_REJECTED, label="manifests rejected"),
+            ],
+            period=300,
+        ),
+        Widget(
+            "Import jobs started; import workflows started and succeeded",
+            [
+                function(m.IMPORT_JOBS_STARTED, label="import jobs started"),
+                aws("AWS/States", "ExecutionsStarted", _WORKFLOW, label="workflows started"),
+                aws("AWS/States", "ExecutionsSucceeded", _WORKFLOW, label="workflows succeeded"),
+            ],
+            period=300,
+        ),
+        Widget(
+            "Instances imported / not imported (AWS HealthImaging)",
+            [
+                function(m.INSTANCES_IMPORTED, label="imported"),
+                function(m.INSTANCES_NOT_IMPORTED, label="failed"),
+            ],
+            period=300,
+        ),
+        Widget(
+            "Workflow failures",
+            [
+                aws("AWS/States", "ExecutionsFailed", _WORKFLOW, label="workflows failed"),
+                aws("AWS/States", "ExecutionsTimedOut", _WORKFLOW, label="workflows timed out"),
+                function(m.BATCHES_FAILED, label="batches failed"),
+                function(m.BATCHES_TIMED_OUT, label="batches timed out"),
+                *(
+                    aws("AWS/Lambda", "Errors", {"FunctionName": f"${{{fn.name}Function}}"}, label=f"{fn.name} errors")
+                    for fn in FUNCTIONS
+                ),
+            ],
+            period=300,
+        ),
+    ]
+
+
+def health_widgets() -> list[Widget]:
+    return [
+        Widget(
+            "SCP tasks running / desired",
+            [
+                aws("ECS/ContainerInsights", "RunningTaskCount", _ECS, "Average", label="running"),
+                aws("ECS/ContainerInsights", "DesiredTaskCount", _ECS, "Average", label="desired"),
+            ],
+        ),
+        Widget(
+            "SCP CPU and memory, % (autoscaling target: CPU 50 %)",
+            [
+                aws("AWS/ECS", "CPUUtilization", _ECS, "Average", label="CPU"),
+                aws("AWS/ECS", "MemoryUtilization", _ECS, "Average", label="memory"),
+            ],
+        ),
+        Widget(
+            "Load balancer targets",
+            [
+                aws("AWS/NetworkELB", "HealthyHostCount", _NLB, "Minimum", label="healthy"),
+                aws("AWS/NetworkELB", "UnHealthyHostCount", _NLB, "Maximum", label="unhealthy"),
+            ],
+        ),
+        Widget(
+            "Dead letters (events no function could process)",
+            [aws("AWS/SQS", "ApproximateNumberOfMessagesVisible", {"QueueName": "${DeadLetterQueue}"}, "Maximum")],
+            period=300,
+        ),
+    ]
+
+
+# Rows of the dashboard, top to bottom: a heading, then its widgets, three to a line.
+ROWS: tuple[tuple[str, Any], ...] = (
+    ("Ingest: are we receiving, how fast, is anything failing?", ingest_widgets),
+    ("Storage and import into AWS HealthImaging", import_widgets),
+    ("Health", health_widgets),
+)
+_WIDTH, _HEIGHT, _PER_LINE = 8, 6, 3
+
+
+def dashboard_body() -> dict[str, Any]:
+    """The dashboard body with ${...} placeholders for Sub (see _SUB_VALUES)."""
+    widgets: list[dict[str, Any]] = []
+    y = 0
+    for heading, build in ROWS:
+        widgets.append(
+            {"type": "text", "x": 0, "y": y, "width": 24, "height": 1, "properties": {"markdown": f"## {heading}"}}
+        )
+        y += 1
+        for index, widget in enumerate(build()):
+            x = (index % _PER_LINE) * _WIDTH
+            if index and index % _PER_LINE == 0:
+                y += _HEIGHT
+            widgets.append(
+                {
+                    "type": "metric",
+                    "x": x,
+                    "y": y,
+                    "width": _WIDTH,
+                    "height": _HEIGHT,
+                    "properties": {
+                        "title": widget.title,
+                        "view": "timeSeries",
+                        "region": "${AWS::Region}",
+                        "stat": widget.stat,
+                        "period": widget.period,
+                        "metrics": widget.metrics,
+                        **widget.options,
+                    },
+                }
+            )
+        y += _HEIGHT
+    widgets.append(
+        {
+            "type": "log",
+            "x": 0,
+            "y": y,
+            "width": 24,
+            "height": _HEIGHT,
+            "properties": {
+                "title": "SCP: latest failures, rejections and aborts (log lines)",
+                "region": "${AWS::Region}",
+                "view": "table",
+                "query": "SOURCE '${ScpLogGroup}'"
+                " | fields @timestamp, event, peer, callingAE, reason, status, detail"
+                f" | filter event in {json.dumps(list(PROBLEM_EVENTS))}"
+                " | sort @timestamp desc | limit 50",
+            },
+        }
+    )
+    return {"widgets": widgets}
+
+
+def add_dashboard(template: Template) -> None:
+    body = json.dumps(dashboard_body(), separators=(",", ":"))
+    template.add_resource(
+        cloudwatch.Dashboard(
+            DASHBOARD, DashboardName=Sub("${AWS::StackName}-dicom-store-scp"), DashboardBody=Sub(body, **_SUB_VALUES)
+        )
+    )
+
+
+# -- alarms --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Alarm:
+    logical_id: str
+    means: str
+    check_first: str
+    metric: list[Any]  # a dashboard metric row: namespace, name, dimension pairs, {"stat": ...}
+    threshold: float = 1
+    comparison: str = "GreaterThanOrEqualToThreshold"
+    period: int = 300
+    evaluation_periods: int = 1
+    # No data means nothing ran (or nothing was sent), which is not a failure.
+    missing_data: str = "notBreaching"
+
+    @property
+    def description(self) -> str:
+        return f"{self.means} Check first: {self.check_first}"
+
+
+# Minutes of store failures in a row before anyone is woken: a single bad file from a modality is not an incident.
+STORE_FAILURE_MINUTES = 5
+# Rejected associations in five minutes that make a spike: more than a mistyped AE title retried a few times.
+REJECTION_SPIKE = 20
+
+
+def alarms() -> list[Alarm]:
+    workflow = {"StateMachineArn": "${StateMachine}"}
+    return [
+        Alarm(
+            "ScpStoreFailuresAlarm",
+            f"The SCP answered C-STORE requests with a failure status in each of the last {STORE_FAILURE_MINUTES}"
+            " minutes: senders are retrying or giving up.",
+            'the SCP log group: Logs Insights `filter event = "c-store-failed" | stats count() by reason, callingAE`.'
+            " OutOfResources (A7xx) means the S3 bucket or its KMS key refused the upload; the other families mean a"
+            " sender sends data sets the SCP cannot store (ask that modality's administrator).",
+            scp(m.STORES_FAILED),
+            period=60,
+            evaluation_periods=STORE_FAILURE_MINUTES,
+        ),
+        Alarm(
+            "ScpRejectedAssociationsAlarm",
+            f"{REJECTION_SPIKE} or more associations were rejected within five minutes.",
+            "the dashboard's rejections by reason. CallingAETitle/CalledAETitle: a modality's AE configuration"
+            " changed or the allowed list misses it; PeerAddress: a sender outside PeerCIDR1-3; AssociationLimit:"
+            " raise MaximumAssociations or AutoscaleMaxCapacity.",
+            scp(m.ASSOCIATIONS_REJECTED),
+            threshold=REJECTION_SPIKE,
+        ),
+        Alarm(
+            "InstanceImportFailuresAlarm",
+            "AWS HealthImaging failed to import instances that the SCP had stored.",
+            "the DicomInstanceTable items in state FAILED (failureReason) and the import job's failure.ndjson in the"
+            " import results bucket.",
+            function(m.INSTANCES_NOT_IMPORTED),
+        ),
+        Alarm(
+            "ImportWorkflowFailedAlarm",
+            "Import workflow executions failed.",
+            "the failed execution in the Step Functions console (the failing state's error), then that function's"
+            " log group.",
+            aws("AWS/States", "ExecutionsFailed", workflow),
+        ),
+        Alarm(
+            "ImportWorkflowTimedOutAlarm",
+            "Import workflow executions timed out.",
+            "the import job's status in AWS HealthImaging (aws medical-imaging get-dicom-import-job); jobs that"
+            " regularly run longer than ImportPollSeconds x ImportMaxPolls need those parameters raised.",
+            aws("AWS/States", "ExecutionsTimedOut", workflow),
+        ),
+        *(
+            Alarm(
+                f"{fn.name}ErrorsAlarm",
+                f"The {fn.name} function failed.",
+                f"the {fn.name} function's log group (level ERROR) for the exception.",
+                aws("AWS/Lambda", "Errors", {"FunctionName": f"${{{fn.name}Function}}"}),
+            )
+            for fn in FUNCTIONS
+        ),
+        Alarm(
+            "ImportEventDeadLettersAlarm",
+            "Manifest or sweep events could not be processed: their batches are not being imported.",
+            "the messages in the dead-letter queue (the event) and the TriggerImport/Sweeper log group at that time;"
+            " once fixed, re-drive them.",
+            aws("AWS/SQS", "ApproximateNumberOfMessagesVisible", {"QueueName": "${DeadLetterQueue}"}, "Maximum"),
+        ),
+        Alarm(
+            "NoHealthyScpTaskAlarm",
+            "No healthy SCP task is behind the DICOM endpoint: senders cannot connect.",
+            "the ECS service's events and stopped tasks (stop reason, exit code 1 or 3 with a start-failed or"
+            " workers-failing log line), then the target group's health checks.",
+            aws("AWS/NetworkELB", "HealthyHostCount", _NLB, "Minimum"),
+            comparison="LessThanThreshold",
+        ),
+    ]
+
+
+def _dimension_values(metric: list[Any]) -> list[cloudwatch.MetricDimension]:
+    pairs = metric[2:-1]
+    return [
+        cloudwatch.MetricDimension(Name=name, Value=_resolve(value))
+        for name, value in zip(pairs[::2], pairs[1::2], strict=True)
+    ]
+
+
+def _resolve(value: str) -> object:
+    """A dashboard row's dimension value as an alarm needs it: "${X}" becomes what Sub would fill in."""
+    if value == _STACK:
+        return Ref("AWS::StackName")
+    if value.startswith("${"):
+        return _SUB_VALUES[value[2:-1]]
+    return value
+
+
+def _add_alarm(template: Template, alarm: Alarm) -> None:
     actions = If(c.HAS_ALARM_TOPIC, [Ref("AlarmTopicARN")], NoValue)
-    return cloudwatch.Alarm(
-        logical_id,
-        AlarmDescription=Sub("${AWS::StackName}: " + description),
-        Namespace=namespace,
-        MetricName=metric,
-        Dimensions=[cloudwatch.MetricDimension(Name=k, Value=v) for k, v in dimensions.items()],
-        Statistic=statistic,
-        Period=300,
-        EvaluationPeriods=1,
-        Threshold=threshold,
-        ComparisonOperator=comparison,
-        # No data means nothing ran, which is not a failure.
-        TreatMissingData="notBreaching",
-        AlarmActions=actions,
-        OKActions=actions,
+    template.add_resource(
+        cloudwatch.Alarm(
+            alarm.logical_id,
+            AlarmDescription=Sub("${AWS::StackName}: ${Text}", Text=alarm.description),
+            Namespace=alarm.metric[0],
+            MetricName=alarm.metric[1],
+            Dimensions=_dimension_values(alarm.metric),
+            Statistic=alarm.metric[-1]["stat"],
+            Period=alarm.period,
+            EvaluationPeriods=alarm.evaluation_periods,
+            Threshold=alarm.threshold,
+            ComparisonOperator=alarm.comparison,
+            TreatMissingData=alarm.missing_data,
+            AlarmActions=actions,
+            OKActions=actions,
+        )
+    )
+
+
+# -- scaling on associations ---------------------------------------------------------------------------------------
+
+SCALABLE_TARGET = "ScpScalableTarget"  # template_gen/service.py, with the CPU target tracking policy
+# Per-task associations as a share of MaximumAssociations that autoscaling keeps tasks at, %.
+ASSOCIATION_TARGET_PERCENT = 50.0
+
+
+def association_scaling_policy() -> aas.ScalingPolicy:
+    """Target tracking on open associations per task, next to the CPU policy: whichever asks for more tasks wins.
+
+    Measured (docs/benchmarks.md, section 7): 250 established, idle associations cost one worker 7-10 % CPU, so
+    CPU tracking alone lets a task run into MaximumAssociations (and reject senders) long before it scales out.
+    """
+
+    def metric(ident: str, namespace: str, name: str, dimensions: dict[str, object], stat: str) -> object:
+        return aas.TargetTrackingMetricDataQuery(
+            Id=ident,
+            ReturnData=False,
+            MetricStat=aas.TargetTrackingMetricStat(
+                Stat=stat,
+                Metric=aas.TargetTrackingMetric(
+                    Namespace=namespace,
+                    MetricName=name,
+                    Dimensions=[aas.TargetTrackingMetricDimension(Name=k, Value=v) for k, v in dimensions.items()],
+                ),
+            ),
+        )
+
+    ecs_service = {"ClusterName": Ref(c.CLUSTER), "ServiceName": GetAtt(c.SERVICE, "Name")}
+    return aas.ScalingPolicy(
+        "ScpAssociationScalingPolicy",
+        PolicyName=Sub("${AWS::StackName}-scp-associations"),
+        PolicyType="TargetTrackingScaling",
+        ScalingTargetId=Ref(SCALABLE_TARGET),
+        TargetTrackingScalingPolicyConfiguration=aas.TargetTrackingScalingPolicyConfiguration(
+            TargetValue=ASSOCIATION_TARGET_PERCENT,
+            ScaleInCooldown=60,
+            ScaleOutCooldown=60,
+            CustomizedMetricSpecification=aas.CustomizedMetricSpecification(
+                Metrics=[
+                    # Every worker's one reading a minute, summed: the service's open associations.
+                    metric(
+                        "associations",
+                        m.NAMESPACE,
+                        m.ACTIVE_ASSOCIATIONS.name,
+                        {m.SERVICE: Ref("AWS::StackName")},
+                        "Sum",
+                    ),
+                    metric("tasks", "ECS/ContainerInsights", "RunningTaskCount", ecs_service, "Average"),
+                    aas.TargetTrackingMetricDataQuery(
+                        Id="share",
+                        Label="open associations per task, % of MaximumAssociations",
+                        Expression=Sub("100 * associations / tasks / ${MaximumAssociations}"),
+                        ReturnData=True,
+                    ),
+                ]
+            ),
+        ),
     )
 
 
 def add_monitoring(template: Template) -> None:
-    workflow = {"StateMachineArn": Ref(c.STATE_MACHINE)}
-    template.add_resource(
-        _alarm(
-            "ImportWorkflowFailedAlarm",
-            "import workflow executions failed",
-            "AWS/States",
-            "ExecutionsFailed",
-            workflow,
-        )
-    )
-    template.add_resource(
-        _alarm(
-            "ImportWorkflowTimedOutAlarm",
-            "import workflow executions timed out",
-            "AWS/States",
-            "ExecutionsTimedOut",
-            workflow,
-        )
-    )
-    for fn in FUNCTIONS:
-        template.add_resource(
-            _alarm(
-                f"{fn.name}ErrorsAlarm",
-                f"{fn.name} function errors",
-                "AWS/Lambda",
-                "Errors",
-                {"FunctionName": Ref(f"{fn.name}Function")},
-            )
-        )
-    template.add_resource(
-        _alarm(
-            "ImportEventDeadLettersAlarm",
-            "manifest or sweep events could not be processed",
-            "AWS/SQS",
-            "ApproximateNumberOfMessagesVisible",
-            {"QueueName": GetAtt("ImportEventDeadLetterQueue", "QueueName")},
-            statistic="Maximum",
-        )
-    )
-    template.add_resource(
-        _alarm(
-            "NoHealthyScpTaskAlarm",
-            "no healthy SCP task behind the DICOM endpoint",
-            "AWS/NetworkELB",
-            "HealthyHostCount",
-            {
-                "LoadBalancer": GetAtt(c.LOAD_BALANCER, "LoadBalancerFullName"),
-                "TargetGroup": GetAtt(c.TARGET_GROUP, "TargetGroupFullName"),
-            },
-            statistic="Minimum",
-            comparison="LessThanThreshold",
-            threshold=1,
-        )
-    )
+    add_dashboard(template)
+    for alarm in alarms():
+        _add_alarm(template, alarm)
+    template.add_resource(association_scaling_policy())

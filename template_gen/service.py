@@ -46,6 +46,8 @@ CONTAINER_ENVIRONMENT = {
     "S3_SSE": If(c.HAS_KMS_KEY, "aws:kms", "AES256"),
     "S3_KMS_KEY_ID": Ref("KmsKeyArn"),
     "WORKERS": Ref("Workers"),
+    # The service dimension of the SCP's metrics (template_gen/monitoring.py names it so).
+    "METRICS_SERVICE": Ref("AWS::StackName"),
 }
 
 

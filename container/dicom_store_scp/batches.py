@@ -21,6 +21,7 @@ from typing import Any
 from dicom_store_contract import layout
 from dicom_store_contract.manifest import EndReason, Instance, Manifest
 
+from .metrics import Recorder
 from .storage import Storage, StorageError
 
 LOG = logging.getLogger("dicom_store_scp.batches")
@@ -74,8 +75,11 @@ class Session:
 class Sessions:
     """The live associations of one receiving process and the batches they fill."""
 
-    def __init__(self, storage: Storage, prefix: str, max_instances: int, max_bytes: int) -> None:
+    def __init__(
+        self, storage: Storage, prefix: str, max_instances: int, max_bytes: int, *, recorder: Recorder | None = None
+    ) -> None:
         self.storage = storage
+        self.recorder = recorder or Recorder(enabled=False)
         self.prefix = prefix
         self.max_instances = max_instances
         self.max_bytes = max_bytes
@@ -184,6 +188,7 @@ class Sessions:
         try:
             self.storage.store_manifest(key, manifest.encode())
         except StorageError as error:
+            self.recorder.manifest_failed()
             # Every instance listed was already acknowledged and is durable; the sweeper seals this batch later.
             LOG.error(
                 "manifest not written; the sweeper will seal the batch",
@@ -191,6 +196,7 @@ class Sessions:
             )
             return
         session.sealed_batches.append(batch.batch_id)
+        self.recorder.batch_sealed()
 
 
 def build_manifest(session: Session, batch: Batch, prefix: str, reason: EndReason) -> Manifest:

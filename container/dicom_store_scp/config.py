@@ -169,6 +169,11 @@ def _log_level(value: str) -> None:
         raise ConfigError(f"{value!r} must be DEBUG, INFO, WARNING or ERROR")
 
 
+def _not_empty(value: str) -> None:
+    if not value:
+        raise ConfigError("cannot be empty")
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("SCP_PORT", "port", _integer, "11112", "TCP port to listen on", _port_range),
     Setting("BIND_ADDRESS", "bind_address", _text, "0.0.0.0", "address to listen on"),
@@ -216,6 +221,28 @@ SETTINGS: tuple[Setting, ...] = (
         "comma list of storage SOP class UIDs to accept (empty: every storage class)",
     ),
     Setting("LOG_LEVEL", "log_level", _text, "INFO", "DEBUG, INFO, WARNING or ERROR", _log_level),
+    Setting(
+        "METRICS_ENABLED",
+        "metrics_enabled",
+        _boolean,
+        "true",
+        "write CloudWatch embedded-metric-format lines and a summary line to standard error every METRICS_INTERVAL",
+    ),
+    Setting(
+        "METRICS_INTERVAL",
+        "metrics_interval",
+        _seconds,
+        "60",
+        "seconds of activity each metrics record sums up (aligned to the clock; flushed at shutdown too)",
+    ),
+    Setting(
+        "METRICS_SERVICE",
+        "metrics_service",
+        _text,
+        "dicom-store-scp",
+        "value of the metrics' service dimension (the stack name in the product)",
+        _not_empty,
+    ),
     Setting("STORAGE_DIR", "storage_dir", _path, "./storage", "local store, used when DICOM_BUCKET is empty"),
     Setting("DICOM_BUCKET", "dicom_bucket", _text, "", "S3 bucket to store into (selects the S3 backend)"),
     Setting("DICOM_PREFIX", "dicom_prefix", normalise_prefix, "", "key prefix inside DICOM_BUCKET"),
@@ -287,6 +314,9 @@ class Config:
     maximum_pdu_size: int = limits.MAXIMUM_PDU_SIZE.whole
     supported_sop_class_uids: tuple[str, ...] = ()
     log_level: str = "INFO"
+    metrics_enabled: bool = True
+    metrics_interval: float = 60
+    metrics_service: str = "dicom-store-scp"
     storage_dir: Path = field(default_factory=lambda: Path("./storage"))
     dicom_bucket: str = ""
     dicom_prefix: str = ""

@@ -45,6 +45,7 @@ from pynetdicom.utils import make_target
 
 from . import pynetdicom_threads, statuses
 from .config import PDU_SIZE_FOR_NO_LIMIT
+from .metrics import Recorder
 
 LOG = logging.getLogger("dicom_store_scp.guard")
 
@@ -152,6 +153,7 @@ class GuardedDUL(pynetdicom_threads.PromptDUL):
     """pynetdicom's upper-layer provider, checking each PDU's type and length before reading its body."""
 
     _refused = False
+    metrics: Recorder = Recorder(enabled=False)
 
     def run_reactor(self) -> None:
         try:
@@ -299,6 +301,7 @@ class GuardedDUL(pynetdicom_threads.PromptDUL):
         if self._refused:
             return
         self._refused = True
+        self.metrics.protocol_abort()
         LOG.warning(
             "association aborted",
             extra={
@@ -419,6 +422,7 @@ class GuardedDIMSE(DIMSEServiceProvider):
     _accepted: dict[int, str] | None
     # Why the association must end; the upper layer aborts it as soon as the state machine's action returns.
     violation: str | None
+    metrics: Recorder = Recorder(enabled=False)
 
     def start_guarding(self) -> None:
         self.violation = None
@@ -535,6 +539,7 @@ class GuardedDIMSE(DIMSEServiceProvider):
         if _is_uid(awaited.sop_instance_uid):
             response.AffectedSOPInstanceUID = awaited.sop_instance_uid
         response.Status = awaited.refusal
+        self.metrics.instance_failed(statuses.family(awaited.refusal))
         LOG.warning(
             "C-STORE failed",
             extra={
@@ -673,14 +678,16 @@ class GuardedAssociation(pynetdicom_threads.PromptAssociation):
             self.kill()
 
 
-def handle_connection_open(event: Any) -> None:
+def handle_connection_open(event: Any, recorder: Recorder) -> None:
     """EVT_CONN_OPEN (before the association's threads start): event-driven waiting, and these bounds."""
     pynetdicom_threads.handle_connection_open(event)
     assoc = event.assoc
     assoc.dul.__class__ = GuardedDUL
+    assoc.dul.metrics = recorder
     assoc.dul.start_reading()
     assoc.dul._target = make_target(assoc.dul.run_reactor)
     assoc.dimse.__class__ = GuardedDIMSE
+    assoc.dimse.metrics = recorder
     assoc.dimse.start_guarding()
     assoc.__class__ = GuardedAssociation
     assoc._target = make_target(assoc.run_reactor)

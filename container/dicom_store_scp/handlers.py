@@ -11,6 +11,7 @@ import contextlib
 import ipaddress
 import logging
 import re
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ from pydicom.tag import BaseTag, Tag
 
 from . import statuses
 from .batches import AssociationClosing, Sessions
+from .metrics import Recorder
 from .storage import StorageError, file_sha256
 
 LOG = logging.getLogger("dicom_store_scp.handlers")
@@ -75,6 +77,13 @@ _REJECT_REASONS = {
     (0x03, 0x02): "local limit exceeded",
 }
 
+# The same, as the AssociationsRejected metric's Reason (dicom_store_contract.metrics.REJECTION_REASONS).
+_REJECT_METRIC_REASONS = {
+    (0x01, 0x03): "CallingAETitle",
+    (0x01, 0x07): "CalledAETitle",
+    (0x03, 0x02): "AssociationLimit",
+}
+
 
 def _peer(assoc: Any) -> dict[str, Any]:
     requestor = assoc.requestor
@@ -121,6 +130,7 @@ def handle_requested(
     event: Any,
     peer_networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
     over_budget: Callable[[], bool] | None,
+    recorder: Recorder,
 ) -> None:
     """EVT_REQUESTED: checks pynetdicom cannot make (AE titles and its per-process limit it checks itself).
 
@@ -131,10 +141,12 @@ def handle_requested(
     assoc = event.assoc
     if peer_networks and not _peer_allowed(assoc.requestor.address, peer_networks):
         _reject(assoc, (_REJECTED_PERMANENT, _SERVICE_USER, _NO_REASON_GIVEN), "peer not in PEER_CIDRS")
+        recorder.association_rejected("PeerAddress")
     elif over_budget is not None and over_budget():
         _reject(
             assoc, (_REJECTED_TRANSIENT, _SERVICE_PROVIDER_PRESENTATION, _LOCAL_LIMIT_EXCEEDED), "local limit exceeded"
         )
+        recorder.association_rejected("AssociationLimit")
 
 
 def _peer_allowed(address: str, peer_networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
@@ -153,10 +165,11 @@ def _reject(assoc: Any, result_source_reason: tuple[int, int, int], reason: str)
     assoc.kill()
 
 
-def handle_rejected(event: Any) -> None:
+def handle_rejected(event: Any, recorder: Recorder) -> None:
     """EVT_REJECTED: log pynetdicom's own rejections (AE titles, association limit) with their reason."""
     assoc = event.assoc
     primitive = assoc.acceptor.primitive
+    recorder.association_rejected(_REJECT_METRIC_REASONS.get((primitive.result_source, primitive.diagnostic), "Other"))
     reason = _REJECT_REASONS.get((primitive.result_source, primitive.diagnostic), "unknown")
     LOG.warning(
         "association rejected",
@@ -173,8 +186,9 @@ def handle_rejected(event: Any) -> None:
     )
 
 
-def handle_accepted(event: Any) -> None:
-    """EVT_ACCEPTED: log the presentation contexts we declined, so a sender's misconfiguration is visible."""
+def handle_accepted(event: Any, recorder: Recorder) -> None:
+    """EVT_ACCEPTED: count it; log the presentation contexts we declined, so a sender's misconfiguration is visible."""
+    recorder.association_accepted()
     declined = [
         {
             "abstractSyntax": str(context.abstract_syntax),
@@ -205,14 +219,16 @@ def handle_aborted(event: Any, sessions: Sessions) -> None:
 # -- C-STORE -----------------------------------------------------------------------------------------------------------
 
 
-def handle_store(event: Any, sessions: Sessions) -> int:
+def handle_store(event: Any, sessions: Sessions, recorder: Recorder) -> int:
     """EVT_C_STORE: validate, store durably, and only then answer success."""
+    # pynetdicom calls this once the data set's last fragment is in the spool file: where StoreLatency starts.
+    received = time.monotonic()
     request = event.request
     source = Path(event.dataset_path)
     try:
         session = sessions.get(event.assoc)
     except AssociationClosing:
-        return _fail(event, None, statuses.OUT_OF_RESOURCES_CLOSING, "association is not open")
+        return _fail(event, None, recorder, statuses.OUT_OF_RESOURCES_CLOSING, "association is not open")
 
     try:
         with source.open("rb") as handle:
@@ -220,11 +236,11 @@ def handle_store(event: Any, sessions: Sessions) -> int:
         # pydicom converts a value when it is first read: an unknown VR or an undecodable value raises only now.
         values = {tag: _element_text(header, tag) for tag in _HEADER_TAGS}
     except Exception as error:  # pydicom raises many types for malformed input
-        return _fail(event, sessions, statuses.CANNOT_PARSE_DATASET, f"{type(error).__name__}: {error}")
+        return _fail(event, sessions, recorder, statuses.CANNOT_PARSE_DATASET, f"{type(error).__name__}: {error}")
 
     status, detail = _validate(request, values)
     if status != statuses.SUCCESS:
-        return _fail(event, sessions, status, detail)
+        return _fail(event, sessions, recorder, status, detail)
 
     instance = Instance(
         sop_class_uid=values[_SOP_CLASS_UID],
@@ -239,9 +255,10 @@ def handle_store(event: Any, sessions: Sessions) -> int:
     try:
         sessions.store(session, source, instance)
     except StorageError as error:
-        return _fail(event, sessions, statuses.OUT_OF_RESOURCES_STORAGE, str(error))
+        return _fail(event, sessions, recorder, statuses.OUT_OF_RESOURCES_STORAGE, str(error))
     except AssociationClosing as error:
-        return _fail(event, sessions, statuses.OUT_OF_RESOURCES_CLOSING, str(error))
+        return _fail(event, sessions, recorder, statuses.OUT_OF_RESOURCES_CLOSING, str(error))
+    recorder.instance_stored(instance.size, time.monotonic() - received)
     return statuses.SUCCESS
 
 
@@ -270,7 +287,8 @@ def _validate(request: Any, values: dict[BaseTag | int, str]) -> tuple[int, str]
     return statuses.SUCCESS, ""
 
 
-def _fail(event: Any, sessions: Sessions | None, status: int, detail: str) -> int:
+def _fail(event: Any, sessions: Sessions | None, recorder: Recorder, status: int, detail: str) -> int:
+    recorder.instance_failed(statuses.family(status))
     if sessions is not None:
         with contextlib.suppress(AssociationClosing):
             sessions.record_failure(sessions.get(event.assoc))

@@ -25,6 +25,7 @@ import base64
 import hashlib
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,7 @@ import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 
 from .config import Config
+from .metrics import Recorder
 from .storage import StorageError
 
 if TYPE_CHECKING:
@@ -117,15 +119,16 @@ def _configured_max_attempts() -> int | None:
 class S3Storage:
     """Objects in one bucket under ``DICOM_PREFIX``; one client per process, shared by every association."""
 
-    def __init__(self, settings: S3Settings) -> None:
+    def __init__(self, settings: S3Settings, recorder: Recorder | None = None) -> None:
         self.settings = settings
+        self.recorder = recorder or Recorder(enabled=False)
         self._client: S3Client | None = None
         self._client_pid = 0
         self._client_lock = threading.Lock()
 
     @classmethod
-    def from_config(cls, config: Config) -> S3Storage:
-        return cls(S3Settings.from_config(config))
+    def from_config(cls, config: Config, recorder: Recorder | None = None) -> S3Storage:
+        return cls(S3Settings.from_config(config), recorder)
 
     def spool_dir(self) -> Path | None:
         # Nothing is renamed into place here, so any local folder will do (None: the system temp dir).
@@ -137,6 +140,7 @@ class S3Storage:
     # -- the Storage interface ----------------------------------------------------------------------------------
 
     def store_instance(self, source: Path, key: str, sha256: str) -> None:
+        started = time.monotonic()
         try:
             size = source.stat().st_size
             if size < MULTIPART_THRESHOLD:
@@ -146,6 +150,7 @@ class S3Storage:
                 self._upload_in_parts(source, key, size)
         except _STORAGE_ERRORS as error:
             raise StorageError(f"s3://{self.settings.bucket}/{key}: {_describe_error(error)}") from error
+        self.recorder.s3_upload(time.monotonic() - started)
 
     def store_manifest(self, key: str, body: bytes) -> None:
         try:

@@ -5,6 +5,7 @@ No DICOM logic here (see handlers.py).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import logging
@@ -31,6 +32,7 @@ from . import guard, handlers, pynetdicom_threads
 from .batches import Sessions
 from .budget import SharedAssociationBudget
 from .config import Config
+from .metrics import Recorder
 from .storage import LocalStorage, Storage, use_spool_dir
 from .transfer_syntaxes import AHI_IMPORTABLE
 
@@ -141,11 +143,11 @@ class SharedPortServer(ReceiverServer):
     reuse_port = True
 
 
-def build_storage(config: Config) -> Storage:
+def build_storage(config: Config, recorder: Recorder | None = None) -> Storage:
     if config.dicom_bucket:
         from .s3 import S3Storage  # boto3 is only needed when storing to S3
 
-        return S3Storage.from_config(config)
+        return S3Storage.from_config(config, recorder)
     spool = Path(config.spool_dir) if config.spool_dir else None
     storage = LocalStorage(config.storage_dir, spool)
     storage.prepare()
@@ -182,18 +184,19 @@ def build_ae(config: Config) -> AE:
 
 
 def event_handlers(config: Config, sessions: Sessions, over_budget: Callable[[], bool] | None = None) -> list[Any]:
+    recorder = sessions.recorder  # the receiving process's metrics
     # Event-driven waiting in pynetdicom's threads and the receive path's bounds (guard.py, built on those threads),
     # unless this pynetdicom is not the one they were written for.
-    threads = [(evt.EVT_CONN_OPEN, guard.handle_connection_open)] if pynetdicom_threads.supported() else []
+    threads = [(evt.EVT_CONN_OPEN, guard.handle_connection_open, [recorder])] if pynetdicom_threads.supported() else []
     return [
         *threads,
         (evt.EVT_CONN_OPEN, handlers.handle_connection_open),
         (evt.EVT_CONN_CLOSE, handlers.handle_connection_closed),
-        (evt.EVT_REQUESTED, handlers.handle_requested, [config.peer_cidrs, over_budget]),
-        (evt.EVT_REJECTED, handlers.handle_rejected),
-        (evt.EVT_ACCEPTED, handlers.handle_accepted),
+        (evt.EVT_REQUESTED, handlers.handle_requested, [config.peer_cidrs, over_budget, recorder]),
+        (evt.EVT_REJECTED, handlers.handle_rejected, [recorder]),
+        (evt.EVT_ACCEPTED, handlers.handle_accepted, [recorder]),
         (evt.EVT_ESTABLISHED, handlers.handle_established, [sessions]),
-        (evt.EVT_C_STORE, handlers.handle_store, [sessions]),
+        (evt.EVT_C_STORE, handlers.handle_store, [sessions, recorder]),
         (evt.EVT_RELEASED, handlers.handle_released, [sessions]),
         (evt.EVT_ABORTED, handlers.handle_aborted, [sessions]),
     ]
@@ -204,12 +207,17 @@ class Receiver:
 
     def __init__(self, config: Config, reuse_port: bool = False, budget: SharedAssociationBudget | None = None) -> None:
         self.config = config
-        self.storage = build_storage(config)
+        self.recorder = Recorder(config.metrics_service, config.metrics_interval, config.metrics_enabled)
+        self.storage = build_storage(config, self.recorder)
         # A folder of our own, so the janitor below can tell our leftovers from anyone else's files.
         self.spool = self.storage.spool_dir() or Path(tempfile.mkdtemp(prefix="dicom-store-scp-spool-"))
         use_spool_dir(self.spool)
         self.sessions = Sessions(
-            self.storage, config.storage_prefix, config.batch_max_instances, config.batch_max_bytes
+            self.storage,
+            config.storage_prefix,
+            config.batch_max_instances,
+            config.batch_max_bytes,
+            recorder=self.recorder,
         )
         self.ae = build_ae(config)
         self.budget = budget
@@ -223,6 +231,7 @@ class Receiver:
         self.server.tls_context = build_tls_context(config)
         self.server.handshake_timeout = config.acse_timeout
         self._stopping = threading.Event()
+        self._status_requested = threading.Event()
         self._serving = threading.Thread(target=self.server.serve_forever, name="accept", daemon=True)
 
     @property
@@ -255,13 +264,24 @@ class Receiver:
     def stop(self) -> None:
         self._stopping.set()
 
+    def request_status(self) -> None:
+        """Log the metrics summary at the next housekeeping tick (not from a signal handler: logging locks)."""
+        self._status_requested.set()
+
     def run_until_stopped(self) -> None:
         """Housekeeping loop; returns after a graceful shutdown once :meth:`stop` was called."""
         while not self._stopping.wait(_HOUSEKEEPING_SECONDS):
             self.sessions.reap()
             self._clean_spool()
+            active = len(self.server.active_associations)
             if self.budget is not None:
-                self.budget.publish(len(self.server.active_associations))
+                self.budget.publish(active)
+            self.recorder.sample_active(active)
+            if self.recorder.due():
+                self.recorder.flush(self._spool_bytes())
+            if self._status_requested.is_set():
+                self._status_requested.clear()
+                self.recorder.log_status()
         self.shutdown()
 
     def shutdown(self) -> None:
@@ -281,7 +301,22 @@ class Receiver:
         self.sessions.close_all(EndReason.SHUTDOWN)
         for assoc in remaining:
             assoc.abort()
+        # What the last, partial interval saw (its batches sealed above included) is not lost with the process.
+        self.recorder.flush(self._spool_bytes())
         LOG.info("stopped", extra={"fields": {"event": "stopped", "abortedAssociations": len(remaining)}})
+
+    def _spool_bytes(self) -> int:
+        total = 0
+        try:
+            entries = list(os.scandir(self.spool))
+        except OSError:
+            return 0
+        for entry in entries:
+            # A file may be removed between the listing and its stat.
+            with contextlib.suppress(OSError):
+                if entry.is_file():
+                    total += entry.stat().st_size
+        return total
 
     def _clean_spool(self) -> None:
         """Remove spool files of transfers that were cut off mid-data-set (pynetdicom leaves them behind).
@@ -308,8 +343,13 @@ def install_signal_handlers(receiver: Receiver) -> None:
         LOG.info("signal received", extra={"fields": {"event": "signal", "signal": signal.Signals(signum).name}})
         receiver.stop()
 
+    def status(_signum: int, _frame: Any) -> None:
+        receiver.request_status()
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # `kill -USR1` (or `docker kill -s USR1`): the metrics summary now, in the log.
+    signal.signal(signal.SIGUSR1, status)
 
 
 # Exit statuses of one receiving process (the supervisor's own are in workers.py).

@@ -51,3 +51,14 @@ REASONS = {
     BAD_REQUEST_SOP_INSTANCE_UID: "request's Affected SOP Instance UID missing or not one valid UID",
     BAD_STORE_REQUEST: "request's Affected SOP Class UID or Priority missing or invalid",
 }
+
+
+def family(status: int) -> str:
+    """The status family (PS3.4 B.2.3) a failure status belongs to: the StatusFamily metric dimension."""
+    if status == SOP_CLASS_NOT_SUPPORTED:
+        return "SOPClassNotSupported"
+    if status >> 8 == 0xA7:
+        return "OutOfResources"
+    if status >> 8 == 0xA9:
+        return "DataSetMismatch"
+    return "CannotUnderstand"

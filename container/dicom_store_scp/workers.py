@@ -113,10 +113,23 @@ def supervise(config: Config) -> int:
             if process.is_alive():
                 os.kill(process.pid, signum)
 
+    supervisor = os.getpid()
+
+    def status(signum: int, _frame: Any) -> None:
+        if os.getpid() != supervisor:
+            return  # a new worker that has not installed its own handler yet
+        # Each worker logs its own metrics summary.
+        for process in workers.values():
+            if process.is_alive():
+                os.kill(process.pid, signum)
+
+    # A worker inherits this until it installs its own handler: SIGUSR1's default would end it.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     # Each worker checks the task-wide limit itself; pynetdicom's own per-process limit must not bite first.
     workers = {index: spawn(index) for index in range(count)}
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGUSR1, status)
     LOG.info("workers started", extra={"fields": {"event": "workers", "workers": count}})
 
     exit_codes: dict[int, int] = {}

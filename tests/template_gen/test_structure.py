@@ -38,6 +38,7 @@ CONTAINER_CONTRACT = {
     "S3_SSE",
     "S3_KMS_KEY_ID",
     "WORKERS",
+    "METRICS_SERVICE",
 }
 # docs/contracts.md
 LAMBDA_CONTRACT = {
@@ -174,6 +175,10 @@ def test_every_container_variable_of_the_contract_comes_from_a_parameter(templat
         if name == "DICOM_BUCKET":
             # The stack's own bucket, named the same way everywhere (see test_dicom_bucket_is_never_ref_d).
             assert value == template["Outputs"]["DICOMBucketName"]["Value"]
+            continue
+        if name == "METRICS_SERVICE":
+            # The stack's name: the service dimension the dashboard and alarms name (template_gen/monitoring.py).
+            assert value == {"Ref": "AWS::StackName"}
             continue
         used = refs(value)
         if "Fn::If" in value:

@@ -1,0 +1,182 @@
+"""The dashboard and alarms name only metrics that exist: the SCP's, the functions', or an AWS namespace's."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dicom_store_contract import metrics as m
+
+from template_gen.monitoring import DASHBOARD, function_service
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# AWS metrics the template names, with the dimensions each is published under (the services' metric pages).
+AWS_METRICS: dict[tuple[str, str], set[str]] = {
+    ("AWS/ECS", "CPUUtilization"): {"ClusterName", "ServiceName"},
+    ("AWS/ECS", "MemoryUtilization"): {"ClusterName", "ServiceName"},
+    ("ECS/ContainerInsights", "RunningTaskCount"): {"ClusterName", "ServiceName"},
+    ("ECS/ContainerInsights", "DesiredTaskCount"): {"ClusterName", "ServiceName"},
+    ("AWS/NetworkELB", "HealthyHostCount"): {"LoadBalancer", "TargetGroup"},
+    ("AWS/NetworkELB", "UnHealthyHostCount"): {"LoadBalancer", "TargetGroup"},
+    ("AWS/SQS", "ApproximateNumberOfMessagesVisible"): {"QueueName"},
+    ("AWS/States", "ExecutionsStarted"): {"StateMachineArn"},
+    ("AWS/States", "ExecutionsSucceeded"): {"StateMachineArn"},
+    ("AWS/States", "ExecutionsFailed"): {"StateMachineArn"},
+    ("AWS/States", "ExecutionsTimedOut"): {"StateMachineArn"},
+    ("AWS/Lambda", "Errors"): {"FunctionName"},
+}
+
+
+def published_by_functions() -> dict[str, set[str]]:
+    """functions/<module>.py -> the metric names it passes to Powertools' add_metric, read from the source."""
+    published: dict[str, set[str]] = {}
+    for path in (ROOT / "functions").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = set()
+        namespace_ok = False
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            keywords = {k.arg: k.value for k in node.keywords}
+            callee = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if callee == "add_metric":
+                # name="X", or name="X" if ... else "Y"
+                names |= {
+                    c.value
+                    for c in ast.walk(keywords["name"])
+                    if isinstance(c, ast.Constant) and isinstance(c.value, str)
+                }
+            if callee == "Metrics" and isinstance(keywords.get("namespace"), ast.Constant):
+                namespace_ok = keywords["namespace"].value == m.NAMESPACE
+        if names:
+            assert namespace_ok, f"{path.name} publishes outside {m.NAMESPACE}"
+            published[path.stem] = names
+    return published
+
+
+def dashboard(template: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    body, values = template["Resources"][DASHBOARD]["Properties"]["DashboardBody"]["Fn::Sub"]
+    return json.loads(body), values
+
+
+def named_metrics(template: dict[str, Any]) -> list[tuple[str, str, dict[str, Any], str]]:
+    """(namespace, name, dimensions, where) of every metric a widget or an alarm names."""
+    found = []
+    body, _ = dashboard(template)
+    for widget in body["widgets"]:
+        for row in widget["properties"].get("metrics", []):
+            if isinstance(row[0], dict):
+                continue  # a math expression over the rows that follow
+            namespace, name, *pairs, _options = row
+            found.append(
+                (namespace, name, dict(zip(pairs[::2], pairs[1::2], strict=True)), widget["properties"]["title"])
+            )
+    for logical_id, resource in template["Resources"].items():
+        if resource["Type"] == "AWS::CloudWatch::Alarm":
+            props = resource["Properties"]
+            dimensions = {d["Name"]: d["Value"] for d in props["Dimensions"]}
+            found.append((props["Namespace"], props["MetricName"], dimensions, logical_id))
+        if resource["Type"] == "AWS::ApplicationAutoScaling::ScalingPolicy":
+            tracking = resource["Properties"]["TargetTrackingScalingPolicyConfiguration"]
+            for query in tracking.get("CustomizedMetricSpecification", {}).get("Metrics", []):
+                if "MetricStat" in query:
+                    metric = query["MetricStat"]["Metric"]
+                    dimensions = {d["Name"]: d["Value"] for d in metric["Dimensions"]}
+                    found.append((metric["Namespace"], metric["MetricName"], dimensions, logical_id))
+    return found
+
+
+def test_every_named_metric_is_emitted(template: dict[str, Any]) -> None:
+    scp = m.by_name()
+    functions = {metric.name: metric for metric in m.FUNCTION_METRICS}
+    published = published_by_functions()
+    for namespace, name, dimensions, where in named_metrics(template):
+        if namespace != m.NAMESPACE:
+            assert (namespace, name) in AWS_METRICS, (where, namespace, name)
+            assert set(dimensions) == AWS_METRICS[(namespace, name)], (where, name)
+            continue
+        if dimensions[m.SERVICE] in ("${AWS::StackName}", {"Ref": "AWS::StackName"}):
+            metric = scp[name]
+            extra = set(dimensions) - {m.SERVICE}
+            assert extra <= {metric.by} if metric.by else not extra, (where, name, dimensions)
+            if m.REASON in dimensions:
+                assert dimensions[m.REASON] in m.REJECTION_REASONS
+            if m.STATUS_FAMILY in dimensions:
+                assert dimensions[m.STATUS_FAMILY] in m.STATUS_FAMILIES
+        else:
+            emitted = functions[name]
+            assert dimensions == {m.SERVICE: function_service(emitted)}, (where, name)
+            assert name in published.get(emitted.module, set()), f"functions/{emitted.module}.py no longer emits {name}"
+
+
+def test_every_metric_the_scp_writes_is_on_the_dashboard(template: dict[str, Any]) -> None:
+    on_dashboard = {name for namespace, name, _, where in named_metrics(template) if not where.endswith("Alarm")}
+    assert {metric.name for metric in m.SCP_METRICS} <= on_dashboard
+
+
+def test_dashboard_placeholders_are_all_filled(template: dict[str, Any]) -> None:
+    body, values = template["Resources"][DASHBOARD]["Properties"]["DashboardBody"]["Fn::Sub"]
+    used = set(re.findall(r"\$\{([^}!]+)\}", body))
+    assert {name for name in used if not name.startswith("AWS::")} == set(values)
+
+
+def test_dashboard_widgets_do_not_overlap(template: dict[str, Any]) -> None:
+    body, _ = dashboard(template)
+    cells: set[tuple[int, int]] = set()
+    for widget in body["widgets"]:
+        assert widget["x"] + widget["width"] <= 24
+        area = {
+            (x, y)
+            for x in range(widget["x"], widget["x"] + widget["width"])
+            for y in range(widget["y"], widget["y"] + widget["height"])
+        }
+        assert not area & cells, widget
+        cells |= area
+
+
+@pytest.mark.parametrize(
+    "alarm",
+    [
+        "ScpStoreFailuresAlarm",
+        "ScpRejectedAssociationsAlarm",
+        "InstanceImportFailuresAlarm",
+        "ImportEventDeadLettersAlarm",
+        "NoHealthyScpTaskAlarm",
+    ],
+)
+def test_alarms_for_a_person_say_what_to_check_first(template: dict[str, Any], alarm: str) -> None:
+    props = template["Resources"][alarm]["Properties"]
+    description = props["AlarmDescription"]["Fn::Sub"]
+    assert "Check first: " in json.dumps(description)
+    assert props["AlarmActions"] == {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicARN"}], {"Ref": "AWS::NoValue"}]}
+
+
+def test_store_failures_page_only_after_minutes_in_a_row(template: dict[str, Any]) -> None:
+    props = template["Resources"]["ScpStoreFailuresAlarm"]["Properties"]
+    assert (props["MetricName"], props["Period"], props["EvaluationPeriods"]) == ("StoresFailed", 60, 5)
+    assert props["Dimensions"] == [{"Name": m.SERVICE, "Value": {"Ref": "AWS::StackName"}}]
+
+
+def test_tasks_scale_on_open_associations_as_well_as_cpu(template: dict[str, Any]) -> None:
+    policies = {
+        name: resource["Properties"]
+        for name, resource in template["Resources"].items()
+        if resource["Type"] == "AWS::ApplicationAutoScaling::ScalingPolicy"
+    }
+    assert set(policies) == {"ScpCpuScalingPolicy", "ScpAssociationScalingPolicy"}
+    cpu = policies["ScpCpuScalingPolicy"]["TargetTrackingScalingPolicyConfiguration"]
+    assert (cpu["TargetValue"], cpu["ScaleInCooldown"], cpu["ScaleOutCooldown"]) == (50.0, 60, 60)
+    associations = policies["ScpAssociationScalingPolicy"]
+    assert associations["ScalingTargetId"] == policies["ScpCpuScalingPolicy"]["ScalingTargetId"]
+    tracking = associations["TargetTrackingScalingPolicyConfiguration"]
+    assert (tracking["TargetValue"], tracking["ScaleInCooldown"], tracking["ScaleOutCooldown"]) == (50.0, 60, 60)
+    queries = {query["Id"]: query for query in tracking["CustomizedMetricSpecification"]["Metrics"]}
+    assert queries["associations"]["MetricStat"]["Metric"]["MetricName"] == m.ACTIVE_ASSOCIATIONS.name
+    assert queries["associations"]["MetricStat"]["Stat"] == "Sum"
+    [returned] = [query for query in queries.values() if query["ReturnData"]]
+    assert returned["Expression"] == {"Fn::Sub": "100 * associations / tasks / ${MaximumAssociations}"}

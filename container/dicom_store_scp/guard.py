@@ -41,9 +41,10 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.fsm import TRANSITION_TABLE
 from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import A_P_ABORT, P_DATA
+from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.utils import make_target
 
-from . import pynetdicom_threads, statuses
+from . import contexts, pynetdicom_threads, statuses
 from .config import PDU_SIZE_FOR_NO_LIMIT
 
 LOG = logging.getLogger("dicom_store_scp.guard")
@@ -624,10 +625,36 @@ class GuardedAssociation(pynetdicom_threads.PromptAssociation):
 
     def _serve_request(self, msg: Any, context_id: int) -> None:
         try:
-            super()._serve_request(msg, context_id)
+            if isinstance(msg, C_STORE) and self._unlisted_storage(context_id):
+                self._serve_unlisted_store(msg, context_id)
+            else:
+                super()._serve_request(msg, context_id)
         finally:
             # pynetdicom removes the spool file only when the C-STORE handler returned normally.
             _remove_spool_file(getattr(msg, "_dataset_file", None))
+
+    def _unlisted_storage(self, context_id: int) -> bool:
+        context = self._accepted_cx.get(context_id)
+        return context is not None and not contexts.known_storage(str(context.abstract_syntax))
+
+    def _serve_unlisted_store(self, msg: C_STORE, context_id: int) -> None:
+        """A C-STORE of a SOP class pynetdicom does not know (contexts.py accepted it): its Storage service serves it.
+
+        pynetdicom picks the service by the request's SOP class and has none for an unknown one (it would abort).
+        GuardedDIMSE has checked that the request's SOP class is its context's abstract syntax.
+        """
+        if self._sent_release:
+            return
+        self.dimse.cancel_req = {}
+        self._is_paused = True
+        try:
+            StorageServiceClass(self).SCP(msg, self._accepted_cx[context_id])
+        except Exception:
+            LOG.exception("C-STORE of an unlisted SOP class failed")
+            self.abort()
+        finally:
+            self._is_paused = False
+            self.dimse.cancel_req = {}
 
     def run_reactor(self) -> None:
         try:

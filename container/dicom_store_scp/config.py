@@ -159,6 +159,12 @@ def _batch_bytes(value: int) -> None:
         raise ConfigError(f"{value} must be between 1 and {most} (AHI's bytes per import job)")
 
 
+def _instance_bytes(value: int) -> None:
+    most = limits.BYTES_PER_FILE.whole
+    if not 1 <= value <= most:
+        raise ConfigError(f"{value} must be between 1 and {most} (AHI's bytes per file)")
+
+
 def _sse(value: str) -> None:
     if value not in {"AES256", "aws:kms"}:
         raise ConfigError(f"{value!r} must be AES256 or aws:kms")
@@ -253,6 +259,14 @@ SETTINGS: tuple[Setting, ...] = (
         _batch_bytes,
     ),
     Setting(
+        "MAXIMUM_INSTANCE_BYTES",
+        "maximum_instance_bytes",
+        _integer,
+        str(limits.BYTES_PER_FILE.whole),
+        "largest data set accepted; a larger one is refused while it arrives (at most AHI's bytes per file)",
+        _instance_bytes,
+    ),
+    Setting(
         "SHUTDOWN_GRACE_SECONDS",
         "shutdown_grace_seconds",
         _seconds,
@@ -296,6 +310,7 @@ class Config:
     spool_dir: str = ""
     batch_max_instances: int = limits.BATCH_MAX_INSTANCES.whole
     batch_max_bytes: int = limits.BATCH_MAX_BYTES.whole
+    maximum_instance_bytes: int = limits.BYTES_PER_FILE.whole
     shutdown_grace_seconds: float = 100
     workers: int = 0
     tls_cert_file: Path | None = None

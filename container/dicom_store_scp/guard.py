@@ -380,6 +380,8 @@ class _AwaitedDataSet:
     sop_instance_uid: str = ""
     detail: str = ""
     dropped_bytes: int = 0
+    # Data set bytes handed to pynetdicom (its spool file) so far.
+    received_bytes: int = 0
 
 
 class GuardedDIMSE(DIMSEServiceProvider):
@@ -394,10 +396,13 @@ class GuardedDIMSE(DIMSEServiceProvider):
     _command_context: int | None
     _awaited: _AwaitedDataSet | None
     _accepted: dict[int, str] | None
+    # The largest data set a C-STORE may carry (MAXIMUM_INSTANCE_BYTES).
+    instance_limit: int
     # Why the association must end; the upper layer aborts it as soon as the state machine's action returns.
     violation: str | None
 
-    def start_guarding(self) -> None:
+    def start_guarding(self, instance_limit: int) -> None:
+        self.instance_limit = instance_limit
         self.violation = None
         self._command = bytearray()
         self._command_context = None
@@ -485,7 +490,10 @@ class GuardedDIMSE(DIMSEServiceProvider):
             raise DimseViolation("data set fragment without a C-STORE request before it")
         if context_id != awaited.context_id:
             raise DimseViolation("data set fragment on another presentation context than its command")
+        if awaited.refusal is None and awaited.received_bytes + len(fragment) - 1 > self.instance_limit:
+            self._refuse_oversized(awaited)
         if awaited.refusal is None:
+            awaited.received_bytes += len(fragment) - 1
             self._hand_over(context_id, fragment)
         else:
             awaited.dropped_bytes += len(fragment) - 1
@@ -493,6 +501,13 @@ class GuardedDIMSE(DIMSEServiceProvider):
             self._awaited = None
             if awaited.refusal is not None:
                 self._answer_refusal(awaited)
+
+    def _refuse_oversized(self, awaited: _AwaitedDataSet) -> None:
+        """Stop spooling a data set larger than AHI imports: what arrived is deleted, the rest is read and dropped."""
+        self.discard_incomplete_message()
+        awaited.refusal = statuses.INSTANCE_TOO_LARGE
+        awaited.dropped_bytes = awaited.received_bytes
+        awaited.detail = f"data set longer than {self.instance_limit} bytes (MAXIMUM_INSTANCE_BYTES)"
 
     def _hand_over(self, context_id: int, fragment: bytes) -> None:
         single = P_DATA()
@@ -676,7 +691,7 @@ class GuardedAssociation(pynetdicom_threads.PromptAssociation):
             self.kill()
 
 
-def handle_connection_open(event: Any) -> None:
+def handle_connection_open(event: Any, instance_limit: int) -> None:
     """EVT_CONN_OPEN (before the association's threads start): event-driven waiting, and these bounds."""
     pynetdicom_threads.handle_connection_open(event)
     assoc = event.assoc
@@ -684,6 +699,6 @@ def handle_connection_open(event: Any) -> None:
     assoc.dul.start_reading()
     assoc.dul._target = make_target(assoc.dul.run_reactor)
     assoc.dimse.__class__ = GuardedDIMSE
-    assoc.dimse.start_guarding()
+    assoc.dimse.start_guarding(instance_limit)
     assoc.__class__ = GuardedAssociation
     assoc._target = make_target(assoc.run_reactor)

@@ -184,7 +184,11 @@ def build_ae(config: Config) -> AE:
 def event_handlers(config: Config, sessions: Sessions, over_budget: Callable[[], bool] | None = None) -> list[Any]:
     # Event-driven waiting in pynetdicom's threads and the receive path's bounds (guard.py, built on those threads),
     # unless this pynetdicom is not the one they were written for.
-    threads = [(evt.EVT_CONN_OPEN, guard.handle_connection_open)] if pynetdicom_threads.supported() else []
+    threads = (
+        [(evt.EVT_CONN_OPEN, guard.handle_connection_open, [config.maximum_instance_bytes])]
+        if pynetdicom_threads.supported()
+        else []
+    )
     # Storage SOP classes pynetdicom does not list (private, retired, newer) are served by GuardedAssociation.
     every_storage_class = not config.supported_sop_class_uids and pynetdicom_threads.supported()
     unlisted = [(evt.EVT_REQUESTED, contexts.add_proposed_storage_contexts)] if every_storage_class else []

@@ -83,7 +83,8 @@ NESTED_FOLDERS_PER_IMPORT_JOB = Limit(
     "folders below inputS3Uri one import job walks",
     QUOTAS_PAGE,
     adjustable=False,
-    note="a batch holds one folder per study and one per series: at most 2 per instance (IMPORT_JOBS_PAGE too)",
+    note="a batch holds one folder per study and one per series; the SCP starts a new batch before an instance"
+    " would add the folder past this (IMPORT_JOBS_PAGE too)",
 )
 BYTES_PER_FILE = Limit(
     "Bytes per file",
@@ -200,6 +201,16 @@ BATCH_MAX_INSTANCES = Limit(
     "instances in a batch before the SCP seals it (one batch, one import job)",
     "Files per import job",
 )
+BATCH_MAX_INSTANCES_CEILING = Limit(
+    "Largest BATCH_MAX_INSTANCES",
+    50_000,
+    "files",
+    "for an account whose files-per-job quota was raised (AHI documents no maximum): set it to that quota, never"
+    " above; the manifest check in TriggerImport takes up to this many",
+    "our choice",
+    note="TriggerImport records every instance of a batch in one Lambda run; 50,000 conditional writes fit well"
+    " within its 15 minutes",
+)
 BATCH_MAX_BYTES = Limit(
     "BATCH_MAX_BYTES default",
     BYTES_PER_IMPORT_JOB.value,
@@ -240,6 +251,7 @@ LIMITS: tuple[Limit, ...] = (
     EXECUTION_NAME_LENGTH,
     PDU_SIZE_CEILING,
     BATCH_MAX_INSTANCES,
+    BATCH_MAX_INSTANCES_CEILING,
     BATCH_MAX_BYTES,
     MAXIMUM_PDU_SIZE,
     PDU_SIZE_FLOOR,

@@ -148,9 +148,10 @@ def _pdu_size(size: int) -> None:
 
 # A batch is one import job: it stays within AHI's files and bytes per job.
 def _batch_instances(value: int) -> None:
-    most = limits.FILES_PER_IMPORT_JOB.whole
+    # The default is AHI's default quota; a customer whose quota was raised may go up to the ceiling.
+    most = limits.BATCH_MAX_INSTANCES_CEILING.whole
     if not 1 <= value <= most:
-        raise ConfigError(f"{value} must be between 1 and {most} (AHI's files per import job)")
+        raise ConfigError(f"{value} must be between 1 and {most} (set it to your files-per-import-job quota)")
 
 
 def _batch_bytes(value: int) -> None:
@@ -247,7 +248,7 @@ SETTINGS: tuple[Setting, ...] = (
         "batch_max_instances",
         _integer,
         str(limits.BATCH_MAX_INSTANCES.whole),
-        "instances per batch (one import job) before a new batch starts",
+        "instances per batch (one import job) before a new batch starts; AHI's default quota, raise it only with yours",
         _batch_instances,
     ),
     Setting(

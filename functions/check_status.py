@@ -61,19 +61,26 @@ def check_status(
     manifest = read_manifest(s3, execution["bucket"], execution["manifestKey"], config.dicom_prefix)
     output = read_job_output(s3, job_output_uri(job, execution.get("outputS3Uri", "")))
     outcomes = match_outcomes(manifest, output.outcomes)
-    imported = failed = 0
+    imported = failed = with_warnings = non_primary = 0
     for instance in manifest.instances:
         outcome = outcomes.get(instance.sop_instance_uid)
         if outcome is not None and outcome.imported:
+            # warning.ndjson lists files imported with warnings; isPrimary false means the instance landed in a
+            # non-primary image set (it conflicted with what the data store already held).
+            state = InstanceState.IMPORTED_WITH_WARNINGS if outcome.warnings else InstanceState.IMPORTED
+            warnings: dict[str, Any] = {"warnings": list(outcome.warnings)} if outcome.warnings else {}
             repository.update_instance(
                 batch_id,
                 instance.sop_instance_uid,
-                InstanceState.IMPORTED,
+                state,
                 jobId=job_id,
                 imageSetId=outcome.image_set_id,
                 isPrimary=outcome.is_primary,
+                **warnings,
             )
             imported += 1
+            with_warnings += bool(outcome.warnings)
+            non_primary += not outcome.is_primary
             continue
         # A COMPLETED job may still have refused some files; a file it does not mention was not imported.
         if outcome is not None:
@@ -94,6 +101,8 @@ def check_status(
         message=job.message or None,
         importedCount=imported,
         failedCount=failed,
+        warningCount=with_warnings,
+        nonPrimaryCount=non_primary,
     )
     metrics.add_metric(name="InstancesImported", unit=MetricUnit.Count, value=imported)
     metrics.add_metric(name="InstancesFailed", unit=MetricUnit.Count, value=failed)
@@ -105,12 +114,16 @@ def check_status(
             "jobStatus": job.job_status,
             "imported": imported,
             "failed": failed,
+            "importedWithWarnings": with_warnings,
+            "nonPrimary": non_primary,
         },
     )
     result.update(
         succeeded=job.job_status == JobStatus.COMPLETED and failed == 0,
         importedCount=imported,
         failedCount=failed,
+        warningCount=with_warnings,
+        nonPrimaryCount=non_primary,
         message=job.message,
     )
     return result

@@ -26,6 +26,7 @@ class InstanceState(StrEnum):
     RECEIVED = "RECEIVED"  # listed in a manifest TriggerImport accepted
     IMPORTING = "IMPORTING"  # its batch's import job has started
     IMPORTED = "IMPORTED"  # the job output lists it as imported (imageSetId, isPrimary set)
+    IMPORTED_WITH_WARNINGS = "IMPORTED_WITH_WARNINGS"  # imported, listed in warning.ndjson (warnings set)
     FAILED = "FAILED"  # the job refused it, did not report it, or the workflow failed (failureReason set)
     TIMED_OUT = "TIMED_OUT"  # the workflow stopped waiting for the job (its polling bound)
 

@@ -168,3 +168,53 @@ def test_polling_bound_records_a_timeout(workflow, lambda_script):
     assert recorded["error"]["Error"] == "PollingBoundReached"
     assert recorded["importJob"]["jobId"] == "job1"
     assert "PollingBoundReached" in workflow.states_entered(execution["executionArn"])
+
+
+def _retrier(state: str, error: str) -> dict:
+    definition = json.loads(DEFINITION.read_text())
+    [retrier] = [r for r in definition["States"][state]["Retry"] if error in r["ErrorEquals"]]
+    return retrier
+
+
+def _longest_wait(retrier: dict) -> float:
+    """The most a Retry can wait in all (full jitter waits a random part of each of these)."""
+    interval, total = float(retrier["IntervalSeconds"]), 0.0
+    for _ in range(retrier["MaxAttempts"]):
+        total += min(interval, retrier["MaxDelaySeconds"])
+        interval *= retrier["BackoffRate"]
+    return total
+
+
+def test_a_full_data_store_is_waited_for_hours_not_minutes_and_not_forever():
+    slots = _retrier("StartImportJob", "ImportJobSlotsFull")
+    assert slots["JitterStrategy"] == "FULL"
+    assert 3 * 3600 <= _longest_wait(slots) <= 12 * 3600
+    throttled = _retrier("StartImportJob", "ImportJobThrottled")
+    assert throttled["JitterStrategy"] == "FULL"
+    assert _longest_wait(throttled) <= 600
+    # The quota error is retried before the catch-all Catch sends the batch to RecordFailure.
+    definition = json.loads(DEFINITION.read_text())
+    errors = [e for r in definition["States"]["StartImportJob"]["Retry"] for e in r["ErrorEquals"]]
+    assert "States.ALL" not in errors
+
+
+def test_start_refused_for_a_full_data_store_waits_with_growing_jittered_delays(workflow, lambda_script, monkeypatch):
+    from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
+
+    waits: list[float] = []
+    monkeypatch.setattr(retrier_decl, "time", type("Clock", (), {"sleep": staticmethod(waits.append)}))
+    state_machine = workflow.create()
+    for _ in range(5):
+        lambda_script.raises("StartImportJob", "ImportJobSlotsFull", "ServiceQuotaExceededException: 20 jobs running")
+    lambda_script.returns("StartImportJob", STARTED)
+    lambda_script.returns("CheckStatus", reports("COMPLETED", ended=True))
+
+    execution = workflow.run(state_machine, BATCH_ID, EXECUTION_INPUT)
+
+    assert execution["status"] == "SUCCEEDED"
+    assert len(lambda_script.called("StartImportJob")) == 6
+    assert lambda_script.called("RecordFailure") == []
+    slots = _retrier("StartImportJob", "ImportJobSlotsFull")
+    ceilings = [min(slots["IntervalSeconds"] * slots["BackoffRate"] ** n, slots["MaxDelaySeconds"]) for n in range(5)]
+    assert len(waits) == 5
+    assert all(0 <= wait <= ceiling for wait, ceiling in zip(waits, ceilings, strict=True))

@@ -65,7 +65,8 @@ class FakeHealthImaging:
         clock: Callable[[], float] = time.monotonic,
         rate_per_second: float = limits.START_IMPORT_JOB_RATE.value,
         burst: int = limits.START_IMPORT_JOB_BURST.whole,
-        concurrent_jobs: int = limits.CONCURRENT_IMPORT_JOBS.whole,
+        region: str = "us-east-1",
+        concurrent_jobs: int | None = None,
     ):
         self.s3 = s3
         self.datastore_id = datastore_id
@@ -77,7 +78,8 @@ class FakeHealthImaging:
         self.by_client_token: dict[str, str] = {}
         self.start_calls = 0
         self.fail_with: str | None = None  # the message of the next job to end FAILED
-        self.concurrent_jobs = concurrent_jobs
+        # The default quota differs by region (ap-southeast-2 runs fewer jobs at once).
+        self.concurrent_jobs = concurrent_jobs or int(limits.CONCURRENT_IMPORT_JOBS.in_region(region))
         # The data store's instances: SOP Instance UID -> digest of the primary copy.
         self.primary: dict[str, str] = {}
 

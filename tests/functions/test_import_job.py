@@ -212,3 +212,12 @@ def test_a_file_breaking_an_element_constraint_fails_in_the_import(environment, 
     item = tracking.get_instance(batch.sop_instance_uids[0])
     assert item["state"] == InstanceState.FAILED
     assert item["failureReason"] == "ValidationException: DICOM attribute StudyDescription length 65 exceeds 64"
+
+
+def test_the_fakes_concurrent_job_quota_follows_the_region(s3):
+    from dicom_store_contract import limits
+
+    from .fake_healthimaging import FakeHealthImaging
+
+    assert FakeHealthImaging(s3).concurrent_jobs == limits.CONCURRENT_IMPORT_JOBS.value
+    assert FakeHealthImaging(s3, region="ap-southeast-2").concurrent_jobs == 20

@@ -219,6 +219,14 @@ class Tracking:
             **_set(values),
         )
 
+    def set_wait_token(self, job_id: str, task_token: str) -> None:
+        """Remember the workflow's current wait for this job (WaitForCompletion's task token)."""
+        self.dynamodb.update_item(
+            TableName=self.job_table,
+            Key=to_item({"jobId": job_id}),
+            **_set({"waitToken": task_token, "updatedAt": utc_now()}),
+        )
+
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         item = self.dynamodb.get_item(
             TableName=self.job_table, Key=to_item({"jobId": job_id}), ConsistentRead=True

@@ -110,3 +110,18 @@ def test_instance_larger_than_allowed_is_refused_while_it_arrives(start_scp, tmp
         for path in scp.storage.rglob("*")
         if path.is_file() and path.suffix != ".dcm" and "manifests" not in path.parts
     ]
+
+
+def test_sop_instance_uid_longer_than_dicom_allows_is_refused_with_its_length(scp, tmp_path):
+    long_uid = "1.2.826.0.1.3680043.8.498." + "7" * 60
+    dataset = dcmread(sample_file("CT_small.dcm"))
+    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = long_uid
+    path = tmp_path / "long-sop.dcm"
+    dcmwrite(path, dataset, enforce_file_format=False)
+
+    result = storescu(scp.port, path)
+
+    assert result.statuses == [statuses.BAD_SOP_INSTANCE_UID], result.output
+    assert scp.stored_files() == []
+    [line] = scp.wait_for_event("c-store-failed")
+    assert f"{len(long_uid)} characters, DICOM allows 64 (AHI 256)" in line["detail"]

@@ -221,6 +221,20 @@ def handle_store(event: Any, sessions: Sessions) -> int:
     status, detail, fields = validation.check(header)
     if status != statuses.SUCCESS:
         return _fail(event, sessions, status, detail, fields)
+    limited = validation.limited_support(header)
+    if limited:
+        LOG.warning(
+            "stored; AWS HealthImaging documents limited support for it",
+            extra={
+                "fields": {
+                    "event": "ahi-limited-support",
+                    **_peer(event.assoc),
+                    "sopInstanceUID": str(request.AffectedSOPInstanceUID),
+                    "content": limited,
+                    "source": validation.DICOM_SUPPORT_PAGE,
+                }
+            },
+        )
 
     instance = Instance(
         sop_class_uid=str(header[_SOP_CLASS_UID].value),

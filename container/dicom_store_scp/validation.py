@@ -22,8 +22,17 @@ from pydicom.tag import BaseTag, Tag
 from . import statuses
 
 CONSTRAINTS: dict[BaseTag, Limit] = {Tag(limit.tag): limit for limit in limits.ELEMENT_CONSTRAINTS}
-TAGS: list[BaseTag] = sorted(CONSTRAINTS)
-LAST_TAG = TAGS[-1]
+
+# AHI's "DICOM support" page: "does not currently support Binary Segmentation Images or Icon Image Sequence pixel
+# data", while its transfer syntax page says binary segmentations keep their encoding. The import takes both, so
+# the SCP stores them and says in its log what AHI may not serve (docs/conformance.md 3.2), rather than refuse.
+DICOM_SUPPORT_PAGE = "https://docs.aws.amazon.com/healthimaging/latest/devguide/reference-dicom.html"
+_SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+_SOP_CLASS_UID = Tag(0x0008, 0x0016)
+_SEGMENTATION_TYPE = Tag(0x0062, 0x0001)
+_ICON_IMAGE_SEQUENCE = Tag(0x0088, 0x0200)
+
+TAGS: list[BaseTag] = sorted({*CONSTRAINTS, _SEGMENTATION_TYPE, _ICON_IMAGE_SEQUENCE})
 
 _STUDY_DATE = Tag(0x0008, 0x0020)
 # PS3.5 6.2 DA: YYYYMMDD; "YYYY.MM.DD" is the ACR-NEMA form PS3.5 still asks readers to accept.
@@ -56,7 +65,7 @@ def _is_date(text: str) -> bool:
 
 def check(header: Any) -> tuple[int, str, dict[str, Any]]:
     """(status, detail, log fields) for the first constraint the header breaks; SUCCESS when none."""
-    for tag in TAGS:
+    for tag in sorted(CONSTRAINTS):
         limit = CONSTRAINTS[tag]
         text = _text(header, tag)
         if text is None:
@@ -79,3 +88,13 @@ def check(header: Any) -> tuple[int, str, dict[str, Any]]:
             fields = {"element": limit.keyword, "value": text[:32]}
             return statuses.BAD_STUDY_DATE, f"{element} is {text[:32]!r}, not a date (YYYYMMDD)", fields
     return statuses.SUCCESS, "", {}
+
+
+def limited_support(header: Any) -> list[str]:
+    """What AHI documents it does not (fully) support in this instance: accepted, stored, and logged."""
+    found = []
+    if _text(header, _SOP_CLASS_UID) == _SEGMENTATION_STORAGE and _text(header, _SEGMENTATION_TYPE) == "BINARY":
+        found.append("binary segmentation")
+    if _ICON_IMAGE_SEQUENCE in header:
+        found.append("icon image sequence pixel data")
+    return found

@@ -125,3 +125,22 @@ def test_sop_instance_uid_longer_than_dicom_allows_is_refused_with_its_length(sc
     assert scp.stored_files() == []
     [line] = scp.wait_for_event("c-store-failed")
     assert f"{len(long_uid)} characters, DICOM allows 64 (AHI 256)" in line["detail"]
+
+
+def test_content_ahi_supports_only_partly_is_stored_and_logged(scp, tmp_path):
+    # AHI's DICOM support page: no Binary Segmentation Images or Icon Image Sequence pixel data (its import takes
+    # them): the SCP stores them and names what AHI may not serve.
+    from pydicom.dataset import Dataset
+
+    icon = Dataset()
+    icon.Rows = icon.Columns = 2
+    icon.BitsAllocated, icon.BitsStored, icon.HighBit, icon.PixelRepresentation = 8, 8, 7, 0
+    icon.SamplesPerPixel, icon.PhotometricInterpretation = 1, "MONOCHROME2"
+    icon.PixelData = bytes(4)
+    with_icon = _ct(tmp_path, "icon.dcm", IconImageSequence=[icon])
+
+    assert storescu(scp.port, with_icon).statuses == [statuses.SUCCESS]
+    assert len(scp.stored_files()) == 1
+    [line] = scp.wait_for_event("ahi-limited-support")
+    assert line["content"] == ["icon image sequence pixel data"]
+    assert line["source"].endswith("reference-dicom.html")

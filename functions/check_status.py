@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import posixpath
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.exceptions import ClientError
 from dicom_store_contract.manifest import Manifest
 
 from functions.contract import read_manifest, split_s3_uri
@@ -61,19 +63,26 @@ def check_status(
     manifest = read_manifest(s3, execution["bucket"], execution["manifestKey"], config.dicom_prefix)
     output = read_job_output(s3, job_output_uri(job, execution.get("outputS3Uri", "")))
     outcomes = match_outcomes(manifest, output.outcomes)
-    imported = failed = 0
+    imported = failed = with_warnings = non_primary = 0
     for instance in manifest.instances:
         outcome = outcomes.get(instance.sop_instance_uid)
         if outcome is not None and outcome.imported:
+            # warning.ndjson lists files imported with warnings; isPrimary false means the instance landed in a
+            # non-primary image set (it conflicted with what the data store already held).
+            state = InstanceState.IMPORTED_WITH_WARNINGS if outcome.warnings else InstanceState.IMPORTED
+            warnings: dict[str, Any] = {"warnings": list(outcome.warnings)} if outcome.warnings else {}
             repository.update_instance(
                 batch_id,
                 instance.sop_instance_uid,
-                InstanceState.IMPORTED,
+                state,
                 jobId=job_id,
                 imageSetId=outcome.image_set_id,
                 isPrimary=outcome.is_primary,
+                **warnings,
             )
             imported += 1
+            with_warnings += bool(outcome.warnings)
+            non_primary += not outcome.is_primary
             continue
         # A COMPLETED job may still have refused some files; a file it does not mention was not imported.
         if outcome is not None:
@@ -94,6 +103,8 @@ def check_status(
         message=job.message or None,
         importedCount=imported,
         failedCount=failed,
+        warningCount=with_warnings,
+        nonPrimaryCount=non_primary,
     )
     metrics.add_metric(name="InstancesImported", unit=MetricUnit.Count, value=imported)
     metrics.add_metric(name="InstancesFailed", unit=MetricUnit.Count, value=failed)
@@ -105,19 +116,73 @@ def check_status(
             "jobStatus": job.job_status,
             "imported": imported,
             "failed": failed,
+            "importedWithWarnings": with_warnings,
+            "nonPrimary": non_primary,
         },
     )
     result.update(
         succeeded=job.job_status == JobStatus.COMPLETED and failed == 0,
         importedCount=imported,
         failedCount=failed,
+        warningCount=with_warnings,
+        nonPrimaryCount=non_primary,
         message=job.message,
     )
     return result
 
 
+# --- waiting for AHI's job events (EventBridge) instead of polling -----------------------------------------
+#
+# WaitForCompletion invokes this function with its task token ("waitForJobEvent"); AHI publishes "Import Job
+# Completed" / "Import Job Failed" events (source aws.medical-imaging) that an EventBridge rule delivers here. The
+# token is stored on the job item; whichever comes second (the event, or a registration that finds the job ended)
+# sends it back. An event that never comes only costs the poll interval: the wait then times out and polls.
+
+JOB_EVENT_SOURCE = "aws.medical-imaging"
+_ENDED_EVENTS = {"Import Job Completed", "Import Job Failed"}
+
+
+def _wake(sfn: Any, task_token: str, job_id: str, job_status: str) -> bool:
+    try:
+        sfn.send_task_success(taskToken=task_token, output=json.dumps({"jobId": job_id, "jobStatus": job_status}))
+    except ClientError as error:
+        # TaskTimedOut / InvalidToken: that wait already ended (polled, or woken by the other path). AccessDenied:
+        # the stack does not allow it yet; the wait times out and polls.
+        logger.info("wait not woken", extra={"jobId": job_id, "error": error.response["Error"]["Code"]})
+        return False
+    return True
+
+
+def register_wait(wait: dict[str, Any], *, jobs: ImportJobs, repository: Tracking, sfn: Any) -> dict[str, Any]:
+    job_id, task_token = wait["jobId"], wait["taskToken"]
+    repository.set_wait_token(job_id, task_token)
+    # The job may have ended before the token was stored, and its event found none: look once.
+    job = jobs.get_import_job(job_id)
+    woken = job.ended and _wake(sfn, task_token, job_id, job.job_status)
+    return {"registered": True, "jobStatus": job.job_status, "woken": woken}
+
+
+def relay_job_event(event: dict[str, Any], *, repository: Tracking, sfn: Any, config: Settings) -> dict[str, Any]:
+    detail = event.get("detail") or {}
+    job_id, job_status = str(detail.get("jobId", "")), str(detail.get("jobStatus", ""))
+    ours = detail.get("datastoreId") == config.datastore_id
+    if event.get("detail-type") not in _ENDED_EVENTS or not ours or not job_id:
+        return {"relayed": False, "jobId": job_id}
+    job = repository.get_job(job_id) or {}
+    token = job.get("waitToken")
+    woken = bool(token) and _wake(sfn, str(token), job_id, job_status)
+    logger.info("import job event", extra={"jobId": job_id, "jobStatus": job_status, "woken": woken})
+    return {"relayed": woken, "jobId": job_id}
+
+
 @metrics.log_metrics
 @logger.inject_lambda_context
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    if "waitForJobEvent" in event:
+        return register_wait(
+            event["waitForJobEvent"], jobs=import_jobs(), repository=tracking(), sfn=client("stepfunctions")
+        )
+    if event.get("source") == JOB_EVENT_SOURCE:
+        return relay_job_event(event, repository=tracking(), sfn=client("stepfunctions"), config=settings())
     metrics.add_metric(name="ImportJobPolls", unit=MetricUnit.Count, value=1)
     return check_status(event, s3=client("s3"), jobs=import_jobs(), repository=tracking(), config=settings())

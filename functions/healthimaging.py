@@ -19,13 +19,19 @@ from functions.contract import split_s3_uri
 from functions.settings import client, settings
 from functions.tracking import JobStatus
 
-# StartDICOMImportJob is throttled (dicom_store_contract.limits: START_IMPORT_JOB_RATE) and a data store runs a
-# bounded number of jobs at once (CONCURRENT_IMPORT_JOBS): both mean "try again later", never "this batch is bad".
-RETRYABLE_ERROR_CODES = frozenset({"ThrottlingException", "ServiceQuotaExceededException", "TooManyRequestsException"})
+# StartDICOMImportJob is throttled (dicom_store_contract.limits: START_IMPORT_JOB_RATE): "try again in a moment".
+RETRYABLE_ERROR_CODES = frozenset({"ThrottlingException", "TooManyRequestsException"})
+# A data store runs a bounded number of import jobs at once (CONCURRENT_IMPORT_JOBS, by region): "try again when
+# one of them has ended", which can take hours. Never "this batch is bad".
+SLOTS_FULL_ERROR_CODES = frozenset({"ServiceQuotaExceededException"})
 
 
 class ImportJobThrottled(Exception):
     """HealthImaging asked us to slow down. The state machine retries on this error name with backoff."""
+
+
+class ImportJobSlotsFull(Exception):
+    """The data store runs as many import jobs as its quota allows. The state machine waits (hours, bounded)."""
 
 
 class ImportJobRejected(Exception):
@@ -122,6 +128,8 @@ def _translate(error: ClientError) -> Exception:
     message = error.response.get("Error", {}).get("Message", "")
     if code in RETRYABLE_ERROR_CODES:
         return ImportJobThrottled(f"{code}: {message}")
+    if code in SLOTS_FULL_ERROR_CODES:
+        return ImportJobSlotsFull(f"{code}: {message}")
     if code in (
         "ValidationException",
         "AccessDeniedException",
@@ -140,8 +148,62 @@ def _translate(error: ClientError) -> Exception:
 # ({"inputFile", "importResponse": {"imageSetId", "isPrimary"}}), FAILURE/failure.ndjson
 # ({"inputFile", "exception": {"exceptionType", "message"}}) and WARNING/warning.ndjson (imported, with
 # warnings, same shape as success). GetDICOMImportJob reports outputS3Uri with the job folder appended.
+#
+# The guide's "HealthImaging warning codes" page lists the warnings (hexadecimal reason, decimal, enum name) but
+# shows no warning.ndjson record. We read a record's warnings from "warnings" (or "warning"), at the top level or
+# in "importResponse": codes as numbers, "0xB100" strings or enum names, or objects holding one of those under
+# "warningReason", "reason", "code" or "warningType"; each becomes "0xB100 TRANSCODING_EXCEPTION".
 
 OUTPUT_MANIFEST = "job-output-manifest.json"
+
+WARNING_CODES = {
+    0xB000: "COERCION_OF_DATA_ELEMENTS",
+    0xB006: "ELEMENTS_DISCARDED",
+    0xB007: "SOP_CLASS_DATA_MISMATCH",
+    0xB100: "TRANSCODING_EXCEPTION",
+    0xB110: "FRAMES_EXTRACTION_FAILURE",
+    0xB111: "FRAME_NUMBER_MISMATCH",
+    0xB112: "INVALID_OFFSET_TABLE",
+    0xB120: "UNSUPPORTED_TRANSFER_SYNTAX",
+}
+_WARNING_BY_NAME = {name: code for code, name in WARNING_CODES.items()}
+
+
+def _warning_code(value: Any) -> str:
+    if isinstance(value, dict):
+        for key in ("warningReason", "reason", "code", "warningType", "type"):
+            if value.get(key) not in (None, ""):
+                return _warning_code(value[key])
+        return "unknown"
+    code: int | None = None
+    if isinstance(value, int):
+        code = value
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.upper() in _WARNING_BY_NAME:
+            code = _WARNING_BY_NAME[text.upper()]
+        else:
+            try:
+                code = int(text, 16) if text.lower().startswith("0x") else int(text)
+            except ValueError:
+                return text or "unknown"
+    if code is None:
+        return str(value)
+    name = WARNING_CODES.get(code)
+    return f"0x{code:04X} {name}" if name else f"0x{code:04X}"
+
+
+def warning_codes(record: dict[str, Any]) -> tuple[str, ...]:
+    """The warnings one warning.ndjson record reports, as "0xB100 TRANSCODING_EXCEPTION"."""
+    found: list[Any] = []
+    for holder in (record, record.get("importResponse") or {}):
+        for key in ("warnings", "warning"):
+            value = holder.get(key) if isinstance(holder, dict) else None
+            if value is None:
+                continue
+            found.extend(value if isinstance(value, list) else [value])
+    codes = tuple(dict.fromkeys(_warning_code(value) for value in found))
+    return codes or ("unspecified",)
 
 
 def job_output_uri(job: ImportJob, requested_output_s3_uri: str = "") -> str:
@@ -160,6 +222,8 @@ class FileOutcome:
     image_set_id: str = ""
     is_primary: bool = False
     reason: str = ""
+    # Set for a file listed in warning.ndjson: imported, with these warnings (see warning_codes).
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -196,13 +260,14 @@ def read_job_output(s3: Any, output_uri: str) -> JobOutput:
     outcomes: list[FileOutcome] = []
     for uri, name in ((success_uri, "success.ndjson"), (warning_uri, "warning.ndjson")):
         for record in _ndjson(_read(s3, uri + name)):
-            response = record.get("importResponse", {})
+            response = record.get("importResponse") or {}
             outcomes.append(
                 FileOutcome(
                     input_file=record.get("inputFile", ""),
                     imported=True,
                     image_set_id=response.get("imageSetId", ""),
                     is_primary=bool(response.get("isPrimary", True)),
+                    warnings=warning_codes(record) if name == "warning.ndjson" else (),
                 )
             )
     for record in _ndjson(_read(s3, failure_uri + "failure.ndjson")):

@@ -26,6 +26,7 @@ class InstanceState(StrEnum):
     RECEIVED = "RECEIVED"  # listed in a manifest TriggerImport accepted
     IMPORTING = "IMPORTING"  # its batch's import job has started
     IMPORTED = "IMPORTED"  # the job output lists it as imported (imageSetId, isPrimary set)
+    IMPORTED_WITH_WARNINGS = "IMPORTED_WITH_WARNINGS"  # imported, listed in warning.ndjson (warnings set)
     FAILED = "FAILED"  # the job refused it, did not report it, or the workflow failed (failureReason set)
     TIMED_OUT = "TIMED_OUT"  # the workflow stopped waiting for the job (its polling bound)
 
@@ -216,6 +217,14 @@ class Tracking:
             TableName=self.job_table,
             Key=to_item({"jobId": job_id}),
             **_set(values),
+        )
+
+    def set_wait_token(self, job_id: str, task_token: str) -> None:
+        """Remember the workflow's current wait for this job (WaitForCompletion's task token)."""
+        self.dynamodb.update_item(
+            TableName=self.job_table,
+            Key=to_item({"jobId": job_id}),
+            **_set({"waitToken": task_token, "updatedAt": utc_now()}),
         )
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:

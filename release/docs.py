@@ -5,6 +5,8 @@
   the template's dashboard body and template_gen.monitoring;
 - docs/security.md: the IAM roles and what each may do, from the template's roles;
 - docs/architecture.dot / .svg: the stack's resources and the references between them (graphviz);
+- docs/conformance.md: the transfer syntaxes the SCP accepts and what AHI does with each, from
+  dicom_store_scp.transfer_syntaxes;
 - docs/contracts.md: the storage layout, the manifest's fields and an example, the limits table, from
   dicom_store_contract.
 
@@ -31,6 +33,7 @@ SECURITY = DOCS / "security.md"
 ARCHITECTURE_DOT = DOCS / "architecture.dot"
 ARCHITECTURE_SVG = DOCS / "architecture.svg"
 CONTRACTS = DOCS / "contracts.md"
+CONFORMANCE = DOCS / "conformance.md"
 ASL_PATH = project.ROOT / "statemachine" / "import_workflow.asl.json"
 
 
@@ -450,6 +453,12 @@ def operations_section(template: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def conformance_document() -> str:
+    from dicom_store_scp import transfer_syntaxes
+
+    return fill(CONFORMANCE.read_text(encoding="utf-8"), "transfer-syntaxes", transfer_syntaxes.table())
+
+
 # --- all of it ---------------------------------------------------------------------------------------------
 
 
@@ -467,6 +476,7 @@ def generated_documents() -> dict[Path, str]:
         SECURITY: fill(SECURITY.read_text(encoding="utf-8"), "iam-roles", iam_table(template)),
         ARCHITECTURE_DOT: architecture_dot(template),
         CONTRACTS: contracts_document(),
+        CONFORMANCE: conformance_document(),
     }
 
 

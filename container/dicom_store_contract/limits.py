@@ -66,6 +66,9 @@ class Limit:
     # Regions whose default differs from ``value``.
     regional: Mapping[str, int | float] = field(default_factory=lambda: MappingProxyType({}))
     note: str = ""
+    # For AHI's element constraints: the DICOM keyword and tag of the element the limit applies to.
+    keyword: str = ""
+    tag: int = 0
 
     def in_region(self, region: str) -> int | float:
         return self.regional.get(region, self.value)
@@ -104,7 +107,8 @@ NESTED_FOLDERS_PER_IMPORT_JOB = Limit(
     "folders below inputS3Uri one import job walks",
     QUOTAS_PAGE,
     adjustable=False,
-    note="a batch holds one folder per study and one per series: at most 2 per instance (IMPORT_JOBS_PAGE too)",
+    note="a batch holds one folder per study and one per series; the SCP starts a new batch before an instance"
+    " would add the folder past this (IMPORT_JOBS_PAGE too)",
 )
 BYTES_PER_FILE = Limit(
     "Bytes per file",
@@ -165,6 +169,35 @@ AHI_UID_LENGTH = Limit(
     ELEMENT_CONSTRAINTS_PAGE,
 )
 
+# --- AWS HealthImaging: element constraints at import ("DICOM element constraints") ---------------------------
+#
+# An instance whose element breaks one of these is refused by the import job; the SCP refuses it at C-STORE
+# instead (container/dicom_store_scp/validation.py), checked from the header it already parsed.
+
+
+def _element(keyword: str, tag: int, value: int, unit: str = "characters", note: str = "") -> Limit:
+    group, element = tag >> 16, tag & 0xFFFF
+    meaning = f"{keyword} ({group:04X},{element:04X})" + (" value" if unit == "value" else " length")
+    return Limit(
+        f"{keyword} at import", value, unit, meaning, ELEMENT_CONSTRAINTS_PAGE, note=note, keyword=keyword, tag=tag
+    )
+
+
+ELEMENT_CONSTRAINTS: tuple[Limit, ...] = (
+    _element("PatientName", 0x00100010, 256),
+    _element("PatientID", 0x00100020, 256),
+    _element("PatientBirthDate", 0x00100030, 18),
+    _element("PatientSex", 0x00100040, 16),
+    _element("StudyDate", 0x00080020, 18, note="and a DICOM date (YYYYMMDD) when present: our reading of 'format'"),
+    _element("StudyTime", 0x00080030, 28),
+    _element("AccessionNumber", 0x00080050, 256),
+    _element("StudyDescription", 0x00081030, 64),
+    _element("StudyInstanceUID", 0x0020000D, 256, note="DICOM allows 64: the SCP refuses longer UIDs"),
+    _element("StudyID", 0x00200010, 16),
+    _element("NumberOfStudyRelatedSeries", 0x00201206, 1_000_000, "value"),
+    _element("NumberOfStudyRelatedInstances", 0x00201208, 10_000, "value"),
+)
+
 # --- DICOM and Step Functions -------------------------------------------------------------------------------
 
 DICOM_UID_LENGTH = Limit("UID length in DICOM", 64, "characters", "a UID value (PS3.5 §9)", DICOM_UID_RULES)
@@ -191,6 +224,16 @@ BATCH_MAX_INSTANCES = Limit(
     "files",
     "instances in a batch before the SCP seals it (one batch, one import job)",
     "Files per import job",
+)
+BATCH_MAX_INSTANCES_CEILING = Limit(
+    "Largest BATCH_MAX_INSTANCES",
+    50_000,
+    "files",
+    "for an account whose files-per-job quota was raised (AHI documents no maximum): set it to that quota, never"
+    " above; the manifest check in TriggerImport takes up to this many",
+    "our choice",
+    note="TriggerImport records every instance of a batch in one Lambda run; 50,000 conditional writes fit well"
+    " within its 15 minutes",
 )
 BATCH_MAX_BYTES = Limit(
     "BATCH_MAX_BYTES default",
@@ -227,10 +270,12 @@ LIMITS: tuple[Limit, ...] = (
     GET_IMPORT_JOB_RATE,
     CLIENT_TOKEN_LENGTH,
     AHI_UID_LENGTH,
+    *ELEMENT_CONSTRAINTS,
     DICOM_UID_LENGTH,
     EXECUTION_NAME_LENGTH,
     PDU_SIZE_CEILING,
     BATCH_MAX_INSTANCES,
+    BATCH_MAX_INSTANCES_CEILING,
     BATCH_MAX_BYTES,
     MAXIMUM_PDU_SIZE,
     PDU_SIZE_FLOOR,

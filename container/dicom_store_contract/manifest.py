@@ -217,9 +217,10 @@ def parse(body: bytes | str, dicom_prefix: str, key: str | None = None) -> Manif
     records = document.get("instances")
     if not isinstance(records, list) or not records:
         raise InvalidManifest("instances must be a non-empty list")
-    most_files = limits.FILES_PER_IMPORT_JOB.whole
+    # AHI's default quota is FILES_PER_IMPORT_JOB; an account may have it raised, up to what the SCP allows.
+    most_files = limits.BATCH_MAX_INSTANCES_CEILING.whole
     if len(records) > most_files:
-        raise InvalidManifest(f"{len(records)} instances; an import job takes at most {most_files}")
+        raise InvalidManifest(f"{len(records)} instances; a batch holds at most {most_files}")
     if document.get("instanceCount", len(records)) != len(records):
         raise InvalidManifest(f"instanceCount {document.get('instanceCount')} but {len(records)} instances listed")
     instances = tuple(

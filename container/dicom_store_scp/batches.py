@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dicom_store_contract import layout
+from dicom_store_contract import layout, limits
 from dicom_store_contract.manifest import EndReason, Instance, Manifest
 
 from .metrics import Recorder
@@ -37,6 +37,8 @@ class Batch:
     started_at: datetime
     entries: dict[str, Instance] = field(default_factory=dict)
     total_bytes: int = 0
+    # The folders below the batch prefix: one per study, one per series (AHI limits them per import job).
+    folders: set[str] = field(default_factory=set)
 
     def add(self, instance: Instance) -> None:
         # The same SOP Instance sent twice lands on the same key: the later copy wins, listed once.
@@ -45,6 +47,12 @@ class Batch:
             self.total_bytes -= previous.size
         self.entries[instance.key] = instance
         self.total_bytes += instance.size
+        self.folders.update(instance_folders(instance))
+
+
+def instance_folders(instance: Instance) -> tuple[str, str]:
+    study = instance.study_instance_uid
+    return study, f"{study}/{instance.series_instance_uid}"
 
 
 @dataclass
@@ -76,13 +84,21 @@ class Sessions:
     """The live associations of one receiving process and the batches they fill."""
 
     def __init__(
-        self, storage: Storage, prefix: str, max_instances: int, max_bytes: int, *, recorder: Recorder | None = None
+        self,
+        storage: Storage,
+        prefix: str,
+        max_instances: int,
+        max_bytes: int,
+        max_folders: int = limits.NESTED_FOLDERS_PER_IMPORT_JOB.whole,
+        *,
+        recorder: Recorder | None = None,
     ) -> None:
         self.storage = storage
         self.recorder = recorder or Recorder(enabled=False)
         self.prefix = prefix
         self.max_instances = max_instances
         self.max_bytes = max_bytes
+        self.max_folders = max_folders
         self._lock = threading.Lock()
         self._by_association: dict[int, tuple[Any, Session]] = {}
 
@@ -115,7 +131,7 @@ class Sessions:
             if session.closed:
                 raise AssociationClosing("association has ended")
             batch = session.batch
-            if batch is not None and batch.entries and batch.total_bytes + instance.size > self.max_bytes:
+            if batch is not None and batch.entries and self._would_overflow(batch, instance):
                 self._seal(session, EndReason.CHUNK_LIMIT)
                 batch = None
             if batch is None:
@@ -134,6 +150,12 @@ class Sessions:
             if len(batch.entries) >= self.max_instances or batch.total_bytes >= self.max_bytes:
                 self._seal(session, EndReason.CHUNK_LIMIT)
             return key
+
+    def _would_overflow(self, batch: Batch, instance: Instance) -> bool:
+        """Adding this instance would take the batch past AHI's bytes or nested folders per import job."""
+        if batch.total_bytes + instance.size > self.max_bytes:
+            return True
+        return len(batch.folders.union(instance_folders(instance))) > self.max_folders
 
     def record_failure(self, session: Session) -> None:
         with session.lock:

@@ -148,15 +148,22 @@ def _pdu_size(size: int) -> None:
 
 # A batch is one import job: it stays within AHI's files and bytes per job.
 def _batch_instances(value: int) -> None:
-    most = limits.FILES_PER_IMPORT_JOB.whole
+    # The default is AHI's default quota; a customer whose quota was raised may go up to the ceiling.
+    most = limits.BATCH_MAX_INSTANCES_CEILING.whole
     if not 1 <= value <= most:
-        raise ConfigError(f"{value} must be between 1 and {most} (AHI's files per import job)")
+        raise ConfigError(f"{value} must be between 1 and {most} (set it to your files-per-import-job quota)")
 
 
 def _batch_bytes(value: int) -> None:
     most = limits.BYTES_PER_IMPORT_JOB.whole
     if not 1 <= value <= most:
         raise ConfigError(f"{value} must be between 1 and {most} (AHI's bytes per import job)")
+
+
+def _instance_bytes(value: int) -> None:
+    most = limits.BYTES_PER_FILE.whole
+    if not 1 <= value <= most:
+        raise ConfigError(f"{value} must be between 1 and {most} (AHI's bytes per file)")
 
 
 def _sse(value: str) -> None:
@@ -268,7 +275,7 @@ SETTINGS: tuple[Setting, ...] = (
         "batch_max_instances",
         _integer,
         str(limits.BATCH_MAX_INSTANCES.whole),
-        "instances per batch (one import job) before a new batch starts",
+        "instances per batch (one import job) before a new batch starts; AHI's default quota, raise it only with yours",
         _batch_instances,
     ),
     Setting(
@@ -278,6 +285,14 @@ SETTINGS: tuple[Setting, ...] = (
         str(limits.BATCH_MAX_BYTES.whole),
         "bytes per batch before a new batch starts",
         _batch_bytes,
+    ),
+    Setting(
+        "MAXIMUM_INSTANCE_BYTES",
+        "maximum_instance_bytes",
+        _integer,
+        str(limits.BYTES_PER_FILE.whole),
+        "largest data set accepted; a larger one is refused while it arrives (at most AHI's bytes per file)",
+        _instance_bytes,
     ),
     Setting(
         "SHUTDOWN_GRACE_SECONDS",
@@ -326,6 +341,7 @@ class Config:
     spool_dir: str = ""
     batch_max_instances: int = limits.BATCH_MAX_INSTANCES.whole
     batch_max_bytes: int = limits.BATCH_MAX_BYTES.whole
+    maximum_instance_bytes: int = limits.BYTES_PER_FILE.whole
     shutdown_grace_seconds: float = 100
     workers: int = 0
     tls_cert_file: Path | None = None

@@ -41,9 +41,10 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.fsm import TRANSITION_TABLE
 from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import A_P_ABORT, P_DATA
+from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.utils import make_target
 
-from . import pynetdicom_threads, statuses
+from . import contexts, pynetdicom_threads, statuses
 from .config import PDU_SIZE_FOR_NO_LIMIT
 from .metrics import Recorder
 
@@ -406,6 +407,8 @@ class _AwaitedDataSet:
     sop_instance_uid: str = ""
     detail: str = ""
     dropped_bytes: int = 0
+    # Data set bytes handed to pynetdicom (its spool file) so far.
+    received_bytes: int = 0
 
 
 class GuardedDIMSE(DIMSEServiceProvider):
@@ -420,11 +423,14 @@ class GuardedDIMSE(DIMSEServiceProvider):
     _command_context: int | None
     _awaited: _AwaitedDataSet | None
     _accepted: dict[int, str] | None
+    # The largest data set a C-STORE may carry (MAXIMUM_INSTANCE_BYTES).
+    instance_limit: int
     # Why the association must end; the upper layer aborts it as soon as the state machine's action returns.
     violation: str | None
     metrics: Recorder = Recorder(enabled=False)
 
-    def start_guarding(self) -> None:
+    def start_guarding(self, instance_limit: int) -> None:
+        self.instance_limit = instance_limit
         self.violation = None
         self._command = bytearray()
         self._command_context = None
@@ -512,7 +518,10 @@ class GuardedDIMSE(DIMSEServiceProvider):
             raise DimseViolation("data set fragment without a C-STORE request before it")
         if context_id != awaited.context_id:
             raise DimseViolation("data set fragment on another presentation context than its command")
+        if awaited.refusal is None and awaited.received_bytes + len(fragment) - 1 > self.instance_limit:
+            self._refuse_oversized(awaited)
         if awaited.refusal is None:
+            awaited.received_bytes += len(fragment) - 1
             self._hand_over(context_id, fragment)
         else:
             awaited.dropped_bytes += len(fragment) - 1
@@ -520,6 +529,13 @@ class GuardedDIMSE(DIMSEServiceProvider):
             self._awaited = None
             if awaited.refusal is not None:
                 self._answer_refusal(awaited)
+
+    def _refuse_oversized(self, awaited: _AwaitedDataSet) -> None:
+        """Stop spooling a data set larger than AHI imports: what arrived is deleted, the rest is read and dropped."""
+        self.discard_incomplete_message()
+        awaited.refusal = statuses.INSTANCE_TOO_LARGE
+        awaited.dropped_bytes = awaited.received_bytes
+        awaited.detail = f"data set longer than {self.instance_limit} bytes (MAXIMUM_INSTANCE_BYTES)"
 
     def _hand_over(self, context_id: int, fragment: bytes) -> None:
         single = P_DATA()
@@ -653,10 +669,36 @@ class GuardedAssociation(pynetdicom_threads.PromptAssociation):
 
     def _serve_request(self, msg: Any, context_id: int) -> None:
         try:
-            super()._serve_request(msg, context_id)
+            if isinstance(msg, C_STORE) and self._unlisted_storage(context_id):
+                self._serve_unlisted_store(msg, context_id)
+            else:
+                super()._serve_request(msg, context_id)
         finally:
             # pynetdicom removes the spool file only when the C-STORE handler returned normally.
             _remove_spool_file(getattr(msg, "_dataset_file", None))
+
+    def _unlisted_storage(self, context_id: int) -> bool:
+        context = self._accepted_cx.get(context_id)
+        return context is not None and not contexts.known_storage(str(context.abstract_syntax))
+
+    def _serve_unlisted_store(self, msg: C_STORE, context_id: int) -> None:
+        """A C-STORE of a SOP class pynetdicom does not know (contexts.py accepted it): its Storage service serves it.
+
+        pynetdicom picks the service by the request's SOP class and has none for an unknown one (it would abort).
+        GuardedDIMSE has checked that the request's SOP class is its context's abstract syntax.
+        """
+        if self._sent_release:
+            return
+        self.dimse.cancel_req = {}
+        self._is_paused = True
+        try:
+            StorageServiceClass(self).SCP(msg, self._accepted_cx[context_id])
+        except Exception:
+            LOG.exception("C-STORE of an unlisted SOP class failed")
+            self.abort()
+        finally:
+            self._is_paused = False
+            self.dimse.cancel_req = {}
 
     def run_reactor(self) -> None:
         try:
@@ -678,7 +720,7 @@ class GuardedAssociation(pynetdicom_threads.PromptAssociation):
             self.kill()
 
 
-def handle_connection_open(event: Any, recorder: Recorder) -> None:
+def handle_connection_open(event: Any, recorder: Recorder, instance_limit: int) -> None:
     """EVT_CONN_OPEN (before the association's threads start): event-driven waiting, and these bounds."""
     pynetdicom_threads.handle_connection_open(event)
     assoc = event.assoc
@@ -688,6 +730,6 @@ def handle_connection_open(event: Any, recorder: Recorder) -> None:
     assoc.dul._target = make_target(assoc.dul.run_reactor)
     assoc.dimse.__class__ = GuardedDIMSE
     assoc.dimse.metrics = recorder
-    assoc.dimse.start_guarding()
+    assoc.dimse.start_guarding(instance_limit)
     assoc.__class__ = GuardedAssociation
     assoc._target = make_target(assoc.run_reactor)

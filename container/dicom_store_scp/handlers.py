@@ -22,7 +22,7 @@ from dicom_store_contract.manifest import EndReason, Instance
 from pydicom.filereader import read_partial
 from pydicom.tag import BaseTag, Tag
 
-from . import statuses
+from . import statuses, validation
 from .batches import AssociationClosing, Sessions
 from .metrics import Recorder
 from .storage import StorageError, file_sha256
@@ -34,13 +34,11 @@ _SOP_INSTANCE_UID = Tag(0x0008, 0x0018)
 _STUDY_DATE = Tag(0x0008, 0x0020)
 _STUDY_INSTANCE_UID = Tag(0x0020, 0x000D)
 _SERIES_INSTANCE_UID = Tag(0x0020, 0x000E)
-_HEADER_TAGS: list[BaseTag | int] = [
-    _SOP_CLASS_UID,
-    _SOP_INSTANCE_UID,
-    _STUDY_DATE,
-    _STUDY_INSTANCE_UID,
-    _SERIES_INSTANCE_UID,
-]
+_HEADER_TAGS: list[BaseTag | int] = sorted(
+    {_SOP_CLASS_UID, _SOP_INSTANCE_UID, _STUDY_DATE, _STUDY_INSTANCE_UID, _SERIES_INSTANCE_UID, *validation.TAGS}
+)
+# The header is read up to the last element any check needs, never into the pixel data.
+_LAST_HEADER_TAG = max(_HEADER_TAGS)
 
 # pydicom logs each complaint about a data set (as a JSON line, through the root logger) and also raises it as a
 # Python warning, printed as a raw stderr line and remembered, text and all, in its module's warning registry: a
@@ -95,12 +93,21 @@ def _peer(assoc: Any) -> dict[str, Any]:
     }
 
 
-def _stop_after_series_uid(tag: BaseTag, vr: str | None, length: int) -> bool:
-    return tag > _SERIES_INSTANCE_UID
+def _stop_after_header(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return tag > _LAST_HEADER_TAG
 
 
 def _is_uid(value: str) -> bool:
     return 0 < len(value) <= _UID_LENGTH and bool(_UID.match(value))
+
+
+def _uid_fault(value: str) -> str:
+    if not value:
+        return "data set has none"
+    if len(value) > _UID_LENGTH and _UID.match(value):
+        # AHI would import up to 256 characters, but DICOM allows 64: no other DICOM node could take it from AHI.
+        return f"data set has {len(value)} characters, DICOM allows {_UID_LENGTH} (AHI {limits.AHI_UID_LENGTH.whole})"
+    return f"data set has {value}"
 
 
 # -- connection and association events --------------------------------------------------------------------------
@@ -232,7 +239,7 @@ def handle_store(event: Any, sessions: Sessions, recorder: Recorder) -> int:
 
     try:
         with source.open("rb") as handle:
-            header = read_partial(handle, stop_when=_stop_after_series_uid, specific_tags=_HEADER_TAGS)
+            header = read_partial(handle, stop_when=_stop_after_header, specific_tags=_HEADER_TAGS)
         # pydicom converts a value when it is first read: an unknown VR or an undecodable value raises only now.
         values = {tag: _element_text(header, tag) for tag in _HEADER_TAGS}
     except Exception as error:  # pydicom raises many types for malformed input
@@ -241,6 +248,23 @@ def handle_store(event: Any, sessions: Sessions, recorder: Recorder) -> int:
     status, detail = _validate(request, values)
     if status != statuses.SUCCESS:
         return _fail(event, sessions, recorder, status, detail)
+    status, detail, fields = validation.check(header)
+    if status != statuses.SUCCESS:
+        return _fail(event, sessions, recorder, status, detail, fields)
+    limited = validation.limited_support(header)
+    if limited:
+        LOG.warning(
+            "stored; AWS HealthImaging documents limited support for it",
+            extra={
+                "fields": {
+                    "event": "ahi-limited-support",
+                    **_peer(event.assoc),
+                    "sopInstanceUID": str(request.AffectedSOPInstanceUID),
+                    "content": limited,
+                    "source": validation.DICOM_SUPPORT_PAGE,
+                }
+            },
+        )
 
     instance = Instance(
         sop_class_uid=values[_SOP_CLASS_UID],
@@ -275,19 +299,26 @@ def _validate(request: Any, values: dict[BaseTag | int, str]) -> tuple[int, str]
         return statuses.SOP_CLASS_MISMATCH, f"data set has {sop_class or 'none'}"
     sop_instance = values[_SOP_INSTANCE_UID]
     if not _is_uid(sop_instance):
-        return statuses.BAD_SOP_INSTANCE_UID, f"data set has {sop_instance or 'none'}"
+        return statuses.BAD_SOP_INSTANCE_UID, _uid_fault(sop_instance)
     if sop_instance != str(request.AffectedSOPInstanceUID):
         return statuses.SOP_INSTANCE_MISMATCH, f"data set has {sop_instance}"
     study = values[_STUDY_INSTANCE_UID]
     if not _is_uid(study):
-        return statuses.BAD_STUDY_INSTANCE_UID, f"data set has {study or 'none'}"
+        return statuses.BAD_STUDY_INSTANCE_UID, _uid_fault(study)
     series = values[_SERIES_INSTANCE_UID]
     if not _is_uid(series):
-        return statuses.BAD_SERIES_INSTANCE_UID, f"data set has {series or 'none'}"
+        return statuses.BAD_SERIES_INSTANCE_UID, _uid_fault(series)
     return statuses.SUCCESS, ""
 
 
-def _fail(event: Any, sessions: Sessions | None, recorder: Recorder, status: int, detail: str) -> int:
+def _fail(
+    event: Any,
+    sessions: Sessions | None,
+    recorder: Recorder,
+    status: int,
+    detail: str,
+    fields: dict[str, Any] | None = None,
+) -> int:
     recorder.instance_failed(statuses.family(status))
     if sessions is not None:
         with contextlib.suppress(AssociationClosing):
@@ -303,6 +334,7 @@ def _fail(event: Any, sessions: Sessions | None, recorder: Recorder, status: int
                 "detail": detail,
                 "sopInstanceUID": str(event.request.AffectedSOPInstanceUID),
                 "sopClassUID": str(event.request.AffectedSOPClassUID),
+                **(fields or {}),
             }
         },
     )

@@ -28,7 +28,7 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from . import guard, handlers, pynetdicom_threads
+from . import contexts, guard, handlers, pynetdicom_threads
 from .batches import Sessions
 from .budget import SharedAssociationBudget
 from .config import Config
@@ -60,7 +60,7 @@ def _copy_context(context: PresentationContext) -> PresentationContext:
 class QuickRequestHandler(RequestHandler):
     """pynetdicom's request handler, without a deep copy of every supported context per association.
 
-    pynetdicom deep-copies the supported contexts (here 170 storage classes x 16 transfer syntaxes) for every new
+    pynetdicom deep-copies the supported contexts (here 170 storage classes x 27 transfer syntaxes) for every new
     association: about 30 ms of CPU each, which caps a burst of connecting modalities at a few dozen associations
     a second. A copy of each context and its transfer syntax list isolates associations just as well.
     """
@@ -187,12 +187,20 @@ def event_handlers(config: Config, sessions: Sessions, over_budget: Callable[[],
     recorder = sessions.recorder  # the receiving process's metrics
     # Event-driven waiting in pynetdicom's threads and the receive path's bounds (guard.py, built on those threads),
     # unless this pynetdicom is not the one they were written for.
-    threads = [(evt.EVT_CONN_OPEN, guard.handle_connection_open, [recorder])] if pynetdicom_threads.supported() else []
+    threads = (
+        [(evt.EVT_CONN_OPEN, guard.handle_connection_open, [recorder, config.maximum_instance_bytes])]
+        if pynetdicom_threads.supported()
+        else []
+    )
+    # Storage SOP classes pynetdicom does not list (private, retired, newer) are served by GuardedAssociation.
+    every_storage_class = not config.supported_sop_class_uids and pynetdicom_threads.supported()
+    unlisted = [(evt.EVT_REQUESTED, contexts.add_proposed_storage_contexts)] if every_storage_class else []
     return [
         *threads,
         (evt.EVT_CONN_OPEN, handlers.handle_connection_open),
         (evt.EVT_CONN_CLOSE, handlers.handle_connection_closed),
         (evt.EVT_REQUESTED, handlers.handle_requested, [config.peer_cidrs, over_budget, recorder]),
+        *unlisted,
         (evt.EVT_REJECTED, handlers.handle_rejected, [recorder]),
         (evt.EVT_ACCEPTED, handlers.handle_accepted, [recorder]),
         (evt.EVT_ESTABLISHED, handlers.handle_established, [sessions]),

@@ -29,6 +29,12 @@ BAD_STUDY_INSTANCE_UID = 0xC001
 BAD_SERIES_INSTANCE_UID = 0xC002
 # Error, cannot understand: SOP Instance UID (0008,0018) missing or not a valid UID.
 BAD_SOP_INSTANCE_UID = 0xC003
+# Error, cannot understand: an element breaks AWS HealthImaging's import constraints (dicom_store_contract.limits,
+# ELEMENT_CONSTRAINTS): longer than AHI imports, a count outside AHI's range, or a Study Date that is not a date.
+# The import job would refuse the file; the log line names the element, its length or value and the limit.
+ELEMENT_TOO_LONG = 0xC004
+ELEMENT_OUT_OF_RANGE = 0xC005
+BAD_STUDY_DATE = 0xC006
 
 # Error, cannot understand: the C-STORE request's Affected SOP Instance UID (0000,1000) is missing, empty,
 # multi-valued or not a valid UID; its data set was read and dropped.
@@ -36,6 +42,9 @@ BAD_REQUEST_SOP_INSTANCE_UID = 0xC010
 # Error, cannot understand: the C-STORE request's Affected SOP Class UID (0000,0002) is not a valid UID, or its
 # Priority (0000,0700) is missing; its data set was read and dropped.
 BAD_STORE_REQUEST = 0xC011
+# Error, cannot understand: the data set is larger than AHI imports in one file (MAXIMUM_INSTANCE_BYTES, at most
+# limits.BYTES_PER_FILE); refused once that many bytes arrived, the rest read and dropped, nothing stored.
+INSTANCE_TOO_LARGE = 0xC012
 
 # What each failure status means, for logs and the conformance statement.
 REASONS = {
@@ -48,6 +57,10 @@ REASONS = {
     BAD_STUDY_INSTANCE_UID: "Study Instance UID missing or invalid",
     BAD_SERIES_INSTANCE_UID: "Series Instance UID missing or invalid",
     BAD_SOP_INSTANCE_UID: "SOP Instance UID missing or invalid",
+    ELEMENT_TOO_LONG: "an element is longer than AWS HealthImaging imports",
+    ELEMENT_OUT_OF_RANGE: "an element's value is outside the range AWS HealthImaging imports",
+    BAD_STUDY_DATE: "Study Date is not a DICOM date",
+    INSTANCE_TOO_LARGE: "instance larger than AWS HealthImaging imports; nothing was stored",
     BAD_REQUEST_SOP_INSTANCE_UID: "request's Affected SOP Instance UID missing or not one valid UID",
     BAD_STORE_REQUEST: "request's Affected SOP Class UID or Priority missing or invalid",
 }

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dicom_store_scp import statuses
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
-from support.scp import echoscu, sample_file, storescu
+from support.scp import echoscu, negotiation_profile, sample_file, storescu
 
 CT = sample_file("CT_small.dcm")
 
@@ -82,26 +82,17 @@ def test_associations_over_the_limit_are_rejected_not_queued(start_scp):
     assert line["reason"] == "local limit exceeded"
 
 
-def test_transfer_syntax_health_imaging_cannot_import_is_declined(scp):
-    # MPEG-2 video is a valid DICOM transfer syntax, but not one AWS HealthImaging imports.
-    result = storescu(scp.port, CT, args=("-xm",))
-
-    assert result.statuses == []
-    assert "No presentation context" in result.output or "no acceptable" in result.output.lower(), result.output
-    assert scp.stored_files() == []
-    [line] = scp.wait_for_event("contexts-declined")
-    assert any("1.2.840.10008.1.2.4.100" in ctx["transferSyntaxes"] for ctx in line["declined"])
-
-
-def test_concurrent_associations_each_negotiate_their_own_contexts(scp):
+def test_concurrent_associations_each_negotiate_their_own_contexts(scp, tmp_path):
     # Associations are built on many threads at once from one table of supported contexts (server.py copies it
-    # per association): what one peer negotiates must not leak into another's association.
-    proposals = [("-xm",) if number % 2 else () for number in range(24)]
+    # per association, contexts.py adds unlisted SOP classes to that copy): what one peer negotiates must not leak
+    # into another's association. JPIP Referenced is a DICOM transfer syntax AHI does not import.
+    jpip = negotiation_profile(tmp_path, [("1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.4.94"])])
+    proposals = [jpip if number % 2 else None for number in range(24)]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(lambda args: storescu(scp.port, CT, args=args), proposals))
+        results = list(pool.map(lambda profile: storescu(scp.port, CT, profile=profile), proposals))
 
-    for args, result in zip(proposals, results, strict=True):
-        assert result.statuses == ([] if args else [statuses.SUCCESS]), result.output
+    for profile, result in zip(proposals, results, strict=True):
+        assert result.statuses == ([] if profile else [statuses.SUCCESS]), result.output
     scp.wait_for_event("association", count=12)
     assert len(scp.stored_files()) == 12
     assert len(scp.manifests()) == 12

@@ -32,7 +32,7 @@ def run_scp(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         ((), {"PEER_CIDRS": "10.0.0.0/8,not-a-network"}, "PEER_CIDRS (--peer-cidrs)"),
         (("--tls-cert-file", "/nonexistent/cert.pem"), {}, "TLS_CERT_FILE (--tls-cert-file)"),
         (("--require-calling-ae-title", "OK,BAD\\AE"), {}, "REQUIRE_CALLING_AE_TITLE"),
-        ((), {"BATCH_MAX_INSTANCES": "6000"}, "BATCH_MAX_INSTANCES"),
+        ((), {"BATCH_MAX_INSTANCES": "50001"}, "BATCH_MAX_INSTANCES"),
         ((), {"DIMSE_TIMEOUT": "0"}, "DIMSE_TIMEOUT"),
     ],
 )

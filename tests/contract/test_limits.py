@@ -60,7 +60,8 @@ def test_the_template_defaults_and_bounds_come_from_the_table():
 
 
 def test_a_full_batch_stays_within_ahis_nested_folder_limit():
-    # Each instance adds at most a study folder and a series folder below the batch prefix (layout.instance_key).
+    # Each instance adds at most a study folder and a series folder below the batch prefix (layout.instance_key):
+    # with the defaults the folder limit cannot be reached; above them the SCP cuts batches by folders too.
     assert 2 * limits.BATCH_MAX_INSTANCES.whole <= limits.NESTED_FOLDERS_PER_IMPORT_JOB.whole
     assert limits.BATCH_MAX_INSTANCES.whole <= limits.FILES_PER_IMPORT_JOB.whole
     assert limits.BATCH_MAX_BYTES.whole <= limits.BYTES_PER_IMPORT_JOB.whole

@@ -103,7 +103,8 @@ def test_parse_refuses_a_manifest_found_under_another_batch_key():
 
 
 def test_parse_holds_a_batch_to_ahis_per_job_limits():
-    most = limits.FILES_PER_IMPORT_JOB.whole
+    # Files: AHI's default quota may be raised, up to the SCP's ceiling for BATCH_MAX_INSTANCES.
+    most = limits.BATCH_MAX_INSTANCES_CEILING.whole
     too_many = built(*(instance(n, size=1) for n in range(most + 1)))
     with pytest.raises(InvalidManifest, match=f"at most {most}"):
         manifest.parse(too_many.encode(), PREFIX)

@@ -11,9 +11,11 @@ from functions.healthimaging import (
     HealthImagingImportJobs,
     ImportJob,
     ImportJobRejected,
+    ImportJobSlotsFull,
     ImportJobThrottled,
     job_output_uri,
     read_job_output,
+    warning_codes,
 )
 from functions.settings import RETRY_CONFIG
 
@@ -66,11 +68,15 @@ def test_start_sends_the_documented_request(stubbed):
     assert (job.job_id, job.job_status, job.submitted_at) == (JOB_ID, "SUBMITTED", submitted.isoformat())
 
 
-@pytest.mark.parametrize("code", ["ThrottlingException", "ServiceQuotaExceededException"])
-def test_throttling_and_quota_errors_become_retryable(stubbed, code):
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [("ThrottlingException", ImportJobThrottled), ("ServiceQuotaExceededException", ImportJobSlotsFull)],
+)
+def test_throttling_and_quota_errors_become_retryable(stubbed, code, error):
+    # Throttled: retried within seconds. Concurrent-job quota: the data store is busy, waited for (hours).
     stubber, jobs = stubbed
     stubber.add_client_error("start_dicom_import_job", service_error_code=code, http_status_code=429)
-    with pytest.raises(ImportJobThrottled, match=code):
+    with pytest.raises(error, match=code):
         start(jobs)
 
 
@@ -148,3 +154,22 @@ def test_job_output_reads_success_warning_and_failure_records(s3):
 
 def test_missing_job_output_reads_as_no_outcomes(s3):
     assert read_job_output(s3, f"s3://{RESULTS_BUCKET}/nothing/").outcomes == ()
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"warnings": [{"warningReason": "0xB100", "warningType": "TRANSCODING_EXCEPTION"}]},
+        {"importResponse": {"warnings": ["TRANSCODING_EXCEPTION"]}},
+        {"warning": {"code": 45312}},
+        {"warnings": ["0xb100"]},
+    ],
+)
+def test_warning_codes_are_read_in_every_documented_form(record):
+    # The warning codes page gives hexadecimal, decimal and enum forms; any of them reads the same.
+    assert warning_codes(record) == ("0xB100 TRANSCODING_EXCEPTION",)
+
+
+def test_a_warning_record_without_codes_still_reads_as_a_warning():
+    assert warning_codes({"inputFile": "a.dcm", "importResponse": {"imageSetId": "s"}}) == ("unspecified",)
+    assert warning_codes({"warnings": ["0xB201"]}) == ("0xB201",)

@@ -80,6 +80,8 @@ def test_start_twice_gives_one_import_job(triggered, fake_ahi, tracking, context
 
 
 def test_start_faster_than_the_quota_raises_the_retryable_error(environment, s3, fake_ahi, context, clock):
+    # An account throttled at 1 request/s, burst 2 (AHI's first edition; limits has today's 40/80).
+    fake_ahi.rate, fake_ahi.burst, fake_ahi.tokens = 1.0, 2, 2.0
     batches = [store_batch(s3, batch_id=batch_id, count=1) for batch_id in OTHER_BATCHES]
     start(batches[0], context)
     start(batches[1], context)  # the burst of 2
@@ -177,3 +179,45 @@ def test_a_newer_batch_owns_a_resent_instance(triggered, fake_ahi, tracking, con
     check(triggered, started, context, count=2)
     assert tracking.get_instance(resent)["state"] == "RECEIVED"
     assert tracking.get_instance(triggered.sop_instance_uids[1])["state"] == InstanceState.IMPORTED
+
+
+def test_the_fake_refuses_a_client_token_outside_the_apis_pattern(fake_ahi):
+    from functions.healthimaging import ImportJobRejected
+
+    with pytest.raises(ImportJobRejected, match=r"\[A-Za-z0-9._-\]\+"):
+        fake_ahi.start_import_job(
+            job_name="x", client_token="batch/1", input_s3_uri="s3://b/i/", output_s3_uri="s3://b/o/"
+        )
+
+
+def test_a_file_breaking_an_element_constraint_fails_in_the_import(environment, s3, fake_ahi, tracking, context):
+    # Replaced in S3 behind the SCP's back (it would have refused it at C-STORE): the import job refuses that file.
+    from io import BytesIO
+
+    import pydicom
+
+    batch = store_batch(s3, count=2)
+    key = batch.manifest["instances"][0]["key"]
+    dataset = pydicom.dcmread(BytesIO(s3.get_object(Bucket=DICOM_BUCKET, Key=key)["Body"].read()))
+    dataset.StudyDescription = "D" * 65
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    trigger_import.handler(batch.s3_event(), context)
+    s3.put_object(Bucket=DICOM_BUCKET, Key=key, Body=buffer.getvalue())
+    started = start(batch, context)
+    check(batch, started, context)
+    result = check(batch, started, context, count=2)
+
+    assert (result["importedCount"], result["failedCount"]) == (1, 1)
+    item = tracking.get_instance(batch.sop_instance_uids[0])
+    assert item["state"] == InstanceState.FAILED
+    assert item["failureReason"] == "ValidationException: DICOM attribute StudyDescription length 65 exceeds 64"
+
+
+def test_the_fakes_concurrent_job_quota_follows_the_region(s3):
+    from dicom_store_contract import limits
+
+    from .fake_healthimaging import FakeHealthImaging
+
+    assert FakeHealthImaging(s3).concurrent_jobs == limits.CONCURRENT_IMPORT_JOBS.value
+    assert FakeHealthImaging(s3, region="ap-southeast-2").concurrent_jobs == 20

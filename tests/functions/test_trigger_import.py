@@ -86,8 +86,8 @@ class _SfnWithoutDescribe:
         ),
         (lambda s3, batch: _rewrite(s3, batch, lambda m: m.update(manifestVersion=2)), "manifestVersion"),
         (
-            lambda s3, batch: _rewrite(s3, batch, lambda m: m.update(instances=m["instances"] * 1700)),
-            "at most 5000",
+            lambda s3, batch: _rewrite(s3, batch, lambda m: m.update(instances=m["instances"] * 16700)),
+            "at most 50000",
         ),
         (
             lambda s3, batch: _rewrite(s3, batch, lambda m: m["instances"][0].update(size=11 * 1024**3)),

@@ -249,3 +249,115 @@ def test_the_sweeper_seals_a_batch_the_scp_left_open_and_it_imports(
     assert set(items) == acknowledged
     assert {item["state"] for item in items.values()} == {"IMPORTED"}
     assert all(item["imageSetId"] for item in items.values())
+
+
+def _variant(source: Path, target: Path, **changes: Any) -> Path:
+    dataset = pydicom.dcmread(source)
+    for keyword, value in changes.items():
+        setattr(dataset, keyword, value)
+    dataset.save_as(target, enforce_file_format=True)
+    return target
+
+
+def _undecodable_jpeg2000(source: Path, target: Path) -> Path:
+    """The CT as JPEG 2000 lossless, but its fragment is no codestream: AHI imports it and cannot transcode it."""
+    from pydicom.encaps import encapsulate
+
+    dataset = pydicom.dcmread(source)
+    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    dataset.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.90"
+    dataset.PixelData = encapsulate([b"not a JPEG 2000 codestream"])
+    dataset["PixelData"].VR = "OB"
+    dataset["PixelData"].is_undefined_length = True
+    dataset.save_as(target, enforce_file_format=True)
+    return target
+
+
+def _send_and_import(
+    tmp_path: Path, stack: Deployment, moto_server: MotoServer, s3: Any, pipeline: Pipeline, *paths: Path, args=()
+) -> tuple[list[int], dict[str, Any]]:
+    scp = start_scp(tmp_path, stack, moto_server)
+    try:
+        result = storescu(scp.port, *paths, args=("-nh", *args))
+        (ended,) = scp.wait_for_event("association")
+    finally:
+        scp.stop()
+    (batch_id,) = ended["batches"]
+    final = import_manifest(pipeline, s3, stack.output("DICOMBucketName"), layout.manifest_key(DICOM_PREFIX, batch_id))
+    return result.statuses, final
+
+
+def test_what_the_import_reported_is_recorded_per_instance(
+    tmp_path: Path, stack: Deployment, moto_server: MotoServer, s3: Any, pipeline: Pipeline
+) -> None:
+    (first, second), _ = write_series(tmp_path / "series", count=2)
+    too_long = _variant(first, tmp_path / "long-name.dcm", PatientName="N" * 257, SOPInstanceUID=generate_uid())
+    warned = _undecodable_jpeg2000(second, tmp_path / "j2k.dcm")
+    uid_first, uid_warned = str(pydicom.dcmread(first).SOPInstanceUID), str(pydicom.dcmread(warned).SOPInstanceUID)
+
+    # One association: a plain CT is imported, the JPEG 2000 one with a warning; the long name never leaves the SCP.
+    statuses, final = _send_and_import(
+        tmp_path, stack, moto_server, s3, pipeline, first, too_long, warned, args=("-xv",)
+    )
+    assert statuses == [0x0000, 0xC004, 0x0000]
+    assert final["polling"]["jobStatus"] == "COMPLETED"
+    assert (final["polling"]["importedCount"], final["polling"]["warningCount"]) == (2, 1)
+    items = instance_items(stack, moto_server.endpoint)
+    assert set(items) == {uid_first, uid_warned}
+    assert items[uid_first]["state"] == "IMPORTED"
+    assert items[uid_warned]["state"] == "IMPORTED_WITH_WARNINGS"
+    assert items[uid_warned]["warnings"] == [{"S": "0xB100 TRANSCODING_EXCEPTION"}]
+    assert items[uid_first]["isPrimary"] is True
+
+    # The same SOP instance sent again with other content: AHI keeps the first copy primary.
+    changed = _variant(first, tmp_path / "changed.dcm", InstanceNumber=99)
+    statuses, final = _send_and_import(tmp_path, stack, moto_server, s3, pipeline, changed)
+    assert statuses == [0x0000]
+    item = instance_items(stack, moto_server.endpoint)[uid_first]
+    assert (item["state"], item["isPrimary"]) == ("IMPORTED", False)
+    job = job_item(stack, moto_server.endpoint, final["importJob"]["jobId"])
+    assert (job["importedCount"], job["nonPrimaryCount"]) == ("1", "1")
+
+
+def test_a_batch_waits_while_the_data_store_runs_its_quota_of_jobs(
+    tmp_path: Path, stack: Deployment, moto_server: MotoServer, s3: Any, pipeline: Pipeline
+) -> None:
+    from functions.healthimaging import ImportJobSlotsFull
+
+    bucket = stack.output("DICOMBucketName")
+    pipeline.fake_healthimaging.concurrent_jobs = 1
+    executions = []
+    for number in range(2):
+        paths, _ = write_series(tmp_path / f"series{number}", count=1)
+        scp = start_scp(tmp_path, stack, moto_server)
+        try:
+            assert storescu(scp.port, *paths).statuses == [0x0000]
+            (ended,) = scp.wait_for_event("association")
+        finally:
+            scp.stop()
+        (batch_id,) = ended["batches"]
+        manifest_key = layout.manifest_key(DICOM_PREFIX, batch_id)
+        size = s3.head_object(Bucket=bucket, Key=manifest_key)["ContentLength"]
+        (batch,) = pipeline.invoke("TriggerImportFunction", manifest_created_event(bucket, manifest_key, size))[
+            "batches"
+        ]
+        sfn = boto3.client("stepfunctions", region_name=REGION)
+        executions.append(json.loads(sfn.describe_execution(executionArn=batch["executionArn"])["input"]))
+
+    state = {key: executions[0][key] for key in ("batchId", "bucket", "manifestKey", "prefix")}
+    running = pipeline.invoke("StartImportJobFunction", state)
+    second = {key: executions[1][key] for key in ("batchId", "bucket", "manifestKey", "prefix")}
+    # The error name the workflow's Retry waits on (hours, backoff, jitter), not a failed batch.
+    with pytest.raises(ImportJobSlotsFull, match="ServiceQuotaExceededException"):
+        pipeline.invoke("StartImportJobFunction", second)
+    assert pipeline.fake_healthimaging.running() == 1
+
+    for count in (1, 2):
+        polling = {"waitSeconds": 0, "maxPolls": 10, "count": count}
+        task = {**{k: state[k] for k in ("batchId", "bucket", "manifestKey")}, "jobId": running["jobId"]}
+        pipeline.invoke("CheckStatusFunction", {**task, "outputS3Uri": running["outputS3Uri"], "polling": polling})
+    assert pipeline.fake_healthimaging.running() == 0
+
+    final = pipeline.run_workflow(executions[1])  # the retried start finds a free slot
+    assert final["polling"]["jobStatus"] == "COMPLETED"
+    assert {item["state"] for item in instance_items(stack, moto_server.endpoint).values()} == {"IMPORTED"}

@@ -17,7 +17,9 @@ def template():
 
 
 @pytest.mark.parametrize(
-    "path", [docs.DEPLOYMENT, docs.SECURITY, docs.ARCHITECTURE_DOT, docs.CONTRACTS], ids=lambda p: p.name
+    "path",
+    [docs.DEPLOYMENT, docs.SECURITY, docs.ARCHITECTURE_DOT, docs.CONTRACTS, docs.CONFORMANCE],
+    ids=lambda p: p.name,
 )
 def test_committed_document_equals_a_fresh_generation(path):
     assert path.read_text(encoding="utf-8") == docs.generated_documents()[path], "run make docs and commit"

@@ -36,6 +36,9 @@ class LambdaScript:
     def __init__(self) -> None:
         self.answers: dict[str, deque[Any]] = defaultdict(deque)
         self.calls: list[tuple[str, dict[str, Any]]] = []
+        # WaitForCompletion's registrations (CheckStatus with a task token), apart from its polls.
+        self.waits: list[dict[str, Any]] = []
+        self.on_wait: Callable[[dict[str, Any]], Any] | None = None
 
     def returns(self, function: str, *results: dict[str, Any] | Callable[[dict[str, Any]], Any]) -> None:
         """Results to return, in order; a callable result is called with the task's input."""
@@ -47,6 +50,11 @@ class LambdaScript:
     def invoke(self, function_name: str, body: Any, response_headers: dict[str, str]) -> bytes:
         name = function_name.rsplit(":", 1)[-1]
         payload = json.loads(body or b"{}")
+        if "waitForJobEvent" in payload:
+            self.waits.append(payload["waitForJobEvent"])
+            if self.on_wait is not None:
+                self.on_wait(payload["waitForJobEvent"])
+            return json.dumps({"registered": True}).encode()
         self.calls.append((name, payload))
         answer = self.answers[name].popleft()
         if isinstance(answer, Exception):

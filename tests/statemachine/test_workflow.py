@@ -6,9 +6,9 @@ import json
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
-
-import requests
 
 from .conftest import DEFINITION, render
 
@@ -36,16 +36,6 @@ def polled(count: int, status: str, ended: bool = False, **extra) -> dict:
 def reports(status: str, ended: bool = False, **extra):
     """What CheckStatus returns: the polling state it was given, plus the job's status."""
     return lambda task_input: {**task_input["polling"], "jobStatus": status, "ended": ended, **extra}
-
-
-def queue_lambda_results(*results: dict) -> None:
-    """moto's own queue of Lambda results (one FIFO for every function)."""
-    response = requests.post(
-        "http://motoapi.amazonaws.com/moto-api/static/lambda-simple/response",
-        json={"results": [json.dumps(result) for result in results], "region": "us-east-1"},
-        timeout=5,
-    )
-    assert response.status_code == 201
 
 
 def test_definition_uses_only_the_contract_placeholders():
@@ -81,10 +71,12 @@ def test_statelint_accepts_the_rendered_definition(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_happy_path_polls_until_the_job_completes(workflow):
+def test_happy_path_polls_until_the_job_completes(workflow, lambda_script):
+    # No job event arrives: each WaitForCompletion times out after the poll interval and CheckStatus polls.
     state_machine = workflow.create(max_polls=5)
-    queue_lambda_results(
-        STARTED,
+    lambda_script.returns("StartImportJob", STARTED)
+    lambda_script.returns(
+        "CheckStatus",
         polled(1, "IN_PROGRESS"),
         polled(2, "COMPLETED", ended=True, succeeded=True, importedCount=2, failedCount=0),
     )
@@ -168,3 +160,92 @@ def test_polling_bound_records_a_timeout(workflow, lambda_script):
     assert recorded["error"]["Error"] == "PollingBoundReached"
     assert recorded["importJob"]["jobId"] == "job1"
     assert "PollingBoundReached" in workflow.states_entered(execution["executionArn"])
+
+
+def _retrier(state: str, error: str) -> dict:
+    definition = json.loads(DEFINITION.read_text())
+    [retrier] = [r for r in definition["States"][state]["Retry"] if error in r["ErrorEquals"]]
+    return retrier
+
+
+def _longest_wait(retrier: dict) -> float:
+    """The most a Retry can wait in all (full jitter waits a random part of each of these)."""
+    interval, total = float(retrier["IntervalSeconds"]), 0.0
+    for _ in range(retrier["MaxAttempts"]):
+        total += min(interval, retrier["MaxDelaySeconds"])
+        interval *= retrier["BackoffRate"]
+    return total
+
+
+def test_a_full_data_store_is_waited_for_hours_not_minutes_and_not_forever():
+    slots = _retrier("StartImportJob", "ImportJobSlotsFull")
+    assert slots["JitterStrategy"] == "FULL"
+    assert 3 * 3600 <= _longest_wait(slots) <= 12 * 3600
+    throttled = _retrier("StartImportJob", "ImportJobThrottled")
+    assert throttled["JitterStrategy"] == "FULL"
+    assert _longest_wait(throttled) <= 600
+    # The quota error is retried before the catch-all Catch sends the batch to RecordFailure.
+    definition = json.loads(DEFINITION.read_text())
+    errors = [e for r in definition["States"]["StartImportJob"]["Retry"] for e in r["ErrorEquals"]]
+    assert "States.ALL" not in errors
+
+
+def test_start_refused_for_a_full_data_store_waits_with_growing_jittered_delays(workflow, lambda_script, monkeypatch):
+    from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
+
+    waits: list[float] = []
+    monkeypatch.setattr(retrier_decl, "time", type("Clock", (), {"sleep": staticmethod(waits.append)}))
+    state_machine = workflow.create()
+    for _ in range(5):
+        lambda_script.raises("StartImportJob", "ImportJobSlotsFull", "ServiceQuotaExceededException: 20 jobs running")
+    lambda_script.returns("StartImportJob", STARTED)
+    lambda_script.returns("CheckStatus", reports("COMPLETED", ended=True))
+
+    execution = workflow.run(state_machine, BATCH_ID, EXECUTION_INPUT)
+
+    assert execution["status"] == "SUCCEEDED"
+    assert len(lambda_script.called("StartImportJob")) == 6
+    assert lambda_script.called("RecordFailure") == []
+    slots = _retrier("StartImportJob", "ImportJobSlotsFull")
+    ceilings = [min(slots["IntervalSeconds"] * slots["BackoffRate"] ** n, slots["MaxDelaySeconds"]) for n in range(5)]
+    assert len(waits) == 5
+    assert all(0 <= wait <= ceiling for wait, ceiling in zip(waits, ceilings, strict=True))
+
+
+def test_a_job_event_ends_the_wait_before_the_poll_interval(workflow, lambda_script):
+    # AHI's EventBridge event (relayed by CheckStatus as SendTaskSuccess) wakes the workflow at once; the poll
+    # interval (here 60 s) is only the fallback for an event that never comes.
+    state_machine = workflow.create(wait_seconds=60, max_polls=3)
+    lambda_script.returns("StartImportJob", STARTED)
+    lambda_script.returns("CheckStatus", reports("COMPLETED", ended=True))
+
+    def job_event_arrives(wait: dict) -> None:
+        output = json.dumps({"jobId": wait["jobId"], "jobStatus": "COMPLETED"})
+        threading.Timer(0.3, lambda: workflow.sfn.send_task_success(taskToken=wait["taskToken"], output=output)).start()
+
+    lambda_script.on_wait = job_event_arrives
+    started = time.monotonic()
+    execution = workflow.run(state_machine, BATCH_ID, EXECUTION_INPUT)
+
+    assert execution["status"] == "SUCCEEDED"
+    assert time.monotonic() - started < 30
+    [wait] = lambda_script.waits
+    assert wait["jobId"] == "job1" and wait["taskToken"]
+    [check] = lambda_script.called("CheckStatus")
+    assert check["polling"]["count"] == 1
+    assert json.loads(execution["output"])["jobEvent"] == {"jobId": "job1", "jobStatus": "COMPLETED"}
+
+
+def test_a_wait_that_cannot_register_falls_back_to_polling(workflow, lambda_script):
+    state_machine = workflow.create(wait_seconds=60, max_polls=3)
+    lambda_script.returns("StartImportJob", STARTED)
+    lambda_script.returns("CheckStatus", reports("COMPLETED", ended=True))
+
+    def registration_fails(wait: dict) -> None:
+        raise RuntimeError("Lambda unavailable")
+
+    lambda_script.on_wait = registration_fails
+    execution = workflow.run(state_machine, BATCH_ID, EXECUTION_INPUT)
+
+    assert execution["status"] == "SUCCEEDED"
+    assert len(lambda_script.called("CheckStatus")) == 1

@@ -68,7 +68,7 @@ def _error(code: str, message: str, status: int = 400) -> tuple[_Response, dict[
 
 def bridge_to_fake(client: Any, fake: Any) -> None:
     """Answer ``client``'s StartDICOMImportJob / GetDICOMImportJob from ``fake`` instead of the network."""
-    from functions.healthimaging import ImportJobRejected, ImportJobThrottled
+    from functions.healthimaging import ImportJobRejected, ImportJobSlotsFull, ImportJobThrottled
 
     def before(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
         context["bridged_params"] = dict(params)
@@ -113,6 +113,8 @@ def bridge_to_fake(client: Any, fake: Any) -> None:
                 return _Response(200), {"jobProperties": properties}
         except ImportJobThrottled as error:
             return _error("ThrottlingException", str(error), 429)
+        except ImportJobSlotsFull as error:
+            return _error("ServiceQuotaExceededException", str(error).partition(": ")[2], 402)
         except ImportJobRejected as error:
             code, _, message = str(error).partition(": ")
             return _error(code, message)

@@ -58,10 +58,34 @@ class StoreResult:
     statuses: list[int] = field(default_factory=list)
 
 
-def storescu(port: int, *files: Path | str, args: tuple[str, ...] = (), timeout: float = 120) -> StoreResult:
-    """Send files with DCMTK storescu; return the C-STORE statuses it received, in order."""
+def negotiation_profile(tmp_path: Path, contexts: list[tuple[str, list[str]]]) -> Path:
+    """A DCMTK association negotiation profile (storescu ``-xf``) proposing these (SOP class, transfer syntaxes)."""
+    lines = ["[[TransferSyntaxes]]"]
+    for number, (_, syntaxes) in enumerate(contexts):
+        lines.append(f"[Syntaxes{number}]")
+        lines += [f"TransferSyntax{n + 1} = {uid}" for n, uid in enumerate(syntaxes)]
+    lines += ["", "[[PresentationContexts]]", "[Proposed]"]
+    lines += [
+        f"PresentationContext{number + 1} = {abstract}\\Syntaxes{number}"
+        for number, (abstract, _) in enumerate(contexts)
+    ]
+    lines += ["", "[[Profiles]]", "[Test]", "PresentationContexts = Proposed", ""]
+    path = tmp_path / f"storescu-{len(list(tmp_path.glob('storescu-*.cfg')))}.cfg"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def storescu(
+    port: int, *files: Path | str, args: tuple[str, ...] = (), timeout: float = 120, profile: Path | None = None
+) -> StoreResult:
+    """Send files with DCMTK storescu; return the C-STORE statuses it received, in order.
+
+    With a negotiation ``profile`` storescu proposes exactly its contexts, SOP classes it does not know included
+    (no ``-R``: with it storescu refuses such files before it connects).
+    """
+    proposal = ("-xf", str(profile), "Test") if profile is not None else ("-R",)
     completed = subprocess.run(
-        ["storescu", "-d", "-R", *args, "127.0.0.1", str(port), *map(str, files)],
+        ["storescu", "-d", *proposal, *args, "127.0.0.1", str(port), *map(str, files)],
         env=DCMTK_ENV,
         capture_output=True,
         text=True,

@@ -1,0 +1,100 @@
+"""AWS HealthImaging's element constraints, checked at C-STORE from the header the handler already parsed.
+
+An import job refuses a file whose element breaks one of AHI's "DICOM element constraints" (maximum lengths, the
+ranges of two counts). Acknowledging such an instance would be a lie found out hours later in the job's
+failure.ndjson; refusing it at C-STORE tells the sender now. The limits live in one table
+(``dicom_store_contract.limits.ELEMENT_CONSTRAINTS``, with the page they come from); this module only applies them.
+
+Lengths are counted in characters of the value as received, without DICOM's trailing padding (spaces, NUL);
+several values of one element count with their backslash separators.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+from dicom_store_contract import limits
+from dicom_store_contract.limits import Limit
+from pydicom.tag import BaseTag, Tag
+
+from . import statuses
+
+CONSTRAINTS: dict[BaseTag, Limit] = {Tag(limit.tag): limit for limit in limits.ELEMENT_CONSTRAINTS}
+
+# AHI's "DICOM support" page: "does not currently support Binary Segmentation Images or Icon Image Sequence pixel
+# data", while its transfer syntax page says binary segmentations keep their encoding. The import takes both, so
+# the SCP stores them and says in its log what AHI may not serve (docs/conformance.md 3.2), rather than refuse.
+DICOM_SUPPORT_PAGE = "https://docs.aws.amazon.com/healthimaging/latest/devguide/reference-dicom.html"
+_SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+_SOP_CLASS_UID = Tag(0x0008, 0x0016)
+_SEGMENTATION_TYPE = Tag(0x0062, 0x0001)
+_ICON_IMAGE_SEQUENCE = Tag(0x0088, 0x0200)
+
+TAGS: list[BaseTag] = sorted({*CONSTRAINTS, _SEGMENTATION_TYPE, _ICON_IMAGE_SEQUENCE})
+
+_STUDY_DATE = Tag(0x0008, 0x0020)
+# PS3.5 6.2 DA: YYYYMMDD; "YYYY.MM.DD" is the ACR-NEMA form PS3.5 still asks readers to accept.
+_DATE_FORMS = ((re.compile(r"^\d{8}$"), "%Y%m%d"), (re.compile(r"^\d{4}\.\d{2}\.\d{2}$"), "%Y.%m.%d"))
+
+
+def _text(header: Any, tag: BaseTag) -> str | None:
+    """The element's value as received, without padding; None when absent or empty."""
+    if tag not in header:
+        return None
+    raw = header.get_item(tag)
+    value = raw.value
+    if value is None:
+        return None
+    text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+    text = text.rstrip(" \x00")
+    return text or None
+
+
+def _is_date(text: str) -> bool:
+    for form, layout in _DATE_FORMS:
+        if form.match(text):
+            try:
+                datetime.strptime(text, layout)
+            except ValueError:
+                return False
+            return True
+    return False
+
+
+def check(header: Any) -> tuple[int, str, dict[str, Any]]:
+    """(status, detail, log fields) for the first constraint the header breaks; SUCCESS when none."""
+    for tag in sorted(CONSTRAINTS):
+        limit = CONSTRAINTS[tag]
+        text = _text(header, tag)
+        if text is None:
+            continue
+        element = f"{limit.keyword} ({tag.group:04X},{tag.element:04X})"
+        if limit.unit == "value":
+            try:
+                number = int(text.strip())
+            except ValueError:
+                continue  # not a number AHI can read: it leaves the count out, as it does an absent one
+            if not 0 <= number <= limit.value:
+                fields = {"element": limit.keyword, "value": number, "limit": limit.whole}
+                return statuses.ELEMENT_OUT_OF_RANGE, f"{element} is {number}, AHI imports 0-{limit.whole}", fields
+            continue
+        if len(text) > limit.value:
+            fields = {"element": limit.keyword, "length": len(text), "limit": limit.whole}
+            detail = f"{element} has {len(text)} characters, AHI imports at most {limit.whole}"
+            return statuses.ELEMENT_TOO_LONG, detail, fields
+        if tag == _STUDY_DATE and not _is_date(text):
+            fields = {"element": limit.keyword, "value": text[:32]}
+            return statuses.BAD_STUDY_DATE, f"{element} is {text[:32]!r}, not a date (YYYYMMDD)", fields
+    return statuses.SUCCESS, "", {}
+
+
+def limited_support(header: Any) -> list[str]:
+    """What AHI documents it does not (fully) support in this instance: accepted, stored, and logged."""
+    found = []
+    if _text(header, _SOP_CLASS_UID) == _SEGMENTATION_STORAGE and _text(header, _SEGMENTATION_TYPE) == "BINARY":
+        found.append("binary segmentation")
+    if _ICON_IMAGE_SEQUENCE in header:
+        found.append("icon image sequence pixel data")
+    return found

@@ -325,7 +325,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicom-store-scp",
         description="DICOM Store SCP: receives C-STORE and lands every instance durably in a folder or S3.",
-        epilog="Every flag has an equal environment variable (shown in brackets); flags win.",
+        epilog="Every flag has an equal environment variable (shown in brackets); flags win. "
+        "'dicom-store-scp status --help': which instances reached HealthImaging.",
     )
     for setting in SETTINGS:
         parser.add_argument(

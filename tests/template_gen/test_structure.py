@@ -402,7 +402,22 @@ def test_tables_have_the_contract_keys(template: dict[str, Any]) -> None:
                 {"AttributeName": "studyInstanceUID", "KeyType": "HASH"},
                 {"AttributeName": "sopInstanceUID", "KeyType": "RANGE"},
             ],
-        )
+        ),
+        # `dicom-store-scp status --series / --batch` query these.
+        (
+            "seriesInstanceUID-index",
+            [
+                {"AttributeName": "seriesInstanceUID", "KeyType": "HASH"},
+                {"AttributeName": "sopInstanceUID", "KeyType": "RANGE"},
+            ],
+        ),
+        (
+            "batchId-index",
+            [
+                {"AttributeName": "batchId", "KeyType": "HASH"},
+                {"AttributeName": "sopInstanceUID", "KeyType": "RANGE"},
+            ],
+        ),
     ]
     for table in (jobs, instances):
         assert table["BillingMode"] == "PAY_PER_REQUEST"

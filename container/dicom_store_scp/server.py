@@ -22,12 +22,13 @@ from typing import Any
 
 from dicom_store_contract.manifest import EndReason
 from pydicom import config as pydicom_config
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from . import guard, handlers, pynetdicom_threads
+from . import commitment, guard, handlers, pynetdicom_threads
 from .batches import Sessions
 from .budget import SharedAssociationBudget
 from .config import Config
@@ -178,10 +179,18 @@ def build_ae(config: Config) -> AE:
     for sop_class in sop_classes:
         ae.add_supported_context(sop_class, list(AHI_IMPORTABLE))
     ae.add_supported_context(Verification)
+    if commitment.offered(config):
+        commitment_syntaxes = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+        ae.add_supported_context(commitment.STORAGE_COMMITMENT_PUSH_MODEL, commitment_syntaxes)
     return ae
 
 
-def event_handlers(config: Config, sessions: Sessions, over_budget: Callable[[], bool] | None = None) -> list[Any]:
+def event_handlers(
+    config: Config,
+    sessions: Sessions,
+    over_budget: Callable[[], bool] | None = None,
+    commitments: commitment.Commitments | None = None,
+) -> list[Any]:
     # Event-driven waiting in pynetdicom's threads and the receive path's bounds (guard.py, built on those threads),
     # unless this pynetdicom is not the one they were written for.
     threads = [(evt.EVT_CONN_OPEN, guard.handle_connection_open)] if pynetdicom_threads.supported() else []
@@ -196,6 +205,7 @@ def event_handlers(config: Config, sessions: Sessions, over_budget: Callable[[],
         (evt.EVT_C_STORE, handlers.handle_store, [sessions]),
         (evt.EVT_RELEASED, handlers.handle_released, [sessions]),
         (evt.EVT_ABORTED, handlers.handle_aborted, [sessions]),
+        *([(evt.EVT_N_ACTION, commitment.handle_n_action, [commitments])] if commitments else []),
     ]
 
 
@@ -213,9 +223,12 @@ class Receiver:
         )
         self.ae = build_ae(config)
         self.budget = budget
+        self.commitments = commitment.build(config) if commitment.offered(config) else None
         self.server = self.ae.make_server(
             (config.bind_address, config.port),
-            evt_handlers=event_handlers(config, self.sessions, self._budget_exceeded if budget else None),
+            evt_handlers=event_handlers(
+                config, self.sessions, self._budget_exceeded if budget else None, self.commitments
+            ),
             server_class=SharedPortServer if reuse_port else ReceiverServer,
             request_handler=QuickRequestHandler,
         )
@@ -238,6 +251,8 @@ class Receiver:
         # Everything built so far (modules, the AE and its contexts) lives as long as the process: keep it out of
         # every future garbage collection.
         gc.freeze()
+        if self.commitments is not None:
+            self.commitments.start()
         self._serving.start()
         LOG.info(
             "listening",
@@ -281,6 +296,9 @@ class Receiver:
         self.sessions.close_all(EndReason.SHUTDOWN)
         for assoc in remaining:
             assoc.abort()
+        if self.commitments is not None:
+            # Undelivered reports stay recorded: the next start delivers them.
+            self.commitments.stop()
         LOG.info("stopped", extra={"fields": {"event": "stopped", "abortedAssociations": len(remaining)}})
 
     def _clean_spool(self) -> None:

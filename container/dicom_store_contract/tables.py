@@ -18,6 +18,11 @@ BATCH_ID = "batchId"
 # Job table: one item per import job.
 JOB_ID = "jobId"
 
+# Commitment table: one item per storage commitment transaction (container/dicom_store_scp/commitment.py).
+RECORD_ID = "recordId"
+PENDING = "pending"  # present only while the transaction awaits its report: the index below is sparse
+EXPIRES_AT = "expiresAt"  # epoch seconds: DynamoDB's time to live removes the item (the retention)
+
 
 @dataclass(frozen=True)
 class Index:
@@ -35,3 +40,7 @@ INSTANCE_INDEXES = (INSTANCES_BY_STUDY, INSTANCES_BY_SERIES, INSTANCES_BY_BATCH)
 
 JOBS_BY_BATCH = Index("batchId-index", BATCH_ID)
 JOB_INDEXES = (JOBS_BY_BATCH,)
+
+# Transactions still to report, for a task that takes over those of a task that stopped.
+PENDING_COMMITMENTS = Index("pending-index", PENDING)
+COMMITMENT_INDEXES = (PENDING_COMMITMENTS,)

@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from dicom_store_contract import layout, tables
 from pydicom.dataset import Dataset
@@ -64,6 +64,8 @@ INVALID_ARGUMENT_VALUE = 0x0115
 RESOURCE_LIMITATION = 0x0213
 
 # Failure Reason (0008,1197) of an instance in the report's Failed SOP Sequence (PS3.3 C.14.1.1).
+# Imported into HealthImaging not at all: the import failed or was given up on (instance state FAILED, TIMED_OUT).
+PROCESSING_FAILURE = 0x0110
 # Not stored here: never received, or refused at C-STORE.
 NO_SUCH_OBJECT_INSTANCE = 0x0112
 # Stored, but under another SOP class than the request names.
@@ -71,6 +73,7 @@ CLASS_INSTANCE_CONFLICT = 0x0119
 # A request reused the Transaction UID of a recorded transaction with other instances: they are not committed.
 DUPLICATE_TRANSACTION_UID = 0x0131
 FAILURE_REASONS = {
+    PROCESSING_FAILURE: "processing failure: the import into HealthImaging failed",
     NO_SUCH_OBJECT_INSTANCE: "no such object instance: not stored here",
     CLASS_INSTANCE_CONFLICT: "class / instance conflict: stored under another SOP class",
     DUPLICATE_TRANSACTION_UID: "duplicate transaction UID: the Transaction UID is already in use",
@@ -344,11 +347,11 @@ class LocalOutcomes:
 
         self.store = LocalStore(root)
 
-    def evaluate(self, references: Iterable[Reference]) -> Outcome:
+    def evaluate(self, transaction: Transaction) -> Outcome:
         from .status import Lookup
 
         reasons: dict[Reference, int | None] = {}
-        for reference in references:
+        for reference in transaction.references:
             found = self.store.find(Lookup(tables.SOP_INSTANCE_UID, reference.sop_instance_uid))
             if not found:
                 reasons[reference] = NO_SUCH_OBJECT_INSTANCE
@@ -366,6 +369,198 @@ class LocalOutcomes:
             return str(read_file_meta_info(path).get("MediaStorageSOPClassUID", "")).strip()
         except Exception:  # an unreadable file commits nothing
             return ""
+
+
+# -- the stack: DynamoDB ---------------------------------------------------------------------------------------------
+
+# A task owns a transaction it reports for this long after its last write; a task that stops leaves it to the next
+# one that starts. Far longer than one delivery attempt (SAME_ASSOCIATION_WAIT_SECONDS + a connection timeout), so
+# two tasks never send one report: the ownership is a conditional write.
+LEASE_SECONDS = 300
+# Instance states (functions/tracking.py InstanceState) that are an outcome: imported, or not.
+IMPORTED_STATES = frozenset({"IMPORTED", "IMPORTED_WITH_WARNINGS"})
+NOT_IMPORTED_STATES = frozenset({"FAILED", "TIMED_OUT"})
+
+
+def _condition_failed(error: Exception) -> bool:
+    response = getattr(error, "response", {}) or {}
+    return bool(response.get("Error", {}).get("Code") == "ConditionalCheckFailedException")
+
+
+class DynamoTransactions:
+    """One item per transaction in the commitment table; the reporting task is its ``owner`` (a lease)."""
+
+    def __init__(self, dynamodb: Any, table: str, owner: str | None = None) -> None:
+        self.dynamodb = dynamodb
+        self.table = table
+        self.owner = owner or uuid.uuid4().hex
+
+    def prepare(self) -> None:
+        pass
+
+    def _key(self, record_id: str) -> dict[str, Any]:
+        return {tables.RECORD_ID: {"S": record_id}}
+
+    def _values(self, transaction: Transaction) -> dict[str, Any]:
+        now = time.time()
+        values: dict[str, Any] = {
+            ":document": {"S": json.dumps(transaction.to_json())},
+            ":state": {"S": transaction.state},
+            ":owner": {"S": self.owner},
+            ":lease": {"N": str(int(now + LEASE_SECONDS))},
+        }
+        return values
+
+    def create(self, transaction: Transaction) -> bool:
+        record_id = transaction.record_id or transaction.transaction_uid
+        item = {
+            **self._key(record_id),
+            "document": {"S": json.dumps(transaction.to_json())},
+            "state": {"S": transaction.state},
+            tables.PENDING: {"S": "1"},
+            "owner": {"S": self.owner},
+            "leaseUntil": {"N": str(int(time.time() + LEASE_SECONDS))},
+            tables.EXPIRES_AT: {"N": str(int((_parse_iso(transaction.deadline) + RETENTION).timestamp()))},
+        }
+        try:
+            self.dynamodb.put_item(
+                TableName=self.table, Item=item, ConditionExpression=f"attribute_not_exists({tables.RECORD_ID})"
+            )
+        except Exception as error:
+            if _condition_failed(error):
+                return False
+            raise StorageError(f"{self.table}: {error}") from error
+        return True
+
+    def update(self, transaction: Transaction) -> None:
+        record_id = transaction.record_id or transaction.transaction_uid
+        values = self._values(transaction)
+        expression = "SET #document = :document, #state = :state, #lease = :lease"
+        if transaction.state == "pending":
+            expression += ", #pending = :pending"
+            values[":pending"] = {"S": "1"}
+        else:
+            finished = _parse_iso(transaction.finished_at) if transaction.finished_at else _now()
+            expression += ", #expires = :expires REMOVE #pending"
+            values[":expires"] = {"N": str(int((finished + RETENTION).timestamp()))}
+        try:
+            self.dynamodb.update_item(
+                TableName=self.table,
+                Key=self._key(record_id),
+                UpdateExpression=expression,
+                ConditionExpression="#owner = :owner",
+                ExpressionAttributeNames={
+                    "#document": "document",
+                    "#state": "state",
+                    "#owner": "owner",
+                    "#lease": "leaseUntil",
+                    "#pending": tables.PENDING,
+                    **({"#expires": tables.EXPIRES_AT} if transaction.state != "pending" else {}),
+                },
+                ExpressionAttributeValues=values,
+            )
+        except Exception as error:
+            if _condition_failed(error):
+                raise StorageError(f"{record_id}: another task reports this transaction now") from None
+            raise StorageError(f"{self.table}: {error}") from error
+
+    def load(self, record_id: str) -> Transaction | None:
+        item = self.dynamodb.get_item(TableName=self.table, Key=self._key(record_id), ConsistentRead=True).get("Item")
+        return Transaction.from_json(json.loads(item["document"]["S"])) if item else None
+
+    def record_ids(self) -> list[str]:
+        index = tables.PENDING_COMMITMENTS
+        pages = self.dynamodb.get_paginator("query").paginate(
+            TableName=self.table,
+            IndexName=index.name,
+            KeyConditionExpression="#pending = :pending",
+            ExpressionAttributeNames={"#pending": index.partition_key},
+            ExpressionAttributeValues={":pending": {"S": "1"}},
+        )
+        return [item[tables.RECORD_ID]["S"] for page in pages for item in page.get("Items", [])]
+
+    def claim(self, record_id: str) -> bool:
+        now = int(time.time())
+        try:
+            self.dynamodb.update_item(
+                TableName=self.table,
+                Key=self._key(record_id),
+                UpdateExpression="SET #owner = :owner, leaseUntil = :lease",
+                ConditionExpression="attribute_exists(recordId) AND "
+                "(attribute_not_exists(#owner) OR #owner = :owner OR leaseUntil < :now)",
+                ExpressionAttributeNames={"#owner": "owner"},
+                ExpressionAttributeValues={
+                    ":owner": {"S": self.owner},
+                    ":lease": {"N": str(now + LEASE_SECONDS)},
+                    ":now": {"N": str(now)},
+                },
+            )
+        except Exception as error:
+            if _condition_failed(error):
+                return False
+            raise
+        return True
+
+    def release(self, record_id: str) -> None:
+        with contextlib.suppress(Exception):
+            self.dynamodb.update_item(
+                TableName=self.table,
+                Key=self._key(record_id),
+                UpdateExpression="REMOVE #owner, leaseUntil",
+                ConditionExpression="#owner = :owner",
+                ExpressionAttributeNames={"#owner": "owner"},
+                ExpressionAttributeValues={":owner": {"S": self.owner}},
+            )
+
+    def remove(self, record_id: str) -> None:
+        pass  # the table's time to live removes items (expiresAt)
+
+
+class DynamoOutcomes:
+    """An instance is committed once the instance table says HealthImaging imported it."""
+
+    def __init__(self, dynamodb: Any, instance_table: str, missing_seconds: float) -> None:
+        self.dynamodb = dynamodb
+        self.instance_table = instance_table
+        self.missing_seconds = missing_seconds
+
+    def evaluate(self, transaction: Transaction) -> Outcome:
+        items = self._items([r.sop_instance_uid for r in transaction.references])
+        waited = (_now() - _parse_iso(transaction.received_at)).total_seconds()
+        reasons: dict[Reference, int | None] = {}
+        for reference in transaction.references:
+            item = items.get(reference.sop_instance_uid)
+            if item is None:
+                # Not recorded yet (its batch is sealed when its association ends) or never received.
+                reasons[reference] = NO_SUCH_OBJECT_INSTANCE if waited >= self.missing_seconds else None
+                continue
+            state = item.get("state", {}).get("S", "")
+            sop_class = item.get("sopClassUID", {}).get("S", "")
+            if sop_class and sop_class != reference.sop_class_uid:
+                reasons[reference] = CLASS_INSTANCE_CONFLICT
+            elif state in IMPORTED_STATES:
+                reasons[reference] = 0
+            elif state in NOT_IMPORTED_STATES:
+                reasons[reference] = PROCESSING_FAILURE
+            else:
+                reasons[reference] = None  # RECEIVED, IMPORTING: the import has not reported yet
+        return Outcome(reasons)
+
+    def _items(self, uids: list[str]) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        unique = list(dict.fromkeys(uids))
+        # BatchGetItem reads at most 100 keys per call (by key: no scan).
+        for start in range(0, len(unique), 100):
+            keys = [{tables.SOP_INSTANCE_UID: {"S": uid}} for uid in unique[start : start + 100]]
+            request: dict[str, Any] = {self.instance_table: {"Keys": keys, "ConsistentRead": True}}
+            while request:
+                response = self.dynamodb.batch_get_item(RequestItems=request)
+                for item in response.get("Responses", {}).get(self.instance_table, []):
+                    found[item[tables.SOP_INSTANCE_UID]["S"]] = item
+                request = response.get("UnprocessedKeys") or {}
+                if request:
+                    time.sleep(0.1)
+        return found
 
 
 # -- the report ------------------------------------------------------------------------------------------------------
@@ -414,6 +609,23 @@ def _log(level: int, message: str, transaction: Transaction, **fields: Any) -> N
 Sender = Callable[[Transaction, Any], str]
 
 
+class Transactions(Protocol):
+    """Where transactions are recorded, and which process (or task) reports each."""
+
+    def prepare(self) -> None: ...
+    def create(self, transaction: Transaction) -> bool: ...
+    def update(self, transaction: Transaction) -> None: ...
+    def load(self, record_id: str) -> Transaction | None: ...
+    def record_ids(self) -> list[str]: ...
+    def claim(self, record_id: str) -> bool: ...
+    def release(self, record_id: str) -> None: ...
+    def remove(self, record_id: str) -> None: ...
+
+
+class Outcomes(Protocol):
+    def evaluate(self, transaction: Transaction) -> Outcome: ...
+
+
 class Commitments:
     """Records requests, waits until their instances are final, delivers each report once.
 
@@ -424,8 +636,8 @@ class Commitments:
 
     def __init__(
         self,
-        transactions: LocalTransactions,
-        outcomes: LocalOutcomes,
+        transactions: Transactions,
+        outcomes: Outcomes,
         deliver: Sender,
         report_timeout: float,
         first_retry: float = FIRST_RETRY_SECONDS,
@@ -601,8 +813,9 @@ class Commitments:
             return
         try:
             if transaction.committed is None:
-                outcome = self.outcomes.evaluate(transaction.references)
+                outcome = self.outcomes.evaluate(transaction)
                 if not outcome.final:
+                    self.transactions.update(transaction)  # in the stack: renews this task's lease
                     self._schedule(record_id, self.evaluate_every)
                     return
                 transaction.committed = [r.to_json() for r, reason in outcome.reasons.items() if reason == 0]
@@ -660,11 +873,20 @@ class Commitments:
         delay = min(self.max_retry, self.first_retry * 2 ** max(0, transaction.attempts - 1))
         remaining = (_parse_iso(transaction.deadline) - _now()).total_seconds()
         if remaining > 0:
+            transaction.state = "pending"
+        else:
+            transaction.state, transaction.finished_at = "undelivered", _iso(_now())
+        try:
             self.transactions.update(transaction)
+        except StorageError as error:
+            # In the stack: another task took the transaction over (this one's lease ran out); it reports.
+            _log(logging.WARNING, "storage commitment left to another", transaction, event="commitment-released",
+                 error=str(error))  # fmt: skip
+            self._forget(record_id)
+            return
+        if remaining > 0:
             self._schedule(record_id, min(delay, remaining))
             return
-        transaction.state, transaction.finished_at = "undelivered", _iso(_now())
-        self.transactions.update(transaction)
         _log(
             logging.ERROR,
             "storage commitment report given up",
@@ -784,35 +1006,49 @@ class ReportSender:
 
 
 def offered(config: Any) -> bool:
-    """Whether the SCP offers the SOP class: in local mode only, until the stack's import outcome is wired in."""
-    return not config.dicom_bucket
+    """Local mode always; with DICOM_BUCKET when the instance and commitment tables are named."""
+    return not config.dicom_bucket or bool(config.instance_table and config.commitment_table)
 
 
 def build(config: Any) -> Commitments:
-    root = Path(config.storage_dir).resolve()
     sender = ReportSender(
         config.ae_title, config.commitment_peers, config.acse_timeout, config.dimse_timeout, config.network_timeout
     )
+    if config.dicom_bucket:
+        import boto3
+
+        dynamodb = boto3.client("dynamodb")
+        return Commitments(
+            DynamoTransactions(dynamodb, config.commitment_table),
+            DynamoOutcomes(dynamodb, config.instance_table, config.commitment_missing_seconds),
+            sender,
+            config.commitment_report_timeout,
+            # The import takes minutes: look again every few seconds, not every second.
+            evaluate_every=5.0,
+        )
+    root = Path(config.storage_dir).resolve()
     return Commitments(LocalTransactions(root), LocalOutcomes(root), sender, config.commitment_report_timeout)
 
 
-def handle_n_action(event: Any, commitments: Commitments) -> tuple[int, Dataset | None]:
-    """EVT_N_ACTION: a storage commitment request is recorded and answered at once; the report follows."""
+def handle_n_action(event: Any, commitments: Commitments, sessions: Any) -> tuple[int, Dataset | None]:
+    """EVT_N_ACTION: a storage commitment request is recorded and answered at once; the report follows.
+
+    The association's open batch is sealed first: its instances are imported (in the stack) without waiting for
+    the association to end, so a requester waiting on its association for the report gets it.
+    """
     if event.action_type != REQUEST_STORAGE_COMMITMENT:
         LOG.warning(
             "N-ACTION refused",
-            extra={
-                "fields": {
-                    "event": "commitment-refused",
-                    "actionType": event.action_type,
-                    "status": f"0x{NO_SUCH_ACTION:04X}",
-                }
-            },
-        )
+            extra={"fields": {"event": "commitment-refused", "actionType": event.action_type,
+                              "status": f"0x{NO_SUCH_ACTION:04X}"}},
+        )  # fmt: skip
         return NO_SUCH_ACTION, None
     try:
         information = event.action_information
     except Exception as error:  # pynetdicom raises when the Action Information cannot be decoded
         LOG.warning("N-ACTION refused", extra={"fields": {"event": "commitment-refused", "reason": str(error)}})
         return INVALID_ARGUMENT_VALUE, None
+    from dicom_store_contract.manifest import EndReason
+
+    sessions.seal(event.assoc, EndReason.COMMITMENT)
     return commitments.request(event.assoc, information), None

@@ -285,6 +285,28 @@ SETTINGS: tuple[Setting, ...] = (
         "3600",
         "seconds a storage commitment report is retried (with backoff) before it is given up",
     ),
+    Setting(
+        "COMMITMENT_MISSING_SECONDS",
+        "commitment_missing_seconds",
+        _seconds,
+        "900",
+        "with DICOM_BUCKET: seconds after a storage commitment request an instance absent from the instance table is"
+        " reported as never received",
+    ),
+    Setting(
+        "INSTANCE_TABLE_NAME",
+        "instance_table",
+        _text,
+        "",
+        "with DICOM_BUCKET: the stack's instance table, which storage commitment reads import outcomes from",
+    ),
+    Setting(
+        "COMMITMENT_TABLE_NAME",
+        "commitment_table",
+        _text,
+        "",
+        "with DICOM_BUCKET: the table storage commitment transactions are recorded in (both set: SOP class offered)",
+    ),
     Setting("WORKERS", "workers", _integer, "0", "receiving processes sharing the port (0: one per available CPU)"),
     Setting("TLS_CERT_FILE", "tls_cert_file", _existing_file, "", "PEM certificate (chain): enables TLS"),
     Setting("TLS_KEY_FILE", "tls_key_file", _existing_file, "", "PEM private key of TLS_CERT_FILE"),
@@ -325,6 +347,9 @@ class Config:
     shutdown_grace_seconds: float = 100
     commitment_peers: tuple[tuple[str, str, int], ...] = ()
     commitment_report_timeout: float = 3600
+    commitment_missing_seconds: float = 900
+    instance_table: str = ""
+    commitment_table: str = ""
     workers: int = 0
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None

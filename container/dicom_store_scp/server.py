@@ -205,7 +205,7 @@ def event_handlers(
         (evt.EVT_C_STORE, handlers.handle_store, [sessions]),
         (evt.EVT_RELEASED, handlers.handle_released, [sessions]),
         (evt.EVT_ABORTED, handlers.handle_aborted, [sessions]),
-        *([(evt.EVT_N_ACTION, commitment.handle_n_action, [commitments])] if commitments else []),
+        *([(evt.EVT_N_ACTION, commitment.handle_n_action, [commitments, sessions])] if commitments else []),
     ]
 
 

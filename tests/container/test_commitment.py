@@ -220,6 +220,10 @@ def test_instances_stored_on_the_same_association_are_committed(
     assert status == commitment.SUCCESS
     assert report.committed == {(CT, str(dataset.SOPInstanceUID))}
     assert report.failed == {unknown: commitment.NO_SUCH_OBJECT_INSTANCE}
+    # The request sealed the association's batch (in the stack its import starts now).
+    (manifest,) = scp.manifests()
+    assert manifest["endReason"] == "commitment"
+    assert [i["sopInstanceUID"] for i in manifest["instances"]] == [str(dataset.SOPInstanceUID)]
 
 
 def test_a_requester_that_takes_no_report_on_its_association_gets_it_on_a_new_one(
@@ -303,6 +307,8 @@ def test_an_unreachable_requester_is_retried_until_the_deadline_and_delays_nobod
     assoc = requester.associate(scp, take_reports=False)
     try:
         assert requester.request(assoc, transaction_uid, references) == commitment.SUCCESS
+        # It refuses the report on its association (no handler), then leaves: what follows is on new ones.
+        scp.wait_for_event("commitment-same-association-failed")
     finally:
         assoc.release()
 
@@ -329,6 +335,8 @@ def test_a_requester_without_an_address_is_logged_and_given_up(
     assoc = requester.associate(scp, take_reports=False)
     try:
         assert requester.request(assoc, transaction_uid, references) == commitment.SUCCESS
+        # It refuses the report on its association (no handler), then leaves: what follows is on new ones.
+        scp.wait_for_event("commitment-same-association-failed")
     finally:
         assoc.release()
 

@@ -31,5 +31,5 @@ def test_the_template_defines_every_index_of_the_contract() -> None:
 
 def test_docs_list_every_index() -> None:
     text = CONTRACTS.read_text(encoding="utf-8")
-    for index in (*tables.INSTANCE_INDEXES, *tables.JOB_INDEXES):
+    for index in (*tables.INSTANCE_INDEXES, *tables.JOB_INDEXES, *tables.COMMITMENT_INDEXES):
         assert f"`{index.name}` (`{index.partition_key}`" in text, index.name

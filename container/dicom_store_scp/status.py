@@ -260,6 +260,9 @@ def _reason(item: Mapping[str, Any]) -> str:
         if "warning" in name.lower() and item[name] not in (None, "", [], {}):
             value = item[name]
             reasons.append(", ".join(map(str, value)) if isinstance(value, list) else str(value))
+    if item.get("isPrimary") is False:
+        # AHI put it in a non-primary image set (it conflicted with what the data store already held).
+        reasons.append("non-primary image set")
     return "; ".join(reasons)
 
 

@@ -141,15 +141,19 @@ def test_states_are_printed_as_stored_whatever_they_are(
     boto3.client("dynamodb", region_name=REGION).update_item(
         TableName=deployment.output("InstanceTableName"),
         Key={"sopInstanceUID": {"S": uid}},
-        UpdateExpression="SET #s = :s, warnings = :w",
+        UpdateExpression="SET #s = :s, warnings = :w, isPrimary = :p",
         ExpressionAttributeNames={"#s": "state"},
-        ExpressionAttributeValues={":s": {"S": "IMPORTED_WITH_WARNINGS"}, ":w": {"L": [{"S": "TAG_TRUNCATED"}]}},
+        ExpressionAttributeValues={
+            ":s": {"S": "IMPORTED_WITH_WARNINGS"},
+            ":w": {"L": [{"S": "TAG_TRUNCATED"}]},
+            ":p": {"BOOL": False},
+        },
     )
 
     _, shown = status_json(capsys, "--sop", uid, *tables_flags(deployment))
 
     (item,) = shown["instances"]
-    assert (item["state"], item["reason"]) == ("IMPORTED_WITH_WARNINGS", "TAG_TRUNCATED")
+    assert (item["state"], item["reason"]) == ("IMPORTED_WITH_WARNINGS", "TAG_TRUNCATED; non-primary image set")
 
 
 def test_nothing_found_exits_1_and_says_so(

@@ -131,16 +131,6 @@ class Sessions:
                 self._seal(session, EndReason.CHUNK_LIMIT)
             return key
 
-    def seal(self, assoc: Any, reason: EndReason) -> None:
-        """Seal the association's current batch now (its import starts); its next instance opens another."""
-        with self._lock:
-            entry = self._by_association.get(id(assoc))
-        if entry is None:
-            return
-        session = entry[1]
-        with session.lock:
-            self._seal(session, reason)
-
     def record_failure(self, session: Session) -> None:
         with session.lock:
             session.failures += 1
@@ -184,6 +174,16 @@ class Sessions:
             associations = [assoc for assoc, _ in self._by_association.values()]
         for assoc in associations:
             self.close(assoc, outcome)
+
+    def seal(self, assoc: Any, reason: EndReason) -> None:
+        """Seal the association's current batch now (its import starts); its next instance opens another."""
+        with self._lock:
+            entry = self._by_association.get(id(assoc))
+        if entry is None:
+            return
+        session = entry[1]
+        with session.lock:
+            self._seal(session, reason)
 
     def _seal(self, session: Session, reason: EndReason) -> None:
         batch, session.batch = session.batch, None

@@ -1005,12 +1005,12 @@ class ReportSender:
 # -- wiring ----------------------------------------------------------------------------------------------------------
 
 
-def offered(config: Any) -> bool:
+def commitment_offered(config: Any) -> bool:
     """Local mode always; with DICOM_BUCKET when the instance and commitment tables are named."""
     return not config.dicom_bucket or bool(config.instance_table and config.commitment_table)
 
 
-def build(config: Any) -> Commitments:
+def build_commitments(config: Any) -> Commitments:
     sender = ReportSender(
         config.ae_title, config.commitment_peers, config.acse_timeout, config.dimse_timeout, config.network_timeout
     )

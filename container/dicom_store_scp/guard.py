@@ -391,6 +391,9 @@ class _AwaitedDataSet:
     """A C-STORE request whose command arrived; its data set fragments are still coming."""
 
     context_id: int
+    # A data set pynetdicom keeps in memory (a storage commitment message's, not a C-STORE's): its bytes so far.
+    in_memory: bool = False
+    in_memory_bytes: int = 0
     # A refused request's data set is read and dropped; then it is answered with this status.
     refusal: int | None = None
     message_id: int = 0
@@ -398,9 +401,6 @@ class _AwaitedDataSet:
     sop_instance_uid: str = ""
     detail: str = ""
     dropped_bytes: int = 0
-    # A data set pynetdicom keeps in memory (not a C-STORE's): bytes handed over so far, at most SMALL_DATA_SET_LIMIT.
-    in_memory: bool = False
-    received_bytes: int = 0
 
 
 class GuardedDIMSE(DIMSEServiceProvider):
@@ -507,13 +507,12 @@ class GuardedDIMSE(DIMSEServiceProvider):
     def _receive_data_fragment(self, context_id: int, fragment: bytes, control: int) -> None:
         awaited = self._awaited
         if awaited is None:
-            raise DimseViolation("data set fragment without a request before it that takes one")
+            raise DimseViolation("data set fragment without a C-STORE request before it")
+        awaited.in_memory_bytes += (len(fragment) - 1) if awaited.in_memory else 0
+        if awaited.in_memory_bytes > SMALL_DATA_SET_LIMIT:
+            raise DimseViolation(f"data set longer than {SMALL_DATA_SET_LIMIT} bytes")
         if context_id != awaited.context_id:
             raise DimseViolation("data set fragment on another presentation context than its command")
-        if awaited.in_memory:
-            awaited.received_bytes += len(fragment) - 1
-            if awaited.received_bytes > SMALL_DATA_SET_LIMIT:
-                raise DimseViolation(f"data set longer than {SMALL_DATA_SET_LIMIT} bytes")
         if awaited.refusal is None:
             self._hand_over(context_id, fragment)
         else:

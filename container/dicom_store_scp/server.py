@@ -28,9 +28,16 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from . import commitment, guard, handlers, pynetdicom_threads
+from . import guard, handlers, pynetdicom_threads
 from .batches import Sessions
 from .budget import SharedAssociationBudget
+from .commitment import (
+    STORAGE_COMMITMENT_PUSH_MODEL,
+    Commitments,
+    build_commitments,
+    commitment_offered,
+    handle_n_action,
+)
 from .config import Config
 from .storage import LocalStorage, Storage, use_spool_dir
 from .transfer_syntaxes import AHI_IMPORTABLE
@@ -179,18 +186,12 @@ def build_ae(config: Config) -> AE:
     for sop_class in sop_classes:
         ae.add_supported_context(sop_class, list(AHI_IMPORTABLE))
     ae.add_supported_context(Verification)
-    if commitment.offered(config):
-        commitment_syntaxes = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-        ae.add_supported_context(commitment.STORAGE_COMMITMENT_PUSH_MODEL, commitment_syntaxes)
+    if commitment_offered(config):
+        ae.add_supported_context(STORAGE_COMMITMENT_PUSH_MODEL, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     return ae
 
 
-def event_handlers(
-    config: Config,
-    sessions: Sessions,
-    over_budget: Callable[[], bool] | None = None,
-    commitments: commitment.Commitments | None = None,
-) -> list[Any]:
+def event_handlers(config: Config, sessions: Sessions, over_budget: Callable[[], bool] | None = None) -> list[Any]:
     # Event-driven waiting in pynetdicom's threads and the receive path's bounds (guard.py, built on those threads),
     # unless this pynetdicom is not the one they were written for.
     threads = [(evt.EVT_CONN_OPEN, guard.handle_connection_open)] if pynetdicom_threads.supported() else []
@@ -205,8 +206,12 @@ def event_handlers(
         (evt.EVT_C_STORE, handlers.handle_store, [sessions]),
         (evt.EVT_RELEASED, handlers.handle_released, [sessions]),
         (evt.EVT_ABORTED, handlers.handle_aborted, [sessions]),
-        *([(evt.EVT_N_ACTION, commitment.handle_n_action, [commitments, sessions])] if commitments else []),
     ]
+
+
+def commitment_handlers(commitments: Commitments | None, sessions: Sessions) -> list[Any]:
+    """Storage commitment's N-ACTION, where the SCP offers it (commitment.py)."""
+    return [(evt.EVT_N_ACTION, handle_n_action, [commitments, sessions])] if commitments else []
 
 
 class Receiver:
@@ -223,12 +228,11 @@ class Receiver:
         )
         self.ae = build_ae(config)
         self.budget = budget
-        self.commitments = commitment.build(config) if commitment.offered(config) else None
+        self.commitments = build_commitments(config) if commitment_offered(config) else None
         self.server = self.ae.make_server(
             (config.bind_address, config.port),
-            evt_handlers=event_handlers(
-                config, self.sessions, self._budget_exceeded if budget else None, self.commitments
-            ),
+            evt_handlers=event_handlers(config, self.sessions, self._budget_exceeded if budget else None)
+            + commitment_handlers(self.commitments, self.sessions),
             server_class=SharedPortServer if reuse_port else ReceiverServer,
             request_handler=QuickRequestHandler,
         )

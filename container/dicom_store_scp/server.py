@@ -295,14 +295,14 @@ class Receiver:
         while self.server.active_associations and time.monotonic() < deadline:
             time.sleep(_HOUSEKEEPING_SECONDS)
             self.sessions.reap()
+        if self.commitments is not None:
+            # Reports not delivered by now stay recorded: the next start delivers them.
+            self.commitments.stop()
         remaining = self.server.active_associations
         # Seal first (it waits for any C-STORE in flight), then abort: nothing after the seal is acknowledged.
         self.sessions.close_all(EndReason.SHUTDOWN)
         for assoc in remaining:
             assoc.abort()
-        if self.commitments is not None:
-            # Undelivered reports stay recorded: the next start delivers them.
-            self.commitments.stop()
         LOG.info("stopped", extra={"fields": {"event": "stopped", "abortedAssociations": len(remaining)}})
 
     def _clean_spool(self) -> None:

@@ -12,6 +12,7 @@ from troposphere import GetAtt, If, Ref, Select, Split, Sub, Template, ec2, ecs,
 from troposphere import applicationautoscaling as aas
 from troposphere import logs as cwlogs
 
+from template_gen import commitment
 from template_gen import common as c
 
 CONTAINER_NAME = "scp"
@@ -46,6 +47,7 @@ CONTAINER_ENVIRONMENT = {
     "S3_SSE": If(c.HAS_KMS_KEY, "aws:kms", "AES256"),
     "S3_KMS_KEY_ID": Ref("KmsKeyArn"),
     "WORKERS": Ref("Workers"),
+    **commitment.container_environment(),
 }
 
 
@@ -164,6 +166,7 @@ def add_service(template: Template) -> None:
                 ),
                 # Multipart uploads under SSE-KMS need Decrypt as well as GenerateDataKey.
                 c.kms_key_policy("encrypt-with-bucket-key", [kms.GenerateDataKey, kms.Decrypt]),
+                commitment.task_policy(),
             ],
         )
     )

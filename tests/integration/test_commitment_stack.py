@@ -34,7 +34,7 @@ from .test_end_to_end import import_manifest, write_series
 pytestmark = pytest.mark.slow
 
 PUSH_MODEL = commitment.STORAGE_COMMITMENT_PUSH_MODEL
-COMMITMENT_TABLE = "dicom-scp-CommitmentTable-1ABC"
+COMMITMENT_TABLE = "commitments"
 
 
 def create_commitment_table(dynamodb: Any) -> None:
@@ -68,9 +68,8 @@ def moto_server(tmp_path: Path) -> Iterator[MotoServer]:
 @pytest.fixture
 def stack(aws_credentials: None, template: dict[str, Any], moto_server: MotoServer, monkeypatch: Any) -> Deployment:
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server.endpoint)
-    deployment = create_stack_resources(template, endpoint_url=moto_server.endpoint)
-    create_commitment_table(boto3.client("dynamodb", region_name=REGION, endpoint_url=moto_server.endpoint))
-    return deployment
+    # The template's own tables, the commitment table included.
+    return create_stack_resources(template, endpoint_url=moto_server.endpoint)
 
 
 @pytest.fixture
@@ -93,10 +92,11 @@ def test_a_pynetdicom_requester_gets_its_report_after_the_import(
 ) -> None:
     bucket = stack.output("DICOMBucketName")
     instance_table = stack.output("InstanceTableName")
+    commitment_table = stack.output("CommitmentTableName")
     scp = launch_scp(
         tmp_path,
         *("--dicom-bucket", bucket, "--dicom-prefix", DICOM_PREFIX),
-        *("--instance-table-name", instance_table, "--commitment-table-name", COMMITMENT_TABLE),
+        *("--instance-table-name", instance_table, "--commitment-table-name", commitment_table),
         env=aws_env(moto_server.endpoint, AWS_DEFAULT_REGION=REGION, COMMITMENT_MISSING_SECONDS="5"),
     )
     reports: queue.Queue[Any] = queue.Queue()
@@ -156,7 +156,7 @@ def test_a_pynetdicom_requester_gets_its_report_after_the_import(
         (never_sent, commitment.NO_SUCH_OBJECT_INSTANCE)
     ]
     dynamodb = boto3.client("dynamodb", region_name=REGION, endpoint_url=moto_server.endpoint)
-    item = dynamodb.get_item(TableName=COMMITMENT_TABLE, Key={tables.RECORD_ID: {"S": transaction_uid}})["Item"]
+    item = dynamodb.get_item(TableName=commitment_table, Key={tables.RECORD_ID: {"S": transaction_uid}})["Item"]
     recorded = json.loads(item["document"]["S"])
     assert (recorded["state"], recorded["deliveredVia"], recorded["callingAETitle"]) == (
         "reported",

@@ -677,13 +677,19 @@ class Commitments:
 
     def _recover(self) -> None:
         """Pending transactions left by a process that stopped: this one reports them unless another does."""
-        for record_id in self.transactions.record_ids():
-            transaction = self.transactions.load(record_id)
-            if transaction is None or transaction.state != "pending":
-                continue
-            if self.transactions.claim(record_id):
-                _log(logging.INFO, "storage commitment recovered", transaction, event="commitment-recovered")
-                self._schedule(record_id, 0.0)
+        try:
+            for record_id in self.transactions.record_ids():
+                transaction = self.transactions.load(record_id)
+                if transaction is None or transaction.state != "pending":
+                    continue
+                if self.transactions.claim(record_id):
+                    _log(logging.INFO, "storage commitment recovered", transaction, event="commitment-recovered")
+                    self._schedule(record_id, 0.0)
+        except Exception as error:  # the SCP serves anyway; what is left is taken over at a later start
+            LOG.error(
+                "storage commitment recovery failed",
+                extra={"fields": {"event": "commitment-recovery-failed", "error": f"{type(error).__name__}: {error}"}},
+            )
 
     # requests (association threads)
 

@@ -418,3 +418,14 @@ def test_commitment_peers_setting() -> None:
     for wrong in ("PACS1", "PACS1=host", "PACS1=host:0", "=host:104", "A_TITLE_LONGER_THAN_16=h:1"):
         with pytest.raises(ConfigError, match="COMMITMENT_PEERS"):
             load(["--commitment-peers", wrong], environ={})
+
+
+def test_the_scp_starts_and_serves_when_the_commitment_table_cannot_be_read(start_scp: Any, tmp_path: Path) -> None:
+    # DynamoDB unreachable at start: recovery is logged and skipped; receiving goes on.
+    scp = start_scp(
+        *("--dicom-bucket", "bucket", "--instance-table-name", "instances", "--commitment-table-name", "commitments"),
+        env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "1"},
+    )
+    (failed,) = scp.wait_for_event("commitment-recovery-failed")
+    assert failed["level"] == "ERROR" and failed["error"]
+    assert "Received Echo Response (Success)" in echoscu(scp.port).stderr

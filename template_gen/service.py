@@ -25,6 +25,7 @@ SCRATCH_PATH = "/tmp"
 # The SCP's configuration contract (DESIGN.md): every variable the task sets, each from a parameter or from
 # the stack's DICOM bucket. STORAGE_DIR (local store) is not used in AWS.
 CONTAINER_ENVIRONMENT = {
+    **commitment.container_environment(),
     "SCP_PORT": Ref("SCPPort"),
     "AE_TITLE": Ref("SCPAETitle"),
     "REQUIRE_CALLED_AE_TITLE": Ref("RequireCalledAETitle"),
@@ -47,7 +48,6 @@ CONTAINER_ENVIRONMENT = {
     "S3_SSE": If(c.HAS_KMS_KEY, "aws:kms", "AES256"),
     "S3_KMS_KEY_ID": Ref("KmsKeyArn"),
     "WORKERS": Ref("Workers"),
-    **commitment.container_environment(),
 }
 
 
@@ -166,7 +166,6 @@ def add_service(template: Template) -> None:
                 ),
                 # Multipart uploads under SSE-KMS need Decrypt as well as GenerateDataKey.
                 c.kms_key_policy("encrypt-with-bucket-key", [kms.GenerateDataKey, kms.Decrypt]),
-                commitment.task_policy(),
             ],
         )
     )

@@ -15,6 +15,10 @@ NO_VALUE = object()
 
 # The SCP's configuration contract (DESIGN.md, issue 5); STORAGE_DIR is the local store, unused in AWS.
 CONTAINER_CONTRACT = {
+    # Storage commitment (container/dicom_store_scp/commitment.py, template_gen/commitment.py).
+    "INSTANCE_TABLE_NAME",
+    "COMMITMENT_TABLE_NAME",
+    "COMMITMENT_PEERS",
     "SCP_PORT",
     "AE_TITLE",
     "REQUIRE_CALLED_AE_TITLE",
@@ -36,16 +40,6 @@ CONTAINER_CONTRACT = {
     "S3_SSE",
     "S3_KMS_KEY_ID",
     "WORKERS",
-    # Storage commitment (container/dicom_store_scp/commitment.py, template_gen/commitment.py).
-    "INSTANCE_TABLE_NAME",
-    "COMMITMENT_TABLE_NAME",
-    "COMMITMENT_PEERS",
-}
-# The stack's own resources, named as its outputs name them.
-CONTAINER_RESOURCE_VARIABLES = {
-    "DICOM_BUCKET": "DICOMBucketName",
-    "INSTANCE_TABLE_NAME": "InstanceTableName",
-    "COMMITMENT_TABLE_NAME": "CommitmentTableName",
 }
 # docs/contracts.md
 LAMBDA_CONTRACT = {
@@ -211,6 +205,14 @@ def _container(stack: Stack) -> dict[str, Any]:
     task = stack.resources()["ScpTaskDefinition"]["Properties"]
     (container,) = task["ContainerDefinitions"]
     return container
+
+
+# The stack's own resources, named as its outputs name them.
+CONTAINER_RESOURCE_VARIABLES = {
+    "DICOM_BUCKET": "DICOMBucketName",
+    "INSTANCE_TABLE_NAME": "InstanceTableName",
+    "COMMITMENT_TABLE_NAME": "CommitmentTableName",
+}
 
 
 def test_every_container_variable_of_the_contract_comes_from_a_parameter(template: dict[str, Any]) -> None:

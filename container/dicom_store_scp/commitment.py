@@ -91,6 +91,8 @@ MAX_RETRY_SECONDS = 60.0
 # meanwhile (pynetdicom's send_n_event_report), so a requester that is releasing instead of answering waits too:
 # after this the report goes on a new association.
 SAME_ASSOCIATION_WAIT_SECONDS = 10.0
+# How often a running SCP looks for pending transactions nobody reports (their process or task stopped).
+RECOVER_EVERY_SECONDS = 60.0
 # Reports delivered at once; a requester that cannot be reached holds one of these for a connection timeout.
 DELIVERY_THREADS = 4
 
@@ -348,11 +350,14 @@ class LocalOutcomes:
         self.store = LocalStore(root)
 
     def evaluate(self, transaction: Transaction) -> Outcome:
-        from .status import Lookup
+        from .status import Lookup, StatusError
 
         reasons: dict[Reference, int | None] = {}
         for reference in transaction.references:
-            found = self.store.find(Lookup(tables.SOP_INSTANCE_UID, reference.sop_instance_uid))
+            try:
+                found = self.store.find(Lookup(tables.SOP_INSTANCE_UID, reference.sop_instance_uid))
+            except StatusError:  # nothing was ever stored here
+                found = []
             if not found:
                 reasons[reference] = NO_SUCH_OBJECT_INSTANCE
                 continue
@@ -643,6 +648,7 @@ class Commitments:
         first_retry: float = FIRST_RETRY_SECONDS,
         max_retry: float = MAX_RETRY_SECONDS,
         evaluate_every: float = 1.0,
+        recover_every: float = RECOVER_EVERY_SECONDS,
     ) -> None:
         self.transactions = transactions
         self.outcomes = outcomes
@@ -651,6 +657,10 @@ class Commitments:
         self.first_retry = first_retry
         self.max_retry = max_retry
         self.evaluate_every = evaluate_every
+        self.recover_every = recover_every
+        # Transactions this engine has scheduled and not finished: recovery leaves them alone.
+        self._active: set[str] = set()
+        self._last_recovery = time.monotonic()
         self._associations: dict[str, Any] = {}
         self._due: list[tuple[float, int, str]] = []
         self._order = itertools.count()
@@ -680,7 +690,7 @@ class Commitments:
         try:
             for record_id in self.transactions.record_ids():
                 transaction = self.transactions.load(record_id)
-                if transaction is None or transaction.state != "pending":
+                if transaction is None or transaction.state != "pending" or record_id in self._active:
                     continue
                 if self.transactions.claim(record_id):
                     _log(logging.INFO, "storage commitment recovered", transaction, event="commitment-recovered")
@@ -793,6 +803,7 @@ class Commitments:
 
     def _schedule(self, record_id: str, delay: float) -> None:
         with self._wake:
+            self._active.add(record_id)
             heapq.heappush(self._due, (time.monotonic() + delay, next(self._order), record_id))
             self._wake.notify()
 
@@ -801,8 +812,16 @@ class Commitments:
             with self._wake:
                 while not self._stopping and (not self._due or self._due[0][0] > time.monotonic()):
                     timeout = (self._due[0][0] - time.monotonic()) if self._due else 60.0
-                    self._wake.wait(timeout=max(0.0, min(timeout, 60.0)))
+                    self._wake.wait(timeout=max(0.0, min(timeout, self.recover_every)))
                     self._prune_now_and_then()
+                    if time.monotonic() - self._last_recovery >= self.recover_every:
+                        self._last_recovery = time.monotonic()
+                        self._wake.release()
+                        try:
+                            # A process or task that stopped (its lock or lease gone) left these to the others.
+                            self._recover()
+                        finally:
+                            self._wake.acquire()
                 if self._stopping:
                     return
                 _, _, record_id = heapq.heappop(self._due)
@@ -904,6 +923,8 @@ class Commitments:
         self._forget(record_id)
 
     def _forget(self, record_id: str) -> None:
+        with self._wake:
+            self._active.discard(record_id)
         self._associations.pop(record_id, None)
         self.transactions.release(record_id)
 

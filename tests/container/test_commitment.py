@@ -429,3 +429,47 @@ def test_the_scp_starts_and_serves_when_the_commitment_table_cannot_be_read(star
     (failed,) = scp.wait_for_event("commitment-recovery-failed")
     assert failed["level"] == "ERROR" and failed["error"]
     assert "Received Echo Response (Success)" in echoscu(scp.port).stderr
+
+
+def test_a_running_scp_takes_over_what_a_stopped_process_left(tmp_path: Path) -> None:
+    # In process: the engine of one receiving process, and a transaction another process recorded and still holds.
+    delivered: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    def deliver(transaction: commitment.Transaction, assoc: Any) -> str:
+        delivered.put((transaction.transaction_uid, assoc))
+        return "new-association"
+
+    store = tmp_path / "store"
+    engine = commitment.Commitments(
+        commitment.LocalTransactions(store), commitment.LocalOutcomes(store), deliver, 60, recover_every=0.2
+    )
+    engine.start()
+    try:
+        other_process = commitment.LocalTransactions(store)
+        never_stored = generate_uid()
+        pending = commitment.Transaction(
+            transaction_uid=generate_uid(),
+            references=[commitment.Reference(CT, never_stored)],
+            calling_ae=REQUESTER,
+            called_ae="STORESCP",
+            peer_address="127.0.0.1",
+            peer_port=50000,
+            received_at="2026-12-04T12:00:00.000Z",
+            deadline="2999-01-01T00:00:00.000Z",
+        )
+        assert other_process.create(pending)
+        with pytest.raises(queue.Empty):  # its lock is held: not ours to report
+            delivered.get(timeout=1)
+        other_process.release(pending.transaction_uid)  # that process stopped
+
+        uid, assoc = delivered.get(timeout=10)
+        assert (uid, assoc) == (pending.transaction_uid, None)
+        deadline = time.monotonic() + 10
+        while (recorded := other_process.load(uid)) is None or recorded.state != "reported":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert recorded.failed == [{"sopClassUID": CT, "sopInstanceUID": never_stored, "failureReason": 0x0112}]
+        with pytest.raises(queue.Empty):  # reported once
+            delivered.get(timeout=1)
+    finally:
+        engine.stop()

@@ -141,6 +141,13 @@ PARAMETERS: tuple[Param, ...] = (
           default="",
           constraints={"AllowedPattern": r"^([^,\\]{1,16}(,[^,\\]{1,16})*)?$",
                        "ConstraintDescription": "empty or comma-separated AE titles of 1-16 characters"}),
+    Param("CommitmentPeers", "String", DICOM, "Storage commitment peers",
+          "Comma-separated AE=host:port: where the SCP sends a storage commitment report once the requesting "
+          "association has closed (as PACS configure their peers). Empty: reports go only on the requesting "
+          "association.",
+          default="",
+          constraints={"AllowedPattern": r"^([^,=\\]{1,16}=[^,=]+:[0-9]{1,5}(,[^,=\\]{1,16}=[^,=]+:[0-9]{1,5})*)?$",
+                       "ConstraintDescription": "empty or comma-separated AE=host:port"}),
     Param("DIMSETimeout", "Number", DICOM, "DIMSE timeout (s)",
           "Seconds to wait for a DIMSE message.",
           default=60, constraints={"MinValue": 1, "MaxValue": 3600}),

@@ -11,8 +11,8 @@ from awacs.aws import (
 from troposphere import GetAtt, If, Ref, Select, Split, Sub, Template, ec2, ecs, iam
 from troposphere import applicationautoscaling as aas
 
+from template_gen import commitment, release
 from template_gen import common as c
-from template_gen import release
 
 CONTAINER_NAME = "scp"
 # The image runs as this non-root user; it must declare ``VOLUME /tmp`` so Fargate seeds the scratch volume
@@ -24,6 +24,7 @@ SCRATCH_PATH = "/tmp"
 # The SCP's configuration contract (DESIGN.md): every variable the task sets, each from a parameter or from
 # the stack's DICOM bucket. STORAGE_DIR (local store) is not used in AWS.
 CONTAINER_ENVIRONMENT = {
+    **commitment.container_environment(),
     "SCP_PORT": Ref("SCPPort"),
     "AE_TITLE": Ref("SCPAETitle"),
     "REQUIRE_CALLED_AE_TITLE": Ref("RequireCalledAETitle"),

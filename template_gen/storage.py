@@ -12,6 +12,7 @@ from awacs.aws import (
     Statement,
     StringLike,
 )
+from dicom_store_contract import tables
 from troposphere import GetAtt, If, NoValue, Ref, Sub, Tags, Template, dynamodb, healthimaging, iam, s3
 
 from template_gen import common as c
@@ -175,7 +176,18 @@ def _sse() -> dynamodb.SSESpecification:
     )
 
 
-def _table(logical_id: str, key: str, attributes: list[str], index: dynamodb.GlobalSecondaryIndex) -> dynamodb.Table:
+def _gsi(index: tables.Index) -> dynamodb.GlobalSecondaryIndex:
+    keys = [dynamodb.KeySchema(AttributeName=index.partition_key, KeyType="HASH")]
+    if index.sort_key:
+        keys.append(dynamodb.KeySchema(AttributeName=index.sort_key, KeyType="RANGE"))
+    return dynamodb.GlobalSecondaryIndex(
+        IndexName=index.name, KeySchema=keys, Projection=dynamodb.Projection(ProjectionType="ALL")
+    )
+
+
+def _table(logical_id: str, key: str, indexes: tuple[tables.Index, ...]) -> dynamodb.Table:
+    # Every key attribute, the table's and its indexes', once and in a stable order.
+    attributes = list(dict.fromkeys([key, *(a for i in indexes for a in (i.partition_key, i.sort_key) if a)]))
     return dynamodb.Table(
         logical_id,
         **c.RETAIN,
@@ -188,7 +200,7 @@ def _table(logical_id: str, key: str, attributes: list[str], index: dynamodb.Glo
         BillingMode="PAY_PER_REQUEST",
         AttributeDefinitions=[dynamodb.AttributeDefinition(AttributeName=a, AttributeType="S") for a in attributes],
         KeySchema=[dynamodb.KeySchema(AttributeName=key, KeyType="HASH")],
-        GlobalSecondaryIndexes=[index],
+        GlobalSecondaryIndexes=[_gsi(index) for index in indexes],
         SSESpecification=_sse(),
         PointInTimeRecoverySpecification=dynamodb.PointInTimeRecoverySpecification(PointInTimeRecoveryEnabled=True),
         Tags=Tags(Component="import-pipeline"),
@@ -196,30 +208,6 @@ def _table(logical_id: str, key: str, attributes: list[str], index: dynamodb.Glo
 
 
 def _add_tables(template: Template) -> None:
-    template.add_resource(
-        _table(
-            c.JOB_TABLE,
-            "jobId",
-            ["jobId", "batchId"],
-            dynamodb.GlobalSecondaryIndex(
-                IndexName="batchId-index",
-                KeySchema=[dynamodb.KeySchema(AttributeName="batchId", KeyType="HASH")],
-                Projection=dynamodb.Projection(ProjectionType="ALL"),
-            ),
-        )
-    )
-    template.add_resource(
-        _table(
-            c.INSTANCE_TABLE,
-            "sopInstanceUID",
-            ["sopInstanceUID", "studyInstanceUID"],
-            dynamodb.GlobalSecondaryIndex(
-                IndexName="studyInstanceUID-index",
-                KeySchema=[
-                    dynamodb.KeySchema(AttributeName="studyInstanceUID", KeyType="HASH"),
-                    dynamodb.KeySchema(AttributeName="sopInstanceUID", KeyType="RANGE"),
-                ],
-                Projection=dynamodb.Projection(ProjectionType="ALL"),
-            ),
-        )
-    )
+    template.add_resource(_table(c.JOB_TABLE, tables.JOB_ID, tables.JOB_INDEXES))
+    # Indexes by study, series and batch: `dicom-store-scp status` queries them (never a scan).
+    template.add_resource(_table(c.INSTANCE_TABLE, tables.SOP_INSTANCE_UID, tables.INSTANCE_INDEXES))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from troposphere import Template
 
+from template_gen.commitment import add_commitment
 from template_gen.common import add_conditions
 from template_gen.monitoring import add_monitoring
 from template_gen.network import add_network
@@ -33,6 +34,7 @@ def build_template(asl_definition: str) -> Template:
     add_network(template)
     add_service(template)
     add_storage(template)
+    add_commitment(template)
     add_pipeline(template, asl_definition)
     add_monitoring(template)
     add_outputs(template)

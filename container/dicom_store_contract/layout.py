@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 
 INCOMING = "incoming/"
 MANIFESTS = "manifests/"
+# Local store only: storage commitment transactions (container/dicom_store_scp/commitment.py), one JSON each.
+COMMITMENTS = "commitments/"
 INSTANCE_SUFFIX = ".dcm"
 MANIFEST_SUFFIX = ".json"
 

@@ -26,6 +26,7 @@ class EndReason(StrEnum):
     CONNECTION_LOST = "connection-lost"  # the connection ended without a release or abort
     CHUNK_LIMIT = "chunk-limit"  # the batch reached BATCH_MAX_INSTANCES or BATCH_MAX_BYTES; the next one opens
     SHUTDOWN = "shutdown"  # the SCP stopped (SIGTERM) while the association was open
+    COMMITMENT = "commitment"  # the sender asked for storage commitment: import now, the next instance opens a batch
     SWEPT = "swept"  # the sweeper sealed a batch whose SCP task died before writing its manifest
 
 

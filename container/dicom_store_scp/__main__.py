@@ -1,4 +1,7 @@
-"""``dicom-store-scp`` / ``python -m dicom_store_scp``: parse the configuration and serve."""
+"""``dicom-store-scp`` / ``python -m dicom_store_scp``: parse the configuration and serve.
+
+``dicom-store-scp status ...`` answers "did these instances reach HealthImaging?" instead (status.py).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,11 @@ from .workers import supervise, worker_count
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["status"]:
+        from . import status
+
+        return status.main(argv[1:])
     try:
         config = load(argv)
     except ConfigError as error:

@@ -201,6 +201,16 @@ class Sessions:
         for assoc in associations:
             self.close(assoc, outcome)
 
+    def seal(self, assoc: Any, reason: EndReason) -> None:
+        """Seal the association's current batch now (its import starts); its next instance opens another."""
+        with self._lock:
+            entry = self._by_association.get(id(assoc))
+        if entry is None:
+            return
+        session = entry[1]
+        with session.lock:
+            self._seal(session, reason)
+
     def _seal(self, session: Session, reason: EndReason) -> None:
         batch, session.batch = session.batch, None
         if batch is None or not batch.entries:

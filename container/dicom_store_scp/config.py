@@ -106,6 +106,18 @@ def _path(value: str) -> Path:
     return Path(value.strip())
 
 
+def _peers(value: str) -> tuple[tuple[str, str, int], ...]:
+    """``AE=host:port,...``: where each calling AE title takes storage commitment reports on a new association."""
+    peers = []
+    for word in _words(value):
+        title, equals, address = word.partition("=")
+        host, colon, port = address.strip().rpartition(":")
+        if not (equals and colon and host and port.isdigit() and 1 <= int(port) <= 65535):
+            raise ConfigError(f"{word!r} is not AE=host:port")
+        peers.append((_ae_title(title), host.strip("[]"), int(port)))
+    return tuple(peers)
+
+
 @dataclass(frozen=True)
 class Setting:
     """One row of the configuration table."""
@@ -301,6 +313,42 @@ SETTINGS: tuple[Setting, ...] = (
         "100",
         "on SIGTERM, how long running associations may finish (keep below ECS's 120 s stop timeout)",
     ),
+    Setting(
+        "COMMITMENT_PEERS",
+        "commitment_peers",
+        _peers,
+        "",
+        "comma list of AE=host:port: where storage commitment reports go once the requesting association has closed",
+    ),
+    Setting(
+        "COMMITMENT_REPORT_TIMEOUT",
+        "commitment_report_timeout",
+        _seconds,
+        "3600",
+        "seconds a storage commitment report is retried (with backoff) before it is given up",
+    ),
+    Setting(
+        "COMMITMENT_MISSING_SECONDS",
+        "commitment_missing_seconds",
+        _seconds,
+        "900",
+        "with DICOM_BUCKET: seconds after a storage commitment request an instance absent from the instance table is"
+        " reported as never received",
+    ),
+    Setting(
+        "INSTANCE_TABLE_NAME",
+        "instance_table",
+        _text,
+        "",
+        "with DICOM_BUCKET: the stack's instance table, which storage commitment reads import outcomes from",
+    ),
+    Setting(
+        "COMMITMENT_TABLE_NAME",
+        "commitment_table",
+        _text,
+        "",
+        "with DICOM_BUCKET: the table storage commitment transactions are recorded in (both set: SOP class offered)",
+    ),
     Setting("WORKERS", "workers", _integer, "0", "receiving processes sharing the port (0: one per available CPU)"),
     Setting("TLS_CERT_FILE", "tls_cert_file", _existing_file, "", "PEM certificate (chain): enables TLS"),
     Setting("TLS_KEY_FILE", "tls_key_file", _existing_file, "", "PEM private key of TLS_CERT_FILE"),
@@ -343,6 +391,11 @@ class Config:
     batch_max_bytes: int = limits.BATCH_MAX_BYTES.whole
     maximum_instance_bytes: int = limits.BYTES_PER_FILE.whole
     shutdown_grace_seconds: float = 100
+    commitment_peers: tuple[tuple[str, str, int], ...] = ()
+    commitment_report_timeout: float = 3600
+    commitment_missing_seconds: float = 900
+    instance_table: str = ""
+    commitment_table: str = ""
     workers: int = 0
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
@@ -371,7 +424,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicom-store-scp",
         description="DICOM Store SCP: receives C-STORE and lands every instance durably in a folder or S3.",
-        epilog="Every flag has an equal environment variable (shown in brackets); flags win.",
+        epilog="Every flag has an equal environment variable (shown in brackets); flags win. "
+        "'dicom-store-scp status --help': which instances reached HealthImaging.",
     )
     for setting in SETTINGS:
         parser.add_argument(

@@ -12,7 +12,8 @@ in front of each of those, in three places:
   removed.
 - ``GuardedDIMSE`` assembles DIMSE messages from P-DATA fragments: a command set is capped at
   ``COMMAND_SET_LIMIT`` bytes, data fragments are accepted only after a C-STORE request's command (they go to
-  its spool file, never to memory), and a command set that lacks what an answer needs ends the association. A
+  its spool file, never to memory) or a storage commitment message's (kept in memory, at most
+  ``SMALL_DATA_SET_LIMIT`` bytes), and a command set that lacks what an answer needs ends the association. A
   C-STORE request whose Affected SOP Instance UID or SOP Class UID is unusable is answered with a failure status
   after its data set has been read and dropped.
 - ``GuardedAssociation`` turns an exception in the association thread into an A-ABORT.
@@ -37,7 +38,7 @@ from typing import Any
 
 from pynetdicom import evt
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_primitives import C_STORE, N_EVENT_REPORT
 from pynetdicom.fsm import TRANSITION_TABLE
 from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import A_P_ABORT, P_DATA
@@ -106,22 +107,40 @@ _LAST = 0x02
 _C_STORE_RQ = 0x0001
 _C_ECHO_RQ = 0x0030
 _C_CANCEL_RQ = 0x0FFF
-_SERVED_COMMANDS = {_C_STORE_RQ: "C-STORE-RQ", _C_ECHO_RQ: "C-ECHO-RQ", _C_CANCEL_RQ: "C-CANCEL-RQ"}
+# Storage commitment (commitment.py): the request, and the requester's answer to our report on its association.
+_N_ACTION_RQ = 0x0130
+_N_EVENT_REPORT_RSP = 0x8100
+_SERVED_COMMANDS = {
+    _C_STORE_RQ: "C-STORE-RQ",
+    _C_ECHO_RQ: "C-ECHO-RQ",
+    _C_CANCEL_RQ: "C-CANCEL-RQ",
+    _N_ACTION_RQ: "N-ACTION-RQ",
+    _N_EVENT_REPORT_RSP: "N-EVENT-REPORT-RSP",
+}
+# Messages other than C-STORE whose data set (Action Information, Event Reply) pynetdicom keeps in memory: at most
+# this many bytes each, about 17,000 storage commitment references (commitment.REFERENCES_LIMIT).
+SMALL_DATA_SET_LIMIT = 2 * 1024 * 1024
 _NO_DATA_SET = 0x0101
 
 # Command set elements (group 0000, PS3.7 E.1).
 _AFFECTED_SOP_CLASS_UID = 0x0002
+_REQUESTED_SOP_CLASS_UID = 0x0003
 _COMMAND_FIELD = 0x0100
 _MESSAGE_ID = 0x0110
 _MESSAGE_ID_BEING_RESPONDED_TO = 0x0120
 _PRIORITY = 0x0700
 _COMMAND_DATA_SET_TYPE = 0x0800
 _AFFECTED_SOP_INSTANCE_UID = 0x1000
+_REQUESTED_SOP_INSTANCE_UID = 0x1001
+_ACTION_TYPE_ID = 0x1008
+_STATUS = 0x0900
 # What each served request must carry for an answer to be possible at all.
 _REQUIRED = {
     _C_STORE_RQ: (_MESSAGE_ID,),
     _C_ECHO_RQ: (_MESSAGE_ID, _AFFECTED_SOP_CLASS_UID),
     _C_CANCEL_RQ: (_MESSAGE_ID_BEING_RESPONDED_TO,),
+    _N_ACTION_RQ: (_MESSAGE_ID, _REQUESTED_SOP_CLASS_UID, _REQUESTED_SOP_INSTANCE_UID, _ACTION_TYPE_ID),
+    _N_EVENT_REPORT_RSP: (_MESSAGE_ID_BEING_RESPONDED_TO, _STATUS),
 }
 
 # PS3.5 9.1, as handlers.py checks data set UIDs.
@@ -400,6 +419,9 @@ class _AwaitedDataSet:
     """A C-STORE request whose command arrived; its data set fragments are still coming."""
 
     context_id: int
+    # A data set pynetdicom keeps in memory (a storage commitment message's, not a C-STORE's): its bytes so far.
+    in_memory: bool = False
+    in_memory_bytes: int = 0
     # A refused request's data set is read and dropped; then it is answered with this status.
     refusal: int | None = None
     message_id: int = 0
@@ -497,13 +519,17 @@ class GuardedDIMSE(DIMSEServiceProvider):
         has_data_set = data_set_type != _NO_DATA_SET
         abstract_syntax = self._accepted_contexts()[context_id]
         if field != _C_STORE_RQ:
-            if has_data_set:
+            small_data_set = field in (_N_ACTION_RQ, _N_EVENT_REPORT_RSP)
+            if has_data_set and not small_data_set:
                 raise DimseViolation(f"{name} declares a data set: it takes none")
-            sop_class = _text(elements, _AFFECTED_SOP_CLASS_UID)
+            sop_class_element = _REQUESTED_SOP_CLASS_UID if field == _N_ACTION_RQ else _AFFECTED_SOP_CLASS_UID
+            sop_class = _text(elements, sop_class_element)
             if sop_class is not None and sop_class != abstract_syntax:
                 # pynetdicom picks the service by the command's SOP class, not by the context it came on.
                 raise DimseViolation(f"{name} for {sop_class} on a presentation context for {abstract_syntax}")
             self._hand_over(context_id, bytes([_COMMAND | _LAST]) + command)
+            if has_data_set:
+                self._awaited = _AwaitedDataSet(context_id, in_memory=True)
             return
         if not has_data_set:
             raise DimseViolation("C-STORE-RQ without a data set")
@@ -516,6 +542,9 @@ class GuardedDIMSE(DIMSEServiceProvider):
         awaited = self._awaited
         if awaited is None:
             raise DimseViolation("data set fragment without a C-STORE request before it")
+        awaited.in_memory_bytes += (len(fragment) - 1) if awaited.in_memory else 0
+        if awaited.in_memory_bytes > SMALL_DATA_SET_LIMIT:
+            raise DimseViolation(f"data set longer than {SMALL_DATA_SET_LIMIT} bytes")
         if context_id != awaited.context_id:
             raise DimseViolation("data set fragment on another presentation context than its command")
         if awaited.refusal is None and awaited.received_bytes + len(fragment) - 1 > self.instance_limit:
@@ -668,6 +697,11 @@ class GuardedAssociation(pynetdicom_threads.PromptAssociation):
     """pynetdicom's acceptor association: an exception in its thread becomes an A-ABORT, not a silent end."""
 
     def _serve_request(self, msg: Any, context_id: int) -> None:
+        if isinstance(msg, N_EVENT_REPORT) and msg.MessageIDBeingRespondedTo is not None:
+            # A response (an N-EVENT-REPORT-RSP to a storage commitment report) its sender stopped waiting for:
+            # pynetdicom would serve it as a request and answer it.
+            LOG.info("late response dropped", extra={"fields": {"event": "late-response", **_peer_fields(self)}})
+            return
         try:
             if isinstance(msg, C_STORE) and self._unlisted_storage(context_id):
                 self._serve_unlisted_store(msg, context_id)

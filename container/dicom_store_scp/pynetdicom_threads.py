@@ -256,6 +256,10 @@ class PromptAssociation(Association):
             self._is_paused = True
             self._reactor_checkpoint.wait()
             self._is_paused = False
+            if not self._reactor_checkpoint.is_set():
+                # Paused between the wait and the line above: the other thread already saw "paused" and uses the
+                # association now (pynetdicom's window, where both would read the message queue).
+                continue
 
             try:
                 context_id, message = self.dimse.msg_queue.get(timeout=_IDLE_WAIT)

@@ -23,6 +23,7 @@ from typing import Any
 
 from dicom_store_contract.manifest import EndReason
 from pydicom import config as pydicom_config
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -31,6 +32,13 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from . import contexts, guard, handlers, pynetdicom_threads
 from .batches import Sessions
 from .budget import SharedAssociationBudget
+from .commitment import (
+    STORAGE_COMMITMENT_PUSH_MODEL,
+    Commitments,
+    build_commitments,
+    commitment_offered,
+    handle_n_action,
+)
 from .config import Config
 from .metrics import Recorder
 from .storage import LocalStorage, Storage, use_spool_dir
@@ -180,6 +188,8 @@ def build_ae(config: Config) -> AE:
     for sop_class in sop_classes:
         ae.add_supported_context(sop_class, list(AHI_IMPORTABLE))
     ae.add_supported_context(Verification)
+    if commitment_offered(config):
+        ae.add_supported_context(STORAGE_COMMITMENT_PUSH_MODEL, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     return ae
 
 
@@ -210,6 +220,11 @@ def event_handlers(config: Config, sessions: Sessions, over_budget: Callable[[],
     ]
 
 
+def commitment_handlers(commitments: Commitments | None, sessions: Sessions) -> list[Any]:
+    """Storage commitment's N-ACTION, where the SCP offers it (commitment.py)."""
+    return [(evt.EVT_N_ACTION, handle_n_action, [commitments, sessions])] if commitments else []
+
+
 class Receiver:
     """One receiving process: the server, its sessions, and their housekeeping."""
 
@@ -229,9 +244,11 @@ class Receiver:
         )
         self.ae = build_ae(config)
         self.budget = budget
+        self.commitments = build_commitments(config) if commitment_offered(config) else None
         self.server = self.ae.make_server(
             (config.bind_address, config.port),
-            evt_handlers=event_handlers(config, self.sessions, self._budget_exceeded if budget else None),
+            evt_handlers=event_handlers(config, self.sessions, self._budget_exceeded if budget else None)
+            + commitment_handlers(self.commitments, self.sessions),
             server_class=SharedPortServer if reuse_port else ReceiverServer,
             request_handler=QuickRequestHandler,
         )
@@ -255,6 +272,8 @@ class Receiver:
         # Everything built so far (modules, the AE and its contexts) lives as long as the process: keep it out of
         # every future garbage collection.
         gc.freeze()
+        if self.commitments is not None:
+            self.commitments.start()
         self._serving.start()
         LOG.info(
             "listening",
@@ -304,6 +323,9 @@ class Receiver:
         while self.server.active_associations and time.monotonic() < deadline:
             time.sleep(_HOUSEKEEPING_SECONDS)
             self.sessions.reap()
+        if self.commitments is not None:
+            # Reports not delivered by now stay recorded: the next start delivers them.
+            self.commitments.stop()
         remaining = self.server.active_associations
         # Seal first (it waits for any C-STORE in flight), then abort: nothing after the seal is acknowledged.
         self.sessions.close_all(EndReason.SHUTDOWN)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,10 @@ from template_gen.pipeline import FUNCTIONS, WORKFLOW_FUNCTIONS
 
 # The SCP's configuration contract (DESIGN.md, issue 5); STORAGE_DIR is the local store, unused in AWS.
 CONTAINER_CONTRACT = {
+    # Storage commitment (container/dicom_store_scp/commitment.py, template_gen/commitment.py).
+    "INSTANCE_TABLE_NAME",
+    "COMMITMENT_TABLE_NAME",
+    "COMMITMENT_PEERS",
     "SCP_PORT",
     "AE_TITLE",
     "REQUIRE_CALLED_AE_TITLE",
@@ -166,15 +171,23 @@ def _container(stack: Deployment) -> dict[str, Any]:
     return container
 
 
+# The stack's own resources, named as its outputs name them.
+CONTAINER_RESOURCE_VARIABLES = {
+    "DICOM_BUCKET": "DICOMBucketName",
+    "INSTANCE_TABLE_NAME": "InstanceTableName",
+    "COMMITMENT_TABLE_NAME": "CommitmentTableName",
+}
+
+
 def test_every_container_variable_of_the_contract_comes_from_a_parameter(template: dict[str, Any]) -> None:
     (container,) = template["Resources"]["ScpTaskDefinition"]["Properties"]["ContainerDefinitions"]
     env = {e["Name"]: e["Value"] for e in container["Environment"]}
     assert set(env) == CONTAINER_CONTRACT
     parameters = set(template["Parameters"])
     for name, value in env.items():
-        if name == "DICOM_BUCKET":
-            # The stack's own bucket, named the same way everywhere (see test_dicom_bucket_is_never_ref_d).
-            assert value == template["Outputs"]["DICOMBucketName"]["Value"]
+        if name in CONTAINER_RESOURCE_VARIABLES:
+            # The stack's own bucket and tables, named the same way everywhere (see test_dicom_bucket_is_never_ref_d).
+            assert value == template["Outputs"][CONTAINER_RESOURCE_VARIABLES[name]]["Value"], name
             continue
         if name == "METRICS_SERVICE":
             # The stack's name: the service dimension the dashboard and alarms name (template_gen/monitoring.py).
@@ -259,8 +272,35 @@ def test_task_role_writes_only_incoming_and_manifests(template: dict[str, Any]) 
         assert set(_as_list(statement["Action"])) <= {"s3:PutObject", "s3:AbortMultipartUpload"}
         for resource in statement["Resource"]:
             assert _sub_text(resource).endswith(("/${DICOMPrefix}incoming/*", "/${DICOMPrefix}manifests/*"))
-    other = {a for s in _statements(role) for a in _as_list(s["Action"]) if not a.startswith("s3:")}
+    other = {a for s in _statements(role) for a in _as_list(s["Action"]) if not a.startswith(("s3:", "dynamodb:"))}
     assert other == {"kms:GenerateDataKey", "kms:Decrypt"}
+
+
+def test_task_role_reads_instances_by_key_and_writes_only_commitments(template: dict[str, Any]) -> None:
+    role = Stack(template).resources()["ScpTaskRole"]
+    granted = {
+        (action, json.dumps(resource, sort_keys=True))
+        for s in _statements(role)
+        for action in _as_list(s["Action"])
+        if action.startswith("dynamodb:")
+        for resource in s["Resource"]
+    }
+    commitments = json.dumps({"Fn::GetAtt": ["CommitmentTable", "Arn"]}, sort_keys=True)
+    pending_index = json.dumps(
+        {"Fn::Sub": ["${Arn}/index/pending-index", {"Arn": {"Fn::GetAtt": ["CommitmentTable", "Arn"]}}]},
+        sort_keys=True,
+    )
+    instances = json.dumps({"Fn::GetAtt": ["DicomInstanceTable", "Arn"]}, sort_keys=True)
+    assert granted == {
+        ("dynamodb:PutItem", commitments),
+        ("dynamodb:UpdateItem", commitments),
+        ("dynamodb:GetItem", commitments),
+        ("dynamodb:Query", pending_index),
+        ("dynamodb:BatchGetItem", instances),
+    }
+    table = Stack(template).resources()["CommitmentTable"]["Properties"]
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expiresAt", "Enabled": True}
+    assert table["KeySchema"] == [{"AttributeName": "recordId", "KeyType": "HASH"}]
 
 
 def test_data_access_role_reads_only_incoming_and_trusts_only_this_datastore(
@@ -370,7 +410,22 @@ def test_tables_have_the_contract_keys(template: dict[str, Any]) -> None:
                 {"AttributeName": "studyInstanceUID", "KeyType": "HASH"},
                 {"AttributeName": "sopInstanceUID", "KeyType": "RANGE"},
             ],
-        )
+        ),
+        # `dicom-store-scp status --series / --batch` query these.
+        (
+            "seriesInstanceUID-index",
+            [
+                {"AttributeName": "seriesInstanceUID", "KeyType": "HASH"},
+                {"AttributeName": "sopInstanceUID", "KeyType": "RANGE"},
+            ],
+        ),
+        (
+            "batchId-index",
+            [
+                {"AttributeName": "batchId", "KeyType": "HASH"},
+                {"AttributeName": "sopInstanceUID", "KeyType": "RANGE"},
+            ],
+        ),
     ]
     for table in (jobs, instances):
         assert table["BillingMode"] == "PAY_PER_REQUEST"

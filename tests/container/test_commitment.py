@@ -1,0 +1,475 @@
+"""Storage Commitment Push Model against a real SCP process (local mode), pynetdicom as the requester.
+
+DCMTK has no storage commitment SCU; pynetdicom is the field's library for one. Instances are sent with DCMTK's
+storescu or pynetdicom's C-STORE; the requester then asks for commitment and receives the N-EVENT-REPORT on its
+association or, once that is gone, on a new association to the address COMMITMENT_PEERS gives its AE title.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from dicom_store_scp import commitment
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, evt
+from support.scp import RunningScp, echoscu, free_port, storescu
+
+pytestmark = pytest.mark.slow
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+MR = "1.2.840.10008.5.1.4.1.1.4"
+PUSH_MODEL = commitment.STORAGE_COMMITMENT_PUSH_MODEL
+WELL_KNOWN_INSTANCE = commitment.STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE
+REQUESTER = "REQUESTER"
+SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+
+
+@dataclass
+class Report:
+    event_type: int
+    information: Dataset
+    on_requesting_association: bool
+    called_ae: str
+
+    @property
+    def committed(self) -> set[tuple[str, str]]:
+        items = self.information.get("ReferencedSOPSequence") or []
+        return {(str(i.ReferencedSOPClassUID), str(i.ReferencedSOPInstanceUID)) for i in items}
+
+    @property
+    def failed(self) -> dict[str, int]:
+        items = self.information.get("FailedSOPSequence") or []
+        return {str(i.ReferencedSOPInstanceUID): int(i.FailureReason) for i in items}
+
+
+class Requester:
+    """A storage commitment SCU: asks on one association, takes reports on it or on its own listening port."""
+
+    def __init__(self, title: str = REQUESTER) -> None:
+        self.title = title
+        self.reports: queue.Queue[Report] = queue.Queue()
+        self.port = free_port()
+        self.server: Any = None
+
+    def _take(self, event: Any) -> tuple[int, None]:
+        self.reports.put(
+            Report(
+                event.event_type,
+                event.event_information,
+                event.assoc.is_requestor,
+                str(event.assoc.acceptor.ae_title).strip(),
+            )
+        )
+        return 0x0000, None
+
+    def listen(self) -> None:
+        """Accept the SCP's association for a report (it proposes the SCP role for the SOP class)."""
+        ae = AE(ae_title=self.title)
+        ae.add_supported_context(PUSH_MODEL, SYNTAXES, scu_role=False, scp_role=True)
+        self.server = ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._take)]
+        )
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+
+    def associate(self, scp: RunningScp, take_reports: bool = True, *contexts: str) -> Any:
+        ae = AE(ae_title=self.title)
+        ae.add_requested_context(PUSH_MODEL, SYNTAXES)
+        for sop_class in contexts:
+            ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
+        handlers = [(evt.EVT_N_EVENT_REPORT, self._take)] if take_reports else []
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="STORESCP", evt_handlers=handlers)
+        assert assoc.is_established
+        return assoc
+
+    def request(self, assoc: Any, transaction_uid: str, references: list[tuple[str, str]]) -> int:
+        information = Dataset()
+        information.TransactionUID = transaction_uid
+        information.ReferencedSOPSequence = []
+        for sop_class, sop_instance in references:
+            item = Dataset()
+            item.ReferencedSOPClassUID = sop_class
+            item.ReferencedSOPInstanceUID = sop_instance
+            information.ReferencedSOPSequence.append(item)
+        status, _reply = assoc.send_n_action(information, 1, PUSH_MODEL, WELL_KNOWN_INSTANCE)
+        return int(status.Status)
+
+    def next_report(self, timeout: float = 20) -> Report:
+        return self.reports.get(timeout=timeout)
+
+
+@pytest.fixture
+def requester() -> Iterator[Requester]:
+    requester = Requester()
+    yield requester
+    requester.close()
+
+
+def ct_files(folder: Path, count: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    study, series = generate_uid(), generate_uid()
+    paths = []
+    for number in range(count):
+        dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        dataset.StudyInstanceUID, dataset.SeriesInstanceUID = study, series
+        dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        path = folder / f"{number:03d}.dcm"
+        dataset.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def sent_with_storescu(scp: RunningScp, tmp_path: Path, count: int) -> list[tuple[str, str]]:
+    paths = ct_files(tmp_path / "sent", count)
+    result = storescu(scp.port, *paths)
+    assert result.statuses == [0x0000] * count, result.output
+    return [(CT, str(pydicom.dcmread(p).SOPInstanceUID)) for p in paths]
+
+
+def record(scp: RunningScp, record_id: str) -> dict[str, Any]:
+    return json.loads((scp.storage / "commitments" / f"{record_id}.json").read_text())
+
+
+def wait_for_record_state(scp: RunningScp, record_id: str, state: str, timeout: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with_state = record(scp, record_id)
+        if with_state["state"] == state:
+            return with_state
+        time.sleep(0.1)
+    raise AssertionError(f"{record_id} not {state}: {record(scp, record_id)}")
+
+
+def test_the_report_comes_on_the_requesting_association_with_every_instance_committed(
+    start_scp: Any, tmp_path: Path, requester: Requester
+) -> None:
+    scp = start_scp()
+    references = sent_with_storescu(scp, tmp_path, 3)
+    transaction_uid = generate_uid()
+    assoc = requester.associate(scp)
+    try:
+        assert requester.request(assoc, transaction_uid, references) == commitment.SUCCESS
+        report = requester.next_report()
+    finally:
+        assoc.release()
+
+    assert report.on_requesting_association
+    assert report.event_type == commitment.EVENT_ALL_COMMITTED
+    assert str(report.information.TransactionUID) == transaction_uid
+    assert report.committed == set(references)
+    assert "FailedSOPSequence" not in report.information
+    recorded = wait_for_record_state(scp, transaction_uid, "reported")
+    assert recorded["callingAETitle"] == REQUESTER and recorded["peerAddress"] == "127.0.0.1"
+    assert recorded["peerPort"] > 0 and recorded["deliveredVia"] == "same-association"
+    assert {(r["sopClassUID"], r["sopInstanceUID"]) for r in recorded["references"]} == set(references)
+    (logged,) = scp.wait_for_event("commitment-reported")
+    assert (logged["transactionUID"], logged["committed"], logged["failed"]) == (transaction_uid, 3, 0)
+
+
+def test_unknown_and_mismatched_instances_fail_with_their_reasons(
+    start_scp: Any, tmp_path: Path, requester: Requester
+) -> None:
+    scp = start_scp()
+    stored = sent_with_storescu(scp, tmp_path, 2)
+    never_sent = (CT, generate_uid())
+    wrong_class = (MR, stored[1][1])  # stored as CT
+    assoc = requester.associate(scp)
+    try:
+        status = requester.request(assoc, generate_uid(), [stored[0], never_sent, wrong_class])
+        report = requester.next_report()
+    finally:
+        assoc.release()
+
+    assert status == commitment.SUCCESS
+    assert report.event_type == commitment.EVENT_FAILURES_EXIST
+    assert report.committed == {stored[0]}
+    assert report.failed == {
+        never_sent[1]: commitment.NO_SUCH_OBJECT_INSTANCE,
+        wrong_class[1]: commitment.CLASS_INSTANCE_CONFLICT,
+    }
+
+
+def test_instances_stored_on_the_same_association_are_committed(
+    start_scp: Any, tmp_path: Path, requester: Requester
+) -> None:
+    scp = start_scp()
+    (path,) = ct_files(tmp_path / "one", 1)
+    dataset = pydicom.dcmread(path)
+    assoc = requester.associate(scp, True, CT)
+    try:
+        assert assoc.send_c_store(dataset).Status == 0x0000
+        unknown = generate_uid()
+        status = requester.request(assoc, generate_uid(), [(CT, str(dataset.SOPInstanceUID)), (CT, unknown)])
+        report = requester.next_report()
+    finally:
+        assoc.release()
+
+    assert status == commitment.SUCCESS
+    assert report.committed == {(CT, str(dataset.SOPInstanceUID))}
+    assert report.failed == {unknown: commitment.NO_SUCH_OBJECT_INSTANCE}
+    # The request sealed the association's batch (in the stack its import starts now).
+    (manifest,) = scp.manifests()
+    assert manifest["endReason"] == "commitment"
+    assert [i["sopInstanceUID"] for i in manifest["instances"]] == [str(dataset.SOPInstanceUID)]
+
+
+def test_a_requester_that_takes_no_report_on_its_association_gets_it_on_a_new_one(
+    start_scp: Any, tmp_path: Path, requester: Requester
+) -> None:
+    requester.listen()
+    scp = start_scp(env={"COMMITMENT_PEERS": f"OTHER=127.0.0.1:9,{REQUESTER}=127.0.0.1:{requester.port}"})
+    references = sent_with_storescu(scp, tmp_path, 2)
+    transaction_uid = generate_uid()
+    assoc = requester.associate(scp, take_reports=False)
+    try:
+        assert requester.request(assoc, transaction_uid, references) == commitment.SUCCESS
+        report = requester.next_report()
+    finally:
+        assoc.release()
+
+    assert not report.on_requesting_association
+    assert report.called_ae == REQUESTER  # the SCP called the requester by its AE title
+    assert report.event_type == commitment.EVENT_ALL_COMMITTED and report.committed == set(references)
+    recorded = wait_for_record_state(scp, transaction_uid, "reported")
+    assert recorded["deliveredVia"] == "new-association"
+
+
+def test_a_report_after_the_requester_released_goes_to_its_configured_address(
+    start_scp: Any, tmp_path: Path, requester: Requester
+) -> None:
+    requester.listen()
+    scp = start_scp(env={"COMMITMENT_PEERS": f"{REQUESTER}=127.0.0.1:{requester.port}"})
+    references = sent_with_storescu(scp, tmp_path, 1)
+    transaction_uid = generate_uid()
+    assoc = requester.associate(scp)
+    assert requester.request(assoc, transaction_uid, references) == commitment.SUCCESS
+    assoc.release()
+
+    # Reported exactly once, on whichever association was open when the outcome was known.
+    report = requester.next_report()
+    assert report.committed == set(references)
+    with pytest.raises(queue.Empty):
+        requester.next_report(timeout=2)
+    assert wait_for_record_state(scp, transaction_uid, "reported")["attempts"] >= 1
+
+
+def test_a_repeated_transaction_uid_with_other_instances_fails_them_as_duplicates(
+    start_scp: Any, tmp_path: Path, requester: Requester
+) -> None:
+    scp = start_scp()
+    first, second = sent_with_storescu(scp, tmp_path, 2)
+    transaction_uid = generate_uid()
+    assoc = requester.associate(scp)
+    try:
+        assert requester.request(assoc, transaction_uid, [first]) == commitment.SUCCESS
+        original = requester.next_report()
+        # The same request again (the requester missed our answer): the same outcome, reported again.
+        assert requester.request(assoc, transaction_uid, [first]) == commitment.SUCCESS
+        repeated = requester.next_report()
+        # Other instances under the same Transaction UID: refused as a duplicate, the recorded one untouched.
+        assert requester.request(assoc, transaction_uid, [second]) == commitment.SUCCESS
+        duplicate = requester.next_report()
+    finally:
+        assoc.release()
+
+    assert original.event_type == repeated.event_type == commitment.EVENT_ALL_COMMITTED
+    assert original.committed == repeated.committed == {first}
+    assert duplicate.event_type == commitment.EVENT_FAILURES_EXIST
+    assert str(duplicate.information.TransactionUID) == transaction_uid
+    assert duplicate.committed == set()
+    assert duplicate.failed == {second[1]: commitment.DUPLICATE_TRANSACTION_UID}
+    assert record(scp, transaction_uid)["references"] == [{"sopClassUID": CT, "sopInstanceUID": first[1]}]
+    assert scp.wait_for_event("commitment-duplicate")
+
+
+def test_an_unreachable_requester_is_retried_until_the_deadline_and_delays_nobody(
+    start_scp: Any, tmp_path: Path, requester: Requester
+) -> None:
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        dead_port = closed.getsockname()[1]
+    scp = start_scp(env={"COMMITMENT_PEERS": f"{REQUESTER}=127.0.0.1:{dead_port}", "COMMITMENT_REPORT_TIMEOUT": "4"})
+    references = sent_with_storescu(scp, tmp_path, 1)
+    transaction_uid = generate_uid()
+    assoc = requester.associate(scp, take_reports=False)
+    try:
+        assert requester.request(assoc, transaction_uid, references) == commitment.SUCCESS
+        # It refuses the report on its association (no handler), then leaves: what follows is on new ones.
+        scp.wait_for_event("commitment-same-association-failed")
+    finally:
+        assoc.release()
+
+    # While the SCP retries, other associations are served as usual.
+    started = time.monotonic()
+    assert "Received Echo Response (Success)" in echoscu(scp.port).stderr
+    more = sent_with_storescu(scp, tmp_path / "more", 2)
+    assert len(more) == 2 and time.monotonic() - started < 10
+
+    given_up = wait_for_record_state(scp, transaction_uid, "undelivered", timeout=30)
+    failures = scp.events("commitment-report-failed")
+    assert len(failures) == given_up["attempts"] >= 3  # the first try, then retries 1 s, 2 s apart
+    assert all(f["transactionUID"] == transaction_uid for f in failures)
+    (logged,) = scp.wait_for_event("commitment-undelivered")
+    assert logged["attempts"] == given_up["attempts"] and str(dead_port) in logged["error"]
+
+
+def test_a_requester_without_an_address_is_logged_and_given_up(
+    start_scp: Any, tmp_path: Path, requester: Requester
+) -> None:
+    scp = start_scp(env={"COMMITMENT_REPORT_TIMEOUT": "1"})
+    references = sent_with_storescu(scp, tmp_path, 1)
+    transaction_uid = generate_uid()
+    assoc = requester.associate(scp, take_reports=False)
+    try:
+        assert requester.request(assoc, transaction_uid, references) == commitment.SUCCESS
+        # It refuses the report on its association (no handler), then leaves: what follows is on new ones.
+        scp.wait_for_event("commitment-same-association-failed")
+    finally:
+        assoc.release()
+
+    wait_for_record_state(scp, transaction_uid, "undelivered", timeout=30)
+    (logged,) = scp.wait_for_event("commitment-undelivered")
+    assert "COMMITMENT_PEERS has no address for 'REQUESTER'" in logged["error"]
+
+
+def test_malformed_requests_are_refused_and_the_association_goes_on(
+    start_scp: Any, tmp_path: Path, requester: Requester
+) -> None:
+    scp = start_scp()
+    assoc = requester.associate(scp)
+    try:
+        assert requester.request(assoc, "not a uid", [(CT, generate_uid())]) == commitment.INVALID_ARGUMENT_VALUE
+        assert requester.request(assoc, generate_uid(), []) == commitment.INVALID_ARGUMENT_VALUE
+        status, _ = assoc.send_n_action(None, 2, PUSH_MODEL, WELL_KNOWN_INSTANCE)
+        assert status.Status == commitment.NO_SUCH_ACTION
+        assert assoc.is_established
+    finally:
+        assoc.release()
+    assert not (scp.storage / "commitments").exists() or not list((scp.storage / "commitments").glob("*.json"))
+
+
+def test_a_transaction_recorded_before_a_restart_is_reported_after_it(
+    start_scp: Any, tmp_path: Path, requester: Requester
+) -> None:
+    requester.listen()
+    env = {"COMMITMENT_PEERS": f"{REQUESTER}=127.0.0.1:{requester.port}"}
+    scp = start_scp(env=env)
+    references = sent_with_storescu(scp, tmp_path, 1)
+    scp.stop()
+    # What a process that stopped after recording (before reporting) leaves behind.
+    transaction_uid = generate_uid()
+    pending = commitment.Transaction(
+        transaction_uid=transaction_uid,
+        references=[commitment.Reference(*references[0])],
+        calling_ae=REQUESTER,
+        called_ae="STORESCP",
+        peer_address="127.0.0.1",
+        peer_port=50000,
+        received_at="2026-12-04T12:00:00.000Z",
+        deadline="2999-01-01T00:00:00.000Z",
+    )
+    store = commitment.LocalTransactions(scp.storage)
+    store.prepare()
+    assert store.create(pending)
+    store.release(transaction_uid)
+
+    restarted = start_scp("--storage-dir", str(scp.storage), env=env)
+    report = requester.next_report()
+
+    assert report.committed == set(references) and not report.on_requesting_association
+    # (the restarted process stores where the first one did: scp.storage)
+    assert wait_for_record_state(scp, transaction_uid, "reported")["deliveredVia"] == "new-association"
+    assert restarted.wait_for_event("commitment-recovered")
+
+
+def test_the_sop_class_is_not_offered_when_storing_to_s3(start_scp: Any, requester: Requester) -> None:
+    ae = AE(ae_title=REQUESTER)
+    ae.add_requested_context(PUSH_MODEL, SYNTAXES)
+    ae.add_requested_context(CT, ExplicitVRLittleEndian)
+    scp = start_scp(
+        "--dicom-bucket", "bucket", env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_DEFAULT_REGION": "us-east-1"}
+    )
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="STORESCP")
+    try:
+        assert assoc.is_established
+        assert [str(cx.abstract_syntax) for cx in assoc.accepted_contexts] == [CT]
+    finally:
+        assoc.release()
+
+
+def test_commitment_peers_setting() -> None:
+    from dicom_store_scp.config import ConfigError, load
+
+    config = load(["--commitment-peers", "PACS1=10.0.0.5:104, PACS2=[fd00::1]:11112"], environ={})
+    assert config.commitment_peers == (("PACS1", "10.0.0.5", 104), ("PACS2", "fd00::1", 11112))
+    for wrong in ("PACS1", "PACS1=host", "PACS1=host:0", "=host:104", "A_TITLE_LONGER_THAN_16=h:1"):
+        with pytest.raises(ConfigError, match="COMMITMENT_PEERS"):
+            load(["--commitment-peers", wrong], environ={})
+
+
+def test_the_scp_starts_and_serves_when_the_commitment_table_cannot_be_read(start_scp: Any, tmp_path: Path) -> None:
+    # DynamoDB unreachable at start: recovery is logged and skipped; receiving goes on.
+    scp = start_scp(
+        *("--dicom-bucket", "bucket", "--instance-table-name", "instances", "--commitment-table-name", "commitments"),
+        env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "1"},
+    )
+    (failed,) = scp.wait_for_event("commitment-recovery-failed")
+    assert failed["level"] == "ERROR" and failed["error"]
+    assert "Received Echo Response (Success)" in echoscu(scp.port).stderr
+
+
+def test_a_running_scp_takes_over_what_a_stopped_process_left(tmp_path: Path) -> None:
+    # In process: the engine of one receiving process, and a transaction another process recorded and still holds.
+    delivered: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    def deliver(transaction: commitment.Transaction, assoc: Any) -> str:
+        delivered.put((transaction.transaction_uid, assoc))
+        return "new-association"
+
+    store = tmp_path / "store"
+    engine = commitment.Commitments(
+        commitment.LocalTransactions(store), commitment.LocalOutcomes(store), deliver, 60, recover_every=0.2
+    )
+    engine.start()
+    try:
+        other_process = commitment.LocalTransactions(store)
+        never_stored = generate_uid()
+        pending = commitment.Transaction(
+            transaction_uid=generate_uid(),
+            references=[commitment.Reference(CT, never_stored)],
+            calling_ae=REQUESTER,
+            called_ae="STORESCP",
+            peer_address="127.0.0.1",
+            peer_port=50000,
+            received_at="2026-12-04T12:00:00.000Z",
+            deadline="2999-01-01T00:00:00.000Z",
+        )
+        assert other_process.create(pending)
+        with pytest.raises(queue.Empty):  # its lock is held: not ours to report
+            delivered.get(timeout=1)
+        other_process.release(pending.transaction_uid)  # that process stopped
+
+        uid, assoc = delivered.get(timeout=10)
+        assert (uid, assoc) == (pending.transaction_uid, None)
+        deadline = time.monotonic() + 10
+        while (recorded := other_process.load(uid)) is None or recorded.state != "reported":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert recorded.failed == [{"sopClassUID": CT, "sopInstanceUID": never_stored, "failureReason": 0x0112}]
+        with pytest.raises(queue.Empty):  # reported once
+            delivered.get(timeout=1)
+    finally:
+        engine.stop()

@@ -1,0 +1,214 @@
+"""Storage commitment in the stack's mode, end to end: a pynetdicom requester stores and asks for commitment; the
+SCP (S3 backend, moto_server) seals the batch, the pipeline (moto + the HealthImaging fake) imports it, and the
+report the requester receives on its association lists exactly the imported instances; the status command
+shows the same instances as imported.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pydicom
+import pytest
+from dicom_store_contract import layout, tables
+from dicom_store_scp import commitment, status
+from moto import mock_aws
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, evt
+from support.aws import load_fake_healthimaging
+from support.cfn import REGION, Deployment
+from support.moto import MotoServer, aws_env
+from support.pipeline import Pipeline
+from support.scp import launch_scp
+
+from .conftest import DATASTORE_ID, DICOM_PREFIX, create_stack_resources
+from .test_end_to_end import import_manifest, write_series
+
+pytestmark = pytest.mark.slow
+
+PUSH_MODEL = commitment.STORAGE_COMMITMENT_PUSH_MODEL
+COMMITMENT_TABLE = "commitments"
+
+
+def create_commitment_table(dynamodb: Any) -> None:
+    """The commitment table as the contract defines it (dicom_store_contract.tables)."""
+    index = tables.PENDING_COMMITMENTS
+    dynamodb.create_table(
+        TableName=COMMITMENT_TABLE,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[
+            {"AttributeName": tables.RECORD_ID, "AttributeType": "S"},
+            {"AttributeName": index.partition_key, "AttributeType": "S"},
+        ],
+        KeySchema=[{"AttributeName": tables.RECORD_ID, "KeyType": "HASH"}],
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": index.name,
+                "KeySchema": [{"AttributeName": index.partition_key, "KeyType": "HASH"}],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
+    )
+
+
+@pytest.fixture
+def moto_server(tmp_path: Path) -> Iterator[MotoServer]:
+    server = MotoServer(tmp_path / "moto_server.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def stack(aws_credentials: None, template: dict[str, Any], moto_server: MotoServer, monkeypatch: Any) -> Deployment:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server.endpoint)
+    # The template's own tables, the commitment table included.
+    return create_stack_resources(template, endpoint_url=moto_server.endpoint)
+
+
+@pytest.fixture
+def s3(stack: Deployment, moto_server: MotoServer) -> Any:
+    return boto3.client("s3", region_name=REGION, endpoint_url=moto_server.endpoint)
+
+
+@pytest.fixture
+def pipeline(stack: Deployment, s3: Any, monkeypatch: Any) -> Pipeline:
+    return Pipeline(stack, load_fake_healthimaging()(s3, DATASTORE_ID), monkeypatch)
+
+
+def test_a_pynetdicom_requester_gets_its_report_after_the_import(
+    tmp_path: Path,
+    stack: Deployment,
+    moto_server: MotoServer,
+    s3: Any,
+    pipeline: Pipeline,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bucket = stack.output("DICOMBucketName")
+    instance_table = stack.output("InstanceTableName")
+    commitment_table = stack.output("CommitmentTableName")
+    scp = launch_scp(
+        tmp_path,
+        *("--dicom-bucket", bucket, "--dicom-prefix", DICOM_PREFIX),
+        *("--instance-table-name", instance_table, "--commitment-table-name", commitment_table),
+        env=aws_env(moto_server.endpoint, AWS_DEFAULT_REGION=REGION, COMMITMENT_MISSING_SECONDS="5"),
+    )
+    reports: queue.Queue[Any] = queue.Queue()
+
+    def take(event: Any) -> tuple[int, None]:
+        reports.put((event.event_type, event.event_information))
+        return 0x0000, None
+
+    paths, uids = write_series(tmp_path / "series", count=3)
+    datasets = [pydicom.dcmread(path) for path in paths]
+    never_sent = generate_uid()
+    ae = AE(ae_title="REQUESTER")
+    ae.add_requested_context(datasets[0].SOPClassUID, ExplicitVRLittleEndian)
+    ae.add_requested_context(PUSH_MODEL, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    ae.dimse_timeout = 120
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="STORESCP", evt_handlers=[(evt.EVT_N_EVENT_REPORT, take)])
+    try:
+        assert assoc.is_established
+        assert [assoc.send_c_store(dataset).Status for dataset in datasets] == [0x0000] * 3
+        transaction_uid = generate_uid()
+        information = Dataset()
+        information.TransactionUID = transaction_uid
+        information.ReferencedSOPSequence = []
+        for sop_class, sop_instance in [(ds.SOPClassUID, ds.SOPInstanceUID) for ds in datasets] + [
+            (datasets[0].SOPClassUID, never_sent)
+        ]:
+            item = Dataset()
+            item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sop_class, sop_instance
+            information.ReferencedSOPSequence.append(item)
+        action_status, _ = assoc.send_n_action(
+            information, 1, PUSH_MODEL, commitment.STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE
+        )
+        assert action_status.Status == commitment.SUCCESS
+
+        # The request sealed the association's batch: its manifest is there while the association is still open.
+        deadline = time.monotonic() + 20
+        while not (
+            listed := s3.list_objects_v2(Bucket=bucket, Prefix=layout.manifests_prefix(DICOM_PREFIX)).get("Contents")
+        ):
+            assert time.monotonic() < deadline, "no manifest after the N-ACTION"
+            time.sleep(0.2)
+        (manifest_object,) = listed
+        with pytest.raises(queue.Empty):  # nothing is final before the import
+            reports.get(timeout=1)
+        final = import_manifest(pipeline, s3, bucket, manifest_object["Key"])
+        assert final["polling"]["jobStatus"] == "COMPLETED"
+
+        event_type, report = reports.get(timeout=60)
+    finally:
+        assoc.release()
+        scp.stop()
+
+    assert event_type == commitment.EVENT_FAILURES_EXIST
+    assert str(report.TransactionUID) == transaction_uid
+    assert {str(item.ReferencedSOPInstanceUID) for item in report.ReferencedSOPSequence} == uids
+    assert [(str(i.ReferencedSOPInstanceUID), int(i.FailureReason)) for i in report.FailedSOPSequence] == [
+        (never_sent, commitment.NO_SUCH_OBJECT_INSTANCE)
+    ]
+    dynamodb = boto3.client("dynamodb", region_name=REGION, endpoint_url=moto_server.endpoint)
+    item = dynamodb.get_item(TableName=commitment_table, Key={tables.RECORD_ID: {"S": transaction_uid}})["Item"]
+    recorded = json.loads(item["document"]["S"])
+    assert (recorded["state"], recorded["deliveredVia"], recorded["callingAETitle"]) == (
+        "reported",
+        "same-association",
+        "REQUESTER",
+    )
+    assert tables.PENDING not in item and int(item[tables.EXPIRES_AT]["N"]) > time.time()
+
+    # And the status command says the same of those instances.
+    capsys.readouterr()
+    study = str(datasets[0].StudyInstanceUID)
+    flags = ["--instance-table", instance_table, "--endpoint-url", moto_server.endpoint, "--region", REGION]
+    assert status.main(["--study", study, "--json", *flags], environ={}) == status.EXIT_FOUND
+    shown = json.loads(capsys.readouterr().out)
+    assert {i["sopInstanceUID"]: i["state"] for i in shown["instances"]} == dict.fromkeys(uids, "IMPORTED")
+
+
+def test_two_tasks_never_both_own_a_transaction(aws_credentials: None) -> None:
+    with mock_aws():
+        dynamodb = boto3.client("dynamodb", region_name=REGION)
+        create_commitment_table(dynamodb)
+        first = commitment.DynamoTransactions(dynamodb, COMMITMENT_TABLE, owner="task-a")
+        second = commitment.DynamoTransactions(dynamodb, COMMITMENT_TABLE, owner="task-b")
+        transaction = commitment.Transaction(
+            transaction_uid="1.2.3.4",
+            references=[commitment.Reference("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5")],
+            calling_ae="REQUESTER",
+            called_ae="STORESCP",
+            peer_address="10.0.0.5",
+            peer_port=50000,
+            received_at="2026-12-04T12:00:00.000Z",
+            deadline="2999-01-01T00:00:00.000Z",
+        )
+
+        assert first.create(transaction)
+        assert not second.create(transaction)  # the Transaction UID is taken: a duplicate
+        assert not second.claim("1.2.3.4")  # task-a's lease holds
+        assert second.record_ids() == ["1.2.3.4"]  # pending, for whoever takes over
+        with pytest.raises(commitment.StorageError, match="another task"):
+            second.update(transaction)
+
+        # task-a stops without releasing; once its lease runs out task-b takes over, and task-a cannot write.
+        dynamodb.update_item(
+            TableName=COMMITMENT_TABLE,
+            Key={tables.RECORD_ID: {"S": "1.2.3.4"}},
+            UpdateExpression="SET leaseUntil = :past",
+            ExpressionAttributeValues={":past": {"N": str(int(time.time()) - 1)}},
+        )
+        assert second.claim("1.2.3.4")
+        with pytest.raises(commitment.StorageError):
+            first.update(transaction)
+        transaction.state, transaction.finished_at = "reported", "2026-12-04T12:00:05.000Z"
+        second.update(transaction)
+        assert second.record_ids() == []
+        assert second.load("1.2.3.4") is not None and second.load("1.2.3.4").state == "reported"  # type: ignore[union-attr]

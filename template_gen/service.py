@@ -187,8 +187,12 @@ def task_role() -> iam.Role:
                     ],
                 ),
             ),
-            # Multipart uploads under SSE-KMS need Decrypt as well as GenerateDataKey.
-            c.kms_key_policy("encrypt-with-bucket-key", [c.KeyUse("s3", (kms.GenerateDataKey, kms.Decrypt))]),
+            # Multipart uploads under SSE-KMS need Decrypt as well as GenerateDataKey. Storage commitment reads and
+            # writes the commitment table and reads the instance table, both encrypted with the key when one is given.
+            c.kms_key_policy(
+                "encrypt-with-bucket-key",
+                [c.KeyUse("s3", (kms.GenerateDataKey, kms.Decrypt)), c.KeyUse("dynamodb", (kms.Decrypt,))],
+            ),
         ],
     )
 

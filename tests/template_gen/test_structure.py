@@ -277,7 +277,7 @@ def test_task_role_writes_only_incoming_and_manifests(template: dict[str, Any]) 
 
 
 def test_task_role_reads_instances_by_key_and_writes_only_commitments(template: dict[str, Any]) -> None:
-    role = Stack(template).resources()["ScpTaskRole"]
+    role = Stack(template).decided()["ScpTaskRole"]
     granted = {
         (action, json.dumps(resource, sort_keys=True))
         for s in _statements(role)
@@ -298,7 +298,7 @@ def test_task_role_reads_instances_by_key_and_writes_only_commitments(template: 
         ("dynamodb:Query", pending_index),
         ("dynamodb:BatchGetItem", instances),
     }
-    table = Stack(template).resources()["CommitmentTable"]["Properties"]
+    table = Stack(template).decided()["CommitmentTable"]["Properties"]
     assert table["TimeToLiveSpecification"] == {"AttributeName": "expiresAt", "Enabled": True}
     assert table["KeySchema"] == [{"AttributeName": "recordId", "KeyType": "HASH"}]
 
@@ -594,7 +594,7 @@ def test_key_is_used_only_through_the_services_each_role_calls(template: dict[st
             via.setdefault(role, set()).add(service.split(".")[0])
     assert "ImportWorkflowRole" not in via  # the workflow keeps nothing under the key
     assert "ScpExecutionRole" not in via
-    assert via["ScpTaskRole"] == {"s3"}
+    assert via["ScpTaskRole"] == {"s3", "dynamodb"}  # objects; the commitment and instance tables
     assert via["HealthImagingDataAccessRole"] == {"s3"}
     assert via["TriggerImportRole"] == {"s3", "dynamodb", "sqs"}  # manifests, tables, dead letters
     assert via["SweeperRole"] == {"s3", "sqs"}  # no table

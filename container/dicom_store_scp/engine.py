@@ -27,6 +27,7 @@ is removed however the association ends.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import socket
@@ -93,6 +94,8 @@ class _Store:
     fd: int = -1
     received_bytes: int = 0
     dropped_bytes: int = 0
+    # SHA-256 of the spool file, computed as it is written (handlers.py would read the file again for it).
+    digest: Any = None
 
 
 @dataclass
@@ -117,6 +120,7 @@ class _StoreEvent:
     request: _Request
     context: _Context
     dataset_path: str
+    sha256: str
 
 
 @dataclass
@@ -331,6 +335,7 @@ class DataPhase:
         if store.refusal is None and store.received_bytes + size > self.settings.instance_limit:
             self._refuse_oversized(store)
         if store.refusal is None:
+            store.digest.update(fragment)
             written = os.write(store.fd, fragment)
             while written < size:
                 written += os.write(store.fd, fragment[written:])
@@ -347,6 +352,7 @@ class DataPhase:
         fd, name = tempfile.mkstemp(suffix=".dcm")
         store.fd, store.path = fd, Path(name)
         meta = file_meta(store.sop_class_uid, store.sop_instance_uid, store.transfer_syntax)
+        store.digest = hashlib.sha256(meta)
         os.write(fd, meta)
 
     def _refuse_oversized(self, store: _Store) -> None:
@@ -368,6 +374,7 @@ class DataPhase:
             _Request(store.sop_class_uid, store.sop_instance_uid, store.message_id),
             _Context(store.transfer_syntax),
             str(store.path),
+            store.digest.hexdigest(),
         )
         try:
             status = handlers.handle_store(event, self.settings.sessions, self.settings.recorder)

@@ -31,6 +31,7 @@ import hashlib
 import logging
 import os
 import socket
+import ssl
 import struct
 import tempfile
 import threading
@@ -153,6 +154,7 @@ class DataPhase:
         self._commands = _Commands()
         self._store: _Store | None = None
         self._stop_requested = False
+        self._wait_all = 0
         self._finished = threading.Event()
         self._outcome = ""
 
@@ -161,7 +163,7 @@ class DataPhase:
     def run(self) -> None:
         """Serve the association until it ends; report the end as pynetdicom would (EVT_RELEASED / EVT_ABORTED)."""
         try:
-            self.connection.settimeout(self.settings.network_timeout)
+            self._set_timeouts()
             while True:
                 self._serve_one_pdu()
         except _Ended:
@@ -210,6 +212,28 @@ class DataPhase:
         self._outcome = "released"
         raise _Ended
 
+    def _set_timeouts(self) -> None:
+        """The network timeout, as the socket's own.
+
+        A plain TCP socket stays in blocking mode with the kernel's receive and send timeouts: each read is one
+        system call that returns once the PDU (or its header) is complete (MSG_WAITALL), or the timeout passed.
+        A TLS socket cannot wait for all (its records are decrypted in user space): Python's timeout, a poll before
+        each read.
+        """
+        timeout = self.settings.network_timeout
+        connection = self.connection
+        if isinstance(connection, ssl.SSLSocket) or not hasattr(socket, "MSG_WAITALL"):
+            connection.settimeout(timeout)
+            self._wait_all = 0
+            return
+        connection.settimeout(None)
+        if timeout:
+            seconds = int(timeout)
+            interval = struct.pack("@ll", seconds, int((timeout - seconds) * 1_000_000))
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, interval)
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, interval)
+        self._wait_all = socket.MSG_WAITALL
+
     def _read_exact(self, view: memoryview, count: int, between_pdus: bool = False) -> None:
         filled = 0
         if self._pending:
@@ -218,10 +242,12 @@ class DataPhase:
             self._pending = self._pending[len(taken) :]
             filled = len(taken)
         recv_into = self.connection.recv_into
+        flags = self._wait_all
         while filled < count:
             try:
-                received = recv_into(view[filled:count], count - filled)
-            except TimeoutError:
+                received = recv_into(view[filled:count], count - filled, flags)
+            except (TimeoutError, BlockingIOError):
+                # Python's timeout, or the kernel's (SO_RCVTIMEO: EAGAIN with nothing received).
                 self._timed_out(between_pdus and filled == 0)
             except OSError:
                 received = 0

@@ -30,6 +30,7 @@ from typing import Any
 
 import boto3
 import botocore.config
+from dicom_store_contract import limits
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -536,7 +537,7 @@ def bench_engine(work: Path, instances: int, repeat: int, shipped_workers: int) 
     paths = write_instances(work / "ct512", instances)
     shm = Path(tempfile.mkdtemp(prefix="dicom-bench-engine-", dir="/dev/shm"))
     results: list[EngineRate] = []
-    shipped_pdu = 262144
+    shipped_pdu = limits.MAXIMUM_PDU_SIZE.whole  # what the SCP and the template ship
     cases = [("cpu", 1, 131072, 1), ("cpu", 1, 16384, 1), ("ingest", 1, shipped_pdu, shipped_workers)]
     cases.append(("ingest", 4, shipped_pdu, shipped_workers))
     try:
@@ -819,8 +820,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--only",
-        default="ingest,ingest-tmpfs,s3,memory,associations,pdu",
-        help="also: engine (the receive engines and DCMTK on tmpfs), engine-burst, engine-memory",
+        default="ingest,ingest-tmpfs,s3,memory,associations,pdu,engine,engine-burst,engine-memory",
+        help="engine: the receive engines and DCMTK on tmpfs; engine-burst, engine-memory: 300 associations, 1 GiB",
     )
     parser.add_argument("--shipped-workers", type=int, default=0, help="WORKERS for the engine ingest cases")
     parser.add_argument("--instances", type=int, default=600, help="512 KiB instances per ingest run")

@@ -200,6 +200,9 @@ class DataPhase:
             self._refuse_pdu(guard.UNEXPECTED_PDU, f"{name} not expected in Sta6")
         body = bytearray(length)
         self._read_exact(memoryview(body), length)
+        if length != guard.FIXED_PDU_LENGTH:
+            # pynetdicom cannot decode a shorter one either (section 2.3 of the conformance statement).
+            self._refuse_pdu(guard.INVALID_PARAMETER_VALUE, f"{name} cannot be decoded: {length} bytes, 4 expected")
         if pdu_type == _A_ABORT:
             # AA-3: the peer ended it, whatever source and reason it gave.
             self._close()

@@ -10,18 +10,23 @@ decodes them) are kept, as pydicom's own raw elements, in a pydicom ``Dataset``;
 Anything this walker is not sure about returns ``None``, and the caller reads the file with pydicom as before:
 a transfer syntax other than implicit or explicit VR little endian encodings (big endian, deflate), a first
 element encoded the other way than negotiated (pydicom's warning, an error here), an unknown VR, a value or
-header running past the end of the file, a wanted element that is a sequence, malformed sequence items.
+header running past the end of the file, a wanted element that is (or, in implicit VR, may be) a sequence,
+malformed sequence items.
 """
 
 from __future__ import annotations
 
+import functools
 import mmap
 import struct
 from pathlib import Path
 
+from pydicom.charset import convert_encodings
+from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
+from pydicom.values import convert_string
 
 _IMPLICIT_LE = "1.2.840.10008.1.2"
 _NOT_WALKED = {"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}  # big endian, deflated
@@ -59,12 +64,22 @@ def read_header(path: Path, transfer_syntax: str, wanted: set[int], last: int) -
             return None
         with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
             try:
-                return _walk(data, size, implicit, wanted | {_SPECIFIC_CHARACTER_SET}, last)
+                return _walk(data, size, implicit, *_kept(frozenset(wanted)), last)
             except (_Unsure, struct.error):
                 return None
 
 
-def _walk(data: mmap.mmap, size: int, implicit: bool, wanted: set[int], last: int) -> Dataset:
+@functools.cache
+def _kept(wanted: frozenset[int]) -> tuple[frozenset[int], frozenset[int]]:
+    """(the wanted elements and Specific Character Set, those of them that are sequences): a data set holding one of
+    these sequences is read by pydicom."""
+    sequences = {tag for tag in wanted if dictionary_has_tag(tag) and dictionary_VR(tag) == "SQ"}
+    return frozenset(wanted | {_SPECIFIC_CHARACTER_SET}), frozenset(sequences)
+
+
+def _walk(
+    data: mmap.mmap, size: int, implicit: bool, wanted: frozenset[int], sequences: frozenset[int], last: int
+) -> Dataset:
     # File Meta Information as engine.py and pynetdicom write it: its group length first.
     if data[128:132] != b"DICM" or data[132:140] != b"\x02\x00\x00\x00UL\x04\x00":
         raise _Unsure
@@ -73,26 +88,46 @@ def _walk(data: mmap.mmap, size: int, implicit: bool, wanted: set[int], last: in
     if offset > size:
         raise _Unsure
     found: dict[BaseTag, RawDataElement] = {}
-    first = True
+    if offset + 6 <= size:
+        group, element = _TAG.unpack_from(data, offset)
+        if group in (0x0000, 0x0002):
+            raise _Unsure  # pydicom reads leading command or file meta elements its own way
+        raw_vr = data[offset + 4 : offset + 6]
+        looks_implicit = not (0x40 < raw_vr[0] < 0x5B and 0x40 < raw_vr[1] < 0x5B)
+        if looks_implicit != implicit and (group << 16 | element) <= last:
+            raise _Unsure  # pydicom's "Expected ... VR, but found" (an error in handlers.py)
+    # The loop runs once per element of the header (a few hundred): kept flat, names local.
+    unpack_implicit, unpack_explicit, unpack_long = _IMPLICIT.unpack_from, _EXPLICIT.unpack_from, _LONG.unpack_from
+    long_vrs, vrs = _LONG_LENGTH_VRS, _VRS
+    vr: bytes | None = None
     while offset < size:
         if offset + 8 > size:
             raise _Unsure
-        group, element = _TAG.unpack_from(data, offset)
-        tag = group << 16 | element
-        if first:
-            first = False
-            raw_vr = data[offset + 4 : offset + 6]
-            looks_implicit = not (0x40 < raw_vr[0] < 0x5B and 0x40 < raw_vr[1] < 0x5B)
-            if looks_implicit != implicit and tag <= last:
-                raise _Unsure  # pydicom's "Expected ... VR, but found" (an error in handlers.py)
-        if tag > last:
-            break
-        vr, length, value_at = _element_header(data, offset, implicit)
+        if implicit:
+            group, element, length = unpack_implicit(data, offset)
+            tag = group << 16 | element
+            if tag > last:
+                break
+            value_at = offset + 8
+        else:
+            group, element, vr, length = unpack_explicit(data, offset)
+            tag = group << 16 | element
+            if vr in long_vrs:
+                # Read before the stop check, as pydicom does (a header cut off here fails there too).
+                (length,) = unpack_long(data, offset + 8)
+                value_at = offset + 12
+            elif vr in vrs:
+                value_at = offset + 8
+            elif tag <= last:
+                raise _Unsure
+            if tag > last:
+                break
         if tag in wanted:
-            if length == _UNDEFINED or vr == b"SQ":
+            if tag in sequences or length == _UNDEFINED or vr == b"SQ" or value_at + length > size:
                 raise _Unsure
-            if value_at + length > size:
-                raise _Unsure
+            if tag == _SPECIFIC_CHARACTER_SET:
+                # pydicom reads the character set as it passes it (raising on a value it cannot use): so here.
+                convert_encodings(convert_string(bytes(data[value_at : value_at + length]), True))
             found[Tag(tag)] = RawDataElement(
                 Tag(tag),
                 None if vr is None else vr.decode("ascii"),
@@ -102,7 +137,12 @@ def _walk(data: mmap.mmap, size: int, implicit: bool, wanted: set[int], last: in
                 implicit,
                 True,
             )
-        offset = _skip_value(data, size, value_at, length, implicit, 0)
+        if length == _UNDEFINED:
+            offset = _skip_value(data, size, value_at, length, implicit, 0)
+        else:
+            offset = value_at + length
+            if offset > size:
+                raise _Unsure
     header = Dataset(found)  # type: ignore[arg-type]  # pydicom keeps raw elements until first read
     header.set_original_encoding(implicit, True)
     return header

@@ -390,3 +390,14 @@ def test_release_requests_from_both_sides_at_once_are_answered_once(owned_scp):
     [line] = scp.wait_for_event("association")
     assert line["outcome"] == "released"
     assert scp.events("protocol-abort") == []
+
+
+@pytest.mark.parametrize("pdu_type", [wire.RELEASE_RQ, wire.ABORT], ids=["release-rq", "abort"])
+def test_a_fixed_length_pdu_shorter_than_4_bytes_is_aborted(owned_scp, pdu_type):
+    """As pynetdicom's path answers it: a PDU that cannot be decoded (conformance statement 2.3)."""
+    scp = owned_scp
+    with _associated(scp) as peer:
+        peer.send(wire.pdu(pdu_type, bytes(2)))
+        _assert_aborted(peer, _INVALID_PARAMETER)
+    [line] = scp.wait_for_event("protocol-abort")
+    assert line["detail"].endswith("cannot be decoded: 2 bytes, 4 expected")

@@ -32,6 +32,7 @@ import socket
 import ssl
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -746,6 +747,12 @@ class GuardedAssociation(pynetdicom_threads.PromptAssociation):
         super()._run_reactor()
 
     def abort(self, block: bool = True) -> None:
+        dul = self.dul
+        if isinstance(dul, GuardedDUL) and dul.handed_over and self.is_alive():
+            # Handed over to engine.py: its loop may be a moment from starting.
+            deadline = time.monotonic() + 1
+            while self.data_phase is None and self.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.01)
         phase = self.data_phase
         if phase is not None:
             phase.stop()

@@ -109,6 +109,8 @@ def check_status(
     )
     metrics.add_metric(name="InstancesImported", unit=MetricUnit.Count, value=imported)
     metrics.add_metric(name="InstancesFailed", unit=MetricUnit.Count, value=failed)
+    metrics.add_metric(name="InstancesImportedWithWarnings", unit=MetricUnit.Count, value=with_warnings)
+    metrics.add_metric(name="InstancesInNonPrimaryImageSets", unit=MetricUnit.Count, value=non_primary)
     logger.info(
         "import job ended",
         extra={

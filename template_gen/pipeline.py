@@ -279,6 +279,12 @@ def function_environment() -> dict[str, object]:
     }
 
 
+def powertools_service(fn: Function) -> str:
+    """POWERTOOLS_SERVICE_NAME in Sub's syntax: the ``service`` of the function's logs and the dimension of its
+    metrics, unique to the stack so that two stacks in one account and region keep their figures apart."""
+    return "${AWS::StackName}-" + fn.service_name
+
+
 def table_statements(fn: Function) -> list[Statement]:
     return [Statement(Effect=Allow, Action=list(t.actions), Resource=[t.arn()]) for t in fn.tables]
 
@@ -468,7 +474,7 @@ def lambda_function(fn: Function, env: dict[str, object]) -> lambda_.Function:
             )
         )
     variables = {name: env[name] for name in fn.env}
-    variables["POWERTOOLS_SERVICE_NAME"] = fn.service_name
+    variables["POWERTOOLS_SERVICE_NAME"] = Sub(powertools_service(fn))
     return lambda_.Function(
         fn.logical_id,
         Metadata=c.skip_checks(*skips),

@@ -128,6 +128,8 @@ def scp_command(port: int, storage: Path, *args: str) -> list[str]:
 
 def scp_env(workers: int, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DICOM_"))}
+    # As the image runs it (container/Dockerfile); set MALLOC_ARENA_MAX in the environment to measure otherwise.
+    env.setdefault("MALLOC_ARENA_MAX", "2")
     return {**env, "WORKERS": str(workers), **extra}
 
 

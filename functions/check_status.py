@@ -10,6 +10,7 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
+from dicom_store_contract import job_events
 from dicom_store_contract.manifest import Manifest
 
 from functions.contract import read_manifest, split_s3_uri
@@ -108,6 +109,8 @@ def check_status(
     )
     metrics.add_metric(name="InstancesImported", unit=MetricUnit.Count, value=imported)
     metrics.add_metric(name="InstancesFailed", unit=MetricUnit.Count, value=failed)
+    metrics.add_metric(name="InstancesImportedWithWarnings", unit=MetricUnit.Count, value=with_warnings)
+    metrics.add_metric(name="InstancesInNonPrimaryImageSets", unit=MetricUnit.Count, value=non_primary)
     logger.info(
         "import job ended",
         extra={
@@ -138,9 +141,6 @@ def check_status(
 # token is stored on the job item; whichever comes second (the event, or a registration that finds the job ended)
 # sends it back. An event that never comes only costs the poll interval: the wait then times out and polls.
 
-JOB_EVENT_SOURCE = "aws.medical-imaging"
-_ENDED_EVENTS = {"Import Job Completed", "Import Job Failed"}
-
 
 def _wake(sfn: Any, task_token: str, job_id: str, job_status: str) -> bool:
     try:
@@ -165,8 +165,7 @@ def register_wait(wait: dict[str, Any], *, jobs: ImportJobs, repository: Trackin
 def relay_job_event(event: dict[str, Any], *, repository: Tracking, sfn: Any, config: Settings) -> dict[str, Any]:
     detail = event.get("detail") or {}
     job_id, job_status = str(detail.get("jobId", "")), str(detail.get("jobStatus", ""))
-    ours = detail.get("datastoreId") == config.datastore_id
-    if event.get("detail-type") not in _ENDED_EVENTS or not ours or not job_id:
+    if not job_events.matches(event, config.datastore_id):
         return {"relayed": False, "jobId": job_id}
     job = repository.get_job(job_id) or {}
     token = job.get("waitToken")
@@ -182,7 +181,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         return register_wait(
             event["waitForJobEvent"], jobs=import_jobs(), repository=tracking(), sfn=client("stepfunctions")
         )
-    if event.get("source") == JOB_EVENT_SOURCE:
+    if event.get("source") == job_events.SOURCE:
         return relay_job_event(event, repository=tracking(), sfn=client("stepfunctions"), config=settings())
     metrics.add_metric(name="ImportJobPolls", unit=MetricUnit.Count, value=1)
     return check_status(event, s3=client("s3"), jobs=import_jobs(), repository=tracking(), config=settings())

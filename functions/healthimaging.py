@@ -149,10 +149,14 @@ def _translate(error: ClientError) -> Exception:
 # ({"inputFile", "exception": {"exceptionType", "message"}}) and WARNING/warning.ndjson (imported, with
 # warnings, same shape as success). GetDICOMImportJob reports outputS3Uri with the job folder appended.
 #
-# The guide's "HealthImaging warning codes" page lists the warnings (hexadecimal reason, decimal, enum name) but
-# shows no warning.ndjson record. We read a record's warnings from "warnings" (or "warning"), at the top level or
-# in "importResponse": codes as numbers, "0xB100" strings or enum names, or objects holding one of those under
-# "warningReason", "reason", "code" or "warningType"; each becomes "0xB100 TRANSCODING_EXCEPTION".
+# The guide ("Understanding import jobs") shows a warning.ndjson record as
+#   {"inputFile", "importResponse": {"imageSetId", "imageSetVersion", "isPrimary",
+#                                    "warnings": [{"warning_reason_code": 45330, "type": "InvalidOffsetTable",
+#                                                  "message": ...}]}}
+# and its "HealthImaging warning codes" page lists the codes (hexadecimal reason, decimal, enum name). We read a
+# record's warnings from "warnings" (or "warning"), in "importResponse" or at the top level: codes as numbers,
+# "0xB100" strings or enum names, or objects holding one of those under "warning_reason_code", "warningReason",
+# "reason", "code", "warningType" or "type"; each becomes "0xB112 INVALID_OFFSET_TABLE".
 
 OUTPUT_MANIFEST = "job-output-manifest.json"
 
@@ -171,7 +175,7 @@ _WARNING_BY_NAME = {name: code for code, name in WARNING_CODES.items()}
 
 def _warning_code(value: Any) -> str:
     if isinstance(value, dict):
-        for key in ("warningReason", "reason", "code", "warningType", "type"):
+        for key in ("warning_reason_code", "warningReason", "reason", "code", "warningType", "type"):
             if value.get(key) not in (None, ""):
                 return _warning_code(value[key])
         return "unknown"

@@ -18,7 +18,7 @@ from troposphere import GetAtt, If, NoValue, Ref, Sub, Template, cloudwatch
 from troposphere import applicationautoscaling as aas
 
 from template_gen import common as c
-from template_gen.pipeline import FUNCTIONS
+from template_gen.pipeline import FUNCTIONS, powertools_service
 
 DASHBOARD = "ScpDashboard"
 DEAD_LETTER_QUEUE = "ImportEventDeadLetterQueue"
@@ -42,9 +42,10 @@ _STACK = "${AWS::StackName}"
 
 
 def function_service(metric: m.FunctionMetric) -> str:
-    """The ``service`` dimension Powertools gives a function's metrics: its POWERTOOLS_SERVICE_NAME."""
+    """The ``service`` dimension Powertools gives a function's metrics: its POWERTOOLS_SERVICE_NAME (in Sub's
+    syntax: the stack's name, then the function's service name)."""
     [fn] = [fn for fn in FUNCTIONS if fn.handler.startswith(f"functions.{metric.module}.")]
-    return fn.service_name
+    return powertools_service(fn)
 
 
 # -- metric rows of the dashboard's widgets (CloudWatch's [namespace, name, dim, value, ..., {options}]) ---------
@@ -158,6 +159,8 @@ def import_widgets() -> list[Widget]:
             [
                 function(m.INSTANCES_IMPORTED, label="imported"),
                 function(m.INSTANCES_NOT_IMPORTED, label="failed"),
+                function(m.INSTANCES_WITH_WARNINGS, label="imported with warnings"),
+                function(m.INSTANCES_NOT_PRIMARY, label="in a non-primary image set"),
             ],
             period=300,
         ),
@@ -390,6 +393,8 @@ def _resolve(value: str) -> object:
     """A dashboard row's dimension value as an alarm needs it: "${X}" becomes what Sub would fill in."""
     if value == _STACK:
         return Ref("AWS::StackName")
+    if value.startswith(_STACK):
+        return Sub(value)
     if value.startswith("${"):
         return _SUB_VALUES[value[2:-1]]
     return value

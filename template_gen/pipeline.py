@@ -41,6 +41,7 @@ from awacs.aws import (
     StringLike,
 )
 from awacs.sts import AssumeRole
+from dicom_store_contract import job_events
 from troposphere import (
     AWSHelperFn,
     GetAtt,
@@ -102,6 +103,9 @@ class Function:
     # None: no reservation. A reservation fails stack creation where the account's unreserved concurrency would
     # drop below Lambda's minimum (new accounts); the workflow's Retry paces StartDICOMImportJob instead.
     reserved_concurrency: int | None = None
+    # Also receives AHI's job-ending events (dicom_store_contract.job_events) from the stack's EventBridge rule.
+    # A lost event costs one poll interval, so none goes to the dead-letter queue (which pages a person).
+    job_events: bool = False
 
     @property
     def logical_id(self) -> str:
@@ -169,6 +173,11 @@ def get_import() -> list[Statement]:
     return [Statement(Effect=Allow, Action=[medical_imaging.GetDICOMImportJob], Resource=[c.datastore_arn()])]
 
 
+def wake_workflow() -> list[Statement]:
+    # SendTaskSuccess has no resource type (the task token names the execution): it can only be granted on "*".
+    return [Statement(Effect=Allow, Action=[states.SendTaskSuccess], Resource=["*"])]
+
+
 def read_results() -> list[Statement]:
     results_arn = GetAtt(c.RESULTS_BUCKET, "Arn")
     return [
@@ -224,9 +233,10 @@ FUNCTIONS = (
              (_READ_OBJECTS, _TABLES, _START_IMPORT)),
     Function("CheckStatus", "functions.check_status.handler", "check-status", 300, 512,
              (*_COMMON_ENV, "DATASTORE_ID", "RESULTS_BUCKET"), Invoker.WORKFLOW,
-             (read_manifests, get_import, read_results),
-             (TableAccess(c.JOB_TABLE, (ddb.UpdateItem,)), TableAccess(c.INSTANCE_TABLE, (ddb.UpdateItem,))),
-             (_READ_OBJECTS, _TABLES, _READ_IMPORT)),
+             (read_manifests, get_import, read_results, wake_workflow),
+             (TableAccess(c.JOB_TABLE, (ddb.GetItem, ddb.UpdateItem)),
+              TableAccess(c.INSTANCE_TABLE, (ddb.UpdateItem,))),
+             (_READ_OBJECTS, _TABLES, _READ_IMPORT), job_events=True),
     Function("RecordFailure", "functions.record_failure.handler", "record-failure", 300, 256,
              _COMMON_ENV, Invoker.WORKFLOW,
              (read_manifests,),
@@ -240,6 +250,7 @@ FUNCTIONS = (
 )  # fmt: skip
 
 WORKFLOW_FUNCTIONS = tuple(fn for fn in FUNCTIONS if fn.invoker is Invoker.WORKFLOW)
+JOB_EVENT_FUNCTIONS = tuple(fn for fn in FUNCTIONS if fn.job_events)
 BY_NAME = {fn.name: fn for fn in FUNCTIONS}
 
 
@@ -266,6 +277,12 @@ def function_environment() -> dict[str, object]:
         "SWEEP_MIN_AGE_MINUTES": Ref("SweepMinAgeMinutes"),
         "LOG_LEVEL": Ref("LogLevel"),
     }
+
+
+def powertools_service(fn: Function) -> str:
+    """POWERTOOLS_SERVICE_NAME in Sub's syntax: the ``service`` of the function's logs and the dimension of its
+    metrics, unique to the stack so that two stacks in one account and region keep their figures apart."""
+    return "${AWS::StackName}-" + fn.service_name
 
 
 def table_statements(fn: Function) -> list[Statement]:
@@ -298,6 +315,7 @@ DEAD_LETTER_QUEUE = "ImportEventDeadLetterQueue"
 WORKFLOW_LOG_GROUP = "ImportWorkflowLogGroup"
 WORKFLOW_ROLE = "ImportWorkflowRole"
 SWEEPER_SCHEDULE = "SweeperSchedule"
+JOB_EVENT_RULE = "ImportJobEventRule"
 
 
 def add_pipeline(template: Template, asl_definition: str) -> None:
@@ -313,6 +331,8 @@ def add_pipeline(template: Template, asl_definition: str) -> None:
         sweeper_schedule(),
         sweeper_schedule_permission(),
     ]
+    if JOB_EVENT_FUNCTIONS:
+        resources += [job_event_rule(), *(job_event_permission(fn) for fn in JOB_EVENT_FUNCTIONS)]
     for resource in resources:
         template.add_resource(resource)
 
@@ -345,6 +365,34 @@ def sweeper_schedule_permission() -> lambda_.Permission:
         Action="lambda:InvokeFunction",
         Principal="events.amazonaws.com",
         SourceArn=GetAtt(SWEEPER_SCHEDULE, "Arn"),
+    )
+
+
+def job_event_rule() -> events.Rule:
+    return events.Rule(
+        JOB_EVENT_RULE,
+        Description="HealthImaging import jobs of this stack's data store that completed or failed: wakes the workflow",
+        EventPattern=job_events.pattern(c.datastore_id()),
+        State="ENABLED",
+        Targets=[
+            events.Target(
+                Id=fn.name,
+                Arn=GetAtt(fn.logical_id, "Arn"),
+                # Worth a few tries within the poll interval; after that the workflow has polled anyway.
+                RetryPolicy=events.RetryPolicy(MaximumRetryAttempts=3, MaximumEventAgeInSeconds=600),
+            )
+            for fn in JOB_EVENT_FUNCTIONS
+        ],
+    )
+
+
+def job_event_permission(fn: Function) -> lambda_.Permission:
+    return lambda_.Permission(
+        f"{fn.name}JobEventPermission",
+        FunctionName=GetAtt(fn.logical_id, "Arn"),
+        Action="lambda:InvokeFunction",
+        Principal="events.amazonaws.com",
+        SourceArn=GetAtt(JOB_EVENT_RULE, "Arn"),
     )
 
 
@@ -426,7 +474,7 @@ def lambda_function(fn: Function, env: dict[str, object]) -> lambda_.Function:
             )
         )
     variables = {name: env[name] for name in fn.env}
-    variables["POWERTOOLS_SERVICE_NAME"] = fn.service_name
+    variables["POWERTOOLS_SERVICE_NAME"] = Sub(powertools_service(fn))
     return lambda_.Function(
         fn.logical_id,
         Metadata=c.skip_checks(*skips),

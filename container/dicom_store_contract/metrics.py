@@ -100,7 +100,8 @@ STATUS_FAMILIES: tuple[str, ...] = (
 class FunctionMetric:
     """A metric a Lambda function publishes with Powertools (``metrics.add_metric``) in :data:`NAMESPACE`.
 
-    Powertools adds the dimension ``service`` = the function's POWERTOOLS_SERVICE_NAME (template_gen/pipeline.py).
+    Powertools adds the dimension ``service`` = the function's POWERTOOLS_SERVICE_NAME, which the template makes
+    ``<stack name>-<function's service name>`` (template_gen/pipeline.py): one stack's functions apart from another's.
     A test reads functions/ and checks each is still published there under this name.
     """
 
@@ -111,6 +112,12 @@ class FunctionMetric:
 
 INSTANCES_IMPORTED = FunctionMetric("InstancesImported", "check_status", "instances an import job imported")
 INSTANCES_NOT_IMPORTED = FunctionMetric("InstancesFailed", "check_status", "instances an import job failed to import")
+INSTANCES_WITH_WARNINGS = FunctionMetric(
+    "InstancesImportedWithWarnings", "check_status", "instances imported with AHI warnings (warning.ndjson)"
+)
+INSTANCES_NOT_PRIMARY = FunctionMetric(
+    "InstancesInNonPrimaryImageSets", "check_status", "instances AHI put in a non-primary image set (a conflict)"
+)
 IMPORT_JOBS_STARTED = FunctionMetric("ImportJobsStarted", "start_import_job", "import jobs started")
 BATCHES_STARTED = FunctionMetric("BatchesStarted", "trigger_import", "batches whose import workflow started")
 MANIFESTS_REJECTED = FunctionMetric("ManifestsRejected", "trigger_import", "manifests that failed the checks")
@@ -121,6 +128,8 @@ BATCHES_SWEPT = FunctionMetric("BatchesSwept", "sweeper", "abandoned batches the
 FUNCTION_METRICS: tuple[FunctionMetric, ...] = (
     INSTANCES_IMPORTED,
     INSTANCES_NOT_IMPORTED,
+    INSTANCES_WITH_WARNINGS,
+    INSTANCES_NOT_PRIMARY,
     IMPORT_JOBS_STARTED,
     BATCHES_STARTED,
     MANIFESTS_REJECTED,

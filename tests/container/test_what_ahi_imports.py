@@ -104,13 +104,14 @@ def test_transfer_syntax_ahi_does_not_import_is_declined(scp, tmp_path):
     assert line["declined"][0]["transferSyntaxes"] == [JPIP_REFERENCED]
 
 
-# DCMTK 3.6.7 (Debian's) cannot send HTJ2K (.201-.203): it fails on the response. RLE needs real RLE segments.
+# DCMTK 3.6.7 (Debian's) negotiates but cannot send HTJ2K (.201-.203) or the fragmentable MPEG syntaxes
+# (.100.1-.106.1): "Unsupported transfer syntax" on the store. pynetdicom, the other sender users have, sends those
+# below. RLE needs real RLE segments.
+UNKNOWN_TO_DCMTK = [
+    row for row in TABLE if str(row.uid).startswith("1.2.840.10008.1.2.4.20") or str(row.uid).endswith(".1")
+]
 ENCAPSULATED = [
-    row
-    for row in TABLE
-    if row.uid.is_compressed
-    and row.uid != "1.2.840.10008.1.2.5"
-    and not str(row.uid).startswith("1.2.840.10008.1.2.4.20")
+    row for row in TABLE if row.uid.is_compressed and row.uid != "1.2.840.10008.1.2.5" and row not in UNKNOWN_TO_DCMTK
 ]
 
 
@@ -134,5 +135,37 @@ def test_every_encapsulated_syntax_in_ahis_table_is_accepted_and_stored_as_recei
 
 def test_video_syntaxes_are_stored_as_received_by_ahi():
     video = [row for row in TABLE if "MPEG" in row.name or "HEVC" in row.name]
-    assert [str(row.uid).rsplit(".", 1)[1] for row in video] == [str(n) for n in range(100, 109)]
+    # AHI's table: .100-.108, and the fragmentable .100.1-.106.1, all marked "retains original transfer syntax".
+    expected = {f"1.2.840.10008.1.2.4.{n}" for n in range(100, 109)} | {
+        f"1.2.840.10008.1.2.4.{n}.1" for n in range(100, 107)
+    }
+    assert {str(row.uid) for row in video} == expected
     assert {row.at_import for row in video} == {STORED_AS_RECEIVED}
+
+
+def test_what_ahi_transcodes_and_what_it_keeps_follow_its_table():
+    # The rows the guide marks with an asterisk (kept as received) besides video; JPEG 2000 Part 2 and lossless
+    # HTJ2K are transcoded to the data store's storage format.
+    kept = {str(row.uid) for row in TABLE if row.at_import == STORED_AS_RECEIVED and "MPEG" not in row.name}
+    kept -= {str(row.uid) for row in TABLE if "HEVC" in row.name}
+    assert kept == {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.203"}
+
+
+@pytest.mark.parametrize("syntax", UNKNOWN_TO_DCMTK, ids=lambda row: str(row.uid))
+def test_syntaxes_dcmtk_cannot_send_are_accepted_from_pynetdicom_and_stored_as_received(scp, tmp_path, syntax):
+    from pynetdicom import AE
+
+    instance = _ct(tmp_path, "encapsulated.dcm", transfer_syntax=str(syntax.uid))
+    ae = AE(ae_title="PYNETDICOM")
+    ae.add_requested_context(CT_IMAGE_STORAGE, [str(syntax.uid)])
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="ANY-SCP")
+    assert assoc.is_established
+    try:
+        status = assoc.send_c_store(instance)  # a path: the data set is sent as encoded in the file
+    finally:
+        assoc.release()
+
+    assert status.Status == statuses.SUCCESS
+    [stored] = scp.stored_files()
+    assert dcmread(stored, stop_before_pixels=True).file_meta.TransferSyntaxUID == syntax.uid
+    assert dcmread(stored).PixelData == dcmread(instance).PixelData

@@ -47,7 +47,8 @@ def test_the_template_defaults_and_bounds_come_from_the_table():
     parameters = {parameter.name: parameter for parameter in PARAMETERS}
     expected = {
         "MaximumPDUSize": (limits.MAXIMUM_PDU_SIZE, limits.PDU_SIZE_CEILING),
-        "BatchMaxInstances": (limits.BATCH_MAX_INSTANCES, limits.FILES_PER_IMPORT_JOB),
+        # Default: the default quota; maximum: what an account whose quota was raised may set (the SCP accepts it).
+        "BatchMaxInstances": (limits.BATCH_MAX_INSTANCES, limits.BATCH_MAX_INSTANCES_CEILING),
         "BatchMaxBytes": (limits.BATCH_MAX_BYTES, limits.BYTES_PER_IMPORT_JOB),
     }
     scp_defaults = {setting.env: setting.default for setting in config.SETTINGS}

@@ -183,7 +183,18 @@ class FakeHealthImaging:
                     "importResponse": {"imageSetId": image_set_id, "isPrimary": is_primary},
                 }
                 if _cannot_transcode(dataset):
-                    record["warnings"] = [{"warningReason": "0xB100", "warningType": "TRANSCODING_EXCEPTION"}]
+                    # The developer guide's warning.ndjson record: the warnings inside importResponse, each with
+                    # its decimal reason code, a type and a message.
+                    record["importResponse"].update(
+                        imageSetVersion=1,
+                        warnings=[
+                            {
+                                "warning_reason_code": 0xB100,
+                                "type": "TranscodingException",
+                                "message": "The file was imported but its pixel data could not be transcoded.",
+                            }
+                        ],
+                    )
                     warnings.append(record)
                 else:
                     successes.append(record)

@@ -170,6 +170,27 @@ def test_warning_codes_are_read_in_every_documented_form(record):
     assert warning_codes(record) == ("0xB100 TRANSCODING_EXCEPTION",)
 
 
+def test_the_guides_warning_record_reads_as_its_code_and_name():
+    # Verbatim the warning.ndjson example of the developer guide's "Understanding import jobs".
+    record = {
+        "inputFile": "dicom_input/warningDicomFile1.dcm",
+        "importResponse": {
+            "imageSetId": "12345612345612345678907890789012",
+            "imageSetVersion": 1,
+            "isPrimary": True,
+            "warnings": [
+                {
+                    "warning_reason_code": 45330,
+                    "type": "InvalidOffsetTable",
+                    "message": "The file was imported but contains an invalid offset table, may see issues when "
+                    "retrieving certain frames.",
+                }
+            ],
+        },
+    }
+    assert warning_codes(record) == ("0xB112 INVALID_OFFSET_TABLE",)
+
+
 def test_a_warning_record_without_codes_still_reads_as_a_warning():
     assert warning_codes({"inputFile": "a.dcm", "importResponse": {"imageSetId": "s"}}) == ("unspecified",)
     assert warning_codes({"warnings": ["0xB201"]}) == ("0xB201",)

@@ -47,6 +47,7 @@ def test_image_keeps_its_health_check_user_and_stop_signal(podman: Podman, scp_i
     assert config["Entrypoint"] == ["dicom-store-scp"]
     assert "11112/tcp" in config["ExposedPorts"]
     assert "/tmp" in config["Volumes"]
+    assert "MALLOC_ARENA_MAX=2" in config["Env"]  # bounded malloc arenas under connection churn (benchmarks §7)
     labels = config["Labels"]
     assert labels["org.opencontainers.image.version"] == project.version()
     # The base the image was built on is recorded: this one is the test base, never a release's.

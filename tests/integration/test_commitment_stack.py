@@ -24,7 +24,8 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate
 from pynetdicom import AE, evt
 from support.aws import load_fake_healthimaging
 from support.cfn import REGION, Deployment
-from support.moto import MotoServer, aws_env
+from support.iam import denied
+from support.moto import MotoServer, aws_env, recorded_calls
 from support.pipeline import Pipeline
 from support.scp import launch_scp
 
@@ -58,9 +59,12 @@ def create_commitment_table(dynamodb: Any) -> None:
     )
 
 
+SCP_APP_ID = "dicom-store-scp-under-test"  # botocore puts app/<this> in the SCP's user agent
+
+
 @pytest.fixture
 def moto_server(tmp_path: Path) -> Iterator[MotoServer]:
-    server = MotoServer(tmp_path / "moto_server.log")
+    server = MotoServer(tmp_path / "moto_server.log", recording=tmp_path / "moto-recording.ndjson")
     yield server
     server.stop()
 
@@ -97,7 +101,12 @@ def test_a_pynetdicom_requester_gets_its_report_after_the_import(
         tmp_path,
         *("--dicom-bucket", bucket, "--dicom-prefix", DICOM_PREFIX),
         *("--instance-table-name", instance_table, "--commitment-table-name", commitment_table),
-        env=aws_env(moto_server.endpoint, AWS_DEFAULT_REGION=REGION, COMMITMENT_MISSING_SECONDS="5"),
+        env=aws_env(
+            moto_server.endpoint,
+            AWS_DEFAULT_REGION=REGION,
+            COMMITMENT_MISSING_SECONDS="5",
+            AWS_SDK_UA_APP_ID=SCP_APP_ID,
+        ),
     )
     reports: queue.Queue[Any] = queue.Queue()
 
@@ -164,6 +173,13 @@ def test_a_pynetdicom_requester_gets_its_report_after_the_import(
         "REQUESTER",
     )
     assert tables.PENDING not in item and int(item[tables.EXPIRES_AT]["N"]) > time.time()
+
+    # Every S3 and DynamoDB call the SCP made (moto's recording of its requests) is one its task role allows.
+    assert moto_server.recording is not None
+    calls = recorded_calls(moto_server.recording, SCP_APP_ID)
+    made = {(call.service, call.operation) for call in calls}
+    assert {("s3", "PutObject"), ("dynamodb", "PutItem"), ("dynamodb", "BatchGetItem")} <= made, made
+    assert denied(stack.role_statements(stack.role_of("ScpTaskDefinition", "TaskRoleArn")), calls) == []
 
     # And the status command says the same of those instances.
     capsys.readouterr()

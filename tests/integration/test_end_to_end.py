@@ -287,8 +287,28 @@ def _send_and_import(
     return result.statuses, final
 
 
+def function_metrics(printed: str) -> dict[tuple[str, str], float]:
+    """(service, metric name) -> sum of the values in the EMF documents the functions printed (Powertools)."""
+    sums: dict[tuple[str, str], float] = {}
+    for line in printed.splitlines():
+        if not line.startswith("{") or '"_aws"' not in line:
+            continue
+        document = json.loads(line)
+        for directive in document["_aws"]["CloudWatchMetrics"]:
+            for metric in directive["Metrics"]:
+                key = (document["service"], metric["Name"])
+                values = document[metric["Name"]]
+                sums[key] = sums.get(key, 0) + sum(values if isinstance(values, list) else [values])
+    return sums
+
+
 def test_what_the_import_reported_is_recorded_per_instance(
-    tmp_path: Path, stack: Deployment, moto_server: MotoServer, s3: Any, pipeline: Pipeline
+    tmp_path: Path,
+    stack: Deployment,
+    moto_server: MotoServer,
+    s3: Any,
+    pipeline: Pipeline,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     (first, second), _ = write_series(tmp_path / "series", count=2)
     too_long = _variant(first, tmp_path / "long-name.dcm", PatientName="N" * 257, SOPInstanceUID=generate_uid())
@@ -308,6 +328,13 @@ def test_what_the_import_reported_is_recorded_per_instance(
     assert items[uid_warned]["state"] == "IMPORTED_WITH_WARNINGS"
     assert items[uid_warned]["warnings"] == [{"S": "0xB100 TRANSCODING_EXCEPTION"}]
     assert items[uid_first]["isPrimary"] is True
+    # CheckStatus's metrics say the same, under this stack's service dimension (the dashboard's "with warnings").
+    check_status = stack.lambda_environment("CheckStatusFunction")["POWERTOOLS_SERVICE_NAME"]
+    assert check_status.endswith("-check-status") and check_status != "check-status"
+    emitted = function_metrics(capsys.readouterr().out)
+    assert emitted[(check_status, "InstancesImported")] == 2
+    assert emitted[(check_status, "InstancesImportedWithWarnings")] == 1
+    assert emitted[(check_status, "InstancesInNonPrimaryImageSets")] == 0
 
     # The same SOP instance sent again with other content: AHI keeps the first copy primary.
     changed = _variant(first, tmp_path / "changed.dcm", InstanceNumber=99)
@@ -317,6 +344,7 @@ def test_what_the_import_reported_is_recorded_per_instance(
     assert (item["state"], item["isPrimary"]) == ("IMPORTED", False)
     job = job_item(stack, moto_server.endpoint, final["importJob"]["jobId"])
     assert (job["importedCount"], job["nonPrimaryCount"]) == ("1", "1")
+    assert function_metrics(capsys.readouterr().out)[(check_status, "InstancesInNonPrimaryImageSets")] == 1
 
 
 def test_a_batch_waits_while_the_data_store_runs_its_quota_of_jobs(

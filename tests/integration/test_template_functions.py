@@ -74,6 +74,17 @@ def run_every_function(pipeline: Pipeline, s3: Any, monkeypatch: pytest.MonkeyPa
     seen["imported"] = [instance_item(instance_table, i["sopInstanceUID"]) for i in imported["instances"]]
     seen["imported_job"] = job_item(job_table, final["importJob"]["jobId"])
 
+    # CheckStatus's event path, as WaitForCompletion and the stack's job event rule invoke it. moto never issued
+    # this task token, so both wake-ups are refused (and logged): the calls are what the role checks below see.
+    job_id = final["importJob"]["jobId"]
+    seen["registered"] = pipeline.invoke(
+        "CheckStatusFunction", {"waitForJobEvent": {"jobId": job_id, "taskToken": "token-of-the-wait"}}
+    )
+    seen["wait_token"] = job_item(job_table, job_id).get("waitToken")
+    event = load_event("import_job_completed.json")
+    event["detail"].update(jobId=job_id, datastoreId=pipeline.fake_healthimaging.datastore_id)
+    seen["relayed"] = pipeline.invoke("CheckStatusFunction", event)
+
     timed_out = store_batch(s3, bucket, BATCH_TIMED_OUT, count=2)
     trigger(pipeline, s3, bucket, BATCH_TIMED_OUT)
     execution_input = {
@@ -126,6 +137,11 @@ def test_every_function_does_its_job_with_only_the_template_environment(
     )
     assert job["datastoreId"] == pipeline.fake_healthimaging.datastore_id
     assert job["dataAccessRoleArn"] == pipeline.deployment.resources["HealthImagingDataAccessRole.Arn"]
+    # CheckStatus, woken by events: the token stored on the job, the ended job seen, the event matched to it.
+    assert seen["registered"]["registered"] is True
+    assert seen["registered"]["jobStatus"] == "COMPLETED"
+    assert seen["wait_token"] == "token-of-the-wait"
+    assert seen["relayed"]["jobId"] == job["jobId"]
     # RecordFailure: the polling bound recorded on the job and every instance.
     assert seen["timed_out"] == ["TIMED_OUT"] * 2
     assert seen["timed_out_job"]["jobStatus"] == "TIMED_OUT"

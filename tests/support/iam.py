@@ -73,6 +73,8 @@ def permissions(call: ApiCall) -> list[Permission]:
             arn += f"/index/{p['IndexName']}"
         return [Permission(f"dynamodb:{call.operation}", arn)]
     if call.service == "stepfunctions":
+        if call.operation in ("SendTaskSuccess", "SendTaskFailure", "SendTaskHeartbeat"):
+            return [Permission(f"states:{call.operation}", "*")]  # no resource type: the token names the task
         arn = p.get("stateMachineArn") or p.get("executionArn")
         if arn is None:
             raise LookupError(f"no resource for states:{call.operation}")

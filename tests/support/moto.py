@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
+import json
+import os
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -44,17 +48,26 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> No
 
 
 class MotoServer:
-    """``moto_server`` on a free loopback port. It keeps every object in RAM: tests delete what they made."""
+    """``moto_server`` on a free loopback port. It keeps every object in RAM: tests delete what they made.
 
-    def __init__(self, log_path: Path) -> None:
+    With ``recording`` (a path), moto's recorder writes every request it serves there, one JSON line each:
+    ``recorded_calls`` reads back the API calls one client process made.
+    """
+
+    def __init__(self, log_path: Path, recording: Path | None = None) -> None:
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
+        self.recording = recording
+        env = dict(os.environ)
+        if recording is not None:
+            env.update(MOTO_ENABLE_RECORDING="True", MOTO_RECORDER_FILEPATH=str(recording))
         with log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env=env,
             )
         _wait_for_port(self.port, self.process, log_path)
 
@@ -67,6 +80,53 @@ class MotoServer:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait(timeout=10)
+
+
+def _s3_operation(method: str, path: str, query: dict[str, list[str]], headers: dict[str, str]) -> tuple[str, dict]:
+    bucket, _, key = path.lstrip("/").partition("/")
+    params: dict[str, Any] = {"Bucket": bucket}
+    if not key:
+        operation = {"GET": "ListObjectsV2" if "list-type" in query else "ListObjects", "HEAD": "HeadBucket"}
+        if "prefix" in query:
+            params["Prefix"] = query["prefix"][0]
+        return operation.get(method, f"{method}Bucket"), params
+    params["Key"] = urllib.parse.unquote(key)
+    if method == "PUT":
+        copy = any(name.lower() == "x-amz-copy-source" for name in headers)
+        return ("UploadPart" if "uploadId" in query else "CopyObject" if copy else "PutObject"), params
+    if method == "POST":
+        return ("CreateMultipartUpload" if "uploads" in query else "CompleteMultipartUpload"), params
+    if method == "DELETE":
+        return ("AbortMultipartUpload" if "uploadId" in query else "DeleteObject"), params
+    return {"GET": "GetObject", "HEAD": "HeadObject"}[method], params
+
+
+def recorded_calls(recording: Path, app_id: str) -> list[Any]:
+    """The S3 and DynamoDB calls in a moto recording made by clients whose user agent names ``app_id`` (botocore
+    adds ``app/<AWS_SDK_UA_APP_ID>``), as tests/support/iam.py's ApiCall."""
+    from .iam import ApiCall
+
+    calls = []
+    for line in recording.read_text(encoding="utf-8").splitlines():
+        entry = json.loads(line)
+        headers = entry["headers"]
+        agent = next((v for k, v in headers.items() if k.lower() == "user-agent"), "")
+        if f"app/{app_id}" not in agent:
+            continue
+        target = next((v for k, v in headers.items() if k.lower() == "x-amz-target"), "")
+        if target.startswith("DynamoDB_"):
+            body = base64.b64decode(entry["body"]) if entry.get("body_encoded") else entry["body"]
+            params = json.loads(body)
+            keep = {k: params[k] for k in ("TableName", "IndexName") if k in params}
+            if "RequestItems" in params:  # BatchGetItem / BatchWriteItem: one call per table
+                calls += [ApiCall("dynamodb", target.split(".")[1], {"TableName": t}) for t in params["RequestItems"]]
+                continue
+            calls.append(ApiCall("dynamodb", target.split(".")[1], keep))
+            continue
+        url = urllib.parse.urlsplit(entry["url"])
+        operation, params = _s3_operation(entry["method"], url.path, urllib.parse.parse_qs(url.query, True), headers)
+        calls.append(ApiCall("s3", operation, params))
+    return calls
 
 
 def empty_bucket(client: Any, bucket: str) -> None:

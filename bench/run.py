@@ -352,11 +352,60 @@ def raw_put(endpoint: str, paths: list[Path], concurrency: int) -> float:
     return time.perf_counter() - started
 
 
-def bench_s3(work: Path, instances: int, repeat: int, workers: Sequence[int]) -> list[Rate]:
+@contextlib.contextmanager
+def delaying_proxy(endpoint: str, delay: float) -> Iterator[str]:
+    """A TCP proxy in front of ``endpoint`` that holds each HTTP request ``delay`` seconds before passing it on.
+
+    A request is the first bytes a client sends after the previous response began (an interim "100 Continue" does
+    not count): about what an in-region S3 PUT adds in latency over loopback moto_server.
+    """
+    target = int(endpoint.rsplit(":", 1)[1])
+    listener = socket.create_server(("127.0.0.1", 0), backlog=256)
+
+    def pump(source: socket.socket, sink: socket.socket, turn: list[bool], requests: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if requests and turn[0]:
+                    time.sleep(delay)
+                    turn[0] = False
+                elif not requests and not data.startswith(b"HTTP/1.1 100"):
+                    turn[0] = True
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+
+    def accept() -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", target))
+            for each in (client, upstream):
+                each.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            turn = [True]
+            threading.Thread(target=pump, args=(client, upstream, turn, True), daemon=True).start()
+            threading.Thread(target=pump, args=(upstream, client, turn, False), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+
+
+def bench_s3(
+    work: Path, instances: int, repeat: int, workers: Sequence[int], delay: float = 0.0, label: str = "s3"
+) -> list[Rate]:
+    """The SCP into S3 against raw PutObject, both to moto_server; through ``delaying_proxy`` when ``delay``."""
     paths = write_instances(work / "ct512-s3", instances)
     size = sum(path.stat().st_size for path in paths)
     results = []
-    with moto_server() as (endpoint, client):
+    with moto_server() as (direct, client), delaying_proxy(direct, delay) as proxied:
+        endpoint = proxied if delay else direct
         for associations in (1, 4):
             raw = []
             for _ in range(repeat):
@@ -364,7 +413,7 @@ def bench_s3(work: Path, instances: int, repeat: int, workers: Sequence[int]) ->
                 if empty_bucket(client) != instances:
                     raise RuntimeError("raw PutObject did not store every file")
             raw_seconds = statistics.median(raw)
-            raw_rate = Rate("s3", "raw boto3 PutObject", associations, instances, raw_seconds, 0, 0)
+            raw_rate = Rate(label, "raw boto3 PutObject", associations, instances, raw_seconds, 0, 0)
             results.append(raw_rate)
             for count in workers if associations > 1 else [1]:
                 timings = []
@@ -378,7 +427,7 @@ def bench_s3(work: Path, instances: int, repeat: int, workers: Sequence[int]) ->
                         raise RuntimeError(f"SCP into S3: {stored} of {instances} stored")
                 seconds = statistics.median(timings)
                 results.append(
-                    Rate("s3", f"this SCP into S3 (WORKERS={count})", associations, instances, seconds, 0, 0)
+                    Rate(label, f"this SCP into S3 (WORKERS={count})", associations, instances, seconds, 0, 0)
                 )
     for result in results:
         result.instances_per_s = result.instances / result.seconds
@@ -823,7 +872,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         default="ingest,ingest-tmpfs,s3,memory,associations,pdu,engine,engine-burst,engine-memory",
-        help="engine: the receive engines and DCMTK on tmpfs; engine-burst, engine-memory: 300 associations, 1 GiB",
+        help="engine: the receive engines and DCMTK on tmpfs; engine-burst, engine-memory: 300 associations, 1 GiB;"
+        " s3-proxy: the S3 case through a proxy adding 20 ms per request",
     )
     parser.add_argument("--shipped-workers", type=int, default=0, help="WORKERS for the engine ingest cases")
     parser.add_argument("--instances", type=int, default=600, help="512 KiB instances per ingest run")
@@ -864,6 +914,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "s3" in chosen:
             results["s3"] = bench_s3(work, options.s3_instances, options.repeat, workers)
             print(table(results["s3"]), "\n", flush=True)
+        if "s3-proxy" in chosen:
+            results["s3-proxy"] = bench_s3(
+                work, options.s3_instances, options.repeat, workers, delay=0.02, label="s3-proxy-20ms"
+            )
+            print(table(results["s3-proxy"]), "\n", flush=True)
         if "memory" in chosen:
             results["memory"] = bench_memory(work)
             print(table(results["memory"]), "\n", flush=True)

@@ -246,7 +246,7 @@ def handle_store(event: Any, sessions: Sessions, recorder: Recorder) -> int:
             with source.open("rb") as handle:
                 header = read_partial(handle, stop_when=_stop_after_header, specific_tags=_HEADER_TAGS)
         # pydicom converts a value when it is first read: an unknown VR or an undecodable value raises only now.
-        values = {tag: _element_text(header, tag) for tag in _HEADER_TAGS}
+        values = {tag: (_uid_as_sent if tag in _UID_TAGS else _element_text)(header, tag) for tag in _HEADER_TAGS}
     except Exception as error:  # pydicom raises many types for malformed input
         return _fail(event, sessions, recorder, statuses.CANNOT_PARSE_DATASET, f"{type(error).__name__}: {error}")
 
@@ -290,6 +290,20 @@ def handle_store(event: Any, sessions: Sessions, recorder: Recorder) -> int:
         return _fail(event, sessions, recorder, statuses.OUT_OF_RESOURCES_CLOSING, str(error))
     recorder.instance_stored(instance.size, time.monotonic() - received)
     return statuses.SUCCESS
+
+
+_UID_TAGS = {_SOP_CLASS_UID, _SOP_INSTANCE_UID, _STUDY_INSTANCE_UID, _SERIES_INSTANCE_UID}
+
+
+def _uid_as_sent(header: Any, tag: BaseTag | int) -> str:
+    """A UID as the data set's bytes have it, less trailing padding (the NUL DICOM prescribes, or the space some
+    senders use). pydicom strips all surrounding spaces, so " 1.2.3" would be stored and tracked as "1.2.3" while the
+    object sent to HealthImaging says otherwise: such a UID is refused like any other malformed one."""
+    if tag not in header:
+        return ""
+    raw = getattr(header.get_item(tag), "value", None)
+    text = _element_text(header, tag)  # pydicom's reading first: it raises for what it cannot decode (0xC000)
+    return raw.rstrip(b"\0 ").decode("latin-1") if isinstance(raw, bytes) else text
 
 
 def _element_text(header: Any, tag: BaseTag | int) -> str:

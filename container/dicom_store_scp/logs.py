@@ -34,6 +34,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+class PeerFaultsAreWarnings(logging.Filter):
+    """pynetdicom's state machine logs an A-ASSOCIATE-RQ with an unsupported protocol version at ERROR, after it has
+    answered it correctly (A-ASSOCIATE-RJ, rejected-permanent, service-provider ACSE, protocol version not supported).
+    A peer's fault is not the SCP's error: such a record is kept, as a WARNING with an event name."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and str(record.msg).startswith("A-ASSOCIATE-RQ: Unsupported protocol"):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.fields = {"event": "association-rejected", "reason": "protocol version not supported"}
+        return True
+
+
+_PEER_FAULTS = PeerFaultsAreWarnings()
+
+
 def configure(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
@@ -42,6 +57,9 @@ def configure(level: str) -> None:
     root.setLevel(level.upper())
     # pynetdicom narrates every PDU at INFO; keep its warnings and errors unless we are debugging.
     logging.getLogger("pynetdicom").setLevel("DEBUG" if level.upper() == "DEBUG" else "WARNING")
+    fsm = logging.getLogger("pynetdicom.fsm")
+    if _PEER_FAULTS not in fsm.filters:
+        fsm.addFilter(_PEER_FAULTS)
     # Its standard event handlers only narrate (at INFO and DEBUG), and some raise on a malformed PDU, which
     # pynetdicom then logs as an error with a traceback for every such connection: bind them only when debugging.
     _config.LOG_HANDLER_LEVEL = "standard" if level.upper() == "DEBUG" else "none"

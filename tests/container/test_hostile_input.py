@@ -267,6 +267,20 @@ def test_malformed_association_request_is_answered_and_closed_at_once(hardened_s
     _assert_still_serving(scp)
 
 
+def test_unsupported_protocol_version_is_rejected_with_its_reason_and_logged_as_a_warning(hardened_scp):
+    # Found by the fuzz suite with FUZZ_SEED=3: the rejection was right, but pynetdicom logged it as an error.
+    scp = hardened_scp
+    with RawPeer(scp.port) as peer:
+        peer.send(wire.associate_rq(protocol_version=0))
+        answer = peer.receive(_PROMPT)
+        # Rejected permanently by the service provider (ACSE): protocol version not supported (PS3.8 9.3.4).
+        assert answer is not None and answer.reject_result_source_reason == (1, 2, 2)
+    [line] = scp.wait_for_event("association-rejected")
+    assert (line["level"], line["reason"]) == ("WARNING", "protocol version not supported")
+    assert [line for line in scp.logs() if line.get("level") == "ERROR"] == []
+    _assert_still_serving(scp)
+
+
 def _store(peer: RawPeer, command: bytes, data_set: bytes) -> wire.Received | None:
     peer.send(wire.p_data(wire.pdv(wire.STORE_CONTEXT, wire.COMMAND | wire.LAST, command)))
     peer.send(wire.p_data(wire.pdv(wire.STORE_CONTEXT, wire.LAST, data_set)))
@@ -275,6 +289,48 @@ def _store(peer: RawPeer, command: bytes, data_set: bytes) -> wire.Received | No
 
 # A small data set (explicit VR little endian, the store context's transfer syntax): SOP Class UID only.
 _DATA_SET = b"\x08\x00\x16\x00UI\x1a\x00" + wire.CT_IMAGE_STORAGE.encode() + b"\x00"
+
+
+def _ui(group: int, element: int, value: bytes) -> bytes:
+    return struct.pack("<HH", group, element) + b"UI" + struct.pack("<H", len(value)) + value
+
+
+@pytest.mark.parametrize(
+    ("study", "expected"),
+    [
+        (b" 1.2.3 \0", statuses.BAD_STUDY_INSTANCE_UID),
+        (b"\t1.2.3", statuses.BAD_STUDY_INSTANCE_UID),
+        (b"1.2.3\0", statuses.SUCCESS),
+        (b"1.2.3 ", statuses.SUCCESS),
+    ],
+    ids=["leading-space", "leading-tab", "nul-padded", "space-padded"],
+)
+def test_a_uid_is_judged_as_its_bytes_say_not_as_pydicom_trims_it(hardened_scp, study, expected):
+    # Found by the fuzz suite with FUZZ_SEED=3: pydicom strips " 1.2.3 " to "1.2.3", so the object was stored and
+    # tracked under a UID its own bytes do not hold. Trailing padding (NUL, or the space some senders use) is fine.
+    scp = hardened_scp
+    data_set = b"".join(
+        [
+            _ui(0x0008, 0x0016, wire.CT_IMAGE_STORAGE.encode() + b"\0"),
+            _ui(0x0008, 0x0018, b"1.2.826.0.1.3680043.8.498.9\0"),
+            _ui(0x0020, 0x000D, study),
+            _ui(0x0020, 0x000E, b"1.2.826.0.1.3680043.8.498.8\0"),
+        ]
+    )
+    with _associated(scp) as peer:
+        answer = _store(peer, wire.store_command("1.2.826.0.1.3680043.8.498.9"), data_set)
+        assert answer is not None and answer.statuses() == [expected]
+        peer.send(wire.release_rq())
+        peer.receive(_PROMPT)
+    scp.wait_for_event("association")
+    stored = scp.stored_files()
+    if expected == statuses.SUCCESS:
+        [path] = stored
+        assert "/1.2.3/" in str(path)
+    else:
+        assert stored == []
+        [line] = scp.wait_for_event("c-store-failed")
+        assert line["status"] == f"0x{expected:04X}"
 
 
 @pytest.mark.parametrize(

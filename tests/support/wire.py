@@ -62,14 +62,17 @@ def user_information(*extra: bytes, maximum_length: int = 16384) -> bytes:
 
 
 def associate_rq(
-    contexts: list[bytes] | None = None, user_info: bytes | None = None, called: str = "STORESCP"
+    contexts: list[bytes] | None = None,
+    user_info: bytes | None = None,
+    called: str = "STORESCP",
+    protocol_version: int = 1,
 ) -> bytes:
     if contexts is None:
         contexts = [
             presentation_context(ECHO_CONTEXT, VERIFICATION, IMPLICIT_LE),
             presentation_context(STORE_CONTEXT, CT_IMAGE_STORAGE, EXPLICIT_LE),
         ]
-    fixed = struct.pack(">HH", 1, 0) + called.encode().ljust(16) + b"RAWPEER".ljust(16) + bytes(32)
+    fixed = struct.pack(">HH", protocol_version, 0) + called.encode().ljust(16) + b"RAWPEER".ljust(16) + bytes(32)
     variable = item(0x10, APPLICATION_CONTEXT.encode()) + b"".join(contexts)
     return pdu(ASSOCIATE_RQ, fixed + variable + (user_information() if user_info is None else user_info))
 

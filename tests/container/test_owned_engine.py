@@ -401,3 +401,31 @@ def test_a_fixed_length_pdu_shorter_than_4_bytes_is_aborted(owned_scp, pdu_type)
         _assert_aborted(peer, _INVALID_PARAMETER)
     [line] = scp.wait_for_event("protocol-abort")
     assert line["detail"].endswith("cannot be decoded: 2 bytes, 4 expected")
+
+
+def test_an_association_that_negotiated_storage_commitment_stays_on_pynetdicoms_path(owned_scp):
+    """Storage Commitment's N-ACTION is pynetdicom's (commitment.py): such an association keeps both of pynetdicom's
+    threads (docs/conformance.md 2.4, 6); one without it on the same SCP is served by engine.py's one thread."""
+    scp = owned_scp
+    assert echoscu(scp.port).returncode == 0
+    time.sleep(0.5)
+    idle = _threads(scp)
+    commitment = wire.associate_rq(
+        [
+            wire.presentation_context(1, "1.2.840.10008.1.20.1", wire.IMPLICIT_LE),
+            wire.presentation_context(wire.STORE_CONTEXT, wire.CT_IMAGE_STORAGE, wire.EXPLICIT_LE),
+        ]
+    )
+    with RawPeer(scp.port) as committing, _associated(scp) as storing:
+        answer = committing.associate(commitment)
+        assert answer is not None and answer.pdu_type == wire.ASSOCIATE_AC
+        deadline = time.monotonic() + _PROMPT
+        while _threads(scp) != idle + 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _threads(scp) == idle + 3  # two for the committing association, one for the storing one
+        for peer in (committing, storing):
+            peer.send(wire.p_data(wire.pdv(wire.STORE_CONTEXT, wire.COMMAND | wire.LAST, wire.store_command("1.2.3"))))
+            peer.send(wire.p_data(wire.pdv(wire.STORE_CONTEXT, wire.LAST, _data_set(9))))
+            answer = peer.receive(_PROMPT)
+            assert answer is not None and answer.statuses() == [statuses.SOP_INSTANCE_MISMATCH]
+            _release(peer)

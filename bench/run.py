@@ -1,6 +1,7 @@
 """Benchmarks of issue 3 (not tests): ingest speed against DCMTK and pynetdicom, the S3 path, memory, associations.
 
     .venv/bin/python bench/run.py [--only ingest,ingest-tmpfs,s3,memory,associations,pdu] [--repeat 3] [--instances 600]
+    .venv/bin/python bench/run.py --only engine,engine-burst,engine-memory   # issue 15: the receive engines
 
 Everything runs on loopback on this machine; every loop is bounded. Results are printed as Markdown tables
 (docs/benchmarks.md holds a recorded run with its command) and written as JSON to --output.
@@ -29,6 +30,7 @@ from typing import Any
 
 import boto3
 import botocore.config
+from dicom_store_contract import limits
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -350,11 +352,60 @@ def raw_put(endpoint: str, paths: list[Path], concurrency: int) -> float:
     return time.perf_counter() - started
 
 
-def bench_s3(work: Path, instances: int, repeat: int, workers: Sequence[int]) -> list[Rate]:
+@contextlib.contextmanager
+def delaying_proxy(endpoint: str, delay: float) -> Iterator[str]:
+    """A TCP proxy in front of ``endpoint`` that holds each HTTP request ``delay`` seconds before passing it on.
+
+    A request is the first bytes a client sends after the previous response began (an interim "100 Continue" does
+    not count): about what an in-region S3 PUT adds in latency over loopback moto_server.
+    """
+    target = int(endpoint.rsplit(":", 1)[1])
+    listener = socket.create_server(("127.0.0.1", 0), backlog=256)
+
+    def pump(source: socket.socket, sink: socket.socket, turn: list[bool], requests: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if requests and turn[0]:
+                    time.sleep(delay)
+                    turn[0] = False
+                elif not requests and not data.startswith(b"HTTP/1.1 100"):
+                    turn[0] = True
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+
+    def accept() -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", target))
+            for each in (client, upstream):
+                each.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            turn = [True]
+            threading.Thread(target=pump, args=(client, upstream, turn, True), daemon=True).start()
+            threading.Thread(target=pump, args=(upstream, client, turn, False), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+
+
+def bench_s3(
+    work: Path, instances: int, repeat: int, workers: Sequence[int], delay: float = 0.0, label: str = "s3"
+) -> list[Rate]:
+    """The SCP into S3 against raw PutObject, both to moto_server; through ``delaying_proxy`` when ``delay``."""
     paths = write_instances(work / "ct512-s3", instances)
     size = sum(path.stat().st_size for path in paths)
     results = []
-    with moto_server() as (endpoint, client):
+    with moto_server() as (direct, client), delaying_proxy(direct, delay) as proxied:
+        endpoint = proxied if delay else direct
         for associations in (1, 4):
             raw = []
             for _ in range(repeat):
@@ -362,7 +413,7 @@ def bench_s3(work: Path, instances: int, repeat: int, workers: Sequence[int]) ->
                 if empty_bucket(client) != instances:
                     raise RuntimeError("raw PutObject did not store every file")
             raw_seconds = statistics.median(raw)
-            raw_rate = Rate("s3", "raw boto3 PutObject", associations, instances, raw_seconds, 0, 0)
+            raw_rate = Rate(label, "raw boto3 PutObject", associations, instances, raw_seconds, 0, 0)
             results.append(raw_rate)
             for count in workers if associations > 1 else [1]:
                 timings = []
@@ -376,7 +427,7 @@ def bench_s3(work: Path, instances: int, repeat: int, workers: Sequence[int]) ->
                         raise RuntimeError(f"SCP into S3: {stored} of {instances} stored")
                 seconds = statistics.median(timings)
                 results.append(
-                    Rate("s3", f"this SCP into S3 (WORKERS={count})", associations, instances, seconds, 0, 0)
+                    Rate(label, f"this SCP into S3 (WORKERS={count})", associations, instances, seconds, 0, 0)
                 )
     for result in results:
         result.instances_per_s = result.instances / result.seconds
@@ -472,6 +523,166 @@ def bench_pdu(work: Path, instances: int, repeat: int) -> list[PduSize]:
         results.append(
             PduSize("pdu", size, instances, seconds, instances / seconds, cpu_s, cpu_s / instances * 1000, max(rss))
         )
+    return results
+
+
+# -- 6. the receive engines side by side (issue 15) -------------------------------------------------------------
+
+
+@dataclass
+class EngineRate:
+    benchmark: str
+    case: str
+    receiver: str
+    associations: int
+    maximum_pdu_size: int
+    instances: int
+    seconds: float
+    instances_per_s: float
+    ratio: float | None
+    receiver_cpu_ms_per_instance: float
+
+
+# Receivers compared: DCMTK's storescp, and this SCP with each RECEIVE_ENGINE.
+ENGINES = ("owned", "pynetdicom")
+
+
+def _engine_receiver(name: str, port: int, out: Path, pdu: int, workers: int) -> tuple[list[str], dict[str, str]]:
+    if name.startswith("DCMTK"):
+        fork = ["--fork"] if "--fork" in name else []
+        return ["storescp", "-od", str(out), "-pdu", str(min(pdu, 131072)), *fork, str(port)], DCMTK_ENV
+    engine = name.split("RECEIVE_ENGINE=")[1].split(",")[0]
+    command = scp_command(port, out, "--maximum-pdu-size", str(pdu))
+    return command, scp_env(workers, RECEIVE_ENGINE=engine)
+
+
+def _engine_run(
+    name: str, paths: list[Path], associations: int, pdu: int, workers: int, root: Path
+) -> tuple[float, float]:
+    """One run: (wall seconds, receiver CPU seconds) for ``paths`` over ``associations`` into ``root``."""
+    port = free_port()
+    out = root / "received-engine"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    command, env = _engine_receiver(name, port, out, pdu, workers)
+    with serving(command, port, env) as process:
+        before = cpu_seconds(process.pid)
+        seconds = send(port, shard(paths, associations))
+        received = _wait_for_count(out, len(paths))
+        cpu = cpu_seconds(process.pid) - before
+    shutil.rmtree(out, ignore_errors=True)
+    if received != len(paths):
+        raise RuntimeError(f"{name}: {received} of {len(paths)} stored")
+    return seconds, cpu
+
+
+def bench_engine(work: Path, instances: int, repeat: int, shipped_workers: int) -> list[EngineRate]:
+    """The receive engines against DCMTK's storescp, every store on tmpfs (/dev/shm), so engines are compared.
+
+    - ``cpu``: receiver CPU per 512 KiB instance, 1 association, WORKERS=1, at 128 KiB and 16 KiB PDUs (storescu
+      sends PDUs up to what the receiver announces; DCMTK's own cap is 128 KiB);
+    - ``ingest``: 1 and 4 associations at the shipped MAXIMUM_PDU_SIZE and WORKERS (DCMTK with --fork for 4).
+
+    Runs alternate between receivers (round robin) so that a change in machine load hits each alike.
+    """
+    paths = write_instances(work / "ct512", instances)
+    shm = Path(tempfile.mkdtemp(prefix="dicom-bench-engine-", dir="/dev/shm"))
+    results: list[EngineRate] = []
+    shipped_pdu = limits.MAXIMUM_PDU_SIZE.whole  # what the SCP and the template ship
+    cases = [("cpu", 1, 131072, 1), ("cpu", 1, 16384, 1), ("ingest", 1, shipped_pdu, shipped_workers)]
+    cases.append(("ingest", 4, shipped_pdu, shipped_workers))
+    try:
+        for case, associations, pdu, workers in cases:
+            dcmtk = "DCMTK storescp" + (" --fork" if associations > 1 else "")
+            names = [dcmtk] + [f"this SCP (RECEIVE_ENGINE={engine}, WORKERS={workers})" for engine in ENGINES]
+            runs: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+            for _ in range(repeat):
+                for name in names:
+                    runs[name].append(_engine_run(name, paths, associations, pdu, workers, shm))
+            rows = []
+            for name in names:
+                seconds = statistics.median(run[0] for run in runs[name])
+                cpu = statistics.median(run[1] for run in runs[name])
+                rows.append(
+                    EngineRate(
+                        "engine",
+                        case,
+                        name,
+                        associations,
+                        pdu,
+                        instances,
+                        seconds,
+                        instances / seconds,
+                        None,
+                        cpu / instances * 1000,
+                    )
+                )
+            for row in rows:
+                row.ratio = row.instances_per_s / rows[0].instances_per_s
+            results += rows
+            print(table(rows), "\n", flush=True)
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)
+    return results
+
+
+def bench_engine_burst(work: Path, count: int) -> list[Associations]:
+    """``count`` associations at once (one 512 KiB instance each, local disk, shipped WORKERS), per engine."""
+    paths = write_instances(work / "ct-burst", count)
+    shards = [[path] for path in paths]
+    results = []
+    for engine in ENGINES:
+        port = free_port()
+        out = work / f"received-burst-{engine}"
+        env = scp_env(0, MAXIMUM_ASSOCIATIONS="300", RECEIVE_ENGINE=engine)
+        with serving(scp_command(port, out), port, env) as process:
+            measured = concurrent_stores(port, process.pid, shards, work / "burst-logs")
+            time.sleep(1)
+        established, held, associations_ok, instances_ok, seconds, failures = measured
+        stored = count_instances(out)
+        results.append(
+            Associations(
+                "engine-burst",
+                f"local, RECEIVE_ENGINE={engine}",
+                0,
+                count,
+                1,
+                established,
+                held,
+                associations_ok,
+                instances_ok,
+                stored,
+                seconds,
+                failures,
+            )
+        )
+        shutil.rmtree(out, ignore_errors=True)
+    return results
+
+
+def bench_engine_memory(work: Path) -> list[Memory]:
+    """Peak RSS of WORKERS=1 receiving one 1 GiB instance, local disk, per engine."""
+    [path] = write_instances(work / "ct1g", 1, frames=2048)
+    size_mib = path.stat().st_size / MIB
+    results = []
+    for engine in ENGINES:
+        port = free_port()
+        out = work / f"received-1g-{engine}"
+        with serving(scp_command(port, out), port, scp_env(1, RECEIVE_ENGINE=engine)) as process:
+            idle = peak_rss_mib(process.pid)
+            seconds = send(port, [[path]])
+            results.append(
+                Memory(
+                    "engine-memory",
+                    f"local, RECEIVE_ENGINE={engine}",
+                    size_mib,
+                    seconds,
+                    peak_rss_mib(process.pid),
+                    idle,
+                )
+            )
+        shutil.rmtree(out, ignore_errors=True)
+    path.unlink()
     return results
 
 
@@ -658,7 +869,13 @@ def table(rows: list[Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="ingest,ingest-tmpfs,s3,memory,associations,pdu")
+    parser.add_argument(
+        "--only",
+        default="ingest,ingest-tmpfs,s3,memory,associations,pdu,engine,engine-burst,engine-memory",
+        help="engine: the receive engines and DCMTK on tmpfs; engine-burst, engine-memory: 300 associations, 1 GiB;"
+        " s3-proxy: the S3 case through a proxy adding 20 ms per request",
+    )
+    parser.add_argument("--shipped-workers", type=int, default=0, help="WORKERS for the engine ingest cases")
     parser.add_argument("--instances", type=int, default=600, help="512 KiB instances per ingest run")
     parser.add_argument("--s3-instances", type=int, default=300, help="512 KiB instances per S3 run")
     parser.add_argument("--repeat", type=int, default=3, help="runs per case; the median is reported")
@@ -697,12 +914,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "s3" in chosen:
             results["s3"] = bench_s3(work, options.s3_instances, options.repeat, workers)
             print(table(results["s3"]), "\n", flush=True)
+        if "s3-proxy" in chosen:
+            results["s3-proxy"] = bench_s3(
+                work, options.s3_instances, options.repeat, workers, delay=0.02, label="s3-proxy-20ms"
+            )
+            print(table(results["s3-proxy"]), "\n", flush=True)
         if "memory" in chosen:
             results["memory"] = bench_memory(work)
             print(table(results["memory"]), "\n", flush=True)
         if "pdu" in chosen:
             results["pdu"] = bench_pdu(work, options.instances, options.repeat)
             print(table(results["pdu"]), "\n", flush=True)
+        if "engine" in chosen:
+            results["engine"] = bench_engine(work, options.instances, options.repeat, options.shipped_workers)
+        if "engine-burst" in chosen:
+            results["engine-burst"] = bench_engine_burst(work, options.associations)
+            print(table(results["engine-burst"]), "\n", flush=True)
+        if "engine-memory" in chosen:
+            results["engine-memory"] = bench_engine_memory(work)
+            print(table(results["engine-memory"]), "\n", flush=True)
         if "associations" in chosen:
             per_association = [int(n) for n in options.instances_per_association.split(",")]
             results["associations"] = bench_associations(work, options.associations, per_association, workers)

@@ -183,6 +183,11 @@ def _sse(value: str) -> None:
         raise ConfigError(f"{value!r} must be AES256 or aws:kms")
 
 
+def _receive_engine(value: str) -> None:
+    if value not in {"owned", "pynetdicom"}:
+        raise ConfigError(f"{value!r} must be owned or pynetdicom")
+
+
 def _log_level(value: str) -> None:
     if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"{value!r} must be DEBUG, INFO, WARNING or ERROR")
@@ -231,6 +236,15 @@ SETTINGS: tuple[Setting, ...] = (
         f"largest PDU accepted, bytes (0: {PDU_SIZE_FOR_NO_LIMIT // 1024**2} MiB); a longer one is aborted; bounds"
         " memory per association",
         _pdu_size,
+    ),
+    Setting(
+        "RECEIVE_ENGINE",
+        "receive_engine",
+        _text,
+        "owned",
+        "what serves storage and verification associations once negotiated: owned (the SCP's own receive loop) or"
+        " pynetdicom",
+        _receive_engine,
     ),
     Setting(
         "SUPPORTED_SOP_CLASS_UIDS",
@@ -375,6 +389,7 @@ class Config:
     acse_timeout: float = 30
     maximum_associations: int = 300
     maximum_pdu_size: int = limits.MAXIMUM_PDU_SIZE.whole
+    receive_engine: str = "owned"
     supported_sop_class_uids: tuple[str, ...] = ()
     log_level: str = "INFO"
     metrics_enabled: bool = True

@@ -31,6 +31,8 @@ import re
 import socket
 import ssl
 import struct
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,11 +176,17 @@ class GuardedDUL(pynetdicom_threads.PromptDUL):
 
     _refused = False
     metrics: Recorder = Recorder(enabled=False)
+    # engine.Settings when the data phase may be handed to engine.py (RECEIVE_ENGINE=owned), else None.
+    owned: Any = None
+    # Set once this thread has handed the socket over (Sta6 reached) or ended: the association thread waits for it.
+    decided: threading.Event
+    handed_over = False
 
     def run_reactor(self) -> None:
         try:
             super().run_reactor()
         finally:
+            self.decided.set()
             # However the connection ended, a data set that never completed leaves no open file behind.
             dimse = self.assoc.dimse
             if isinstance(dimse, GuardedDIMSE):
@@ -194,6 +202,7 @@ class GuardedDUL(pynetdicom_threads.PromptDUL):
         return None
 
     def start_reading(self) -> None:
+        self.decided = threading.Event()
         self._header = bytearray(6)
         self._pdu: bytearray | None = None  # once its header passed the checks
         self._filled = 0  # bytes of the header, then of the PDU, read so far
@@ -310,6 +319,19 @@ class GuardedDUL(pynetdicom_threads.PromptDUL):
         violation = getattr(self.assoc.dimse, "violation", None)
         if violation is not None:
             self.refuse(SERVICE_USER, REASON_NOT_SPECIFIED, violation)
+            return
+        if self.owned is not None and not self.decided.is_set() and self.state_machine.current_state == "Sta6":
+            # The A-ASSOCIATE-AC is sent and no byte after the request has been read as a PDU yet: an association
+            # without Storage Commitment is served by engine.py from here on, in the association's thread.
+            self.handed_over = owns_data_phase(self.assoc)
+            if self.handed_over:
+                self._kill_thread = True  # this loop ends before it reads again
+            self.decided.set()
+
+    def pending_bytes(self) -> bytes:
+        """What this thread read of the next PDU before it stopped (a peer that did not wait for the A-ASSOCIATE-AC)."""
+        target = self._header if self._pdu is None else self._pdu
+        return bytes(target[: self._filled])
 
     def _abort_after_failure(self) -> None:
         # An exception while reading or sending: the state machine cannot be trusted; answer and hang up.
@@ -693,8 +715,49 @@ def _store_request_faults(
 # -- the association thread -----------------------------------------------------------------------------------------
 
 
+def owns_data_phase(assoc: Any) -> bool:
+    """engine.py serves storage and verification; an association that negotiated anything else stays on pynetdicom."""
+    return all(str(cx.abstract_syntax) != _STORAGE_COMMITMENT for cx in assoc.accepted_contexts)
+
+
+_STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
+
+
 class GuardedAssociation(pynetdicom_threads.PromptAssociation):
     """pynetdicom's acceptor association: an exception in its thread becomes an A-ABORT, not a silent end."""
+
+    data_phase: Any = None  # engine.DataPhase, while engine.py serves the association
+
+    def _run_reactor(self) -> None:
+        dul = self.dul
+        if isinstance(dul, GuardedDUL) and dul.owned is not None:
+            # The upper layer thread decides when it has sent the A-ASSOCIATE-AC (or ends without doing so).
+            while not dul.decided.wait(0.05):
+                if not dul.is_alive():
+                    break
+            if dul.handed_over:
+                from . import engine  # engine.py builds on this module
+
+                dul.join()
+                transport = dul.socket
+                if transport is not None and transport.socket is not None:
+                    engine.run(self, dul.owned, transport.socket, dul.pending_bytes())
+                    self.kill()
+                    return
+        super()._run_reactor()
+
+    def abort(self, block: bool = True) -> None:
+        dul = self.dul
+        if isinstance(dul, GuardedDUL) and dul.handed_over and self.is_alive():
+            # Handed over to engine.py: its loop may be a moment from starting.
+            deadline = time.monotonic() + 1
+            while self.data_phase is None and self.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        phase = self.data_phase
+        if phase is not None:
+            phase.stop()
+            return
+        super().abort(block)
 
     def _serve_request(self, msg: Any, context_id: int) -> None:
         if isinstance(msg, N_EVENT_REPORT) and msg.MessageIDBeingRespondedTo is not None:

@@ -22,6 +22,7 @@ from dicom_store_contract.manifest import EndReason, Instance
 from pydicom.filereader import read_partial
 from pydicom.tag import BaseTag, Tag
 
+from . import header as header_walker
 from . import statuses, validation
 from .batches import AssociationClosing, Sessions
 from .metrics import Recorder
@@ -39,6 +40,7 @@ _HEADER_TAGS: list[BaseTag | int] = sorted(
 )
 # The header is read up to the last element any check needs, never into the pixel data.
 _LAST_HEADER_TAG = max(_HEADER_TAGS)
+_WANTED = {int(tag) for tag in _HEADER_TAGS}
 
 # pydicom logs each complaint about a data set (as a JSON line, through the root logger) and also raises it as a
 # Python warning, printed as a raw stderr line and remembered, text and all, in its module's warning registry: a
@@ -238,8 +240,11 @@ def handle_store(event: Any, sessions: Sessions, recorder: Recorder) -> int:
         return _fail(event, None, recorder, statuses.OUT_OF_RESOURCES_CLOSING, "association is not open")
 
     try:
-        with source.open("rb") as handle:
-            header = read_partial(handle, stop_when=_stop_after_header, specific_tags=_HEADER_TAGS)
+        # The wanted elements alone (header.py); pydicom reads whatever that walker is not sure about.
+        header = header_walker.read_header(source, str(event.context.transfer_syntax), _WANTED, int(_LAST_HEADER_TAG))
+        if header is None:
+            with source.open("rb") as handle:
+                header = read_partial(handle, stop_when=_stop_after_header, specific_tags=_HEADER_TAGS)
         # pydicom converts a value when it is first read: an unknown VR or an undecodable value raises only now.
         values = {tag: (_uid_as_sent if tag in _UID_TAGS else _element_text)(header, tag) for tag in _HEADER_TAGS}
     except Exception as error:  # pydicom raises many types for malformed input
@@ -274,7 +279,8 @@ def handle_store(event: Any, sessions: Sessions, recorder: Recorder) -> int:
         study_date=values[_STUDY_DATE],
         transfer_syntax_uid=str(event.context.transfer_syntax),
         size=source.stat().st_size,
-        sha256=file_sha256(source),
+        # The owned receive path hashes the file as it writes it (engine.py).
+        sha256=getattr(event, "sha256", "") or file_sha256(source),
     )
     try:
         sessions.store(session, source, instance)

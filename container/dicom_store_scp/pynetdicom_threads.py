@@ -11,6 +11,11 @@ least every ``_IDLE_WAIT`` seconds for their timers (ARTIM, network timeout); a 
 the association thread at once. The steps of both loops and their order are pynetdicom's; only the waiting changed.
 The network timeout aborts (pynetdicom's default ``network_timeout_response``).
 
+These threads negotiate every association, and serve the whole of those that stay on pynetdicom (Storage
+Commitment, or ``RECEIVE_ENGINE=pynetdicom``); the data phase of storage and verification associations is
+engine.py's, in the association thread alone (the upper-layer thread ends once the A-ASSOCIATE-AC is sent). The
+upper layer reads PDUs itself (guard.py), so pynetdicom's socket reads are not patched.
+
 This replaces pynetdicom internals (private names, a thread's target, class swaps), so it is written against
 one minor version: setup.cfg pins pynetdicom to WRITTEN_FOR, and ``supported()`` checks at start-up that the
 installed pynetdicom is that version and has every name used here. If not, the SCP runs on pynetdicom's stock
@@ -33,7 +38,6 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
-from pynetdicom.transport import AssociationSocket
 from pynetdicom.utils import make_target
 
 LOG = logging.getLogger("dicom_store_scp.pynetdicom_threads")
@@ -75,8 +79,6 @@ def missing_names() -> list[str]:
         for step in where.split(".")[1:]:
             target = getattr(target, step)
         missing += [f"{where}.{name}" for name in names if not hasattr(target, name)]
-    if not callable(getattr(AssociationSocket, "recv", None)):
-        missing.append("AssociationSocket.recv")
     return missing
 
 
@@ -220,28 +222,6 @@ class PromptDUL(DULServiceProvider):
         self._kill_thread = True
 
 
-class PromptSocket(AssociationSocket):
-    """pynetdicom's socket wrapper, reading a PDU in as few system calls as the kernel allows.
-
-    pynetdicom reads in 4 KiB pieces appended to a growing buffer: 128 calls per 512 KiB PDU. Reading into one
-    buffer of the PDU's size moves the same bytes with a handful.
-    """
-
-    def recv(self, nr_bytes: int) -> bytearray:
-        assert self.socket is not None
-        buffer = bytearray(nr_bytes)
-        view = memoryview(buffer)
-        received = 0
-        while received < nr_bytes:
-            count = self.socket.recv_into(view[received:], nr_bytes - received)
-            if not count:
-                # The connection broke: return what arrived, as pynetdicom does.
-                del view
-                return buffer[:received]
-            received += count
-        return buffer
-
-
 class PromptAssociation(Association):
     """pynetdicom's acceptor association, waiting on its DIMSE message queue instead of sleeping between looks.
 
@@ -305,4 +285,3 @@ def handle_connection_open(event: Any) -> None:
     # The thread captured the bound run_reactor when it was built: point it at ours.
     assoc.dul._target = make_target(assoc.dul.run_reactor)
     assoc.__class__ = PromptAssociation
-    assoc.dul.socket.__class__ = PromptSocket

@@ -29,7 +29,7 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from . import contexts, guard, handlers, pynetdicom_threads
+from . import contexts, engine, guard, handlers, pynetdicom_threads
 from .batches import Sessions
 from .budget import SharedAssociationBudget
 from .commitment import (
@@ -197,11 +197,15 @@ def event_handlers(config: Config, sessions: Sessions, over_budget: Callable[[],
     recorder = sessions.recorder  # the receiving process's metrics
     # Event-driven waiting in pynetdicom's threads and the receive path's bounds (guard.py, built on those threads),
     # unless this pynetdicom is not the one they were written for.
-    threads = (
+    threads: list[Any] = (
         [(evt.EVT_CONN_OPEN, guard.handle_connection_open, [recorder, config.maximum_instance_bytes])]
         if pynetdicom_threads.supported()
         else []
     )
+    # Once negotiated, storage and verification associations are served by engine.py (built on guard.py).
+    if threads and config.receive_engine == "owned":
+        settings = engine.Settings(sessions, recorder, config.maximum_instance_bytes, config.network_timeout)
+        threads.append((evt.EVT_CONN_OPEN, engine.handle_connection_open, [settings]))
     # Storage SOP classes pynetdicom does not list (private, retired, newer) are served by GuardedAssociation.
     every_storage_class = not config.supported_sop_class_uids and pynetdicom_threads.supported()
     unlisted = [(evt.EVT_REQUESTED, contexts.add_proposed_storage_contexts)] if every_storage_class else []

@@ -1,0 +1,649 @@
+"""The owned data phase: P-DATA to the spool file, C-STORE and C-ECHO, release and abort, on the socket itself.
+
+pynetdicom negotiates the association (guard.py bounds it, handlers.py applies the project's rules). Once the
+A-ASSOCIATE-AC is sent, an association that negotiated only storage and verification leaves pynetdicom: its upper
+layer thread stops before reading another byte (``GuardedDUL``) and the association's own thread runs
+:meth:`DataPhase.run` on the socket until the association ends. An association that negotiated Storage
+Commitment stays on pynetdicom's path (commitment.py needs its N-ACTION and N-EVENT-REPORT services).
+
+What the loop does, per the DICOM upper layer state machine (PS3.8 9.2) in Sta6 "association established":
+
+- each PDU's 6-byte header is read exactly, its type and declared length checked (against MAXIMUM_PDU_SIZE for
+  P-DATA-TF, the same limits and A-ABORT reasons as guard.py) before a byte of its body is read, and the body is
+  read exactly into one buffer reused for the association's life (grown, at most to the limit, when needed);
+- PDV items are parsed with ``struct``; command fragments are collected (at most ``COMMAND_SET_LIMIT`` bytes) and
+  the command set (group 0000, implicit VR little endian) decoded by hand; data set fragments are written to the
+  C-STORE's spool file straight from the receive buffer; the response is encoded by hand;
+- A-RELEASE-RQ is answered with A-RELEASE-RP (AR-2, AR-4); a peer's A-ABORT or closed connection ends the
+  association (AA-3, AA-4); any other PDU is an A-ABORT (AA-8). The SCP never requests a release itself, so a
+  release collision (Sta9-Sta12) cannot arise on this path;
+- the socket's own timeout is the network timeout (PS3.8's ARTIM is not running in Sta6): a peer silent for
+  NETWORK_TIMEOUT seconds, between PDUs or in the middle of one, is sent A-ABORT and disconnected.
+
+Every violation ends only this association, with a log line naming the peer; a half-received data set's spool file
+is removed however the association ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import socket
+import ssl
+import struct
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, evt
+
+from . import guard, handlers, statuses
+from .batches import Sessions
+from .metrics import Recorder
+
+LOG = logging.getLogger("dicom_store_scp.engine")
+
+_HEADER = struct.Struct(">BBL")
+_PDV_HEADER = struct.Struct(">LBB")
+_ELEMENT = struct.Struct("<HHL")
+_US = struct.Struct("<H")
+
+_P_DATA_TF = 0x04
+_A_RELEASE_RQ = 0x05
+_A_ABORT = 0x07
+_A_RELEASE_RP_PDU = b"\x06\x00\x00\x00\x00\x04\x00\x00\x00\x00"
+
+_C_STORE_RSP = 0x8001
+_C_ECHO_RSP = 0x8030
+
+# The implementation identity pynetdicom's spool files carried (create_file_meta's defaults).
+_IMPLEMENTATION_UID = str(PYNETDICOM_IMPLEMENTATION_UID)
+_IMPLEMENTATION_VERSION = str(PYNETDICOM_IMPLEMENTATION_VERSION)
+
+
+@dataclass
+class Settings:
+    """What the data phase needs beyond the association; bound to the connection when it opens."""
+
+    sessions: Sessions
+    recorder: Recorder
+    instance_limit: int
+    network_timeout: float | None
+
+
+class _Ended(Exception):
+    """The association is over (released, aborted, or the connection is gone)."""
+
+
+@dataclass
+class _Store:
+    """A C-STORE request whose command arrived; its data set fragments are still coming."""
+
+    context_id: int
+    message_id: int
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    refusal: int | None = None
+    detail: str = ""
+    path: Path | None = None
+    fd: int = -1
+    received_bytes: int = 0
+    dropped_bytes: int = 0
+    # SHA-256 of the spool file, computed as it is written (handlers.py would read the file again for it).
+    digest: Any = None
+
+
+@dataclass
+class _Request:
+    """What handlers.handle_store reads of a C-STORE request."""
+
+    AffectedSOPClassUID: str
+    AffectedSOPInstanceUID: str
+    MessageID: int
+
+
+@dataclass
+class _Context:
+    transfer_syntax: str
+
+
+@dataclass
+class _StoreEvent:
+    """The parts of pynetdicom's EVT_C_STORE event handlers.handle_store uses."""
+
+    assoc: Any
+    request: _Request
+    context: _Context
+    dataset_path: str
+    sha256: str
+
+
+@dataclass
+class _Commands:
+    """Command fragments so far (bounded)."""
+
+    data: bytearray = field(default_factory=bytearray)
+    context_id: int | None = None
+
+
+class DataPhase:
+    """One association's data phase, run in the association's thread until the association ends."""
+
+    def __init__(self, assoc: Any, settings: Settings, connection: socket.socket, pending: bytes = b"") -> None:
+        self.assoc = assoc
+        self.settings = settings
+        self.connection = connection
+        self._pending = pending  # bytes the upper layer read before it handed the socket over
+        self.pdu_limit = guard.receive_pdu_size(assoc.acceptor.maximum_length) + guard._PDV_ITEM_HEADER
+        # The peer's Maximum Length Received bounds each P-DATA-TF we send (0: no limit).
+        peer_limit = int(getattr(assoc.requestor, "maximum_length", 0) or 0)
+        self.send_limit = peer_limit if peer_limit >= 64 else 0
+        self.contexts = {
+            int(cx.context_id): (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+            for cx in assoc.accepted_contexts
+            if cx.context_id is not None
+        }
+        self._buffer = bytearray(16 * 1024 + 6)
+        self._header = bytearray(6)
+        self._commands = _Commands()
+        self._store: _Store | None = None
+        self._stop_requested = False
+        self._wait_all = 0
+        self._finished = threading.Event()
+        self._outcome = ""
+
+    # -- the loop --------------------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve the association until it ends; report the end as pynetdicom would (EVT_RELEASED / EVT_ABORTED)."""
+        try:
+            self._set_timeouts()
+            while True:
+                self._serve_one_pdu()
+        except _Ended:
+            pass
+        except Exception as error:  # anything unforeseen ends this association, with an answer
+            LOG.debug("data phase failed", exc_info=True)
+            self._abort(guard.SERVICE_PROVIDER, guard.REASON_NOT_SPECIFIED, f"{type(error).__name__}: {error}")
+        finally:
+            self._discard_store()
+            self._finish()
+
+    def _serve_one_pdu(self) -> None:
+        header = self._header
+        self._read_exact(memoryview(header), 6, between_pdus=True)
+        pdu_type, _, length = _HEADER.unpack(header)
+        if pdu_type == _P_DATA_TF:
+            if length > self.pdu_limit:
+                self._refuse_pdu(
+                    guard.INVALID_PARAMETER_VALUE, f"P-DATA-TF declares {length} bytes, limit {self.pdu_limit}"
+                )
+            if len(self._buffer) < length:
+                self._buffer = bytearray(length)
+            view = memoryview(self._buffer)
+            self._read_exact(view, length)
+            self._receive_p_data(view, length)
+            return
+        name = guard._PDU_NAMES.get(pdu_type)
+        if name is None:
+            self._refuse_pdu(guard.UNRECOGNIZED_PDU, f"unknown PDU type 0x{pdu_type:02X} declaring {length} bytes")
+        limit = guard.ASSOCIATION_PDU_LIMIT if pdu_type in (0x01, 0x02) else guard.FIXED_PDU_LENGTH
+        if length > limit:
+            self._refuse_pdu(guard.INVALID_PARAMETER_VALUE, f"{name} declares {length} bytes, limit {limit}")
+        if pdu_type not in (_A_RELEASE_RQ, _A_ABORT):
+            self._refuse_pdu(guard.UNEXPECTED_PDU, f"{name} not expected in Sta6")
+        body = bytearray(length)
+        self._read_exact(memoryview(body), length)
+        if length != guard.FIXED_PDU_LENGTH:
+            # pynetdicom cannot decode a shorter one either (section 2.3 of the conformance statement).
+            self._refuse_pdu(guard.INVALID_PARAMETER_VALUE, f"{name} cannot be decoded: {length} bytes, 4 expected")
+        if pdu_type == _A_ABORT:
+            # AA-3: the peer ended it, whatever source and reason it gave.
+            self._close()
+            self._outcome = "aborted"
+            raise _Ended
+        # AR-2, AR-4: a release request is answered at once; a message still incomplete is dropped with it.
+        self._discard_store()
+        self._send(_A_RELEASE_RP_PDU)
+        self._close()
+        self._outcome = "released"
+        raise _Ended
+
+    def _set_timeouts(self) -> None:
+        """The network timeout, as the socket's own.
+
+        A plain TCP socket stays in blocking mode with the kernel's receive and send timeouts: each read is one
+        system call that returns once the PDU (or its header) is complete (MSG_WAITALL), or the timeout passed.
+        A TLS socket cannot wait for all (its records are decrypted in user space): Python's timeout, a poll before
+        each read.
+        """
+        timeout = self.settings.network_timeout
+        connection = self.connection
+        if isinstance(connection, ssl.SSLSocket) or not hasattr(socket, "MSG_WAITALL"):
+            connection.settimeout(timeout)
+            self._wait_all = 0
+            return
+        connection.settimeout(None)
+        if timeout:
+            seconds = int(timeout)
+            interval = struct.pack("@ll", seconds, int((timeout - seconds) * 1_000_000))
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, interval)
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, interval)
+        self._wait_all = socket.MSG_WAITALL
+
+    def _read_exact(self, view: memoryview, count: int, between_pdus: bool = False) -> None:
+        filled = 0
+        if self._pending:
+            taken = self._pending[:count]
+            view[: len(taken)] = taken
+            self._pending = self._pending[len(taken) :]
+            filled = len(taken)
+        recv_into = self.connection.recv_into
+        flags = self._wait_all
+        while filled < count:
+            try:
+                received = recv_into(view[filled:count], count - filled, flags)
+            except (TimeoutError, BlockingIOError):
+                # Python's timeout, or the kernel's (SO_RCVTIMEO: EAGAIN with nothing received).
+                self._timed_out(between_pdus and filled == 0)
+            except OSError:
+                received = 0
+            if not received:
+                if self._stop_requested:
+                    self._abort_unlogged()
+                # AA-4: the peer closed the connection (or it broke).
+                self._close()
+                self._outcome = "aborted"
+                raise _Ended
+            filled += received
+
+    # -- P-DATA ------------------------------------------------------------------------------------------------------
+
+    def _receive_p_data(self, view: memoryview, length: int) -> None:
+        offset = 0
+        while offset < length:
+            if offset + 4 > length:
+                self._refuse_pdu(guard.INVALID_PARAMETER_VALUE, "P-DATA-TF cannot be decoded: PDV item header cut off")
+            (item_length,) = struct.unpack_from(">L", view, offset)
+            end = offset + 4 + item_length
+            if end > length:
+                self._refuse_pdu(
+                    guard.INVALID_PARAMETER_VALUE, "P-DATA-TF cannot be decoded: PDV item runs past the PDU"
+                )
+            if item_length < 2:
+                self._violation("PDV without a message control header")
+            context_id = view[offset + 4]
+            control = view[offset + 5]
+            if context_id not in self.contexts:
+                self._violation(f"PDV on presentation context {context_id}, which was not accepted")
+            fragment = view[offset + 6 : end]
+            if control & guard._COMMAND:
+                self._receive_command_fragment(context_id, fragment, control)
+            else:
+                self._receive_data_fragment(context_id, fragment, control)
+            offset = end
+
+    def _receive_command_fragment(self, context_id: int, fragment: memoryview, control: int) -> None:
+        if self._store is not None:
+            self._violation("command fragment while the previous message's data set is incomplete")
+        commands = self._commands
+        if commands.context_id not in (None, context_id):
+            self._violation("command fragments on two presentation contexts")
+        if len(commands.data) + len(fragment) > guard.COMMAND_SET_LIMIT:
+            self._violation(f"command set longer than {guard.COMMAND_SET_LIMIT} bytes")
+        commands.data += fragment
+        commands.context_id = context_id
+        if control & guard._LAST:
+            command = bytes(commands.data)
+            self._commands = _Commands()
+            self._receive_command(context_id, command)
+
+    def _receive_command(self, context_id: int, command: bytes) -> None:
+        try:
+            elements = guard._command_elements(command)
+        except guard.DimseViolation as violation:
+            self._violation(str(violation))
+        field_ = guard._unsigned_short(elements, guard._COMMAND_FIELD)
+        if field_ not in (guard._C_STORE_RQ, guard._C_ECHO_RQ, guard._C_CANCEL_RQ):
+            shown = "none" if field_ is None else f"0x{field_:04X}"
+            self._violation(f"command field {shown} is not a request this SCP serves")
+        name = guard._SERVED_COMMANDS[field_]
+        missing = [f"(0000,{tag:04X})" for tag in guard._REQUIRED[field_] if not elements.get(tag)]
+        if missing:
+            self._violation(f"{name} without {', '.join(missing)}: it cannot be answered")
+        data_set_type = guard._unsigned_short(elements, guard._COMMAND_DATA_SET_TYPE)
+        if data_set_type is None:
+            self._violation(f"{name} without Command Data Set Type (0000,0800)")
+        has_data_set = data_set_type != guard._NO_DATA_SET
+        abstract_syntax, transfer_syntax = self.contexts[context_id]
+        if field_ == guard._C_CANCEL_RQ:
+            if has_data_set:
+                self._violation(f"{name} declares a data set: it takes none")
+            # Requests are answered before the next is read: whatever it cancels has had its answer already.
+            return
+        message_id = guard._unsigned_short(elements, guard._MESSAGE_ID)
+        if message_id is None:
+            self._violation(f"{name} has a Message ID (0000,0110) that is not 2 bytes long")
+        if field_ == guard._C_ECHO_RQ:
+            if has_data_set:
+                self._violation(f"{name} declares a data set: it takes none")
+            sop_class = guard._text(elements, guard._AFFECTED_SOP_CLASS_UID) or ""
+            if sop_class != abstract_syntax:
+                self._violation(f"{name} for {sop_class} on a presentation context for {abstract_syntax}")
+            self._respond(context_id, _C_ECHO_RSP, message_id, statuses.SUCCESS, sop_class)
+            return
+        if not has_data_set:
+            self._violation("C-STORE-RQ without a data set")
+        awaited = guard._check_store_request(context_id, elements, abstract_syntax)
+        store = _Store(
+            context_id,
+            message_id,
+            awaited.sop_class_uid,
+            awaited.sop_instance_uid,
+            transfer_syntax,
+            refusal=awaited.refusal,
+            detail=awaited.detail,
+        )
+        if store.refusal is None:
+            self._open_spool(store)
+        self._store = store
+
+    def _receive_data_fragment(self, context_id: int, fragment: memoryview, control: int) -> None:
+        store = self._store
+        if store is None:
+            self._violation("data set fragment without a C-STORE request before it")
+        if context_id != store.context_id:
+            self._violation("data set fragment on another presentation context than its command")
+        size = len(fragment)
+        if store.refusal is None and store.received_bytes + size > self.settings.instance_limit:
+            self._refuse_oversized(store)
+        if store.refusal is None:
+            store.digest.update(fragment)
+            written = os.write(store.fd, fragment)
+            while written < size:
+                written += os.write(store.fd, fragment[written:])
+            store.received_bytes += size
+        else:
+            store.dropped_bytes += size
+        if control & guard._LAST:
+            self._store = None
+            self._complete(store)
+
+    # -- C-STORE -------------------------------------------------------------------------------------------------------
+
+    def _open_spool(self, store: _Store) -> None:
+        fd, name = tempfile.mkstemp(suffix=".dcm")
+        store.fd, store.path = fd, Path(name)
+        meta = file_meta(store.sop_class_uid, store.sop_instance_uid, store.transfer_syntax)
+        store.digest = hashlib.sha256(meta)
+        os.write(fd, meta)
+
+    def _refuse_oversized(self, store: _Store) -> None:
+        """Stop spooling a data set larger than AHI imports: what arrived is deleted, the rest is read and dropped."""
+        self._discard_spool(store)
+        store.refusal = statuses.INSTANCE_TOO_LARGE
+        store.dropped_bytes = store.received_bytes
+        store.detail = f"data set longer than {self.settings.instance_limit} bytes (MAXIMUM_INSTANCE_BYTES)"
+
+    def _complete(self, store: _Store) -> None:
+        if store.refusal is not None:
+            self._answer_refusal(store)
+            return
+        assert store.path is not None
+        os.close(store.fd)
+        store.fd = -1
+        event = _StoreEvent(
+            self.assoc,
+            _Request(store.sop_class_uid, store.sop_instance_uid, store.message_id),
+            _Context(store.transfer_syntax),
+            str(store.path),
+            store.digest.hexdigest(),
+        )
+        try:
+            status = handlers.handle_store(event, self.settings.sessions, self.settings.recorder)
+        except Exception:
+            # As pynetdicom answers a handler's exception.
+            LOG.exception(
+                "C-STORE handler failed",
+                extra={"fields": {"event": "c-store-handler-failed", **guard._peer_fields(self.assoc)}},
+            )
+            status = 0xC211
+        finally:
+            # Stored instances were moved away (local) or uploaded (S3); anything left is not needed.
+            with contextlib.suppress(OSError):
+                store.path.unlink()
+            store.path = None
+        self._respond(
+            store.context_id, _C_STORE_RSP, store.message_id, status, store.sop_class_uid, store.sop_instance_uid
+        )
+
+    def _answer_refusal(self, store: _Store) -> None:
+        assert store.refusal is not None
+        self.settings.recorder.instance_failed(statuses.family(store.refusal))
+        LOG.warning(
+            "C-STORE failed",
+            extra={
+                "fields": {
+                    "event": "c-store-failed",
+                    **guard._peer_fields(self.assoc),
+                    "status": f"0x{store.refusal:04X}",
+                    "reason": statuses.REASONS[store.refusal],
+                    "detail": store.detail,
+                    "sopInstanceUID": store.sop_instance_uid,
+                    "sopClassUID": store.sop_class_uid,
+                    "droppedBytes": store.dropped_bytes,
+                }
+            },
+        )
+        self._respond(
+            store.context_id,
+            _C_STORE_RSP,
+            store.message_id,
+            store.refusal,
+            store.sop_class_uid if guard._is_uid(store.sop_class_uid) else "",
+            store.sop_instance_uid if guard._is_uid(store.sop_instance_uid) else "",
+        )
+
+    def _discard_spool(self, store: _Store) -> None:
+        if store.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(store.fd)
+            store.fd = -1
+        if store.path is not None:
+            with contextlib.suppress(OSError):
+                store.path.unlink()
+            store.path = None
+
+    def _discard_store(self) -> None:
+        store, self._store = self._store, None
+        if store is not None:
+            self._discard_spool(store)
+
+    # -- sending -----------------------------------------------------------------------------------------------------
+
+    def _respond(
+        self, context_id: int, command_field: int, message_id: int, status: int, sop_class: str, sop_instance: str = ""
+    ) -> None:
+        command = response_command(command_field, message_id, status, sop_class, sop_instance)
+        self._send(p_data(context_id, command, self.send_limit))
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self.connection.sendall(data)
+        except OSError as error:
+            # AA-4 as the peer sees it: nothing more can be sent or answered.
+            LOG.info(
+                "connection lost",
+                extra={"fields": {"event": "connection-lost", **guard._peer_fields(self.assoc), "error": str(error)}},
+            )
+            self._close()
+            self._outcome = "aborted"
+            raise _Ended from error
+
+    # -- ending ------------------------------------------------------------------------------------------------------
+
+    def _violation(self, detail: str) -> NoReturn:
+        """A DIMSE message that cannot be served: a service-user abort, as guard.py sends."""
+        self._abort(guard.SERVICE_USER, guard.REASON_NOT_SPECIFIED, detail)
+        raise _Ended
+
+    def _refuse_pdu(self, reason: int, detail: str) -> NoReturn:
+        self._abort(guard.SERVICE_PROVIDER, reason, detail)
+        raise _Ended
+
+    def _abort(self, source: int, reason: int, detail: str) -> None:
+        self.settings.recorder.protocol_abort()
+        LOG.warning(
+            "association aborted",
+            extra={
+                "fields": {
+                    "event": "protocol-abort",
+                    **guard._peer_fields(self.assoc),
+                    "reason": guard._ABORT_REASONS[(source, reason)],
+                    "abortSource": source,
+                    "abortReason": reason,
+                    "detail": detail,
+                }
+            },
+        )
+        self._discard_store()
+        with contextlib.suppress(OSError):
+            self.connection.sendall(abort_pdu(source, reason))
+        self._close()
+        self._outcome = "aborted"
+
+    def _abort_unlogged(self) -> NoReturn:
+        # Asked to by this process (a shutdown past its grace period): pynetdicom's abort, a service-user A-ABORT.
+        self._discard_store()
+        with contextlib.suppress(OSError):
+            self.connection.sendall(abort_pdu(guard.SERVICE_USER, guard.REASON_NOT_SPECIFIED))
+        self._close()
+        self._outcome = "aborted"
+        raise _Ended
+
+    def _timed_out(self, idle: bool) -> NoReturn:
+        LOG.warning(
+            "network timeout",
+            extra={
+                "fields": {
+                    "event": "network-timeout",
+                    **guard._peer_fields(self.assoc),
+                    "seconds": self.settings.network_timeout,
+                    "where": "between PDUs" if idle else "inside a PDU",
+                }
+            },
+        )
+        self._abort_unlogged()
+
+    def _close(self) -> None:
+        guard._drain_and_close(self.connection)
+        transport = self.assoc.dul.socket
+        if transport is not None:
+            with contextlib.suppress(Exception):
+                transport.close()
+        # pynetdicom's close skips closing when its own shutdown fails (as it does on a socket already shut down).
+        with contextlib.suppress(OSError):
+            self.connection.close()
+
+    def _finish(self) -> None:
+        assoc = self.assoc
+        assoc.is_established = False
+        if self._outcome == "released":
+            assoc.is_released = True
+            event = evt.EVT_RELEASED
+        else:
+            assoc.is_aborted = True
+            event = evt.EVT_ABORTED
+        self._finished.set()
+        evt.trigger(assoc, event, {})
+
+    def stop(self, wait: float = 5.0) -> None:
+        """Abort from another thread (shutdown): wake the loop, which sends the A-ABORT itself, and wait for it."""
+        self._stop_requested = True
+        with contextlib.suppress(OSError):
+            # The plain socket's shutdown, not TLS's (that would drop its state under the reading thread).
+            socket.socket.shutdown(self.connection, socket.SHUT_RD)
+        self._finished.wait(wait)
+
+
+# -- encoding ----------------------------------------------------------------------------------------------------------
+
+
+def _uid_value(uid: str) -> bytes:
+    raw = uid.encode("ascii")
+    return raw + b"\0" if len(raw) % 2 else raw
+
+
+def _explicit(group: int, element: int, vr: bytes, value: bytes) -> bytes:
+    return struct.pack("<HH2sH", group, element, vr, len(value)) + value
+
+
+def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
+    """Preamble, prefix and File Meta Information (PS3.10 7.1), as pynetdicom wrote it ahead of a spooled data set."""
+    version = _IMPLEMENTATION_VERSION.encode("ascii")
+    body = (
+        struct.pack("<HH2sHL", 0x0002, 0x0001, b"OB", 0, 2)
+        + b"\x00\x01"
+        + _explicit(0x0002, 0x0002, b"UI", _uid_value(sop_class))
+        + _explicit(0x0002, 0x0003, b"UI", _uid_value(sop_instance))
+        + _explicit(0x0002, 0x0010, b"UI", _uid_value(transfer_syntax))
+        + _explicit(0x0002, 0x0012, b"UI", _uid_value(_IMPLEMENTATION_UID))
+        + _explicit(0x0002, 0x0013, b"SH", version + b" " if len(version) % 2 else version)
+    )
+    return bytes(128) + b"DICM" + _explicit(0x0002, 0x0000, b"UL", struct.pack("<L", len(body))) + body
+
+
+def _implicit(element: int, value: bytes) -> bytes:
+    return _ELEMENT.pack(0x0000, element, len(value)) + value
+
+
+def response_command(command_field: int, message_id: int, status: int, sop_class: str, sop_instance: str = "") -> bytes:
+    """A C-STORE-RSP or C-ECHO-RSP command set (PS3.7 9.3.1.2, 9.3.5.2), implicit VR little endian."""
+    body = b""
+    if sop_class:
+        body += _implicit(0x0002, _uid_value(sop_class))
+    body += _implicit(0x0100, _US.pack(command_field))
+    body += _implicit(0x0120, _US.pack(message_id))
+    body += _implicit(0x0800, _US.pack(guard._NO_DATA_SET))
+    body += _implicit(0x0900, _US.pack(status))
+    if sop_instance:
+        body += _implicit(0x1000, _uid_value(sop_instance))
+    return _implicit(0x0000, struct.pack("<L", len(body))) + body
+
+
+def p_data(context_id: int, command: bytes, limit: int) -> bytes:
+    """P-DATA-TF PDUs carrying one command set, split so that none exceeds the peer's Maximum Length Received."""
+    step = (limit - 6) if limit else len(command)
+    pieces = [command[start : start + step] for start in range(0, len(command), max(step, 1))] or [b""]
+    out = b""
+    for index, piece in enumerate(pieces):
+        control = guard._COMMAND | (guard._LAST if index == len(pieces) - 1 else 0)
+        item = _PDV_HEADER.pack(len(piece) + 2, context_id, control) + piece
+        out += _HEADER.pack(_P_DATA_TF, 0, len(item)) + item
+    return out
+
+
+def abort_pdu(source: int, reason: int) -> bytes:
+    return _HEADER.pack(_A_ABORT, 0, 4) + bytes([0, 0, source, reason])
+
+
+# -- wiring ------------------------------------------------------------------------------------------------------------
+
+
+def handle_connection_open(event: Any, settings: Settings) -> None:
+    """EVT_CONN_OPEN (after guard.handle_connection_open): this association's data phase may be owned here."""
+    event.assoc.dul.owned = settings
+
+
+def run(assoc: Any, settings: Settings, connection: socket.socket, pending: bytes) -> None:
+    phase = DataPhase(assoc, settings, connection, pending)
+    assoc.data_phase = phase
+    started = time.monotonic()
+    phase.run()
+    LOG.debug("data phase ended", extra={"fields": {"seconds": round(time.monotonic() - started, 3)}})

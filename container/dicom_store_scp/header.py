@@ -1,0 +1,200 @@
+"""The few header elements a C-STORE is checked by, found without decoding the rest (pydicom only for the odd case).
+
+pydicom's ``read_partial`` builds an element object for every element it passes on the way to the last one the
+handler needs: about 1.6 ms of CPU for an ordinary CT header, most of an instance's cost once the receive loop is
+lean (docs/benchmarks.md). Here the data set of a spooled Part 10 file is walked with ``struct`` over a memory
+map: element headers are read, values skipped, and only the wanted elements (plus Specific Character Set, which
+decodes them) are kept, as pydicom's own raw elements, in a pydicom ``Dataset``; they are decoded exactly as
+``read_partial`` would decode them, when first read.
+
+Anything this walker is not sure about returns ``None``, and the caller reads the file with pydicom as before:
+a transfer syntax other than implicit or explicit VR little endian encodings (big endian, deflate), a first
+element encoded the other way than negotiated (pydicom's warning, an error here), an unknown VR, a value or
+header running past the end of the file, a wanted element that is (or, in implicit VR, may be) a sequence,
+malformed sequence items.
+"""
+
+from __future__ import annotations
+
+import functools
+import mmap
+import struct
+from pathlib import Path
+
+from pydicom.charset import convert_encodings
+from pydicom.datadict import dictionary_has_tag, dictionary_VR
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag, Tag
+from pydicom.values import convert_string
+
+_IMPLICIT_LE = "1.2.840.10008.1.2"
+_NOT_WALKED = {"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}  # big endian, deflated
+
+_TAG = struct.Struct("<HH")
+_IMPLICIT = struct.Struct("<HHL")
+_EXPLICIT = struct.Struct("<HH2sH")
+_LONG = struct.Struct("<L")
+_LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_VRS = _LONG_LENGTH_VRS | {
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN", b"SH", b"SL",
+    b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
+}  # fmt: skip
+_UNDEFINED = 0xFFFFFFFF
+_ITEM = 0xFFFEE000
+_ITEM_END = 0xFFFEE00D
+_SEQUENCE_END = 0xFFFEE0DD
+_SPECIFIC_CHARACTER_SET = 0x00080005
+# Nesting beyond this is not walked (pydicom reads it).
+_DEPTH_LIMIT = 16
+
+
+class _Unsure(Exception):
+    """Not a case this walker reads: pydicom does."""
+
+
+def read_header(path: Path, transfer_syntax: str, wanted: set[int], last: int) -> Dataset | None:
+    """The ``wanted`` top-level elements up to tag ``last``, as pydicom raw elements; None: read it with pydicom."""
+    if transfer_syntax in _NOT_WALKED:
+        return None
+    implicit = transfer_syntax == _IMPLICIT_LE
+    with path.open("rb") as handle:
+        size = handle.seek(0, 2)
+        if size < 144:
+            return None
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            try:
+                return _walk(data, size, implicit, *_kept(frozenset(wanted)), last)
+            except (_Unsure, struct.error):
+                return None
+
+
+@functools.cache
+def _kept(wanted: frozenset[int]) -> tuple[frozenset[int], frozenset[int]]:
+    """(the wanted elements and Specific Character Set, those of them that are sequences): a data set holding one of
+    these sequences is read by pydicom."""
+    sequences = {tag for tag in wanted if dictionary_has_tag(tag) and dictionary_VR(tag) == "SQ"}
+    return frozenset(wanted | {_SPECIFIC_CHARACTER_SET}), frozenset(sequences)
+
+
+def _walk(
+    data: mmap.mmap, size: int, implicit: bool, wanted: frozenset[int], sequences: frozenset[int], last: int
+) -> Dataset:
+    # File Meta Information as engine.py and pynetdicom write it: its group length first.
+    if data[128:132] != b"DICM" or data[132:140] != b"\x02\x00\x00\x00UL\x04\x00":
+        raise _Unsure
+    (meta_length,) = _LONG.unpack_from(data, 140)
+    offset = 144 + meta_length
+    if offset > size:
+        raise _Unsure
+    found: dict[BaseTag, RawDataElement] = {}
+    if offset + 6 <= size:
+        group, element = _TAG.unpack_from(data, offset)
+        if group in (0x0000, 0x0002):
+            raise _Unsure  # pydicom reads leading command or file meta elements its own way
+        raw_vr = data[offset + 4 : offset + 6]
+        looks_implicit = not (0x40 < raw_vr[0] < 0x5B and 0x40 < raw_vr[1] < 0x5B)
+        if looks_implicit != implicit and (group << 16 | element) <= last:
+            raise _Unsure  # pydicom's "Expected ... VR, but found" (an error in handlers.py)
+    # The loop runs once per element of the header (a few hundred): kept flat, names local.
+    unpack_implicit, unpack_explicit, unpack_long = _IMPLICIT.unpack_from, _EXPLICIT.unpack_from, _LONG.unpack_from
+    long_vrs, vrs = _LONG_LENGTH_VRS, _VRS
+    vr: bytes | None = None
+    while offset < size:
+        if offset + 8 > size:
+            raise _Unsure
+        if implicit:
+            group, element, length = unpack_implicit(data, offset)
+            tag = group << 16 | element
+            if tag > last:
+                break
+            value_at = offset + 8
+        else:
+            group, element, vr, length = unpack_explicit(data, offset)
+            tag = group << 16 | element
+            if vr in long_vrs:
+                # Read before the stop check, as pydicom does (a header cut off here fails there too).
+                (length,) = unpack_long(data, offset + 8)
+                value_at = offset + 12
+            elif vr in vrs:
+                value_at = offset + 8
+            elif tag <= last:
+                raise _Unsure
+            if tag > last:
+                break
+        if tag in wanted:
+            if tag in sequences or length == _UNDEFINED or vr == b"SQ" or value_at + length > size:
+                raise _Unsure
+            if tag == _SPECIFIC_CHARACTER_SET:
+                # pydicom reads the character set as it passes it (raising on a value it cannot use): so here.
+                convert_encodings(convert_string(bytes(data[value_at : value_at + length]), True))
+            found[Tag(tag)] = RawDataElement(
+                Tag(tag),
+                None if vr is None else vr.decode("ascii"),
+                length,
+                bytes(data[value_at : value_at + length]),
+                value_at,
+                implicit,
+                True,
+            )
+        if length == _UNDEFINED:
+            offset = _skip_value(data, size, value_at, length, implicit, 0)
+        else:
+            offset = value_at + length
+            if offset > size:
+                raise _Unsure
+    header = Dataset(found)  # type: ignore[arg-type]  # pydicom keeps raw elements until first read
+    header.set_original_encoding(implicit, True)
+    return header
+
+
+def _element_header(data: mmap.mmap, offset: int, implicit: bool) -> tuple[bytes | None, int, int]:
+    """(VR or None when implicit, value length, where the value starts)."""
+    if implicit:
+        _, _, length = _IMPLICIT.unpack_from(data, offset)
+        return None, length, offset + 8
+    _, _, vr, short = _EXPLICIT.unpack_from(data, offset)
+    if vr not in _VRS:
+        raise _Unsure
+    if vr in _LONG_LENGTH_VRS:
+        (length,) = _LONG.unpack_from(data, offset + 8)
+        return vr, length, offset + 12
+    return vr, short, offset + 8
+
+
+def _skip_value(data: mmap.mmap, size: int, value_at: int, length: int, implicit: bool, depth: int) -> int:
+    """Where the element whose value starts at ``value_at`` ends (past its delimiter when of undefined length)."""
+    if length != _UNDEFINED:
+        end = value_at + length
+        if end > size:
+            raise _Unsure
+        return end
+    if depth >= _DEPTH_LIMIT:
+        raise _Unsure
+    # A sequence of undefined length (PS3.5 7.5.2): items, each of defined or undefined length, then a delimiter.
+    offset = value_at
+    while True:
+        if offset + 8 > size:
+            raise _Unsure
+        group, element, item_length = _IMPLICIT.unpack_from(data, offset)
+        tag = group << 16 | element
+        if tag == _SEQUENCE_END:
+            return offset + 8
+        if tag != _ITEM:
+            raise _Unsure
+        offset += 8
+        if item_length != _UNDEFINED:
+            offset += item_length
+            if offset > size:
+                raise _Unsure
+            continue
+        # An item of undefined length: its elements (nested sequences inside), then an item delimiter.
+        while True:
+            if offset + 8 > size:
+                raise _Unsure
+            group, element = _TAG.unpack_from(data, offset)
+            if group << 16 | element == _ITEM_END:
+                offset += 8
+                break
+            _, nested_length, nested_at = _element_header(data, offset, implicit)
+            offset = _skip_value(data, size, nested_at, nested_length, implicit, depth + 1)

@@ -6,24 +6,20 @@ The sender is DCMTK's storescu; each refused instance leaves nothing stored and 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dicom_store_contract import limits
 from dicom_store_scp import statuses
 from pydicom import dcmread
 from pydicom.filewriter import dcmwrite
-from support.scp import sample_file, storescu
+from support.scp import changed_sample, sample_file, storescu
 
 
-def _ct(tmp_path: Path, name: str, pixel_bytes: int | None = None, **changes: str) -> Path:
-    dataset = dcmread(sample_file("CT_small.dcm"))
-    for keyword, value in changes.items():
-        setattr(dataset, keyword, value)
+def _ct(tmp_path: Path, name: str, pixel_bytes: int | None = None, **changes: Any) -> Path:
     if pixel_bytes is not None:
-        dataset.PixelData = bytes(pixel_bytes)
-    path = tmp_path / name
-    dcmwrite(path, dataset, enforce_file_format=False)
-    return path
+        changes["PixelData"] = bytes(pixel_bytes)
+    return changed_sample(tmp_path, name, **changes)
 
 
 def _limit(keyword: str) -> int:

@@ -12,27 +12,15 @@ from typing import Any
 from dicom_store_contract import metrics as names
 from dicom_store_scp import statuses
 from dicom_store_scp.metrics import Distribution, Recorder, bucket
-from pydicom import dcmread
-from pydicom.filewriter import dcmwrite
 from support.moto import aws_env, bucket_objects
-from support.scp import RunningScp, sample_file, send_file_as_is, storescu
+from support.scp import RunningScp, changed_sample, send_file_as_is, storescu
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 SERIES_UID = "1.2.826.0.1.3680043.8.498.200.1"
 
 
 def _ct(tmp_path: Path, name: str, **changes: Any) -> Path:
-    dataset = dcmread(sample_file("CT_small.dcm"))
-    for keyword, value in changes.items():
-        if keyword.startswith("meta_"):
-            setattr(dataset.file_meta, keyword[5:], value)
-        elif value is None:
-            delattr(dataset, keyword)
-        else:
-            setattr(dataset, keyword, value)
-    path = tmp_path / name
-    dcmwrite(path, dataset, enforce_file_format=False)
-    return path
+    return changed_sample(tmp_path, name, **changes)
 
 
 def _valid_series(tmp_path: Path, count: int) -> list[Path]:

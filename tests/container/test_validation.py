@@ -3,28 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dicom_store_scp import statuses
 from pydicom import dcmread
-from pydicom.filewriter import dcmwrite
-from support.scp import sample_file, send_file_as_is, storescu
+from support.scp import changed_sample, sample_file, send_file_as_is, storescu
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 
 
-def _ct(tmp_path: Path, name: str, **changes: str) -> Path:
-    dataset = dcmread(sample_file("CT_small.dcm"))
-    for keyword, value in changes.items():
-        if keyword.startswith("meta_"):
-            setattr(dataset.file_meta, keyword[5:], value)
-        elif value is None:
-            delattr(dataset, keyword)
-        else:
-            setattr(dataset, keyword, value)
-    path = tmp_path / name
-    dcmwrite(path, dataset, enforce_file_format=False)
-    return path
+def _ct(tmp_path: Path, name: str, **changes: Any) -> Path:
+    return changed_sample(tmp_path, name, **changes)
 
 
 def test_sop_instance_uid_mismatch_is_refused(scp, tmp_path):

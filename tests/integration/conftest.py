@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -11,6 +13,7 @@ from moto import mock_aws
 from support.aws import load_fake_healthimaging
 from support.batches import write_batch
 from support.cfn import REGION, Deployment, rendered_template
+from support.moto import MotoServer
 from support.pipeline import Pipeline
 
 DATASTORE_ID = "0123456789abcdef0123456789abcdef"
@@ -69,6 +72,24 @@ def create_stack_resources(template: dict[str, Any], endpoint_url: str | None = 
 def deployment(aws_credentials: None, template: dict[str, Any]) -> Any:
     with mock_aws():
         yield create_stack_resources(template)
+
+
+# -- the same on a real moto_server over HTTP, for tests whose SCP is a separate process ------------------------
+# A module takes these with `def deployment(stack): return stack`: conftest's s3, fake and pipeline then reach
+# moto_server through botocore's AWS_ENDPOINT_URL, as the SCP does. A module may override moto_server.
+
+
+@pytest.fixture
+def moto_server(tmp_path: Path) -> Iterator[MotoServer]:
+    server = MotoServer(tmp_path / "moto_server.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def stack(aws_credentials: None, template: dict[str, Any], moto_server: MotoServer, monkeypatch: Any) -> Deployment:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server.endpoint)
+    return create_stack_resources(template, endpoint_url=moto_server.endpoint)
 
 
 @pytest.fixture

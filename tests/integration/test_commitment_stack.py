@@ -18,47 +18,28 @@ import pydicom
 import pytest
 from dicom_store_contract import layout, tables
 from dicom_store_scp import commitment, status
-from moto import mock_aws
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
-from support.aws import load_fake_healthimaging
 from support.cfn import REGION, Deployment
 from support.iam import denied
 from support.moto import MotoServer, aws_env, recorded_calls
 from support.pipeline import Pipeline
 from support.scp import launch_scp
 
-from .conftest import DATASTORE_ID, DICOM_PREFIX, create_stack_resources
+from .conftest import DICOM_PREFIX
 from .test_end_to_end import import_manifest, write_series
 
 pytestmark = pytest.mark.slow
 
+
+@pytest.fixture
+def deployment(stack: Deployment) -> Deployment:
+    """The stack on moto_server (conftest): s3, the AHI fake and the pipeline reach it over HTTP."""
+    return stack
+
+
 PUSH_MODEL = commitment.STORAGE_COMMITMENT_PUSH_MODEL
-COMMITMENT_TABLE = "commitments"
-
-
-def create_commitment_table(dynamodb: Any) -> None:
-    """The commitment table as the contract defines it (dicom_store_contract.tables)."""
-    index = tables.PENDING_COMMITMENTS
-    dynamodb.create_table(
-        TableName=COMMITMENT_TABLE,
-        BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[
-            {"AttributeName": tables.RECORD_ID, "AttributeType": "S"},
-            {"AttributeName": index.partition_key, "AttributeType": "S"},
-        ],
-        KeySchema=[{"AttributeName": tables.RECORD_ID, "KeyType": "HASH"}],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": index.name,
-                "KeySchema": [{"AttributeName": index.partition_key, "KeyType": "HASH"}],
-                "Projection": {"ProjectionType": "ALL"},
-            }
-        ],
-    )
-
-
 SCP_APP_ID = "dicom-store-scp-under-test"  # botocore puts app/<this> in the SCP's user agent
 
 
@@ -67,23 +48,6 @@ def moto_server(tmp_path: Path) -> Iterator[MotoServer]:
     server = MotoServer(tmp_path / "moto_server.log", recording=tmp_path / "moto-recording.ndjson")
     yield server
     server.stop()
-
-
-@pytest.fixture
-def stack(aws_credentials: None, template: dict[str, Any], moto_server: MotoServer, monkeypatch: Any) -> Deployment:
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server.endpoint)
-    # The template's own tables, the commitment table included.
-    return create_stack_resources(template, endpoint_url=moto_server.endpoint)
-
-
-@pytest.fixture
-def s3(stack: Deployment, moto_server: MotoServer) -> Any:
-    return boto3.client("s3", region_name=REGION, endpoint_url=moto_server.endpoint)
-
-
-@pytest.fixture
-def pipeline(stack: Deployment, s3: Any, monkeypatch: Any) -> Pipeline:
-    return Pipeline(stack, load_fake_healthimaging()(s3, DATASTORE_ID), monkeypatch)
 
 
 def test_a_pynetdicom_requester_gets_its_report_after_the_import(
@@ -190,41 +154,41 @@ def test_a_pynetdicom_requester_gets_its_report_after_the_import(
     assert {i["sopInstanceUID"]: i["state"] for i in shown["instances"]} == dict.fromkeys(uids, "IMPORTED")
 
 
-def test_two_tasks_never_both_own_a_transaction(aws_credentials: None) -> None:
-    with mock_aws():
-        dynamodb = boto3.client("dynamodb", region_name=REGION)
-        create_commitment_table(dynamodb)
-        first = commitment.DynamoTransactions(dynamodb, COMMITMENT_TABLE, owner="task-a")
-        second = commitment.DynamoTransactions(dynamodb, COMMITMENT_TABLE, owner="task-b")
-        transaction = commitment.Transaction(
-            transaction_uid="1.2.3.4",
-            references=[commitment.Reference("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5")],
-            calling_ae="REQUESTER",
-            called_ae="STORESCP",
-            peer_address="10.0.0.5",
-            peer_port=50000,
-            received_at="2026-12-04T12:00:00.000Z",
-            deadline="2999-01-01T00:00:00.000Z",
-        )
+def test_two_tasks_never_both_own_a_transaction(deployment: Deployment) -> None:
+    # The commitment table as the template defines it, in moto (conftest's deployment).
+    table = deployment.resources["CommitmentTable"]
+    dynamodb = boto3.client("dynamodb", region_name=REGION)
+    first = commitment.DynamoTransactions(dynamodb, table, owner="task-a")
+    second = commitment.DynamoTransactions(dynamodb, table, owner="task-b")
+    transaction = commitment.Transaction(
+        transaction_uid="1.2.3.4",
+        references=[commitment.Reference("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5")],
+        calling_ae="REQUESTER",
+        called_ae="STORESCP",
+        peer_address="10.0.0.5",
+        peer_port=50000,
+        received_at="2026-12-04T12:00:00.000Z",
+        deadline="2999-01-01T00:00:00.000Z",
+    )
 
-        assert first.create(transaction)
-        assert not second.create(transaction)  # the Transaction UID is taken: a duplicate
-        assert not second.claim("1.2.3.4")  # task-a's lease holds
-        assert second.record_ids() == ["1.2.3.4"]  # pending, for whoever takes over
-        with pytest.raises(commitment.StorageError, match="another task"):
-            second.update(transaction)
-
-        # task-a stops without releasing; once its lease runs out task-b takes over, and task-a cannot write.
-        dynamodb.update_item(
-            TableName=COMMITMENT_TABLE,
-            Key={tables.RECORD_ID: {"S": "1.2.3.4"}},
-            UpdateExpression="SET leaseUntil = :past",
-            ExpressionAttributeValues={":past": {"N": str(int(time.time()) - 1)}},
-        )
-        assert second.claim("1.2.3.4")
-        with pytest.raises(commitment.StorageError):
-            first.update(transaction)
-        transaction.state, transaction.finished_at = "reported", "2026-12-04T12:00:05.000Z"
+    assert first.create(transaction)
+    assert not second.create(transaction)  # the Transaction UID is taken: a duplicate
+    assert not second.claim("1.2.3.4")  # task-a's lease holds
+    assert second.record_ids() == ["1.2.3.4"]  # pending, for whoever takes over
+    with pytest.raises(commitment.StorageError, match="another task"):
         second.update(transaction)
-        assert second.record_ids() == []
-        assert second.load("1.2.3.4") is not None and second.load("1.2.3.4").state == "reported"  # type: ignore[union-attr]
+
+    # task-a stops without releasing; once its lease runs out task-b takes over, and task-a cannot write.
+    dynamodb.update_item(
+        TableName=table,
+        Key={tables.RECORD_ID: {"S": "1.2.3.4"}},
+        UpdateExpression="SET leaseUntil = :past",
+        ExpressionAttributeValues={":past": {"N": str(int(time.time()) - 1)}},
+    )
+    assert second.claim("1.2.3.4")
+    with pytest.raises(commitment.StorageError):
+        first.update(transaction)
+    transaction.state, transaction.finished_at = "reported", "2026-12-04T12:00:05.000Z"
+    second.update(transaction)
+    assert second.record_ids() == []
+    assert second.load("1.2.3.4") is not None and second.load("1.2.3.4").state == "reported"  # type: ignore[union-attr]

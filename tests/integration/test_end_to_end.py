@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,44 +23,25 @@ from dicom_store_contract import layout
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
-from support.aws import load_fake_healthimaging
 from support.cfn import REGION, Deployment
 from support.iam import ApiCall, denied
 from support.moto import MotoServer, aws_env
 from support.pipeline import Pipeline, load_event, manifest_created_event
 from support.scp import RunningScp, launch_scp, storescu
 
-from .conftest import DATASTORE_ID, DICOM_PREFIX, create_stack_resources
+from .conftest import DICOM_PREFIX
 
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture
+def deployment(stack: Deployment) -> Deployment:
+    """The stack on moto_server (conftest): s3, the AHI fake and the pipeline reach it over HTTP."""
+    return stack
+
+
 # Above the SCP's multipart threshold (16 MiB), so the series exercises both of its upload paths.
 LARGE_INSTANCE_BYTES = 17 * 1024 * 1024
-
-
-@pytest.fixture
-def moto_server(tmp_path: Path) -> Iterator[MotoServer]:
-    server = MotoServer(tmp_path / "moto_server.log")
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def stack(aws_credentials: None, template: dict[str, Any], moto_server: MotoServer, monkeypatch: Any) -> Deployment:
-    # The functions reach moto_server through botocore's own endpoint setting, as the SCP does.
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server.endpoint)
-    return create_stack_resources(template, endpoint_url=moto_server.endpoint)
-
-
-@pytest.fixture
-def s3(stack: Deployment, moto_server: MotoServer) -> Any:
-    return boto3.client("s3", region_name=REGION, endpoint_url=moto_server.endpoint)
-
-
-@pytest.fixture
-def pipeline(stack: Deployment, s3: Any, monkeypatch: Any) -> Pipeline:
-    return Pipeline(stack, load_fake_healthimaging()(s3, DATASTORE_ID), monkeypatch)
 
 
 def start_scp(tmp_path: Path, stack: Deployment, moto_server: MotoServer) -> RunningScp:

@@ -45,6 +45,24 @@ def sample_file(name: str) -> Path:
     return Path(path)
 
 
+def changed_sample(tmp_path: Path, name: str, sample: str = "CT_small.dcm", **changes: Any) -> Path:
+    """pydicom's ``sample`` with attributes changed (by keyword; ``meta_<keyword>`` for the file meta; None deletes),
+    written as ``tmp_path / name``."""
+    from pydicom import dcmread
+    from pydicom.filewriter import dcmwrite
+
+    dataset = dcmread(sample_file(sample))
+    for keyword, value in changes.items():
+        target, keyword = (dataset.file_meta, keyword[5:]) if keyword.startswith("meta_") else (dataset, keyword)
+        if value is None:
+            delattr(target, keyword)
+        else:
+            setattr(target, keyword, value)
+    path = tmp_path / name
+    dcmwrite(path, dataset, enforce_file_format=False)
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -425,22 +425,10 @@ class DataPhase:
 
     def _answer_refusal(self, store: _Store) -> None:
         assert store.refusal is not None
-        self.settings.recorder.instance_failed(statuses.family(store.refusal))
-        LOG.warning(
-            "C-STORE failed",
-            extra={
-                "fields": {
-                    "event": "c-store-failed",
-                    **guard._peer_fields(self.assoc),
-                    "status": f"0x{store.refusal:04X}",
-                    "reason": statuses.REASONS[store.refusal],
-                    "detail": store.detail,
-                    "sopInstanceUID": store.sop_instance_uid,
-                    "sopClassUID": store.sop_class_uid,
-                    "droppedBytes": store.dropped_bytes,
-                }
-            },
-        )
+        guard.refused_store(
+            self.assoc, self.settings.recorder, store.refusal, store.detail, store.sop_class_uid,
+            store.sop_instance_uid, store.dropped_bytes,
+        )  # fmt: skip
         self._respond(
             store.context_id,
             _C_STORE_RSP,

@@ -158,6 +158,28 @@ class DimseViolation(Exception):
     """A DIMSE message that cannot be served: the association is aborted."""
 
 
+def refused_store(
+    assoc: Any, metrics: Recorder, status: int, detail: str, sop_class: str, sop_instance: str, dropped: int
+) -> None:
+    """Count and log a C-STORE refused before its data set was stored (either receive path: the same line)."""
+    metrics.instance_failed(statuses.family(status))
+    LOG.warning(
+        "C-STORE failed",
+        extra={
+            "fields": {
+                "event": "c-store-failed",
+                **_peer_fields(assoc),
+                "status": f"0x{status:04X}",
+                "reason": statuses.REASONS[status],
+                "detail": detail,
+                "sopInstanceUID": sop_instance,
+                "sopClassUID": sop_class,
+                "droppedBytes": dropped,
+            }
+        },
+    )
+
+
 def _peer_fields(assoc: Any) -> dict[str, Any]:
     requestor = assoc.requestor
     fields: dict[str, Any] = {"peer": f"{requestor.address}:{requestor.port}"}
@@ -606,22 +628,10 @@ class GuardedDIMSE(DIMSEServiceProvider):
         if _is_uid(awaited.sop_instance_uid):
             response.AffectedSOPInstanceUID = awaited.sop_instance_uid
         response.Status = awaited.refusal
-        self.metrics.instance_failed(statuses.family(awaited.refusal))
-        LOG.warning(
-            "C-STORE failed",
-            extra={
-                "fields": {
-                    "event": "c-store-failed",
-                    **_peer_fields(self.assoc),
-                    "status": f"0x{awaited.refusal:04X}",
-                    "reason": statuses.REASONS[awaited.refusal],
-                    "detail": awaited.detail,
-                    "sopInstanceUID": awaited.sop_instance_uid,
-                    "sopClassUID": awaited.sop_class_uid,
-                    "droppedBytes": awaited.dropped_bytes,
-                }
-            },
-        )
+        refused_store(
+            self.assoc, self.metrics, awaited.refusal, awaited.detail, awaited.sop_class_uid,
+            awaited.sop_instance_uid, awaited.dropped_bytes,
+        )  # fmt: skip
         self.send_msg(response, awaited.context_id)
 
     def discard_incomplete_message(self) -> None:

@@ -295,6 +295,17 @@ def test_a_repeated_transaction_uid_with_other_instances_fails_them_as_duplicate
     assert scp.wait_for_event("commitment-duplicate")
 
 
+def request_and_leave(requester: Requester, scp: Any, transaction_uid: str, references: Any) -> None:
+    """Ask for commitment on an association that refuses the report (no handler), then release it: the report must
+    go on a new association."""
+    assoc = requester.associate(scp, take_reports=False)
+    try:
+        assert requester.request(assoc, transaction_uid, references) == commitment.SUCCESS
+        scp.wait_for_event("commitment-same-association-failed")
+    finally:
+        assoc.release()
+
+
 def test_an_unreachable_requester_is_retried_until_the_deadline_and_delays_nobody(
     start_scp: Any, tmp_path: Path, requester: Requester
 ) -> None:
@@ -304,13 +315,7 @@ def test_an_unreachable_requester_is_retried_until_the_deadline_and_delays_nobod
     scp = start_scp(env={"COMMITMENT_PEERS": f"{REQUESTER}=127.0.0.1:{dead_port}", "COMMITMENT_REPORT_TIMEOUT": "4"})
     references = sent_with_storescu(scp, tmp_path, 1)
     transaction_uid = generate_uid()
-    assoc = requester.associate(scp, take_reports=False)
-    try:
-        assert requester.request(assoc, transaction_uid, references) == commitment.SUCCESS
-        # It refuses the report on its association (no handler), then leaves: what follows is on new ones.
-        scp.wait_for_event("commitment-same-association-failed")
-    finally:
-        assoc.release()
+    request_and_leave(requester, scp, transaction_uid, references)
 
     # While the SCP retries, other associations are served as usual.
     started = time.monotonic()
@@ -332,13 +337,7 @@ def test_a_requester_without_an_address_is_logged_and_given_up(
     scp = start_scp(env={"COMMITMENT_REPORT_TIMEOUT": "1"})
     references = sent_with_storescu(scp, tmp_path, 1)
     transaction_uid = generate_uid()
-    assoc = requester.associate(scp, take_reports=False)
-    try:
-        assert requester.request(assoc, transaction_uid, references) == commitment.SUCCESS
-        # It refuses the report on its association (no handler), then leaves: what follows is on new ones.
-        scp.wait_for_event("commitment-same-association-failed")
-    finally:
-        assoc.release()
+    request_and_leave(requester, scp, transaction_uid, references)
 
     wait_for_record_state(scp, transaction_uid, "undelivered", timeout=30)
     (logged,) = scp.wait_for_event("commitment-undelivered")

@@ -67,21 +67,6 @@ def _assert_still_serving(scp: RunningScp) -> None:
     assert echo.returncode == 0, echo.stdout + echo.stderr
 
 
-def _assert_aborted(peer: RawPeer, source_reason: tuple[int, int]) -> None:
-    answer = peer.receive(_PROMPT)
-    assert answer is not None, "the SCP closed without an A-ABORT"
-    assert answer.pdu_type == wire.ABORT, answer
-    assert answer.abort_source_reason == source_reason
-    assert peer.closed_by_scp(_PROMPT)
-
-
-def _associated(scp: RunningScp) -> RawPeer:
-    peer = RawPeer(scp.port)
-    answer = peer.associate()
-    assert answer is not None and answer.pdu_type == wire.ASSOCIATE_AC, answer
-    return peer
-
-
 @pytest.fixture
 def hardened_scp(start_scp) -> RunningScp:
     return start_scp(*_TIMEOUTS)
@@ -97,10 +82,10 @@ def test_pdu_declaring_4_gib_is_aborted_without_allocating_it(hardened_scp, asso
     _assert_still_serving(scp)
     before = _peak_memory(scp)
 
-    peer = _associated(scp) if associate_first else RawPeer(scp.port)
+    peer = wire.associated(scp.port) if associate_first else RawPeer(scp.port)
     with peer:
         peer.send(struct.pack(">BBL", wire.P_DATA, 0, 0xFFFFFFFF) + bytes(10))
-        _assert_aborted(peer, _INVALID_PARAMETER)
+        wire.assert_aborted(peer, _INVALID_PARAMETER)
 
     assert _peak_memory(scp) - before < _GROWTH_LIMIT
     _assert_still_serving(scp)
@@ -120,12 +105,12 @@ def test_p_data_longer_than_maximum_pdu_size_is_aborted(start_scp):
     tolerated = wire.p_data(wire.pdv(wire.ECHO_CONTEXT, wire.COMMAND | wire.LAST, padded))
     assert len(tolerated) == 6 + 16384 + 6
 
-    with _associated(scp) as peer:
+    with wire.associated(scp.port) as peer:
         peer.send(tolerated)
         answer = peer.receive(_PROMPT)
         assert answer is not None and answer.statuses() == [statuses.SUCCESS]
         peer.send(wire.pdu(wire.P_DATA, bytes(16384 + 7)))
-        _assert_aborted(peer, _INVALID_PARAMETER)
+        wire.assert_aborted(peer, _INVALID_PARAMETER)
 
     [line] = scp.wait_for_event("protocol-abort")
     assert line["detail"] == "P-DATA-TF declares 16391 bytes, limit 16390"
@@ -137,7 +122,7 @@ def test_association_request_longer_than_its_cap_is_aborted(hardened_scp):
     before = _peak_memory(scp)
     with RawPeer(scp.port) as peer:
         peer.send(struct.pack(">BBL", wire.ASSOCIATE_RQ, 0, guard.ASSOCIATION_PDU_LIMIT + 1) + bytes(64))
-        _assert_aborted(peer, _INVALID_PARAMETER)
+        wire.assert_aborted(peer, _INVALID_PARAMETER)
     assert _peak_memory(scp) - before < _GROWTH_LIMIT
     _assert_still_serving(scp)
 
@@ -149,7 +134,7 @@ def test_unknown_pdu_type_is_aborted_and_its_body_never_read(hardened_scp, pdu_t
     with RawPeer(scp.port) as peer:
         # Random garbage: an unknown type whose "length" is huge.
         peer.send(struct.pack(">BBL", pdu_type, 0x5A, 0xF0F0F0F0) + os.urandom(64))
-        _assert_aborted(peer, _UNRECOGNIZED_PDU)
+        wire.assert_aborted(peer, _UNRECOGNIZED_PDU)
     assert _peak_memory(scp) - before < _GROWTH_LIMIT
     [line] = scp.wait_for_event("protocol-abort")
     assert line["reason"] == "unrecognized PDU"
@@ -169,15 +154,15 @@ def test_pdu_out_of_order_before_association_is_aborted(hardened_scp, message):
     scp = hardened_scp
     with RawPeer(scp.port) as peer:
         peer.send(message)
-        _assert_aborted(peer, _UNEXPECTED_PDU)
+        wire.assert_aborted(peer, _UNEXPECTED_PDU)
     _assert_still_serving(scp)
 
 
 def test_fixed_length_pdu_with_a_longer_length_is_aborted(hardened_scp):
     scp = hardened_scp
-    with _associated(scp) as peer:
+    with wire.associated(scp.port) as peer:
         peer.send(wire.pdu(wire.RELEASE_RQ, bytes(5)))
-        _assert_aborted(peer, _INVALID_PARAMETER)
+        wire.assert_aborted(peer, _INVALID_PARAMETER)
     _assert_still_serving(scp)
 
 
@@ -204,13 +189,13 @@ def test_fragments_that_never_complete_abort_the_association(hardened_scp, kind)
     pdus = _never_last(kind)
     stream = pdus[:-1] + [pdus[-1]] * 512  # 8 MiB unless the SCP stops it
 
-    with _associated(scp) as peer:
+    with wire.associated(scp.port) as peer:
         sent = 0
         for pdu in stream:
             if not peer.send(pdu):
                 break
             sent += len(pdu)
-        _assert_aborted(peer, _SERVICE_USER)
+        wire.assert_aborted(peer, _SERVICE_USER)
 
     assert _peak_memory(scp) - before < _GROWTH_LIMIT
     [line] = scp.wait_for_event("protocol-abort")
@@ -220,9 +205,9 @@ def test_fragments_that_never_complete_abort_the_association(hardened_scp, kind)
 
 def test_abort_of_one_association_leaves_another_running(hardened_scp):
     scp = hardened_scp
-    with _associated(scp) as bystander, _associated(scp) as attacker:
+    with wire.associated(scp.port) as bystander, wire.associated(scp.port) as attacker:
         attacker.send(wire.p_data(wire.pdv(wire.STORE_CONTEXT, 0, bytes(100))))
-        _assert_aborted(attacker, _SERVICE_USER)
+        wire.assert_aborted(attacker, _SERVICE_USER)
         bystander.send(wire.p_data(wire.pdv(wire.ECHO_CONTEXT, wire.COMMAND | wire.LAST, wire.echo_command())))
         answer = bystander.receive(_PROMPT)
         assert answer is not None and answer.statuses() == [statuses.SUCCESS]
@@ -259,7 +244,7 @@ def test_malformed_association_request_is_answered_and_closed_at_once(hardened_s
     scp = hardened_scp
     with RawPeer(scp.port) as peer:
         peer.send(request_bytes)
-        _assert_aborted(peer, _INVALID_PARAMETER)
+        wire.assert_aborted(peer, _INVALID_PARAMETER)
     [line] = scp.wait_for_event("protocol-abort")
     assert line["detail"].startswith("A-ASSOCIATE-RQ cannot be decoded")
     assert line["peer"].startswith("127.0.0.1:")
@@ -317,7 +302,7 @@ def test_a_uid_is_judged_as_its_bytes_say_not_as_pydicom_trims_it(hardened_scp, 
             _ui(0x0020, 0x000E, b"1.2.826.0.1.3680043.8.498.8\0"),
         ]
     )
-    with _associated(scp) as peer:
+    with wire.associated(scp.port) as peer:
         answer = _store(peer, wire.store_command("1.2.826.0.1.3680043.8.498.9"), data_set)
         assert answer is not None and answer.statuses() == [expected]
         peer.send(wire.release_rq())
@@ -346,7 +331,7 @@ def test_a_uid_is_judged_as_its_bytes_say_not_as_pydicom_trims_it(hardened_scp, 
 )
 def test_store_request_with_unusable_instance_uid_gets_a_failure_status(hardened_scp, sop_instance, expected):
     scp = hardened_scp
-    with _associated(scp) as peer:
+    with wire.associated(scp.port) as peer:
         answer = _store(peer, wire.store_command(sop_instance), _DATA_SET)
         assert answer is not None and answer.pdu_type == wire.P_DATA, answer
         assert answer.statuses() == [expected]
@@ -365,20 +350,20 @@ def test_store_request_with_unusable_instance_uid_gets_a_failure_status(hardened
 def test_store_request_without_message_id_is_aborted(hardened_scp):
     scp = hardened_scp
     command = wire.command_set({0x0002: wire.CT_IMAGE_STORAGE, 0x0100: wire.C_STORE_RQ, 0x0800: 0, 0x1000: "1.2.3"})
-    with _associated(scp) as peer:
+    with wire.associated(scp.port) as peer:
         peer.send(wire.p_data(wire.pdv(wire.STORE_CONTEXT, wire.COMMAND | wire.LAST, command)))
-        _assert_aborted(peer, _SERVICE_USER)
+        wire.assert_aborted(peer, _SERVICE_USER)
     _assert_still_serving(scp)
 
 
 def test_data_set_cut_off_by_an_abort_leaves_no_spool_file_open(hardened_scp):
     scp = hardened_scp
     _assert_still_serving(scp)
-    with _associated(scp) as peer:
+    with wire.associated(scp.port) as peer:
         peer.send(wire.p_data(wire.pdv(wire.STORE_CONTEXT, wire.COMMAND | wire.LAST, wire.store_command("1.2.3.4"))))
         peer.send(wire.p_data(wire.pdv(wire.STORE_CONTEXT, 0, bytes(1000))))
         peer.send(b"\x42" * 10)  # garbage: an unknown PDU type
-        _assert_aborted(peer, _UNRECOGNIZED_PDU)
+        wire.assert_aborted(peer, _UNRECOGNIZED_PDU)
 
     spool = scp.storage / ".spool"
     scp.wait_for_event("association")
@@ -390,7 +375,7 @@ def test_data_set_cut_off_by_an_abort_leaves_no_spool_file_open(hardened_scp):
 def test_store_request_for_another_sop_class_than_its_context_is_refused(hardened_scp):
     """A C-STORE-RQ naming Verification on the CT context got pynetdicom's C-ECHO success: nothing stored."""
     scp = hardened_scp
-    with _associated(scp) as peer:
+    with wire.associated(scp.port) as peer:
         answer = _store(peer, wire.store_command("1.2.3.4", sop_class=wire.VERIFICATION), _DATA_SET)
         assert answer is not None and answer.statuses() == [statuses.SOP_CLASS_NOT_SUPPORTED]
     [line] = scp.wait_for_event("c-store-failed")
@@ -400,9 +385,9 @@ def test_store_request_for_another_sop_class_than_its_context_is_refused(hardene
 
 def test_echo_on_a_storage_context_is_aborted(hardened_scp):
     scp = hardened_scp
-    with _associated(scp) as peer:
+    with wire.associated(scp.port) as peer:
         peer.send(wire.p_data(wire.pdv(wire.STORE_CONTEXT, wire.COMMAND | wire.LAST, wire.echo_command())))
-        _assert_aborted(peer, _SERVICE_USER)
+        wire.assert_aborted(peer, _SERVICE_USER)
     _assert_still_serving(scp)
 
 
@@ -410,7 +395,7 @@ def test_echo_on_a_storage_context_is_aborted(hardened_scp):
 def test_half_a_header_does_not_hold_the_connection_past_its_timeout(start_scp, associate_first):
     """A blocking read of the 6-byte header kept the reader, and the timers that end the association, waiting."""
     scp = start_scp("--acse-timeout", "1", "--network-timeout", "1")
-    peer = _associated(scp) if associate_first else RawPeer(scp.port)
+    peer = wire.associated(scp.port) if associate_first else RawPeer(scp.port)
     with peer:
         peer.send(b"\x04\x00\x00")
         assert peer.closed_by_scp(_PROMPT)
@@ -423,7 +408,7 @@ def test_spool_file_is_removed_when_the_store_handler_fails(hardened_scp):
     # (the handler answered 0xC211, pynetdicom's "unexpected exception", and pynetdicom skipped removing the spool
     # file after a handler's exception). Cannot understand: 0xC000.
     data_set = b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100" + b"\x08\x00\x16\x00U\x09\x02\x00" + b"1\x00"
-    with _associated(scp) as peer:
+    with wire.associated(scp.port) as peer:
         answer = _store(peer, wire.store_command("1.2.3.4"), data_set)
         assert answer is not None and answer.pdu_type == wire.P_DATA
         assert answer.statuses() == [statuses.CANNOT_PARSE_DATASET]
@@ -470,7 +455,7 @@ def test_over_tls_pdus_in_pieces_are_served_and_a_4_gib_header_is_aborted(tls_sc
     before = _peak_memory(scp)
     with RawPeer(scp.port, tls=client) as peer:
         peer.send(struct.pack(">BBL", wire.P_DATA, 0, 0xFFFFFFFF) + bytes(10))
-        _assert_aborted(peer, _INVALID_PARAMETER)
+        wire.assert_aborted(peer, _INVALID_PARAMETER)
     assert _peak_memory(scp) - before < _GROWTH_LIMIT
     echo = echoscu(scp.port, "+tla", "+cf", str(pki.ca_cert))
     assert echo.returncode == 0, echo.stdout + echo.stderr
@@ -491,7 +476,7 @@ def test_exception_in_the_association_thread_is_answered_with_an_abort(tmp_path,
     try:
         with RawPeer(config.port) as peer:
             peer.send(wire.associate_rq())
-            _assert_aborted(peer, (guard.SERVICE_PROVIDER, guard.REASON_NOT_SPECIFIED))
+            wire.assert_aborted(peer, (guard.SERVICE_PROVIDER, guard.REASON_NOT_SPECIFIED))
     finally:
         receiver.stop()
         runner.join(timeout=30)
@@ -504,7 +489,7 @@ def test_exception_in_the_association_thread_is_answered_with_an_abort(tmp_path,
 def test_peer_abort_with_values_out_of_range_ends_the_association_quietly(hardened_scp, source, reason):
     """pynetdicom raised on such an A-ABORT inside its state machine: an error logged, and an A-ABORT sent back."""
     scp = hardened_scp
-    with _associated(scp) as peer:
+    with wire.associated(scp.port) as peer:
         peer.send(wire.abort_rq(source, reason))
         assert peer.receive(_PROMPT) is None  # closed, nothing sent
     scp.wait_for_event("association")
@@ -560,7 +545,7 @@ def test_an_aborted_association_logs_its_abort_and_no_errors(hardened_scp, messa
     """Events still queued when the guard aborted (the peer's close) met pynetdicom's state machine in Sta1, which
     logged each as an error; pynetdicom's standard handlers raised on some malformed PDUs, logged likewise."""
     scp = hardened_scp
-    with _associated(scp) as peer:
+    with wire.associated(scp.port) as peer:
         peer.send(message)
         answer = peer.receive(_PROMPT)
         assert answer is not None and answer.pdu_type == wire.ABORT
@@ -574,7 +559,7 @@ def test_pydicom_warnings_about_a_data_set_are_neither_printed_nor_remembered(ha
     """Each distinct bad value pydicom warned about was printed to stderr (not JSON) and kept in pydicom's warning
     registry for good: a peer varying the value grew the process without bound. Its JSON log line stays."""
     scp = hardened_scp
-    with _associated(scp) as peer:
+    with wire.associated(scp.port) as peer:
         for number in range(20):
             charset = f"ISO_IR {900 + number}".encode()
             data_set = b"\x08\x00\x05\x00CS" + struct.pack("<H", len(charset)) + charset + _DATA_SET

@@ -60,21 +60,6 @@ def _pdus_of(context: int, control: int, payload: bytes, fragment: int) -> list[
     ]
 
 
-def _associated(scp: RunningScp) -> RawPeer:
-    peer = RawPeer(scp.port)
-    answer = peer.associate()
-    assert answer is not None and answer.pdu_type == wire.ASSOCIATE_AC, answer
-    return peer
-
-
-def _assert_aborted(peer: RawPeer, source_reason: tuple[int, int]) -> None:
-    answer = peer.receive(_PROMPT)
-    assert answer is not None, "the SCP closed without an A-ABORT"
-    assert answer.pdu_type == wire.ABORT, answer
-    assert answer.abort_source_reason == source_reason
-    assert peer.closed_by_scp(_PROMPT)
-
-
 def _release(peer: RawPeer) -> None:
     peer.send(wire.release_rq())
     answer = peer.receive(_PROMPT)
@@ -166,7 +151,7 @@ def test_an_established_association_costs_one_thread_on_the_owned_path(start_scp
     assert echoscu(scp.port).returncode == 0
     time.sleep(0.5)
     idle = _threads(scp)
-    peers = [_associated(scp) for _ in range(4)]
+    peers = [wire.associated(scp.port) for _ in range(4)]
     try:
         deadline = time.monotonic() + _PROMPT
         while _threads(scp) != idle + 4 * per_association and time.monotonic() < deadline:
@@ -191,7 +176,7 @@ def test_pdus_split_across_reads_are_reassembled(owned_scp):
     """Every PDU of a C-STORE sent in 5-byte pieces: headers and PDV items split at every possible offset."""
     scp = owned_scp
     data_set = _data_set(1, padding=2048)
-    with _associated(scp) as peer:
+    with wire.associated(scp.port) as peer:
         command = wire.p_data(
             wire.pdv(wire.STORE_CONTEXT, wire.COMMAND | wire.LAST, wire.store_command(_instance_uid(1)))
         )
@@ -214,7 +199,7 @@ def test_a_message_spanning_pdus_and_pdus_carrying_several_pdvs_are_served(owned
         wire.store_command(_instance_uid(2), message_id=1),
         wire.store_command(_instance_uid(3), message_id=2),
     )
-    with _associated(scp) as peer:
+    with wire.associated(scp.port) as peer:
         peer.send(wire.p_data(wire.pdv(wire.STORE_CONTEXT, wire.COMMAND, command_1[:20])))
         peer.send(wire.p_data(wire.pdv(wire.STORE_CONTEXT, wire.COMMAND | wire.LAST, command_1[20:])))
         pieces = [first[i : i + 3000] for i in range(0, len(first), 3000)]
@@ -270,10 +255,10 @@ def test_command_and_data_interleaving_rules(owned_scp, case, detail):
         "data-before-command": [wire.p_data(half)],
         "unaccepted-context": [wire.p_data(wire.pdv(5, wire.COMMAND | wire.LAST, wire.echo_command()))],
     }
-    with _associated(scp) as peer:
+    with wire.associated(scp.port) as peer:
         for pdu in sequences[case]:
             peer.send(pdu)
-        _assert_aborted(peer, _SERVICE_USER)
+        wire.assert_aborted(peer, _SERVICE_USER)
     [line] = scp.wait_for_event("protocol-abort")
     assert line["detail"] == detail and line["callingAE"] == "RAWPEER"
     assert _spool_is_emptied(scp)
@@ -284,7 +269,7 @@ def test_command_and_data_interleaving_rules(owned_scp, case, detail):
 def test_c_cancel_is_accepted_without_an_answer_and_the_association_goes_on(owned_scp):
     scp = owned_scp
     cancel = wire.command_set({0x0100: 0x0FFF, 0x0120: 1, 0x0800: wire.NO_DATA_SET})
-    with _associated(scp) as peer:
+    with wire.associated(scp.port) as peer:
         peer.send(wire.p_data(wire.pdv(wire.ECHO_CONTEXT, wire.COMMAND | wire.LAST, cancel)))
         peer.send(wire.p_data(wire.pdv(wire.ECHO_CONTEXT, wire.COMMAND | wire.LAST, wire.echo_command())))
         answer = peer.receive(_PROMPT)
@@ -298,13 +283,13 @@ def test_c_cancel_is_accepted_without_an_answer_and_the_association_goes_on(owne
 
 def test_oversize_pdu_in_the_middle_of_an_instance_aborts_and_removes_its_spool_file(start_scp):
     scp = start_scp(*_TIMEOUTS, "--maximum-pdu-size", "16384")
-    with _associated(scp) as peer:
+    with wire.associated(scp.port) as peer:
         peer.send(
             wire.p_data(wire.pdv(wire.STORE_CONTEXT, wire.COMMAND | wire.LAST, wire.store_command(_instance_uid(5))))
         )
         peer.send(wire.p_data(wire.pdv(wire.STORE_CONTEXT, 0, bytes(16000))))
         peer.send(struct.pack(">BBL", wire.P_DATA, 0, 16384 + 7) + bytes(100))
-        _assert_aborted(peer, _INVALID_PARAMETER)
+        wire.assert_aborted(peer, _INVALID_PARAMETER)
     [line] = scp.wait_for_event("protocol-abort")
     assert line["detail"] == "P-DATA-TF declares 16391 bytes, limit 16390"
     assert _spool_is_emptied(scp)
@@ -313,7 +298,7 @@ def test_oversize_pdu_in_the_middle_of_an_instance_aborts_and_removes_its_spool_
 
 def test_peer_abort_in_the_middle_of_an_instance_removes_its_spool_file(owned_scp):
     scp = owned_scp
-    with _associated(scp) as peer:
+    with wire.associated(scp.port) as peer:
         peer.send(
             wire.p_data(wire.pdv(wire.STORE_CONTEXT, wire.COMMAND | wire.LAST, wire.store_command(_instance_uid(6))))
         )
@@ -330,7 +315,7 @@ def test_peer_abort_in_the_middle_of_an_instance_removes_its_spool_file(owned_sc
 @pytest.mark.parametrize("where", ["inside-a-pdu", "inside-a-data-set", "between-pdus"])
 def test_a_peer_silent_past_the_network_timeout_is_aborted_and_disconnected(start_scp, where):
     scp = start_scp("--acse-timeout", "30", "--network-timeout", "1")
-    with _associated(scp) as peer:
+    with wire.associated(scp.port) as peer:
         if where != "between-pdus":
             command = wire.store_command(_instance_uid(7))
             peer.send(wire.p_data(wire.pdv(wire.STORE_CONTEXT, wire.COMMAND | wire.LAST, command)))
@@ -338,7 +323,7 @@ def test_a_peer_silent_past_the_network_timeout_is_aborted_and_disconnected(star
         if where == "inside-a-pdu":
             peer.send(struct.pack(">BBL", wire.P_DATA, 0, 1000) + bytes(10))
         started = time.monotonic()
-        _assert_aborted(peer, _SERVICE_USER)
+        wire.assert_aborted(peer, _SERVICE_USER)
         assert time.monotonic() - started < 5
     [line] = scp.wait_for_event("network-timeout")
     assert line["where"] == ("inside a PDU" if where == "inside-a-pdu" else "between PDUs")
@@ -349,7 +334,7 @@ def test_a_peer_silent_past_the_network_timeout_is_aborted_and_disconnected(star
 
 def test_release_in_the_middle_of_an_instance_is_answered_and_stores_nothing(owned_scp):
     scp = owned_scp
-    with _associated(scp) as peer:
+    with wire.associated(scp.port) as peer:
         peer.send(
             wire.p_data(wire.pdv(wire.STORE_CONTEXT, wire.COMMAND | wire.LAST, wire.store_command(_instance_uid(8))))
         )
@@ -370,9 +355,9 @@ def test_release_collision_cannot_arise_and_a_stray_release_answer_is_aborted(ow
     """The SCP never requests a release, so an A-RELEASE-RP (a collision's second half, Sta9-Sta12) or a second
     A-ASSOCIATE-RQ can only be out of order in Sta6: AA-8, an unexpected-PDU abort."""
     scp = owned_scp
-    with _associated(scp) as peer:
+    with wire.associated(scp.port) as peer:
         peer.send(message)
-        _assert_aborted(peer, _UNEXPECTED_PDU)
+        wire.assert_aborted(peer, _UNEXPECTED_PDU)
     [line] = scp.wait_for_event("protocol-abort")
     assert line["detail"] == f"{name} not expected in Sta6"
     assert echoscu(scp.port).returncode == 0
@@ -382,7 +367,7 @@ def test_release_requests_from_both_sides_at_once_are_answered_once(owned_scp):
     """A peer that sends its A-RELEASE-RQ twice (as one whose release timer fired would) gets one A-RELEASE-RP and
     the connection closed; the second request meets Sta13, where PS3.8 ignores it (AA-6)."""
     scp = owned_scp
-    with _associated(scp) as peer:
+    with wire.associated(scp.port) as peer:
         peer.send(wire.release_rq() + wire.release_rq())
         answer = peer.receive(_PROMPT)
         assert answer is not None and answer.pdu_type == wire.RELEASE_RP
@@ -396,9 +381,9 @@ def test_release_requests_from_both_sides_at_once_are_answered_once(owned_scp):
 def test_a_fixed_length_pdu_shorter_than_4_bytes_is_aborted(owned_scp, pdu_type):
     """As pynetdicom's path answers it: a PDU that cannot be decoded (conformance statement 2.3)."""
     scp = owned_scp
-    with _associated(scp) as peer:
+    with wire.associated(scp.port) as peer:
         peer.send(wire.pdu(pdu_type, bytes(2)))
-        _assert_aborted(peer, _INVALID_PARAMETER)
+        wire.assert_aborted(peer, _INVALID_PARAMETER)
     [line] = scp.wait_for_event("protocol-abort")
     assert line["detail"].endswith("cannot be decoded: 2 bytes, 4 expected")
 
@@ -416,7 +401,7 @@ def test_an_association_that_negotiated_storage_commitment_stays_on_pynetdicoms_
             wire.presentation_context(wire.STORE_CONTEXT, wire.CT_IMAGE_STORAGE, wire.EXPLICIT_LE),
         ]
     )
-    with RawPeer(scp.port) as committing, _associated(scp) as storing:
+    with RawPeer(scp.port) as committing, wire.associated(scp.port) as storing:
         answer = committing.associate(commitment)
         assert answer is not None and answer.pdu_type == wire.ASSOCIATE_AC
         deadline = time.monotonic() + _PROMPT

@@ -243,3 +243,20 @@ class RawPeer:
     def associate(self, request: bytes | None = None) -> Received | None:
         self.send(associate_rq() if request is None else request)
         return self.receive()
+
+
+def associated(port: int) -> RawPeer:
+    """A connection whose default A-ASSOCIATE-RQ the SCP accepted."""
+    peer = RawPeer(port)
+    answer = peer.associate()
+    assert answer is not None and answer.pdu_type == ASSOCIATE_AC, answer
+    return peer
+
+
+def assert_aborted(peer: RawPeer, source_reason: tuple[int, int], seconds: float = 10) -> None:
+    """The SCP answered with A-ABORT (source, reason) and closed the connection."""
+    answer = peer.receive(seconds)
+    assert answer is not None, "the SCP closed without an A-ABORT"
+    assert answer.pdu_type == ABORT, answer
+    assert answer.abort_source_reason == source_reason
+    assert peer.closed_by_scp(seconds)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from release import package
+from release import package, project, publish
 
 
 @pytest.fixture
@@ -30,6 +30,25 @@ def aws_credentials(monkeypatch):
 def functions_zip(tmp_path_factory) -> package.Built:
     """The Lambda zip, built once for the session from the working tree's sources and lock."""
     return package.build(dist=tmp_path_factory.mktemp("dist"))
+
+
+MOTO_ACCOUNT = "123456789012"
+ARTIFACT_PREFIX = "acme-dicom-store-scp"
+
+
+def development_release(functions_zip: package.Built, regions: tuple[str, ...], output: Path) -> publish.Release:
+    """This version's release of ``functions_zip`` to ``regions`` in moto's account, the image in its development
+    repository, written to ``output``."""
+    return publish.Release(
+        version=project.version(),
+        regions=regions,
+        account_id=MOTO_ACCOUNT,
+        image_repository=publish.development_repository(MOTO_ACCOUNT),
+        artifact_bucket_prefix=ARTIFACT_PREFIX,
+        zip_path=functions_zip.path,
+        zip_sha256=functions_zip.sha256,
+        output=output,
+    )
 
 
 # What a push does to the registry, for the fake engine: an image manifest under the pushed tag in moto's ECR.

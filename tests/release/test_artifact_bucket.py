@@ -22,12 +22,14 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from support.moto import FAKE_CREDENTIALS, MotoServer
 
-from release import project, publish
+from release import publish
 from template_gen import release as layout
 
-ACCOUNT = "123456789012"  # moto's account
+from .conftest import ARTIFACT_PREFIX, MOTO_ACCOUNT, development_release
+
+ACCOUNT = MOTO_ACCOUNT
 REGIONS = ("us-east-1", "eu-west-2")
-PREFIX = "acme-dicom-store-scp"
+PREFIX = ARTIFACT_PREFIX
 DIGEST = "sha256:" + "d" * 64
 
 
@@ -43,16 +45,7 @@ def published(moto_server, functions_zip, tmp_path, monkeypatch) -> publish.Rele
     """A release published to moto_server with the real plan (the image given by digest: no engine here)."""
     for name, value in FAKE_CREDENTIALS.items():
         monkeypatch.setenv(name, value)
-    release = publish.Release(
-        version=project.version(),
-        regions=REGIONS,
-        account_id=ACCOUNT,
-        image_repository=publish.development_repository(ACCOUNT),
-        artifact_bucket_prefix=PREFIX,
-        zip_path=functions_zip.path,
-        zip_sha256=functions_zip.sha256,
-        output=tmp_path / "release",
-    )
+    release = development_release(functions_zip, REGIONS, tmp_path / "release")
 
     def client(service: str, region: str) -> Any:
         return boto3.client(service, region_name=region, endpoint_url=moto_server.endpoint)

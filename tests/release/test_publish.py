@@ -28,25 +28,18 @@ from release import image, package, project, publish
 from release.templates import release_template, release_template_text
 from template_gen import release as layout
 
-ACCOUNT = "123456789012"  # moto's account
+from .conftest import ARTIFACT_PREFIX, MOTO_ACCOUNT, development_release
+
+ACCOUNT = MOTO_ACCOUNT
 REGIONS = ("us-east-1", "eu-west-1")
 VERSION = project.version()
-PREFIX = "acme-dicom-store-scp"
+PREFIX = ARTIFACT_PREFIX
 MARKETPLACE_REPOSITORY = "709825985650.dkr.ecr.us-east-1.amazonaws.com/acme/dicom-store-scp"
 
 
 @pytest.fixture
 def release(functions_zip, tmp_path) -> publish.Release:
-    return publish.Release(
-        version=VERSION,
-        regions=REGIONS,
-        account_id=ACCOUNT,
-        image_repository=publish.development_repository(ACCOUNT),
-        artifact_bucket_prefix=PREFIX,
-        zip_path=functions_zip.path,
-        zip_sha256=functions_zip.sha256,
-        output=tmp_path / "release",
-    )
+    return development_release(functions_zip, REGIONS, tmp_path / "release")
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ stand-in resources' names and ARNs). The API calls each makes are then checked a
 from __future__ import annotations
 
 import copy
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -84,6 +85,11 @@ def run_every_function(pipeline: Pipeline, s3: Any, monkeypatch: pytest.MonkeyPa
     event = load_event("import_job_completed.json")
     event["detail"].update(jobId=job_id, datastoreId=pipeline.fake_healthimaging.datastore_id)
     seen["relayed"] = pipeline.invoke("CheckStatusFunction", event)
+    seen["wake_ups"] = [
+        (call.params["taskToken"], json.loads(call.params["output"]))
+        for call in pipeline.calls["CheckStatusFunction"]
+        if call.operation == "SendTaskSuccess"
+    ]
 
     timed_out = store_batch(s3, bucket, BATCH_TIMED_OUT, count=2)
     trigger(pipeline, s3, bucket, BATCH_TIMED_OUT)
@@ -141,7 +147,8 @@ def test_every_function_does_its_job_with_only_the_template_environment(
     assert seen["registered"]["registered"] is True
     assert seen["registered"]["jobStatus"] == "COMPLETED"
     assert seen["wait_token"] == "token-of-the-wait"
-    assert seen["relayed"]["jobId"] == job["jobId"]
+    # Both paths tried to wake the wait with its own token: the registration (the job had ended) and the event.
+    assert seen["wake_ups"] == [("token-of-the-wait", {"jobId": job["jobId"], "jobStatus": "COMPLETED"})] * 2
     # RecordFailure: the polling bound recorded on the job and every instance.
     assert seen["timed_out"] == ["TIMED_OUT"] * 2
     assert seen["timed_out_job"]["jobStatus"] == "TIMED_OUT"

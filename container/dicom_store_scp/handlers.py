@@ -240,13 +240,7 @@ def handle_store(event: Any, sessions: Sessions, recorder: Recorder) -> int:
         return _fail(event, None, recorder, statuses.OUT_OF_RESOURCES_CLOSING, "association is not open")
 
     try:
-        # The wanted elements alone (header.py); pydicom reads whatever that walker is not sure about.
-        header = header_walker.read_header(source, str(event.context.transfer_syntax), _WANTED, int(_LAST_HEADER_TAG))
-        if header is None:
-            with source.open("rb") as handle:
-                header = read_partial(handle, stop_when=_stop_after_header, specific_tags=_HEADER_TAGS)
-        # pydicom converts a value when it is first read: an unknown VR or an undecodable value raises only now.
-        values = {tag: (_uid_as_sent if tag in _UID_TAGS else _element_text)(header, tag) for tag in _HEADER_TAGS}
+        values, header = _read_header(source, str(event.context.transfer_syntax))
     except Exception as error:  # pydicom raises many types for malformed input
         return _fail(event, sessions, recorder, statuses.CANNOT_PARSE_DATASET, f"{type(error).__name__}: {error}")
 
@@ -293,6 +287,30 @@ def handle_store(event: Any, sessions: Sessions, recorder: Recorder) -> int:
 
 
 _UID_TAGS = {_SOP_CLASS_UID, _SOP_INSTANCE_UID, _STUDY_INSTANCE_UID, _SERIES_INSTANCE_UID}
+_UID_TAG_NUMBERS = {int(tag) for tag in _UID_TAGS}
+_HEADER_TAG_NUMBERS = [int(tag) for tag in _HEADER_TAGS]
+
+
+def _read_header(source: Path, transfer_syntax: str) -> tuple[dict[Any, str], dict[int, Any]]:
+    """(the handler's text of each header tag, each found element's value for validation.py); raises what pydicom
+    raises for a header it cannot read.
+
+    The wanted elements alone are found by header.py; their values are read without pydicom when they are plain
+    text (nearly always), by pydicom otherwise, and by pydicom's ``read_partial`` whenever the walker is unsure.
+    """
+    walked = header_walker.read_elements(source, transfer_syntax, _WANTED, int(_LAST_HEADER_TAG))
+    if walked is not None:
+        values = header_walker.plain_values(walked, _HEADER_TAG_NUMBERS, _UID_TAG_NUMBERS)
+        if values is not None:
+            return values, walked.raw_values()
+        header = header_walker.as_dataset(walked)
+    else:
+        with source.open("rb") as handle:
+            header = read_partial(handle, stop_when=_stop_after_header, specific_tags=_HEADER_TAGS)
+    # pydicom converts a value when it is first read: an unknown VR or an undecodable value raises only now.
+    decoded = {tag: (_uid_as_sent if tag in _UID_TAGS else _element_text)(header, tag) for tag in _HEADER_TAGS}
+    tags = header.keys()  # (iterating a Dataset itself would convert every element)
+    return decoded, {int(tag): header.get_item(tag).value for tag in tags}
 
 
 def _uid_as_sent(header: Any, tag: BaseTag | int) -> str:

@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import functools
 import mmap
+import re
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.charset import convert_encodings
 from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.tag import BaseTag, Tag
+from pydicom.tag import Tag
 from pydicom.values import convert_string
 
 _IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -53,8 +55,20 @@ class _Unsure(Exception):
     """Not a case this walker reads: pydicom does."""
 
 
-def read_header(path: Path, transfer_syntax: str, wanted: set[int], last: int) -> Dataset | None:
-    """The ``wanted`` top-level elements up to tag ``last``, as pydicom raw elements; None: read it with pydicom."""
+@dataclass(frozen=True)
+class Walked:
+    """The wanted elements found, as the data set has them: tag -> (explicit VR or None, length, value, offset)."""
+
+    implicit: bool
+    found: dict[int, tuple[bytes | None, int, bytes, int]]
+
+    def raw_values(self) -> dict[int, bytes]:
+        """Each found element's value bytes, as received (what validation.py measures)."""
+        return {tag: element[2] for tag, element in self.found.items()}
+
+
+def read_elements(path: Path, transfer_syntax: str, wanted: set[int], last: int) -> Walked | None:
+    """The ``wanted`` top-level elements up to tag ``last``, as received; None: read the file with pydicom."""
     if transfer_syntax in _NOT_WALKED:
         return None
     implicit = transfer_syntax == _IMPLICIT_LE
@@ -64,9 +78,80 @@ def read_header(path: Path, transfer_syntax: str, wanted: set[int], last: int) -
             return None
         with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
             try:
-                return _walk(data, size, implicit, *_kept(frozenset(wanted)), last)
+                return Walked(implicit, _walk(data, size, implicit, *_kept(frozenset(wanted)), last))
             except (_Unsure, struct.error):
                 return None
+
+
+def read_header(path: Path, transfer_syntax: str, wanted: set[int], last: int) -> Dataset | None:
+    """The same as pydicom raw elements in a ``Dataset``, decoded exactly as ``read_partial`` would on first read."""
+    walked = read_elements(path, transfer_syntax, wanted, last)
+    return None if walked is None else as_dataset(walked)
+
+
+def as_dataset(walked: Walked) -> Dataset:
+    implicit = walked.implicit
+    header = Dataset(
+        {
+            Tag(tag): RawDataElement(
+                Tag(tag), None if vr is None else vr.decode("ascii"), length, value, value_at, implicit, True
+            )
+            for tag, (vr, length, value, value_at) in walked.found.items()
+        }  # pydicom keeps raw elements until first read
+    )
+    header.set_original_encoding(implicit, True)
+    return header
+
+
+# -- values without pydicom -----------------------------------------------------------------------------------------
+
+# Character sets in which printable ASCII is itself (pydicom decodes such a value to the same text).
+_ASCII_CHARACTER_SETS = {b"", b"ISO_IR 6", b"ISO_IR 100", b"ISO_IR 192"}
+# Printable ASCII but for the backslash (a value delimiter: pydicom makes a multi-valued element of it).
+_PLAIN = re.compile(rb"[\x20-\x5b\x5d-\x7e]*")
+_INTEGER = re.compile(rb" *[+-]?[0-9]+ *")
+_SIMPLE_VRS = {"AE", "AS", "CS", "DA", "DT", "IS", "LO", "PN", "SH", "TM", "UI"}
+
+
+def plain_values(walked: Walked, tags: list[int], uid_tags: set[int]) -> dict[int, str] | None:
+    """Each of ``tags``' text as handlers.py reads it through pydicom, when it can be read without it; else None.
+
+    Without pydicom means: every found element is a single-valued text element of its dictionary VR, in printable
+    ASCII (trailing NUL padding aside), under a character set in which ASCII is ASCII. pydicom decodes such a
+    value without raising, to the same text (tests/container/test_header_walker.py compares both on every case
+    the fuzz corpus and a generated one hold). UIDs are the bytes as sent less trailing NUL and space padding,
+    as handlers.py judges them; other values lose their padding and surrounding spaces, as pydicom gives them.
+    """
+    found = walked.found
+    charset = found.get(_SPECIFIC_CHARACTER_SET)
+    if charset is not None and (
+        charset[0] not in (None, b"CS") or charset[2].rstrip(b"\0 ") not in _ASCII_CHARACTER_SETS
+    ):
+        return None  # pydicom reads it by its VR when it decodes text (a US of odd length raises, say)
+    values: dict[int, str] = {}
+    for tag in tags:
+        element = found.get(tag)
+        if element is None:
+            values[tag] = ""
+            continue
+        vr, _, raw, _ = element
+        expected = _dictionary_vr(tag)
+        if expected not in _SIMPLE_VRS or (vr is not None and vr != expected.encode("ascii")):
+            return None
+        text = raw.rstrip(b"\0")
+        if not _PLAIN.fullmatch(text):
+            return None
+        if expected == "PN" and b"=" in text:
+            return None  # pydicom's PersonName drops empty component groups: "^=" reads "^"
+        if expected == "IS" and text.strip() and not _INTEGER.fullmatch(text):
+            return None  # pydicom reads "1e3" as 1000 and raises for "1e400"
+        values[tag] = raw.rstrip(b"\0 ").decode("ascii") if tag in uid_tags else text.decode("ascii").strip()
+    return values
+
+
+@functools.cache
+def _dictionary_vr(tag: int) -> str:
+    return dictionary_VR(tag) if dictionary_has_tag(tag) else ""
 
 
 @functools.cache
@@ -79,7 +164,7 @@ def _kept(wanted: frozenset[int]) -> tuple[frozenset[int], frozenset[int]]:
 
 def _walk(
     data: mmap.mmap, size: int, implicit: bool, wanted: frozenset[int], sequences: frozenset[int], last: int
-) -> Dataset:
+) -> dict[int, tuple[bytes | None, int, bytes, int]]:
     # File Meta Information as engine.py and pynetdicom write it: its group length first.
     if data[128:132] != b"DICM" or data[132:140] != b"\x02\x00\x00\x00UL\x04\x00":
         raise _Unsure
@@ -87,7 +172,7 @@ def _walk(
     offset = 144 + meta_length
     if offset > size:
         raise _Unsure
-    found: dict[BaseTag, RawDataElement] = {}
+    found: dict[int, tuple[bytes | None, int, bytes, int]] = {}
     if offset + 6 <= size:
         group, element = _TAG.unpack_from(data, offset)
         if group in (0x0000, 0x0002):
@@ -128,24 +213,14 @@ def _walk(
             if tag == _SPECIFIC_CHARACTER_SET:
                 # pydicom reads the character set as it passes it (raising on a value it cannot use): so here.
                 convert_encodings(convert_string(bytes(data[value_at : value_at + length]), True))
-            found[Tag(tag)] = RawDataElement(
-                Tag(tag),
-                None if vr is None else vr.decode("ascii"),
-                length,
-                bytes(data[value_at : value_at + length]),
-                value_at,
-                implicit,
-                True,
-            )
+            found[tag] = (vr, length, data[value_at : value_at + length], value_at)
         if length == _UNDEFINED:
             offset = _skip_value(data, size, value_at, length, implicit, 0)
         else:
             offset = value_at + length
             if offset > size:
                 raise _Unsure
-    header = Dataset(found)  # type: ignore[arg-type]  # pydicom keeps raw elements until first read
-    header.set_original_encoding(implicit, True)
-    return header
+    return found
 
 
 def _element_header(data: mmap.mmap, offset: int, implicit: bool) -> tuple[bytes | None, int, int]:

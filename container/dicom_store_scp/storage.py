@@ -8,14 +8,18 @@ answers a failure status so the sender retries. Nothing acknowledged is ever los
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 from typing import Protocol
 
 _HASH_CHUNK = 1024 * 1024
+# How many recently used folders LocalStorage remembers as existing (a few per live association).
+_KNOWN_FOLDERS = 1024
 
 
 class StorageError(Exception):
@@ -44,7 +48,7 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: Path | str) -> None:
     # A rename is durable only once the directory entry is: fsync the directory itself.
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -60,7 +64,12 @@ class LocalStorage:
 
     def __init__(self, root: Path, spool: Path | None = None) -> None:
         self.root = root.resolve()
+        self._root_text = str(self.root)
         self._spool = spool
+        # Folders this process made or found durable, most recent last (bounded): consecutive instances of a series
+        # land in the same folder, which then costs no lookups. A folder removed behind our back is made again.
+        self._known_folders: dict[str, None] = {}
+        self._known_lock = threading.Lock()
 
     def prepare(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -75,46 +84,74 @@ class LocalStorage:
 
     def store_instance(self, source: Path, key: str, sha256: str) -> None:
         target = self._target(key)
+        folder = os.path.dirname(target)
         try:
-            self._make_parents(target.parent)
-            with source.open("rb") as handle:
-                os.fsync(handle.fileno())
+            self._make_parents(folder)
+            fd = os.open(source, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             try:
                 os.replace(source, target)
-            except OSError as error:
-                if error.errno != 18:  # EXDEV: spool on another filesystem; copy instead
+            except FileNotFoundError:
+                if not os.path.exists(source):
                     raise
-                self._write_atomically(target, source.read_bytes())
+                # The folder went away since it was made (someone tidied the store): make it again, once.
+                self._forget_folders()
+                self._make_parents(folder)
+                os.replace(source, target)
+            except OSError as error:
+                if error.errno != errno.EXDEV:  # spool on another filesystem; copy instead
+                    raise
+                self._write_atomically(Path(target), source.read_bytes())
                 return
-            _fsync_dir(target.parent)
+            _fsync_dir(folder)
         except OSError as error:
             raise StorageError(f"{key}: {error.strerror or error}") from error
 
     def store_manifest(self, key: str, body: bytes) -> None:
         target = self._target(key)
         try:
-            self._make_parents(target.parent)
-            self._write_atomically(target, body)
+            self._make_parents(os.path.dirname(target))
+            self._write_atomically(Path(target), body)
         except OSError as error:
             raise StorageError(f"{key}: {error.strerror or error}") from error
 
-    def _target(self, key: str) -> Path:
-        target = (self.root / key).resolve()
-        if not target.is_relative_to(self.root):
+    def _target(self, key: str) -> str:
+        """The key's path under the root, judged by its text: no absolute key, no ``..`` out of the store.
+
+        Keys are made of the configured prefix and validated UIDs, and only this process makes the store's folders,
+        so the text decides (no symbolic link lookups per instance).
+        """
+        target = os.path.normpath(os.path.join(self._root_text, key))
+        if not target.startswith(self._root_text + os.sep) or os.path.isabs(key):
             raise StorageError(f"{key}: outside the store")
         return target
 
-    def _make_parents(self, folder: Path) -> None:
+    def _make_parents(self, folder: str) -> None:
+        if folder in self._known_folders:
+            return
         # New directories must be durable too, from the deepest existing ancestor down.
         missing = []
-        while not folder.exists():
-            missing.append(folder)
-            folder = folder.parent
+        ancestor = folder
+        while not os.path.isdir(ancestor):
+            missing.append(ancestor)
+            ancestor = os.path.dirname(ancestor)
         for created in reversed(missing):
             # Another association may create it first.
             with contextlib.suppress(FileExistsError):
-                created.mkdir()
-            _fsync_dir(created.parent)
+                os.mkdir(created)
+            _fsync_dir(os.path.dirname(created))
+        with self._known_lock:
+            self._known_folders.pop(folder, None)
+            self._known_folders[folder] = None
+            while len(self._known_folders) > _KNOWN_FOLDERS:
+                del self._known_folders[next(iter(self._known_folders))]
+
+    def _forget_folders(self) -> None:
+        with self._known_lock:
+            self._known_folders.clear()
 
     def _write_atomically(self, target: Path, body: bytes) -> None:
         partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")

@@ -12,7 +12,8 @@ several values of one element count with their backslash separators.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from collections.abc import Mapping
+from datetime import date
 from typing import Any
 
 from dicom_store_contract import limits
@@ -36,15 +37,15 @@ TAGS: list[BaseTag] = sorted({*CONSTRAINTS, _SEGMENTATION_TYPE, _ICON_IMAGE_SEQU
 
 _STUDY_DATE = Tag(0x0008, 0x0020)
 # PS3.5 6.2 DA: YYYYMMDD; "YYYY.MM.DD" is the ACR-NEMA form PS3.5 still asks readers to accept.
-_DATE_FORMS = ((re.compile(r"^\d{8}$"), "%Y%m%d"), (re.compile(r"^\d{4}\.\d{2}\.\d{2}$"), "%Y.%m.%d"))
+_DATE_FORMS = (
+    (re.compile(r"[0-9]{8}"), slice(0, 4), slice(4, 6), slice(6, 8)),
+    (re.compile(r"[0-9]{4}\.[0-9]{2}\.[0-9]{2}"), slice(0, 4), slice(5, 7), slice(8, 10)),
+)
 
 
-def _text(header: Any, tag: BaseTag) -> str | None:
+def _text(header: Mapping[int, Any], tag: BaseTag) -> str | None:
     """The element's value as received, without padding; None when absent or empty."""
-    if tag not in header:
-        return None
-    raw = header.get_item(tag)
-    value = raw.value
+    value = header.get(tag)
     if value is None:
         return None
     text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
@@ -53,24 +54,26 @@ def _text(header: Any, tag: BaseTag) -> str | None:
 
 
 def _is_date(text: str) -> bool:
-    for form, layout in _DATE_FORMS:
-        if form.match(text):
+    for form, year, month, day in _DATE_FORMS:
+        if form.fullmatch(text):
             try:
-                datetime.strptime(text, layout)
+                date(int(text[year]), int(text[month]), int(text[day]))
             except ValueError:
                 return False
             return True
     return False
 
 
-def check(header: Any) -> tuple[int, str, dict[str, Any]]:
+_IN_TAG_ORDER = sorted(CONSTRAINTS.items())
+
+
+def check(header: Mapping[int, Any]) -> tuple[int, str, dict[str, Any]]:
     """(status, detail, log fields) for the first constraint the header breaks; SUCCESS when none."""
-    for tag in sorted(CONSTRAINTS):
-        limit = CONSTRAINTS[tag]
+    for tag, limit in _IN_TAG_ORDER:
         text = _text(header, tag)
         if text is None:
             continue
-        element = f"{limit.keyword} ({tag.group:04X},{tag.element:04X})"
+        element = f"{limit.keyword} ({tag.group:04X},{tag.element:04X})"  # for the failure's text only
         if limit.unit == "value":
             try:
                 number = int(text.strip())
@@ -90,7 +93,7 @@ def check(header: Any) -> tuple[int, str, dict[str, Any]]:
     return statuses.SUCCESS, "", {}
 
 
-def limited_support(header: Any) -> list[str]:
+def limited_support(header: Mapping[int, Any]) -> list[str]:
     """What AHI documents it does not (fully) support in this instance: accepted, stored, and logged."""
     found = []
     if _text(header, _SOP_CLASS_UID) == _SEGMENTATION_STORAGE and _text(header, _SEGMENTATION_TYPE) == "BINARY":

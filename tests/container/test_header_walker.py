@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import random
+import re
 import struct
 import warnings
 from pathlib import Path
 
 import pytest
-from dicom_store_scp import engine, handlers, header
+from dicom_store_scp import engine, handlers, header, validation
 from pydicom.data import get_testdata_files
+from pydicom.datadict import dictionary_VR
 from pydicom.filereader import read_partial
 from support import fuzz, wire
 
@@ -176,3 +179,112 @@ def test_the_walker_agrees_with_read_partial_on_the_fuzzers_data_sets(tmp_path):
             walked += 1
             assert _outcome(found) == expected, case.label
     assert walked > 400  # most of the corpus is walked, not deferred
+
+
+def _pydicom_reading(spool: Path) -> tuple[str, object]:
+    """What the handler read before header.py's plain values: pydicom's read_partial, its values and the checks."""
+    try:
+        with spool.open("rb") as handle:
+            dataset = read_partial(handle, stop_when=handlers._stop_after_header, specific_tags=handlers._HEADER_TAGS)
+        values = {
+            int(tag): (handlers._uid_as_sent if tag in handlers._UID_TAGS else handlers._element_text)(dataset, tag)
+            for tag in handlers._HEADER_TAGS
+        }
+    except Exception as error:
+        return "error", type(error).__name__
+    tags = dataset.keys()  # iterating the Dataset itself would convert every element
+    elements = {int(tag): dataset.get_item(tag).value for tag in tags}
+    return "read", (values, validation.check(elements), validation.limited_support(elements))
+
+
+def _handler_reading(spool: Path, syntax: str) -> tuple[str, object]:
+    try:
+        values, elements = handlers._read_header(spool, syntax)
+    except Exception as error:
+        return "error", type(error).__name__
+    return "read", ({int(tag): text for tag, text in values.items()}, validation.check(elements),
+                    validation.limited_support(elements))  # fmt: skip
+
+
+# Values of every kind a sender might put in the checked elements: plain, padded, multi-valued, non-ASCII, escape
+# sequences, control characters, numbers that are and are not.
+_PIECES = [b"1.2.840.10008.5.1.4.1.1.2", b"1.2.3", b"20200101", b"2020.02.30", b"101010.5", b"ABC^DEF", b"12",
+           b"-3", b" 7 ", b"1e3", b"BINARY", b"O", b"x" * 70, b"\\", b"\0", b" ", b"\x1b$B", b"\xe9", b"\xc3\xa9",
+           b"\t", b"\x7f", b"^=", b""]  # fmt: skip
+_PLAIN = re.compile(rb"[ -\[\]-~]*")
+_CHARACTER_SETS = [
+    None,
+    None,
+    None,
+    b"ISO_IR 100",
+    b"ISO_IR 192",
+    b"ISO 2022 IR 87",
+    b"GB18030",
+    b"ISO_IR 13",
+    b"NOT A SET",
+]
+
+
+def _generated_data_set(rng: random.Random, implicit: bool) -> bytes:
+    def element(tag: int, vr: str, value: bytes) -> bytes:
+        if len(value) % 2:
+            value += b"\0" if vr == "UI" else b" "
+        if implicit:
+            return struct.pack("<HHL", tag >> 16, tag & 0xFFFF, len(value)) + value
+        if rng.random() < 0.05:
+            vr = rng.choice(["LO", "UN", "SH", "UI"])  # now and then a VR other than the dictionary's
+        if vr in ("UN", "UT"):
+            return struct.pack("<HH2sHL", tag >> 16, tag & 0xFFFF, vr.encode(), 0, len(value)) + value
+        return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), len(value)) + value
+
+    character_set = rng.choice(_CHARACTER_SETS)
+    out = b"" if character_set is None else element(0x00080005, "CS", character_set)
+    # Half the headers are of plain pieces only, with now and then one odd piece.
+    pieces = _PIECES if rng.random() < 0.5 else [piece for piece in _PIECES if _PLAIN.fullmatch(piece)]
+    for tag in handlers._HEADER_TAGS:
+        vr = dictionary_VR(tag)
+        if vr == "SQ" or rng.random() < 0.1:
+            continue
+        choices = [b"12", b"-3", b" 7 "] if vr == "IS" and pieces is not _PIECES else pieces
+        value = b"".join(rng.choice(choices if rng.random() < 0.99 else _PIECES) for _ in range(rng.choice([1, 1, 2])))
+        if tag in handlers._UID_TAGS and rng.random() < 0.7:
+            value = rng.choice([b"1.2.840.10008.5.1.4.1.1.2", b"1.2.3.4", b"1.2.3.5.6"])
+        out += element(int(tag), vr, value)
+    return out
+
+
+def test_plain_values_are_pydicoms_values_on_a_generated_corpus(tmp_path):
+    """The handler reads plain text itself (header.plain_values) and the rest through pydicom: on 3,000 generated
+    headers, every value, element check and limited-support note is what pydicom's reading gives, or the same
+    exception type; most of the corpus is read without pydicom."""
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+    warnings.filterwarnings("error", message=r"Expected (explicit|implicit) VR, but found", category=UserWarning)
+    rng = random.Random(15)
+    plain = 0
+    for number in range(3000):
+        implicit = number % 3 == 0
+        syntax = wire.IMPLICIT_LE if implicit else wire.EXPLICIT_LE
+        spool = _spooled(tmp_path, "generated", syntax, _generated_data_set(rng, implicit))
+        assert _handler_reading(spool, syntax) == _pydicom_reading(spool), number
+        walked = header.read_elements(spool, syntax, _WANTED, _LAST)
+        if walked is not None and header.plain_values(walked, handlers._HEADER_TAG_NUMBERS, handlers._UID_TAG_NUMBERS):
+            plain += 1
+    assert 150 < plain < 2850  # both ways of reading are exercised
+
+
+def test_plain_values_agree_on_the_fuzzers_data_sets_and_pydicoms_files(tmp_path):
+    syntaxes = {wire.STORE_CONTEXT: wire.EXPLICIT_LE, fuzz.CT_IMPLICIT_CONTEXT: wire.IMPLICIT_LE}
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+    warnings.filterwarnings("error", message=r"Expected (explicit|implicit) VR, but found", category=UserWarning)
+    spools = []
+    for case in fuzz.cases(9, 900, "dataset"):
+        context, data_set = _store_data_set(case.payload)
+        if context in syntaxes:
+            spools.append((case.label, syntaxes[context], data_set))
+    for source in _FILES:
+        found = _part10(source)
+        if found is not None:
+            spools.append((source.name, *found))
+    for label, syntax, data_set in spools:
+        spool = _spooled(tmp_path, "case", syntax, data_set)
+        assert _handler_reading(spool, syntax) == _pydicom_reading(spool), label

@@ -93,7 +93,9 @@ def test_concurrent_associations_each_negotiate_their_own_contexts(scp, tmp_path
 
     for profile, result in zip(proposals, results, strict=True):
         assert result.statuses == ([] if profile else [statuses.SUCCESS]), result.output
-    scp.wait_for_event("association", count=12)
+    # Every association ends with its log line, written once its manifest is: the 12 that stored nothing too.
+    ended = scp.wait_for_event("association", count=24)
+    assert sorted(event["instances"] for event in ended) == [0] * 12 + [1] * 12
     assert len(scp.stored_files()) == 12
     assert len(scp.manifests()) == 12
 

@@ -8,9 +8,11 @@ Commitment stays on pynetdicom's path (commitment.py needs its N-ACTION and N-EV
 
 What the loop does, per the DICOM upper layer state machine (PS3.8 9.2) in Sta6 "association established":
 
-- each PDU's 6-byte header is read exactly, its type and declared length checked (against MAXIMUM_PDU_SIZE for
-  P-DATA-TF, the same limits and A-ABORT reasons as guard.py) before a byte of its body is read, and the body is
-  read exactly into one buffer reused for the association's life (grown, at most to the limit, when needed);
+- each PDU's 6-byte header has its type and declared length checked (against MAXIMUM_PDU_SIZE for P-DATA-TF, the
+  same limits and A-ABORT reasons as guard.py) before the buffer is made room for its body. One buffer serves
+  the association's life: it holds the PDU in hand and at most READ_AHEAD bytes more, so a read may take several
+  small PDUs at once, while what is missing of a large PDU is read exactly (grown, at most to the limit plus
+  the read-ahead, when a PDU needs it);
 - PDV items are parsed with ``struct``; command fragments are collected (at most ``COMMAND_SET_LIMIT`` bytes) and
   the command set (group 0000, implicit VR little endian) decoded by hand; data set fragments are written to the
   C-STORE's spool file straight from the receive buffer; the response is encoded by hand;
@@ -28,8 +30,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
+import secrets
 import socket
 import ssl
 import struct
@@ -57,6 +61,16 @@ _P_DATA_TF = 0x04
 _A_RELEASE_RQ = 0x05
 _A_ABORT = 0x07
 _A_RELEASE_RP_PDU = b"\x06\x00\x00\x00\x00\x04\x00\x00\x00\x00"
+
+# How much of each spool file's start the loop keeps in memory for the header walk (headers are a few KiB; one
+# that runs past this is walked in the file).
+HEAD_BYTES = 32 * 1024
+# Receiving: how much more than the PDU in hand one read may take (the next PDUs, when they are already there),
+# the buffer's first size (what an idle association holds; the first data grows it), and from how many missing
+# bytes a read waits for exactly those (MSG_WAITALL).
+READ_AHEAD = 64 * 1024
+_INITIAL_BUFFER = 16 * 1024 + 6
+_EXACT_READ = 32 * 1024
 
 _C_STORE_RSP = 0x8001
 _C_ECHO_RSP = 0x8030
@@ -97,6 +111,9 @@ class _Store:
     dropped_bytes: int = 0
     # SHA-256 of the spool file, computed as it is written (handlers.py would read the file again for it).
     digest: Any = None
+    # The spool file's first bytes (File Meta Information, then the data set's start): the header is walked here.
+    head: bytearray = field(default_factory=bytearray)
+    size: int = 0
 
 
 @dataclass
@@ -122,6 +139,8 @@ class _StoreEvent:
     context: _Context
     dataset_path: str
     sha256: str
+    head: bytes
+    size: int
 
 
 @dataclass
@@ -139,7 +158,6 @@ class DataPhase:
         self.assoc = assoc
         self.settings = settings
         self.connection = connection
-        self._pending = pending  # bytes the upper layer read before it handed the socket over
         self.pdu_limit = guard.receive_pdu_size(assoc.acceptor.maximum_length) + guard._PDV_ITEM_HEADER
         # The peer's Maximum Length Received bounds each P-DATA-TF we send (0: no limit).
         peer_limit = int(getattr(assoc.requestor, "maximum_length", 0) or 0)
@@ -149,8 +167,14 @@ class DataPhase:
             for cx in assoc.accepted_contexts
             if cx.context_id is not None
         }
-        self._buffer = bytearray(16 * 1024 + 6)
-        self._header = bytearray(6)
+        # Received bytes not yet parsed are self._buffer[self._start:self._end]. It holds a whole PDU at a time, and
+        # at most READ_AHEAD bytes more: grown when a PDU needs it, to the negotiated limit and no further.
+        self._capacity_limit = self.pdu_limit + 6 + READ_AHEAD
+        self._buffer = bytearray(max(_INITIAL_BUFFER, len(pending)))
+        self._view = memoryview(self._buffer)
+        self._start = 0
+        self._end = len(pending)
+        self._view[: len(pending)] = pending
         self._commands = _Commands()
         self._store: _Store | None = None
         self._stop_requested = False
@@ -176,19 +200,22 @@ class DataPhase:
             self._finish()
 
     def _serve_one_pdu(self) -> None:
-        header = self._header
-        self._read_exact(memoryview(header), 6, between_pdus=True)
-        pdu_type, _, length = _HEADER.unpack(header)
+        if self._end - self._start < 6:
+            self._fill(6, between_pdus=True)
+        start = self._start
+        pdu_type, _, length = _HEADER.unpack_from(self._buffer, start)
         if pdu_type == _P_DATA_TF:
             if length > self.pdu_limit:
                 self._refuse_pdu(
                     guard.INVALID_PARAMETER_VALUE, f"P-DATA-TF declares {length} bytes, limit {self.pdu_limit}"
                 )
-            if len(self._buffer) < length:
-                self._buffer = bytearray(length)
-            view = memoryview(self._buffer)
-            self._read_exact(view, length)
-            self._receive_p_data(view, length)
+            end = start + 6 + length
+            if self._end < end:
+                self._fill(6 + length)
+                start = self._start
+                end = start + 6 + length
+            self._start = end
+            self._receive_p_data(self._view[start + 6 : end], length)
             return
         name = guard._PDU_NAMES.get(pdu_type)
         if name is None:
@@ -198,8 +225,8 @@ class DataPhase:
             self._refuse_pdu(guard.INVALID_PARAMETER_VALUE, f"{name} declares {length} bytes, limit {limit}")
         if pdu_type not in (_A_RELEASE_RQ, _A_ABORT):
             self._refuse_pdu(guard.UNEXPECTED_PDU, f"{name} not expected in Sta6")
-        body = bytearray(length)
-        self._read_exact(memoryview(body), length)
+        self._fill(6 + length)
+        self._start += 6 + length
         if length != guard.FIXED_PDU_LENGTH:
             # pynetdicom cannot decode a shorter one either (section 2.3 of the conformance statement).
             self._refuse_pdu(guard.INVALID_PARAMETER_VALUE, f"{name} cannot be decoded: {length} bytes, 4 expected")
@@ -237,21 +264,31 @@ class DataPhase:
             connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, interval)
         self._wait_all = socket.MSG_WAITALL
 
-    def _read_exact(self, view: memoryview, count: int, between_pdus: bool = False) -> None:
-        filled = 0
-        if self._pending:
-            taken = self._pending[:count]
-            view[: len(taken)] = taken
-            self._pending = self._pending[len(taken) :]
-            filled = len(taken)
+    def _fill(self, count: int, between_pdus: bool = False) -> None:
+        """Receive until ``count`` bytes are in the buffer from ``self._start`` on.
+
+        What is missing of a large PDU is received exactly, in one system call where the socket waits for all;
+        anything shorter asks for up to READ_AHEAD bytes more, so that a run of small PDUs (or a PDU and the
+        next one's header) costs one call, not two per PDU. What the peer sends past the current PDU is never
+        waited for: a read returns once ``count`` is reached, whatever else was asked.
+        """
+        available = self._end - self._start
+        if self._start + count > len(self._buffer):
+            self._make_room(count)
+        view = self._view
         recv_into = self.connection.recv_into
-        flags = self._wait_all
-        while filled < count:
+        while available < count:
+            missing = count - available
+            end = self._end
             try:
-                received = recv_into(view[filled:count], count - filled, flags)
+                if missing >= _EXACT_READ and self._wait_all:
+                    received = recv_into(view[end : end + missing], missing, self._wait_all)
+                else:
+                    wanted = min(len(self._buffer) - end, max(missing, READ_AHEAD))
+                    received = recv_into(view[end : end + wanted], wanted)
             except (TimeoutError, BlockingIOError):
                 # Python's timeout, or the kernel's (SO_RCVTIMEO: EAGAIN with nothing received).
-                self._timed_out(between_pdus and filled == 0)
+                self._timed_out(between_pdus and available == 0)
             except OSError:
                 received = 0
             if not received:
@@ -261,7 +298,22 @@ class DataPhase:
                 self._close()
                 self._outcome = "aborted"
                 raise _Ended
-            filled += received
+            self._end = end + received
+            available += received
+
+    def _make_room(self, count: int) -> None:
+        """Move the unparsed bytes to the buffer's start, in a larger buffer when ``count`` bytes would not fit."""
+        available = self._end - self._start
+        size = len(self._buffer)
+        if count > size - min(READ_AHEAD, size // 2):
+            # A PDU larger than any so far (checked against the limit already): room for it and the read-ahead.
+            size = min(max(count + READ_AHEAD, 2 * size), self._capacity_limit)
+            grown = bytearray(size)
+            grown[:available] = self._view[self._start : self._end]
+            self._buffer, self._view = grown, memoryview(grown)
+        else:
+            self._view[:available] = self._view[self._start : self._end]
+        self._start, self._end = 0, available
 
     # -- P-DATA ------------------------------------------------------------------------------------------------------
 
@@ -369,6 +421,9 @@ class DataPhase:
             while written < size:
                 written += os.write(store.fd, fragment[written:])
             store.received_bytes += size
+            wanted = HEAD_BYTES - len(store.head)
+            if wanted > 0:
+                store.head += fragment[:wanted]
         else:
             store.dropped_bytes += size
         if control & guard._LAST:
@@ -378,11 +433,12 @@ class DataPhase:
     # -- C-STORE -------------------------------------------------------------------------------------------------------
 
     def _open_spool(self, store: _Store) -> None:
-        fd, name = tempfile.mkstemp(suffix=".dcm")
-        store.fd, store.path = fd, Path(name)
+        store.fd, store.path = _spool_file()
         meta = file_meta(store.sop_class_uid, store.sop_instance_uid, store.transfer_syntax)
         store.digest = hashlib.sha256(meta)
-        os.write(fd, meta)
+        os.write(store.fd, meta)
+        store.head += meta
+        store.size = len(meta)
 
     def _refuse_oversized(self, store: _Store) -> None:
         """Stop spooling a data set larger than AHI imports: what arrived is deleted, the rest is read and dropped."""
@@ -404,6 +460,8 @@ class DataPhase:
             _Context(store.transfer_syntax),
             str(store.path),
             store.digest.hexdigest(),
+            bytes(store.head),
+            store.size + store.received_bytes,
         )
         try:
             status = handlers.handle_store(event, self.settings.sessions, self.settings.recorder)
@@ -558,6 +616,31 @@ class DataPhase:
             # The plain socket's shutdown, not TLS's (that would drop its state under the reading thread).
             socket.socket.shutdown(self.connection, socket.SHUT_RD)
         self._finished.wait(wait)
+
+
+# Spool file names: unique to this process (its id and a random token, made again in a forked worker) and to the
+# instance (a counter).
+_spool_names = itertools.count()
+_spool_token = (0, "")
+
+
+def _spool_file() -> tuple[int, Path]:
+    """A new, exclusively created spool file in the spool folder (tempfile's, which storage.use_spool_dir sets).
+
+    tempfile.mkstemp draws eight random characters per name, a fifth of the spool's cost per instance; a counter
+    under a per-process token is as unique (O_EXCL still refuses a name that exists, and the next is tried).
+    """
+    global _spool_token
+    pid = os.getpid()
+    if _spool_token[0] != pid:
+        _spool_token = (pid, f"{pid}-{secrets.token_hex(4)}")
+    folder = tempfile.gettempdir()
+    while True:
+        path = os.path.join(folder, f"spool-{_spool_token[1]}-{next(_spool_names)}.dcm")
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), Path(path)
+        except FileExistsError:
+            continue
 
 
 # -- encoding ----------------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import struct
 import time
 from pathlib import Path
@@ -224,6 +225,41 @@ def test_a_message_spanning_pdus_and_pdus_carrying_several_pdvs_are_served(owned
     assert stored == {_instance_uid(2): first, _instance_uid(3): second}
     [line] = scp.wait_for_event("association")
     assert line["outcome"] == "released" and line["instances"] == 2
+
+
+def test_pdus_of_every_size_in_writes_of_every_size_are_stored_byte_for_byte(owned_scp):
+    """Two C-STOREs of 1 MiB data sets in PDUs from 1 byte to 240 KiB (under the default 256 KiB limit), sent in
+    writes that cut PDUs anywhere and carry many small ones at once, the release request in the same write as the
+    last data: the receive buffer's read-ahead, growth, compaction and exact reads (engine._fill) lose nothing."""
+    rng = random.Random(1515)
+    scp = owned_scp
+    sizes = [1, 2, 7, 100, 1000, 4000, 16_000, 40_000, 130_000, 245_000]
+    data_sets = {_instance_uid(n): _data_set(n, padding=1 << 20) for n in (40, 41)}
+    with wire.associated(scp.port) as peer:
+        for message_id, (uid, data_set) in enumerate(data_sets.items(), 1):
+            stream = wire.p_data(
+                wire.pdv(wire.STORE_CONTEXT, wire.COMMAND | wire.LAST, wire.store_command(uid, message_id=message_id))
+            )
+            offset = 0
+            while offset < len(data_set):
+                piece = data_set[offset : offset + rng.choice(sizes)]
+                offset += len(piece)
+                stream += wire.p_data(wire.pdv(wire.STORE_CONTEXT, wire.LAST if offset == len(data_set) else 0, piece))
+            if message_id == len(data_sets):
+                stream += wire.release_rq()
+            sent = 0
+            while sent < len(stream):
+                step = rng.choice([3, 6, 12, 5000, 70_000, 300_000])
+                assert peer.send(stream[sent : sent + step])
+                sent += step
+            answer = peer.receive(_PROMPT)
+            assert answer is not None and answer.statuses() == [statuses.SUCCESS], answer
+        answer = peer.receive(_PROMPT)
+        assert answer is not None and answer.pdu_type == wire.RELEASE_RP, answer
+        assert peer.closed_by_scp(_PROMPT)
+    stored = {path.stem: _stored_data_set(path) for path in scp.stored_files()}
+    assert stored == data_sets
+    assert _spool_is_emptied(scp)
 
 
 # -- command and data interleaving -----------------------------------------------------------------------------------

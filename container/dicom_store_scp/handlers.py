@@ -40,7 +40,13 @@ _HEADER_TAGS: list[BaseTag | int] = sorted(
 )
 # The header is read up to the last element any check needs, never into the pixel data.
 _LAST_HEADER_TAG = max(_HEADER_TAGS)
-_WANTED = {int(tag) for tag in _HEADER_TAGS}
+_LAST_TAG_NUMBER = int(_LAST_HEADER_TAG)
+# The values read are keyed by plain ints (a BaseTag key compares through pydicom's Python-level __eq__).
+_SOP_CLASS_UID_NUMBER, _SOP_INSTANCE_UID_NUMBER, _STUDY_DATE_NUMBER = map(
+    int, (_SOP_CLASS_UID, _SOP_INSTANCE_UID, _STUDY_DATE)
+)
+_STUDY_INSTANCE_UID_NUMBER, _SERIES_INSTANCE_UID_NUMBER = int(_STUDY_INSTANCE_UID), int(_SERIES_INSTANCE_UID)
+_WANTED = frozenset(int(tag) for tag in _HEADER_TAGS)
 
 # pydicom logs each complaint about a data set (as a JSON line, through the root logger) and also raises it as a
 # Python warning, printed as a raw stderr line and remembered, text and all, in its module's warning registry: a
@@ -240,7 +246,9 @@ def handle_store(event: Any, sessions: Sessions, recorder: Recorder) -> int:
         return _fail(event, None, recorder, statuses.OUT_OF_RESOURCES_CLOSING, "association is not open")
 
     try:
-        values, header = _read_header(source, str(event.context.transfer_syntax))
+        values, header = _read_header(
+            source, str(event.context.transfer_syntax), getattr(event, "head", None), getattr(event, "size", 0)
+        )
     except Exception as error:  # pydicom raises many types for malformed input
         return _fail(event, sessions, recorder, statuses.CANNOT_PARSE_DATASET, f"{type(error).__name__}: {error}")
 
@@ -266,13 +274,13 @@ def handle_store(event: Any, sessions: Sessions, recorder: Recorder) -> int:
         )
 
     instance = Instance(
-        sop_class_uid=values[_SOP_CLASS_UID],
-        sop_instance_uid=values[_SOP_INSTANCE_UID],
-        study_instance_uid=values[_STUDY_INSTANCE_UID],
-        series_instance_uid=values[_SERIES_INSTANCE_UID],
-        study_date=values[_STUDY_DATE],
+        sop_class_uid=values[_SOP_CLASS_UID_NUMBER],
+        sop_instance_uid=values[_SOP_INSTANCE_UID_NUMBER],
+        study_instance_uid=values[_STUDY_INSTANCE_UID_NUMBER],
+        series_instance_uid=values[_SERIES_INSTANCE_UID_NUMBER],
+        study_date=values[_STUDY_DATE_NUMBER],
         transfer_syntax_uid=str(event.context.transfer_syntax),
-        size=source.stat().st_size,
+        size=getattr(event, "size", None) or source.stat().st_size,
         # The owned receive path hashes the file as it writes it (engine.py).
         sha256=getattr(event, "sha256", "") or file_sha256(source),
     )
@@ -291,14 +299,18 @@ _UID_TAG_NUMBERS = {int(tag) for tag in _UID_TAGS}
 _HEADER_TAG_NUMBERS = [int(tag) for tag in _HEADER_TAGS]
 
 
-def _read_header(source: Path, transfer_syntax: str) -> tuple[dict[Any, str], dict[int, Any]]:
+def _read_header(
+    source: Path, transfer_syntax: str, head: bytes | None = None, size: int = 0
+) -> tuple[dict[int, str], dict[int, Any]]:
     """(the handler's text of each header tag, each found element's value for validation.py); raises what pydicom
     raises for a header it cannot read.
 
     The wanted elements alone are found by header.py; their values are read without pydicom when they are plain
     text (nearly always), by pydicom otherwise, and by pydicom's ``read_partial`` whenever the walker is unsure.
+    ``head``: the file's first bytes (all ``size`` of them when it is short), kept in memory by the owned receive
+    path (engine.py), walked before the file.
     """
-    walked = header_walker.read_elements(source, transfer_syntax, _WANTED, int(_LAST_HEADER_TAG))
+    walked = header_walker.read_elements(source, transfer_syntax, _WANTED, _LAST_TAG_NUMBER, head, size)
     if walked is not None:
         values = header_walker.plain_values(walked, _HEADER_TAG_NUMBERS, _UID_TAG_NUMBERS)
         if values is not None:
@@ -308,7 +320,7 @@ def _read_header(source: Path, transfer_syntax: str) -> tuple[dict[Any, str], di
         with source.open("rb") as handle:
             header = read_partial(handle, stop_when=_stop_after_header, specific_tags=_HEADER_TAGS)
     # pydicom converts a value when it is first read: an unknown VR or an undecodable value raises only now.
-    decoded = {tag: (_uid_as_sent if tag in _UID_TAGS else _element_text)(header, tag) for tag in _HEADER_TAGS}
+    decoded = {int(tag): (_uid_as_sent if tag in _UID_TAGS else _element_text)(header, tag) for tag in _HEADER_TAGS}
     tags = header.keys()  # (iterating a Dataset itself would convert every element)
     return decoded, {int(tag): header.get_item(tag).value for tag in tags}
 
@@ -331,19 +343,19 @@ def _element_text(header: Any, tag: BaseTag | int) -> str:
     return str(value).strip() if value is not None else ""
 
 
-def _validate(request: Any, values: dict[BaseTag | int, str]) -> tuple[int, str]:
-    sop_class = values[_SOP_CLASS_UID]
+def _validate(request: Any, values: dict[int, str]) -> tuple[int, str]:
+    sop_class = values[_SOP_CLASS_UID_NUMBER]
     if sop_class != str(request.AffectedSOPClassUID):
         return statuses.SOP_CLASS_MISMATCH, f"data set has {sop_class or 'none'}"
-    sop_instance = values[_SOP_INSTANCE_UID]
+    sop_instance = values[_SOP_INSTANCE_UID_NUMBER]
     if not _is_uid(sop_instance):
         return statuses.BAD_SOP_INSTANCE_UID, _uid_fault(sop_instance)
     if sop_instance != str(request.AffectedSOPInstanceUID):
         return statuses.SOP_INSTANCE_MISMATCH, f"data set has {sop_instance}"
-    study = values[_STUDY_INSTANCE_UID]
+    study = values[_STUDY_INSTANCE_UID_NUMBER]
     if not _is_uid(study):
         return statuses.BAD_STUDY_INSTANCE_UID, _uid_fault(study)
-    series = values[_SERIES_INSTANCE_UID]
+    series = values[_SERIES_INSTANCE_UID_NUMBER]
     if not _is_uid(series):
         return statuses.BAD_SERIES_INSTANCE_UID, _uid_fault(series)
     return statuses.SUCCESS, ""

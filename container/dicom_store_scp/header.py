@@ -42,6 +42,8 @@ _VRS = _LONG_LENGTH_VRS | {
     b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN", b"SH", b"SL",
     b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
 }  # fmt: skip
+# An explicit VR element's header length by its VR (12: a 4-byte value length follows two reserved bytes).
+_HEADER_LENGTHS = {vr: 12 if vr in _LONG_LENGTH_VRS else 8 for vr in _VRS}
 _UNDEFINED = 0xFFFFFFFF
 _ITEM = 0xFFFEE000
 _ITEM_END = 0xFFFEE00D
@@ -67,18 +69,39 @@ class Walked:
         return {tag: element[2] for tag, element in self.found.items()}
 
 
-def read_elements(path: Path, transfer_syntax: str, wanted: set[int], last: int) -> Walked | None:
-    """The ``wanted`` top-level elements up to tag ``last``, as received; None: read the file with pydicom."""
+def read_elements(
+    path: Path,
+    transfer_syntax: str,
+    wanted: set[int] | frozenset[int],
+    last: int,
+    head: bytes | None = None,
+    size: int = 0,
+) -> Walked | None:
+    """The ``wanted`` top-level elements up to tag ``last``, as received; None: read the file with pydicom.
+
+    ``head``, when given, is the file's first bytes as the receive loop wrote them (the whole file when it is that
+    short; ``size``, the file's, says so): the walk runs over it in memory, and reads the file only when the
+    header runs past it (or the walk is unsure there: the file decides).
+    """
     if transfer_syntax in _NOT_WALKED:
         return None
     implicit = transfer_syntax == _IMPLICIT_LE
+    kept, sequences = _kept(wanted if isinstance(wanted, frozenset) else frozenset(wanted))
+    if head is not None and len(head) >= 144:
+        try:
+            partial = len(head) != size
+            return Walked(implicit, _walk(head, len(head), implicit, kept, sequences, last, partial=partial))
+        except (_Unsure, struct.error):
+            if not partial:
+                return None
+            # past the head, or unsure within it: the file decides
     with path.open("rb") as handle:
         size = handle.seek(0, 2)
         if size < 144:
             return None
         with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
             try:
-                return Walked(implicit, _walk(data, size, implicit, *_kept(frozenset(wanted)), last))
+                return Walked(implicit, _walk(data, size, implicit, kept, sequences, last))
             except (_Unsure, struct.error):
                 return None
 
@@ -163,8 +186,16 @@ def _kept(wanted: frozenset[int]) -> tuple[frozenset[int], frozenset[int]]:
 
 
 def _walk(
-    data: mmap.mmap, size: int, implicit: bool, wanted: frozenset[int], sequences: frozenset[int], last: int
+    data: bytes | mmap.mmap,
+    size: int,
+    implicit: bool,
+    wanted: frozenset[int],
+    sequences: frozenset[int],
+    last: int,
+    partial: bool = False,
 ) -> dict[int, tuple[bytes | None, int, bytes, int]]:
+    """The walk over ``data``, ``size`` bytes long (unpacking past it raises struct.error); ``partial``: the file goes
+    on past ``size``, so reaching it is unsure."""
     # File Meta Information as engine.py and pynetdicom write it: its group length first.
     if data[128:132] != b"DICM" or data[132:140] != b"\x02\x00\x00\x00UL\x04\x00":
         raise _Unsure
@@ -181,49 +212,74 @@ def _walk(
         looks_implicit = not (0x40 < raw_vr[0] < 0x5B and 0x40 < raw_vr[1] < 0x5B)
         if looks_implicit != implicit and (group << 16 | element) <= last:
             raise _Unsure  # pydicom's "Expected ... VR, but found" (an error in handlers.py)
-    # The loop runs once per element of the header (a few hundred): kept flat, names local.
-    unpack_implicit, unpack_explicit, unpack_long = _IMPLICIT.unpack_from, _EXPLICIT.unpack_from, _LONG.unpack_from
-    long_vrs, vrs = _LONG_LENGTH_VRS, _VRS
+    elif partial:
+        raise _Unsure
+    # The loop runs once per element of the header (a few hundred): kept flat, names local, one loop per encoding.
+    unpack_long = _LONG.unpack_from
     vr: bytes | None = None
-    while offset < size:
-        if offset + 8 > size:
-            raise _Unsure
-        if implicit:
+    if implicit:
+        unpack_implicit = _IMPLICIT.unpack_from
+        while offset < size:
+            # Past the end, unpacking raises struct.error: unsure, as a header cut off is.
             group, element, length = unpack_implicit(data, offset)
             tag = group << 16 | element
             if tag > last:
-                break
+                return found
             value_at = offset + 8
-        else:
+            if tag in wanted:
+                _keep(data, size, found, tag, None, length, value_at, sequences)
+            offset = value_at + length
+            if offset > size or length == _UNDEFINED:  # a value cut off, or of undefined length
+                if length != _UNDEFINED:
+                    raise _Unsure
+                offset = _skip_value(data, size, value_at, length, True, 0)
+    else:
+        unpack_explicit, header_lengths = _EXPLICIT.unpack_from, _HEADER_LENGTHS
+        while offset < size:
             group, element, vr, length = unpack_explicit(data, offset)
             tag = group << 16 | element
-            if vr in long_vrs:
+            header_length = header_lengths.get(vr)
+            if header_length == 12:
                 # Read before the stop check, as pydicom does (a header cut off here fails there too).
                 (length,) = unpack_long(data, offset + 8)
-                value_at = offset + 12
-            elif vr in vrs:
-                value_at = offset + 8
-            elif tag <= last:
-                raise _Unsure
+            elif header_length is None:
+                if tag <= last:
+                    raise _Unsure
+                return found
             if tag > last:
-                break
-        if tag in wanted:
-            if tag in sequences or length == _UNDEFINED or vr == b"SQ" or value_at + length > size:
-                raise _Unsure
-            if tag == _SPECIFIC_CHARACTER_SET:
-                # pydicom reads the character set as it passes it (raising on a value it cannot use): so here.
-                convert_encodings(convert_string(bytes(data[value_at : value_at + length]), True))
-            found[tag] = (vr, length, data[value_at : value_at + length], value_at)
-        if length == _UNDEFINED:
-            offset = _skip_value(data, size, value_at, length, implicit, 0)
-        else:
+                return found
+            value_at = offset + header_length
+            if tag in wanted:
+                _keep(data, size, found, tag, vr, length, value_at, sequences)
             offset = value_at + length
-            if offset > size:
-                raise _Unsure
+            if offset > size or length == _UNDEFINED:
+                if length != _UNDEFINED:
+                    raise _Unsure
+                offset = _skip_value(data, size, value_at, length, False, 0)
+    if partial:
+        raise _Unsure  # the head ended before the last wanted tag: the rest is in the file
     return found
 
 
-def _element_header(data: mmap.mmap, offset: int, implicit: bool) -> tuple[bytes | None, int, int]:
+def _keep(
+    data: bytes | mmap.mmap,
+    size: int,
+    found: dict[int, tuple[bytes | None, int, bytes, int]],
+    tag: int,
+    vr: bytes | None,
+    length: int,
+    value_at: int,
+    sequences: frozenset[int],
+) -> None:
+    if tag in sequences or length == _UNDEFINED or vr == b"SQ" or value_at + length > size:
+        raise _Unsure
+    if tag == _SPECIFIC_CHARACTER_SET:
+        # pydicom reads the character set as it passes it (raising on a value it cannot use): so here.
+        convert_encodings(convert_string(bytes(data[value_at : value_at + length]), True))
+    found[tag] = (vr, length, bytes(data[value_at : value_at + length]), value_at)
+
+
+def _element_header(data: bytes | mmap.mmap, offset: int, implicit: bool) -> tuple[bytes | None, int, int]:
     """(VR or None when implicit, value length, where the value starts)."""
     if implicit:
         _, _, length = _IMPLICIT.unpack_from(data, offset)
@@ -237,7 +293,7 @@ def _element_header(data: mmap.mmap, offset: int, implicit: bool) -> tuple[bytes
     return vr, short, offset + 8
 
 
-def _skip_value(data: mmap.mmap, size: int, value_at: int, length: int, implicit: bool, depth: int) -> int:
+def _skip_value(data: bytes | mmap.mmap, size: int, value_at: int, length: int, implicit: bool, depth: int) -> int:
     """Where the element whose value starts at ``value_at`` ends (past its delimiter when of undefined length)."""
     if length != _UNDEFINED:
         end = value_at + length

@@ -43,7 +43,7 @@ _DATE_FORMS = (
 )
 
 
-def _text(header: Mapping[int, Any], tag: BaseTag) -> str | None:
+def _text(header: Mapping[int, Any], tag: BaseTag | int) -> str | None:
     """The element's value as received, without padding; None when absent or empty."""
     value = header.get(tag)
     if value is None:
@@ -64,33 +64,41 @@ def _is_date(text: str) -> bool:
     return False
 
 
-_IN_TAG_ORDER = sorted(CONSTRAINTS.items())
+# Plain int keys: the header maps int tags, and a BaseTag key would compare through its Python-level __eq__.
+_IN_TAG_ORDER = [(int(tag), tag, limit) for tag, limit in sorted(CONSTRAINTS.items())]
+_STUDY_DATE_NUMBER = int(_STUDY_DATE)
 
 
 def check(header: Mapping[int, Any]) -> tuple[int, str, dict[str, Any]]:
     """(status, detail, log fields) for the first constraint the header breaks; SUCCESS when none."""
-    for tag, limit in _IN_TAG_ORDER:
-        text = _text(header, tag)
+    for number_tag, tag, limit in _IN_TAG_ORDER:
+        text = _text(header, number_tag)
         if text is None:
             continue
-        element = f"{limit.keyword} ({tag.group:04X},{tag.element:04X})"  # for the failure's text only
         if limit.unit == "value":
             try:
                 number = int(text.strip())
             except ValueError:
                 continue  # not a number AHI can read: it leaves the count out, as it does an absent one
             if not 0 <= number <= limit.value:
+                element = _element(limit.keyword, tag)
                 fields = {"element": limit.keyword, "value": number, "limit": limit.whole}
                 return statuses.ELEMENT_OUT_OF_RANGE, f"{element} is {number}, AHI imports 0-{limit.whole}", fields
             continue
         if len(text) > limit.value:
+            element = _element(limit.keyword, tag)
             fields = {"element": limit.keyword, "length": len(text), "limit": limit.whole}
             detail = f"{element} has {len(text)} characters, AHI imports at most {limit.whole}"
             return statuses.ELEMENT_TOO_LONG, detail, fields
-        if tag == _STUDY_DATE and not _is_date(text):
+        if number_tag == _STUDY_DATE_NUMBER and not _is_date(text):
+            element = _element(limit.keyword, tag)
             fields = {"element": limit.keyword, "value": text[:32]}
             return statuses.BAD_STUDY_DATE, f"{element} is {text[:32]!r}, not a date (YYYYMMDD)", fields
     return statuses.SUCCESS, "", {}
+
+
+def _element(keyword: str, tag: BaseTag) -> str:
+    return f"{keyword} ({tag.group:04X},{tag.element:04X})"
 
 
 def limited_support(header: Mapping[int, Any]) -> list[str]:

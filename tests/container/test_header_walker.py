@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 import struct
@@ -288,3 +289,40 @@ def test_plain_values_agree_on_the_fuzzers_data_sets_and_pydicoms_files(tmp_path
     for label, syntax, data_set in spools:
         spool = _spooled(tmp_path, "case", syntax, data_set)
         assert _handler_reading(spool, syntax) == _pydicom_reading(spool), label
+
+
+def _walk_result(walked):
+    return None if walked is None else (walked.implicit, walked.found)
+
+
+def test_a_head_of_any_length_walks_to_what_the_file_walks_to(tmp_path):
+    """The owned receive path hands the handler the spool file's first bytes (engine.HEAD_BYTES): walking them, cut
+    anywhere (inside the meta, an element header, a value, past the last wanted tag, the whole file), finds what
+    walking the file finds, or the same None; on the generated corpus, the fuzzer's data sets and pydicom's files."""
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+    rng = random.Random(151)
+    spools = []
+    for number in range(400):
+        implicit = number % 3 == 0
+        spools.append((wire.IMPLICIT_LE if implicit else wire.EXPLICIT_LE, _generated_data_set(rng, implicit)))
+    syntaxes = {wire.STORE_CONTEXT: wire.EXPLICIT_LE, fuzz.CT_IMPLICIT_CONTEXT: wire.IMPLICIT_LE}
+    for case in fuzz.cases(9, 300, "dataset"):
+        context, data_set = _store_data_set(case.payload)
+        if context in syntaxes:
+            spools.append((syntaxes[context], data_set))
+    spools += [found for found in map(_part10, _FILES) if found is not None]
+    walked_in_head = 0
+    for syntax, data_set in spools:
+        spool = _spooled(tmp_path, "head", syntax, data_set)
+        whole = spool.read_bytes()
+        expected = _walk_result(header.read_elements(spool, syntax, _WANTED, _LAST))
+        cuts = {0, 100, 143, 144, len(whole), len(whole) - 1, *(rng.randrange(len(whole) + 1) for _ in range(12))}
+        for cut in sorted(cuts):
+            head = whole[:cut]
+            walked = header.read_elements(spool, syntax, _WANTED, _LAST, head, len(whole))
+            assert _walk_result(walked) == expected, (syntax, cut)
+        # The walk over a head alone, with the file gone, shows which heads held the whole header.
+        gone = tmp_path / "gone.dcm"
+        with contextlib.suppress(FileNotFoundError):
+            walked_in_head += header.read_elements(gone, syntax, _WANTED, _LAST, whole, len(whole)) is not None
+    assert walked_in_head > len(spools) // 2  # most are walked in memory, never reopened

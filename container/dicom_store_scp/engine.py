@@ -113,7 +113,7 @@ class _Store:
     digest: Any = None
     # The spool file's first bytes (File Meta Information, then the data set's start): the header is walked here.
     head: bytearray = field(default_factory=bytearray)
-    size: int = 0
+    meta_length: int = 0
 
 
 @dataclass
@@ -139,7 +139,7 @@ class _StoreEvent:
     context: _Context
     dataset_path: str
     sha256: str
-    head: bytes
+    head: bytearray
     size: int
 
 
@@ -438,7 +438,7 @@ class DataPhase:
         store.digest = hashlib.sha256(meta)
         os.write(store.fd, meta)
         store.head += meta
-        store.size = len(meta)
+        store.meta_length = len(meta)
 
     def _refuse_oversized(self, store: _Store) -> None:
         """Stop spooling a data set larger than AHI imports: what arrived is deleted, the rest is read and dropped."""
@@ -460,8 +460,8 @@ class DataPhase:
             _Context(store.transfer_syntax),
             str(store.path),
             store.digest.hexdigest(),
-            bytes(store.head),
-            store.size + store.received_bytes,
+            store.head,  # walked in place: the store is done with it
+            store.meta_length + store.received_bytes,
         )
         try:
             status = handlers.handle_store(event, self.settings.sessions, self.settings.recorder)
@@ -621,7 +621,21 @@ class DataPhase:
 # Spool file names: unique to this process (its id and a random token, made again in a forked worker) and to the
 # instance (a counter).
 _spool_names = itertools.count()
-_spool_token = (0, "")
+
+
+def _new_spool_token() -> str:
+    return f"{os.getpid()}-{secrets.token_hex(4)}"
+
+
+_spool_token = _new_spool_token()
+
+
+def _renew_spool_token() -> None:
+    global _spool_token
+    _spool_token = _new_spool_token()
+
+
+os.register_at_fork(after_in_child=_renew_spool_token)
 
 
 def _spool_file() -> tuple[int, Path]:
@@ -630,13 +644,9 @@ def _spool_file() -> tuple[int, Path]:
     tempfile.mkstemp draws eight random characters per name, a fifth of the spool's cost per instance; a counter
     under a per-process token is as unique (O_EXCL still refuses a name that exists, and the next is tried).
     """
-    global _spool_token
-    pid = os.getpid()
-    if _spool_token[0] != pid:
-        _spool_token = (pid, f"{pid}-{secrets.token_hex(4)}")
     folder = tempfile.gettempdir()
     while True:
-        path = os.path.join(folder, f"spool-{_spool_token[1]}-{next(_spool_names)}.dcm")
+        path = os.path.join(folder, f"spool-{_spool_token}-{next(_spool_names)}.dcm")
         try:
             return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), Path(path)
         except FileExistsError:

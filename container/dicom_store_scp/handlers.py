@@ -300,7 +300,7 @@ _HEADER_TAG_NUMBERS = [int(tag) for tag in _HEADER_TAGS]
 
 
 def _read_header(
-    source: Path, transfer_syntax: str, head: bytes | None = None, size: int = 0
+    source: Path, transfer_syntax: str, head: bytes | bytearray | None = None, size: int = 0
 ) -> tuple[dict[int, str], dict[int, Any]]:
     """(the handler's text of each header tag, each found element's value for validation.py); raises what pydicom
     raises for a header it cannot read.

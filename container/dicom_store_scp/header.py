@@ -74,7 +74,7 @@ def read_elements(
     transfer_syntax: str,
     wanted: set[int] | frozenset[int],
     last: int,
-    head: bytes | None = None,
+    head: bytes | bytearray | None = None,
     size: int = 0,
 ) -> Walked | None:
     """The ``wanted`` top-level elements up to tag ``last``, as received; None: read the file with pydicom.
@@ -186,7 +186,7 @@ def _kept(wanted: frozenset[int]) -> tuple[frozenset[int], frozenset[int]]:
 
 
 def _walk(
-    data: bytes | mmap.mmap,
+    data: bytes | bytearray | mmap.mmap,
     size: int,
     implicit: bool,
     wanted: frozenset[int],
@@ -262,7 +262,7 @@ def _walk(
 
 
 def _keep(
-    data: bytes | mmap.mmap,
+    data: bytes | bytearray | mmap.mmap,
     size: int,
     found: dict[int, tuple[bytes | None, int, bytes, int]],
     tag: int,
@@ -279,7 +279,7 @@ def _keep(
     found[tag] = (vr, length, bytes(data[value_at : value_at + length]), value_at)
 
 
-def _element_header(data: bytes | mmap.mmap, offset: int, implicit: bool) -> tuple[bytes | None, int, int]:
+def _element_header(data: bytes | bytearray | mmap.mmap, offset: int, implicit: bool) -> tuple[bytes | None, int, int]:
     """(VR or None when implicit, value length, where the value starts)."""
     if implicit:
         _, _, length = _IMPLICIT.unpack_from(data, offset)
@@ -293,7 +293,9 @@ def _element_header(data: bytes | mmap.mmap, offset: int, implicit: bool) -> tup
     return vr, short, offset + 8
 
 
-def _skip_value(data: bytes | mmap.mmap, size: int, value_at: int, length: int, implicit: bool, depth: int) -> int:
+def _skip_value(
+    data: bytes | bytearray | mmap.mmap, size: int, value_at: int, length: int, implicit: bool, depth: int
+) -> int:
     """Where the element whose value starts at ``value_at`` ends (past its delimiter when of undefined length)."""
     if length != _UNDEFINED:
         end = value_at + length

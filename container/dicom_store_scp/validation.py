@@ -67,6 +67,8 @@ def _is_date(text: str) -> bool:
 # Plain int keys: the header maps int tags, and a BaseTag key would compare through its Python-level __eq__.
 _IN_TAG_ORDER = [(int(tag), tag, limit) for tag, limit in sorted(CONSTRAINTS.items())]
 _STUDY_DATE_NUMBER = int(_STUDY_DATE)
+_SOP_CLASS_NUMBER, _SEGMENTATION_NUMBER = int(_SOP_CLASS_UID), int(_SEGMENTATION_TYPE)
+_ICON_IMAGE_NUMBER = int(_ICON_IMAGE_SEQUENCE)
 
 
 def check(header: Mapping[int, Any]) -> tuple[int, str, dict[str, Any]]:
@@ -104,8 +106,8 @@ def _element(keyword: str, tag: BaseTag) -> str:
 def limited_support(header: Mapping[int, Any]) -> list[str]:
     """What AHI documents it does not (fully) support in this instance: accepted, stored, and logged."""
     found = []
-    if _text(header, _SOP_CLASS_UID) == _SEGMENTATION_STORAGE and _text(header, _SEGMENTATION_TYPE) == "BINARY":
+    if _text(header, _SOP_CLASS_NUMBER) == _SEGMENTATION_STORAGE and _text(header, _SEGMENTATION_NUMBER) == "BINARY":
         found.append("binary segmentation")
-    if _ICON_IMAGE_SEQUENCE in header:
+    if _ICON_IMAGE_NUMBER in header:
         found.append("icon image sequence pixel data")
     return found

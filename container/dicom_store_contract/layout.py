@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 INCOMING = "incoming/"
 MANIFESTS = "manifests/"
-# Local store only: storage commitment transactions (container/dicom_store_scp/commitment.py), one JSON each.
+# Local store only: storage commitment transactions (container/dicom_store_scp/commitment/local.py), one JSON each.
 COMMITMENTS = "commitments/"
 INSTANCE_SUFFIX = ".dcm"
 MANIFEST_SUFFIX = ".json"

@@ -18,7 +18,7 @@ BATCH_ID = "batchId"
 # Job table: one item per import job.
 JOB_ID = "jobId"
 
-# Commitment table: one item per storage commitment transaction (container/dicom_store_scp/commitment.py).
+# Commitment table: one item per storage commitment transaction (container/dicom_store_scp/commitment/dynamo.py).
 RECORD_ID = "recordId"
 PENDING = "pending"  # present only while the transaction awaits its report: the index below is sparse
 EXPIRES_AT = "expiresAt"  # epoch seconds: DynamoDB's time to live removes the item (the retention)

@@ -4,7 +4,7 @@ pynetdicom negotiates the association (guard.py bounds it, handlers.py applies t
 A-ASSOCIATE-AC is sent, an association that negotiated only storage and verification leaves pynetdicom: its upper
 layer thread stops before reading another byte (``GuardedDUL``) and the association's own thread runs
 :meth:`DataPhase.run` on the socket until the association ends. An association that negotiated Storage
-Commitment stays on pynetdicom's path (commitment.py needs its N-ACTION and N-EVENT-REPORT services).
+Commitment stays on pynetdicom's path (commitment/ needs its N-ACTION and N-EVENT-REPORT services).
 
 What the loop does, per the DICOM upper layer state machine (PS3.8 9.2) in Sta6 "association established":
 

@@ -730,7 +730,7 @@ def owns_data_phase(assoc: Any) -> bool:
     return all(str(cx.abstract_syntax) != _STORAGE_COMMITMENT for cx in assoc.accepted_contexts)
 
 
-_STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
+from .commitment.model import STORAGE_COMMITMENT_PUSH_MODEL as _STORAGE_COMMITMENT  # noqa: E402
 
 
 class GuardedAssociation(pynetdicom_threads.PromptAssociation):

@@ -32,13 +32,9 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from . import contexts, engine, guard, handlers, pynetdicom_threads
 from .batches import Sessions
 from .budget import SharedAssociationBudget
-from .commitment import (
-    STORAGE_COMMITMENT_PUSH_MODEL,
-    Commitments,
-    build_commitments,
-    commitment_offered,
-    handle_n_action,
-)
+from .commitment import build_commitments, commitment_offered, handle_n_action
+from .commitment.model import STORAGE_COMMITMENT_PUSH_MODEL
+from .commitment.scheduler import Commitments
 from .config import Config
 from .metrics import Recorder
 from .storage import LocalStorage, Storage, use_spool_dir
@@ -225,7 +221,7 @@ def event_handlers(config: Config, sessions: Sessions, over_budget: Callable[[],
 
 
 def commitment_handlers(commitments: Commitments | None, sessions: Sessions) -> list[Any]:
-    """Storage commitment's N-ACTION, where the SCP offers it (commitment.py)."""
+    """Storage commitment's N-ACTION, where the SCP offers it (the commitment package)."""
     return [(evt.EVT_N_ACTION, handle_n_action, [commitments, sessions])] if commitments else []
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pydicom
 import pytest
-from dicom_store_scp import commitment
+from dicom_store_scp.commitment import local, model, scheduler
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
@@ -29,8 +29,8 @@ pytestmark = pytest.mark.slow
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"
-PUSH_MODEL = commitment.STORAGE_COMMITMENT_PUSH_MODEL
-WELL_KNOWN_INSTANCE = commitment.STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE
+PUSH_MODEL = model.STORAGE_COMMITMENT_PUSH_MODEL
+WELL_KNOWN_INSTANCE = model.STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE
 REQUESTER = "REQUESTER"
 SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 
@@ -161,13 +161,13 @@ def test_the_report_comes_on_the_requesting_association_with_every_instance_comm
     transaction_uid = generate_uid()
     assoc = requester.associate(scp)
     try:
-        assert requester.request(assoc, transaction_uid, references) == commitment.SUCCESS
+        assert requester.request(assoc, transaction_uid, references) == model.SUCCESS
         report = requester.next_report()
     finally:
         assoc.release()
 
     assert report.on_requesting_association
-    assert report.event_type == commitment.EVENT_ALL_COMMITTED
+    assert report.event_type == model.EVENT_ALL_COMMITTED
     assert str(report.information.TransactionUID) == transaction_uid
     assert report.committed == set(references)
     assert "FailedSOPSequence" not in report.information
@@ -193,12 +193,12 @@ def test_unknown_and_mismatched_instances_fail_with_their_reasons(
     finally:
         assoc.release()
 
-    assert status == commitment.SUCCESS
-    assert report.event_type == commitment.EVENT_FAILURES_EXIST
+    assert status == model.SUCCESS
+    assert report.event_type == model.EVENT_FAILURES_EXIST
     assert report.committed == {stored[0]}
     assert report.failed == {
-        never_sent[1]: commitment.NO_SUCH_OBJECT_INSTANCE,
-        wrong_class[1]: commitment.CLASS_INSTANCE_CONFLICT,
+        never_sent[1]: model.NO_SUCH_OBJECT_INSTANCE,
+        wrong_class[1]: model.CLASS_INSTANCE_CONFLICT,
     }
 
 
@@ -217,9 +217,9 @@ def test_instances_stored_on_the_same_association_are_committed(
     finally:
         assoc.release()
 
-    assert status == commitment.SUCCESS
+    assert status == model.SUCCESS
     assert report.committed == {(CT, str(dataset.SOPInstanceUID))}
-    assert report.failed == {unknown: commitment.NO_SUCH_OBJECT_INSTANCE}
+    assert report.failed == {unknown: model.NO_SUCH_OBJECT_INSTANCE}
     # The request sealed the association's batch (in the stack its import starts now).
     (manifest,) = scp.manifests()
     assert manifest["endReason"] == "commitment"
@@ -235,14 +235,14 @@ def test_a_requester_that_takes_no_report_on_its_association_gets_it_on_a_new_on
     transaction_uid = generate_uid()
     assoc = requester.associate(scp, take_reports=False)
     try:
-        assert requester.request(assoc, transaction_uid, references) == commitment.SUCCESS
+        assert requester.request(assoc, transaction_uid, references) == model.SUCCESS
         report = requester.next_report()
     finally:
         assoc.release()
 
     assert not report.on_requesting_association
     assert report.called_ae == REQUESTER  # the SCP called the requester by its AE title
-    assert report.event_type == commitment.EVENT_ALL_COMMITTED and report.committed == set(references)
+    assert report.event_type == model.EVENT_ALL_COMMITTED and report.committed == set(references)
     recorded = wait_for_record_state(scp, transaction_uid, "reported")
     assert recorded["deliveredVia"] == "new-association"
 
@@ -255,7 +255,7 @@ def test_a_report_after_the_requester_released_goes_to_its_configured_address(
     references = sent_with_storescu(scp, tmp_path, 1)
     transaction_uid = generate_uid()
     assoc = requester.associate(scp)
-    assert requester.request(assoc, transaction_uid, references) == commitment.SUCCESS
+    assert requester.request(assoc, transaction_uid, references) == model.SUCCESS
     assoc.release()
 
     # Reported exactly once, on whichever association was open when the outcome was known.
@@ -274,23 +274,23 @@ def test_a_repeated_transaction_uid_with_other_instances_fails_them_as_duplicate
     transaction_uid = generate_uid()
     assoc = requester.associate(scp)
     try:
-        assert requester.request(assoc, transaction_uid, [first]) == commitment.SUCCESS
+        assert requester.request(assoc, transaction_uid, [first]) == model.SUCCESS
         original = requester.next_report()
         # The same request again (the requester missed our answer): the same outcome, reported again.
-        assert requester.request(assoc, transaction_uid, [first]) == commitment.SUCCESS
+        assert requester.request(assoc, transaction_uid, [first]) == model.SUCCESS
         repeated = requester.next_report()
         # Other instances under the same Transaction UID: refused as a duplicate, the recorded one untouched.
-        assert requester.request(assoc, transaction_uid, [second]) == commitment.SUCCESS
+        assert requester.request(assoc, transaction_uid, [second]) == model.SUCCESS
         duplicate = requester.next_report()
     finally:
         assoc.release()
 
-    assert original.event_type == repeated.event_type == commitment.EVENT_ALL_COMMITTED
+    assert original.event_type == repeated.event_type == model.EVENT_ALL_COMMITTED
     assert original.committed == repeated.committed == {first}
-    assert duplicate.event_type == commitment.EVENT_FAILURES_EXIST
+    assert duplicate.event_type == model.EVENT_FAILURES_EXIST
     assert str(duplicate.information.TransactionUID) == transaction_uid
     assert duplicate.committed == set()
-    assert duplicate.failed == {second[1]: commitment.DUPLICATE_TRANSACTION_UID}
+    assert duplicate.failed == {second[1]: model.DUPLICATE_TRANSACTION_UID}
     assert record(scp, transaction_uid)["references"] == [{"sopClassUID": CT, "sopInstanceUID": first[1]}]
     assert scp.wait_for_event("commitment-duplicate")
 
@@ -300,7 +300,7 @@ def request_and_leave(requester: Requester, scp: Any, transaction_uid: str, refe
     go on a new association."""
     assoc = requester.associate(scp, take_reports=False)
     try:
-        assert requester.request(assoc, transaction_uid, references) == commitment.SUCCESS
+        assert requester.request(assoc, transaction_uid, references) == model.SUCCESS
         scp.wait_for_event("commitment-same-association-failed")
     finally:
         assoc.release()
@@ -350,10 +350,10 @@ def test_malformed_requests_are_refused_and_the_association_goes_on(
     scp = start_scp()
     assoc = requester.associate(scp)
     try:
-        assert requester.request(assoc, "not a uid", [(CT, generate_uid())]) == commitment.INVALID_ARGUMENT_VALUE
-        assert requester.request(assoc, generate_uid(), []) == commitment.INVALID_ARGUMENT_VALUE
+        assert requester.request(assoc, "not a uid", [(CT, generate_uid())]) == model.INVALID_ARGUMENT_VALUE
+        assert requester.request(assoc, generate_uid(), []) == model.INVALID_ARGUMENT_VALUE
         status, _ = assoc.send_n_action(None, 2, PUSH_MODEL, WELL_KNOWN_INSTANCE)
-        assert status.Status == commitment.NO_SUCH_ACTION
+        assert status.Status == model.NO_SUCH_ACTION
         assert assoc.is_established
     finally:
         assoc.release()
@@ -370,9 +370,9 @@ def test_a_transaction_recorded_before_a_restart_is_reported_after_it(
     scp.stop()
     # What a process that stopped after recording (before reporting) leaves behind.
     transaction_uid = generate_uid()
-    pending = commitment.Transaction(
+    pending = model.Transaction(
         transaction_uid=transaction_uid,
-        references=[commitment.Reference(*references[0])],
+        references=[model.Reference(*references[0])],
         calling_ae=REQUESTER,
         called_ae="STORESCP",
         peer_address="127.0.0.1",
@@ -380,7 +380,7 @@ def test_a_transaction_recorded_before_a_restart_is_reported_after_it(
         received_at="2026-12-04T12:00:00.000Z",
         deadline="2999-01-01T00:00:00.000Z",
     )
-    store = commitment.LocalTransactions(scp.storage)
+    store = local.LocalTransactions(scp.storage)
     store.prepare()
     assert store.create(pending)
     store.release(transaction_uid)
@@ -434,21 +434,21 @@ def test_a_running_scp_takes_over_what_a_stopped_process_left(tmp_path: Path) ->
     # In process: the engine of one receiving process, and a transaction another process recorded and still holds.
     delivered: queue.Queue[tuple[str, Any]] = queue.Queue()
 
-    def deliver(transaction: commitment.Transaction, assoc: Any) -> str:
+    def deliver(transaction: model.Transaction, assoc: Any) -> str:
         delivered.put((transaction.transaction_uid, assoc))
         return "new-association"
 
     store = tmp_path / "store"
-    engine = commitment.Commitments(
-        commitment.LocalTransactions(store), commitment.LocalOutcomes(store), deliver, 60, recover_every=0.2
+    engine = scheduler.Commitments(
+        local.LocalTransactions(store), local.LocalOutcomes(store), deliver, 60, recover_every=0.2
     )
     engine.start()
     try:
-        other_process = commitment.LocalTransactions(store)
+        other_process = local.LocalTransactions(store)
         never_stored = generate_uid()
-        pending = commitment.Transaction(
+        pending = model.Transaction(
             transaction_uid=generate_uid(),
-            references=[commitment.Reference(CT, never_stored)],
+            references=[model.Reference(CT, never_stored)],
             calling_ae=REQUESTER,
             called_ae="STORESCP",
             peer_address="127.0.0.1",

@@ -425,7 +425,7 @@ def test_a_fixed_length_pdu_shorter_than_4_bytes_is_aborted(owned_scp, pdu_type)
 
 
 def test_an_association_that_negotiated_storage_commitment_stays_on_pynetdicoms_path(owned_scp):
-    """Storage Commitment's N-ACTION is pynetdicom's (commitment.py): such an association keeps both of pynetdicom's
+    """Storage Commitment's N-ACTION is pynetdicom's (commitment/): such an association keeps both of pynetdicom's
     threads (docs/conformance.md 2.4, 6); one without it on the same SCP is served by engine.py's one thread."""
     scp = owned_scp
     assert echoscu(scp.port).returncode == 0

@@ -17,7 +17,9 @@ import boto3
 import pydicom
 import pytest
 from dicom_store_contract import layout, tables
-from dicom_store_scp import commitment, status
+from dicom_store_scp import status
+from dicom_store_scp.commitment import dynamo, model
+from dicom_store_scp.storage import StorageError
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
@@ -39,7 +41,7 @@ def deployment(stack: Deployment) -> Deployment:
     return stack
 
 
-PUSH_MODEL = commitment.STORAGE_COMMITMENT_PUSH_MODEL
+PUSH_MODEL = model.STORAGE_COMMITMENT_PUSH_MODEL
 SCP_APP_ID = "dicom-store-scp-under-test"  # botocore puts app/<this> in the SCP's user agent
 
 
@@ -99,10 +101,8 @@ def test_a_pynetdicom_requester_gets_its_report_after_the_import(
             item = Dataset()
             item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sop_class, sop_instance
             information.ReferencedSOPSequence.append(item)
-        action_status, _ = assoc.send_n_action(
-            information, 1, PUSH_MODEL, commitment.STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE
-        )
-        assert action_status.Status == commitment.SUCCESS
+        action_status, _ = assoc.send_n_action(information, 1, PUSH_MODEL, model.STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE)
+        assert action_status.Status == model.SUCCESS
 
         # The request sealed the association's batch: its manifest is there while the association is still open.
         deadline = time.monotonic() + 20
@@ -122,11 +122,11 @@ def test_a_pynetdicom_requester_gets_its_report_after_the_import(
         assoc.release()
         scp.stop()
 
-    assert event_type == commitment.EVENT_FAILURES_EXIST
+    assert event_type == model.EVENT_FAILURES_EXIST
     assert str(report.TransactionUID) == transaction_uid
     assert {str(item.ReferencedSOPInstanceUID) for item in report.ReferencedSOPSequence} == uids
     assert [(str(i.ReferencedSOPInstanceUID), int(i.FailureReason)) for i in report.FailedSOPSequence] == [
-        (never_sent, commitment.NO_SUCH_OBJECT_INSTANCE)
+        (never_sent, model.NO_SUCH_OBJECT_INSTANCE)
     ]
     dynamodb = boto3.client("dynamodb", region_name=REGION, endpoint_url=moto_server.endpoint)
     item = dynamodb.get_item(TableName=commitment_table, Key={tables.RECORD_ID: {"S": transaction_uid}})["Item"]
@@ -158,11 +158,11 @@ def test_two_tasks_never_both_own_a_transaction(deployment: Deployment) -> None:
     # The commitment table as the template defines it, in moto (conftest's deployment).
     table = deployment.resources["CommitmentTable"]
     dynamodb = boto3.client("dynamodb", region_name=REGION)
-    first = commitment.DynamoTransactions(dynamodb, table, owner="task-a")
-    second = commitment.DynamoTransactions(dynamodb, table, owner="task-b")
-    transaction = commitment.Transaction(
+    first = dynamo.DynamoTransactions(dynamodb, table, owner="task-a")
+    second = dynamo.DynamoTransactions(dynamodb, table, owner="task-b")
+    transaction = model.Transaction(
         transaction_uid="1.2.3.4",
-        references=[commitment.Reference("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5")],
+        references=[model.Reference("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5")],
         calling_ae="REQUESTER",
         called_ae="STORESCP",
         peer_address="10.0.0.5",
@@ -175,7 +175,7 @@ def test_two_tasks_never_both_own_a_transaction(deployment: Deployment) -> None:
     assert not second.create(transaction)  # the Transaction UID is taken: a duplicate
     assert not second.claim("1.2.3.4")  # task-a's lease holds
     assert second.record_ids() == ["1.2.3.4"]  # pending, for whoever takes over
-    with pytest.raises(commitment.StorageError, match="another task"):
+    with pytest.raises(StorageError, match="another task"):
         second.update(transaction)
 
     # task-a stops without releasing; once its lease runs out task-b takes over, and task-a cannot write.
@@ -186,7 +186,7 @@ def test_two_tasks_never_both_own_a_transaction(deployment: Deployment) -> None:
         ExpressionAttributeValues={":past": {"N": str(int(time.time()) - 1)}},
     )
     assert second.claim("1.2.3.4")
-    with pytest.raises(commitment.StorageError):
+    with pytest.raises(StorageError):
         first.update(transaction)
     transaction.state, transaction.finished_at = "reported", "2026-12-04T12:00:05.000Z"
     second.update(transaction)

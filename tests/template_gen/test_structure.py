@@ -18,7 +18,7 @@ from template_gen.pipeline import FUNCTIONS, WORKFLOW_FUNCTIONS
 
 # The SCP's configuration contract (DESIGN.md, issue 5); STORAGE_DIR is the local store, unused in AWS.
 CONTAINER_CONTRACT = {
-    # Storage commitment (container/dicom_store_scp/commitment.py, template_gen/commitment.py).
+    # Storage commitment (container/dicom_store_scp/commitment/, template_gen/commitment.py).
     "INSTANCE_TABLE_NAME",
     "COMMITMENT_TABLE_NAME",
     "COMMITMENT_PEERS",

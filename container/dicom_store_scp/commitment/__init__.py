@@ -1,0 +1,88 @@
+"""Storage Commitment Push Model, SCP role (PS3.4 Annex J): the sender learns which instances we keep.
+
+A requester sends N-ACTION (Action Type 1) with a Transaction UID and the instances it wants committed. The
+request is recorded durably and answered at once; when every referenced instance is final the SCP sends one
+N-EVENT-REPORT: Event Type 1 when all are committed, 2 when some failed, each failure with its reason. The report
+goes on the requesting association while it is open, otherwise on a new association to the address the calling AE
+title has in ``COMMITMENT_PEERS``; failed deliveries are retried with backoff until ``COMMITMENT_REPORT_TIMEOUT``.
+
+The SCP offers the SOP class in local mode (no ``DICOM_BUCKET``: stored is final) and, with ``DICOM_BUCKET``, when
+``INSTANCE_TABLE_NAME`` and ``COMMITMENT_TABLE_NAME`` are set (imported is final): ``commitment_offered``.
+
+A request flows through the modules in this order:
+
+- this module: the wiring. ``handle_n_action`` (server.py binds it to EVT_N_ACTION) seals the association's open
+  batch and hands the request to ``Commitments``; ``build_commitments`` builds it for local mode or the stack.
+- ``model``: the SOP class, statuses and Failure Reasons, ``parse_request``, the recorded ``Transaction``, an
+  evaluation's ``Outcome``, and the report's Event Information. No I/O.
+- ``scheduler``: ``Commitments`` records the request, evaluates it until every instance is final and delivers its
+  report once, on its own threads (association threads only record and enqueue); the ``Transactions`` and
+  ``Outcomes`` protocols it is built on.
+- ``local``: those protocols over the local store (JSON files, advisory locks, stored files).
+- ``dynamo``: those protocols in the stack (the commitment table with a lease per transaction, the instance table).
+- ``sender``: ``ReportSender``, the N-EVENT-REPORT over pynetdicom.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from .dynamo import DynamoOutcomes, DynamoTransactions
+from .local import LocalOutcomes, LocalTransactions
+from .model import INVALID_ARGUMENT_VALUE, LOG, NO_SUCH_ACTION, REQUEST_STORAGE_COMMITMENT
+from .scheduler import Commitments
+from .sender import ReportSender
+
+__all__ = ["build_commitments", "commitment_offered", "handle_n_action"]
+
+
+def commitment_offered(config: Any) -> bool:
+    """Local mode always; with DICOM_BUCKET when the instance and commitment tables are named."""
+    return not config.dicom_bucket or bool(config.instance_table and config.commitment_table)
+
+
+def build_commitments(config: Any) -> Commitments:
+    sender = ReportSender(
+        config.ae_title, config.commitment_peers, config.acse_timeout, config.dimse_timeout, config.network_timeout
+    )
+    if config.dicom_bucket:
+        import boto3
+
+        dynamodb = boto3.client("dynamodb")
+        return Commitments(
+            DynamoTransactions(dynamodb, config.commitment_table),
+            DynamoOutcomes(dynamodb, config.instance_table, config.commitment_missing_seconds),
+            sender,
+            config.commitment_report_timeout,
+            # The import takes minutes: look again every few seconds, not every second.
+            evaluate_every=5.0,
+        )
+    root = Path(config.storage_dir).resolve()
+    return Commitments(LocalTransactions(root), LocalOutcomes(root), sender, config.commitment_report_timeout)
+
+
+def handle_n_action(event: Any, commitments: Commitments, sessions: Any) -> tuple[int, Dataset | None]:
+    """EVT_N_ACTION: a storage commitment request is recorded and answered at once; the report follows.
+
+    The association's open batch is sealed first: its instances are imported (in the stack) without waiting for
+    the association to end, so a requester waiting on its association for the report gets it.
+    """
+    if event.action_type != REQUEST_STORAGE_COMMITMENT:
+        LOG.warning(
+            "N-ACTION refused",
+            extra={"fields": {"event": "commitment-refused", "actionType": event.action_type,
+                              "status": f"0x{NO_SUCH_ACTION:04X}"}},
+        )  # fmt: skip
+        return NO_SUCH_ACTION, None
+    try:
+        information = event.action_information
+    except Exception as error:  # pynetdicom raises when the Action Information cannot be decoded
+        LOG.warning("N-ACTION refused", extra={"fields": {"event": "commitment-refused", "reason": str(error)}})
+        return INVALID_ARGUMENT_VALUE, None
+    from dicom_store_contract.manifest import EndReason
+
+    sessions.seal(event.assoc, EndReason.COMMITMENT)
+    return commitments.request(event.assoc, information), None

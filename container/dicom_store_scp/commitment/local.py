@@ -1,0 +1,150 @@
+"""Local mode (no ``DICOM_BUCKET``): transactions and their outcomes in the local store (``STORAGE_DIR``).
+
+Transactions live in ``<STORAGE_DIR>/commitments/<Transaction UID>.json``; a process that received or recovered one
+holds an advisory lock on it, so several worker processes never report one transaction twice. Local mode has no
+import, so an instance is final once it is stored: committed if its file is in the store with the referenced SOP
+class, failed otherwise.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+import uuid
+from pathlib import Path
+
+from dicom_store_contract import layout, tables
+from pydicom.filereader import read_file_meta_info
+
+from ..storage import StorageError, _fsync_dir
+from .model import CLASS_INSTANCE_CONFLICT, NO_SUCH_OBJECT_INSTANCE, Outcome, Reference, Transaction
+
+# -- where transactions are recorded -----------------------------------------------------------------------------------
+
+
+class LocalTransactions:
+    """``<root>/commitments/<record id>.json``, written atomically and fsync'd; locks in ``commitments/.locks``."""
+
+    def __init__(self, root: Path) -> None:
+        self.folder = root / layout.COMMITMENTS
+        self.locks = self.folder / ".locks"
+        self._held: dict[str, int] = {}
+        self._guard = threading.Lock()
+
+    def prepare(self) -> None:
+        self.locks.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, record_id: str) -> Path:
+        return self.folder / f"{record_id}.json"
+
+    def create(self, transaction: Transaction) -> bool:
+        """Record a new transaction and lock it for this process; False when its record already exists."""
+        record_id = transaction.record_id or transaction.transaction_uid
+        target = self._path(record_id)
+        partial = self.folder / f".{record_id}.{uuid.uuid4().hex}.partial"
+        try:
+            self._write(partial, transaction)
+            try:
+                # A hard link is created only where no file exists: an atomic "create with this content".
+                os.link(partial, target)
+            except FileExistsError:
+                return False
+            _fsync_dir(self.folder)
+        except OSError as error:
+            raise StorageError(f"{target}: {error.strerror or error}") from error
+        finally:
+            partial.unlink(missing_ok=True)
+        self.claim(record_id)
+        return True
+
+    def update(self, transaction: Transaction) -> None:
+        record_id = transaction.record_id or transaction.transaction_uid
+        partial = self.folder / f".{record_id}.{uuid.uuid4().hex}.partial"
+        try:
+            self._write(partial, transaction)
+            os.replace(partial, self._path(record_id))
+            _fsync_dir(self.folder)
+        except OSError as error:
+            partial.unlink(missing_ok=True)
+            raise StorageError(f"{record_id}: {error.strerror or error}") from error
+
+    def _write(self, path: Path, transaction: Transaction) -> None:
+        with path.open("w", encoding="utf-8") as handle:
+            json.dump(transaction.to_json(), handle, indent=1)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def load(self, record_id: str) -> Transaction | None:
+        try:
+            return Transaction.from_json(json.loads(self._path(record_id).read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            return None
+
+    def record_ids(self) -> list[str]:
+        if not self.folder.is_dir():
+            return []
+        return sorted(path.stem for path in self.folder.glob("*.json"))
+
+    def claim(self, record_id: str) -> bool:
+        """Take this process's lock on a transaction (held until released); False when another process has it."""
+        with self._guard:
+            if record_id in self._held:
+                return True
+            fd = os.open(self.locks / record_id, os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                return False
+            self._held[record_id] = fd
+            return True
+
+    def release(self, record_id: str) -> None:
+        with self._guard:
+            fd = self._held.pop(record_id, None)
+        if fd is not None:
+            os.close(fd)
+
+    def remove(self, record_id: str) -> None:
+        self._path(record_id).unlink(missing_ok=True)
+        (self.locks / record_id).unlink(missing_ok=True)
+
+
+# -- what the store holds (stored is final) ----------------------------------------------------------------------------
+
+
+class LocalOutcomes:
+    """An instance is committed once its file is in the local store under the referenced SOP class."""
+
+    def __init__(self, root: Path) -> None:
+        from ..status import LocalStore  # the status command's reading of the local store
+
+        self.store = LocalStore(root)
+
+    def evaluate(self, transaction: Transaction) -> Outcome:
+        from ..status import Lookup, StatusError
+
+        reasons: dict[Reference, int | None] = {}
+        for reference in transaction.references:
+            try:
+                found = self.store.find(Lookup(tables.SOP_INSTANCE_UID, reference.sop_instance_uid))
+            except StatusError:  # nothing was ever stored here
+                found = []
+            if not found:
+                reasons[reference] = NO_SUCH_OBJECT_INSTANCE
+                continue
+            reasons[reference] = CLASS_INSTANCE_CONFLICT
+            for item in found:
+                if self._sop_class(self.store.root / item["key"]) == reference.sop_class_uid:
+                    reasons[reference] = 0
+                    break
+        return Outcome(reasons)
+
+    @staticmethod
+    def _sop_class(path: Path) -> str:
+        try:
+            return str(read_file_meta_info(path).get("MediaStorageSOPClassUID", "")).strip()
+        except Exception:  # an unreadable file commits nothing
+            return ""

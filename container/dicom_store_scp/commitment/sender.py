@@ -1,0 +1,110 @@
+"""Delivery over DIMSE: ``ReportSender`` sends a transaction's N-EVENT-REPORT with pynetdicom."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from .model import (
+    STORAGE_COMMITMENT_PUSH_MODEL,
+    STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE,
+    SUCCESS,
+    Transaction,
+    _log,
+    event_information,
+)
+from .scheduler import DeliveryError
+
+# How long a report on the requesting association waits for its answer. The association's reactor is paused
+# meanwhile (pynetdicom's send_n_event_report), so a requester that is releasing instead of answering waits too:
+# after this the report goes on a new association.
+SAME_ASSOCIATION_WAIT_SECONDS = 10.0
+
+
+class ReportSender:
+    """Sends a transaction's N-EVENT-REPORT: on the requesting association while it is open, else on a new one.
+
+    A new association proposes the Storage Commitment Push Model with SCP/SCU role selection, this side as SCP
+    (PS3.4 J.3.3: the report may come on another association, which the SCP then requests).
+    """
+
+    def __init__(
+        self,
+        ae_title: str,
+        peers: Iterable[tuple[str, str, int]],
+        acse_timeout: float,
+        dimse_timeout: float,
+        network_timeout: float,
+    ) -> None:
+        self.ae_title = ae_title
+        self.peers = {title: (host, port) for title, host, port in peers}
+        self.acse_timeout = acse_timeout
+        self.dimse_timeout = dimse_timeout
+        self.network_timeout = network_timeout
+
+    def __call__(self, transaction: Transaction, assoc: Any) -> str:
+        event_type, information = event_information(transaction)
+        if assoc is not None and assoc.is_established and not assoc.acse.is_release_requested():
+            configured = assoc.dimse_timeout
+            assoc.dimse_timeout = min(configured or SAME_ASSOCIATION_WAIT_SECONDS, SAME_ASSOCIATION_WAIT_SECONDS)
+            try:
+                self._send(assoc, event_type, information)
+                return "same-association"
+            except DeliveryError as error:
+                _log(
+                    logging.INFO,
+                    "storage commitment report not taken on its association",
+                    transaction,
+                    event="commitment-same-association-failed",
+                    error=str(error),
+                )
+            finally:
+                assoc.dimse_timeout = configured
+        address = self.peers.get(transaction.calling_ae)
+        if address is None:
+            raise DeliveryError(
+                "the requesting association has closed and COMMITMENT_PEERS has no address for "
+                f"{transaction.calling_ae!r}"
+            )
+        return self._send_on_new_association(transaction, address, event_type, information)
+
+    def _send_on_new_association(
+        self, transaction: Transaction, address: tuple[str, int], event_type: int, information: Dataset
+    ) -> str:
+        from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+        from pynetdicom import AE, build_role
+
+        ae = AE(ae_title=self.ae_title)
+        ae.connection_timeout = min(10.0, self.acse_timeout)
+        ae.acse_timeout = self.acse_timeout
+        ae.dimse_timeout = self.dimse_timeout
+        ae.network_timeout = self.network_timeout
+        ae.add_requested_context(STORAGE_COMMITMENT_PUSH_MODEL, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        role = build_role(STORAGE_COMMITMENT_PUSH_MODEL, scp_role=True)
+        host, port = address
+        assoc = ae.associate(host, port, ae_title=transaction.calling_ae, ext_neg=[role])
+        if not assoc.is_established:
+            raise DeliveryError(f"no association with {transaction.calling_ae} at {host}:{port}")
+        try:
+            self._send(assoc, event_type, information)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        return "new-association"
+
+    @staticmethod
+    def _send(assoc: Any, event_type: int, information: Dataset) -> None:
+        try:
+            status, _reply = assoc.send_n_event_report(
+                information, event_type, STORAGE_COMMITMENT_PUSH_MODEL, STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE
+            )
+        except (RuntimeError, ValueError) as error:
+            raise DeliveryError(f"N-EVENT-REPORT not sent: {error}") from None
+        code = getattr(status, "Status", None)
+        if code is None:
+            raise DeliveryError("no N-EVENT-REPORT-RSP (timed out, aborted or invalid)")
+        if code != SUCCESS:
+            raise DeliveryError(f"N-EVENT-REPORT-RSP status 0x{code:04X}")

@@ -8,10 +8,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from . import logs
+from . import logs, negotiation
 from .config import ConfigError, load
 from .server import serve
 from .workers import supervise, worker_count
+
+# Exit status when the SCP refuses to start (an invalid setting, or a pynetdicom it was not written for).
+EXIT_CANNOT_START = 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,7 +27,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load(argv)
     except ConfigError as error:
         print(f"dicom-store-scp: invalid configuration: {error}", file=sys.stderr)
-        return 2
+        return EXIT_CANNOT_START
+    problems = negotiation.problems()
+    if problems:
+        # The receive path is built on these names (negotiation.SEAMS): without one there is no bounded path to run.
+        print(f"dicom-store-scp: cannot start: {'; '.join(problems)}", file=sys.stderr)
+        return EXIT_CANNOT_START
     logs.configure(config.log_level)
     if worker_count(config) > 1:
         return supervise(config)

@@ -148,7 +148,7 @@ def _at_least(minimum: int) -> Callable[[int], None]:
 
 
 # What MAXIMUM_PDU_SIZE=0 (PS3.8's "no limit") stands for: memory must not depend on what a peer sends, so the SCP
-# announces and enforces this instead (guard.py).
+# announces and enforces this instead (protocol.receive_pdu_size).
 PDU_SIZE_FOR_NO_LIMIT = 1024 * 1024
 
 
@@ -181,11 +181,6 @@ def _instance_bytes(value: int) -> None:
 def _sse(value: str) -> None:
     if value not in {"AES256", "aws:kms"}:
         raise ConfigError(f"{value!r} must be AES256 or aws:kms")
-
-
-def _receive_engine(value: str) -> None:
-    if value not in {"owned", "pynetdicom"}:
-        raise ConfigError(f"{value!r} must be owned or pynetdicom")
 
 
 def _log_level(value: str) -> None:
@@ -236,15 +231,6 @@ SETTINGS: tuple[Setting, ...] = (
         f"largest PDU accepted, bytes (0: {PDU_SIZE_FOR_NO_LIMIT // 1024**2} MiB); a longer one is aborted; bounds"
         " memory per association",
         _pdu_size,
-    ),
-    Setting(
-        "RECEIVE_ENGINE",
-        "receive_engine",
-        _text,
-        "owned",
-        "what serves storage and verification associations once negotiated: owned (the SCP's own receive loop) or"
-        " pynetdicom",
-        _receive_engine,
     ),
     Setting(
         "SUPPORTED_SOP_CLASS_UIDS",
@@ -389,7 +375,6 @@ class Config:
     acse_timeout: float = 30
     maximum_associations: int = 300
     maximum_pdu_size: int = limits.MAXIMUM_PDU_SIZE.whole
-    receive_engine: str = "owned"
     supported_sop_class_uids: tuple[str, ...] = ()
     log_level: str = "INFO"
     metrics_enabled: bool = True

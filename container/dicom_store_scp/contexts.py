@@ -28,11 +28,6 @@ LOG = logging.getLogger("dicom_store_scp.contexts")
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
-def known_storage(uid: str) -> bool:
-    """pynetdicom serves this SOP class with its Storage service on its own."""
-    return uid_to_service_class(uid) is StorageServiceClass
-
-
 def storage_like(uid: str) -> bool:
     """A storage SOP class pynetdicom knows, or one it does not know at all (private, retired, newer)."""
     if not _UID.match(uid):

@@ -1,26 +1,31 @@
-"""The owned data phase: P-DATA to the spool file, C-STORE and C-ECHO, release and abort, on the socket itself.
+"""The data phase of every association: P-DATA to the spool file, C-STORE, C-ECHO and Storage Commitment, release and
+abort, on the socket itself, in the association's own thread.
 
-pynetdicom negotiates the association (guard.py bounds it, handlers.py applies the project's rules). Once the
-A-ASSOCIATE-AC is sent, an association that negotiated only storage and verification leaves pynetdicom: its upper
-layer thread stops before reading another byte (``GuardedDUL``) and the association's own thread runs
-:meth:`DataPhase.run` on the socket until the association ends. An association that negotiated Storage
-Commitment stays on pynetdicom's path (commitment/ needs its N-ACTION and N-EVENT-REPORT services).
+pynetdicom negotiates the association (negotiation.py bounds it, handlers.py applies the project's rules). Once the
+A-ASSOCIATE-AC is sent, negotiation.py hands the socket to :func:`serve` (bound by server.py) and pynetdicom reads
+no further byte. What the loop does, per the DICOM upper layer state machine (PS3.8 9.2) in Sta6 "association
+established":
 
-What the loop does, per the DICOM upper layer state machine (PS3.8 9.2) in Sta6 "association established":
-
-- each PDU's 6-byte header has its type and declared length checked (against MAXIMUM_PDU_SIZE for P-DATA-TF, the
-  same limits and A-ABORT reasons as guard.py) before the buffer is made room for its body. One buffer serves
-  the association's life: it holds the PDU in hand and at most READ_AHEAD bytes more, so a read may take several
-  small PDUs at once, while what is missing of a large PDU is read exactly (grown, at most to the limit plus
-  the read-ahead, when a PDU needs it);
+- each PDU's 6-byte header has its type and declared length checked (against MAXIMUM_PDU_SIZE for P-DATA-TF,
+  protocol.py's limits and A-ABORT reasons) before the buffer is made room for its body. One buffer serves the
+  association's life: it holds the PDU in hand and at most READ_AHEAD bytes more, so a read may take several small
+  PDUs at once, while what is missing of a large PDU is read exactly (grown, at most to the limit plus the
+  read-ahead, when a PDU needs it);
 - PDV items are parsed with ``struct``; command fragments are collected (at most ``COMMAND_SET_LIMIT`` bytes) and
-  the command set (group 0000, implicit VR little endian) decoded by hand; data set fragments are written to the
-  C-STORE's spool file straight from the receive buffer; the response is encoded by hand;
-- A-RELEASE-RQ is answered with A-RELEASE-RP (AR-2, AR-4); a peer's A-ABORT or closed connection ends the
-  association (AA-3, AA-4); any other PDU is an A-ABORT (AA-8). The SCP never requests a release itself, so a
-  release collision (Sta9-Sta12) cannot arise on this path;
-- the socket's own timeout is the network timeout (PS3.8's ARTIM is not running in Sta6): a peer silent for
-  NETWORK_TIMEOUT seconds, between PDUs or in the middle of one, is sent A-ABORT and disconnected.
+  the command set decoded by protocol.py; a C-STORE's data set fragments are written to its spool file straight
+  from the receive buffer; the small data sets of Storage Commitment (N-ACTION's Action Information, an
+  N-EVENT-REPORT-RSP's Event Reply) are kept in memory, at most ``SMALL_DATA_SET_LIMIT`` bytes; every response is
+  encoded by protocol.py;
+- Storage Commitment on the requesting association: N-ACTION-RQ is answered at once (commitment/); the report's
+  N-EVENT-REPORT-RQ, built on a commitment thread, is handed to this loop (:meth:`DataPhase.send_event_report`),
+  which alone writes to the socket, between PDUs; its N-EVENT-REPORT-RSP is matched by Message ID. Requests that
+  cross the report on the wire are served as any other;
+- A-RELEASE-RQ is answered with A-RELEASE-RP (AR-2, AR-4), after any report outstanding on the association is
+  answered or given up (its wait, ``commitment.sender.SAME_ASSOCIATION_WAIT_SECONDS``); meanwhile only the
+  N-EVENT-REPORT-RSP may come. A peer's A-ABORT or closed connection ends the association (AA-3, AA-4); any other PDU
+  is an A-ABORT (AA-8). The SCP never requests a release itself, so a release collision (Sta9-Sta12) cannot arise;
+- the network timeout: a peer silent for NETWORK_TIMEOUT seconds, between PDUs or in the middle of one, is sent
+  A-ABORT and disconnected (PS3.8's ARTIM is not running in Sta6).
 
 Every violation ends only this association, with a log line naming the peer; a half-received data set's spool file
 is removed however the association ends.
@@ -28,39 +33,38 @@ is removed however the association ends.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import itertools
 import logging
 import os
 import secrets
+import select
 import socket
 import ssl
 import struct
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import Any, NoReturn
 
+from dicom_store_contract.uids import is_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, evt
+from pynetdicom.dsutils import decode, encode
 
-from . import guard, handlers, statuses
+from . import handlers, protocol, statuses
 from .batches import Sessions
 from .metrics import Recorder
+from .protocol import COMMAND, LAST
 
 LOG = logging.getLogger("dicom_store_scp.engine")
-
-_HEADER = struct.Struct(">BBL")
-_PDV_HEADER = struct.Struct(">LBB")
-_ELEMENT = struct.Struct("<HHL")
-_US = struct.Struct("<H")
-
-_P_DATA_TF = 0x04
-_A_RELEASE_RQ = 0x05
-_A_ABORT = 0x07
-_A_RELEASE_RP_PDU = b"\x06\x00\x00\x00\x00\x04\x00\x00\x00\x00"
 
 # How much of each spool file's start the loop keeps in memory for the header walk (headers are a few KiB; one
 # that runs past this is walked in the file).
@@ -72,8 +76,8 @@ READ_AHEAD = 64 * 1024
 _INITIAL_BUFFER = 16 * 1024 + 6
 _EXACT_READ = 32 * 1024
 
-_C_STORE_RSP = 0x8001
-_C_ECHO_RSP = 0x8030
+_PDU_HEADER = protocol.PDU_HEADER
+_PDV_LENGTH = struct.Struct(">L")
 
 # The implementation identity pynetdicom's spool files carried (create_file_meta's defaults).
 _IMPLEMENTATION_UID = str(PYNETDICOM_IMPLEMENTATION_UID)
@@ -81,13 +85,27 @@ _IMPLEMENTATION_VERSION = str(PYNETDICOM_IMPLEMENTATION_VERSION)
 
 
 @dataclass
+class NActionRequest:
+    """A Storage Commitment N-ACTION-RQ as the commitment service sees it."""
+
+    assoc: Any
+    channel: DataPhase  # where a report on the requesting association goes
+    action_type: int
+    information: Dataset | None  # the Action Information, None when it could not be decoded
+    problem: str = ""  # why it could not
+
+
+@dataclass
 class Settings:
-    """What the data phase needs beyond the association; bound to the connection when it opens."""
+    """What the data phase needs beyond the association; bound by server.py."""
 
     sessions: Sessions
     recorder: Recorder
     instance_limit: int
     network_timeout: float | None
+    # Storage Commitment, where the SCP offers it: the SOP class and its N-ACTION service (the status to answer).
+    commitment_sop_class: str = ""
+    n_action: Callable[[NActionRequest], int] | None = None
 
 
 class _Ended(Exception):
@@ -109,11 +127,21 @@ class _Store:
     fd: int = -1
     received_bytes: int = 0
     dropped_bytes: int = 0
-    # SHA-256 of the spool file, computed as it is written (handlers.py would read the file again for it).
+    # The checksum of the spool file, computed as it is written (handlers.py would read the file again for it).
     digest: Any = None
     # The spool file's first bytes (File Meta Information, then the data set's start): the header is walked here.
     head: bytearray = field(default_factory=bytearray)
     meta_length: int = 0
+
+
+@dataclass
+class _Small:
+    """A message whose data set is kept in memory (N-ACTION-RQ, N-EVENT-REPORT-RSP): its command and data so far."""
+
+    context_id: int
+    command_field: int
+    elements: dict[int, bytes]
+    data: bytearray = field(default_factory=bytearray)
 
 
 @dataclass
@@ -132,7 +160,7 @@ class _Context:
 
 @dataclass
 class _StoreEvent:
-    """The parts of pynetdicom's EVT_C_STORE event handlers.handle_store uses."""
+    """What handlers.handle_store reads of a received C-STORE (pynetdicom's EVT_C_STORE event had the same names)."""
 
     assoc: Any
     request: _Request
@@ -151,6 +179,14 @@ class _Commands:
     context_id: int | None = None
 
 
+@dataclass
+class _Report:
+    """An N-EVENT-REPORT-RQ sent on this association, waiting for its response."""
+
+    answered: threading.Event = field(default_factory=threading.Event)
+    status: int | None = None
+
+
 class DataPhase:
     """One association's data phase, run in the association's thread until the association ends."""
 
@@ -158,7 +194,7 @@ class DataPhase:
         self.assoc = assoc
         self.settings = settings
         self.connection = connection
-        self.pdu_limit = guard.receive_pdu_size(assoc.acceptor.maximum_length) + guard._PDV_ITEM_HEADER
+        self.pdu_limit = protocol.pdu_limit(protocol.P_DATA_TF, assoc.acceptor.maximum_length) or 0
         # The peer's Maximum Length Received bounds each P-DATA-TF we send (0: no limit).
         peer_limit = int(getattr(assoc.requestor, "maximum_length", 0) or 0)
         self.send_limit = peer_limit if peer_limit >= 64 else 0
@@ -177,10 +213,28 @@ class DataPhase:
         self._view[: len(pending)] = pending
         self._commands = _Commands()
         self._store: _Store | None = None
+        self._small: _Small | None = None
         self._stop_requested = False
         self._wait_all = 0
         self._finished = threading.Event()
         self._outcome = ""
+        # Storage Commitment reports on this association: what other threads hand to this loop to send (the loop
+        # alone writes to the socket), the reports waiting for their response, and a bell that wakes the loop.
+        self._report_context = next(
+            (cid for cid, (sop_class, _) in self.contexts.items() if sop_class == settings.commitment_sop_class), None
+        )
+        self._lock = threading.Lock()
+        self._outbox: collections.deque[bytes] = collections.deque()
+        self._reports: dict[int, _Report] = {}
+        self._message_ids = itertools.count()
+        self._releasing = False
+        self._closed = False
+        self._bell: socket.socket | None = None
+        self._bell_rope: socket.socket | None = None
+        if self._report_context is not None:
+            self._bell, self._bell_rope = socket.socketpair()
+            self._bell.setblocking(False)
+            self._bell_rope.setblocking(False)
 
     # -- the loop --------------------------------------------------------------------------------------------------
 
@@ -194,20 +248,24 @@ class DataPhase:
             pass
         except Exception as error:  # anything unforeseen ends this association, with an answer
             LOG.debug("data phase failed", exc_info=True)
-            self._abort(guard.SERVICE_PROVIDER, guard.REASON_NOT_SPECIFIED, f"{type(error).__name__}: {error}")
+            self._abort(protocol.SERVICE_PROVIDER, protocol.REASON_NOT_SPECIFIED, f"{type(error).__name__}: {error}")
         finally:
             self._discard_store()
             self._finish()
 
     def _serve_one_pdu(self) -> None:
+        if self._outbox:
+            self._send_outbox()
         if self._end - self._start < 6:
+            if self._bell is not None and self._end == self._start:
+                self._wait_between_pdus()
             self._fill(6, between_pdus=True)
         start = self._start
-        pdu_type, _, length = _HEADER.unpack_from(self._buffer, start)
-        if pdu_type == _P_DATA_TF:
+        pdu_type, _, length = _PDU_HEADER.unpack_from(self._buffer, start)
+        if pdu_type == protocol.P_DATA_TF:
             if length > self.pdu_limit:
                 self._refuse_pdu(
-                    guard.INVALID_PARAMETER_VALUE, f"P-DATA-TF declares {length} bytes, limit {self.pdu_limit}"
+                    protocol.INVALID_PARAMETER_VALUE, f"P-DATA-TF declares {length} bytes, limit {self.pdu_limit}"
                 )
             end = start + 6 + length
             if self._end < end:
@@ -217,30 +275,88 @@ class DataPhase:
             self._start = end
             self._receive_p_data(self._view[start + 6 : end], length)
             return
-        name = guard._PDU_NAMES.get(pdu_type)
+        name = protocol.PDU_NAMES.get(pdu_type)
         if name is None:
-            self._refuse_pdu(guard.UNRECOGNIZED_PDU, f"unknown PDU type 0x{pdu_type:02X} declaring {length} bytes")
-        limit = guard.ASSOCIATION_PDU_LIMIT if pdu_type in (0x01, 0x02) else guard.FIXED_PDU_LENGTH
+            self._refuse_pdu(protocol.UNRECOGNIZED_PDU, f"unknown PDU type 0x{pdu_type:02X} declaring {length} bytes")
+        limit = protocol.pdu_limit(pdu_type, None) or 0
         if length > limit:
-            self._refuse_pdu(guard.INVALID_PARAMETER_VALUE, f"{name} declares {length} bytes, limit {limit}")
-        if pdu_type not in (_A_RELEASE_RQ, _A_ABORT):
-            self._refuse_pdu(guard.UNEXPECTED_PDU, f"{name} not expected in Sta6")
+            self._refuse_pdu(protocol.INVALID_PARAMETER_VALUE, f"{name} declares {length} bytes, limit {limit}")
+        state = "Sta8" if self._releasing else "Sta6"
+        if pdu_type not in (protocol.A_RELEASE_RQ, protocol.A_ABORT) or (
+            pdu_type == protocol.A_RELEASE_RQ and self._releasing
+        ):
+            self._refuse_pdu(protocol.UNEXPECTED_PDU, f"{name} not expected in {state}")
         self._fill(6 + length)
         self._start += 6 + length
-        if length != guard.FIXED_PDU_LENGTH:
+        if length != protocol.FIXED_PDU_LENGTH:
             # pynetdicom cannot decode a shorter one either (section 2.3 of the conformance statement).
-            self._refuse_pdu(guard.INVALID_PARAMETER_VALUE, f"{name} cannot be decoded: {length} bytes, 4 expected")
-        if pdu_type == _A_ABORT:
+            self._refuse_pdu(protocol.INVALID_PARAMETER_VALUE, f"{name} cannot be decoded: {length} bytes, 4 expected")
+        if pdu_type == protocol.A_ABORT:
             # AA-3: the peer ended it, whatever source and reason it gave.
             self._close()
             self._outcome = "aborted"
             raise _Ended
-        # AR-2, AR-4: a release request is answered at once; a message still incomplete is dropped with it.
+        self._release()
+
+    def _release(self) -> NoReturn:
+        """AR-2, AR-4: answer a release request; a message still incomplete is dropped with it."""
         self._discard_store()
-        self._send(_A_RELEASE_RP_PDU)
+        self._small = None
+        with self._lock:
+            self._releasing = True  # no report starts on this association from now on
+            waiting = bool(self._reports)
+        if waiting:
+            self._await_reports()
+        self._send(protocol.RELEASE_RP_PDU)
         self._close()
         self._outcome = "released"
         raise _Ended
+
+    def _await_reports(self) -> None:
+        """Sta8 with a report outstanding: send what is queued, read its response, until none is left waiting.
+
+        Each report gives up by itself after its wait (and rings the bell); the deadline here only guards that.
+        """
+        deadline = time.monotonic() + _REPORT_WAIT_GUARD
+        while time.monotonic() < deadline:
+            if self._outbox:
+                self._send_outbox()
+            with self._lock:
+                if not self._reports:
+                    return
+            if self._end - self._start >= 6 or self._readable(min(0.5, deadline - time.monotonic())):
+                self._serve_one_pdu()
+
+    def _wait_between_pdus(self) -> None:
+        """On an association that may carry a report: wait for the peer's next PDU or for a message to send."""
+        timeout = self.settings.network_timeout
+        deadline = time.monotonic() + timeout if timeout else None
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                self._timed_out(True)
+            if self._readable(remaining):
+                return
+            if self._outbox:
+                self._send_outbox()
+
+    def _readable(self, timeout: float | None) -> bool:
+        """Wait for the peer's bytes (True) or the bell (False; drained) for at most ``timeout`` seconds."""
+        connection = self.connection
+        if isinstance(connection, ssl.SSLSocket) and connection.pending():
+            return True  # decrypted bytes that select() cannot see
+        watched: list[Any] = [connection]
+        if self._bell is not None:
+            watched.append(self._bell)
+        try:
+            ready, _, _ = select.select(watched, [], [], None if timeout is None else max(0.0, timeout))
+        except (OSError, ValueError):
+            return True  # closed under us (a stop): the read reports it
+        if self._bell is not None and self._bell in ready:
+            with contextlib.suppress(OSError):
+                while self._bell.recv(4096):
+                    pass
+        return connection in ready
 
     def _set_timeouts(self) -> None:
         """The network timeout, as the socket's own.
@@ -321,12 +437,14 @@ class DataPhase:
         offset = 0
         while offset < length:
             if offset + 4 > length:
-                self._refuse_pdu(guard.INVALID_PARAMETER_VALUE, "P-DATA-TF cannot be decoded: PDV item header cut off")
-            (item_length,) = struct.unpack_from(">L", view, offset)
+                self._refuse_pdu(
+                    protocol.INVALID_PARAMETER_VALUE, "P-DATA-TF cannot be decoded: PDV item header cut off"
+                )
+            (item_length,) = _PDV_LENGTH.unpack_from(view, offset)
             end = offset + 4 + item_length
             if end > length:
                 self._refuse_pdu(
-                    guard.INVALID_PARAMETER_VALUE, "P-DATA-TF cannot be decoded: PDV item runs past the PDU"
+                    protocol.INVALID_PARAMETER_VALUE, "P-DATA-TF cannot be decoded: PDV item runs past the PDU"
                 )
             if item_length < 2:
                 self._violation("PDV without a message control header")
@@ -335,80 +453,106 @@ class DataPhase:
             if context_id not in self.contexts:
                 self._violation(f"PDV on presentation context {context_id}, which was not accepted")
             fragment = view[offset + 6 : end]
-            if control & guard._COMMAND:
+            if control & COMMAND:
                 self._receive_command_fragment(context_id, fragment, control)
             else:
                 self._receive_data_fragment(context_id, fragment, control)
             offset = end
 
     def _receive_command_fragment(self, context_id: int, fragment: memoryview, control: int) -> None:
-        if self._store is not None:
+        if self._store is not None or self._small is not None:
             self._violation("command fragment while the previous message's data set is incomplete")
         commands = self._commands
         if commands.context_id not in (None, context_id):
             self._violation("command fragments on two presentation contexts")
-        if len(commands.data) + len(fragment) > guard.COMMAND_SET_LIMIT:
-            self._violation(f"command set longer than {guard.COMMAND_SET_LIMIT} bytes")
+        if len(commands.data) + len(fragment) > protocol.COMMAND_SET_LIMIT:
+            self._violation(f"command set longer than {protocol.COMMAND_SET_LIMIT} bytes")
         commands.data += fragment
         commands.context_id = context_id
-        if control & guard._LAST:
+        if control & LAST:
             command = bytes(commands.data)
             self._commands = _Commands()
             self._receive_command(context_id, command)
 
     def _receive_command(self, context_id: int, command: bytes) -> None:
         try:
-            elements = guard._command_elements(command)
-        except guard.DimseViolation as violation:
+            elements = protocol.command_elements(command)
+        except protocol.DimseViolation as violation:
             self._violation(str(violation))
-        field_ = guard._unsigned_short(elements, guard._COMMAND_FIELD)
-        if field_ not in (guard._C_STORE_RQ, guard._C_ECHO_RQ, guard._C_CANCEL_RQ):
+        field_ = protocol.unsigned_short(elements, protocol.COMMAND_FIELD)
+        if field_ not in protocol.SERVED_COMMANDS:
             shown = "none" if field_ is None else f"0x{field_:04X}"
             self._violation(f"command field {shown} is not a request this SCP serves")
-        name = guard._SERVED_COMMANDS[field_]
-        missing = [f"(0000,{tag:04X})" for tag in guard._REQUIRED[field_] if not elements.get(tag)]
+        name = protocol.SERVED_COMMANDS[field_]
+        if self._releasing and field_ != protocol.N_EVENT_REPORT_RSP:
+            # Sta8: the peer asked to release; only the answer to our report may still come.
+            self._violation(f"{name} after A-RELEASE-RQ")
+        missing = [f"(0000,{tag:04X})" for tag in protocol.REQUIRED[field_] if not elements.get(tag)]
         if missing:
             self._violation(f"{name} without {', '.join(missing)}: it cannot be answered")
-        data_set_type = guard._unsigned_short(elements, guard._COMMAND_DATA_SET_TYPE)
+        data_set_type = protocol.unsigned_short(elements, protocol.COMMAND_DATA_SET_TYPE)
         if data_set_type is None:
             self._violation(f"{name} without Command Data Set Type (0000,0800)")
-        has_data_set = data_set_type != guard._NO_DATA_SET
+        has_data_set = data_set_type != protocol.NO_DATA_SET
         abstract_syntax, transfer_syntax = self.contexts[context_id]
-        if field_ == guard._C_CANCEL_RQ:
+        if field_ == protocol.C_STORE_RQ:
+            if not has_data_set:
+                self._violation("C-STORE-RQ without a data set")
+            request = protocol.check_store_request(elements, abstract_syntax)
+            store = _Store(
+                context_id,
+                request.message_id,
+                request.sop_class_uid,
+                request.sop_instance_uid,
+                transfer_syntax,
+                refusal=request.refusal,
+                detail=request.detail,
+            )
+            if store.refusal is None:
+                self._open_spool(store)
+            self._store = store
+            return
+        if field_ == protocol.C_CANCEL_RQ:
             if has_data_set:
                 self._violation(f"{name} declares a data set: it takes none")
             # Requests are answered before the next is read: whatever it cancels has had its answer already.
             return
-        message_id = guard._unsigned_short(elements, guard._MESSAGE_ID)
+        if field_ == protocol.N_EVENT_REPORT_RSP:
+            if has_data_set:
+                self._small = _Small(context_id, field_, elements)
+            else:
+                self._report_answered(elements)
+            return
+        message_id = protocol.unsigned_short(elements, protocol.MESSAGE_ID)
         if message_id is None:
             self._violation(f"{name} has a Message ID (0000,0110) that is not 2 bytes long")
-        if field_ == guard._C_ECHO_RQ:
+        sop_class_element = (
+            protocol.REQUESTED_SOP_CLASS_UID if field_ == protocol.N_ACTION_RQ else protocol.AFFECTED_SOP_CLASS_UID
+        )
+        sop_class = protocol.text(elements, sop_class_element) or ""
+        if sop_class != abstract_syntax:
+            # Served by its context, not by the UID it names.
+            self._violation(f"{name} for {sop_class} on a presentation context for {abstract_syntax}")
+        if field_ == protocol.C_ECHO_RQ:
             if has_data_set:
                 self._violation(f"{name} declares a data set: it takes none")
-            sop_class = guard._text(elements, guard._AFFECTED_SOP_CLASS_UID) or ""
-            if sop_class != abstract_syntax:
-                self._violation(f"{name} for {sop_class} on a presentation context for {abstract_syntax}")
-            self._respond(context_id, _C_ECHO_RSP, message_id, statuses.SUCCESS, sop_class)
+            self._respond(context_id, protocol.C_ECHO_RSP, message_id, statuses.SUCCESS, sop_class)
             return
-        if not has_data_set:
-            self._violation("C-STORE-RQ without a data set")
-        awaited = guard._check_store_request(context_id, elements, abstract_syntax)
-        store = _Store(
-            context_id,
-            message_id,
-            awaited.sop_class_uid,
-            awaited.sop_instance_uid,
-            transfer_syntax,
-            refusal=awaited.refusal,
-            detail=awaited.detail,
-        )
-        if store.refusal is None:
-            self._open_spool(store)
-        self._store = store
+        # N-ACTION-RQ
+        if context_id != self._report_context or self.settings.n_action is None:
+            self._violation(f"{name} on a presentation context for {abstract_syntax}: not a service this SCP offers")
+        small = _Small(context_id, field_, elements)
+        if has_data_set:
+            self._small = small
+        else:
+            self._serve_n_action(small)
 
     def _receive_data_fragment(self, context_id: int, fragment: memoryview, control: int) -> None:
         store = self._store
         if store is None:
+            if self._small is not None:
+                self._receive_small_fragment(context_id, fragment, control)
+                return
             self._violation("data set fragment without a C-STORE request before it")
         if context_id != store.context_id:
             self._violation("data set fragment on another presentation context than its command")
@@ -426,9 +570,137 @@ class DataPhase:
                 store.head += fragment[:wanted]
         else:
             store.dropped_bytes += size
-        if control & guard._LAST:
+        if control & LAST:
             self._store = None
             self._complete(store)
+
+    def _receive_small_fragment(self, context_id: int, fragment: memoryview, control: int) -> None:
+        small = self._small
+        assert small is not None
+        if context_id != small.context_id:
+            self._violation("data set fragment on another presentation context than its command")
+        if len(small.data) + len(fragment) > protocol.SMALL_DATA_SET_LIMIT:
+            self._violation(f"data set longer than {protocol.SMALL_DATA_SET_LIMIT} bytes")
+        small.data += fragment
+        if control & LAST:
+            self._small = None
+            if small.command_field == protocol.N_ACTION_RQ:
+                self._serve_n_action(small)
+            else:
+                self._report_answered(small.elements)
+
+    # -- Storage Commitment ----------------------------------------------------------------------------------------
+
+    def _serve_n_action(self, small: _Small) -> None:
+        """N-ACTION-RQ (PS3.4 J.3.2): recorded by the commitment service and answered at once; the report follows."""
+        elements = small.elements
+        message_id = protocol.unsigned_short(elements, protocol.MESSAGE_ID) or 0
+        sop_class = protocol.text(elements, protocol.REQUESTED_SOP_CLASS_UID) or ""
+        sop_instance = protocol.text(elements, protocol.REQUESTED_SOP_INSTANCE_UID) or ""
+        action_type = protocol.unsigned_short(elements, protocol.ACTION_TYPE_ID)
+        information: Dataset | None = None
+        problem = ""
+        if not small.data:
+            problem = "N-ACTION-RQ without Action Information"
+        else:
+            try:
+                implicit = self.contexts[small.context_id][1] == ImplicitVRLittleEndian
+                information = decode(BytesIO(bytes(small.data)), implicit, True)
+            except Exception as error:  # pydicom raises many types for malformed input
+                problem = f"Action Information cannot be decoded: {type(error).__name__}: {error}"
+        assert self.settings.n_action is not None
+        request = NActionRequest(self.assoc, self, -1 if action_type is None else action_type, information, problem)
+        try:
+            status = self.settings.n_action(request)
+        except Exception:
+            LOG.exception(
+                "N-ACTION handler failed",
+                extra={"fields": {"event": "n-action-handler-failed", **handlers.peer(self.assoc)}},
+            )
+            status = _PROCESSING_FAILURE
+        command = protocol.encode_command(
+            protocol.N_ACTION_RSP,
+            responding_to=message_id,
+            status=status,
+            sop_class=sop_class,
+            sop_instance=sop_instance,
+            action_type=action_type,
+        )
+        self._send(protocol.p_data(small.context_id, command, self.send_limit, command=True))
+
+    def _report_answered(self, elements: dict[int, bytes]) -> None:
+        responding_to = protocol.unsigned_short(elements, protocol.MESSAGE_ID_BEING_RESPONDED_TO)
+        status = protocol.unsigned_short(elements, protocol.STATUS)
+        with self._lock:
+            report = self._reports.pop(responding_to, None) if responding_to is not None else None
+        if report is None:
+            # An answer its report stopped waiting for (or to nothing we sent): nothing to do with it.
+            LOG.info(
+                "late response dropped",
+                extra={"fields": {"event": "late-response", **handlers.peer(self.assoc), "messageId": responding_to}},
+            )
+            return
+        report.status = status
+        report.answered.set()
+
+    def send_event_report(
+        self, event_type: int, information: Dataset, sop_instance: str, wait: float
+    ) -> tuple[int | None, str]:
+        """Send an N-EVENT-REPORT-RQ on this association (from a commitment thread) and wait for its response.
+
+        (the response's status, "") once answered; (None, why) when the report was not sent or not answered within
+        ``wait`` seconds: the association ended or is being released, or the requester did not answer.
+        """
+        context_id = self._report_context
+        if context_id is None:
+            return None, "the association did not negotiate Storage Commitment"
+        implicit = self.contexts[context_id][1] == ImplicitVRLittleEndian
+        data = encode(information, implicit, True)
+        if data is None:
+            return None, "the Event Information cannot be encoded"
+        report = _Report()
+        with self._lock:
+            if self._closed:
+                return None, "the association has ended"
+            if self._releasing:
+                return None, "the requester asked to release the association"
+            message_id = next(self._message_ids) % 0xFFFF + 1  # 1-65535
+            self._reports[message_id] = report
+            command = protocol.encode_command(
+                protocol.N_EVENT_REPORT_RQ,
+                message_id=message_id,
+                sop_class=self.contexts[context_id][0],
+                sop_instance=sop_instance,
+                event_type=event_type,
+                has_data_set=True,
+            )
+            self._outbox.append(
+                protocol.p_data(context_id, command, self.send_limit, command=True)
+                + protocol.p_data(context_id, data, self.send_limit, command=False)
+            )
+        self._ring()
+        answered = report.answered.wait(wait)
+        with self._lock:
+            self._reports.pop(message_id, None)
+        self._ring()  # a release waiting for this report goes on
+        if not answered:
+            return None, f"no N-EVENT-REPORT-RSP within {wait:g} s"
+        if report.status is None:
+            return None, "the association ended before the N-EVENT-REPORT-RSP"
+        return report.status, ""
+
+    def _ring(self) -> None:
+        if self._bell_rope is not None:
+            with contextlib.suppress(OSError):
+                self._bell_rope.send(b"\0")
+
+    def _send_outbox(self) -> None:
+        while True:
+            with self._lock:
+                if not self._outbox:
+                    return
+                data = self._outbox.popleft()
+            self._send(data)
 
     # -- C-STORE -------------------------------------------------------------------------------------------------------
 
@@ -466,34 +738,38 @@ class DataPhase:
         try:
             status = handlers.handle_store(event, self.settings.sessions, self.settings.recorder)
         except Exception:
-            # As pynetdicom answers a handler's exception.
             LOG.exception(
                 "C-STORE handler failed",
-                extra={"fields": {"event": "c-store-handler-failed", **guard._peer_fields(self.assoc)}},
+                extra={"fields": {"event": "c-store-handler-failed", **handlers.peer(self.assoc)}},
             )
-            status = 0xC211
+            status = statuses.HANDLER_FAILED
         finally:
             # Stored instances were moved away (local) or uploaded (S3); anything left is not needed.
             with contextlib.suppress(OSError):
                 store.path.unlink()
             store.path = None
         self._respond(
-            store.context_id, _C_STORE_RSP, store.message_id, status, store.sop_class_uid, store.sop_instance_uid
+            store.context_id,
+            protocol.C_STORE_RSP,
+            store.message_id,
+            status,
+            store.sop_class_uid,
+            store.sop_instance_uid,
         )
 
     def _answer_refusal(self, store: _Store) -> None:
         assert store.refusal is not None
-        guard.refused_store(
+        handlers.refused_store(
             self.assoc, self.settings.recorder, store.refusal, store.detail, store.sop_class_uid,
-            store.sop_instance_uid, store.dropped_bytes,
+            store.sop_instance_uid, droppedBytes=store.dropped_bytes,
         )  # fmt: skip
         self._respond(
             store.context_id,
-            _C_STORE_RSP,
+            protocol.C_STORE_RSP,
             store.message_id,
             store.refusal,
-            store.sop_class_uid if guard._is_uid(store.sop_class_uid) else "",
-            store.sop_instance_uid if guard._is_uid(store.sop_instance_uid) else "",
+            store.sop_class_uid if is_uid(store.sop_class_uid) else "",
+            store.sop_instance_uid if is_uid(store.sop_instance_uid) else "",
         )
 
     def _discard_spool(self, store: _Store) -> None:
@@ -516,8 +792,8 @@ class DataPhase:
     def _respond(
         self, context_id: int, command_field: int, message_id: int, status: int, sop_class: str, sop_instance: str = ""
     ) -> None:
-        command = response_command(command_field, message_id, status, sop_class, sop_instance)
-        self._send(p_data(context_id, command, self.send_limit))
+        command = protocol.response_command(command_field, message_id, status, sop_class, sop_instance)
+        self._send(protocol.p_data(context_id, command, self.send_limit, command=True))
 
     def _send(self, data: bytes) -> None:
         try:
@@ -526,7 +802,7 @@ class DataPhase:
             # AA-4 as the peer sees it: nothing more can be sent or answered.
             LOG.info(
                 "connection lost",
-                extra={"fields": {"event": "connection-lost", **guard._peer_fields(self.assoc), "error": str(error)}},
+                extra={"fields": {"event": "connection-lost", **handlers.peer(self.assoc), "error": str(error)}},
             )
             self._close()
             self._outcome = "aborted"
@@ -535,12 +811,12 @@ class DataPhase:
     # -- ending ------------------------------------------------------------------------------------------------------
 
     def _violation(self, detail: str) -> NoReturn:
-        """A DIMSE message that cannot be served: a service-user abort, as guard.py sends."""
-        self._abort(guard.SERVICE_USER, guard.REASON_NOT_SPECIFIED, detail)
+        """A DIMSE message that cannot be served: a service-user abort (PS3.8 9.3.8)."""
+        self._abort(protocol.SERVICE_USER, protocol.REASON_NOT_SPECIFIED, detail)
         raise _Ended
 
     def _refuse_pdu(self, reason: int, detail: str) -> NoReturn:
-        self._abort(guard.SERVICE_PROVIDER, reason, detail)
+        self._abort(protocol.SERVICE_PROVIDER, reason, detail)
         raise _Ended
 
     def _abort(self, source: int, reason: int, detail: str) -> None:
@@ -550,8 +826,8 @@ class DataPhase:
             extra={
                 "fields": {
                     "event": "protocol-abort",
-                    **guard._peer_fields(self.assoc),
-                    "reason": guard._ABORT_REASONS[(source, reason)],
+                    **handlers.peer(self.assoc),
+                    "reason": protocol.ABORT_REASONS[(source, reason)],
                     "abortSource": source,
                     "abortReason": reason,
                     "detail": detail,
@@ -560,15 +836,15 @@ class DataPhase:
         )
         self._discard_store()
         with contextlib.suppress(OSError):
-            self.connection.sendall(abort_pdu(source, reason))
+            self.connection.sendall(protocol.abort_pdu(source, reason))
         self._close()
         self._outcome = "aborted"
 
     def _abort_unlogged(self) -> NoReturn:
-        # Asked to by this process (a shutdown past its grace period): pynetdicom's abort, a service-user A-ABORT.
+        # Asked to by this process (a shutdown past its grace period): a service-user A-ABORT.
         self._discard_store()
         with contextlib.suppress(OSError):
-            self.connection.sendall(abort_pdu(guard.SERVICE_USER, guard.REASON_NOT_SPECIFIED))
+            self.connection.sendall(protocol.abort_pdu(protocol.SERVICE_USER, protocol.REASON_NOT_SPECIFIED))
         self._close()
         self._outcome = "aborted"
         raise _Ended
@@ -579,7 +855,7 @@ class DataPhase:
             extra={
                 "fields": {
                     "event": "network-timeout",
-                    **guard._peer_fields(self.assoc),
+                    **handlers.peer(self.assoc),
                     "seconds": self.settings.network_timeout,
                     "where": "between PDUs" if idle else "inside a PDU",
                 }
@@ -588,7 +864,7 @@ class DataPhase:
         self._abort_unlogged()
 
     def _close(self) -> None:
-        guard._drain_and_close(self.connection)
+        protocol.drain_and_close(self.connection)
         transport = self.assoc.dul.socket
         if transport is not None:
             with contextlib.suppress(Exception):
@@ -598,6 +874,16 @@ class DataPhase:
             self.connection.close()
 
     def _finish(self) -> None:
+        with self._lock:
+            self._closed = True
+            waiting = list(self._reports.values())
+            self._reports.clear()
+            self._outbox.clear()
+        for report in waiting:
+            report.answered.set()  # with no status: not answered on this association
+        for bell in (self._bell, self._bell_rope):
+            if bell is not None:
+                bell.close()
         assoc = self.assoc
         assoc.is_established = False
         if self._outcome == "released":
@@ -616,6 +902,13 @@ class DataPhase:
             # The plain socket's shutdown, not TLS's (that would drop its state under the reading thread).
             socket.socket.shutdown(self.connection, socket.SHUT_RD)
         self._finished.wait(wait)
+
+
+# A release waits for the reports outstanding on its association: each gives up after its own wait (the commitment
+# sender's); this only guards against one that never says so.
+_REPORT_WAIT_GUARD = 30.0
+# What a C-STORE or N-ACTION handler's unforeseen exception is answered with (PS3.7 C.4.2: Processing Failure).
+_PROCESSING_FAILURE = 0x0110
 
 
 # Spool file names: unique to this process (its id and a random token, made again in a forked worker) and to the
@@ -653,7 +946,7 @@ def _spool_file() -> tuple[int, Path]:
             continue
 
 
-# -- encoding ----------------------------------------------------------------------------------------------------------
+# -- File Meta Information -------------------------------------------------------------------------------------------
 
 
 def _uid_value(uid: str) -> bytes:
@@ -680,49 +973,11 @@ def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
     return bytes(128) + b"DICM" + _explicit(0x0002, 0x0000, b"UL", struct.pack("<L", len(body))) + body
 
 
-def _implicit(element: int, value: bytes) -> bytes:
-    return _ELEMENT.pack(0x0000, element, len(value)) + value
+# -- the hand-over ---------------------------------------------------------------------------------------------------
 
 
-def response_command(command_field: int, message_id: int, status: int, sop_class: str, sop_instance: str = "") -> bytes:
-    """A C-STORE-RSP or C-ECHO-RSP command set (PS3.7 9.3.1.2, 9.3.5.2), implicit VR little endian."""
-    body = b""
-    if sop_class:
-        body += _implicit(0x0002, _uid_value(sop_class))
-    body += _implicit(0x0100, _US.pack(command_field))
-    body += _implicit(0x0120, _US.pack(message_id))
-    body += _implicit(0x0800, _US.pack(guard._NO_DATA_SET))
-    body += _implicit(0x0900, _US.pack(status))
-    if sop_instance:
-        body += _implicit(0x1000, _uid_value(sop_instance))
-    return _implicit(0x0000, struct.pack("<L", len(body))) + body
-
-
-def p_data(context_id: int, command: bytes, limit: int) -> bytes:
-    """P-DATA-TF PDUs carrying one command set, split so that none exceeds the peer's Maximum Length Received."""
-    step = (limit - 6) if limit else len(command)
-    pieces = [command[start : start + step] for start in range(0, len(command), max(step, 1))] or [b""]
-    out = b""
-    for index, piece in enumerate(pieces):
-        control = guard._COMMAND | (guard._LAST if index == len(pieces) - 1 else 0)
-        item = _PDV_HEADER.pack(len(piece) + 2, context_id, control) + piece
-        out += _HEADER.pack(_P_DATA_TF, 0, len(item)) + item
-    return out
-
-
-def abort_pdu(source: int, reason: int) -> bytes:
-    return _HEADER.pack(_A_ABORT, 0, 4) + bytes([0, 0, source, reason])
-
-
-# -- wiring ------------------------------------------------------------------------------------------------------------
-
-
-def handle_connection_open(event: Any, settings: Settings) -> None:
-    """EVT_CONN_OPEN (after guard.handle_connection_open): this association's data phase may be owned here."""
-    event.assoc.dul.owned = settings
-
-
-def run(assoc: Any, settings: Settings, connection: socket.socket, pending: bytes) -> None:
+def serve(settings: Settings, assoc: Any, connection: socket.socket, pending: bytes) -> None:
+    """The data phase of one association, from the A-ASSOCIATE-AC to its end (negotiation.py calls it)."""
     phase = DataPhase(assoc, settings, connection, pending)
     assoc.data_phase = phase
     started = time.monotonic()

@@ -1,8 +1,8 @@
 """Event handlers: access control, C-STORE validation and storage, association bookkeeping.
 
 No socket code here (see server.py). Dependencies arrive through the bind arguments. A received data set is
-never decoded in full: pynetdicom streams it to a spool file, we read just the header elements needed to
-validate and name it, and the file's bytes are stored exactly as received.
+never decoded in full: the receive loop (engine.py) streams it to a spool file, we read just the header elements
+needed to validate and name it, and the file's bytes are stored exactly as received.
 """
 
 from __future__ import annotations
@@ -91,7 +91,8 @@ _REJECT_METRIC_REASONS = {
 }
 
 
-def _peer(assoc: Any) -> dict[str, Any]:
+def peer(assoc: Any) -> dict[str, Any]:
+    """Who the association is with, for every log line about it."""
     requestor = assoc.requestor
     primitive = requestor.primitive
     return {
@@ -175,7 +176,7 @@ def _peer_allowed(address: str, peer_networks: Sequence[ipaddress.IPv4Network | 
 def _reject(assoc: Any, result_source_reason: tuple[int, int, int], reason: str) -> None:
     assoc.acse.send_reject(*result_source_reason)
     LOG.warning(
-        "association rejected", extra={"fields": {"event": "association-rejected", **_peer(assoc), "reason": reason}}
+        "association rejected", extra={"fields": {"event": "association-rejected", **peer(assoc), "reason": reason}}
     )
     assoc.kill()
 
@@ -191,7 +192,7 @@ def handle_rejected(event: Any, recorder: Recorder) -> None:
         extra={
             "fields": {
                 "event": "association-rejected",
-                **_peer(assoc),
+                **peer(assoc),
                 "reason": reason,
                 "result": primitive.result,
                 "source": primitive.result_source,
@@ -215,7 +216,7 @@ def handle_accepted(event: Any, recorder: Recorder) -> None:
     if declined:
         LOG.info(
             "presentation contexts declined",
-            extra={"fields": {"event": "contexts-declined", **_peer(event.assoc), "declined": declined}},
+            extra={"fields": {"event": "contexts-declined", **peer(event.assoc), "declined": declined}},
         )
 
 
@@ -265,7 +266,7 @@ def handle_store(event: Any, sessions: Sessions, recorder: Recorder) -> int:
             extra={
                 "fields": {
                     "event": "ahi-limited-support",
-                    **_peer(event.assoc),
+                    **peer(event.assoc),
                     "sopInstanceUID": str(request.AffectedSOPInstanceUID),
                     "content": limited,
                     "source": validation.DICOM_SUPPORT_PAGE,
@@ -369,22 +370,33 @@ def _fail(
     detail: str,
     fields: dict[str, Any] | None = None,
 ) -> int:
-    recorder.instance_failed(statuses.family(status))
     if sessions is not None:
         with contextlib.suppress(AssociationClosing):
             sessions.record_failure(sessions.get(event.assoc))
+    request = event.request
+    return refused_store(
+        event.assoc, recorder, status, detail, str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID),
+        **(fields or {}),
+    )  # fmt: skip
+
+
+def refused_store(
+    assoc: Any, recorder: Recorder, status: int, detail: str, sop_class: str, sop_instance: str, **fields: Any
+) -> int:
+    """Count and log a C-STORE answered with a failure status (one line for every reason); the status."""
+    recorder.instance_failed(statuses.family(status))
     LOG.warning(
         "C-STORE failed",
         extra={
             "fields": {
                 "event": "c-store-failed",
-                **_peer(event.assoc),
+                **peer(assoc),
                 "status": f"0x{status:04X}",
                 "reason": statuses.REASONS[status],
                 "detail": detail,
-                "sopInstanceUID": str(event.request.AffectedSOPInstanceUID),
-                "sopClassUID": str(event.request.AffectedSOPClassUID),
-                **(fields or {}),
+                "sopInstanceUID": sop_instance,
+                "sopClassUID": sop_class,
+                **fields,
             }
         },
     )

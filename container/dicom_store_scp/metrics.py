@@ -1,6 +1,6 @@
 """The SCP's metrics: cheap in-memory counters, written as CloudWatch EMF lines once per interval.
 
-Handlers, the guard, the batches and the S3 backend record events here as they happen (a lock and an addition;
+Handlers, the receive loop, the batches and the S3 backend record events here as they happen (a lock and an addition;
 no I/O). The housekeeping loop (server.py) calls :meth:`Recorder.flush` when an interval has passed and at
 shutdown: one EMF record per worker and interval (plus one per rejection reason and failure family seen), never
 one per instance. Names, units and dimensions are dicom_store_contract.metrics'.

@@ -6,13 +6,11 @@ No DICOM logic here (see handlers.py).
 from __future__ import annotations
 
 import contextlib
-import copy
+import functools
 import gc
 import logging
 import os
 import signal
-import socket
-import socketserver
 import ssl
 import tempfile
 import threading
@@ -24,12 +22,10 @@ from typing import Any
 from dicom_store_contract.manifest import EndReason
 from pydicom import config as pydicom_config
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
-from pynetdicom.presentation import PresentationContext
+from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from . import contexts, engine, guard, handlers, pynetdicom_threads
+from . import contexts, engine, handlers, negotiation, protocol
 from .batches import Sessions
 from .budget import SharedAssociationBudget
 from .commitment import build_commitments, commitment_offered, handle_n_action
@@ -42,9 +38,6 @@ from .transfer_syntaxes import AHI_IMPORTABLE
 
 LOG = logging.getLogger("dicom_store_scp.server")
 
-# pynetdicom streams each received data set to a spool file instead of holding it in memory: memory then
-# depends on MAXIMUM_PDU_SIZE and the association limit, not on what senders send.
-_config.STORE_RECV_CHUNKED_DATASET = True
 # pydicom checks every element value it reads or writes against its VR with regular expressions: a large share
 # of the per-instance CPU. We store data sets unchanged and check the few UIDs we use ourselves (handlers.py).
 pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
@@ -52,99 +45,6 @@ pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
 
 _HOUSEKEEPING_SECONDS = 0.25
 _SPOOL_STALE_SECONDS = 3600
-
-
-def _copy_context(context: PresentationContext) -> PresentationContext:
-    # What negotiation may change on a context is its own attributes and its transfer syntax list.
-    duplicate = copy.copy(context)
-    duplicate._transfer_syntax = list(context._transfer_syntax)
-    return duplicate
-
-
-class QuickRequestHandler(RequestHandler):
-    """pynetdicom's request handler, without a deep copy of every supported context per association.
-
-    pynetdicom deep-copies the supported contexts (here 170 storage classes x 27 transfer syntaxes) for every new
-    association: about 30 ms of CPU each, which caps a burst of connecting modalities at a few dozen associations
-    a second. A copy of each context and its transfer syntax list isolates associations just as well.
-    """
-
-    # pynetdicom reads server.contexts only here; hiding them while it builds the association skips its deep copy.
-    # Connections are handled on many threads at once, so the swap is serialised.
-    _swap = threading.Lock()
-
-    def _create_association(self) -> Any:
-        with self._swap:
-            shared = self.server.contexts
-            self.server.contexts = []
-            try:
-                assoc = super()._create_association()
-            finally:
-                self.server.contexts = shared
-        assoc.acceptor.supported_contexts = [_copy_context(context) for context in shared]
-        return assoc
-
-
-class ReceiverServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server, with the TLS handshake moved off the accepting thread.
-
-    pynetdicom wraps accepted sockets in TLS inside ``get_request``, on the one thread that accepts every
-    connection: a peer that connects and never finishes its handshake would stall everyone. Here the handshake
-    runs in the connection's own thread with a deadline.
-    """
-
-    # Hundreds of modalities may connect at once after an outage; the kernel queues them meanwhile.
-    request_queue_size = 1024
-    # Several receiving processes may listen on one port; the kernel spreads connections between them.
-    reuse_port = False
-    daemon_threads = True
-    tls_context: ssl.SSLContext | None = None
-    handshake_timeout: float = 30.0
-
-    def service_actions(self) -> None:
-        # pynetdicom runs a full gc.collect() every 60 connections from here: with hundreds of associations alive
-        # that is a pause of hundreds of milliseconds on the accepting thread. Python's own generational collector
-        # frees the same cycles incrementally.
-        pass
-
-    def server_bind(self) -> None:
-        if self.reuse_port:
-            assert self.socket is not None
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        assert self.socket is not None
-        client, address = self.socket.accept()
-        # C-STORE responses are small writes that must not wait behind Nagle's algorithm.
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return client, address
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        if self.tls_context is not None:
-            try:
-                request.settimeout(self.handshake_timeout)
-                request = self.tls_context.wrap_socket(request, server_side=True)
-                request.settimeout(None)
-            except (OSError, ValueError) as error:
-                # Load-balancer health checks (connect, then close) end up here too: not a warning.
-                LOG.info(
-                    "TLS handshake failed",
-                    extra={
-                        "fields": {
-                            "event": "tls-handshake-failed",
-                            "peer": f"{client_address[0]}:{client_address[1]}",
-                            "error": str(error),
-                        }
-                    },
-                )
-                self.shutdown_request(request)
-                return
-        super().process_request_thread(request, client_address)
-
-
-class SharedPortServer(ReceiverServer):
-    reuse_port = True
 
 
 def build_storage(config: Config, recorder: Recorder | None = None) -> Storage:
@@ -176,7 +76,7 @@ def build_ae(config: Config) -> AE:
     ae.acse_timeout = config.acse_timeout
     ae.dimse_timeout = config.dimse_timeout
     ae.network_timeout = config.network_timeout
-    ae.maximum_pdu_size = guard.receive_pdu_size(config.maximum_pdu_size)
+    ae.maximum_pdu_size = protocol.receive_pdu_size(config.maximum_pdu_size)
     ae.require_called_aet = config.require_called_ae_title
     ae.require_calling_aet = list(config.require_calling_ae_titles)
 
@@ -189,24 +89,30 @@ def build_ae(config: Config) -> AE:
     return ae
 
 
-def event_handlers(config: Config, sessions: Sessions, over_budget: Callable[[], bool] | None = None) -> list[Any]:
+def event_handlers(
+    config: Config,
+    sessions: Sessions,
+    over_budget: Callable[[], bool] | None = None,
+    commitments: Commitments | None = None,
+) -> list[Any]:
+    """pynetdicom's events during negotiation, and the hand-over of each established association to engine.py."""
     recorder = sessions.recorder  # the receiving process's metrics
-    # Event-driven waiting in pynetdicom's threads and the receive path's bounds (guard.py, built on those threads),
-    # unless this pynetdicom is not the one they were written for.
-    threads: list[Any] = (
-        [(evt.EVT_CONN_OPEN, guard.handle_connection_open, [recorder, config.maximum_instance_bytes])]
-        if pynetdicom_threads.supported()
-        else []
+    data_phase = engine.Settings(
+        sessions,
+        recorder,
+        config.maximum_instance_bytes,
+        config.network_timeout,
+        commitment_sop_class=STORAGE_COMMITMENT_PUSH_MODEL if commitments else "",
+        n_action=functools.partial(handle_n_action, commitments=commitments, sessions=sessions)
+        if commitments
+        else None,
     )
-    # Once negotiated, storage and verification associations are served by engine.py (built on guard.py).
-    if threads and config.receive_engine == "owned":
-        settings = engine.Settings(sessions, recorder, config.maximum_instance_bytes, config.network_timeout)
-        threads.append((evt.EVT_CONN_OPEN, engine.handle_connection_open, [settings]))
-    # Storage SOP classes pynetdicom does not list (private, retired, newer) are served by GuardedAssociation.
-    every_storage_class = not config.supported_sop_class_uids and pynetdicom_threads.supported()
-    unlisted = [(evt.EVT_REQUESTED, contexts.add_proposed_storage_contexts)] if every_storage_class else []
+    # Once the A-ASSOCIATE-AC is sent, the association's data phase is engine.serve's, in the association's thread.
+    hand_over = functools.partial(engine.serve, data_phase)
+    # Storage SOP classes pynetdicom does not list (private, retired, newer) are negotiated too (contexts.py).
+    unlisted = [] if config.supported_sop_class_uids else [(evt.EVT_REQUESTED, contexts.add_proposed_storage_contexts)]
     return [
-        *threads,
+        (evt.EVT_CONN_OPEN, negotiation.handle_connection_open, [recorder, hand_over]),
         (evt.EVT_CONN_OPEN, handlers.handle_connection_open),
         (evt.EVT_CONN_CLOSE, handlers.handle_connection_closed),
         (evt.EVT_REQUESTED, handlers.handle_requested, [config.peer_cidrs, over_budget, recorder]),
@@ -214,15 +120,9 @@ def event_handlers(config: Config, sessions: Sessions, over_budget: Callable[[],
         (evt.EVT_REJECTED, handlers.handle_rejected, [recorder]),
         (evt.EVT_ACCEPTED, handlers.handle_accepted, [recorder]),
         (evt.EVT_ESTABLISHED, handlers.handle_established, [sessions]),
-        (evt.EVT_C_STORE, handlers.handle_store, [sessions, recorder]),
         (evt.EVT_RELEASED, handlers.handle_released, [sessions]),
         (evt.EVT_ABORTED, handlers.handle_aborted, [sessions]),
     ]
-
-
-def commitment_handlers(commitments: Commitments | None, sessions: Sessions) -> list[Any]:
-    """Storage commitment's N-ACTION, where the SCP offers it (the commitment package)."""
-    return [(evt.EVT_N_ACTION, handle_n_action, [commitments, sessions])] if commitments else []
 
 
 class Receiver:
@@ -245,14 +145,16 @@ class Receiver:
         self.ae = build_ae(config)
         self.budget = budget
         self.commitments = build_commitments(config) if commitment_offered(config) else None
-        self.server = self.ae.make_server(
+        server = self.ae.make_server(
             (config.bind_address, config.port),
-            evt_handlers=event_handlers(config, self.sessions, self._budget_exceeded if budget else None)
-            + commitment_handlers(self.commitments, self.sessions),
-            server_class=SharedPortServer if reuse_port else ReceiverServer,
-            request_handler=QuickRequestHandler,
+            evt_handlers=event_handlers(
+                config, self.sessions, self._budget_exceeded if budget else None, self.commitments
+            ),
+            server_class=negotiation.SharedPortServer if reuse_port else negotiation.ReceiverServer,
+            request_handler=negotiation.QuickRequestHandler,
         )
-        assert isinstance(self.server, ReceiverServer)
+        assert isinstance(server, negotiation.ReceiverServer)
+        self.server = server
         self.server.tls_context = build_tls_context(config)
         self.server.handshake_timeout = config.acse_timeout
         self._stopping = threading.Event()
@@ -313,8 +215,7 @@ class Receiver:
 
     def shutdown(self) -> None:
         """Stop accepting, let running associations finish for the grace period, seal every batch."""
-        socketserver.BaseServer.shutdown(self.server)
-        self.server.server_close()
+        self.server.stop()
         deadline = time.monotonic() + self.config.shutdown_grace_seconds
         LOG.info(
             "shutting down",
@@ -349,7 +250,7 @@ class Receiver:
         return total
 
     def _clean_spool(self) -> None:
-        """Remove spool files of transfers that were cut off mid-data-set (pynetdicom leaves them behind).
+        """Remove spool files a process left behind (one that was killed while receiving: its files keep their names).
 
         A file still being received is written to at least every network timeout; one being stored (hashed,
         uploaded) is not written to, and a multi-gigabyte upload can take minutes: hence the generous margin.

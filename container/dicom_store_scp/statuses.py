@@ -45,6 +45,9 @@ BAD_STORE_REQUEST = 0xC011
 # Error, cannot understand: the data set is larger than AHI imports in one file (MAXIMUM_INSTANCE_BYTES, at most
 # limits.BYTES_PER_FILE); refused once that many bytes arrived, the rest read and dropped, nothing stored.
 INSTANCE_TOO_LARGE = 0xC012
+# Error, cannot understand: the C-STORE handler raised an unforeseen exception (the code pynetdicom used for a
+# handler's exception); nothing is stored. Not expected: the fuzzer fails on it.
+HANDLER_FAILED = 0xC211
 
 # What each failure status means, for logs and the conformance statement.
 REASONS = {
@@ -63,6 +66,7 @@ REASONS = {
     INSTANCE_TOO_LARGE: "instance larger than AWS HealthImaging imports; nothing was stored",
     BAD_REQUEST_SOP_INSTANCE_UID: "request's Affected SOP Instance UID missing or not one valid UID",
     BAD_STORE_REQUEST: "request's Affected SOP Class UID or Priority missing or invalid",
+    HANDLER_FAILED: "unexpected failure in the SCP; nothing was stored",
 }
 
 

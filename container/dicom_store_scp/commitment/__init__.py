@@ -11,7 +11,7 @@ The SCP offers the SOP class in local mode (no ``DICOM_BUCKET``: stored is final
 
 A request flows through the modules in this order:
 
-- this module: the wiring. ``handle_n_action`` (server.py binds it to EVT_N_ACTION) seals the association's open
+- this module: the wiring. ``handle_n_action`` (engine.py calls it, bound by server.py) seals the association's open
   batch and hands the request to ``Commitments``; ``build_commitments`` builds it for local mode or the stack.
 - ``model``: the SOP class, statuses and Failure Reasons, ``parse_request``, the recorded ``Transaction``, an
   evaluation's ``Outcome``, and the report's Event Information. No I/O.
@@ -20,7 +20,7 @@ A request flows through the modules in this order:
   ``Outcomes`` protocols it is built on.
 - ``local``: those protocols over the local store (JSON files, advisory locks, stored files).
 - ``dynamo``: those protocols in the stack (the commitment table with a lease per transaction, the instance table).
-- ``sender``: ``ReportSender``, the N-EVENT-REPORT over pynetdicom.
+- ``sender``: ``ReportSender``, the N-EVENT-REPORT on the requesting association or a new one.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydicom.dataset import Dataset
+from dicom_store_contract.manifest import EndReason
 
 from .dynamo import DynamoOutcomes, DynamoTransactions
 from .local import LocalOutcomes, LocalTransactions
@@ -64,25 +64,21 @@ def build_commitments(config: Any) -> Commitments:
     return Commitments(LocalTransactions(root), LocalOutcomes(root), sender, config.commitment_report_timeout)
 
 
-def handle_n_action(event: Any, commitments: Commitments, sessions: Any) -> tuple[int, Dataset | None]:
-    """EVT_N_ACTION: a storage commitment request is recorded and answered at once; the report follows.
+def handle_n_action(request: Any, commitments: Commitments, sessions: Any) -> int:
+    """An N-ACTION-RQ (engine.NActionRequest): recorded and answered at once (the status); the report follows.
 
     The association's open batch is sealed first: its instances are imported (in the stack) without waiting for
     the association to end, so a requester waiting on its association for the report gets it.
     """
-    if event.action_type != REQUEST_STORAGE_COMMITMENT:
+    if request.action_type != REQUEST_STORAGE_COMMITMENT:
         LOG.warning(
             "N-ACTION refused",
-            extra={"fields": {"event": "commitment-refused", "actionType": event.action_type,
+            extra={"fields": {"event": "commitment-refused", "actionType": request.action_type,
                               "status": f"0x{NO_SUCH_ACTION:04X}"}},
         )  # fmt: skip
-        return NO_SUCH_ACTION, None
-    try:
-        information = event.action_information
-    except Exception as error:  # pynetdicom raises when the Action Information cannot be decoded
-        LOG.warning("N-ACTION refused", extra={"fields": {"event": "commitment-refused", "reason": str(error)}})
-        return INVALID_ARGUMENT_VALUE, None
-    from dicom_store_contract.manifest import EndReason
-
-    sessions.seal(event.assoc, EndReason.COMMITMENT)
-    return commitments.request(event.assoc, information), None
+        return NO_SUCH_ACTION
+    if request.information is None:
+        LOG.warning("N-ACTION refused", extra={"fields": {"event": "commitment-refused", "reason": request.problem}})
+        return INVALID_ARGUMENT_VALUE
+    sessions.seal(request.assoc, EndReason.COMMITMENT)
+    return commitments.request(request.assoc, request.information, request.channel)

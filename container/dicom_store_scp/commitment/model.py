@@ -62,7 +62,7 @@ FAILURE_REASONS = {
     DUPLICATE_TRANSACTION_UID: "duplicate transaction UID: the Transaction UID is already in use",
 }
 
-# References in one request: 2 MiB of Action Information (guard.py's cap on the data set) holds about 17,000.
+# References in one request: 2 MiB of Action Information (protocol.SMALL_DATA_SET_LIMIT) holds about 17,000.
 REFERENCES_LIMIT = 20_000
 # How long a transaction's record is kept once reported or given up (a requester asking again within this time
 # with the same Transaction UID and instances gets the report again).

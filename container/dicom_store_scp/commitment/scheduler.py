@@ -148,7 +148,7 @@ class Commitments:
 
     # requests (association threads)
 
-    def request(self, assoc: Any, action_information: Dataset) -> int:
+    def request(self, assoc: Any, action_information: Dataset, channel: Any = None) -> int:
         """Record an N-ACTION's request; the status to answer it with. Never waits for anything but the disk."""
         requestor = assoc.requestor
         primitive = requestor.primitive
@@ -191,7 +191,8 @@ class Commitments:
             )
             return RESOURCE_LIMITATION
         if record_id is not None:
-            self._associations[record_id] = assoc
+            if channel is not None:
+                self._associations[record_id] = channel
             self._schedule(record_id, 0.0)
         return SUCCESS
 

@@ -1,4 +1,5 @@
-"""Delivery over DIMSE: ``ReportSender`` sends a transaction's N-EVENT-REPORT with pynetdicom."""
+"""Delivery over DIMSE: ``ReportSender`` sends a transaction's N-EVENT-REPORT on the requesting association (through its
+receive loop, engine.py) or, once that has ended, on a new association (pynetdicom as the association requester)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ from .model import (
 )
 from .scheduler import DeliveryError
 
-# How long a report on the requesting association waits for its answer. The association's reactor is paused
-# meanwhile (pynetdicom's send_n_event_report), so a requester that is releasing instead of answering waits too:
-# after this the report goes on a new association.
+# How long a report on the requesting association waits for its answer. The association goes on meanwhile (requests
+# that cross the report are served); a release requested meanwhile is answered once the report is answered or this
+# wait is over. After it, the report goes on a new association.
 SAME_ASSOCIATION_WAIT_SECONDS = 10.0
 
 
@@ -45,24 +46,22 @@ class ReportSender:
         self.dimse_timeout = dimse_timeout
         self.network_timeout = network_timeout
 
-    def __call__(self, transaction: Transaction, assoc: Any) -> str:
+    def __call__(self, transaction: Transaction, channel: Any) -> str:
+        """``channel``: the requesting association's data phase (engine.DataPhase) while this process serves it."""
         event_type, information = event_information(transaction)
-        if assoc is not None and assoc.is_established and not assoc.acse.is_release_requested():
-            configured = assoc.dimse_timeout
-            assoc.dimse_timeout = min(configured or SAME_ASSOCIATION_WAIT_SECONDS, SAME_ASSOCIATION_WAIT_SECONDS)
-            try:
-                self._send(assoc, event_type, information)
+        if channel is not None:
+            status, problem = channel.send_event_report(
+                event_type, information, STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE, SAME_ASSOCIATION_WAIT_SECONDS
+            )
+            if status == SUCCESS:
                 return "same-association"
-            except DeliveryError as error:
-                _log(
-                    logging.INFO,
-                    "storage commitment report not taken on its association",
-                    transaction,
-                    event="commitment-same-association-failed",
-                    error=str(error),
-                )
-            finally:
-                assoc.dimse_timeout = configured
+            _log(
+                logging.INFO,
+                "storage commitment report not taken on its association",
+                transaction,
+                event="commitment-same-association-failed",
+                error=problem or f"N-EVENT-REPORT-RSP status 0x{status:04X}",
+            )
         address = self.peers.get(transaction.calling_ae)
         if address is None:
             raise DeliveryError(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dicom_store_contract import limits
+from dicom_store_contract import limits, uids
 from troposphere import Parameter, Template
 
 NETWORK = "Network"
@@ -28,7 +28,8 @@ _OCTET = r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 CIDR_PATTERN = rf"^({_OCTET}\.){{3}}{_OCTET}/(3[0-2]|[12]?\d)$"
 OPTIONAL_CIDR_PATTERN = rf"^(({_OCTET}\.){{3}}{_OCTET}/(3[0-2]|[12]?\d))?$"
 ACM_CERTIFICATE_PATTERN = r"^(arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[A-Za-z0-9-]+)?$"
-UID_LIST_PATTERN = r"^([0-9]+(\.[0-9]+)*(,[0-9]+(\.[0-9]+)*)*)?$"
+# Empty, or a comma list of UIDs: the form only; the SCP checks each one whole when it starts (config.py).
+UID_LIST_PATTERN = rf"^({uids.UID_FORM}(,{uids.UID_FORM})*)?$"
 
 FARGATE_CPU_MEMORY: dict[str, tuple[int, ...]] = {
     # Fargate's valid task size pairs (CPU units -> memory MiB), Linux platform.

@@ -58,6 +58,10 @@ TASK_SECURITY_GROUP = "ScpTaskSecurityGroup"
 TARGET_GROUP = "ScpTargetGroup"
 CLUSTER = "ScpCluster"
 SERVICE = "ScpService"
+SCP_LOG_GROUP = "ScpLogGroup"
+TASK_ROLE = "ScpTaskRole"
+SCALABLE_TARGET = "ScpScalableTarget"
+DEAD_LETTER_QUEUE = "ImportEventDeadLetterQueue"
 
 # Kept on stack deletion and replacement: medical images, the record of what was imported, audit logs.
 RETAIN = {"DeletionPolicy": "Retain", "UpdateReplacePolicy": "Retain"}

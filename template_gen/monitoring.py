@@ -21,8 +21,6 @@ from template_gen import common as c
 from template_gen.pipeline import FUNCTIONS, powertools_service
 
 DASHBOARD = "ScpDashboard"
-DEAD_LETTER_QUEUE = "ImportEventDeadLetterQueue"
-SCP_LOG_GROUP = "ScpLogGroup"
 
 # The SCP's log lines a person reads first when ingest goes wrong (their "event" field, see handlers.py, guard.py).
 PROBLEM_EVENTS = ("c-store-failed", "association-rejected", "protocol-abort", "manifest-failed", "start-failed")
@@ -33,10 +31,10 @@ _SUB_VALUES: dict[str, object] = {
     "ServiceName": GetAtt(c.SERVICE, "Name"),
     "LoadBalancer": GetAtt(c.LOAD_BALANCER, "LoadBalancerFullName"),
     "TargetGroup": GetAtt(c.TARGET_GROUP, "TargetGroupFullName"),
-    "DeadLetterQueue": GetAtt(DEAD_LETTER_QUEUE, "QueueName"),
+    "DeadLetterQueue": GetAtt(c.DEAD_LETTER_QUEUE, "QueueName"),
     "StateMachine": Ref(c.STATE_MACHINE),
-    "ScpLogGroup": Ref(SCP_LOG_GROUP),
-    **{f"{fn.name}Function": Ref(f"{fn.name}Function") for fn in FUNCTIONS},
+    "ScpLogGroup": Ref(c.SCP_LOG_GROUP),
+    **{fn.logical_id: Ref(fn.logical_id) for fn in FUNCTIONS},
 }
 _STACK = "${AWS::StackName}"
 
@@ -423,7 +421,6 @@ def _add_alarm(template: Template, alarm: Alarm) -> None:
 
 # -- scaling on associations ---------------------------------------------------------------------------------------
 
-SCALABLE_TARGET = "ScpScalableTarget"  # template_gen/service.py, with the CPU target tracking policy
 # Per-task associations as a share of MaximumAssociations that autoscaling keeps tasks at, %.
 ASSOCIATION_TARGET_PERCENT = 50.0
 
@@ -454,7 +451,7 @@ def association_scaling_policy() -> aas.ScalingPolicy:
         "ScpAssociationScalingPolicy",
         PolicyName=Sub("${AWS::StackName}-scp-associations"),
         PolicyType="TargetTrackingScaling",
-        ScalingTargetId=Ref(SCALABLE_TARGET),
+        ScalingTargetId=Ref(c.SCALABLE_TARGET),
         TargetTrackingScalingPolicyConfiguration=aas.TargetTrackingScalingPolicyConfiguration(
             TargetValue=ASSOCIATION_TARGET_PERCENT,
             ScaleInCooldown=60,

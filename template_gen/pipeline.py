@@ -311,7 +311,6 @@ def _states_trust() -> PolicyDocument:
 _XRAY = Statement(Effect=Allow, Action=[xray.PutTraceSegments, xray.PutTelemetryRecords], Resource=["*"])
 
 
-DEAD_LETTER_QUEUE = "ImportEventDeadLetterQueue"
 WORKFLOW_LOG_GROUP = "ImportWorkflowLogGroup"
 WORKFLOW_ROLE = "ImportWorkflowRole"
 SWEEPER_SCHEDULE = "SweeperSchedule"
@@ -398,7 +397,7 @@ def job_event_permission(fn: Function) -> lambda_.Permission:
 
 def dead_letter_queue() -> sqs_.Queue:
     return sqs_.Queue(
-        DEAD_LETTER_QUEUE,
+        c.DEAD_LETTER_QUEUE,
         # Its messages name the batches whose import never started: kept like the tables.
         **c.RETAIN,
         MessageRetentionPeriod=1209600,  # 14 days, SQS's maximum: time to re-drive failed manifests
@@ -410,7 +409,7 @@ def dead_letter_queue() -> sqs_.Queue:
 def dead_letter_queue_policy() -> sqs_.QueuePolicy:
     return sqs_.QueuePolicy(
         "ImportEventDeadLetterQueuePolicy",
-        Queues=[Ref(DEAD_LETTER_QUEUE)],
+        Queues=[Ref(c.DEAD_LETTER_QUEUE)],
         PolicyDocument=PolicyDocument(
             Version="2012-10-17",
             Statement=[
@@ -419,7 +418,7 @@ def dead_letter_queue_policy() -> sqs_.QueuePolicy:
                     Effect=Deny,
                     Principal=Principal("*"),
                     Action=[Action("sqs", "*")],
-                    Resource=[GetAtt(DEAD_LETTER_QUEUE, "Arn")],
+                    Resource=[GetAtt(c.DEAD_LETTER_QUEUE, "Arn")],
                     Condition=Condition(Bool("aws:SecureTransport", "false")),
                 )
             ],
@@ -440,7 +439,7 @@ def function_role(fn: Function) -> iam.Role:
     ]
     if fn.invoked_async:
         statements.append(
-            Statement(Effect=Allow, Action=[sqs.SendMessage], Resource=[GetAtt(DEAD_LETTER_QUEUE, "Arn")])
+            Statement(Effect=Allow, Action=[sqs.SendMessage], Resource=[GetAtt(c.DEAD_LETTER_QUEUE, "Arn")])
         )
     return iam.Role(
         f"{fn.name}Role",
@@ -489,7 +488,7 @@ def lambda_function(fn: Function, env: dict[str, object]) -> lambda_.Function:
         TracingConfig=lambda_.TracingConfig(Mode="Active"),
         ReservedConcurrentExecutions=(NoValue if fn.reserved_concurrency is None else fn.reserved_concurrency),
         DeadLetterConfig=(
-            lambda_.DeadLetterConfig(TargetArn=GetAtt(DEAD_LETTER_QUEUE, "Arn")) if fn.invoked_async else NoValue
+            lambda_.DeadLetterConfig(TargetArn=GetAtt(c.DEAD_LETTER_QUEUE, "Arn")) if fn.invoked_async else NoValue
         ),
     )
 

@@ -73,11 +73,8 @@ def image_repository_arn() -> Sub:
     )
 
 
-LOG_GROUP = "ScpLogGroup"
 EXECUTION_ROLE = "ScpExecutionRole"
-TASK_ROLE = "ScpTaskRole"
 TASK_DEFINITION = "ScpTaskDefinition"
-SCALABLE_TARGET = "ScpScalableTarget"
 
 
 def add_service(template: Template) -> None:
@@ -85,7 +82,7 @@ def add_service(template: Template) -> None:
         task_security_group(),
         task_ingress_from_load_balancer(),
         cluster(),
-        c.log_group(LOG_GROUP),
+        c.log_group(c.SCP_LOG_GROUP),
         execution_role(),
         task_role(),
         task_definition(),
@@ -157,7 +154,7 @@ def execution_role() -> iam.Role:
                         Statement(
                             Effect=Allow,
                             Action=[logs.CreateLogStream, logs.PutLogEvents],
-                            Resource=[GetAtt(LOG_GROUP, "Arn")],
+                            Resource=[GetAtt(c.SCP_LOG_GROUP, "Arn")],
                         ),
                     ],
                 ),
@@ -168,7 +165,7 @@ def execution_role() -> iam.Role:
 
 def task_role() -> iam.Role:
     return iam.Role(
-        TASK_ROLE,
+        c.TASK_ROLE,
         AssumeRolePolicyDocument=ecs_tasks_trust(),
         Policies=[
             iam.Policy(
@@ -216,7 +213,7 @@ def container_definition() -> ecs.ContainerDefinition:
         LogConfiguration=ecs.LogConfiguration(
             LogDriver="awslogs",
             Options={
-                "awslogs-group": Ref(LOG_GROUP),
+                "awslogs-group": Ref(c.SCP_LOG_GROUP),
                 "awslogs-region": Ref("AWS::Region"),
                 "awslogs-stream-prefix": CONTAINER_NAME,
                 # A throttled log stream must not stall the DICOM receive path.
@@ -237,7 +234,7 @@ def task_definition() -> ecs.TaskDefinition:
         EphemeralStorage=ecs.EphemeralStorage(SizeInGiB=Ref("TaskEphemeralStorageGiB")),
         RuntimePlatform=ecs.RuntimePlatform(OperatingSystemFamily="LINUX", CpuArchitecture="X86_64"),
         ExecutionRoleArn=GetAtt(EXECUTION_ROLE, "Arn"),
-        TaskRoleArn=GetAtt(TASK_ROLE, "Arn"),
+        TaskRoleArn=GetAtt(c.TASK_ROLE, "Arn"),
         Volumes=[ecs.Volume(Name=SCRATCH_VOLUME)],
         ContainerDefinitions=[container_definition()],
     )
@@ -284,7 +281,7 @@ def service() -> ecs.Service:
 
 def scalable_target() -> aas.ScalableTarget:
     return aas.ScalableTarget(
-        SCALABLE_TARGET,
+        c.SCALABLE_TARGET,
         ServiceNamespace="ecs",
         ScalableDimension="ecs:service:DesiredCount",
         ResourceId=Sub("service/${Cluster}/${Service}", Cluster=Ref(c.CLUSTER), Service=GetAtt(c.SERVICE, "Name")),
@@ -298,7 +295,7 @@ def cpu_scaling_policy() -> aas.ScalingPolicy:
         "ScpCpuScalingPolicy",
         PolicyName=Sub("${AWS::StackName}-scp-cpu"),
         PolicyType="TargetTrackingScaling",
-        ScalingTargetId=Ref(SCALABLE_TARGET),
+        ScalingTargetId=Ref(c.SCALABLE_TARGET),
         TargetTrackingScalingPolicyConfiguration=aas.TargetTrackingScalingPolicyConfiguration(
             TargetValue=50.0,
             ScaleInCooldown=60,

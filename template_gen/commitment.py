@@ -12,6 +12,7 @@ from dicom_store_contract import tables
 from troposphere import GetAtt, Output, Ref, Sub, Template, dynamodb, iam
 
 from template_gen import common as c
+from template_gen import parameters as p
 from template_gen.storage import _table
 
 COMMITMENT_TABLE = "CommitmentTable"
@@ -38,7 +39,7 @@ def container_environment() -> dict[str, object]:
     return {
         "INSTANCE_TABLE_NAME": Ref(c.INSTANCE_TABLE),
         "COMMITMENT_TABLE_NAME": Ref(COMMITMENT_TABLE),
-        "COMMITMENT_PEERS": Ref("CommitmentPeers"),
+        "COMMITMENT_PEERS": Ref(p.COMMITMENT_PEERS),
     }
 
 

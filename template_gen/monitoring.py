@@ -18,6 +18,7 @@ from troposphere import GetAtt, If, NoValue, Ref, Sub, Template, cloudwatch
 from troposphere import applicationautoscaling as aas
 
 from template_gen import common as c
+from template_gen import parameters as p
 from template_gen.pipeline import FUNCTIONS, powertools_service
 
 DASHBOARD = "ScpDashboard"
@@ -33,7 +34,7 @@ _SUB_VALUES: dict[str, object] = {
     "TargetGroup": GetAtt(c.TARGET_GROUP, "TargetGroupFullName"),
     "DeadLetterQueue": GetAtt(c.DEAD_LETTER_QUEUE, "QueueName"),
     "StateMachine": Ref(c.STATE_MACHINE),
-    "ScpLogGroup": Ref(c.SCP_LOG_GROUP),
+    c.SCP_LOG_GROUP: Ref(c.SCP_LOG_GROUP),
     **{fn.logical_id: Ref(fn.logical_id) for fn in FUNCTIONS},
 }
 _STACK = "${AWS::StackName}"
@@ -262,7 +263,7 @@ def dashboard_body() -> dict[str, Any]:
                 "title": "SCP: latest failures, rejections and aborts (log lines)",
                 "region": "${AWS::Region}",
                 "view": "table",
-                "query": "SOURCE '${ScpLogGroup}'"
+                "query": f"SOURCE '${{{c.SCP_LOG_GROUP}}}'"
                 " | fields @timestamp, event, peer, callingAE, reason, status, detail"
                 f" | filter event in {json.dumps(list(PROBLEM_EVENTS))}"
                 " | sort @timestamp desc | limit 50",
@@ -399,7 +400,7 @@ def _resolve(value: str) -> object:
 
 
 def _add_alarm(template: Template, alarm: Alarm) -> None:
-    actions = If(c.HAS_ALARM_TOPIC, [Ref("AlarmTopicARN")], NoValue)
+    actions = If(c.HAS_ALARM_TOPIC, [Ref(p.ALARM_TOPIC_ARN)], NoValue)
     template.add_resource(
         cloudwatch.Alarm(
             alarm.logical_id,
@@ -470,7 +471,7 @@ def association_scaling_policy() -> aas.ScalingPolicy:
                     aas.TargetTrackingMetricDataQuery(
                         Id="share",
                         Label="open associations per task, % of MaximumAssociations",
-                        Expression=Sub("100 * associations / tasks / ${MaximumAssociations}"),
+                        Expression=Sub("100 * associations / tasks / " + p.in_sub(p.MAXIMUM_ASSOCIATIONS)),
                         ReturnData=True,
                     ),
                 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from dicom_store_contract import limits, uids
@@ -40,3 +41,10 @@ def test_the_templates_uid_list_is_built_from_the_form():
     assert allowed.fullmatch("1.2.840.10008.5.1.4.1.1.2,1.2.3")
     assert not allowed.fullmatch("1.2.3,")
     assert not allowed.fullmatch("1..2")
+
+
+def test_docs_state_the_form_and_the_length():
+    text = (Path(__file__).resolve().parents[2] / "docs" / "contracts.md").read_text(encoding="utf-8")
+    section = text.split("## DICOM UIDs", 1)[1].split("\n## ", 1)[0]
+    assert f"`{uids.UID_FORM}`" in section
+    assert f"1 to {uids.MAX_LENGTH} characters" in section

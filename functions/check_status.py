@@ -12,6 +12,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
 from dicom_store_contract import job_events
 from dicom_store_contract.manifest import Manifest
+from dicom_store_contract.metrics import NAMESPACE
 
 from functions.contract import read_manifest, split_s3_uri
 from functions.healthimaging import (
@@ -25,7 +26,7 @@ from functions.settings import Settings, client, settings
 from functions.tracking import InstanceState, JobStatus, Tracking, tracking
 
 logger = Logger()
-metrics = Metrics(namespace="DicomStoreScp")
+metrics = Metrics(namespace=NAMESPACE)
 
 
 def _object_key(input_file: str) -> str:

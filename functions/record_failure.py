@@ -7,13 +7,14 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from dicom_store_contract.metrics import NAMESPACE
 
 from functions.contract import read_manifest
 from functions.settings import Settings, client, settings
 from functions.tracking import InstanceState, JobStatus, Tracking, tracking
 
 logger = Logger()
-metrics = Metrics(namespace="DicomStoreScp")
+metrics = Metrics(namespace=NAMESPACE)
 
 # The Error name the state machine gives the polling bound (a Pass state fills $.error with it).
 POLLING_BOUND = "PollingBoundReached"

@@ -7,6 +7,7 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from dicom_store_contract.metrics import NAMESPACE
 
 from functions.contract import read_manifest, s3_uri
 from functions.healthimaging import ImportJobs, import_jobs
@@ -14,7 +15,7 @@ from functions.settings import Settings, client, settings
 from functions.tracking import InstanceState, Tracking, tracking
 
 logger = Logger()
-metrics = Metrics(namespace="DicomStoreScp")
+metrics = Metrics(namespace=NAMESPACE)
 
 
 def client_token(batch_id: str) -> str:

@@ -17,12 +17,13 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
 from dicom_store_contract import layout
 from dicom_store_contract.manifest import EndReason, Instance, Manifest
+from dicom_store_contract.metrics import NAMESPACE
 
 from functions.contract import list_objects
 from functions.settings import Settings, client, settings
 
 logger = Logger()
-metrics = Metrics(namespace="DicomStoreScp")
+metrics = Metrics(namespace=NAMESPACE)
 
 # The UIDs sit near the start of a dataset; read a little, and more only when that was not enough.
 HEADER_READS = (64 * 1024, 1024 * 1024)

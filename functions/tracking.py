@@ -15,6 +15,7 @@ from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
+from dicom_store_contract import tables
 from dicom_store_contract.manifest import Manifest
 
 from functions.settings import client, settings
@@ -114,12 +115,12 @@ class Tracking:
         recorded = 0
         for instance in manifest.instances:
             item = {
-                "sopInstanceUID": instance.sop_instance_uid,
-                "studyInstanceUID": instance.study_instance_uid,
-                "seriesInstanceUID": instance.series_instance_uid,
+                tables.SOP_INSTANCE_UID: instance.sop_instance_uid,
+                tables.STUDY_INSTANCE_UID: instance.study_instance_uid,
+                tables.SERIES_INSTANCE_UID: instance.series_instance_uid,
                 "sopClassUID": instance.sop_class_uid,
                 "state": InstanceState.RECEIVED,
-                "batchId": manifest.batch_id,
+                tables.BATCH_ID: manifest.batch_id,
                 "s3Key": instance.key,
                 "updatedAt": now,
             }
@@ -127,7 +128,9 @@ class Tracking:
                 self.dynamodb.put_item(
                     TableName=self.instance_table,
                     Item=to_item(item),
-                    ConditionExpression="attribute_not_exists(sopInstanceUID) OR batchId <> :batch",
+                    ConditionExpression=(
+                        f"attribute_not_exists({tables.SOP_INSTANCE_UID}) OR {tables.BATCH_ID} <> :batch"
+                    ),
                     ExpressionAttributeValues={":batch": to_attribute(manifest.batch_id)},
                 )
                 recorded += 1
@@ -151,7 +154,7 @@ class Tracking:
         """
         update = _set({"state": InstanceState(state), **attributes, "updatedAt": utc_now()})
         update["ExpressionAttributeValues"][":batch"] = to_attribute(batch_id)
-        condition = "batchId = :batch"
+        condition = f"{tables.BATCH_ID} = :batch"
         if pending_only:
             update["ExpressionAttributeNames"]["#state"] = "state"
             for number, pending in enumerate(PENDING):
@@ -160,7 +163,7 @@ class Tracking:
         try:
             self.dynamodb.update_item(
                 TableName=self.instance_table,
-                Key=to_item({"sopInstanceUID": sop_instance_uid}),
+                Key=to_item({tables.SOP_INSTANCE_UID: sop_instance_uid}),
                 ConditionExpression=condition,
                 **update,
             )
@@ -187,7 +190,7 @@ class Tracking:
     def get_instance(self, sop_instance_uid: str) -> dict[str, Any] | None:
         item = self.dynamodb.get_item(
             TableName=self.instance_table,
-            Key=to_item({"sopInstanceUID": sop_instance_uid}),
+            Key=to_item({tables.SOP_INSTANCE_UID: sop_instance_uid}),
             ConsistentRead=True,
         ).get("Item")
         return from_item(item) if item else None
@@ -204,7 +207,7 @@ class Tracking:
             self.dynamodb.put_item(
                 TableName=self.job_table,
                 Item=to_item({name: value for name, value in job.items() if value is not None}),
-                ConditionExpression="attribute_not_exists(jobId)",
+                ConditionExpression=f"attribute_not_exists({tables.JOB_ID})",
             )
         except ClientError as error:
             if not _condition_failed(error):
@@ -215,7 +218,7 @@ class Tracking:
         values = {"jobStatus": JobStatus(status), **{n: v for n, v in attributes.items() if v is not None}}
         self.dynamodb.update_item(
             TableName=self.job_table,
-            Key=to_item({"jobId": job_id}),
+            Key=to_item({tables.JOB_ID: job_id}),
             **_set(values),
         )
 
@@ -223,21 +226,21 @@ class Tracking:
         """Remember the workflow's current wait for this job (WaitForCompletion's task token)."""
         self.dynamodb.update_item(
             TableName=self.job_table,
-            Key=to_item({"jobId": job_id}),
+            Key=to_item({tables.JOB_ID: job_id}),
             **_set({"waitToken": task_token, "updatedAt": utc_now()}),
         )
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         item = self.dynamodb.get_item(
-            TableName=self.job_table, Key=to_item({"jobId": job_id}), ConsistentRead=True
+            TableName=self.job_table, Key=to_item({tables.JOB_ID: job_id}), ConsistentRead=True
         ).get("Item")
         return from_item(item) if item else None
 
     def jobs_for_batch(self, batch_id: str) -> list[dict[str, Any]]:
         response = self.dynamodb.query(
             TableName=self.job_table,
-            IndexName="batchId-index",
-            KeyConditionExpression="batchId = :batch",
+            IndexName=tables.JOBS_BY_BATCH.name,
+            KeyConditionExpression=f"{tables.JOBS_BY_BATCH.partition_key} = :batch",
             ExpressionAttributeValues={":batch": to_attribute(batch_id)},
         )
         return [from_item(item) for item in response.get("Items", [])]

@@ -13,13 +13,14 @@ from aws_lambda_powertools.utilities.data_classes import S3Event, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
 from dicom_store_contract.manifest import InvalidManifest, Manifest
+from dicom_store_contract.metrics import NAMESPACE
 
 from functions.contract import list_objects, read_manifest
 from functions.settings import Settings, client, settings
 from functions.tracking import Tracking, tracking
 
 logger = Logger()
-metrics = Metrics(namespace="DicomStoreScp")
+metrics = Metrics(namespace=NAMESPACE)
 
 
 @dataclass(frozen=True)

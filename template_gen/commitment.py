@@ -12,10 +12,10 @@ from dicom_store_contract import tables
 from troposphere import GetAtt, Output, Ref, Sub, Template, dynamodb, iam
 
 from template_gen import common as c
+from template_gen import parameters as p
 from template_gen.storage import _table
 
 COMMITMENT_TABLE = "CommitmentTable"
-SCP_TASK_ROLE = "ScpTaskRole"  # template_gen/service.py
 
 
 def add_commitment(template: Template) -> None:
@@ -24,7 +24,7 @@ def add_commitment(template: Template) -> None:
     table.TimeToLiveSpecification = dynamodb.TimeToLiveSpecification(AttributeName=tables.EXPIRES_AT, Enabled=True)
     template.add_resource(table)
     # The SCP task records transactions and reads outcomes: its grants sit here, next to the table they govern.
-    template.resources[SCP_TASK_ROLE].Policies.append(task_policy())
+    template.resources[c.TASK_ROLE].Policies.append(task_policy())
     template.add_output(
         Output(
             "CommitmentTableName",
@@ -39,7 +39,7 @@ def container_environment() -> dict[str, object]:
     return {
         "INSTANCE_TABLE_NAME": Ref(c.INSTANCE_TABLE),
         "COMMITMENT_TABLE_NAME": Ref(COMMITMENT_TABLE),
-        "COMMITMENT_PEERS": Ref("CommitmentPeers"),
+        "COMMITMENT_PEERS": Ref(p.COMMITMENT_PEERS),
     }
 
 

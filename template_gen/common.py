@@ -30,6 +30,8 @@ from troposphere import (
     logs,
 )
 
+from template_gen import parameters as p
+
 # Conditions
 HAS_PEER_CIDR2 = "HasPeerCIDR2"
 HAS_PEER_CIDR3 = "HasPeerCIDR3"
@@ -58,6 +60,10 @@ TASK_SECURITY_GROUP = "ScpTaskSecurityGroup"
 TARGET_GROUP = "ScpTargetGroup"
 CLUSTER = "ScpCluster"
 SERVICE = "ScpService"
+SCP_LOG_GROUP = "ScpLogGroup"
+TASK_ROLE = "ScpTaskRole"
+SCALABLE_TARGET = "ScpScalableTarget"
+DEAD_LETTER_QUEUE = "ImportEventDeadLetterQueue"
 
 # Kept on stack deletion and replacement: medical images, the record of what was imported, audit logs.
 RETAIN = {"DeletionPolicy": "Retain", "UpdateReplacePolicy": "Retain"}
@@ -70,14 +76,14 @@ DEREGISTRATION_DELAY_SECONDS = 110
 
 
 def add_conditions(template: Template) -> None:
-    template.add_condition(HAS_PEER_CIDR2, Not(Equals(Ref("PeerCIDR2"), "")))
-    template.add_condition(HAS_PEER_CIDR3, Not(Equals(Ref("PeerCIDR3"), "")))
-    template.add_condition(HAS_TLS, Not(Equals(Ref("TLSCertificateARN"), "")))
-    template.add_condition(HAS_KMS_KEY, Not(Equals(Ref("KmsKeyArn"), "")))
-    template.add_condition(HAS_EXTRA_TASK_SG, Not(Equals(Ref("SecurityGroupID"), "")))
-    template.add_condition(CREATE_DATASTORE, Equals(Ref("ExistingDatastoreID"), ""))
-    template.add_condition(HAS_ALARM_TOPIC, Not(Equals(Ref("AlarmTopicARN"), "")))
-    template.add_condition(ENABLE_FLOW_LOGS, Equals(Ref("EnableVPCFlowLogs"), "true"))
+    template.add_condition(HAS_PEER_CIDR2, Not(Equals(Ref(p.PEER_CIDR2), "")))
+    template.add_condition(HAS_PEER_CIDR3, Not(Equals(Ref(p.PEER_CIDR3), "")))
+    template.add_condition(HAS_TLS, Not(Equals(Ref(p.TLS_CERTIFICATE_ARN), "")))
+    template.add_condition(HAS_KMS_KEY, Not(Equals(Ref(p.KMS_KEY_ARN), "")))
+    template.add_condition(HAS_EXTRA_TASK_SG, Not(Equals(Ref(p.SECURITY_GROUP_ID), "")))
+    template.add_condition(CREATE_DATASTORE, Equals(Ref(p.EXISTING_DATASTORE_ID), ""))
+    template.add_condition(HAS_ALARM_TOPIC, Not(Equals(Ref(p.ALARM_TOPIC_ARN), "")))
+    template.add_condition(ENABLE_FLOW_LOGS, Equals(Ref(p.ENABLE_VPC_FLOW_LOGS), "true"))
 
 
 def stack_suffix() -> Select:
@@ -91,7 +97,7 @@ def dicom_bucket_name() -> Sub:
 
 def dicom_bucket_arn(key_pattern: str | None = None) -> Sub:
     """The bucket's ARN, or the ARN of ``key_pattern`` below ``DICOMPrefix`` (e.g. ``incoming/*``)."""
-    path = "" if key_pattern is None else "/${DICOMPrefix}" + key_pattern
+    path = "" if key_pattern is None else "/" + p.in_sub(p.DICOM_PREFIX) + key_pattern
     return Sub(
         "arn:${AWS::Partition}:s3:::dicom-scp-${AWS::AccountId}-${AWS::Region}-${Suffix}" + path,
         Suffix=stack_suffix(),
@@ -99,7 +105,7 @@ def dicom_bucket_arn(key_pattern: str | None = None) -> Sub:
 
 
 def datastore_id() -> If:
-    return If(CREATE_DATASTORE, GetAtt(DATASTORE, "DatastoreId"), Ref("ExistingDatastoreID"))
+    return If(CREATE_DATASTORE, GetAtt(DATASTORE, "DatastoreId"), Ref(p.EXISTING_DATASTORE_ID))
 
 
 def datastore_arn() -> Sub:
@@ -110,7 +116,7 @@ def datastore_arn() -> Sub:
 
 
 def kms_key_or_none() -> If:
-    return If(HAS_KMS_KEY, Ref("KmsKeyArn"), NoValue)
+    return If(HAS_KMS_KEY, Ref(p.KMS_KEY_ARN), NoValue)
 
 
 def skip_checks(*skips: tuple[str, str]) -> dict[str, Any]:
@@ -123,9 +129,9 @@ def join_nonempty_cidrs() -> Join:
     return Join(
         "",
         [
-            Ref("PeerCIDR1"),
-            If(HAS_PEER_CIDR2, Sub(",${PeerCIDR2}"), ""),
-            If(HAS_PEER_CIDR3, Sub(",${PeerCIDR3}"), ""),
+            Ref(p.PEER_CIDR1),
+            If(HAS_PEER_CIDR2, Sub("," + p.in_sub(p.PEER_CIDR2)), ""),
+            If(HAS_PEER_CIDR3, Sub("," + p.in_sub(p.PEER_CIDR3)), ""),
         ],
     )
 
@@ -174,7 +180,7 @@ def kms_key_policy(name: str, uses: Sequence[KeyUse]) -> If:
                     Statement(
                         Effect=Allow,
                         Action=list(use.actions),
-                        Resource=[Ref("KmsKeyArn")],
+                        Resource=[Ref(p.KMS_KEY_ARN)],
                         Condition=Condition(
                             StringEquals("kms:ViaService", Sub(use.service + ".${AWS::Region}.amazonaws.com"))
                         ),
@@ -192,6 +198,6 @@ def log_group(logical_id: str) -> logs.LogGroup:
     return logs.LogGroup(
         logical_id,
         **RETAIN,
-        RetentionInDays=Ref("LogRetentionDays"),
+        RetentionInDays=Ref(p.LOG_RETENTION_DAYS),
         KmsKeyId=kms_key_or_none(),
     )

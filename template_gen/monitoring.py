@@ -18,11 +18,10 @@ from troposphere import GetAtt, If, NoValue, Ref, Sub, Template, cloudwatch
 from troposphere import applicationautoscaling as aas
 
 from template_gen import common as c
+from template_gen import parameters as p
 from template_gen.pipeline import FUNCTIONS, powertools_service
 
 DASHBOARD = "ScpDashboard"
-DEAD_LETTER_QUEUE = "ImportEventDeadLetterQueue"
-SCP_LOG_GROUP = "ScpLogGroup"
 
 # The SCP's log lines a person reads first when ingest goes wrong (their "event" field, see handlers.py, guard.py).
 PROBLEM_EVENTS = ("c-store-failed", "association-rejected", "protocol-abort", "manifest-failed", "start-failed")
@@ -33,10 +32,10 @@ _SUB_VALUES: dict[str, object] = {
     "ServiceName": GetAtt(c.SERVICE, "Name"),
     "LoadBalancer": GetAtt(c.LOAD_BALANCER, "LoadBalancerFullName"),
     "TargetGroup": GetAtt(c.TARGET_GROUP, "TargetGroupFullName"),
-    "DeadLetterQueue": GetAtt(DEAD_LETTER_QUEUE, "QueueName"),
+    "DeadLetterQueue": GetAtt(c.DEAD_LETTER_QUEUE, "QueueName"),
     "StateMachine": Ref(c.STATE_MACHINE),
-    "ScpLogGroup": Ref(SCP_LOG_GROUP),
-    **{f"{fn.name}Function": Ref(f"{fn.name}Function") for fn in FUNCTIONS},
+    c.SCP_LOG_GROUP: Ref(c.SCP_LOG_GROUP),
+    **{fn.logical_id: Ref(fn.logical_id) for fn in FUNCTIONS},
 }
 _STACK = "${AWS::StackName}"
 
@@ -264,7 +263,7 @@ def dashboard_body() -> dict[str, Any]:
                 "title": "SCP: latest failures, rejections and aborts (log lines)",
                 "region": "${AWS::Region}",
                 "view": "table",
-                "query": "SOURCE '${ScpLogGroup}'"
+                "query": f"SOURCE '${{{c.SCP_LOG_GROUP}}}'"
                 " | fields @timestamp, event, peer, callingAE, reason, status, detail"
                 f" | filter event in {json.dumps(list(PROBLEM_EVENTS))}"
                 " | sort @timestamp desc | limit 50",
@@ -401,7 +400,7 @@ def _resolve(value: str) -> object:
 
 
 def _add_alarm(template: Template, alarm: Alarm) -> None:
-    actions = If(c.HAS_ALARM_TOPIC, [Ref("AlarmTopicARN")], NoValue)
+    actions = If(c.HAS_ALARM_TOPIC, [Ref(p.ALARM_TOPIC_ARN)], NoValue)
     template.add_resource(
         cloudwatch.Alarm(
             alarm.logical_id,
@@ -423,7 +422,6 @@ def _add_alarm(template: Template, alarm: Alarm) -> None:
 
 # -- scaling on associations ---------------------------------------------------------------------------------------
 
-SCALABLE_TARGET = "ScpScalableTarget"  # template_gen/service.py, with the CPU target tracking policy
 # Per-task associations as a share of MaximumAssociations that autoscaling keeps tasks at, %.
 ASSOCIATION_TARGET_PERCENT = 50.0
 
@@ -454,7 +452,7 @@ def association_scaling_policy() -> aas.ScalingPolicy:
         "ScpAssociationScalingPolicy",
         PolicyName=Sub("${AWS::StackName}-scp-associations"),
         PolicyType="TargetTrackingScaling",
-        ScalingTargetId=Ref(SCALABLE_TARGET),
+        ScalingTargetId=Ref(c.SCALABLE_TARGET),
         TargetTrackingScalingPolicyConfiguration=aas.TargetTrackingScalingPolicyConfiguration(
             TargetValue=ASSOCIATION_TARGET_PERCENT,
             ScaleInCooldown=60,
@@ -473,7 +471,7 @@ def association_scaling_policy() -> aas.ScalingPolicy:
                     aas.TargetTrackingMetricDataQuery(
                         Id="share",
                         Label="open associations per task, % of MaximumAssociations",
-                        Expression=Sub("100 * associations / tasks / ${MaximumAssociations}"),
+                        Expression=Sub("100 * associations / tasks / " + p.in_sub(p.MAXIMUM_ASSOCIATIONS)),
                         ReturnData=True,
                     ),
                 ]

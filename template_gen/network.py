@@ -20,6 +20,7 @@ from troposphere import GetAtt, If, Ref, Sub, Template, ec2, s3
 from troposphere import elasticloadbalancingv2 as elbv2
 
 from template_gen import common as c
+from template_gen import parameters as p
 
 # Where each log lands inside the access-log bucket.
 NLB_LOG_PREFIX = "nlb"
@@ -73,7 +74,7 @@ def _add_access_log_bucket(template: Template) -> None:
                     s3.LifecycleRule(
                         Id="ExpireLogs",
                         Status="Enabled",
-                        ExpirationInDays=Ref("LogRetentionDays"),
+                        ExpirationInDays=Ref(p.LOG_RETENTION_DAYS),
                         NoncurrentVersionExpiration=s3.NoncurrentVersionExpiration(NoncurrentDays=7),
                         AbortIncompleteMultipartUpload=s3.AbortIncompleteMultipartUpload(DaysAfterInitiation=1),
                     )
@@ -160,13 +161,13 @@ def load_balancer_security_group() -> ec2.SecurityGroup:
     return ec2.SecurityGroup(
         c.LOAD_BALANCER_SECURITY_GROUP,
         GroupDescription="DICOM load balancer: the DICOM port from the allowed peers only",
-        VpcId=Ref("VpcID"),
+        VpcId=Ref(p.VPC_ID),
         SecurityGroupEgress=[
             ec2.SecurityGroupRule(
                 Description="DICOM traffic and health checks to the SCP tasks",
                 IpProtocol="tcp",
-                FromPort=Ref("SCPPort"),
-                ToPort=Ref("SCPPort"),
+                FromPort=Ref(p.SCP_PORT),
+                ToPort=Ref(p.SCP_PORT),
                 DestinationSecurityGroupId=GetAtt(c.TASK_SECURITY_GROUP, "GroupId"),
             )
         ],
@@ -179,8 +180,8 @@ def peer_ingress(n: int, condition: str | None) -> ec2.SecurityGroupIngress:
         GroupId=GetAtt(c.LOAD_BALANCER_SECURITY_GROUP, "GroupId"),
         Description=f"DICOM from allowed peers {n}",
         IpProtocol="tcp",
-        FromPort=Ref("ListenerPort"),
-        ToPort=Ref("ListenerPort"),
+        FromPort=Ref(p.LISTENER_PORT),
+        ToPort=Ref(p.LISTENER_PORT),
         CidrIp=Ref(f"PeerCIDR{n}"),
     )
     if condition:
@@ -196,8 +197,8 @@ def load_balancer() -> elbv2.LoadBalancer:
             ("CKV_AWS_150", "Deletion protection would make deleting the product's stack fail."),
         ),
         Type="network",
-        Scheme=Ref("LoadBalancerScheme"),
-        Subnets=Ref("LoadBalancerSubnetIDs"),
+        Scheme=Ref(p.LOAD_BALANCER_SCHEME),
+        Subnets=Ref(p.LOAD_BALANCER_SUBNET_IDS),
         SecurityGroups=[GetAtt(c.LOAD_BALANCER_SECURITY_GROUP, "GroupId")],
         LoadBalancerAttributes=[
             elbv2.LoadBalancerAttributes(Key="load_balancing.cross_zone.enabled", Value="true"),
@@ -214,8 +215,8 @@ def target_group() -> elbv2.TargetGroup:
         c.TARGET_GROUP,
         TargetType="ip",
         Protocol="TCP",
-        Port=Ref("SCPPort"),
-        VpcId=Ref("VpcID"),
+        Port=Ref(p.SCP_PORT),
+        VpcId=Ref(p.VPC_ID),
         HealthCheckProtocol="TCP",
         HealthCheckIntervalSeconds=10,
         HealthyThresholdCount=2,
@@ -246,10 +247,10 @@ def listener() -> elbv2.Listener:
             )
         ),
         LoadBalancerArn=Ref(c.LOAD_BALANCER),
-        Port=Ref("ListenerPort"),
+        Port=Ref(p.LISTENER_PORT),
         # DICOM TLS ends at the load balancer; the task sees plain TCP.
         Protocol=If(c.HAS_TLS, "TLS", "TCP"),
-        Certificates=If(c.HAS_TLS, [elbv2.Certificate(CertificateArn=Ref("TLSCertificateARN"))], Ref("AWS::NoValue")),
+        Certificates=If(c.HAS_TLS, [elbv2.Certificate(CertificateArn=Ref(p.TLS_CERTIFICATE_ARN))], Ref("AWS::NoValue")),
         SslPolicy=If(c.HAS_TLS, TLS_POLICY, Ref("AWS::NoValue")),
         DefaultActions=[elbv2.Action(Type="forward", TargetGroupArn=Ref(c.TARGET_GROUP))],
     )
@@ -261,7 +262,7 @@ def _add_flow_logs(template: Template) -> None:
             "VpcFlowLog",
             Condition=c.ENABLE_FLOW_LOGS,
             DependsOn=["AccessLogBucketPolicy"],
-            ResourceId=Ref("VpcID"),
+            ResourceId=Ref(p.VPC_ID),
             ResourceType="VPC",
             TrafficType="ALL",
             LogDestinationType="s3",

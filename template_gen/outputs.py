@@ -5,13 +5,14 @@ from __future__ import annotations
 from troposphere import GetAtt, Output, Ref, Template
 
 from template_gen import common as c
+from template_gen import parameters as p
 
 
 def add_outputs(template: Template) -> None:
     outputs = {
         "NetworkLoadBalancerDNS": ("DNS name of the DICOM endpoint", GetAtt(c.LOAD_BALANCER, "DNSName")),
-        "DICOMPort": ("TCP port of the DICOM endpoint", Ref("ListenerPort")),
-        "DICOMAETitle": ("AE title of the DICOM endpoint", Ref("SCPAETitle")),
+        "DICOMPort": ("TCP port of the DICOM endpoint", Ref(p.LISTENER_PORT)),
+        "DICOMAETitle": ("AE title of the DICOM endpoint", Ref(p.SCP_AE_TITLE)),
         "DatastoreID": ("HealthImaging data store receiving the imports", c.datastore_id()),
         "DICOMBucketName": ("Bucket of received instances and batch manifests", c.dicom_bucket_name()),
         "ImportResultsBucketName": ("Bucket of HealthImaging import job output", Ref(c.RESULTS_BUCKET)),

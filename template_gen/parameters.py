@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dicom_store_contract import limits
+from dicom_store_contract import limits, uids
 from troposphere import Parameter, Template
 
 NETWORK = "Network"
@@ -28,7 +28,8 @@ _OCTET = r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 CIDR_PATTERN = rf"^({_OCTET}\.){{3}}{_OCTET}/(3[0-2]|[12]?\d)$"
 OPTIONAL_CIDR_PATTERN = rf"^(({_OCTET}\.){{3}}{_OCTET}/(3[0-2]|[12]?\d))?$"
 ACM_CERTIFICATE_PATTERN = r"^(arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[A-Za-z0-9-]+)?$"
-UID_LIST_PATTERN = r"^([0-9]+(\.[0-9]+)*(,[0-9]+(\.[0-9]+)*)*)?$"
+# Empty, or a comma list of UIDs: the form only; the SCP checks each one whole when it starts (config.py).
+UID_LIST_PATTERN = rf"^({uids.UID_FORM}(,{uids.UID_FORM})*)?$"
 
 FARGATE_CPU_MEMORY: dict[str, tuple[int, ...]] = {
     # Fargate's valid task size pairs (CPU units -> memory MiB), Linux platform.
@@ -45,7 +46,7 @@ ALL_FARGATE_MEMORY = tuple(str(m) for m in sorted({m for ms in FARGATE_CPU_MEMOR
 # The regions where AWS HealthImaging runs (the stack is pointless anywhere else): the limits module's table.
 HEALTHIMAGING_REGIONS = limits.HEALTHIMAGING_REGIONS
 
-LOG_RETENTION_DAYS = (
+LOG_RETENTION_CHOICES = (
     1,
     3,
     5,
@@ -71,6 +72,58 @@ LOG_RETENTION_DAYS = (
 )
 
 
+# The parameters' names (their logical ids): the table below and every module that refers to one use these.
+VPC_ID = "VpcID"
+LOAD_BALANCER_SUBNET_IDS = "LoadBalancerSubnetIDs"
+PRIVATE_SUBNET_IDS = "PrivateSubnetIDs"
+SECURITY_GROUP_ID = "SecurityGroupID"
+LOAD_BALANCER_SCHEME = "LoadBalancerScheme"
+ENABLE_VPC_FLOW_LOGS = "EnableVPCFlowLogs"
+SCP_AE_TITLE = "SCPAETitle"
+LISTENER_PORT = "ListenerPort"
+SCP_PORT = "SCPPort"
+PEER_CIDR1 = "PeerCIDR1"
+PEER_CIDR2 = "PeerCIDR2"
+PEER_CIDR3 = "PeerCIDR3"
+REQUIRE_CALLED_AE_TITLE = "RequireCalledAETitle"
+REQUIRE_CALLING_AE_TITLE = "RequireCallingAETitle"
+COMMITMENT_PEERS = "CommitmentPeers"
+DIMSE_TIMEOUT = "DIMSETimeout"
+NETWORK_TIMEOUT = "NetworkTimeout"
+ACSE_TIMEOUT = "ACSETimeout"
+MAXIMUM_ASSOCIATIONS = "MaximumAssociations"
+MAXIMUM_PDU_SIZE = "MaximumPDUSize"
+SUPPORTED_SOP_CLASS_UIDS = "SupportedSOPClassUIDs"
+TLS_CERTIFICATE_ARN = "TLSCertificateARN"
+KMS_KEY_ARN = "KmsKeyArn"
+TASK_CPU = "TaskCPU"
+TASK_MEMORY_LIMIT = "TaskMemoryLimit"
+TASK_EPHEMERAL_STORAGE_GIB = "TaskEphemeralStorageGiB"
+TASK_DESIRED_COUNT = "TaskDesiredCount"
+AUTOSCALE_MAX_CAPACITY = "AutoscaleMaxCapacity"
+WORKERS = "Workers"
+MAX_POOL_CONNECTIONS = "MaxPoolConnections"
+SHUTDOWN_GRACE_SECONDS = "ShutdownGraceSeconds"
+DICOM_PREFIX = "DICOMPrefix"
+BATCH_MAX_INSTANCES = "BatchMaxInstances"
+BATCH_MAX_BYTES = "BatchMaxBytes"
+DICOM_OBJECT_RETENTION_DAYS = "DICOMObjectRetentionDays"
+IMPORT_RESULTS_RETENTION_DAYS = "ImportResultsRetentionDays"
+EXISTING_DATASTORE_ID = "ExistingDatastoreID"
+IMPORT_POLL_SECONDS = "ImportPollSeconds"
+IMPORT_MAX_POLLS = "ImportMaxPolls"
+SWEEP_INTERVAL_MINUTES = "SweepIntervalMinutes"
+SWEEP_MIN_AGE_MINUTES = "SweepMinAgeMinutes"
+LOG_LEVEL = "LogLevel"
+LOG_RETENTION_DAYS = "LogRetentionDays"
+ALARM_TOPIC_ARN = "AlarmTopicARN"
+
+
+def in_sub(name: str) -> str:
+    """A parameter's value inside an Fn::Sub string: ``${Name}``."""
+    return "${" + name + "}"
+
+
 @dataclass(frozen=True)
 class Param:
     name: str
@@ -84,101 +137,101 @@ class Param:
 
 PARAMETERS: tuple[Param, ...] = (
     # --- Network
-    Param("VpcID", "AWS::EC2::VPC::Id", NETWORK, "VPC",
+    Param(VPC_ID, "AWS::EC2::VPC::Id", NETWORK, "VPC",
           "The VPC that holds the load balancer and the SCP tasks."),
-    Param("LoadBalancerSubnetIDs", "List<AWS::EC2::Subnet::Id>", NETWORK, "Load balancer subnets",
+    Param(LOAD_BALANCER_SUBNET_IDS, "List<AWS::EC2::Subnet::Id>", NETWORK, "Load balancer subnets",
           "Subnets of the load balancer, one per Availability Zone of the private subnets: public subnets when "
           "the scheme is internet-facing; with the internal scheme, the private subnets themselves will do."),
-    Param("PrivateSubnetIDs", "List<AWS::EC2::Subnet::Id>", NETWORK, "Private subnets",
+    Param(PRIVATE_SUBNET_IDS, "List<AWS::EC2::Subnet::Id>", NETWORK, "Private subnets",
           "Subnets of the SCP tasks (and of an internal load balancer). They need a route to Amazon S3, ECR "
           "and CloudWatch Logs (NAT gateway or VPC endpoints)."),
-    Param("SecurityGroupID", "String", NETWORK, "Additional task security group",
+    Param(SECURITY_GROUP_ID, "String", NETWORK, "Additional task security group",
           "Optional existing security group attached to the SCP tasks as well, e.g. one admitted by your VPC "
           "endpoints. Leave empty for none.",
           default="",
           constraints={"AllowedPattern": r"^(sg-[0-9a-f]{8,17})?$",
                        "ConstraintDescription": "empty or a security group id (sg-...)"}),
-    Param("LoadBalancerScheme", "String", NETWORK, "Load balancer scheme",
+    Param(LOAD_BALANCER_SCHEME, "String", NETWORK, "Load balancer scheme",
           "internet-facing (load balancer subnets public) or internal (reached over VPN or Direct Connect). "
           "Internet-facing without TLS is refused unless the allowed peers are narrower than 0.0.0.0/0.",
           default="internet-facing",
           constraints={"AllowedValues": ["internet-facing", "internal"]}),
-    Param("EnableVPCFlowLogs", "String", NETWORK, "VPC flow logs",
+    Param(ENABLE_VPC_FLOW_LOGS, "String", NETWORK, "VPC flow logs",
           "Record the VPC's flow logs in the stack's access-log bucket.",
           default="false", constraints={"AllowedValues": ["true", "false"]}),
     # --- DICOM
-    Param("SCPAETitle", "String", DICOM, "SCP AE title",
+    Param(SCP_AE_TITLE, "String", DICOM, "SCP AE title",
           "The AE title the SCP answers to.",
           default="STORESCP",
           constraints={"AllowedPattern": AE_TITLE_PATTERN, "MinLength": 1, "MaxLength": 16,
                        "ConstraintDescription": "1-16 printable ASCII characters, no backslash"}),
-    Param("ListenerPort", "Number", DICOM, "DICOM port",
+    Param(LISTENER_PORT, "Number", DICOM, "DICOM port",
           "TCP port of the DICOM endpoint on the load balancer (104 is DICOM's well-known port).",
           default=11112, constraints={"MinValue": 1, "MaxValue": 65535}),
-    Param("SCPPort", "Number", DICOM, "Container port",
+    Param(SCP_PORT, "Number", DICOM, "Container port",
           "TCP port the SCP listens on inside the task (unprivileged); the load balancer forwards the DICOM "
           "port to it.",
           default=11112, constraints={"MinValue": 1024, "MaxValue": 65535}),
-    Param("PeerCIDR1", "String", DICOM, "Allowed peers (1)",
+    Param(PEER_CIDR1, "String", DICOM, "Allowed peers (1)",
           "IPv4 CIDR of senders (modalities, PACS) admitted to the DICOM port.",
           constraints={"AllowedPattern": CIDR_PATTERN,
                        "ConstraintDescription": "an IPv4 CIDR block such as 192.0.2.0/24"}),
-    Param("PeerCIDR2", "String", DICOM, "Allowed peers (2)",
+    Param(PEER_CIDR2, "String", DICOM, "Allowed peers (2)",
           "Optional second IPv4 CIDR of senders. Leave empty for none.",
           default="",
           constraints={"AllowedPattern": OPTIONAL_CIDR_PATTERN,
                        "ConstraintDescription": "empty or an IPv4 CIDR block"}),
-    Param("PeerCIDR3", "String", DICOM, "Allowed peers (3)",
+    Param(PEER_CIDR3, "String", DICOM, "Allowed peers (3)",
           "Optional third IPv4 CIDR of senders. Leave empty for none.",
           default="",
           constraints={"AllowedPattern": OPTIONAL_CIDR_PATTERN,
                        "ConstraintDescription": "empty or an IPv4 CIDR block"}),
-    Param("RequireCalledAETitle", "String", DICOM, "Require called AE title",
+    Param(REQUIRE_CALLED_AE_TITLE, "String", DICOM, "Require called AE title",
           "Reject associations whose called AE title is not the SCP's AE title.",
           default="false", constraints={"AllowedValues": ["true", "false"]}),
-    Param("RequireCallingAETitle", "String", DICOM, "Allowed calling AE titles",
+    Param(REQUIRE_CALLING_AE_TITLE, "String", DICOM, "Allowed calling AE titles",
           "Comma-separated calling AE titles admitted; empty admits any.",
           default="",
           constraints={"AllowedPattern": r"^([^,\\]{1,16}(,[^,\\]{1,16})*)?$",
                        "ConstraintDescription": "empty or comma-separated AE titles of 1-16 characters"}),
-    Param("CommitmentPeers", "String", DICOM, "Storage commitment peers",
+    Param(COMMITMENT_PEERS, "String", DICOM, "Storage commitment peers",
           "Comma-separated AE=host:port: where the SCP sends a storage commitment report once the requesting "
           "association has closed (as PACS configure their peers). Empty: reports go only on the requesting "
           "association.",
           default="",
           constraints={"AllowedPattern": r"^([^,=\\]{1,16}=[^,=]+:[0-9]{1,5}(,[^,=\\]{1,16}=[^,=]+:[0-9]{1,5})*)?$",
                        "ConstraintDescription": "empty or comma-separated AE=host:port"}),
-    Param("DIMSETimeout", "Number", DICOM, "DIMSE timeout (s)",
+    Param(DIMSE_TIMEOUT, "Number", DICOM, "DIMSE timeout (s)",
           "Seconds to wait for a DIMSE message.",
           default=60, constraints={"MinValue": 1, "MaxValue": 3600}),
-    Param("NetworkTimeout", "Number", DICOM, "Network timeout (s)",
+    Param(NETWORK_TIMEOUT, "Number", DICOM, "Network timeout (s)",
           "Seconds of network inactivity before an association is aborted.",
           default=90, constraints={"MinValue": 1, "MaxValue": 3600}),
-    Param("ACSETimeout", "Number", DICOM, "ACSE timeout (s)",
+    Param(ACSE_TIMEOUT, "Number", DICOM, "ACSE timeout (s)",
           "Seconds to wait for association negotiation messages.",
           default=30, constraints={"MinValue": 1, "MaxValue": 3600}),
-    Param("MaximumAssociations", "Number", DICOM, "Maximum associations",
+    Param(MAXIMUM_ASSOCIATIONS, "Number", DICOM, "Maximum associations",
           "Concurrent associations per task.",
           default=300, constraints={"MinValue": 1, "MaxValue": 2000}),
     # Default and bounds from the limits table (the SCP's own); 0 (which the SCP reads as 1 MiB) is not offered.
-    Param("MaximumPDUSize", "Number", DICOM, "Maximum PDU size (bytes)",
+    Param(MAXIMUM_PDU_SIZE, "Number", DICOM, "Maximum PDU size (bytes)",
           f"Maximum PDU size the SCP accepts ({limits.PDU_SIZE_FLOOR.whole} or more); bounds the memory each "
           "association takes.",
           default=limits.MAXIMUM_PDU_SIZE.whole,
           constraints={"MinValue": limits.PDU_SIZE_FLOOR.whole, "MaxValue": limits.PDU_SIZE_CEILING.whole}),
-    Param("SupportedSOPClassUIDs", "String", DICOM, "Supported SOP classes",
+    Param(SUPPORTED_SOP_CLASS_UIDS, "String", DICOM, "Supported SOP classes",
           "Comma-separated SOP Class UIDs accepted; empty accepts every storage SOP class.",
           default="",
           constraints={"AllowedPattern": UID_LIST_PATTERN,
                        "ConstraintDescription": "empty or comma-separated UIDs (digits and dots)"}),
     # --- Security
-    Param("TLSCertificateARN", "String", SECURITY, "TLS certificate (ACM)",
+    Param(TLS_CERTIFICATE_ARN, "String", SECURITY, "TLS certificate (ACM)",
           "Optional ACM certificate ARN: the load balancer then terminates DICOM TLS on the DICOM port. "
           "Leave empty for plain TCP.",
           default="",
           constraints={"AllowedPattern": ACM_CERTIFICATE_PATTERN,
                        "ConstraintDescription": "empty or an ACM certificate ARN"}),
-    Param("KmsKeyArn", "String", SECURITY, "KMS key",
+    Param(KMS_KEY_ARN, "String", SECURITY, "KMS key",
           "Optional customer managed KMS key ARN for the buckets, tables, logs, queue and data store. Its "
           "key policy must admit this account's S3, DynamoDB, CloudWatch Logs, SQS and HealthImaging "
           "use. Leave empty for AWS owned keys.",
@@ -186,77 +239,77 @@ PARAMETERS: tuple[Param, ...] = (
           constraints={"AllowedPattern": r"^(arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[a-f0-9-]{36})?$",
                        "ConstraintDescription": "empty or a KMS key ARN (arn:...:key/<uuid>)"}),
     # --- Scaling
-    Param("TaskCPU", "String", SCALING, "Task CPU (units)",
+    Param(TASK_CPU, "String", SCALING, "Task CPU (units)",
           "Fargate CPU units per task (1024 = 1 vCPU).",
           default="1024", constraints={"AllowedValues": list(FARGATE_CPU_MEMORY)}),
-    Param("TaskMemoryLimit", "String", SCALING, "Task memory (MiB)",
+    Param(TASK_MEMORY_LIMIT, "String", SCALING, "Task memory (MiB)",
           "Fargate memory per task; must be a valid pair with the CPU.",
           default="2048", constraints={"AllowedValues": list(ALL_FARGATE_MEMORY)}),
-    Param("TaskEphemeralStorageGiB", "Number", SCALING, "Task ephemeral storage (GiB)",
+    Param(TASK_EPHEMERAL_STORAGE_GIB, "Number", SCALING, "Task ephemeral storage (GiB)",
           "Scratch disk per task: received instances are streamed to disk before they are stored.",
           default=50, constraints={"MinValue": 21, "MaxValue": 200}),
-    Param("TaskDesiredCount", "Number", SCALING, "Minimum tasks",
+    Param(TASK_DESIRED_COUNT, "Number", SCALING, "Minimum tasks",
           "Tasks always running (the autoscaling minimum).",
           default=1, constraints={"MinValue": 1, "MaxValue": 100}),
-    Param("AutoscaleMaxCapacity", "Number", SCALING, "Maximum tasks",
+    Param(AUTOSCALE_MAX_CAPACITY, "Number", SCALING, "Maximum tasks",
           "Most tasks CPU target tracking may run; at least the minimum.",
           default=3, constraints={"MinValue": 1, "MaxValue": 100}),
-    Param("Workers", "Number", SCALING, "Receiving processes per task",
+    Param(WORKERS, "Number", SCALING, "Receiving processes per task",
           "DICOM receiving processes sharing the port in each task; 0 = one per task vCPU.",
           default=0, constraints={"MinValue": 0, "MaxValue": 16}),
-    Param("MaxPoolConnections", "Number", SCALING, "S3 connections per process",
+    Param(MAX_POOL_CONNECTIONS, "Number", SCALING, "S3 connections per process",
           "Size of each receiving process's S3 connection pool; 0 = as many as the association limit.",
           default=0, constraints={"MinValue": 0, "MaxValue": 1000}),
-    Param("ShutdownGraceSeconds", "Number", SCALING, "Shutdown grace (s)",
+    Param(SHUTDOWN_GRACE_SECONDS, "Number", SCALING, "Shutdown grace (s)",
           "Seconds a stopping task gives open associations to finish; below the 120 s stop timeout.",
           default=100, constraints={"MinValue": 1, "MaxValue": 110}),
     # --- Storage and import
-    Param("DICOMPrefix", "String", STORAGE, "Object key prefix",
+    Param(DICOM_PREFIX, "String", STORAGE, "Object key prefix",
           "Optional key prefix inside the DICOM bucket, ending with a slash (e.g. site-a/). Empty for none.",
           default="",
           constraints={"AllowedPattern": r"^([A-Za-z0-9!_.*'()-]+/)*$",
                        "ConstraintDescription": "empty or path segments each ending with a slash"}),
-    Param("BatchMaxInstances", "Number", STORAGE, "Instances per import batch",
+    Param(BATCH_MAX_INSTANCES, "Number", STORAGE, "Instances per import batch",
           "An association's instances are split into import batches of at most this many (AHI's default quota is "
           f"{limits.FILES_PER_IMPORT_JOB.whole:,} files per job; raise this only to a quota raised for the account).",
           default=limits.BATCH_MAX_INSTANCES.whole,
           constraints={"MinValue": 1, "MaxValue": limits.BATCH_MAX_INSTANCES_CEILING.whole}),
-    Param("BatchMaxBytes", "Number", STORAGE, "Bytes per import batch",
+    Param(BATCH_MAX_BYTES, "Number", STORAGE, "Bytes per import batch",
           f"Import batches hold at most this many bytes (AHI allows {limits.BYTES_PER_IMPORT_JOB.whole:,} per job).",
           default=limits.BATCH_MAX_BYTES.whole,
           constraints={"MinValue": 1048576, "MaxValue": limits.BYTES_PER_IMPORT_JOB.whole}),
-    Param("DICOMObjectRetentionDays", "Number", STORAGE, "DICOM object retention (days)",
+    Param(DICOM_OBJECT_RETENTION_DAYS, "Number", STORAGE, "DICOM object retention (days)",
           "Days received objects and manifests stay in the DICOM bucket (HealthImaging keeps the images).",
           default=30, constraints={"MinValue": 1, "MaxValue": 3650}),
-    Param("ImportResultsRetentionDays", "Number", STORAGE, "Import result retention (days)",
+    Param(IMPORT_RESULTS_RETENTION_DAYS, "Number", STORAGE, "Import result retention (days)",
           "Days HealthImaging's job output (success and failure reports) is kept.",
           default=365, constraints={"MinValue": 1, "MaxValue": 3650}),
-    Param("ExistingDatastoreID", "String", STORAGE, "Existing data store id",
+    Param(EXISTING_DATASTORE_ID, "String", STORAGE, "Existing data store id",
           "Optional id of an existing HealthImaging data store in this region. Leave empty to create one.",
           default="",
           constraints={"AllowedPattern": r"^([0-9a-z]{32})?$",
                        "ConstraintDescription": "empty or a 32-character data store id"}),
-    Param("ImportPollSeconds", "Number", STORAGE, "Import status check interval (s)",
+    Param(IMPORT_POLL_SECONDS, "Number", STORAGE, "Import status check interval (s)",
           "Seconds the workflow waits for HealthImaging's job event before it checks the job's status itself (the"
           " fallback when an event is lost).",
           default=120, constraints={"MinValue": 5, "MaxValue": 3600}),
-    Param("ImportMaxPolls", "Number", STORAGE, "Import status checks",
+    Param(IMPORT_MAX_POLLS, "Number", STORAGE, "Import status checks",
           "Status checks before an import job is recorded as failed (check interval x checks = time limit).",
           default=120, constraints={"MinValue": 1, "MaxValue": 10000}),
-    Param("SweepIntervalMinutes", "Number", STORAGE, "Sweep interval (min)",
+    Param(SWEEP_INTERVAL_MINUTES, "Number", STORAGE, "Sweep interval (min)",
           "How often the sweeper seals batches left open by a task that died.",
           default=15, constraints={"MinValue": 5, "MaxValue": 1440}),
-    Param("SweepMinAgeMinutes", "Number", STORAGE, "Sweep age (min)",
+    Param(SWEEP_MIN_AGE_MINUTES, "Number", STORAGE, "Sweep age (min)",
           "A batch without a manifest is sealed once its newest object is this old.",
           default=60, constraints={"MinValue": 10, "MaxValue": 10080}),
     # --- Operations
-    Param("LogLevel", "String", OPERATIONS, "Log level",
+    Param(LOG_LEVEL, "String", OPERATIONS, "Log level",
           "Log level of the SCP and the import functions.",
           default="INFO", constraints={"AllowedValues": ["DEBUG", "INFO", "WARNING", "ERROR"]}),
-    Param("LogRetentionDays", "Number", OPERATIONS, "Log retention (days)",
+    Param(LOG_RETENTION_DAYS, "Number", OPERATIONS, "Log retention (days)",
           "Days CloudWatch Logs keeps the SCP's, the functions' and the workflow's logs.",
-          default=365, constraints={"AllowedValues": list(LOG_RETENTION_DAYS)}),
-    Param("AlarmTopicARN", "String", OPERATIONS, "Alarm SNS topic",
+          default=365, constraints={"AllowedValues": list(LOG_RETENTION_CHOICES)}),
+    Param(ALARM_TOPIC_ARN, "String", OPERATIONS, "Alarm SNS topic",
           "Optional SNS topic ARN notified by the stack's alarms. Leave empty for none.",
           default="",
           constraints={"AllowedPattern": r"^(arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256})?$",

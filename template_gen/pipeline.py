@@ -60,6 +60,7 @@ from troposphere import (
 from troposphere import sqs as sqs_
 
 from template_gen import common as c
+from template_gen import parameters as p
 from template_gen import release
 
 RUNTIME = "python3.12"
@@ -135,7 +136,7 @@ def list_incoming() -> list[Statement]:
             Effect=Allow,
             Action=[s3_actions.ListBucket],
             Resource=[c.dicom_bucket_arn()],
-            Condition=Condition(StringLike("s3:prefix", [Sub("${DICOMPrefix}incoming/*")])),
+            Condition=Condition(StringLike("s3:prefix", [Sub(p.in_sub(p.DICOM_PREFIX) + "incoming/*")])),
         )
     ]
 
@@ -193,7 +194,10 @@ def seal_batches() -> list[Statement]:
             Action=[s3_actions.ListBucket],
             Resource=[c.dicom_bucket_arn()],
             Condition=Condition(
-                StringLike("s3:prefix", [Sub("${DICOMPrefix}incoming/*"), Sub("${DICOMPrefix}manifests/*")])
+                StringLike(
+                    "s3:prefix",
+                    [Sub(p.in_sub(p.DICOM_PREFIX) + "incoming/*"), Sub(p.in_sub(p.DICOM_PREFIX) + "manifests/*")],
+                )
             ),
         ),
         Statement(
@@ -258,8 +262,8 @@ BY_NAME = {fn.name: fn for fn in FUNCTIONS}
 def definition_substitutions() -> dict[str, AWSHelperFn]:
     return {
         **{fn.placeholder: GetAtt(fn.logical_id, "Arn") for fn in WORKFLOW_FUNCTIONS},
-        "WaitSeconds": Ref("ImportPollSeconds"),
-        "MaxPolls": Ref("ImportMaxPolls"),
+        "WaitSeconds": Ref(p.IMPORT_POLL_SECONDS),
+        "MaxPolls": Ref(p.IMPORT_MAX_POLLS),
     }
 
 
@@ -272,10 +276,10 @@ def function_environment() -> dict[str, object]:
         "DATASTORE_ID": c.datastore_id(),
         "DATA_ACCESS_ROLE_ARN": GetAtt(c.DATA_ACCESS_ROLE, "Arn"),
         "DICOM_BUCKET": c.dicom_bucket_name(),
-        "DICOM_PREFIX": Ref("DICOMPrefix"),
+        "DICOM_PREFIX": Ref(p.DICOM_PREFIX),
         "RESULTS_BUCKET": Ref(c.RESULTS_BUCKET),
-        "SWEEP_MIN_AGE_MINUTES": Ref("SweepMinAgeMinutes"),
-        "LOG_LEVEL": Ref("LogLevel"),
+        "SWEEP_MIN_AGE_MINUTES": Ref(p.SWEEP_MIN_AGE_MINUTES),
+        "LOG_LEVEL": Ref(p.LOG_LEVEL),
     }
 
 
@@ -311,7 +315,6 @@ def _states_trust() -> PolicyDocument:
 _XRAY = Statement(Effect=Allow, Action=[xray.PutTraceSegments, xray.PutTelemetryRecords], Resource=["*"])
 
 
-DEAD_LETTER_QUEUE = "ImportEventDeadLetterQueue"
 WORKFLOW_LOG_GROUP = "ImportWorkflowLogGroup"
 WORKFLOW_ROLE = "ImportWorkflowRole"
 SWEEPER_SCHEDULE = "SweeperSchedule"
@@ -352,7 +355,7 @@ def sweeper_schedule() -> events.Rule:
     return events.Rule(
         SWEEPER_SCHEDULE,
         Description="Seal DICOM batches left without a manifest by a stopped task",
-        ScheduleExpression=Sub("rate(${SweepIntervalMinutes} minutes)"),
+        ScheduleExpression=Sub("rate(" + p.in_sub(p.SWEEP_INTERVAL_MINUTES) + " minutes)"),
         State="ENABLED",
         Targets=[events.Target(Id="Sweeper", Arn=GetAtt(BY_NAME["Sweeper"].logical_id, "Arn"))],
     )
@@ -398,7 +401,7 @@ def job_event_permission(fn: Function) -> lambda_.Permission:
 
 def dead_letter_queue() -> sqs_.Queue:
     return sqs_.Queue(
-        DEAD_LETTER_QUEUE,
+        c.DEAD_LETTER_QUEUE,
         # Its messages name the batches whose import never started: kept like the tables.
         **c.RETAIN,
         MessageRetentionPeriod=1209600,  # 14 days, SQS's maximum: time to re-drive failed manifests
@@ -410,7 +413,7 @@ def dead_letter_queue() -> sqs_.Queue:
 def dead_letter_queue_policy() -> sqs_.QueuePolicy:
     return sqs_.QueuePolicy(
         "ImportEventDeadLetterQueuePolicy",
-        Queues=[Ref(DEAD_LETTER_QUEUE)],
+        Queues=[Ref(c.DEAD_LETTER_QUEUE)],
         PolicyDocument=PolicyDocument(
             Version="2012-10-17",
             Statement=[
@@ -419,7 +422,7 @@ def dead_letter_queue_policy() -> sqs_.QueuePolicy:
                     Effect=Deny,
                     Principal=Principal("*"),
                     Action=[Action("sqs", "*")],
-                    Resource=[GetAtt(DEAD_LETTER_QUEUE, "Arn")],
+                    Resource=[GetAtt(c.DEAD_LETTER_QUEUE, "Arn")],
                     Condition=Condition(Bool("aws:SecureTransport", "false")),
                 )
             ],
@@ -440,7 +443,7 @@ def function_role(fn: Function) -> iam.Role:
     ]
     if fn.invoked_async:
         statements.append(
-            Statement(Effect=Allow, Action=[sqs.SendMessage], Resource=[GetAtt(DEAD_LETTER_QUEUE, "Arn")])
+            Statement(Effect=Allow, Action=[sqs.SendMessage], Resource=[GetAtt(c.DEAD_LETTER_QUEUE, "Arn")])
         )
     return iam.Role(
         f"{fn.name}Role",
@@ -489,7 +492,7 @@ def lambda_function(fn: Function, env: dict[str, object]) -> lambda_.Function:
         TracingConfig=lambda_.TracingConfig(Mode="Active"),
         ReservedConcurrentExecutions=(NoValue if fn.reserved_concurrency is None else fn.reserved_concurrency),
         DeadLetterConfig=(
-            lambda_.DeadLetterConfig(TargetArn=GetAtt(DEAD_LETTER_QUEUE, "Arn")) if fn.invoked_async else NoValue
+            lambda_.DeadLetterConfig(TargetArn=GetAtt(c.DEAD_LETTER_QUEUE, "Arn")) if fn.invoked_async else NoValue
         ),
     )
 

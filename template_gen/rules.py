@@ -6,10 +6,11 @@ from typing import Any
 
 from troposphere import And, Equals, Not, Ref, Template
 
+from template_gen import parameters as p
 from template_gen.parameters import FARGATE_CPU_MEMORY, HEALTHIMAGING_REGIONS
 
 EVERYWHERE = "0.0.0.0/0"
-SUBNET_PARAMETERS = ("PrivateSubnetIDs", "LoadBalancerSubnetIDs")
+SUBNET_PARAMETERS = (p.PRIVATE_SUBNET_IDS, p.LOAD_BALANCER_SUBNET_IDS)
 
 
 def add_rules(template: Template) -> None:
@@ -33,7 +34,7 @@ def add_rules(template: Template) -> None:
                     # name single-value types only.
                     "Assert": And(
                         *(
-                            {"Fn::EachMemberEquals": [{"Fn::ValueOf": [parameter, "VpcId"]}, Ref("VpcID")]}
+                            {"Fn::EachMemberEquals": [{"Fn::ValueOf": [parameter, "VpcId"]}, Ref(p.VPC_ID)]}
                             for parameter in SUBNET_PARAMETERS
                         )
                     ),
@@ -49,8 +50,8 @@ def add_rules(template: Template) -> None:
                 {
                     "Assert": {
                         "Fn::EachMemberIn": [
-                            _subnet_zones("PrivateSubnetIDs"),
-                            _subnet_zones("LoadBalancerSubnetIDs"),
+                            _subnet_zones(p.PRIVATE_SUBNET_IDS),
+                            _subnet_zones(p.LOAD_BALANCER_SUBNET_IDS),
                         ]
                     },
                     "AssertDescription": "LoadBalancerSubnetIDs must include a subnet in every Availability Zone of "
@@ -63,7 +64,7 @@ def add_rules(template: Template) -> None:
         "NoClearTextDicomFromTheInternet",
         {
             "RuleCondition": And(
-                Equals(Ref("LoadBalancerScheme"), "internet-facing"), Equals(Ref("TLSCertificateARN"), "")
+                Equals(Ref(p.LOAD_BALANCER_SCHEME), "internet-facing"), Equals(Ref(p.TLS_CERTIFICATE_ARN), "")
             ),
             "Assertions": [
                 {
@@ -79,10 +80,10 @@ def add_rules(template: Template) -> None:
         template.add_rule(
             f"FargateMemoryFor{cpu}Cpu",
             {
-                "RuleCondition": Equals(Ref("TaskCPU"), cpu),
+                "RuleCondition": Equals(Ref(p.TASK_CPU), cpu),
                 "Assertions": [
                     {
-                        "Assert": {"Fn::Contains": [[str(m) for m in memories], Ref("TaskMemoryLimit")]},
+                        "Assert": {"Fn::Contains": [[str(m) for m in memories], Ref(p.TASK_MEMORY_LIMIT)]},
                         "AssertDescription": f"With {cpu} CPU units, TaskMemoryLimit must be one of "
                         + ", ".join(str(m) for m in memories),
                     }

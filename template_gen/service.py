@@ -13,6 +13,7 @@ from troposphere import applicationautoscaling as aas
 
 from template_gen import commitment, release
 from template_gen import common as c
+from template_gen import parameters as p
 
 CONTAINER_NAME = "scp"
 # The image runs as this non-root user; it must declare ``VOLUME /tmp`` so Fargate seeds the scratch volume
@@ -25,28 +26,28 @@ SCRATCH_PATH = "/tmp"
 # the stack's DICOM bucket. STORAGE_DIR (local store) is not used in AWS.
 CONTAINER_ENVIRONMENT = {
     **commitment.container_environment(),
-    "SCP_PORT": Ref("SCPPort"),
-    "AE_TITLE": Ref("SCPAETitle"),
-    "REQUIRE_CALLED_AE_TITLE": Ref("RequireCalledAETitle"),
-    "REQUIRE_CALLING_AE_TITLE": Ref("RequireCallingAETitle"),
-    "DIMSE_TIMEOUT": Ref("DIMSETimeout"),
-    "NETWORK_TIMEOUT": Ref("NetworkTimeout"),
-    "ACSE_TIMEOUT": Ref("ACSETimeout"),
-    "MAXIMUM_ASSOCIATIONS": Ref("MaximumAssociations"),
-    "MAXIMUM_PDU_SIZE": Ref("MaximumPDUSize"),
-    "SUPPORTED_SOP_CLASS_UIDS": Ref("SupportedSOPClassUIDs"),
-    "LOG_LEVEL": Ref("LogLevel"),
+    "SCP_PORT": Ref(p.SCP_PORT),
+    "AE_TITLE": Ref(p.SCP_AE_TITLE),
+    "REQUIRE_CALLED_AE_TITLE": Ref(p.REQUIRE_CALLED_AE_TITLE),
+    "REQUIRE_CALLING_AE_TITLE": Ref(p.REQUIRE_CALLING_AE_TITLE),
+    "DIMSE_TIMEOUT": Ref(p.DIMSE_TIMEOUT),
+    "NETWORK_TIMEOUT": Ref(p.NETWORK_TIMEOUT),
+    "ACSE_TIMEOUT": Ref(p.ACSE_TIMEOUT),
+    "MAXIMUM_ASSOCIATIONS": Ref(p.MAXIMUM_ASSOCIATIONS),
+    "MAXIMUM_PDU_SIZE": Ref(p.MAXIMUM_PDU_SIZE),
+    "SUPPORTED_SOP_CLASS_UIDS": Ref(p.SUPPORTED_SOP_CLASS_UIDS),
+    "LOG_LEVEL": Ref(p.LOG_LEVEL),
     "DICOM_BUCKET": c.dicom_bucket_name(),
-    "DICOM_PREFIX": Ref("DICOMPrefix"),
+    "DICOM_PREFIX": Ref(p.DICOM_PREFIX),
     # With client IP preservation the task sees the sender's own address, so it can check it as well.
     "PEER_CIDRS": c.join_nonempty_cidrs(),
-    "SHUTDOWN_GRACE_SECONDS": Ref("ShutdownGraceSeconds"),
-    "BATCH_MAX_INSTANCES": Ref("BatchMaxInstances"),
-    "BATCH_MAX_BYTES": Ref("BatchMaxBytes"),
-    "MAX_POOL_CONNECTIONS": Ref("MaxPoolConnections"),
+    "SHUTDOWN_GRACE_SECONDS": Ref(p.SHUTDOWN_GRACE_SECONDS),
+    "BATCH_MAX_INSTANCES": Ref(p.BATCH_MAX_INSTANCES),
+    "BATCH_MAX_BYTES": Ref(p.BATCH_MAX_BYTES),
+    "MAX_POOL_CONNECTIONS": Ref(p.MAX_POOL_CONNECTIONS),
     "S3_SSE": If(c.HAS_KMS_KEY, "aws:kms", "AES256"),
-    "S3_KMS_KEY_ID": Ref("KmsKeyArn"),
-    "WORKERS": Ref("Workers"),
+    "S3_KMS_KEY_ID": Ref(p.KMS_KEY_ARN),
+    "WORKERS": Ref(p.WORKERS),
     # The service dimension of the SCP's metrics (template_gen/monitoring.py names it so).
     "METRICS_SERVICE": Ref("AWS::StackName"),
 }
@@ -73,11 +74,8 @@ def image_repository_arn() -> Sub:
     )
 
 
-LOG_GROUP = "ScpLogGroup"
 EXECUTION_ROLE = "ScpExecutionRole"
-TASK_ROLE = "ScpTaskRole"
 TASK_DEFINITION = "ScpTaskDefinition"
-SCALABLE_TARGET = "ScpScalableTarget"
 
 
 def add_service(template: Template) -> None:
@@ -85,7 +83,7 @@ def add_service(template: Template) -> None:
         task_security_group(),
         task_ingress_from_load_balancer(),
         cluster(),
-        c.log_group(LOG_GROUP),
+        c.log_group(c.SCP_LOG_GROUP),
         execution_role(),
         task_role(),
         task_definition(),
@@ -100,7 +98,7 @@ def task_security_group() -> ec2.SecurityGroup:
     return ec2.SecurityGroup(
         c.TASK_SECURITY_GROUP,
         GroupDescription="DICOM SCP tasks: the DICOM port from the load balancer only",
-        VpcId=Ref("VpcID"),
+        VpcId=Ref(p.VPC_ID),
         # DNS: the Amazon-provided resolver is not subject to security groups; resolvers of one's own are
         # admitted by the additional task security group (SecurityGroupID). docs/deployment.md says so.
         SecurityGroupEgress=[
@@ -123,8 +121,8 @@ def task_ingress_from_load_balancer() -> ec2.SecurityGroupIngress:
         GroupId=GetAtt(c.TASK_SECURITY_GROUP, "GroupId"),
         Description="DICOM traffic and health checks from the load balancer",
         IpProtocol="tcp",
-        FromPort=Ref("SCPPort"),
-        ToPort=Ref("SCPPort"),
+        FromPort=Ref(p.SCP_PORT),
+        ToPort=Ref(p.SCP_PORT),
         SourceSecurityGroupId=GetAtt(c.LOAD_BALANCER_SECURITY_GROUP, "GroupId"),
     )
 
@@ -157,7 +155,7 @@ def execution_role() -> iam.Role:
                         Statement(
                             Effect=Allow,
                             Action=[logs.CreateLogStream, logs.PutLogEvents],
-                            Resource=[GetAtt(LOG_GROUP, "Arn")],
+                            Resource=[GetAtt(c.SCP_LOG_GROUP, "Arn")],
                         ),
                     ],
                 ),
@@ -168,7 +166,7 @@ def execution_role() -> iam.Role:
 
 def task_role() -> iam.Role:
     return iam.Role(
-        TASK_ROLE,
+        c.TASK_ROLE,
         AssumeRolePolicyDocument=ecs_tasks_trust(),
         Policies=[
             iam.Policy(
@@ -211,12 +209,12 @@ def container_definition() -> ecs.ContainerDefinition:
             Capabilities=ecs.KernelCapabilities(Drop=["ALL"]),
         ),
         MountPoints=[ecs.MountPoint(SourceVolume=SCRATCH_VOLUME, ContainerPath=SCRATCH_PATH, ReadOnly=False)],
-        PortMappings=[ecs.PortMapping(ContainerPort=Ref("SCPPort"), Protocol="tcp")],
+        PortMappings=[ecs.PortMapping(ContainerPort=Ref(p.SCP_PORT), Protocol="tcp")],
         Environment=[ecs.Environment(Name=name, Value=value) for name, value in CONTAINER_ENVIRONMENT.items()],
         LogConfiguration=ecs.LogConfiguration(
             LogDriver="awslogs",
             Options={
-                "awslogs-group": Ref(LOG_GROUP),
+                "awslogs-group": Ref(c.SCP_LOG_GROUP),
                 "awslogs-region": Ref("AWS::Region"),
                 "awslogs-stream-prefix": CONTAINER_NAME,
                 # A throttled log stream must not stall the DICOM receive path.
@@ -232,12 +230,12 @@ def task_definition() -> ecs.TaskDefinition:
         TASK_DEFINITION,
         RequiresCompatibilities=["FARGATE"],
         NetworkMode="awsvpc",
-        Cpu=Ref("TaskCPU"),
-        Memory=Ref("TaskMemoryLimit"),
-        EphemeralStorage=ecs.EphemeralStorage(SizeInGiB=Ref("TaskEphemeralStorageGiB")),
+        Cpu=Ref(p.TASK_CPU),
+        Memory=Ref(p.TASK_MEMORY_LIMIT),
+        EphemeralStorage=ecs.EphemeralStorage(SizeInGiB=Ref(p.TASK_EPHEMERAL_STORAGE_GIB)),
         RuntimePlatform=ecs.RuntimePlatform(OperatingSystemFamily="LINUX", CpuArchitecture="X86_64"),
         ExecutionRoleArn=GetAtt(EXECUTION_ROLE, "Arn"),
-        TaskRoleArn=GetAtt(TASK_ROLE, "Arn"),
+        TaskRoleArn=GetAtt(c.TASK_ROLE, "Arn"),
         Volumes=[ecs.Volume(Name=SCRATCH_VOLUME)],
         ContainerDefinitions=[container_definition()],
     )
@@ -252,7 +250,7 @@ def service() -> ecs.Service:
         TaskDefinition=Ref(TASK_DEFINITION),
         LaunchType="FARGATE",
         PlatformVersion="LATEST",
-        DesiredCount=Ref("TaskDesiredCount"),
+        DesiredCount=Ref(p.TASK_DESIRED_COUNT),
         HealthCheckGracePeriodSeconds=60,
         PropagateTags="SERVICE",
         EnableECSManagedTags=True,
@@ -264,10 +262,10 @@ def service() -> ecs.Service:
         NetworkConfiguration=ecs.NetworkConfiguration(
             AwsvpcConfiguration=ecs.AwsvpcConfiguration(
                 AssignPublicIp="DISABLED",
-                Subnets=Ref("PrivateSubnetIDs"),
+                Subnets=Ref(p.PRIVATE_SUBNET_IDS),
                 SecurityGroups=If(
                     c.HAS_EXTRA_TASK_SG,
-                    [GetAtt(c.TASK_SECURITY_GROUP, "GroupId"), Ref("SecurityGroupID")],
+                    [GetAtt(c.TASK_SECURITY_GROUP, "GroupId"), Ref(p.SECURITY_GROUP_ID)],
                     [GetAtt(c.TASK_SECURITY_GROUP, "GroupId")],
                 ),
             )
@@ -275,7 +273,7 @@ def service() -> ecs.Service:
         LoadBalancers=[
             ecs.LoadBalancer(
                 ContainerName=CONTAINER_NAME,
-                ContainerPort=Ref("SCPPort"),
+                ContainerPort=Ref(p.SCP_PORT),
                 TargetGroupArn=Ref(c.TARGET_GROUP),
             )
         ],
@@ -284,12 +282,12 @@ def service() -> ecs.Service:
 
 def scalable_target() -> aas.ScalableTarget:
     return aas.ScalableTarget(
-        SCALABLE_TARGET,
+        c.SCALABLE_TARGET,
         ServiceNamespace="ecs",
         ScalableDimension="ecs:service:DesiredCount",
         ResourceId=Sub("service/${Cluster}/${Service}", Cluster=Ref(c.CLUSTER), Service=GetAtt(c.SERVICE, "Name")),
-        MinCapacity=Ref("TaskDesiredCount"),
-        MaxCapacity=Ref("AutoscaleMaxCapacity"),
+        MinCapacity=Ref(p.TASK_DESIRED_COUNT),
+        MaxCapacity=Ref(p.AUTOSCALE_MAX_CAPACITY),
     )
 
 
@@ -298,7 +296,7 @@ def cpu_scaling_policy() -> aas.ScalingPolicy:
         "ScpCpuScalingPolicy",
         PolicyName=Sub("${AWS::StackName}-scp-cpu"),
         PolicyType="TargetTrackingScaling",
-        ScalingTargetId=Ref(SCALABLE_TARGET),
+        ScalingTargetId=Ref(c.SCALABLE_TARGET),
         TargetTrackingScalingPolicyConfiguration=aas.TargetTrackingScalingPolicyConfiguration(
             TargetValue=50.0,
             ScaleInCooldown=60,

@@ -16,6 +16,7 @@ from dicom_store_contract import tables
 from troposphere import GetAtt, If, NoValue, Ref, Sub, Tags, Template, dynamodb, healthimaging, iam, s3
 
 from template_gen import common as c
+from template_gen import parameters as p
 from template_gen.network import S3_ACCESS_LOG_PREFIX, tls_only_statement
 
 NONCURRENT_VERSION_DAYS = 7
@@ -80,7 +81,7 @@ def _add_buckets(template: Template) -> None:
         _bucket(
             c.DICOM_BUCKET,
             "dicom/",
-            Ref("DICOMObjectRetentionDays"),
+            Ref(p.DICOM_OBJECT_RETENTION_DAYS),
             BucketName=c.dicom_bucket_name(),
             # S3 checks the destination's invoke permission when the notification is set.
             DependsOn=[c.TRIGGER_IMPORT_S3_PERMISSION],
@@ -92,7 +93,7 @@ def _add_buckets(template: Template) -> None:
                         Filter=s3.Filter(
                             S3Key=s3.S3Key(
                                 Rules=[
-                                    s3.Rules(Name="prefix", Value=Sub("${DICOMPrefix}manifests/")),
+                                    s3.Rules(Name="prefix", Value=Sub(p.in_sub(p.DICOM_PREFIX) + "manifests/")),
                                     s3.Rules(Name="suffix", Value=".json"),
                                 ]
                             )
@@ -102,7 +103,7 @@ def _add_buckets(template: Template) -> None:
             ),
         )
     )
-    results = template.add_resource(_bucket(c.RESULTS_BUCKET, "import-results/", Ref("ImportResultsRetentionDays")))
+    results = template.add_resource(_bucket(c.RESULTS_BUCKET, "import-results/", Ref(p.IMPORT_RESULTS_RETENTION_DAYS)))
     for bucket, name in ((dicom, "DicomBucketPolicy"), (results, "ImportResultsBucketPolicy")):
         template.add_resource(
             s3.BucketPolicy(
@@ -141,7 +142,9 @@ def _add_datastore(template: Template) -> None:
                                 Effect=Allow,
                                 Action=[s3_actions.ListBucket],
                                 Resource=[c.dicom_bucket_arn()],
-                                Condition=Condition(StringLike("s3:prefix", Sub("${DICOMPrefix}incoming/*"))),
+                                Condition=Condition(
+                                    StringLike("s3:prefix", Sub(p.in_sub(p.DICOM_PREFIX) + "incoming/*"))
+                                ),
                             ),
                             Statement(
                                 Effect=Allow,

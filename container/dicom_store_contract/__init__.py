@@ -2,6 +2,7 @@
 
 ``layout``: where a batch's objects and its manifest live. ``manifest``: the manifest's fields, version, build and
 parse. ``limits``: AWS HealthImaging's quotas and the product's batch limits, each with the page it comes from.
+``uids``: what a DICOM UID looks like, checked by every part that takes one.
 
 Standard library only: the SCP image and the Lambda zip both ship this package (container/Dockerfile,
 release/package.py), and neither may pull a dependency in through it. docs/contracts.md describes it.

@@ -13,9 +13,9 @@ Worklist, Print...): those are declined, because this SCP serves only C-STORE an
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
+from dicom_store_contract import uids
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.service_class import ServiceClass, StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
@@ -24,13 +24,11 @@ from .transfer_syntaxes import AHI_IMPORTABLE
 
 LOG = logging.getLogger("dicom_store_scp.contexts")
 
-# PS3.5 9.1 UID characters; the length is checked when a C-STORE arrives (handlers.py).
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-
 
 def storage_like(uid: str) -> bool:
     """A storage SOP class pynetdicom knows, or one it does not know at all (private, retired, newer)."""
-    if not _UID.match(uid):
+    # The UID's form only; its length is checked when a C-STORE arrives (handlers.py).
+    if not uids.has_uid_form(uid):
         return False
     return uid_to_service_class(uid) in (StorageServiceClass, ServiceClass)
 

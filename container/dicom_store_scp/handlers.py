@@ -10,14 +10,13 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-import re
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dicom_store_contract import limits
+from dicom_store_contract import limits, uids
 from dicom_store_contract.manifest import EndReason, Instance
 from pydicom.filereader import read_partial
 from pydicom.tag import BaseTag, Tag
@@ -59,10 +58,6 @@ warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
 # ahead of the filter above, so it wins.)
 warnings.filterwarnings("error", message=r"Expected (explicit|implicit) VR, but found", category=UserWarning)
 
-# PS3.5 9.1: digits in dot-separated components, at most 64 characters. Leading zeros are tolerated (they
-# are common in the wild and harmless here); empty components are not, which also keeps keys path-safe.
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-_UID_LENGTH = limits.DICOM_UID_LENGTH.whole
 
 # A-ASSOCIATE-RJ (PS3.8 7.1.1.9): result, source, reason.
 _REJECTED_PERMANENT = 0x01
@@ -106,16 +101,14 @@ def _stop_after_header(tag: BaseTag, vr: str | None, length: int) -> bool:
     return tag > _LAST_HEADER_TAG
 
 
-def _is_uid(value: str) -> bool:
-    return 0 < len(value) <= _UID_LENGTH and bool(_UID.match(value))
-
-
 def _uid_fault(value: str) -> str:
     if not value:
         return "data set has none"
-    if len(value) > _UID_LENGTH and _UID.match(value):
+    if len(value) > uids.MAX_LENGTH and uids.has_uid_form(value):
         # AHI would import up to 256 characters, but DICOM allows 64: no other DICOM node could take it from AHI.
-        return f"data set has {len(value)} characters, DICOM allows {_UID_LENGTH} (AHI {limits.AHI_UID_LENGTH.whole})"
+        return (
+            f"data set has {len(value)} characters, DICOM allows {uids.MAX_LENGTH} (AHI {limits.AHI_UID_LENGTH.whole})"
+        )
     return f"data set has {value}"
 
 
@@ -349,15 +342,15 @@ def _validate(request: Any, values: dict[int, str]) -> tuple[int, str]:
     if sop_class != str(request.AffectedSOPClassUID):
         return statuses.SOP_CLASS_MISMATCH, f"data set has {sop_class or 'none'}"
     sop_instance = values[_SOP_INSTANCE_UID_NUMBER]
-    if not _is_uid(sop_instance):
+    if not uids.is_uid(sop_instance):
         return statuses.BAD_SOP_INSTANCE_UID, _uid_fault(sop_instance)
     if sop_instance != str(request.AffectedSOPInstanceUID):
         return statuses.SOP_INSTANCE_MISMATCH, f"data set has {sop_instance}"
     study = values[_STUDY_INSTANCE_UID_NUMBER]
-    if not _is_uid(study):
+    if not uids.is_uid(study):
         return statuses.BAD_STUDY_INSTANCE_UID, _uid_fault(study)
     series = values[_SERIES_INSTANCE_UID_NUMBER]
-    if not _is_uid(series):
+    if not uids.is_uid(series):
         return statuses.BAD_SERIES_INSTANCE_UID, _uid_fault(series)
     return statuses.SUCCESS, ""
 

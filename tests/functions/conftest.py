@@ -10,6 +10,8 @@ from typing import Any
 
 import boto3
 import pytest
+from dicom_store_contract import metrics
+from dicom_store_contract import tables as contract_tables
 from moto import mock_aws
 from support.batches import write_batch
 
@@ -48,44 +50,33 @@ def s3(aws):
     return client
 
 
-@pytest.fixture
-def tables(aws):
-    dynamodb = boto3.client("dynamodb", region_name=REGION)
+def _create_table(dynamodb: Any, name: str, key: str, indexes: tuple[contract_tables.Index, ...]) -> None:
+    """A table as the template defines it: its key and the contract's indexes (names and keys)."""
+    attributes = {key} | {i.partition_key for i in indexes} | {i.sort_key for i in indexes if i.sort_key}
     dynamodb.create_table(
-        TableName="DicomImportJobTable",
+        TableName=name,
         BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[
-            {"AttributeName": "jobId", "AttributeType": "S"},
-            {"AttributeName": "batchId", "AttributeType": "S"},
-        ],
-        KeySchema=[{"AttributeName": "jobId", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in sorted(attributes)],
+        KeySchema=[{"AttributeName": key, "KeyType": "HASH"}],
         GlobalSecondaryIndexes=[
             {
-                "IndexName": "batchId-index",
-                "KeySchema": [{"AttributeName": "batchId", "KeyType": "HASH"}],
-                "Projection": {"ProjectionType": "ALL"},
-            }
-        ],
-    )
-    dynamodb.create_table(
-        TableName="DicomInstanceTable",
-        BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[
-            {"AttributeName": "sopInstanceUID", "AttributeType": "S"},
-            {"AttributeName": "studyInstanceUID", "AttributeType": "S"},
-        ],
-        KeySchema=[{"AttributeName": "sopInstanceUID", "KeyType": "HASH"}],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": "studyInstanceUID-index",
+                "IndexName": index.name,
                 "KeySchema": [
-                    {"AttributeName": "studyInstanceUID", "KeyType": "HASH"},
-                    {"AttributeName": "sopInstanceUID", "KeyType": "RANGE"},
+                    {"AttributeName": index.partition_key, "KeyType": "HASH"},
+                    *([{"AttributeName": index.sort_key, "KeyType": "RANGE"}] if index.sort_key else []),
                 ],
                 "Projection": {"ProjectionType": "ALL"},
             }
+            for index in indexes
         ],
     )
+
+
+@pytest.fixture
+def tables(aws):
+    dynamodb = boto3.client("dynamodb", region_name=REGION)
+    _create_table(dynamodb, "DicomImportJobTable", contract_tables.JOB_ID, contract_tables.JOB_INDEXES)
+    _create_table(dynamodb, "DicomInstanceTable", contract_tables.SOP_INSTANCE_UID, contract_tables.INSTANCE_INDEXES)
     return dynamodb
 
 
@@ -113,7 +104,7 @@ def environment(monkeypatch, s3, tables, state_machine):
         "RESULTS_BUCKET": RESULTS_BUCKET,
         "SWEEP_MIN_AGE_MINUTES": "30",
         "POWERTOOLS_SERVICE_NAME": "dicom-store-scp-pipeline",
-        "POWERTOOLS_METRICS_NAMESPACE": "DicomStoreScp",
+        "POWERTOOLS_METRICS_NAMESPACE": metrics.NAMESPACE,
     }.items():
         monkeypatch.setenv(name, value)
     runtime.reset()

@@ -11,6 +11,7 @@ import venv
 import zipfile
 
 import pytest
+from dicom_store_contract import metrics
 from packaging.utils import canonicalize_name
 
 from release import lock, package, project
@@ -145,7 +146,7 @@ def test_every_handler_imports_from_the_unpacked_zip_in_a_bare_interpreter(funct
         "SWEEP_MIN_AGE_MINUTES": "60",
         "LOG_LEVEL": "INFO",
         "POWERTOOLS_SERVICE_NAME": "dicom-store-scp",
-        "POWERTOOLS_METRICS_NAMESPACE": "DicomStoreScp",
+        "POWERTOOLS_METRICS_NAMESPACE": metrics.NAMESPACE,
     }
     result = subprocess.run(
         [str(env_dir / "bin" / "python"), "-I", "-c", IMPORT_EVERY_HANDLER, str(task), *handlers],

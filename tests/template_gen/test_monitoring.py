@@ -32,6 +32,18 @@ AWS_METRICS: dict[tuple[str, str], set[str]] = {
 }
 
 
+def _is_contract_namespace(node: ast.expr | None, module: ast.Module) -> bool:
+    """``node`` names the contract's NAMESPACE, imported from dicom_store_contract.metrics (never a copy)."""
+    if not isinstance(node, ast.Name):
+        return False
+    return any(
+        isinstance(statement, ast.ImportFrom)
+        and statement.module == "dicom_store_contract.metrics"
+        and any(alias.name == "NAMESPACE" and (alias.asname or alias.name) == node.id for alias in statement.names)
+        for statement in module.body
+    )
+
+
 def published_by_functions() -> dict[str, set[str]]:
     """functions/<module>.py -> the metric names it passes to Powertools' add_metric, read from the source."""
     published: dict[str, set[str]] = {}
@@ -51,8 +63,8 @@ def published_by_functions() -> dict[str, set[str]]:
                     for c in ast.walk(keywords["name"])
                     if isinstance(c, ast.Constant) and isinstance(c.value, str)
                 }
-            if callee == "Metrics" and isinstance(keywords.get("namespace"), ast.Constant):
-                namespace_ok = keywords["namespace"].value == m.NAMESPACE
+            if callee == "Metrics":
+                namespace_ok = _is_contract_namespace(keywords.get("namespace"), tree)
         if names:
             assert namespace_ok, f"{path.name} publishes outside {m.NAMESPACE}"
             published[path.stem] = names

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dicom_store_contract import tables
 from support.cfn import Deployment
 
 from template_gen.common import DEREGISTRATION_DELAY_SECONDS, STOP_TIMEOUT_SECONDS
@@ -409,17 +410,17 @@ def test_functions_follow_the_contract(template: dict[str, Any]) -> None:
 
 
 def test_tables_have_the_contract_keys(template: dict[str, Any]) -> None:
-    tables = Stack(template).decided("AWS::DynamoDB::Table")
-    jobs = tables["DicomImportJobTable"]["Properties"]
+    defined = Stack(template).decided("AWS::DynamoDB::Table")
+    jobs = defined["DicomImportJobTable"]["Properties"]
     assert jobs["KeySchema"] == [{"AttributeName": "jobId", "KeyType": "HASH"}]
     assert [(i["IndexName"], i["KeySchema"]) for i in jobs["GlobalSecondaryIndexes"]] == [
-        ("batchId-index", [{"AttributeName": "batchId", "KeyType": "HASH"}])
+        (tables.JOBS_BY_BATCH.name, [{"AttributeName": "batchId", "KeyType": "HASH"}])
     ]
-    instances = tables["DicomInstanceTable"]["Properties"]
+    instances = defined["DicomInstanceTable"]["Properties"]
     assert instances["KeySchema"] == [{"AttributeName": "sopInstanceUID", "KeyType": "HASH"}]
     assert [(i["IndexName"], i["KeySchema"]) for i in instances["GlobalSecondaryIndexes"]] == [
         (
-            "studyInstanceUID-index",
+            tables.INSTANCES_BY_STUDY.name,
             [
                 {"AttributeName": "studyInstanceUID", "KeyType": "HASH"},
                 {"AttributeName": "sopInstanceUID", "KeyType": "RANGE"},
@@ -427,14 +428,14 @@ def test_tables_have_the_contract_keys(template: dict[str, Any]) -> None:
         ),
         # `dicom-store-scp status --series / --batch` query these.
         (
-            "seriesInstanceUID-index",
+            tables.INSTANCES_BY_SERIES.name,
             [
                 {"AttributeName": "seriesInstanceUID", "KeyType": "HASH"},
                 {"AttributeName": "sopInstanceUID", "KeyType": "RANGE"},
             ],
         ),
         (
-            "batchId-index",
+            tables.INSTANCES_BY_BATCH.name,
             [
                 {"AttributeName": "batchId", "KeyType": "HASH"},
                 {"AttributeName": "sopInstanceUID", "KeyType": "RANGE"},

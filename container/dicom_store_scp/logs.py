@@ -8,7 +8,7 @@ import re
 import sys
 from datetime import UTC, datetime
 
-from pynetdicom import _config
+from . import negotiation
 
 # Connection threads are named after their peer (see handlers.handle_connection_open).
 _PEER_THREAD = re.compile(r" peer (?P<peer>\S+)$")
@@ -60,8 +60,6 @@ def configure(level: str) -> None:
     fsm = logging.getLogger("pynetdicom.fsm")
     if _PEER_FAULTS not in fsm.filters:
         fsm.addFilter(_PEER_FAULTS)
-    # Its standard event handlers only narrate (at INFO and DEBUG), and some raise on a malformed PDU, which
-    # pynetdicom then logs as an error with a traceback for every such connection: bind them only when debugging.
-    _config.LOG_HANDLER_LEVEL = "standard" if level.upper() == "DEBUG" else "none"
+    negotiation.narrate_events(level.upper() == "DEBUG")
     # botocore logs credentials-resolution details at DEBUG only; never lower it below WARNING here.
     logging.getLogger("botocore").setLevel("WARNING")

@@ -77,6 +77,7 @@ SEAMS: tuple[Seam, ...] = (
     Seam("Association", "_run_reactor", "replaced: the data phase, handed to engine.py instead of pynetdicom's DIMSE"),
     Seam("RequestHandler", "_create_association", "wrapped: builds the association without deep-copying 170 contexts"),
     Seam("PresentationContext", "_transfer_syntax", "copied: a context's own list, without re-validating each UID"),
+    Seam("pynetdicom", "_config", "set: LOG_HANDLER_LEVEL, whether pynetdicom's narrating event handlers are bound"),
 )
 
 
@@ -96,11 +97,18 @@ def problems() -> list[str]:
         "Association": Association,
         "RequestHandler": RequestHandler,
         "PresentationContext": PresentationContext(),
+        "pynetdicom": pynetdicom,
     }
     found += [
         f"pynetdicom has no {seam.where}.{seam.name}" for seam in SEAMS if not hasattr(places[seam.where], seam.name)
     ]
     return found
+
+
+def narrate_events(debug: bool) -> None:
+    """pynetdicom's standard event handlers only narrate (at INFO and DEBUG), and some raise on a malformed PDU, which
+    pynetdicom then logs as an error with a traceback for every such connection: bound only when debugging."""
+    pynetdicom._config.LOG_HANDLER_LEVEL = "standard" if debug else "none"
 
 
 # -- the upper layer until the hand-over ---------------------------------------------------------------------------

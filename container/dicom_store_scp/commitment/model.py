@@ -7,12 +7,12 @@ Failure Reason the SCP sends and when, a request as parsed (``parse_request``) a
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from dicom_store_contract.uids import is_uid
 from pydicom.dataset import Dataset
 
 # One logger for the whole subpackage: its log lines keep the name they always had.
@@ -68,12 +68,6 @@ REFERENCES_LIMIT = 20_000
 # with the same Transaction UID and instances gets the report again).
 RETENTION = timedelta(days=7)
 
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-
-
-def _is_uid(value: str) -> bool:
-    return 0 < len(value) <= 64 and bool(_UID.match(value))
-
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -122,14 +116,14 @@ def parse_request(action_information: Dataset) -> tuple[str, list[Reference]]:
         ]
     except Exception as error:  # pydicom decodes lazily: a malformed element raises on first access
         raise InvalidRequest(f"Action Information cannot be decoded: {type(error).__name__}: {error}") from None
-    if not _is_uid(transaction_uid):
+    if not is_uid(transaction_uid):
         raise InvalidRequest(f"Transaction UID (0008,1195) is {transaction_uid or 'missing'}")
     if not references:
         raise InvalidRequest("Referenced SOP Sequence (0008,1199) is missing or empty")
     if len(references) > REFERENCES_LIMIT:
         raise InvalidRequest(f"{len(references)} references; at most {REFERENCES_LIMIT} in one request")
     for reference in references:
-        if not (_is_uid(reference.sop_class_uid) and _is_uid(reference.sop_instance_uid)):
+        if not (is_uid(reference.sop_class_uid) and is_uid(reference.sop_instance_uid)):
             raise InvalidRequest(f"Referenced SOP Sequence holds an invalid UID: {reference}")
     return transaction_uid, references
 

@@ -248,9 +248,8 @@ MAXIMUM_PDU_SIZE = Limit(
     "bytes",
     "largest PDU the SCP accepts, a longer one is aborted; bounds memory per association (0 = 1 MiB)",
     BENCHMARKS + " section 5",
-    note="16 KiB PDUs cost the SCP 1.7x the CPU per instance; 256 KiB x 300 associations, each PDU held once (with"
-    " 64 KiB read ahead) on the owned receive path and about four times on pynetdicom's: about 320 MiB at most"
-    " (docs/conformance.md 2.3)",
+    note="16 KiB PDUs cost the SCP 1.7x the CPU per instance; 256 KiB x 300 associations, each PDU held once with"
+    " at most 64 KiB read ahead: about 94 MiB of receive buffers at most (docs/conformance.md 2.3)",
 )
 PDU_SIZE_FLOOR = Limit(
     "Smallest MAXIMUM_PDU_SIZE",

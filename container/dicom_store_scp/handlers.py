@@ -301,7 +301,7 @@ def _read_header(
 
     The wanted elements alone are found by header.py; their values are read without pydicom when they are plain
     text (nearly always), by pydicom otherwise, and by pydicom's ``read_partial`` whenever the walker is unsure.
-    ``head``: the file's first bytes (all ``size`` of them when it is short), kept in memory by the owned receive
+    ``head``: the file's first bytes (all ``size`` of them when it is short), kept in memory by the receive
     path (engine.py), walked before the file.
     """
     walked = header_walker.read_elements(source, transfer_syntax, _WANTED, _LAST_TAG_NUMBER, head, size)

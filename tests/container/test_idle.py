@@ -1,4 +1,4 @@
-"""Idle associations cost (almost) no CPU: pynetdicom's 1 ms polling is replaced by waiting (pynetdicom_threads.py)."""
+"""Idle associations cost (almost) no CPU: a thread blocked in its socket read, not a poll (engine.py, negotiation.py)."""
 
 from __future__ import annotations
 

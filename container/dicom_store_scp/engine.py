@@ -29,7 +29,6 @@ is removed however the association ends.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import logging
 import os
@@ -48,6 +47,7 @@ from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_
 
 from . import guard, handlers, statuses
 from .batches import Sessions
+from .checksum import Crc64Nvme
 from .metrics import Recorder
 
 LOG = logging.getLogger("dicom_store_scp.engine")
@@ -109,7 +109,7 @@ class _Store:
     fd: int = -1
     received_bytes: int = 0
     dropped_bytes: int = 0
-    # SHA-256 of the spool file, computed as it is written (handlers.py would read the file again for it).
+    # CRC64NVME of the spool file, computed as it is written (handlers.py would read the file again for it).
     digest: Any = None
     # The spool file's first bytes (File Meta Information, then the data set's start): the header is walked here.
     head: bytearray = field(default_factory=bytearray)
@@ -138,7 +138,7 @@ class _StoreEvent:
     request: _Request
     context: _Context
     dataset_path: str
-    sha256: str
+    checksum: str
     head: bytearray
     size: int
 
@@ -435,7 +435,7 @@ class DataPhase:
     def _open_spool(self, store: _Store) -> None:
         store.fd, store.path = _spool_file()
         meta = file_meta(store.sop_class_uid, store.sop_instance_uid, store.transfer_syntax)
-        store.digest = hashlib.sha256(meta)
+        store.digest = Crc64Nvme(meta)
         os.write(store.fd, meta)
         store.head += meta
         store.meta_length = len(meta)
@@ -459,7 +459,7 @@ class DataPhase:
             _Request(store.sop_class_uid, store.sop_instance_uid, store.message_id),
             _Context(store.transfer_syntax),
             str(store.path),
-            store.digest.hexdigest(),
+            store.digest.value(),
             store.head,  # walked in place: the store is done with it
             store.meta_length + store.received_bytes,
         )

@@ -25,8 +25,10 @@ from pydicom.tag import BaseTag, Tag
 from . import header as header_walker
 from . import statuses, validation
 from .batches import AssociationClosing, Sessions
+from .checksum import ALGORITHM as CHECKSUM_ALGORITHM
+from .checksum import of_file as file_checksum
 from .metrics import Recorder
-from .storage import StorageError, file_sha256
+from .storage import StorageError
 
 LOG = logging.getLogger("dicom_store_scp.handlers")
 
@@ -281,8 +283,9 @@ def handle_store(event: Any, sessions: Sessions, recorder: Recorder) -> int:
         study_date=values[_STUDY_DATE_NUMBER],
         transfer_syntax_uid=str(event.context.transfer_syntax),
         size=getattr(event, "size", None) or source.stat().st_size,
-        # The owned receive path hashes the file as it writes it (engine.py).
-        sha256=getattr(event, "sha256", "") or file_sha256(source),
+        # The owned receive path computes it as it writes the file (engine.py); otherwise the file is read for it.
+        checksum=getattr(event, "checksum", "") or file_checksum(source),
+        checksum_algorithm=CHECKSUM_ALGORITHM,
     )
     try:
         sessions.store(session, source, instance)

@@ -203,8 +203,8 @@ class S3Storage:
             multipart_threshold=MULTIPART_THRESHOLD,
             multipart_chunksize=part_size,
             max_concurrency=MULTIPART_CONCURRENCY,
-            # With awscrt installed boto3 would switch to the CRT transfer client on some instance types, which
-            # ignores the part size and concurrency above: one road for every task.
+            # With awscrt installed, boto3 picks its CRT transfer client on instance types it deems optimized: a
+            # second HTTP stack outside this client's retry, timeout and pool settings. One road on every host.
             preferred_transfer_client="classic",
         )
         # The transfer manager aborts the multipart upload when a part fails, so no orphaned parts are billed.

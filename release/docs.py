@@ -334,7 +334,8 @@ def manifest_section() -> str:
                 study_date="20261123",
                 transfer_syntax_uid="1.2.840.10008.1.2.1",
                 size=525312,
-                sha256="0" * 64,
+                checksum="AAAAAAAAAAA=",
+                checksum_algorithm=manifest.ChecksumAlgorithm.CRC64NVME,
             ),
         ),
         started_at=datetime(2026, 11, 23, 19, 5, 1, 123456, tzinfo=UTC),
@@ -348,7 +349,9 @@ def manifest_section() -> str:
     return (
         f"Version {manifest.MANIFEST_VERSION}. Example:\n\n```json\n{example.encode().decode()}\n```\n\n"
         f"Fields of the manifest:\n\n{manifest.fields_table(manifest.MANIFEST_FIELDS)}\n"
-        f"Fields of each entry of `instances`:\n\n{manifest.fields_table(manifest.INSTANCE_FIELDS)}"
+        f"Fields of each entry of `instances`:\n\n{manifest.fields_table(manifest.INSTANCE_FIELDS)}\n"
+        "Version 1, still read and no longer written, differs only there: in place of `checksum` and "
+        f"`checksumAlgorithm` each entry has\n\n{manifest.fields_table((manifest.V1_SHA256,))}"
     )
 
 

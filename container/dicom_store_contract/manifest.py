@@ -3,10 +3,16 @@
 One JSON object (UTF-8) whose fields are listed once, in MANIFEST_FIELDS and INSTANCE_FIELDS; ``Manifest.encode``
 writes it (the SCP, the sweeper) and ``parse`` reads and checks it (the functions). It carries
 ``manifestVersion``: a reader refuses a version it does not know rather than guess.
+
+Version 2 changed the instance checksum from ``sha256`` (hex) to ``checksum`` with its ``checksumAlgorithm``
+(CRC64NVME, as S3 verifies it on upload). ``parse`` still reads version 1, whose ``sha256`` becomes a SHA256
+checksum in the same form, so a batch sealed before an upgrade imports after it.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,7 +21,20 @@ from typing import Any
 
 from . import layout, limits
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+# Versions parse() reads: 1 differs only in the instance checksum (V1_SHA256 below).
+READABLE_VERSIONS = (1, 2)
+
+
+class ChecksumAlgorithm(StrEnum):
+    """The algorithm of an instance's ``checksum``, named as S3's ChecksumAlgorithm names it."""
+
+    CRC64NVME = "CRC64NVME"  # what the SCP computes while receiving and S3 verifies on upload (version 2)
+    SHA256 = "SHA256"  # a version-1 manifest's `sha256`, read as this
+
+
+# Bytes of each algorithm's value before base64: S3's checksum headers carry the big-endian value in base64.
+CHECKSUM_BYTES = {ChecksumAlgorithm.CRC64NVME: 8, ChecksumAlgorithm.SHA256: 32}
 
 
 class EndReason(StrEnum):
@@ -42,7 +61,14 @@ class Field:
 
 
 MANIFEST_FIELDS: tuple[Field, ...] = (
-    Field("manifestVersion", "version", int, True, f"this format's version, {MANIFEST_VERSION}"),
+    Field(
+        "manifestVersion",
+        "version",
+        int,
+        True,
+        f"this format's version, {MANIFEST_VERSION} (readers also take 1: its instances carry `sha256` instead of "
+        "`checksum` and `checksumAlgorithm`)",
+    ),
     Field("batchId", "batch_id", str, True, f"the batch id, {layout.BATCH_ID_FORM}"),
     Field("prefix", "prefix", str, True, "the batch prefix `<prefix>incoming/<batch-id>/`, DICOM_PREFIX included"),
     Field("callingAETitle", "calling_ae", str, False, "the sender's AE title (empty when swept)"),
@@ -66,8 +92,26 @@ INSTANCE_FIELDS: tuple[Field, ...] = (
     Field("studyDate", "study_date", str, False, "Study Date (0008,0020); empty when the data set has none"),
     Field("transferSyntaxUID", "transfer_syntax_uid", str, False, "the stored object's transfer syntax"),
     Field("size", "size", int, False, "bytes of the stored Part 10 object"),
-    Field("sha256", "sha256", str, False, "SHA-256 of the stored object's bytes, hex (absent when swept)"),
+    Field(
+        "checksum",
+        "checksum",
+        str,
+        False,
+        "checksum of the stored object's bytes in S3's form (`Checksum<algorithm>`: base64 of the big-endian value); "
+        "computed while receiving, verified by S3 on upload; absent when swept",
+    ),
+    Field(
+        "checksumAlgorithm",
+        "checksum_algorithm",
+        str,
+        False,
+        f"the checksum's algorithm as S3 names it: `{ChecksumAlgorithm.CRC64NVME}` from the SCP "
+        f"(`{ChecksumAlgorithm.SHA256}` is read too); absent with `checksum`",
+    ),
 )
+
+# Version 1's checksum field, read by parse() and written by nothing.
+V1_SHA256 = Field("sha256", "sha256", str, False, "SHA-256 of the stored object's bytes, hex (absent when swept)")
 
 
 class InvalidManifest(Exception):
@@ -90,12 +134,13 @@ class Instance:
     study_date: str = ""
     transfer_syntax_uid: str = ""
     size: int = 0
-    sha256: str = ""
+    checksum: str = ""
+    checksum_algorithm: str = ""
 
     def to_json(self) -> dict[str, Any]:
         record = {field.name: getattr(self, field.attribute) for field in INSTANCE_FIELDS}
-        if not self.sha256:
-            del record["sha256"]
+        if not self.checksum:
+            del record["checksum"], record["checksumAlgorithm"]
         return record
 
 
@@ -179,19 +224,56 @@ def _value(record: dict[str, Any], field: Field, where: str) -> Any:
     return value
 
 
-def _instance(record: Any, where: str, prefix: str) -> Instance:
+def _instance(record: Any, where: str, prefix: str, version: int) -> Instance:
     if not isinstance(record, dict):
         raise InvalidManifest(f"{where} is not an object")
-    instance = Instance(**{field.attribute: _value(record, field, where) for field in INSTANCE_FIELDS})
+    if version == 1:
+        values = {f.attribute: _value(record, f, where) for f in INSTANCE_FIELDS if f.attribute not in _CHECKSUM}
+        values.update(_v1_checksum(_value(record, V1_SHA256, where), where))
+    else:
+        values = {field.attribute: _value(record, field, where) for field in INSTANCE_FIELDS}
+        _check_checksum(values["checksum"], values["checksum_algorithm"], where)
+    instance = Instance(**values)
     if not instance.key.startswith(prefix):
         raise InvalidManifest(f"{where}: key {instance.key!r} is outside the batch prefix")
     return instance
 
 
+_CHECKSUM = ("checksum", "checksum_algorithm")
+
+
+def _v1_checksum(sha256_hex: str, where: str) -> dict[str, str]:
+    """Version 1's hex SHA-256 in version 2's form, so readers see one form whatever the version."""
+    if not sha256_hex:
+        return {"checksum": "", "checksum_algorithm": ""}
+    try:
+        digest = bytes.fromhex(sha256_hex)
+    except ValueError:
+        digest = b""
+    if len(digest) != CHECKSUM_BYTES[ChecksumAlgorithm.SHA256]:
+        raise InvalidManifest(f"{where}: sha256 must be 64 hex digits")
+    return {"checksum": base64.b64encode(digest).decode("ascii"), "checksum_algorithm": ChecksumAlgorithm.SHA256}
+
+
+def _check_checksum(value: str, algorithm: str, where: str) -> None:
+    if not value and not algorithm:
+        return
+    if algorithm not in CHECKSUM_BYTES:
+        known = ", ".join(ChecksumAlgorithm)
+        raise InvalidManifest(f"{where}: checksumAlgorithm {algorithm!r} is not one of {known}")
+    try:
+        length = len(base64.b64decode(value, validate=True))
+    except binascii.Error:
+        length = -1
+    if length != CHECKSUM_BYTES[ChecksumAlgorithm(algorithm)]:
+        raise InvalidManifest(f"{where}: checksum is not the base64 of a {algorithm} value")
+
+
 def parse(body: bytes | str, dicom_prefix: str, key: str | None = None) -> Manifest:
     """Read a manifest and check it against this contract and AHI's per-job limits.
 
-    ``key``, when given, is where the manifest was found: its batch id must be the manifest's.
+    ``key``, when given, is where the manifest was found: its batch id must be the manifest's. A version-1
+    manifest is returned in the current version's form (its ``sha256`` as a SHA256 ``checksum``).
     Raises InvalidManifest naming the first thing wrong.
     """
     try:
@@ -200,8 +282,10 @@ def parse(body: bytes | str, dicom_prefix: str, key: str | None = None) -> Manif
         raise InvalidManifest(f"not JSON: {error}") from None
     if not isinstance(document, dict):
         raise InvalidManifest("not a JSON object")
-    if document.get("manifestVersion") != MANIFEST_VERSION:
-        raise InvalidManifest(f"manifestVersion must be {MANIFEST_VERSION}")
+    version = document.get("manifestVersion")
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
+        known = " or ".join(str(v) for v in READABLE_VERSIONS)
+        raise InvalidManifest(f"manifestVersion must be {known}")
     values = {
         field.attribute: _value(document, field, "manifest")
         for field in MANIFEST_FIELDS
@@ -225,11 +309,11 @@ def parse(body: bytes | str, dicom_prefix: str, key: str | None = None) -> Manif
     if document.get("instanceCount", len(records)) != len(records):
         raise InvalidManifest(f"instanceCount {document.get('instanceCount')} but {len(records)} instances listed")
     instances = tuple(
-        _instance(record, f"instances[{number}]", expected_prefix) for number, record in enumerate(records)
+        _instance(record, f"instances[{number}]", expected_prefix, version) for number, record in enumerate(records)
     )
     if len({instance.sop_instance_uid for instance in instances}) != len(instances):
         raise InvalidManifest("a SOP Instance UID is listed twice")
-    manifest = Manifest(instances=instances, **values)
+    manifest = Manifest(instances=instances, **{**values, "version": MANIFEST_VERSION})
     most_bytes = limits.BYTES_PER_IMPORT_JOB.whole
     if manifest.total_bytes > most_bytes:
         raise InvalidManifest(f"{manifest.total_bytes} bytes; an import job takes at most {most_bytes}")

@@ -143,7 +143,7 @@ class Sessions:
                 instance.series_instance_uid,
                 instance.sop_instance_uid,
             )
-            self.storage.store_instance(source, key, instance.sha256)
+            self.storage.store_instance(source, key, instance.checksum)
             batch.add(replace(instance, key=key))
             session.instances += 1
             session.bytes += instance.size

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import hashlib
 import itertools
 import logging
 import os
@@ -61,6 +60,7 @@ from pynetdicom.dsutils import decode, encode
 
 from . import handlers, protocol, statuses
 from .batches import Sessions
+from .checksum import Crc64Nvme
 from .metrics import Recorder
 from .protocol import COMMAND, LAST
 
@@ -127,7 +127,7 @@ class _Store:
     fd: int = -1
     received_bytes: int = 0
     dropped_bytes: int = 0
-    # The checksum of the spool file, computed as it is written (handlers.py would read the file again for it).
+    # CRC64NVME of the spool file, computed as it is written (handlers.py would read the file again for it).
     digest: Any = None
     # The spool file's first bytes (File Meta Information, then the data set's start): the header is walked here.
     head: bytearray = field(default_factory=bytearray)
@@ -166,7 +166,7 @@ class _StoreEvent:
     request: _Request
     context: _Context
     dataset_path: str
-    sha256: str
+    checksum: str
     head: bytearray
     size: int
 
@@ -707,7 +707,7 @@ class DataPhase:
     def _open_spool(self, store: _Store) -> None:
         store.fd, store.path = _spool_file()
         meta = file_meta(store.sop_class_uid, store.sop_instance_uid, store.transfer_syntax)
-        store.digest = hashlib.sha256(meta)
+        store.digest = Crc64Nvme(meta)
         os.write(store.fd, meta)
         store.head += meta
         store.meta_length = len(meta)
@@ -731,7 +731,7 @@ class DataPhase:
             _Request(store.sop_class_uid, store.sop_instance_uid, store.message_id),
             _Context(store.transfer_syntax),
             str(store.path),
-            store.digest.hexdigest(),
+            store.digest.value(),
             store.head,  # walked in place: the store is done with it
             store.meta_length + store.received_bytes,
         )

@@ -24,8 +24,9 @@ from pydicom.tag import BaseTag, Tag
 from . import header as header_walker
 from . import statuses, validation
 from .batches import AssociationClosing, Sessions
+from .checksum import ALGORITHM as CHECKSUM_ALGORITHM
 from .metrics import Recorder
-from .storage import StorageError, file_sha256
+from .storage import StorageError
 
 LOG = logging.getLogger("dicom_store_scp.handlers")
 
@@ -229,8 +230,8 @@ def handle_aborted(event: Any, sessions: Sessions) -> None:
 
 
 def handle_store(event: Any, sessions: Sessions, recorder: Recorder) -> int:
-    """EVT_C_STORE: validate, store durably, and only then answer success."""
-    # pynetdicom calls this once the data set's last fragment is in the spool file: where StoreLatency starts.
+    """A received C-STORE (engine's _StoreEvent): validate, store durably, and only then answer success."""
+    # The receive loop calls this once the data set's last fragment is in the spool file: where StoreLatency starts.
     received = time.monotonic()
     request = event.request
     source = Path(event.dataset_path)
@@ -241,7 +242,7 @@ def handle_store(event: Any, sessions: Sessions, recorder: Recorder) -> int:
 
     try:
         values, header = _read_header(
-            source, str(event.context.transfer_syntax), getattr(event, "head", None), getattr(event, "size", 0)
+            source, str(event.context.transfer_syntax), event.head, event.size
         )
     except Exception as error:  # pydicom raises many types for malformed input
         return _fail(event, sessions, recorder, statuses.CANNOT_PARSE_DATASET, f"{type(error).__name__}: {error}")
@@ -274,9 +275,10 @@ def handle_store(event: Any, sessions: Sessions, recorder: Recorder) -> int:
         series_instance_uid=values[_SERIES_INSTANCE_UID_NUMBER],
         study_date=values[_STUDY_DATE_NUMBER],
         transfer_syntax_uid=str(event.context.transfer_syntax),
-        size=getattr(event, "size", None) or source.stat().st_size,
-        # The owned receive path hashes the file as it writes it (engine.py).
-        sha256=getattr(event, "sha256", "") or file_sha256(source),
+        size=event.size,
+        # Computed as the receive loop wrote the file (engine.py): the file is not read again for it.
+        checksum=event.checksum,
+        checksum_algorithm=CHECKSUM_ALGORITHM,
     )
     try:
         sessions.store(session, source, instance)

@@ -4,10 +4,10 @@ Same layout and manifest as the local folder (docs/contracts.md). A ``store_*`` 
 answered success for the object; anything else raises :class:`StorageError`, and the SCP answers a failure
 status so the sender retries.
 
-- Integrity: every request carries a SHA-256 checksum that S3 checks against the body it received and rejects
-  the request on a mismatch. A single PUT sends the digest the handler already computed over the spool file, so
-  the file is not read twice; a multipart upload checksums each part (S3 then records a checksum of the part
-  checksums).
+- Integrity: every object goes up with the CRC64NVME computed while it was received (checksum.py), which S3
+  checks against the bytes it received and refuses on a mismatch, so the file is not read again for it. A multipart
+  upload sends each part's CRC64NVME (botocore computes those) and the whole object's value with the completion:
+  CRC64NVME is a full-object checksum in S3, so a large instance is checked against the same value as a small one.
 - Memory: bodies are streamed from the spool file, never read whole; above the multipart threshold the transfer
   manager sends parts of a bounded size, a few at a time.
 - Time: botocore's standard retry mode with a small attempt count and socket timeouts derived from the DIMSE
@@ -21,8 +21,6 @@ status so the sender retries.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import threading
 import time
@@ -36,6 +34,7 @@ import botocore.config
 import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 
+from .checksum import of_bytes as checksum_of
 from .config import Config
 from .metrics import Recorder
 from .storage import StorageError
@@ -67,11 +66,6 @@ _STORAGE_ERRORS = (
     boto3.exceptions.Boto3Error,
     OSError,
 )
-
-
-def _b64_sha256(sha256_hex: str) -> str:
-    # S3 wants the base64 of the raw digest, not the hex text.
-    return base64.b64encode(bytes.fromhex(sha256_hex)).decode("ascii")
 
 
 @dataclass(frozen=True)
@@ -139,22 +133,22 @@ class S3Storage:
 
     # -- the Storage interface ----------------------------------------------------------------------------------
 
-    def store_instance(self, source: Path, key: str, sha256: str) -> None:
+    def store_instance(self, source: Path, key: str, checksum: str) -> None:
         started = time.monotonic()
         try:
             size = source.stat().st_size
             if size < MULTIPART_THRESHOLD:
                 with source.open("rb") as body:
-                    self._put(key, body, sha256, content_type="application/dicom")
+                    self._put(key, body, checksum, content_type="application/dicom")
             else:
-                self._upload_in_parts(source, key, size)
+                self._upload_in_parts(source, key, size, checksum)
         except _STORAGE_ERRORS as error:
             raise StorageError(f"s3://{self.settings.bucket}/{key}: {_describe_error(error)}") from error
         self.recorder.s3_upload(time.monotonic() - started)
 
     def store_manifest(self, key: str, body: bytes) -> None:
         try:
-            self._put(key, body, hashlib.sha256(body).hexdigest(), content_type="application/json")
+            self._put(key, body, checksum_of(body), content_type="application/json")
         except _STORAGE_ERRORS as error:
             raise StorageError(f"s3://{self.settings.bucket}/{key}: {_describe_error(error)}") from error
 
@@ -191,30 +185,36 @@ class S3Storage:
             args["SSEKMSKeyId"] = self.settings.kms_key_id
         return args
 
-    def _put(self, key: str, body: Any, sha256: str, content_type: str) -> None:
+    def _put(self, key: str, body: Any, crc64nvme: str, content_type: str) -> None:
         self.client().put_object(
             Bucket=self.settings.bucket,
             Key=key,
             Body=body,
             ContentType=content_type,
-            ChecksumAlgorithm="SHA256",
-            ChecksumSHA256=_b64_sha256(sha256),
+            # Given the value, botocore sends it as it is (x-amz-checksum-crc64nvme) instead of computing its own.
+            ChecksumAlgorithm="CRC64NVME",
+            ChecksumCRC64NVME=crc64nvme,
             **self._encryption(),  # type: ignore[arg-type]
         )
 
-    def _upload_in_parts(self, source: Path, key: str, size: int) -> None:
+    def _upload_in_parts(self, source: Path, key: str, size: int, crc64nvme: str) -> None:
         part_size = max(MULTIPART_PART_SIZE, -(-size // _MAX_PARTS))
         transfer = TransferConfig(
             multipart_threshold=MULTIPART_THRESHOLD,
             multipart_chunksize=part_size,
             max_concurrency=MULTIPART_CONCURRENCY,
+            # With awscrt installed, boto3 picks its CRT transfer client on instance types it deems optimized: a
+            # second HTTP stack outside this client's retry, timeout and pool settings. One road on every host.
+            preferred_transfer_client="classic",
         )
         # The transfer manager aborts the multipart upload when a part fails, so no orphaned parts are billed.
+        # A full-object checksum in ExtraArgs makes it create the upload as CRC64NVME FULL_OBJECT, checksum each part,
+        # and send this value with CompleteMultipartUpload, where S3 checks it against the assembled object.
         self.client().upload_file(
             str(source),
             self.settings.bucket,
             key,
-            ExtraArgs={"ContentType": "application/dicom", "ChecksumAlgorithm": "SHA256", **self._encryption()},
+            ExtraArgs={"ContentType": "application/dicom", "ChecksumCRC64NVME": crc64nvme, **self._encryption()},
             Config=transfer,
         )
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import tempfile
 import threading
@@ -17,7 +16,6 @@ import uuid
 from pathlib import Path
 from typing import Protocol
 
-_HASH_CHUNK = 1024 * 1024
 # How many recently used folders LocalStorage remembers as existing (a few per live association).
 _KNOWN_FOLDERS = 1024
 
@@ -30,22 +28,18 @@ class Storage(Protocol):
     def spool_dir(self) -> Path | None:
         """The folder received data should be streamed into so that storing it is cheapest (None: any)."""
 
-    def store_instance(self, source: Path, key: str, sha256: str) -> None:
-        """Make the Part 10 file at ``source`` durable under ``key``. May move ``source`` away."""
+    def store_instance(self, source: Path, key: str, checksum: str) -> None:
+        """Make the Part 10 file at ``source`` durable under ``key``. May move ``source`` away.
+
+        ``checksum`` is the file's CRC64NVME in S3's form (checksum.py): a backend that can have it verified on
+        arrival does.
+        """
 
     def store_manifest(self, key: str, body: bytes) -> None:
         """Make a batch manifest durable under ``key``."""
 
     def describe(self) -> str:
         """Where objects go, for the start-up log line."""
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fsync_dir(path: Path | str) -> None:
@@ -82,7 +76,7 @@ class LocalStorage:
     def describe(self) -> str:
         return f"local folder {self.root}"
 
-    def store_instance(self, source: Path, key: str, sha256: str) -> None:
+    def store_instance(self, source: Path, key: str, checksum: str) -> None:
         target = self._target(key)
         folder = os.path.dirname(target)
         try:

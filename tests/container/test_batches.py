@@ -15,7 +15,7 @@ from dicom_store_scp.storage import LocalStorage
 class _Store(LocalStorage):
     """The local store, keeping what it was given to store (the source file is reused)."""
 
-    def store_instance(self, source: Path, key: str, sha256: str) -> None:
+    def store_instance(self, source: Path, key: str, checksum: str) -> None:
         target = self.root / key
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(source.read_bytes())

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import pytest
 from dicom_store_contract import layout
 from dicom_store_scp import statuses
 from pydicom import dcmread
+from support.crc import s3_crc64nvme
 from support.scp import STORESCU_PROPOSAL, dataset_bytes, echoscu, sample_file, storescu
 
 # One pydicom-bundled file per transfer syntax this SCP accepts and pydicom ships.
@@ -75,8 +75,22 @@ def test_a_study_is_one_batch_with_a_complete_manifest(scp):
         assert item["sopClassUID"] == dataset.SOPClassUID
         assert item["studyDate"] == dataset.get("StudyDate", "")
         assert item["size"] == len(body)
-        assert item["sha256"] == hashlib.sha256(body).hexdigest()
+        assert (item["checksum"], item["checksumAlgorithm"]) == (s3_crc64nvme(body), "CRC64NVME")
     assert manifest["totalBytes"] == sum(item["size"] for item in manifest["instances"])
+
+
+def test_pynetdicoms_path_checksums_the_file_it_stored(start_scp):
+    # That path hands the handler no running checksum (commitment associations take it): the file is read for it.
+    scp = start_scp("--receive-engine", "pynetdicom")
+
+    result = storescu(scp.port, sample_file("CT_small.dcm"))
+
+    assert result.statuses == [statuses.SUCCESS], result.output
+    scp.wait_for_event("association")
+    [manifest] = scp.manifests()
+    [item] = manifest["instances"]
+    [stored] = scp.stored_files()
+    assert (item["checksum"], item["checksumAlgorithm"]) == (s3_crc64nvme(stored.read_bytes()), "CRC64NVME")
 
 
 def test_an_instance_sent_twice_is_stored_once_and_listed_once(scp):
@@ -91,7 +105,7 @@ def test_an_instance_sent_twice_is_stored_once_and_listed_once(scp):
     [manifest] = scp.manifests()
     [item] = manifest["instances"]
     [stored] = scp.stored_files()
-    assert item["sha256"] == hashlib.sha256(stored.read_bytes()).hexdigest()
+    assert (item["checksum"], item["checksumAlgorithm"]) == (s3_crc64nvme(stored.read_bytes()), "CRC64NVME")
     assert manifest["totalBytes"] == stored.stat().st_size
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
 from dataclasses import replace
@@ -13,9 +11,10 @@ import pytest
 from dicom_store_contract import layout
 from dicom_store_scp import statuses
 from dicom_store_scp.config import Config
-from dicom_store_scp.s3 import S3Settings, S3Storage
+from dicom_store_scp.s3 import MIB, MULTIPART_THRESHOLD, S3Settings, S3Storage
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
+from support.crc import s3_crc64nvme
 from support.moto import FailingS3Proxy, aws_env, bucket_objects
 from support.scp import dataset_bytes, sample_file, storescu
 
@@ -79,15 +78,18 @@ def test_a_series_lands_in_the_bucket_as_sent_with_its_manifest(
         body = objects[item["key"]]
         assert dataset_bytes_of(body, tmp_path) == wire_witness.sent_dataset(source, ())
         assert item["size"] == len(body)
-        assert item["sha256"] == hashlib.sha256(body).hexdigest()
+        assert (item["checksum"], item["checksumAlgorithm"]) == (s3_crc64nvme(body), "CRC64NVME")
         head = client.head_object(Bucket=bucket, Key=item["key"], ChecksumMode="ENABLED")
         assert head["ServerSideEncryption"] == sse
-        assert head["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(body).digest()).decode()
+        # The value sent with the PUT (moto_server records it; S3 would refuse the PUT had the bytes differed).
+        assert head["ChecksumCRC64NVME"] == s3_crc64nvme(body)
         assert head["ContentType"] == "application/dicom"
         if sse == "aws:kms":
             assert head["SSEKMSKeyId"].endswith("alias/dicom-bucket")
-    manifest_head = client.head_object(Bucket=bucket, Key=f"{prefix}manifests/{batch}.json")
+    manifest_key = f"{prefix}manifests/{batch}.json"
+    manifest_head = client.head_object(Bucket=bucket, Key=manifest_key, ChecksumMode="ENABLED")
     assert manifest_head["ServerSideEncryption"] == sse
+    assert manifest_head["ChecksumCRC64NVME"] == s3_crc64nvme(objects[manifest_key])
     assert scp.events("listening")[0]["storage"] == f"s3://{bucket}/{prefix}"
 
 
@@ -119,13 +121,57 @@ def test_a_large_instance_goes_up_in_parts_and_arrives_intact(
     [item] = manifest["instances"]
     body = objects[item["key"]]
     assert dataset_bytes_of(body, tmp_path) == wire_witness.sent_dataset(source, ())
-    assert item["sha256"] == hashlib.sha256(body).hexdigest()
+    assert (item["checksum"], item["checksumAlgorithm"]) == (s3_crc64nvme(body), "CRC64NVME")
     head = client.head_object(Bucket=bucket, Key=item["key"], ChecksumMode="ENABLED")
-    # A multipart object's ETag ends in its part count; S3 checked each part's SHA-256 and recorded a checksum.
+    # A multipart object's ETag ends in its part count. CRC64NVME is a full-object checksum: S3 holds the whole
+    # object's value (moto_server computes it over the assembled parts), the one the manifest lists.
     assert head["ETag"].strip('"').endswith("-3")
-    assert head["ChecksumSHA256"]
+    assert head["ChecksumType"] == "FULL_OBJECT"
+    assert head["ChecksumCRC64NVME"] == item["checksum"]
     assert head["ServerSideEncryption"] == "AES256"
     assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+_CHECKSUM_HEADERS = ("x-amz-checksum", "x-amz-trailer", "x-amz-sdk-checksum")
+
+
+def test_each_upload_carries_the_checksum_computed_while_receiving(s3_bucket, moto_server, monkeypatch, tmp_path):
+    """S3 verifies the value the receive loop computed: botocore sends it as given, for a PUT and for the
+    completion of a multipart upload, rather than a value of its own read from the spool file."""
+    client, bucket = s3_bucket
+    for name, value in aws_env(moto_server.endpoint).items():
+        monkeypatch.setenv(name, value)
+    storage = S3Storage(S3Settings(bucket=bucket))
+    sent: dict[str, dict[str, str]] = {}
+
+    def record(request, event_name, **_):
+        headers = {k.lower(): v for k, v in request.headers.items() if k.lower().startswith(_CHECKSUM_HEADERS)}
+        sent[event_name.rsplit(".", 1)[1]] = {k: v.decode() if isinstance(v, bytes) else v for k, v in headers.items()}
+
+    storage.client().meta.events.register("before-send.s3", record)
+    small, large = tmp_path / "small.dcm", tmp_path / "large.dcm"
+    small.write_bytes(os.urandom(1000))
+    large.write_bytes(os.urandom(MULTIPART_THRESHOLD + MIB))
+    # A value that is not the file's: a stand-in for bytes changed after they were received. moto_server records
+    # the value it is given for a PUT without checking it (S3 would answer BadDigest), which shows what was sent.
+    stand_in = "AAAAAAAAAAE="
+
+    storage.store_instance(small, "incoming/b/1/1.1/1.1.1.dcm", stand_in)
+    storage.store_instance(large, "incoming/b/1/1.1/1.1.2.dcm", s3_crc64nvme(large.read_bytes()))
+
+    assert sent["PutObject"] == {"x-amz-sdk-checksum-algorithm": "CRC64NVME", "x-amz-checksum-crc64nvme": stand_in}
+    head = client.head_object(Bucket=bucket, Key="incoming/b/1/1.1/1.1.1.dcm", ChecksumMode="ENABLED")
+    assert head["ChecksumCRC64NVME"] == stand_in
+    assert sent["CreateMultipartUpload"] == {
+        "x-amz-checksum-algorithm": "CRC64NVME",
+        "x-amz-checksum-type": "FULL_OBJECT",
+    }
+    # Each part's own CRC64NVME, computed by botocore (a header over plain HTTP, a trailer over HTTPS).
+    assert sent["UploadPart"]["x-amz-sdk-checksum-algorithm"] == "CRC64NVME"
+    assert sent["CompleteMultipartUpload"] == {
+        "x-amz-checksum-crc64nvme": s3_crc64nvme(large.read_bytes()),
+        "x-amz-checksum-type": "FULL_OBJECT",
+    }
 
 
 @pytest.mark.parametrize("mode", ["500", "gone"])
@@ -170,7 +216,7 @@ def test_when_s3_fails_mid_send_only_stored_instances_are_acknowledged(
     for manifest in manifests:
         for item in manifest["instances"]:
             assert item["key"] in objects
-            assert hashlib.sha256(objects[item["key"]]).hexdigest() == item["sha256"]
+            assert s3_crc64nvme(objects[item["key"]]) == item["checksum"]
     if mode == "500":
         # Each failed instance was tried, and retried (AWS_MAX_ATTEMPTS=2), before the failure status went out.
         assert proxy.failed == 3 * 2

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import json
 from datetime import UTC, datetime
 
 import pytest
 from dicom_store_contract import layout, limits, manifest
-from dicom_store_contract.manifest import EndReason, Instance, InvalidManifest, Manifest
+from dicom_store_contract.manifest import ChecksumAlgorithm, EndReason, Instance, InvalidManifest, Manifest
+from support.batches import as_version_1
 
 BATCH_ID = "20261123T190501Z-0f6c1d2e3a4b4c5d8e9f00112233aabb"
 PREFIX = "site-a/"
@@ -24,7 +27,9 @@ def instance(n: int, size: int = 1000, **changes) -> Instance:
         "study_date": "20261123",
         "transfer_syntax_uid": "1.2.840.10008.1.2.1",
         "size": size,
-        "sha256": "ab" * 32,
+        # CRC-64/NVME of b"123456789" (its catalogue check value, 0xAE8B14860A799888) in S3's base64 form.
+        "checksum": "rosUhgp5mIg=",
+        "checksum_algorithm": ChecksumAlgorithm.CRC64NVME,
     }
     return Instance(**{**fields, **changes})
 
@@ -49,7 +54,10 @@ def test_what_is_built_parses_back_to_the_same_manifest():
     read = manifest.parse(written.encode(), PREFIX, layout.manifest_key(PREFIX, BATCH_ID))
     assert read == written
     document = json.loads(written.encode())
-    assert document["manifestVersion"] == manifest.MANIFEST_VERSION
+    assert document["manifestVersion"] == manifest.MANIFEST_VERSION == 2
+    assert document["instances"][0]["checksum"] == "rosUhgp5mIg="
+    assert document["instances"][0]["checksumAlgorithm"] == "CRC64NVME"
+    assert "sha256" not in document["instances"][0]
     assert document["prefix"] == f"{PREFIX}incoming/{BATCH_ID}/"
     assert document["startedAt"] == "2026-11-23T19:05:01.123456Z"
     assert document["endReason"] == "released"
@@ -65,9 +73,49 @@ def test_the_field_tables_name_every_field_once():
 
 
 def test_a_swept_instance_without_checksum_omits_it():
-    record = instance(1, sha256="").to_json()
-    assert "sha256" not in record
-    assert manifest.parse(built(instance(1, sha256="")).encode(), PREFIX).instances[0].sha256 == ""
+    record = instance(1, checksum="", checksum_algorithm="").to_json()
+    assert "checksum" not in record and "checksumAlgorithm" not in record
+    read = manifest.parse(built(instance(1, checksum="", checksum_algorithm="")).encode(), PREFIX).instances[0]
+    assert (read.checksum, read.checksum_algorithm) == ("", "")
+
+
+def version_1(document: dict) -> bytes:
+    return as_version_1(document, {record["key"]: record["key"].encode() for record in document["instances"]})
+
+
+def test_a_version_1_manifest_still_parses_with_its_sha256_as_the_checksum():
+    written = built(instance(1), instance(2, size=5))
+    body = version_1(written.to_json())
+
+    read = manifest.parse(body, PREFIX, layout.manifest_key(PREFIX, BATCH_ID))
+
+    # Everything but the checksum as written; the result is in the current form, whatever version was read.
+    for got, sent in zip(read.instances, written.instances, strict=True):
+        digest = hashlib.sha256(sent.key.encode()).digest()
+        assert got == dataclasses.replace(
+            sent, checksum=base64.b64encode(digest).decode(), checksum_algorithm=ChecksumAlgorithm.SHA256
+        )
+    assert read.version == manifest.MANIFEST_VERSION
+    assert dataclasses.replace(read, instances=written.instances) == written
+    # A version-1 instance without `sha256` (a swept one) has no checksum.
+    swept = json.loads(body)
+    del swept["instances"][0]["sha256"]
+    assert manifest.parse(json.dumps(swept), PREFIX).instances[0].checksum == ""
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda r: r.update(sha256="ab" * 31), "sha256 must be 64 hex digits"),
+        (lambda r: r.update(sha256="xy" * 32), "sha256 must be 64 hex digits"),
+        (lambda r: r.update(sha256=5), "sha256 must be a str"),
+    ],
+)
+def test_a_version_1_checksum_is_checked_too(change, reason):
+    document = json.loads(version_1(built().to_json()))
+    change(document["instances"][0])
+    with pytest.raises(InvalidManifest, match=reason):
+        manifest.parse(json.dumps(document), PREFIX)
 
 
 def rewritten(change) -> bytes:
@@ -79,7 +127,9 @@ def rewritten(change) -> bytes:
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
-        (lambda d: d.update(manifestVersion=2), "manifestVersion must be 1"),
+        (lambda d: d.update(manifestVersion=3), "manifestVersion must be 1 or 2"),
+        (lambda d: d.update(manifestVersion=True), "manifestVersion must be 1 or 2"),
+        (lambda d: d.pop("manifestVersion"), "manifestVersion must be 1 or 2"),
         (lambda d: d.update(batchId="not-a-batch"), "is not YYYYMMDDTHHMMSSZ-<32 hex>"),
         (lambda d: d.update(prefix="incoming/"), "prefix 'incoming/' is not"),
         (lambda d: d.update(instances=[]), "instances must be a non-empty list"),
@@ -90,6 +140,15 @@ def rewritten(change) -> bytes:
         (lambda d: d["instances"][0].pop("studyInstanceUID"), "studyInstanceUID is missing"),
         (lambda d: d["instances"][0].update(key="elsewhere/x.dcm"), "is outside the batch prefix"),
         (lambda d: d.update(peerPort="50123"), "peerPort must be a non-negative integer"),
+        (lambda d: d["instances"][0].update(checksumAlgorithm="MD5"), "checksumAlgorithm 'MD5' is not one of"),
+        (lambda d: d["instances"][0].pop("checksumAlgorithm"), "checksumAlgorithm '' is not one of"),
+        (lambda d: d["instances"][0].update(checksum="rosUhgp5mI"), "checksum is not the base64 of a CRC64NVME"),
+        (lambda d: d["instances"][0].update(checksum="AAAA"), "checksum is not the base64 of a CRC64NVME"),
+        (lambda d: d["instances"][0].pop("checksum"), "checksum is not the base64 of a CRC64NVME"),
+        (
+            lambda d: d["instances"][0].update(checksumAlgorithm="SHA256"),
+            "checksum is not the base64 of a SHA256 value",
+        ),
     ],
 )
 def test_parse_names_what_is_wrong(change, reason):

@@ -2,10 +2,12 @@
 
 import json
 
+from support.batches import as_version_1
+
 from functions import check_status, start_import_job, trigger_import
 from functions.tracking import InstanceState
 
-from .conftest import BATCH_ID, store_batch
+from .conftest import BATCH_ID, DICOM_BUCKET, store_batch
 
 
 def run_workflow(sfn, state_machine_arn, fake_ahi, context, clock, max_polls=10):
@@ -54,6 +56,24 @@ def test_every_instance_of_a_stored_batch_ends_imported(environment, s3, sfn, tr
         5,
         0,
     )
+
+
+def test_a_batch_sealed_before_the_checksum_change_still_imports(
+    environment, s3, sfn, tracking, fake_ahi, context, clock
+):
+    # Written by an SCP of the version before CRC64NVME (manifest version 1, `sha256`), read after the upgrade.
+    batch = store_batch(s3, count=3)
+    keys = [instance["key"] for instance in batch.manifest["instances"]]
+    bodies = {key: s3.get_object(Bucket=DICOM_BUCKET, Key=key)["Body"].read() for key in keys}
+    s3.put_object(Bucket=DICOM_BUCKET, Key=batch.manifest_key, Body=as_version_1(batch.manifest, bodies))
+
+    assert trigger_import.handler(batch.s3_event(), context)["batches"][0]["started"] is True
+    final = run_workflow(sfn, environment.state_machine_arn, fake_ahi, context, clock)
+
+    assert (final["polling"]["jobStatus"], final["polling"]["succeeded"]) == ("COMPLETED", True)
+    assert [tracking.get_instance(uid)["state"] for uid in batch.sop_instance_uids] == [InstanceState.IMPORTED] * 3
+    job = tracking.get_job(final["importJob"]["jobId"])
+    assert (job["instanceCount"], job["importedCount"], job["failedCount"]) == (3, 3, 0)
 
 
 def test_the_same_manifest_event_twice_gives_one_execution_and_one_import_job(

@@ -84,7 +84,7 @@ class _SfnWithoutDescribe:
             lambda s3, batch: s3.delete_object(Bucket=DICOM_BUCKET, Key=batch.manifest["instances"][1]["key"]),
             "not stored",
         ),
-        (lambda s3, batch: _rewrite(s3, batch, lambda m: m.update(manifestVersion=2)), "manifestVersion"),
+        (lambda s3, batch: _rewrite(s3, batch, lambda m: m.update(manifestVersion=3)), "manifestVersion"),
         (
             lambda s3, batch: _rewrite(s3, batch, lambda m: m.update(instances=m["instances"] * 16700)),
             "at most 50000",

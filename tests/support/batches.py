@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import UTC, datetime
 from io import BytesIO
 from typing import Any
 
 import pydicom
 from dicom_store_contract import layout
-from dicom_store_contract.manifest import EndReason, Instance, Manifest
+from dicom_store_contract.manifest import ChecksumAlgorithm, EndReason, Instance, Manifest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
+
+from .crc import s3_crc64nvme
 
 
 def part10(study: str, series: str, sop: str) -> bytes:
@@ -43,7 +46,8 @@ def write_batch(
         sop = generate_uid()
         body = part10(study, series, sop) if number >= corrupt else b"not a DICOM file" * 10
         key = layout.instance_key(prefix, batch_id, study, series, sop)
-        s3.put_object(Bucket=bucket, Key=key, Body=body)
+        checksum = s3_crc64nvme(body)
+        s3.put_object(Bucket=bucket, Key=key, Body=body, ChecksumAlgorithm="CRC64NVME", ChecksumCRC64NVME=checksum)
         instances.append(
             Instance(
                 key=key,
@@ -54,7 +58,8 @@ def write_batch(
                 study_date="20040119",
                 transfer_syntax_uid="1.2.840.10008.1.2.1",
                 size=len(body),
-                sha256=hashlib.sha256(body).hexdigest(),
+                checksum=checksum,
+                checksum_algorithm=ChecksumAlgorithm.CRC64NVME,
             )
         )
     manifest = Manifest.build(
@@ -73,3 +78,14 @@ def write_batch(
     if write_manifest:
         s3.put_object(Bucket=bucket, Key=manifest_key, Body=manifest.encode())
     return manifest_key, manifest.to_json()
+
+
+def as_version_1(document: dict[str, Any], bodies: dict[str, bytes]) -> bytes:
+    """``document`` as the SCP wrote it before CRC64NVME (manifest version 1): each checksum a hex SHA-256 in
+    ``sha256``, computed from ``bodies`` (key -> stored bytes)."""
+    old = json.loads(json.dumps(document))
+    old["manifestVersion"] = 1
+    for record in old["instances"]:
+        del record["checksum"], record["checksumAlgorithm"]
+        record["sha256"] = hashlib.sha256(bodies[record["key"]]).hexdigest()
+    return json.dumps(old, indent=1).encode("utf-8")

@@ -23,7 +23,8 @@ from template_gen.pipeline import FUNCTIONS, powertools_service
 
 DASHBOARD = "ScpDashboard"
 
-# The SCP's log lines a person reads first when ingest goes wrong (their "event" field, see handlers.py, engine.py, negotiation.py).
+# The SCP's log lines a person reads first when ingest goes wrong (their "event" field: handlers.py, engine.py,
+# negotiation.py).
 PROBLEM_EVENTS = ("c-store-failed", "association-rejected", "protocol-abort", "manifest-failed", "start-failed")
 
 # What Sub fills into the dashboard body: ${Name} -> the value.

@@ -241,9 +241,7 @@ def handle_store(event: Any, sessions: Sessions, recorder: Recorder) -> int:
         return _fail(event, None, recorder, statuses.OUT_OF_RESOURCES_CLOSING, "association is not open")
 
     try:
-        values, header = _read_header(
-            source, str(event.context.transfer_syntax), event.head, event.size
-        )
+        values, header = _read_header(source, str(event.context.transfer_syntax), event.head, event.size)
     except Exception as error:  # pydicom raises many types for malformed input
         return _fail(event, sessions, recorder, statuses.CANNOT_PARSE_DATASET, f"{type(error).__name__}: {error}")
 

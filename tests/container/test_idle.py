@@ -1,4 +1,4 @@
-"""Idle associations cost (almost) no CPU: a thread blocked in its socket read, not a poll (engine.py, negotiation.py)."""
+"""Idle associations cost (almost) no CPU: a thread blocked in its socket read, not a poll (engine, negotiation)."""
 
 from __future__ import annotations
 

@@ -8,6 +8,9 @@ import pytest
 from dicom_store_contract import layout
 from dicom_store_scp import statuses
 from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from support.crc import s3_crc64nvme
 from support.scp import STORESCU_PROPOSAL, dataset_bytes, echoscu, sample_file, storescu
 
@@ -79,13 +82,18 @@ def test_a_study_is_one_batch_with_a_complete_manifest(scp):
     assert manifest["totalBytes"] == sum(item["size"] for item in manifest["instances"])
 
 
-def test_pynetdicoms_path_checksums_the_file_it_stored(start_scp):
-    # That path hands the handler no running checksum (commitment associations take it): the file is read for it.
-    scp = start_scp("--receive-engine", "pynetdicom")
+def test_an_association_that_negotiated_storage_commitment_stores_with_the_same_checksum(scp):
+    # Every association takes the one receive path: the checksum is the one computed while the file was written.
+    requester = AE(ae_title="COMMITTER")
+    requester.add_requested_context("1.2.840.10008.1.20.1", ImplicitVRLittleEndian)
+    requester.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = requester.associate("127.0.0.1", scp.port, ae_title="STORESCP")
+    assert assoc.is_established
+    try:
+        assert assoc.send_c_store(dcmread(sample_file("CT_small.dcm"))).Status == statuses.SUCCESS
+    finally:
+        assoc.release()
 
-    result = storescu(scp.port, sample_file("CT_small.dcm"))
-
-    assert result.statuses == [statuses.SUCCESS], result.output
     scp.wait_for_event("association")
     [manifest] = scp.manifests()
     [item] = manifest["instances"]

@@ -224,7 +224,7 @@ class DataPhase:
             (cid for cid, (sop_class, _) in self.contexts.items() if sop_class == settings.commitment_sop_class), None
         )
         self._lock = threading.Lock()
-        self._outbox: collections.deque[bytes] = collections.deque()
+        self._outbox: collections.deque[tuple[int, bytes]] = collections.deque()  # (Message ID, PDUs)
         self._reports: dict[int, _Report] = {}
         self._message_ids = itertools.count()
         self._releasing = False
@@ -674,17 +674,21 @@ class DataPhase:
                 event_type=event_type,
                 has_data_set=True,
             )
-            self._outbox.append(
-                protocol.p_data(context_id, command, self.send_limit, command=True)
-                + protocol.p_data(context_id, data, self.send_limit, command=False)
-            )
+            pdus = protocol.p_data(context_id, command, self.send_limit, command=True)
+            self._outbox.append((message_id, pdus + protocol.p_data(context_id, data, self.send_limit, command=False)))
         self._ring()
         answered = report.answered.wait(wait)
         with self._lock:
             self._reports.pop(message_id, None)
+            # Not sent yet (the loop was busy the whole wait, storing a large instance): it never will be here, so
+            # the requester does not get it twice once it goes on a new association.
+            unsent = [entry for entry in self._outbox if entry[0] == message_id]
+            for entry in unsent:
+                self._outbox.remove(entry)
         self._ring()  # a release waiting for this report goes on
         if not answered:
-            return None, f"no N-EVENT-REPORT-RSP within {wait:g} s"
+            where = "not sent: the association was busy" if unsent else "no N-EVENT-REPORT-RSP"
+            return None, f"{where} within {wait:g} s"
         if report.status is None:
             return None, "the association ended before the N-EVENT-REPORT-RSP"
         return report.status, ""
@@ -699,7 +703,7 @@ class DataPhase:
             with self._lock:
                 if not self._outbox:
                     return
-                data = self._outbox.popleft()
+                _, data = self._outbox.popleft()
             self._send(data)
 
     # -- C-STORE -------------------------------------------------------------------------------------------------------

@@ -10,7 +10,13 @@ or a close) within support/fuzz.ANSWER_SECONDS, far below the SCP's timers. Afte
 - its threads and open descriptors are back to their idle count, and the spool folder is empty;
 - nothing was written outside the storage folder, and nothing inside it has a name a UID could not make.
 
-FUZZ_SEED (default 9) and FUZZ_CASES (default 2000, both levels together) override the run; the seed is printed.
+Every case runs on both kinds of association (support/wire.py): storage and verification only, and with Storage
+Commitment Push Model negotiated as well (context 7; the SCP offers it in local mode). The cases of a seed are the
+same on both but for the association request, and so must be the answers they get
+(test_both_kinds_of_association_get_the_same_answers compares them case by case).
+
+FUZZ_SEED (default 9) and FUZZ_CASES (default 2000 per kind of association, both levels together) override the
+run; the seed is printed.
 The four defects of the issue are the first cases of each level; their full regression tests are in
 tests/container/test_hostile_input.py (test_pdu_declaring_4_gib_is_aborted_without_allocating_it,
 test_fragments_that_never_complete_abort_the_association,
@@ -33,7 +39,7 @@ from pathlib import Path
 import pytest
 from dicom_store_contract import limits
 from dicom_store_scp import guard, statuses
-from support import fuzz
+from support import fuzz, wire
 from support.scp import RunningScp, echoscu, launch_scp
 
 SEED = int(os.environ.get("FUZZ_SEED", "9"))
@@ -55,6 +61,8 @@ KNOWN_STATUSES = {statuses.SUCCESS, *statuses.REASONS}
 # and event handlers. (pynetdicom.utils and pynetdicom.pdu_items log a peer's invalid values as errors.)
 _RAISING = ("dicom_store_scp", "pynetdicom.fsm", "pynetdicom.dul", "pynetdicom.events", "pynetdicom.association")
 _PATH_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Each case's answer, by (level, kind of association) and case number: the two kinds must get the same.
+_ANSWERS: dict[tuple[str, str], dict[int, str]] = {}
 
 
 @dataclass
@@ -166,14 +174,20 @@ def _assert_nothing_outside_storage(target: Target, where: str) -> None:
     assert Path("/tmp/escaped").exists() == target.escaped_before, f"{where}: /tmp/escaped was written"
 
 
-def _fuzz(target: Target, level: str, count: int, capsys: pytest.CaptureFixture[str]) -> None:
+def _answer(outcome: fuzz.Outcome) -> str:
+    return " ".join([outcome.answer, *(f"0x{status:04X}" for status in outcome.statuses)])
+
+
+def _fuzz(target: Target, level: str, count: int, kind: str, capsys: pytest.CaptureFixture[str]) -> None:
     answers: Counter[str] = Counter()
     stored: Counter[str] = Counter()
     slowest = 0.0
     started = time.monotonic()
     batch: list[fuzz.Case] = []
-    for case in fuzz.cases(SEED, count, level):
+    answered = _ANSWERS.setdefault((level, kind), {})
+    for case in fuzz.cases(SEED, count, level, kind):
         outcome = fuzz.run_case(target.scp.port, case)
+        answered[case.number] = _answer(outcome)
         unknown = [s for s in outcome.statuses if s not in KNOWN_STATUSES]
         assert not unknown, f"{case.label}: statuses {[f'0x{s:04X}' for s in unknown]} are not in statuses.py"
         answers[outcome.answer if not outcome.statuses else f"status 0x{outcome.statuses[0]:04X}"] += 1
@@ -187,7 +201,8 @@ def _fuzz(target: Target, level: str, count: int, capsys: pytest.CaptureFixture[
     peak = _status(target.scp.process.pid)["VmHWM"]
     with capsys.disabled():
         print(
-            f"\nfuzz {level}: FUZZ_SEED={SEED}, {count} cases in {time.monotonic() - started:.1f} s, "
+            f"\nfuzz {level}, {kind} associations: FUZZ_SEED={SEED}, {count} cases in "
+            f"{time.monotonic() - started:.1f} s, "
             f"slowest answer {slowest:.2f} s, VmHWM {peak >> 20} MiB (bound {target.memory_bound >> 20} MiB); "
             f"answers: {dict(sorted(answers.items()))}; stored: {dict(stored)}"
         )
@@ -198,13 +213,15 @@ def _fuzz(target: Target, level: str, count: int, capsys: pytest.CaptureFixture[
 
 
 @pytest.mark.slow
-def test_pdu_level_cases_are_answered_and_leave_nothing_behind(target, capsys):
-    _fuzz(target, "pdu", round(CASES * PDU_SHARE), capsys)
+@pytest.mark.parametrize("kind", wire.ASSOCIATION_KINDS)
+def test_pdu_level_cases_are_answered_and_leave_nothing_behind(target, kind, capsys):
+    _fuzz(target, "pdu", round(CASES * PDU_SHARE), kind, capsys)
 
 
 @pytest.mark.slow
-def test_data_set_level_cases_are_answered_and_leave_nothing_behind(target, capsys):
-    _fuzz(target, "dataset", CASES - round(CASES * PDU_SHARE), capsys)
+@pytest.mark.parametrize("kind", wire.ASSOCIATION_KINDS)
+def test_data_set_level_cases_are_answered_and_leave_nothing_behind(target, kind, capsys):
+    _fuzz(target, "dataset", CASES - round(CASES * PDU_SHARE), kind, capsys)
 
 
 def test_cases_are_deterministic_for_a_seed():
@@ -215,3 +232,69 @@ def test_cases_are_deterministic_for_a_seed():
     assert first != other
     with contextlib.suppress(StopIteration):
         assert next(fuzz.cases(SEED, 1, "dataset")).family.startswith("issue9-")
+
+
+_LEVEL_COUNTS = {"pdu": round(CASES * PDU_SHARE), "dataset": CASES - round(CASES * PDU_SHARE)}
+# Found by this test (FUZZ_SEED=9; tests/container/test_hostile_input.py holds one regression test for each).
+# Strict for the default run, whose cases are known to hold them; another seed or fewer cases may hold none.
+_PDU_ANSWERS_DIFFER = pytest.mark.xfail(
+    strict=SEED == 9 and CASES >= 2000,
+    reason="commitment associations (pynetdicom's data phase) answer otherwise: order/release-rq-twice (A-ABORT 2/2 "
+    "for A-RELEASE-RP), inconsistent-length-type-5 (closed for A-ABORT 2/6), p-data/pdv-short (A-ABORT 2/6 for "
+    "0/0), a whole request then the peer's FIN (closed for its answer: pdu-type-4, p-data/command-set-bit-flips)",
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("level", [pytest.param("pdu", marks=_PDU_ANSWERS_DIFFER), "dataset"])
+def test_both_kinds_of_association_get_the_same_answers(target, level, capsys):
+    """Every case whose bytes are the same on both kinds (its association request apart) gets the same answer."""
+    answers = {}
+    for kind in wire.ASSOCIATION_KINDS:
+        answers[kind] = _ANSWERS.get((level, kind)) or {
+            case.number: _answer(fuzz.run_case(target.scp.port, case))
+            for case in fuzz.cases(SEED, _LEVEL_COUNTS[level], level, kind)
+        }
+    differ: Counter[str] = Counter()
+    for case in fuzz.cases(SEED, _LEVEL_COUNTS[level], level):
+        if case.family.startswith(_BUILT_ON_THE_REQUEST):
+            continue
+        storage, commitment = answers[wire.STORAGE][case.number], answers[wire.COMMITMENT][case.number]
+        if storage != commitment:
+            differ[f"{case.family}: {storage} (storage) / {commitment} (commitment)"] += 1
+    with capsys.disabled():
+        print(f"\nfuzz {level}, answers that differ by kind of association: {dict(differ)}")
+    assert not differ, differ.most_common()
+
+
+_BUILT_ON_THE_REQUEST = (
+    "truncated",
+    "stream-bit-flips",
+    "associate-rq-mutated",
+    "inconsistent-length-type-1",
+    "pdu-type-1-",
+    "pdu-type-2-",
+    "order/second-associate-rq",
+    "order/associate-ac-from-requestor",
+)
+
+
+@pytest.mark.parametrize("level", ["pdu", "dataset"])
+def test_commitment_cases_are_the_storage_cases_with_the_commitment_request(level):
+    """The same draws on both kinds: only the association request (in a case's payload too) differs."""
+    storage_request, commitment_request = fuzz.ASSOCIATIONS[wire.STORAGE], fuzz.ASSOCIATIONS[wire.COMMITMENT]
+    proposed = wire.presentation_context(wire.COMMITMENT_CONTEXT, wire.STORAGE_COMMITMENT, wire.IMPLICIT_LE)
+    assert commitment_request == wire.associate_rq([*fuzz.ASSOCIATION_CONTEXTS, proposed])
+    pairs = zip(fuzz.cases(SEED, 300, level), fuzz.cases(SEED, 300, level, wire.COMMITMENT), strict=True)
+    for storage, commitment in pairs:
+        assert (storage.family, storage.expect, storage.allowed, storage.status) == (
+            commitment.family,
+            commitment.expect,
+            commitment.allowed,
+            commitment.status,
+        )
+        if storage.associate is not None:
+            assert (storage.associate, commitment.associate) == (storage_request, commitment_request)
+        # Cases whose payload carries an A-ASSOCIATE-RQ (or its body) carry the commitment kind's; no other differs.
+        if not storage.family.startswith(_BUILT_ON_THE_REQUEST):
+            assert commitment.payload == storage.payload, storage.label

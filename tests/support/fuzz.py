@@ -1,8 +1,10 @@
 """Seeded hostile-input cases (issue 9), for tests/fuzz and bench/soak.py.
 
 Every case is a byte string a raw peer (support/wire.py) sends, possibly after a proper association, and what the
-SCP must do about it. ``cases(seed, count, level)`` is deterministic: case ``n`` of a seed is made from
-``random.Random(f"{seed}:{level}:{n}")`` alone, so any one case can be re-run on its own.
+SCP must do about it. ``cases(seed, count, level, kind)`` is deterministic: case ``n`` of a seed is made from
+``random.Random(f"{seed}:{level}:{n}")`` alone, so any one case can be re-run on its own. ``kind`` (support/wire.py)
+says which association the cases negotiate or imitate: storage and verification only, or Storage Commitment as
+well (the same cases and draws, the request proposing one more presentation context).
 
 Two levels:
 
@@ -38,13 +40,30 @@ EOF = "eof"  # the SCP may rightly wait for more: the peer then closes its side,
 
 # A-ASSOCIATE-RQ offering C-ECHO on 1, CT Image Storage in explicit VR little endian on 3 and implicit on 5.
 CT_IMPLICIT_CONTEXT = 5
-ASSOCIATE = wire.associate_rq(
-    [
-        wire.presentation_context(wire.ECHO_CONTEXT, wire.VERIFICATION, wire.IMPLICIT_LE),
-        wire.presentation_context(wire.STORE_CONTEXT, wire.CT_IMAGE_STORAGE, wire.EXPLICIT_LE),
-        wire.presentation_context(CT_IMPLICIT_CONTEXT, wire.CT_IMAGE_STORAGE, wire.IMPLICIT_LE),
-    ]
-)
+ASSOCIATION_CONTEXTS = [
+    wire.presentation_context(wire.ECHO_CONTEXT, wire.VERIFICATION, wire.IMPLICIT_LE),
+    wire.presentation_context(wire.STORE_CONTEXT, wire.CT_IMAGE_STORAGE, wire.EXPLICIT_LE),
+    wire.presentation_context(CT_IMPLICIT_CONTEXT, wire.CT_IMAGE_STORAGE, wire.IMPLICIT_LE),
+]
+ASSOCIATE = wire.associate_rq(ASSOCIATION_CONTEXTS)
+
+# The same request proposing Storage Commitment Push Model on context 7 as well: an association the SCP serves as
+# "commitment" (support/wire.py). The cases of a seed are the same on both kinds but for this request.
+ASSOCIATIONS = {wire.STORAGE: ASSOCIATE, wire.COMMITMENT: wire.with_commitment(ASSOCIATE)}
+
+
+class Draw(random.Random):
+    """A case's random draws, and the association request (of the run's kind) its bytes are built around."""
+
+    def __init__(self, seed: str, kind: str = wire.STORAGE) -> None:
+        super().__init__(seed)
+        self.kind = kind
+        self.associate = ASSOCIATIONS[kind]
+
+
+def _associate(rng: random.Random) -> bytes:
+    return rng.associate if isinstance(rng, Draw) else ASSOCIATE
+
 
 # Not a registered root: instances stored by the fuzzer are recognisable as such.
 UID_ROOT = "1.2.826.0.1.3680043.8.498.99"
@@ -90,10 +109,11 @@ class Case:
     status: int | None = None
     # Where the case came from, to reproduce it.
     seed: int = 0
+    kind: str = wire.STORAGE
 
     @property
     def label(self) -> str:
-        return f"{self.level}#{self.number} {self.family} (FUZZ_SEED={self.seed})"
+        return f"{self.level}#{self.number} {self.family} ({self.kind} association, FUZZ_SEED={self.seed})"
 
 
 @dataclass
@@ -189,12 +209,12 @@ def _send(peer: RawPeer, case: Case) -> None:
 # -- the cases ------------------------------------------------------------------------------------------------------
 
 
-def cases(seed: int, count: int, level: str) -> Iterator[Case]:
+def cases(seed: int, count: int, level: str, kind: str = wire.STORAGE) -> Iterator[Case]:
     """``count`` cases of one level; the first are fixed (the issue's reproductions), the rest drawn at random."""
-    fixed = list(_fixed_cases(level))
+    fixed = list(_fixed_cases(level, ASSOCIATIONS[kind]))
     generators = _PDU_GENERATORS if level == "pdu" else _DATASET_GENERATORS
     for number in range(count):
-        rng = random.Random(f"{seed}:{level}:{number}")
+        rng = Draw(f"{seed}:{level}:{number}", kind)
         if number < len(fixed):
             family, payload, expect, associate, allowed, status = fixed[number]
             case = Case(level, number, family, payload, expect, associate, allowed=allowed, status=status)
@@ -205,6 +225,7 @@ def cases(seed: int, count: int, level: str) -> Iterator[Case]:
             if rng.random() < 0.05:
                 case.pieces = rng.randint(2, 8)
         case.seed = seed
+        case.kind = kind
         yield case
 
 
@@ -215,16 +236,16 @@ _SERVICE_PROVIDER_INVALID = ("A-ABORT 2/6",)
 _Fixed = tuple[str, bytes, str, bytes | None, tuple[str, ...] | None, int | None]
 
 
-def _fixed_cases(level: str) -> Iterator[_Fixed]:
+def _fixed_cases(level: str, associate: bytes) -> Iterator[_Fixed]:
     """The four defects of issue 9 (tests/container/test_hostile_input.py holds their full regression tests)."""
     if level == "pdu":
         header_4gib = struct.pack(">BBL", wire.P_DATA, 0, 0xFFFFFFFF) + bytes(10)
         yield "issue9-1/4-gib-header", header_4gib, ANSWER, None, _SERVICE_PROVIDER_INVALID, None
-        yield "issue9-1/4-gib-header-associated", header_4gib, ANSWER, ASSOCIATE, _SERVICE_PROVIDER_INVALID, None
+        yield "issue9-1/4-gib-header-associated", header_4gib, ANSWER, associate, _SERVICE_PROVIDER_INVALID, None
         never_last = wire.p_data(wire.pdv(wire.STORE_CONTEXT, 0, bytes(16000)))
-        yield "issue9-2/data-never-last", never_last * 8, ANSWER, ASSOCIATE, ("A-ABORT 0/0",), None
+        yield "issue9-2/data-never-last", never_last * 8, ANSWER, associate, ("A-ABORT 0/0",), None
         commands = wire.p_data(wire.pdv(wire.STORE_CONTEXT, wire.COMMAND, bytes(16000)))
-        yield "issue9-2/command-never-last", commands * 8, ANSWER, ASSOCIATE, ("A-ABORT 0/0",), None
+        yield "issue9-2/command-never-last", commands * 8, ANSWER, associate, ("A-ABORT 0/0",), None
         for context_id in (0, 2):
             request = wire.associate_rq([wire.presentation_context(context_id, wire.VERIFICATION, wire.IMPLICIT_LE)])
             yield f"issue9-3/context-id-{context_id}", request, ANSWER, None, _SERVICE_PROVIDER_INVALID, None
@@ -234,9 +255,9 @@ def _fixed_cases(level: str) -> Iterator[_Fixed]:
     else:
         data_set = DataSet(random.Random(0)).encode()
         payload = _store_pdus(wire.STORE_CONTEXT, wire.store_command("\\"), data_set)
-        yield "issue9-4/backslash-instance-uid", payload, STORE_STATUS, ASSOCIATE, None, 0xC010
+        yield "issue9-4/backslash-instance-uid", payload, STORE_STATUS, associate, None, 0xC010
         payload = _store_pdus(wire.STORE_CONTEXT, wire.store_command(None), data_set)
-        yield "issue9-3/no-instance-uid", payload, STORE_STATUS, ASSOCIATE, None, 0xC010
+        yield "issue9-3/no-instance-uid", payload, STORE_STATUS, associate, None, 0xC010
 
 
 # -- PDU level ------------------------------------------------------------------------------------------------------
@@ -250,13 +271,13 @@ def _garbage(rng: random.Random) -> Case:
     data = bytearray(_random_bytes(rng, 1, 3000))
     if rng.random() < 0.5:
         data[0] = rng.randint(1, 7)  # a known type, so the header's length is believed (within its limit)
-    return Case("", 0, "garbage", bytes(data), EOF, ASSOCIATE if rng.random() < 0.5 else None)
+    return Case("", 0, "garbage", bytes(data), EOF, _associate(rng) if rng.random() < 0.5 else None)
 
 
 def _valid_stream(rng: random.Random) -> bytes:
     echo = wire.p_data(wire.pdv(wire.ECHO_CONTEXT, wire.COMMAND | wire.LAST, wire.echo_command()))
     store = _store_pdus(wire.STORE_CONTEXT, wire.store_command(_uid(rng, 1)), DataSet(rng).encode())
-    return ASSOCIATE + rng.choice([echo, store, echo + store]) + wire.release_rq()
+    return _associate(rng) + rng.choice([echo, store, echo + store]) + wire.release_rq()
 
 
 def _truncated(rng: random.Random) -> Case:
@@ -272,8 +293,8 @@ def _mutated_stream(rng: random.Random) -> Case:
 
 
 _PDU_BODIES: dict[int, Callable[[random.Random], bytes]] = {
-    wire.ASSOCIATE_RQ: lambda rng: ASSOCIATE[6:],
-    wire.ASSOCIATE_AC: lambda rng: ASSOCIATE[6:],
+    wire.ASSOCIATE_RQ: lambda rng: _associate(rng)[6:],
+    wire.ASSOCIATE_AC: lambda rng: _associate(rng)[6:],
     wire.ASSOCIATE_RJ: lambda rng: bytes([0, rng.randint(0, 3), rng.randint(0, 3), rng.randint(0, 8)]),
     wire.P_DATA: lambda rng: wire.pdv(wire.ECHO_CONTEXT, wire.COMMAND | wire.LAST, wire.echo_command()),
     wire.RELEASE_RQ: lambda rng: bytes(4),
@@ -291,10 +312,10 @@ def _every_pdu_type(rng: random.Random) -> Case:
     payload = wire.pdu(pdu_type, body)
     family = f"pdu-type-{pdu_type}-{'associated' if associated else 'first'}"
     if not known:
-        return Case("", 0, family, payload, ANSWER, ASSOCIATE if associated else None, allowed=("A-ABORT 2/1",))
+        return Case("", 0, family, payload, ANSWER, _associate(rng) if associated else None, allowed=("A-ABORT 2/1",))
     # A P-DATA body may hold fragments that rightly wait for more.
     expect = EOF if pdu_type == wire.P_DATA else ANSWER
-    return Case("", 0, family, payload, expect, ASSOCIATE if associated else None)
+    return Case("", 0, family, payload, expect, _associate(rng) if associated else None)
 
 
 def _huge_length(rng: random.Random) -> Case:
@@ -308,7 +329,7 @@ def _huge_length(rng: random.Random) -> Case:
     associated = pdu_type != wire.ASSOCIATE_RQ and rng.random() < 0.6
     payload = struct.pack(">BBL", pdu_type, 0, length) + _random_bytes(rng, 0, 100)
     return Case(
-        "", 0, f"huge-length-type-{pdu_type}", payload, ANSWER, ASSOCIATE if associated else None, allowed=_ABORT
+        "", 0, f"huge-length-type-{pdu_type}", payload, ANSWER, _associate(rng) if associated else None, allowed=_ABORT
     )
 
 
@@ -324,10 +345,10 @@ def _inconsistent_length(rng: random.Random) -> Case:
         )
         pdu_type = wire.P_DATA if len(body) > 4 else rng.choice([wire.RELEASE_RQ, wire.ABORT])
     else:
-        body, pdu_type = ASSOCIATE[6:], wire.ASSOCIATE_RQ
+        body, pdu_type = _associate(rng)[6:], wire.ASSOCIATE_RQ
     delta = rng.choice([-1, 1, -rng.randint(1, len(body)), rng.randint(1, 1000)])
     payload = wire.pdu(pdu_type, body, length=max(0, len(body) + delta))
-    return Case("", 0, f"inconsistent-length-type-{pdu_type}", payload, EOF, ASSOCIATE if associated else None)
+    return Case("", 0, f"inconsistent-length-type-{pdu_type}", payload, EOF, _associate(rng) if associated else None)
 
 
 def _uid_text(rng: random.Random) -> str:
@@ -395,6 +416,8 @@ def _user_information(rng: random.Random) -> bytes:
 def _mutated_associate_rq(rng: random.Random) -> Case:
     """An A-ASSOCIATE-RQ with odd presentation contexts, user information and fixed fields."""
     contexts = [_context(rng) for _ in range(rng.choice([0, 1, 2, 3, 8, 130]))]
+    if isinstance(rng, Draw) and rng.kind == wire.COMMITMENT:
+        contexts.append(wire.presentation_context(wire.COMMITMENT_CONTEXT, wire.STORAGE_COMMITMENT, wire.IMPLICIT_LE))
     user_info = _user_information(rng) if rng.random() < 0.9 else b""
     called = rng.choice(["STORESCP", "", " " * 16, "\u00ff" * 4, "A" * 16])
     request = bytearray(wire.associate_rq(contexts, user_info, called=called[:16].ljust(16)[:16]))
@@ -491,7 +514,7 @@ def _p_data_misuse(rng: random.Random) -> Case:
         context_id = wire.ECHO_CONTEXT if is_echo else wire.STORE_CONTEXT
         payload = wire.p_data(wire.pdv(context_id, wire.COMMAND | wire.LAST, bytes(command)))
         expect = EOF  # a flipped Command Data Set Type may announce a data set that never comes
-    return Case("", 0, f"p-data/{family}", payload, expect, ASSOCIATE, allowed=allowed)
+    return Case("", 0, f"p-data/{family}", payload, expect, _associate(rng), allowed=allowed)
 
 
 def _out_of_order(rng: random.Random) -> Case:
@@ -505,7 +528,7 @@ def _out_of_order(rng: random.Random) -> Case:
     elif choice == 1:
         family, payload, allowed = "release-rp-unsolicited", wire.release_rp(), ("A-ABORT 2/2",)
     elif choice == 2:
-        family, payload, allowed = "second-associate-rq", ASSOCIATE, ("A-ABORT 2/2",)
+        family, payload, allowed = "second-associate-rq", _associate(rng), ("A-ABORT 2/2",)
     elif choice == 3:
         family, payload, allowed = "abort-then-more", wire.abort_rq(rng.randint(0, 2)) + wire.release_rq(), ("closed",)
     elif choice == 4:
@@ -519,10 +542,10 @@ def _out_of_order(rng: random.Random) -> Case:
     else:
         family, payload, allowed = (
             "associate-ac-from-requestor",
-            wire.pdu(wire.ASSOCIATE_AC, ASSOCIATE[6:]),
+            wire.pdu(wire.ASSOCIATE_AC, _associate(rng)[6:]),
             ("A-ABORT 2/2",),
         )
-    return Case("", 0, f"order/{family}", payload, expect, ASSOCIATE if associated else None, allowed=allowed)
+    return Case("", 0, f"order/{family}", payload, expect, _associate(rng) if associated else None, allowed=allowed)
 
 
 _PDU_GENERATORS: list[Callable[[random.Random], Case]] = [
@@ -641,7 +664,7 @@ def _store_case(rng: random.Random, family: str, data_set: bytes, instance: str,
     command = wire.store_command(instance, message_id=rng.randint(1, 0xFFFF))
     fragments = rng.choice([1, 1, 1, 2, 3, 7])
     payload = _store_pdus(context_id, command, data_set, fragments)
-    return Case("", 0, f"data-set/{family}", payload, STORE_STATUS, ASSOCIATE)
+    return Case("", 0, f"data-set/{family}", payload, STORE_STATUS, _associate(rng))
 
 
 def valid_store(rng: random.Random) -> Case:

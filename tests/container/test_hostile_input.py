@@ -696,3 +696,116 @@ def test_a_whole_request_followed_by_the_peers_close_is_answered(hardened_scp, r
         assert answer is not None and answer.statuses() == [statuses.SUCCESS], answer
         assert peer.closed_by_scp(_PROMPT)
     _assert_still_serving(scp)
+
+
+# -- Storage Commitment's N-ACTION: what only a commitment association carries ----------------------------------------
+# The answers pynetdicom's data phase gives today (commitment.py's statuses, guard.py's bounds): engine.py must give
+# the same when it serves these associations.
+
+_REQUEST = wire.commitment_request("1.2.826.0.1.3680043.8.498.99.31", [(wire.CT_IMAGE_STORAGE, "1.2.3.9")])
+
+
+def _n_action(context_id: int, action_information: bytes, action_type: int = 1) -> bytes:
+    command = wire.p_data(
+        wire.pdv(context_id, wire.COMMAND | wire.LAST, wire.n_action_command(action_type=action_type))
+    )
+    return command + wire.p_data(wire.pdv(context_id, wire.LAST, action_information))
+
+
+def _recorded_transactions(scp: RunningScp) -> list[Path]:
+    folder = scp.storage / "commitments"
+    return sorted(folder.glob("*.json")) if folder.exists() else []
+
+
+@pytest.mark.parametrize(
+    ("action_information", "action_type", "expected"),
+    [
+        (b"\x08\x00\x95\x11\xff\xff\xff\x7f" + b"x" * 10, 1, 0x0115),
+        (bytes(range(256)), 1, 0x0115),
+        (b"", 1, 0x0115),
+        (wire.commitment_request("not a uid", [(wire.CT_IMAGE_STORAGE, "1.2.3.9")]), 1, 0x0115),
+        (wire.commitment_request("1.2.3.4.6", [(wire.CT_IMAGE_STORAGE, "../../../tmp/escaped")]), 1, 0x0115),
+        (wire.commitment_request("1.2.3.4.7", []), 1, 0x0115),
+        (_REQUEST, 2, 0x0123),
+    ],
+    ids=[
+        "length-past-end",
+        "random-bytes",
+        "empty",
+        "transaction-uid-not-a-uid",
+        "referenced-uid-path-traversal",
+        "no-references",
+        "action-type-2",
+    ],
+)
+def test_a_commitment_request_that_cannot_be_one_is_refused_and_the_association_goes_on(
+    hardened_scp, action_information, action_type, expected
+):
+    scp = hardened_scp
+    with wire.associated(scp.port, wire.COMMITMENT) as peer:
+        peer.send(_n_action(wire.COMMITMENT_CONTEXT, action_information, action_type))
+        answer = peer.receive(_PROMPT)
+        assert answer is not None and answer.statuses() == [expected], answer
+        peer.send(wire.release_rq())
+        answer = peer.receive(_PROMPT)
+        assert answer is not None and answer.pdu_type == wire.RELEASE_RP, answer
+    assert _recorded_transactions(scp) == []
+    assert not Path("/tmp/escaped").exists()
+    _assert_still_serving(scp)
+
+
+@pytest.mark.parametrize(
+    ("kind", "context_id"),
+    [
+        (wire.COMMITMENT, wire.STORE_CONTEXT),
+        (wire.COMMITMENT, wire.ECHO_CONTEXT),
+        (wire.STORAGE, wire.STORE_CONTEXT),
+        (wire.STORAGE, wire.COMMITMENT_CONTEXT),
+    ],
+    ids=["on-the-storage-context", "on-the-echo-context", "storage-association", "context-never-accepted"],
+)
+def test_a_commitment_request_where_storage_commitment_was_not_negotiated_is_aborted(hardened_scp, kind, context_id):
+    scp = hardened_scp
+    with wire.associated(scp.port, kind) as peer:
+        peer.send(_n_action(context_id, _REQUEST))
+        wire.assert_aborted(peer, _SERVICE_USER)
+    assert _recorded_transactions(scp) == []
+    _assert_still_serving(scp)
+
+
+def test_action_information_that_never_ends_is_aborted_at_its_bound(hardened_scp):
+    """Action Information is held in memory (guard.SMALL_DATA_SET_LIMIT), unlike a C-STORE's data set."""
+    scp = hardened_scp
+    _assert_still_serving(scp)
+    before = _peak_memory(scp)
+    command = wire.p_data(wire.pdv(wire.COMMITMENT_CONTEXT, wire.COMMAND | wire.LAST, wire.n_action_command()))
+    fragment = wire.p_data(wire.pdv(wire.COMMITMENT_CONTEXT, 0, bytes(16000)))
+    with wire.associated(scp.port, wire.COMMITMENT) as peer:
+        for pdu in [command] + [fragment] * (8 * guard.SMALL_DATA_SET_LIMIT // 16000):
+            if not peer.send(pdu):
+                break
+        wire.assert_aborted(peer, _SERVICE_USER)
+    assert _peak_memory(scp) - before < _GROWTH_LIMIT
+    [line] = scp.wait_for_event("protocol-abort")
+    assert str(guard.SMALL_DATA_SET_LIMIT) in line["detail"]
+    _assert_still_serving(scp)
+
+
+def test_a_commitment_request_a_byte_per_fragment_is_recorded_and_reported(hardened_scp):
+    scp = hardened_scp
+    fragments = [_REQUEST[index : index + 1] for index in range(len(_REQUEST))]
+    pdus = [wire.p_data(wire.pdv(wire.COMMITMENT_CONTEXT, wire.COMMAND | wire.LAST, wire.n_action_command()))]
+    pdus += [
+        wire.p_data(wire.pdv(wire.COMMITMENT_CONTEXT, wire.LAST if number == len(fragments) - 1 else 0, fragment))
+        for number, fragment in enumerate(fragments)
+    ]
+    with wire.associated(scp.port, wire.COMMITMENT) as peer:
+        peer.send(b"".join(pdus))
+        answer = peer.receive(_PROMPT)
+        assert answer is not None and answer.statuses() == [statuses.SUCCESS], answer
+        # The report follows on the association: an N-EVENT-REPORT-RQ (the instance was never stored: failures).
+        report = peer.receive(_PROMPT)
+        assert report is not None and report.pdu_type == wire.P_DATA, report
+        assert struct.pack("<HHLH", 0, 0x0100, 2, 0x0100) in report.body
+        peer.send(wire.abort_rq())
+    assert len(_recorded_transactions(scp)) == 1

@@ -13,9 +13,9 @@ as well, which the SCP offers in local mode):
   "commitment", a Storage Commitment requester (bench/harness.py) after each storescu association: the same
   instances stored on an association that negotiated Storage Commitment, an N-ACTION asking for them, and the
   N-EVENT-REPORT on that association, every instance committed;
-- hostile traffic: ``--hostile`` connections at a time running the fuzzer's cases (tests/support/fuzz.py, both
-  levels, seeded with ``--seed``) one after another, each connection taking the kinds in turn; every case must be
-  answered;
+- hostile traffic: ``--hostile`` connections at a time running the fuzzer's cases (tests/support/fuzz.py, the PDU
+  and data set levels on each kind in turn, and the storage commitment level's N-ACTION misuse when "commitment" is
+  among the kinds; seeded with ``--seed``) one after another; every case must be answered;
 - an "importer" that removes each batch once its manifest is written (as the pipeline consumes them), so the
   disk does not fill over a long run.
 
@@ -115,6 +115,8 @@ def valid_traffic(port: int, files: list[Path], kinds: list[str], traffic: Traff
 
 def hostile_traffic(port: int, seed: int, stream: int, kinds: list[str], traffic: Traffic) -> None:
     generators = [fuzz.cases(seed + stream, 10**9, level, kind) for kind in kinds for level in ("pdu", "dataset")]
+    if wire.COMMITMENT in kinds:  # N-ACTION misuse, which only a commitment association carries
+        generators.append(fuzz.cases(seed + stream, 10**9, "commitment"))
     while not traffic.stop.is_set():
         for generated in generators:
             case = next(generated)

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pytest
 from dicom_store_contract import limits
-from dicom_store_scp import guard, statuses
+from dicom_store_scp import commitment, guard, statuses
 from support import fuzz, wire
 from support.scp import RunningScp, echoscu, launch_scp
 
@@ -57,6 +57,13 @@ MAXIMUM_PDU_SIZE = limits.MAXIMUM_PDU_SIZE.whole
 PER_ASSOCIATION = 4 * (MAXIMUM_PDU_SIZE + 12) + guard.COMMAND_SET_LIMIT + 4 * guard.ASSOCIATION_PDU_LIMIT
 ALLOCATOR_SLACK = 48 * 1024 * 1024
 KNOWN_STATUSES = {statuses.SUCCESS, *statuses.REASONS}
+# N-ACTION-RSP statuses of a storage commitment request (commitment.py).
+KNOWN_STATUSES |= {commitment.NO_SUCH_ACTION, commitment.INVALID_ARGUMENT_VALUE, commitment.RESOURCE_LIMITATION}
+# Storage commitment cases (commitment associations only), besides CASES.
+COMMITMENT_CASES = max(1, CASES // 20)
+# Threads the storage commitment service keeps once started (its delivery pool, commitment.DELIVERY_THREADS): not
+# an association's, so not back to idle after a batch, and bounded.
+COMMITMENT_THREADS = commitment.DELIVERY_THREADS
 # Loggers whose errors mean an exception inside the SCP: its own code, pynetdicom's state machine and upper layer,
 # and event handlers. (pynetdicom.utils and pynetdicom.pdu_items log a peer's invalid values as errors.)
 _RAISING = ("dicom_store_scp", "pynetdicom.fsm", "pynetdicom.dul", "pynetdicom.events", "pynetdicom.association")
@@ -96,7 +103,8 @@ def _wait_for_idle(target: Target) -> tuple[int, int, list[str]]:
     while True:
         threads, fds = _status(pid)["Threads"], _fds(pid)
         spooled = sorted(p.name for p in spool.iterdir())
-        if (threads <= target.idle_threads and fds <= target.idle_fds and not spooled) or time.monotonic() > deadline:
+        idle = threads <= target.idle_threads + COMMITMENT_THREADS and fds <= target.idle_fds and not spooled
+        if idle or time.monotonic() > deadline:
             return threads, fds, spooled
         time.sleep(0.05)
 
@@ -122,6 +130,8 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         assert echo.returncode == 0, echo.stdout + echo.stderr
         for number in range(3):
             fuzz.run_case(scp.port, fuzz.valid_store(random.Random(number)))
+        # The storage commitment threads (commitment.py) start with the first request, and stay.
+        fuzz.run_case(scp.port, fuzz.valid_commitment_request(fuzz.Draw("warm-up", wire.COMMITMENT)))
         time.sleep(1.0)
         pid = scp.process.pid
         idle = Target(scp, root, home, _status(pid)["Threads"], _fds(pid), 0, escaped_before)
@@ -138,7 +148,8 @@ def _check_after_batch(target: Target, where: str) -> None:
     scp = target.scp
     assert scp.process.poll() is None, f"{where}: the SCP exited with {scp.process.returncode}"
     threads, fds, spooled = _wait_for_idle(target)
-    assert threads <= target.idle_threads, f"{where}: {threads} threads, {target.idle_threads} when idle"
+    bound = target.idle_threads + COMMITMENT_THREADS
+    assert threads <= bound, f"{where}: {threads} threads, {target.idle_threads} when idle (+{COMMITMENT_THREADS})"
     assert fds <= target.idle_fds, f"{where}: {fds} open descriptors, {target.idle_fds} when idle"
     assert spooled == [], f"{where}: spool files left: {spooled[:5]}"
     echo = echoscu(scp.port)
@@ -191,7 +202,7 @@ def _fuzz(target: Target, level: str, count: int, kind: str, capsys: pytest.Capt
         unknown = [s for s in outcome.statuses if s not in KNOWN_STATUSES]
         assert not unknown, f"{case.label}: statuses {[f'0x{s:04X}' for s in unknown]} are not in statuses.py"
         answers[outcome.answer if not outcome.statuses else f"status 0x{outcome.statuses[0]:04X}"] += 1
-        if statuses.SUCCESS in outcome.statuses and case.level == "dataset":
+        if statuses.SUCCESS in outcome.statuses and case.level in ("dataset", "commitment"):
             stored[case.family] += 1
         slowest = max(slowest, outcome.seconds)
         batch.append(case)
@@ -210,6 +221,8 @@ def _fuzz(target: Target, level: str, count: int, kind: str, capsys: pytest.Capt
     assert not [family for family in stored if "hostile-uid" in family], stored
     if level == "dataset" and count >= 100:
         assert stored["data-set/valid"] > 0, stored
+    if level == "commitment" and count >= 100:
+        assert stored["commitment/valid"] > 0, stored
 
 
 @pytest.mark.slow
@@ -232,6 +245,12 @@ def test_cases_are_deterministic_for_a_seed():
     assert first != other
     with contextlib.suppress(StopIteration):
         assert next(fuzz.cases(SEED, 1, "dataset")).family.startswith("issue9-")
+
+
+@pytest.mark.slow
+def test_storage_commitment_cases_are_answered_and_leave_nothing_behind(target, capsys):
+    """N-ACTION misuse: only an association that negotiated Storage Commitment carries it (support/fuzz.py)."""
+    _fuzz(target, "commitment", COMMITMENT_CASES, wire.COMMITMENT, capsys)
 
 
 _LEVEL_COUNTS = {"pdu": round(CASES * PDU_SHARE), "dataset": CASES - round(CASES * PDU_SHARE)}
@@ -286,15 +305,15 @@ def test_commitment_cases_are_the_storage_cases_with_the_commitment_request(leve
     proposed = wire.presentation_context(wire.COMMITMENT_CONTEXT, wire.STORAGE_COMMITMENT, wire.IMPLICIT_LE)
     assert commitment_request == wire.associate_rq([*fuzz.ASSOCIATION_CONTEXTS, proposed])
     pairs = zip(fuzz.cases(SEED, 300, level), fuzz.cases(SEED, 300, level, wire.COMMITMENT), strict=True)
-    for storage, commitment in pairs:
+    for storage, other in pairs:
         assert (storage.family, storage.expect, storage.allowed, storage.status) == (
-            commitment.family,
-            commitment.expect,
-            commitment.allowed,
-            commitment.status,
+            other.family,
+            other.expect,
+            other.allowed,
+            other.status,
         )
         if storage.associate is not None:
-            assert (storage.associate, commitment.associate) == (storage_request, commitment_request)
+            assert (storage.associate, other.associate) == (storage_request, commitment_request)
         # Cases whose payload carries an A-ASSOCIATE-RQ (or its body) carry the commitment kind's; no other differs.
         if not storage.family.startswith(_BUILT_ON_THE_REQUEST):
-            assert commitment.payload == storage.payload, storage.label
+            assert other.payload == storage.payload, storage.label

@@ -12,7 +12,12 @@ Two levels:
   huge and inconsistent lengths, mutated A-ASSOCIATE-RQ items, P-DATA misuse, release and abort out of order;
 - ``dataset``: C-STORE requests on an accepted presentation context whose data set (or Affected SOP Instance UID)
   is damaged: bit flips, truncation, element lengths past the end, undefined lengths, unclosed and deeply nested
-  sequences, unknown VRs, hostile UIDs (empty, ``\\``, too long, non-ASCII, path traversal).
+  sequences, unknown VRs, hostile UIDs (empty, ``\\``, too long, non-ASCII, path traversal);
+- ``commitment`` (commitment associations only): Storage Commitment N-ACTION requests whose Action Information
+  or command is damaged: bit flips, truncation, random bytes, hostile Transaction and referenced UIDs, too many
+  references, deep nesting, other action types and SOP classes, N-ACTION on the wrong context, unsolicited
+  N-EVENT-REPORT-RSP. A request the SCP accepts (0x0000) is followed by its N-EVENT-REPORT on the association,
+  which ``run_case`` answers before it releases.
 
 ``run_case`` sends one case and returns the SCP's answer; it raises ``Silence`` when the SCP neither answers nor
 closes the connection within ``ANSWER_SECONDS``: far below the SCP's timers, so an answer that only a timer would
@@ -32,10 +37,13 @@ from .wire import RawPeer
 
 # The SCPs under fuzz run with ACSE/DIMSE/network timeouts of 60 s or more.
 ANSWER_SECONDS = 5.0
+# How long the N-EVENT-REPORT of an accepted storage commitment request may take: it is not an answer to a request
+# (PS3.4 J.3.3 lets it come later), and in local mode its evaluation walks the store once per reference.
+REPORT_SECONDS = 30.0
 
 # How the SCP must react to a case's bytes.
 ANSWER = "answer"  # complete PDUs: an answer (any PDU) or a close, without the peer closing first
-STORE_STATUS = "store-status"  # a C-STORE-RQ with its whole data set: a C-STORE status or an A-ABORT
+STORE_STATUS = "store-status"  # a request (C-STORE, N-ACTION) with its whole data set: a status or an A-ABORT
 EOF = "eof"  # the SCP may rightly wait for more: the peer then closes its side, and the SCP must close too
 
 # A-ASSOCIATE-RQ offering C-ECHO on 1, CT Image Storage in explicit VR little endian on 3 and implicit on 5.
@@ -178,6 +186,14 @@ def run_case(port: int, case: Case) -> Outcome:
             raise AssertionError(f"{case.label}: a C-STORE answered with {outcome.answer}, not a status or A-ABORT")
         if case.status is not None and outcome.statuses != [case.status]:
             raise AssertionError(f"{case.label}: statuses {outcome.statuses}, expected [0x{case.status:04X}]")
+        if case.level == "commitment" and outcome.statuses == [0] and case.expect != EOF:
+            # An accepted storage commitment request: its report comes on this association, and is answered.
+            try:
+                report = peer.receive(REPORT_SECONDS)
+            except TimeoutError:
+                raise Silence(f"{case.label}: no N-EVENT-REPORT within {REPORT_SECONDS} s of the request") from None
+            if report is None or not _answer_report(peer, report):
+                raise AssertionError(f"{case.label}: after N-ACTION success, {_describe(report)}, not a report")
         if first is None or first.pdu_type == wire.RELEASE_RP:
             pass  # closed, or released: the requestor closes
         elif first.pdu_type in (wire.ASSOCIATE_AC, wire.P_DATA) and case.expect != EOF:
@@ -186,12 +202,53 @@ def run_case(port: int, case: Case) -> Outcome:
             second = _await(peer, case, started, "to an A-RELEASE-RQ")
             if second is not None and second.pdu_type == wire.P_DATA:
                 second = _await(peer, case, started, "to an A-RELEASE-RQ after a late P-DATA")
+            if second is not None and second.pdu_type == wire.P_DATA:  # a report's data set after its command
+                second = _await(peer, case, started, "to an A-RELEASE-RQ after a late data set")
             if second is None or second.pdu_type != wire.RELEASE_RP:
                 _await_close(peer, case, f"{_describe(second)}")
         else:
             _await_close(peer, case, outcome.answer)
         outcome.seconds = time.monotonic() - started
         return outcome
+
+
+_N_EVENT_REPORT_RQ = 0x0100
+_N_EVENT_REPORT_RSP = 0x8100
+
+
+def _answer_report(peer: RawPeer, received: wire.Received) -> bool:
+    """Answer an N-EVENT-REPORT-RQ (a storage commitment report) in ``received`` with success; False when it holds
+    none. The report's data set may follow in further P-DATA-TF PDUs: they are read before returning."""
+    offset = 0
+    while offset + 6 <= len(received.body):
+        size, context_id, control = struct.unpack_from(">LBB", received.body, offset)
+        command = received.body[offset + 6 : offset + 4 + size]
+        offset += 4 + size
+        values = wire.command_values(command) if control & wire.COMMAND else {}
+        if values.get(0x0100) != struct.pack("<H", _N_EVENT_REPORT_RQ):
+            continue
+        data_set_follows = values.get(0x0800) != struct.pack("<H", wire.NO_DATA_SET)
+        while data_set_follows and offset >= len(received.body):
+            more = peer.receive(ANSWER_SECONDS)
+            if more is None or more.pdu_type != wire.P_DATA:
+                return False
+            last = more.body[5] & wire.LAST if len(more.body) >= 6 else 0
+            if last:
+                break
+        answer = wire.command_set(
+            {
+                0x0002: wire.STORAGE_COMMITMENT,
+                0x0100: _N_EVENT_REPORT_RSP,
+                0x0120: struct.unpack("<H", values.get(0x0110, b"\0\0"))[0],
+                0x0800: wire.NO_DATA_SET,
+                0x0900: 0,
+                0x1000: wire.STORAGE_COMMITMENT_INSTANCE,
+                0x1002: struct.unpack("<H", values.get(0x1002, b"\0\0"))[0],
+            }
+        )
+        peer.send(wire.p_data(wire.pdv(context_id, wire.COMMAND | wire.LAST, answer)))
+        return True
+    return False
 
 
 def _send(peer: RawPeer, case: Case) -> None:
@@ -211,8 +268,10 @@ def _send(peer: RawPeer, case: Case) -> None:
 
 def cases(seed: int, count: int, level: str, kind: str = wire.STORAGE) -> Iterator[Case]:
     """``count`` cases of one level; the first are fixed (the issue's reproductions), the rest drawn at random."""
+    if level == "commitment":
+        kind = wire.COMMITMENT  # N-ACTION needs an association that negotiated Storage Commitment
     fixed = list(_fixed_cases(level, ASSOCIATIONS[kind]))
-    generators = _PDU_GENERATORS if level == "pdu" else _DATASET_GENERATORS
+    generators = {"pdu": _PDU_GENERATORS, "dataset": _DATASET_GENERATORS, "commitment": _COMMITMENT_GENERATORS}[level]
     for number in range(count):
         rng = Draw(f"{seed}:{level}:{number}", kind)
         if number < len(fixed):
@@ -252,7 +311,7 @@ def _fixed_cases(level: str, associate: bytes) -> Iterator[_Fixed]:
         for identity in (0, 255):
             request = wire.associate_rq(user_info=wire.user_information(wire.user_identity(identity)))
             yield f"issue9-3/user-identity-{identity}", request, ANSWER, None, _SERVICE_PROVIDER_INVALID, None
-    else:
+    elif level == "dataset":
         data_set = DataSet(random.Random(0)).encode()
         payload = _store_pdus(wire.STORE_CONTEXT, wire.store_command("\\"), data_set)
         yield "issue9-4/backslash-instance-uid", payload, STORE_STATUS, associate, None, 0xC010
@@ -813,4 +872,132 @@ _DATASET_GENERATORS: list[Callable[[random.Random], Case]] = [
     _hostile_uid,
     _wrong_encoding,
     _random_data_set,
+]
+
+
+# -- storage commitment level ----------------------------------------------------------------------------------------
+
+
+def _references(rng: random.Random, count: int) -> list[tuple[str, str]]:
+    return [(wire.CT_IMAGE_STORAGE, _uid(rng, 5)) for _ in range(count)]
+
+
+def _n_action_case(
+    rng: random.Random, family: str, information: bytes, *, action_type: int = 1, context_id: int | None = None
+) -> Case:
+    command = wire.n_action_command(message_id=rng.randint(1, 0xFFFF), action_type=action_type)
+    payload = _store_pdus(wire.COMMITMENT_CONTEXT if context_id is None else context_id, command, information)
+    return Case("", 0, f"commitment/{family}", payload, STORE_STATUS, _associate(rng))
+
+
+def _commitment_request(rng: random.Random) -> bytes:
+    return wire.commitment_request(_uid(rng, 6), _references(rng, rng.choice([1, 1, 2, 5, 40])))
+
+
+def valid_commitment_request(rng: random.Random) -> Case:
+    """An N-ACTION the SCP accepts (0x0000) on a commitment association; its report is answered."""
+    case = _n_action_case(rng, "valid", _commitment_request(rng))
+    case.status = 0x0000
+    case.level = "commitment"
+    return case
+
+
+def _n_action_bit_flips(rng: random.Random) -> Case:
+    raw = bytearray(_commitment_request(rng))
+    for _ in range(rng.randint(1, 6)):
+        raw[rng.randrange(len(raw))] ^= 1 << rng.randrange(8)
+    return _n_action_case(rng, "bit-flips", bytes(raw))
+
+
+def _n_action_truncated(rng: random.Random) -> Case:
+    raw = _commitment_request(rng)
+    return _n_action_case(rng, "truncated", raw[: rng.randrange(len(raw))])
+
+
+def _n_action_random_bytes(rng: random.Random) -> Case:
+    return _n_action_case(rng, "random-bytes", _random_bytes(rng, 0, 2000))
+
+
+def _n_action_hostile_uid(rng: random.Random) -> Case:
+    """A hostile Transaction UID (the record's file name) or referenced UID: refused, never a path."""
+    hostile = rng.choice(HOSTILE_UIDS)
+    if rng.random() < 0.5:
+        information = wire.commitment_request(hostile, _references(rng, 1))
+        return _n_action_case(rng, "hostile-transaction-uid", information)
+    references = _references(rng, 2)
+    references[rng.randrange(2)] = (rng.choice([wire.CT_IMAGE_STORAGE, hostile]), hostile)
+    return _n_action_case(rng, "hostile-referenced-uid", wire.commitment_request(_uid(rng, 6), references))
+
+
+def _n_action_many_references(rng: random.Random) -> Case:
+    """None, or hundreds of references. Requests at commitment.REFERENCES_LIMIT (20,000) are decoded whole, at about
+    20 times their bytes, and in local mode evaluated by walking the store once per reference (seconds per thousand
+    on a store the other levels filled): tests/container/test_hostile_input.py holds them."""
+    count = rng.choice([0, 200, 400])
+    return _n_action_case(rng, f"references-{count}", wire.commitment_request(_uid(rng, 6), _references(rng, count)))
+
+
+def _n_action_nested(rng: random.Random) -> Case:
+    """An item of the Referenced SOP Sequence holding sequences hundreds deep."""
+    nested = b""
+    for _ in range(rng.choice([50, 500, 1500])):
+        nested = element(0x00081199, "SQ", _item(nested), explicit=False)
+    information = element(0x00081195, "UI", _text_value(_uid(rng, 6), b"\0"), explicit=False)
+    information += element(0x00081199, "SQ", _item(nested), explicit=False)
+    return _n_action_case(rng, "nested", information)
+
+
+def _n_action_command_misuse(rng: random.Random) -> Case:
+    """Another action type, SOP class or instance; N-ACTION on another context; an unsolicited N-EVENT-REPORT-RSP."""
+    choice = rng.randrange(5)
+    information = _commitment_request(rng)
+    if choice == 0:
+        return _n_action_case(rng, "action-type", information, action_type=rng.choice([0, 2, 3, 0xFFFF]))
+    if choice == 1:
+        case = _n_action_case(rng, "on-another-context", information, context_id=rng.choice([1, 3, 5, 9]))
+        case.allowed = ("A-ABORT 0/0",)
+        return case
+    if choice in (2, 3):
+        element_number = 0x0003 if choice == 2 else 0x1001
+        value = rng.choice([wire.CT_IMAGE_STORAGE, "1.2.3", "", wire.STORAGE_COMMITMENT + ".1"])
+        elements: dict[int, int | str | bytes] = {
+            0x0003: wire.STORAGE_COMMITMENT,
+            0x0100: wire.N_ACTION_RQ,
+            0x0110: 1,
+            0x0800: wire.HAS_DATA_SET,
+            0x1001: wire.STORAGE_COMMITMENT_INSTANCE,
+            0x1008: 1,
+        }
+        elements[element_number] = value
+        payload = _store_pdus(wire.COMMITMENT_CONTEXT, wire.command_set(elements), information)
+        family = "requested-sop-class" if choice == 2 else "requested-sop-instance"
+        return Case("", 0, f"commitment/{family}", payload, STORE_STATUS, _associate(rng))
+    response = wire.command_set(
+        {
+            0x0002: wire.STORAGE_COMMITMENT,
+            0x0100: _N_EVENT_REPORT_RSP,
+            0x0120: rng.randint(0, 0xFFFF),
+            0x0800: wire.NO_DATA_SET,
+            0x0900: 0,
+        }
+    )
+    payload = wire.p_data(wire.pdv(wire.COMMITMENT_CONTEXT, wire.COMMAND | wire.LAST, response))
+    return Case("", 0, "commitment/unsolicited-event-report-rsp", payload, EOF, _associate(rng))
+
+
+_COMMITMENT_GENERATORS: list[Callable[[random.Random], Case]] = [
+    valid_commitment_request,
+    valid_commitment_request,
+    _n_action_bit_flips,
+    _n_action_bit_flips,
+    _n_action_bit_flips,
+    _n_action_truncated,
+    _n_action_truncated,
+    _n_action_random_bytes,
+    _n_action_hostile_uid,
+    _n_action_hostile_uid,
+    _n_action_many_references,
+    _n_action_nested,
+    _n_action_command_misuse,
+    _n_action_command_misuse,
 ]

@@ -203,6 +203,16 @@ def commitment_request(transaction_uid: str, references: list[tuple[str, str]]) 
     return _implicit_element(0x0008, 0x1195, _uid_bytes(transaction_uid)) + _implicit_element(0x0008, 0x1199, items)
 
 
+def command_values(command: bytes) -> dict[int, bytes]:
+    """Group 0000's element values (implicit VR little endian), by element number."""
+    values, offset = {}, 0
+    while offset + 8 <= len(command):
+        _group, element, size = struct.unpack_from("<HHL", command, offset)
+        values[element] = command[offset + 8 : offset + 8 + size]
+        offset += 8 + size
+    return values
+
+
 def response_status(command: bytes) -> int | None:
     """Status (0000,0900) of a response command set."""
     offset = 0

@@ -922,12 +922,19 @@ def table(rows: Sequence[Any]) -> str:
     return "\n".join(lines)
 
 
-def write_results(path: Path, results: dict[str, list[Any]], command: Sequence[str]) -> None:
-    """The rows of every benchmark run, by name, with the command that produced them and when."""
+def conditions() -> dict[str, Any]:
+    """When a run starts and the machine's load then (1-minute load average): what a recorded run states."""
+    return {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "loadAverage": os.getloadavg()[0]}
+
+
+def write_results(
+    path: Path, results: dict[str, list[Any]], command: Sequence[str], started: dict[str, Any] | None = None
+) -> None:
+    """The rows of every benchmark run, by name, with the command that produced them, and when it started."""
     document = {
         "command": " ".join(command),
-        "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "loadAverage": os.getloadavg()[0],
+        **(started or conditions()),
+        "ended": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **{name: [asdict(row) for row in rows] for name, rows in results.items()},
     }
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -396,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = harness.select(options.only, BENCHMARKS)
     harness.require_dcmtk()
 
+    started = harness.conditions()
     work = Path(options.work_dir or tempfile.mkdtemp(prefix="dicom-bench-"))
     results: dict[str, list[Any]] = {}
     try:
@@ -406,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not options.work_dir:
             shutil.rmtree(work, ignore_errors=True)
-    harness.write_results(options.output, results, ["bench/run.py", *(argv if argv is not None else sys.argv[1:])])
+    command = ["bench/run.py", *(argv if argv is not None else sys.argv[1:])]
+    harness.write_results(options.output, results, command, started)
     return 0
 
 

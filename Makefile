@@ -50,9 +50,14 @@ image-test: install dcmtk image-tools
 render: install
 	$(PY) -m template_gen
 
-# Not part of `test`: minutes of load on loopback. Results and the command go to docs/benchmarks.md.
+# Not part of `test`: minutes of load on loopback. Results and the command go to docs/benchmarks.md. By default the
+# figures of issue 21 (section 9: CPU per instance at 16 and 128 KiB PDUs, ingest on tmpfs at 1 and 4 associations,
+# the 300-association burst of storage and Storage Commitment associations), medians of BENCH_REPEAT rounds;
+# BENCH_ONLY=all runs every section (`.venv/bin/python bench/run.py --list`).
+BENCH_ONLY ?= cpu,ingest-tmpfs,burst
+BENCH_REPEAT ?= 5
 bench: install dcmtk
-	$(PY) bench/run.py --output bench/results.json
+	$(PY) bench/run.py --only $(BENCH_ONLY) --repeat $(BENCH_REPEAT) --output bench/results.json
 
 # Not part of `test`: valid DCMTK traffic and the fuzzer's hostile connections together for SOAK_SECONDS, the SCP's
 # memory, threads, descriptors and spool bytes sampled to bench/soak.json (docs/benchmarks.md section 7).

@@ -1,6 +1,8 @@
-"""Where the owned receive path's CPU goes, per 512 KiB instance (issue 15; not a test).
+"""Where the receive path's CPU goes, per 512 KiB instance (issue 15; not a test).
 
     .venv/bin/python bench/engine_profile.py [--instances 300] [--maximum-pdu-size 131072]
+
+docs/benchmarks.md section 9.
 
 One receiving process runs in this process (WORKERS=1 equivalent, storing on tmpfs), DCMTK's storescu sends one
 association of generated 512 KiB CT instances, and the association thread's CPU time (``time.thread_time``:
@@ -21,9 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-import run as bench  # bench/run.py: data, storescu
+import harness
 from dicom_store_scp import engine, handlers, server
 from dicom_store_scp.config import load
 
@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="dicom-bench-profile-"))
     store = Path(tempfile.mkdtemp(prefix="dicom-bench-profile-", dir="/dev/shm"))
     try:
-        paths = bench.write_instances(work / "ct512", options.instances)
-        port = bench.free_port()
+        paths = harness.write_instances(work / "ct512", options.instances)
+        port = harness.free_port()
         arguments = ["--scp-port", str(port), "--storage-dir", str(store), "--workers", "1", "--log-level", "WARNING"]
         config = load([*arguments, "--maximum-pdu-size", str(options.maximum_pdu_size)])
         receiver = server.Receiver(config)
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         receiver.start()
         housekeeping = threading.Thread(target=receiver.run_until_stopped, daemon=True)
         housekeeping.start()
-        bench.send(port, [paths])
+        harness.send(port, [paths])
         receiver.stop()
         housekeeping.join(30)
         data_set = paths[0].read_bytes()

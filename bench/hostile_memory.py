@@ -1,5 +1,7 @@
 """Peak memory of one receiving process while every association slot holds the largest PDU it may (issue 9).
 
+docs/benchmarks.md section 6 (`bench/run.py --only hostile-memory` runs it too).
+
     .venv/bin/python bench/hostile_memory.py [--associations 300] [--maximum-pdu-size 262144]
 
 Not a test: a measurement for docs/conformance.md 2.3 and docs/benchmarks.md. One SCP process (WORKERS=1) on
@@ -22,26 +24,13 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from run import free_port, scp_command, scp_env, serving
+from harness import free_port, scp_command, scp_env, serving, vitals
 from support import wire
 from support.wire import RawPeer
 
 
-def _status(pid: int) -> dict[str, int]:
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM", "Threads"):
-            values[key] = int(rest.split()[0])
-    values["fds"] = len(list(Path(f"/proc/{pid}/fd").iterdir()))
-    return values
-
-
 def _row(phase: str, pid: int, connections: int) -> str:
-    values = _status(pid)
+    values = vitals(pid)
     return (
         f"| {phase} | {connections} | {values['VmRSS'] / 1024:.0f} | {values['VmHWM'] / 1024:.0f} | "
         f"{values['Threads']} | {values['fds']} |"

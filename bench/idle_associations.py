@@ -6,6 +6,8 @@ Not a test: the measurement behind the association target tracking policy (templ
 that keep associations open (slow links, long studies, senders that never release) fill MaximumAssociations while
 the task's CPU stays low: if they cost little CPU, CPU target tracking alone never adds a task and new senders are
 rejected (local limit exceeded). One SCP process (WORKERS=1) on loopback; pynetdicom peers associate and wait.
+
+docs/benchmarks.md section 8 (`bench/run.py --only idle` runs it too).
 """
 
 from __future__ import annotations
@@ -16,17 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness import cpu_seconds, free_port, scp_command, scp_env, serving, vitals
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from run import cpu_seconds, free_port, scp_command, scp_env, serving
-
 
 def resident_mib(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(status.split("VmRSS:")[1].split()[0]) // 1024
+    return vitals(pid)["VmRSS"] // 1024
 
 
 def measure(associations: int, hold: float) -> str:
@@ -53,11 +51,11 @@ def measure(associations: int, hold: float) -> str:
                     assoc.abort()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--associations", default="10,250", help="comma list of idle associations to hold")
     parser.add_argument("--hold", type=float, default=20, help="seconds to measure while they are held")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     print("| idle associations | seconds | CPU of one core, % | resident MiB |")
     print("|---|---|---|---|")
     for count in (int(word) for word in args.associations.split(",")):

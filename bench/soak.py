@@ -1,13 +1,21 @@
 """Soak (issue 9): valid traffic and hostile connections together for minutes, with the SCP's vital signs sampled.
 
-    .venv/bin/python bench/soak.py [--duration 600] [--interval 5] [--output bench/soak.json]
+    .venv/bin/python bench/soak.py [--duration 600] [--interval 5] [--kinds storage,commitment]
+        [--output bench/soak.json]
 
-Not a test: a measurement for docs/benchmarks.md. One SCP process (WORKERS=1) on loopback, and at the same time:
+Not a test: a measurement for docs/benchmarks.md section 7 (`make soak`; `bench/run.py --only soak` runs it too).
+One SCP process (WORKERS=1) on loopback, and at the same time, on every kind of association in ``--kinds``
+(support/wire.py: "storage", storage and verification only; "commitment", Storage Commitment Push Model negotiated
+as well, which the SCP offers in local mode):
 
 - valid traffic: DCMTK storescu sending ``--instances`` generated CT instances (pydicom, 128 x 128) per
-  association, one association after another, and an echoscu between them; every C-STORE must succeed;
-- hostile traffic: ``--hostile`` connections at a time running the fuzzer's cases (tests/support/fuzz.py, both
-  levels, seeded with ``--seed``) one after another; every case must be answered;
+  association, one association after another, and an echoscu between them; every C-STORE must succeed. For
+  "commitment", a Storage Commitment requester (bench/harness.py) after each storescu association: the same
+  instances stored on an association that negotiated Storage Commitment, an N-ACTION asking for them, and the
+  N-EVENT-REPORT on that association, every instance committed;
+- hostile traffic: ``--hostile`` connections at a time running the fuzzer's cases (tests/support/fuzz.py, the PDU
+  and data set levels on each kind in turn, and the storage commitment level's N-ACTION misuse when "commitment" is
+  among the kinds; seeded with ``--seed``) one after another; every case must be answered;
 - an "importer" that removes each batch once its manifest is written (as the pipeline consumes them), so the
   disk does not fill over a long run.
 
@@ -34,24 +42,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from run import DCMTK_ENV, free_port, scp_command, scp_env, serving, write_instances
-from support import fuzz
+import harness
+from harness import DCMTK_ENV, free_port, scp_command, scp_env, serving, write_instances
+from support import fuzz, wire
 
 _SUCCESS = re.compile(r"Received Store Response \(Success\)")
 
 
 def vitals(pid: int, storage: Path) -> dict[str, int]:
-    values: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM", "Threads"):
-            values[key] = int(rest.split()[0])
-    values["fds"] = len(list(Path(f"/proc/{pid}/fd").iterdir()))
-    values["spoolBytes"] = _spool_bytes(storage / ".spool")
-    return values
+    return {**harness.vitals(pid), "spoolBytes": _spool_bytes(storage / ".spool")}
 
 
 def _spool_bytes(spool: Path) -> int:
@@ -83,7 +82,8 @@ class Traffic:
                 self.failures.append(message)
 
 
-def valid_traffic(port: int, files: list[Path], traffic: Traffic) -> None:
+def valid_traffic(port: int, files: list[Path], kinds: list[str], traffic: Traffic) -> None:
+    instances = [harness.Instance.read(path) for path in files] if wire.COMMITMENT in kinds else []
     while not traffic.stop.is_set():
         completed = subprocess.run(
             ["storescu", "-v", "127.0.0.1", str(port), *map(str, files)],
@@ -104,10 +104,19 @@ def valid_traffic(port: int, files: list[Path], traffic: Traffic) -> None:
         traffic.add("echoes")
         if echo.returncode != 0:
             traffic.fail(f"echoscu: exit {echo.returncode}")
+        if instances:
+            stored, committed, reason = harness.commit_on_one_association(port, instances, timeout=60)
+            traffic.add("commitmentAssociations")
+            traffic.add("instancesStored", stored)
+            traffic.add("instancesCommitted", len(instances) if committed else 0)
+            if not committed:
+                traffic.fail(f"commitment association: {stored}/{len(instances)} stored, {reason}")
 
 
-def hostile_traffic(port: int, seed: int, stream: int, traffic: Traffic) -> None:
-    generators = [fuzz.cases(seed + stream, 10**9, level) for level in ("pdu", "dataset")]
+def hostile_traffic(port: int, seed: int, stream: int, kinds: list[str], traffic: Traffic) -> None:
+    generators = [fuzz.cases(seed + stream, 10**9, level, kind) for kind in kinds for level in ("pdu", "dataset")]
+    if wire.COMMITMENT in kinds:  # N-ACTION misuse, which only a commitment association carries
+        generators.append(fuzz.cases(seed + stream, 10**9, "commitment"))
     while not traffic.stop.is_set():
         for generated in generators:
             case = next(generated)
@@ -117,8 +126,14 @@ def hostile_traffic(port: int, seed: int, stream: int, traffic: Traffic) -> None
                 traffic.fail(f"{type(error).__name__}: {error}")
                 continue
             traffic.add("hostileCases")
+            traffic.add(f"hostileCases.{case.kind}")
             if outcome.statuses and outcome.statuses[0] == 0:
                 traffic.add("hostileStored")
+
+
+# A sealed batch is removed this long after its manifest: a storage commitment request evaluated meanwhile still
+# finds the instances it names (local mode commits what is in the store).
+CONSUMED_AFTER_SECONDS = 10.0
 
 
 def importer(storage: Path, traffic: Traffic) -> None:
@@ -128,6 +143,9 @@ def importer(storage: Path, traffic: Traffic) -> None:
         if not manifests.exists():
             continue
         for manifest in list(manifests.glob("*.json")):
+            with contextlib.suppress(OSError):
+                if time.time() - manifest.stat().st_mtime < CONSUMED_AFTER_SECONDS:
+                    continue
             batch = manifest.stem
             shutil.rmtree(storage / "incoming" / batch, ignore_errors=True)
             with contextlib.suppress(OSError):
@@ -167,8 +185,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instances", type=int, default=20, help="instances per valid association")
     parser.add_argument("--hostile", type=int, default=2, help="hostile connections at a time")
     parser.add_argument("--seed", type=int, default=9)
+    parser.add_argument(
+        "--kinds",
+        default=",".join(wire.ASSOCIATION_KINDS),
+        help="kinds of association the traffic uses: storage, commitment (default both)",
+    )
     parser.add_argument("--output", type=Path, default=Path("bench/soak.json"))
     options = parser.parse_args(argv)
+    kinds = [kind for kind in options.kinds.split(",") if kind]
+    unknown = set(kinds) - set(wire.ASSOCIATION_KINDS)
+    if unknown or not kinds:
+        parser.error(f"--kinds: {sorted(unknown) or 'none given'}; there are {', '.join(wire.ASSOCIATION_KINDS)}")
 
     port = free_port()
     with tempfile.TemporaryDirectory() as scratch:
@@ -180,9 +207,9 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(1.0)
             idle = vitals(pid, storage)
             traffic = Traffic()
-            threads = [threading.Thread(target=valid_traffic, args=(port, files, traffic), daemon=True)]
+            threads = [threading.Thread(target=valid_traffic, args=(port, files, kinds, traffic), daemon=True)]
             threads += [
-                threading.Thread(target=hostile_traffic, args=(port, options.seed, n, traffic), daemon=True)
+                threading.Thread(target=hostile_traffic, args=(port, options.seed, n, kinds, traffic), daemon=True)
                 for n in range(options.hostile)
             ]
             threads.append(threading.Thread(target=importer, args=(storage, traffic), daemon=True))
@@ -214,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": options.seed,
         "instancesPerAssociation": options.instances,
         "hostileConnections": options.hostile,
+        "kinds": kinds,
         "idleBefore": idle,
         "idleAfter": after,
         "counts": dict(traffic.counts),

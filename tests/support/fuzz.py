@@ -1,8 +1,10 @@
 """Seeded hostile-input cases (issue 9), for tests/fuzz and bench/soak.py.
 
 Every case is a byte string a raw peer (support/wire.py) sends, possibly after a proper association, and what the
-SCP must do about it. ``cases(seed, count, level)`` is deterministic: case ``n`` of a seed is made from
-``random.Random(f"{seed}:{level}:{n}")`` alone, so any one case can be re-run on its own.
+SCP must do about it. ``cases(seed, count, level, kind)`` is deterministic: case ``n`` of a seed is made from
+``random.Random(f"{seed}:{level}:{n}")`` alone, so any one case can be re-run on its own. ``kind`` (support/wire.py)
+says which association the cases negotiate or imitate: storage and verification only, or Storage Commitment as
+well (the same cases and draws, the request proposing one more presentation context).
 
 Two levels:
 
@@ -10,7 +12,12 @@ Two levels:
   huge and inconsistent lengths, mutated A-ASSOCIATE-RQ items, P-DATA misuse, release and abort out of order;
 - ``dataset``: C-STORE requests on an accepted presentation context whose data set (or Affected SOP Instance UID)
   is damaged: bit flips, truncation, element lengths past the end, undefined lengths, unclosed and deeply nested
-  sequences, unknown VRs, hostile UIDs (empty, ``\\``, too long, non-ASCII, path traversal).
+  sequences, unknown VRs, hostile UIDs (empty, ``\\``, too long, non-ASCII, path traversal);
+- ``commitment`` (commitment associations only): Storage Commitment N-ACTION requests whose Action Information
+  or command is damaged: bit flips, truncation, random bytes, hostile Transaction and referenced UIDs, too many
+  references, deep nesting, other action types and SOP classes, N-ACTION on the wrong context, unsolicited
+  N-EVENT-REPORT-RSP. A request the SCP accepts (0x0000) is followed by its N-EVENT-REPORT on the association,
+  which ``run_case`` answers before it releases.
 
 ``run_case`` sends one case and returns the SCP's answer; it raises ``Silence`` when the SCP neither answers nor
 closes the connection within ``ANSWER_SECONDS``: far below the SCP's timers, so an answer that only a timer would
@@ -30,21 +37,41 @@ from .wire import RawPeer
 
 # The SCPs under fuzz run with ACSE/DIMSE/network timeouts of 60 s or more.
 ANSWER_SECONDS = 5.0
+# How long the N-EVENT-REPORT of an accepted storage commitment request may take: it is not an answer to a request
+# (PS3.4 J.3.3 lets it come later), and in local mode its evaluation walks the store once per reference.
+REPORT_SECONDS = 30.0
 
 # How the SCP must react to a case's bytes.
 ANSWER = "answer"  # complete PDUs: an answer (any PDU) or a close, without the peer closing first
-STORE_STATUS = "store-status"  # a C-STORE-RQ with its whole data set: a C-STORE status or an A-ABORT
+STORE_STATUS = "store-status"  # a request (C-STORE, N-ACTION) with its whole data set: a status or an A-ABORT
 EOF = "eof"  # the SCP may rightly wait for more: the peer then closes its side, and the SCP must close too
 
 # A-ASSOCIATE-RQ offering C-ECHO on 1, CT Image Storage in explicit VR little endian on 3 and implicit on 5.
 CT_IMPLICIT_CONTEXT = 5
-ASSOCIATE = wire.associate_rq(
-    [
-        wire.presentation_context(wire.ECHO_CONTEXT, wire.VERIFICATION, wire.IMPLICIT_LE),
-        wire.presentation_context(wire.STORE_CONTEXT, wire.CT_IMAGE_STORAGE, wire.EXPLICIT_LE),
-        wire.presentation_context(CT_IMPLICIT_CONTEXT, wire.CT_IMAGE_STORAGE, wire.IMPLICIT_LE),
-    ]
-)
+ASSOCIATION_CONTEXTS = [
+    wire.presentation_context(wire.ECHO_CONTEXT, wire.VERIFICATION, wire.IMPLICIT_LE),
+    wire.presentation_context(wire.STORE_CONTEXT, wire.CT_IMAGE_STORAGE, wire.EXPLICIT_LE),
+    wire.presentation_context(CT_IMPLICIT_CONTEXT, wire.CT_IMAGE_STORAGE, wire.IMPLICIT_LE),
+]
+ASSOCIATE = wire.associate_rq(ASSOCIATION_CONTEXTS)
+
+# The same request proposing Storage Commitment Push Model on context 7 as well: an association the SCP serves as
+# "commitment" (support/wire.py). The cases of a seed are the same on both kinds but for this request.
+ASSOCIATIONS = {wire.STORAGE: ASSOCIATE, wire.COMMITMENT: wire.with_commitment(ASSOCIATE)}
+
+
+class Draw(random.Random):
+    """A case's random draws, and the association request (of the run's kind) its bytes are built around."""
+
+    def __init__(self, seed: str, kind: str = wire.STORAGE) -> None:
+        super().__init__(seed)
+        self.kind = kind
+        self.associate = ASSOCIATIONS[kind]
+
+
+def _associate(rng: random.Random) -> bytes:
+    return rng.associate if isinstance(rng, Draw) else ASSOCIATE
+
 
 # Not a registered root: instances stored by the fuzzer are recognisable as such.
 UID_ROOT = "1.2.826.0.1.3680043.8.498.99"
@@ -90,10 +117,11 @@ class Case:
     status: int | None = None
     # Where the case came from, to reproduce it.
     seed: int = 0
+    kind: str = wire.STORAGE
 
     @property
     def label(self) -> str:
-        return f"{self.level}#{self.number} {self.family} (FUZZ_SEED={self.seed})"
+        return f"{self.level}#{self.number} {self.family} ({self.kind} association, FUZZ_SEED={self.seed})"
 
 
 @dataclass
@@ -158,6 +186,14 @@ def run_case(port: int, case: Case) -> Outcome:
             raise AssertionError(f"{case.label}: a C-STORE answered with {outcome.answer}, not a status or A-ABORT")
         if case.status is not None and outcome.statuses != [case.status]:
             raise AssertionError(f"{case.label}: statuses {outcome.statuses}, expected [0x{case.status:04X}]")
+        if case.level == "commitment" and outcome.statuses == [0] and case.expect != EOF:
+            # An accepted storage commitment request: its report comes on this association, and is answered.
+            try:
+                report = peer.receive(REPORT_SECONDS)
+            except TimeoutError:
+                raise Silence(f"{case.label}: no N-EVENT-REPORT within {REPORT_SECONDS} s of the request") from None
+            if report is None or not _answer_report(peer, report):
+                raise AssertionError(f"{case.label}: after N-ACTION success, {_describe(report)}, not a report")
         if first is None or first.pdu_type == wire.RELEASE_RP:
             pass  # closed, or released: the requestor closes
         elif first.pdu_type in (wire.ASSOCIATE_AC, wire.P_DATA) and case.expect != EOF:
@@ -166,12 +202,53 @@ def run_case(port: int, case: Case) -> Outcome:
             second = _await(peer, case, started, "to an A-RELEASE-RQ")
             if second is not None and second.pdu_type == wire.P_DATA:
                 second = _await(peer, case, started, "to an A-RELEASE-RQ after a late P-DATA")
+            if second is not None and second.pdu_type == wire.P_DATA:  # a report's data set after its command
+                second = _await(peer, case, started, "to an A-RELEASE-RQ after a late data set")
             if second is None or second.pdu_type != wire.RELEASE_RP:
                 _await_close(peer, case, f"{_describe(second)}")
         else:
             _await_close(peer, case, outcome.answer)
         outcome.seconds = time.monotonic() - started
         return outcome
+
+
+_N_EVENT_REPORT_RQ = 0x0100
+_N_EVENT_REPORT_RSP = 0x8100
+
+
+def _answer_report(peer: RawPeer, received: wire.Received) -> bool:
+    """Answer an N-EVENT-REPORT-RQ (a storage commitment report) in ``received`` with success; False when it holds
+    none. The report's data set may follow in further P-DATA-TF PDUs: they are read before returning."""
+    offset = 0
+    while offset + 6 <= len(received.body):
+        size, context_id, control = struct.unpack_from(">LBB", received.body, offset)
+        command = received.body[offset + 6 : offset + 4 + size]
+        offset += 4 + size
+        values = wire.command_values(command) if control & wire.COMMAND else {}
+        if values.get(0x0100) != struct.pack("<H", _N_EVENT_REPORT_RQ):
+            continue
+        data_set_follows = values.get(0x0800) != struct.pack("<H", wire.NO_DATA_SET)
+        while data_set_follows and offset >= len(received.body):
+            more = peer.receive(ANSWER_SECONDS)
+            if more is None or more.pdu_type != wire.P_DATA:
+                return False
+            last = more.body[5] & wire.LAST if len(more.body) >= 6 else 0
+            if last:
+                break
+        answer = wire.command_set(
+            {
+                0x0002: wire.STORAGE_COMMITMENT,
+                0x0100: _N_EVENT_REPORT_RSP,
+                0x0120: struct.unpack("<H", values.get(0x0110, b"\0\0"))[0],
+                0x0800: wire.NO_DATA_SET,
+                0x0900: 0,
+                0x1000: wire.STORAGE_COMMITMENT_INSTANCE,
+                0x1002: struct.unpack("<H", values.get(0x1002, b"\0\0"))[0],
+            }
+        )
+        peer.send(wire.p_data(wire.pdv(context_id, wire.COMMAND | wire.LAST, answer)))
+        return True
+    return False
 
 
 def _send(peer: RawPeer, case: Case) -> None:
@@ -189,12 +266,14 @@ def _send(peer: RawPeer, case: Case) -> None:
 # -- the cases ------------------------------------------------------------------------------------------------------
 
 
-def cases(seed: int, count: int, level: str) -> Iterator[Case]:
+def cases(seed: int, count: int, level: str, kind: str = wire.STORAGE) -> Iterator[Case]:
     """``count`` cases of one level; the first are fixed (the issue's reproductions), the rest drawn at random."""
-    fixed = list(_fixed_cases(level))
-    generators = _PDU_GENERATORS if level == "pdu" else _DATASET_GENERATORS
+    if level == "commitment":
+        kind = wire.COMMITMENT  # N-ACTION needs an association that negotiated Storage Commitment
+    fixed = list(_fixed_cases(level, ASSOCIATIONS[kind]))
+    generators = {"pdu": _PDU_GENERATORS, "dataset": _DATASET_GENERATORS, "commitment": _COMMITMENT_GENERATORS}[level]
     for number in range(count):
-        rng = random.Random(f"{seed}:{level}:{number}")
+        rng = Draw(f"{seed}:{level}:{number}", kind)
         if number < len(fixed):
             family, payload, expect, associate, allowed, status = fixed[number]
             case = Case(level, number, family, payload, expect, associate, allowed=allowed, status=status)
@@ -205,6 +284,7 @@ def cases(seed: int, count: int, level: str) -> Iterator[Case]:
             if rng.random() < 0.05:
                 case.pieces = rng.randint(2, 8)
         case.seed = seed
+        case.kind = kind
         yield case
 
 
@@ -215,28 +295,28 @@ _SERVICE_PROVIDER_INVALID = ("A-ABORT 2/6",)
 _Fixed = tuple[str, bytes, str, bytes | None, tuple[str, ...] | None, int | None]
 
 
-def _fixed_cases(level: str) -> Iterator[_Fixed]:
+def _fixed_cases(level: str, associate: bytes) -> Iterator[_Fixed]:
     """The four defects of issue 9 (tests/container/test_hostile_input.py holds their full regression tests)."""
     if level == "pdu":
         header_4gib = struct.pack(">BBL", wire.P_DATA, 0, 0xFFFFFFFF) + bytes(10)
         yield "issue9-1/4-gib-header", header_4gib, ANSWER, None, _SERVICE_PROVIDER_INVALID, None
-        yield "issue9-1/4-gib-header-associated", header_4gib, ANSWER, ASSOCIATE, _SERVICE_PROVIDER_INVALID, None
+        yield "issue9-1/4-gib-header-associated", header_4gib, ANSWER, associate, _SERVICE_PROVIDER_INVALID, None
         never_last = wire.p_data(wire.pdv(wire.STORE_CONTEXT, 0, bytes(16000)))
-        yield "issue9-2/data-never-last", never_last * 8, ANSWER, ASSOCIATE, ("A-ABORT 0/0",), None
+        yield "issue9-2/data-never-last", never_last * 8, ANSWER, associate, ("A-ABORT 0/0",), None
         commands = wire.p_data(wire.pdv(wire.STORE_CONTEXT, wire.COMMAND, bytes(16000)))
-        yield "issue9-2/command-never-last", commands * 8, ANSWER, ASSOCIATE, ("A-ABORT 0/0",), None
+        yield "issue9-2/command-never-last", commands * 8, ANSWER, associate, ("A-ABORT 0/0",), None
         for context_id in (0, 2):
             request = wire.associate_rq([wire.presentation_context(context_id, wire.VERIFICATION, wire.IMPLICIT_LE)])
             yield f"issue9-3/context-id-{context_id}", request, ANSWER, None, _SERVICE_PROVIDER_INVALID, None
         for identity in (0, 255):
             request = wire.associate_rq(user_info=wire.user_information(wire.user_identity(identity)))
             yield f"issue9-3/user-identity-{identity}", request, ANSWER, None, _SERVICE_PROVIDER_INVALID, None
-    else:
+    elif level == "dataset":
         data_set = DataSet(random.Random(0)).encode()
         payload = _store_pdus(wire.STORE_CONTEXT, wire.store_command("\\"), data_set)
-        yield "issue9-4/backslash-instance-uid", payload, STORE_STATUS, ASSOCIATE, None, 0xC010
+        yield "issue9-4/backslash-instance-uid", payload, STORE_STATUS, associate, None, 0xC010
         payload = _store_pdus(wire.STORE_CONTEXT, wire.store_command(None), data_set)
-        yield "issue9-3/no-instance-uid", payload, STORE_STATUS, ASSOCIATE, None, 0xC010
+        yield "issue9-3/no-instance-uid", payload, STORE_STATUS, associate, None, 0xC010
 
 
 # -- PDU level ------------------------------------------------------------------------------------------------------
@@ -250,13 +330,13 @@ def _garbage(rng: random.Random) -> Case:
     data = bytearray(_random_bytes(rng, 1, 3000))
     if rng.random() < 0.5:
         data[0] = rng.randint(1, 7)  # a known type, so the header's length is believed (within its limit)
-    return Case("", 0, "garbage", bytes(data), EOF, ASSOCIATE if rng.random() < 0.5 else None)
+    return Case("", 0, "garbage", bytes(data), EOF, _associate(rng) if rng.random() < 0.5 else None)
 
 
 def _valid_stream(rng: random.Random) -> bytes:
     echo = wire.p_data(wire.pdv(wire.ECHO_CONTEXT, wire.COMMAND | wire.LAST, wire.echo_command()))
     store = _store_pdus(wire.STORE_CONTEXT, wire.store_command(_uid(rng, 1)), DataSet(rng).encode())
-    return ASSOCIATE + rng.choice([echo, store, echo + store]) + wire.release_rq()
+    return _associate(rng) + rng.choice([echo, store, echo + store]) + wire.release_rq()
 
 
 def _truncated(rng: random.Random) -> Case:
@@ -272,8 +352,8 @@ def _mutated_stream(rng: random.Random) -> Case:
 
 
 _PDU_BODIES: dict[int, Callable[[random.Random], bytes]] = {
-    wire.ASSOCIATE_RQ: lambda rng: ASSOCIATE[6:],
-    wire.ASSOCIATE_AC: lambda rng: ASSOCIATE[6:],
+    wire.ASSOCIATE_RQ: lambda rng: _associate(rng)[6:],
+    wire.ASSOCIATE_AC: lambda rng: _associate(rng)[6:],
     wire.ASSOCIATE_RJ: lambda rng: bytes([0, rng.randint(0, 3), rng.randint(0, 3), rng.randint(0, 8)]),
     wire.P_DATA: lambda rng: wire.pdv(wire.ECHO_CONTEXT, wire.COMMAND | wire.LAST, wire.echo_command()),
     wire.RELEASE_RQ: lambda rng: bytes(4),
@@ -291,10 +371,10 @@ def _every_pdu_type(rng: random.Random) -> Case:
     payload = wire.pdu(pdu_type, body)
     family = f"pdu-type-{pdu_type}-{'associated' if associated else 'first'}"
     if not known:
-        return Case("", 0, family, payload, ANSWER, ASSOCIATE if associated else None, allowed=("A-ABORT 2/1",))
+        return Case("", 0, family, payload, ANSWER, _associate(rng) if associated else None, allowed=("A-ABORT 2/1",))
     # A P-DATA body may hold fragments that rightly wait for more.
     expect = EOF if pdu_type == wire.P_DATA else ANSWER
-    return Case("", 0, family, payload, expect, ASSOCIATE if associated else None)
+    return Case("", 0, family, payload, expect, _associate(rng) if associated else None)
 
 
 def _huge_length(rng: random.Random) -> Case:
@@ -308,7 +388,7 @@ def _huge_length(rng: random.Random) -> Case:
     associated = pdu_type != wire.ASSOCIATE_RQ and rng.random() < 0.6
     payload = struct.pack(">BBL", pdu_type, 0, length) + _random_bytes(rng, 0, 100)
     return Case(
-        "", 0, f"huge-length-type-{pdu_type}", payload, ANSWER, ASSOCIATE if associated else None, allowed=_ABORT
+        "", 0, f"huge-length-type-{pdu_type}", payload, ANSWER, _associate(rng) if associated else None, allowed=_ABORT
     )
 
 
@@ -324,10 +404,10 @@ def _inconsistent_length(rng: random.Random) -> Case:
         )
         pdu_type = wire.P_DATA if len(body) > 4 else rng.choice([wire.RELEASE_RQ, wire.ABORT])
     else:
-        body, pdu_type = ASSOCIATE[6:], wire.ASSOCIATE_RQ
+        body, pdu_type = _associate(rng)[6:], wire.ASSOCIATE_RQ
     delta = rng.choice([-1, 1, -rng.randint(1, len(body)), rng.randint(1, 1000)])
     payload = wire.pdu(pdu_type, body, length=max(0, len(body) + delta))
-    return Case("", 0, f"inconsistent-length-type-{pdu_type}", payload, EOF, ASSOCIATE if associated else None)
+    return Case("", 0, f"inconsistent-length-type-{pdu_type}", payload, EOF, _associate(rng) if associated else None)
 
 
 def _uid_text(rng: random.Random) -> str:
@@ -395,6 +475,8 @@ def _user_information(rng: random.Random) -> bytes:
 def _mutated_associate_rq(rng: random.Random) -> Case:
     """An A-ASSOCIATE-RQ with odd presentation contexts, user information and fixed fields."""
     contexts = [_context(rng) for _ in range(rng.choice([0, 1, 2, 3, 8, 130]))]
+    if isinstance(rng, Draw) and rng.kind == wire.COMMITMENT:
+        contexts.append(wire.presentation_context(wire.COMMITMENT_CONTEXT, wire.STORAGE_COMMITMENT, wire.IMPLICIT_LE))
     user_info = _user_information(rng) if rng.random() < 0.9 else b""
     called = rng.choice(["STORESCP", "", " " * 16, "\u00ff" * 4, "A" * 16])
     request = bytearray(wire.associate_rq(contexts, user_info, called=called[:16].ljust(16)[:16]))
@@ -491,7 +573,7 @@ def _p_data_misuse(rng: random.Random) -> Case:
         context_id = wire.ECHO_CONTEXT if is_echo else wire.STORE_CONTEXT
         payload = wire.p_data(wire.pdv(context_id, wire.COMMAND | wire.LAST, bytes(command)))
         expect = EOF  # a flipped Command Data Set Type may announce a data set that never comes
-    return Case("", 0, f"p-data/{family}", payload, expect, ASSOCIATE, allowed=allowed)
+    return Case("", 0, f"p-data/{family}", payload, expect, _associate(rng), allowed=allowed)
 
 
 def _out_of_order(rng: random.Random) -> Case:
@@ -505,7 +587,7 @@ def _out_of_order(rng: random.Random) -> Case:
     elif choice == 1:
         family, payload, allowed = "release-rp-unsolicited", wire.release_rp(), ("A-ABORT 2/2",)
     elif choice == 2:
-        family, payload, allowed = "second-associate-rq", ASSOCIATE, ("A-ABORT 2/2",)
+        family, payload, allowed = "second-associate-rq", _associate(rng), ("A-ABORT 2/2",)
     elif choice == 3:
         family, payload, allowed = "abort-then-more", wire.abort_rq(rng.randint(0, 2)) + wire.release_rq(), ("closed",)
     elif choice == 4:
@@ -519,10 +601,10 @@ def _out_of_order(rng: random.Random) -> Case:
     else:
         family, payload, allowed = (
             "associate-ac-from-requestor",
-            wire.pdu(wire.ASSOCIATE_AC, ASSOCIATE[6:]),
+            wire.pdu(wire.ASSOCIATE_AC, _associate(rng)[6:]),
             ("A-ABORT 2/2",),
         )
-    return Case("", 0, f"order/{family}", payload, expect, ASSOCIATE if associated else None, allowed=allowed)
+    return Case("", 0, f"order/{family}", payload, expect, _associate(rng) if associated else None, allowed=allowed)
 
 
 _PDU_GENERATORS: list[Callable[[random.Random], Case]] = [
@@ -641,7 +723,7 @@ def _store_case(rng: random.Random, family: str, data_set: bytes, instance: str,
     command = wire.store_command(instance, message_id=rng.randint(1, 0xFFFF))
     fragments = rng.choice([1, 1, 1, 2, 3, 7])
     payload = _store_pdus(context_id, command, data_set, fragments)
-    return Case("", 0, f"data-set/{family}", payload, STORE_STATUS, ASSOCIATE)
+    return Case("", 0, f"data-set/{family}", payload, STORE_STATUS, _associate(rng))
 
 
 def valid_store(rng: random.Random) -> Case:
@@ -790,4 +872,132 @@ _DATASET_GENERATORS: list[Callable[[random.Random], Case]] = [
     _hostile_uid,
     _wrong_encoding,
     _random_data_set,
+]
+
+
+# -- storage commitment level ----------------------------------------------------------------------------------------
+
+
+def _references(rng: random.Random, count: int) -> list[tuple[str, str]]:
+    return [(wire.CT_IMAGE_STORAGE, _uid(rng, 5)) for _ in range(count)]
+
+
+def _n_action_case(
+    rng: random.Random, family: str, information: bytes, *, action_type: int = 1, context_id: int | None = None
+) -> Case:
+    command = wire.n_action_command(message_id=rng.randint(1, 0xFFFF), action_type=action_type)
+    payload = _store_pdus(wire.COMMITMENT_CONTEXT if context_id is None else context_id, command, information)
+    return Case("", 0, f"commitment/{family}", payload, STORE_STATUS, _associate(rng))
+
+
+def _commitment_request(rng: random.Random) -> bytes:
+    return wire.commitment_request(_uid(rng, 6), _references(rng, rng.choice([1, 1, 2, 5, 40])))
+
+
+def valid_commitment_request(rng: random.Random) -> Case:
+    """An N-ACTION the SCP accepts (0x0000) on a commitment association; its report is answered."""
+    case = _n_action_case(rng, "valid", _commitment_request(rng))
+    case.status = 0x0000
+    case.level = "commitment"
+    return case
+
+
+def _n_action_bit_flips(rng: random.Random) -> Case:
+    raw = bytearray(_commitment_request(rng))
+    for _ in range(rng.randint(1, 6)):
+        raw[rng.randrange(len(raw))] ^= 1 << rng.randrange(8)
+    return _n_action_case(rng, "bit-flips", bytes(raw))
+
+
+def _n_action_truncated(rng: random.Random) -> Case:
+    raw = _commitment_request(rng)
+    return _n_action_case(rng, "truncated", raw[: rng.randrange(len(raw))])
+
+
+def _n_action_random_bytes(rng: random.Random) -> Case:
+    return _n_action_case(rng, "random-bytes", _random_bytes(rng, 0, 2000))
+
+
+def _n_action_hostile_uid(rng: random.Random) -> Case:
+    """A hostile Transaction UID (the record's file name) or referenced UID: refused, never a path."""
+    hostile = rng.choice(HOSTILE_UIDS)
+    if rng.random() < 0.5:
+        information = wire.commitment_request(hostile, _references(rng, 1))
+        return _n_action_case(rng, "hostile-transaction-uid", information)
+    references = _references(rng, 2)
+    references[rng.randrange(2)] = (rng.choice([wire.CT_IMAGE_STORAGE, hostile]), hostile)
+    return _n_action_case(rng, "hostile-referenced-uid", wire.commitment_request(_uid(rng, 6), references))
+
+
+def _n_action_many_references(rng: random.Random) -> Case:
+    """None, or hundreds of references. Requests at commitment.REFERENCES_LIMIT (20,000) are decoded whole, at about
+    20 times their bytes, and in local mode evaluated by walking the store once per reference (seconds per thousand
+    on a store the other levels filled): tests/container/test_hostile_input.py holds them."""
+    count = rng.choice([0, 200, 400])
+    return _n_action_case(rng, f"references-{count}", wire.commitment_request(_uid(rng, 6), _references(rng, count)))
+
+
+def _n_action_nested(rng: random.Random) -> Case:
+    """An item of the Referenced SOP Sequence holding sequences hundreds deep."""
+    nested = b""
+    for _ in range(rng.choice([50, 500, 1500])):
+        nested = element(0x00081199, "SQ", _item(nested), explicit=False)
+    information = element(0x00081195, "UI", _text_value(_uid(rng, 6), b"\0"), explicit=False)
+    information += element(0x00081199, "SQ", _item(nested), explicit=False)
+    return _n_action_case(rng, "nested", information)
+
+
+def _n_action_command_misuse(rng: random.Random) -> Case:
+    """Another action type, SOP class or instance; N-ACTION on another context; an unsolicited N-EVENT-REPORT-RSP."""
+    choice = rng.randrange(5)
+    information = _commitment_request(rng)
+    if choice == 0:
+        return _n_action_case(rng, "action-type", information, action_type=rng.choice([0, 2, 3, 0xFFFF]))
+    if choice == 1:
+        case = _n_action_case(rng, "on-another-context", information, context_id=rng.choice([1, 3, 5, 9]))
+        case.allowed = ("A-ABORT 0/0",)
+        return case
+    if choice in (2, 3):
+        element_number = 0x0003 if choice == 2 else 0x1001
+        value = rng.choice([wire.CT_IMAGE_STORAGE, "1.2.3", "", wire.STORAGE_COMMITMENT + ".1"])
+        elements: dict[int, int | str | bytes] = {
+            0x0003: wire.STORAGE_COMMITMENT,
+            0x0100: wire.N_ACTION_RQ,
+            0x0110: 1,
+            0x0800: wire.HAS_DATA_SET,
+            0x1001: wire.STORAGE_COMMITMENT_INSTANCE,
+            0x1008: 1,
+        }
+        elements[element_number] = value
+        payload = _store_pdus(wire.COMMITMENT_CONTEXT, wire.command_set(elements), information)
+        family = "requested-sop-class" if choice == 2 else "requested-sop-instance"
+        return Case("", 0, f"commitment/{family}", payload, STORE_STATUS, _associate(rng))
+    response = wire.command_set(
+        {
+            0x0002: wire.STORAGE_COMMITMENT,
+            0x0100: _N_EVENT_REPORT_RSP,
+            0x0120: rng.randint(0, 0xFFFF),
+            0x0800: wire.NO_DATA_SET,
+            0x0900: 0,
+        }
+    )
+    payload = wire.p_data(wire.pdv(wire.COMMITMENT_CONTEXT, wire.COMMAND | wire.LAST, response))
+    return Case("", 0, "commitment/unsolicited-event-report-rsp", payload, EOF, _associate(rng))
+
+
+_COMMITMENT_GENERATORS: list[Callable[[random.Random], Case]] = [
+    valid_commitment_request,
+    valid_commitment_request,
+    _n_action_bit_flips,
+    _n_action_bit_flips,
+    _n_action_bit_flips,
+    _n_action_truncated,
+    _n_action_truncated,
+    _n_action_random_bytes,
+    _n_action_hostile_uid,
+    _n_action_hostile_uid,
+    _n_action_many_references,
+    _n_action_nested,
+    _n_action_command_misuse,
+    _n_action_command_misuse,
 ]

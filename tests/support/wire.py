@@ -25,10 +25,20 @@ VERIFICATION = "1.2.840.10008.1.1"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
+# Storage Commitment Push Model (PS3.4 Annex J): the SCP offers it in local mode (commitment.commitment_offered).
+STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
+STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
 
-# The presentation contexts a default request proposes.
+# The presentation contexts a default request proposes; a "commitment" request proposes the third as well.
 ECHO_CONTEXT = 1
 STORE_CONTEXT = 3
+COMMITMENT_CONTEXT = 7
+
+# What an association negotiated: storage and verification only, or Storage Commitment as well. Hostile input
+# must get the same answers on both.
+STORAGE = "storage"
+COMMITMENT = "commitment"
+ASSOCIATION_KINDS = (STORAGE, COMMITMENT)
 
 # Message control header of a PDV (PS3.8 E.2).
 COMMAND = 0x01
@@ -36,6 +46,7 @@ LAST = 0x02
 
 C_STORE_RQ = 0x0001
 C_ECHO_RQ = 0x0030
+N_ACTION_RQ = 0x0130
 NO_DATA_SET = 0x0101
 HAS_DATA_SET = 0x0000
 
@@ -61,17 +72,45 @@ def user_information(*extra: bytes, maximum_length: int = 16384) -> bytes:
     return item(0x50, item(0x51, struct.pack(">L", maximum_length)) + item(0x52, b"1.2.3.4") + b"".join(extra))
 
 
+def default_contexts(kind: str = STORAGE) -> list[bytes]:
+    """C-ECHO on 1, CT Image Storage (explicit VR little endian) on 3; for ``kind`` "commitment" also Storage
+    Commitment Push Model (implicit VR little endian) on 7."""
+    contexts = [
+        presentation_context(ECHO_CONTEXT, VERIFICATION, IMPLICIT_LE),
+        presentation_context(STORE_CONTEXT, CT_IMAGE_STORAGE, EXPLICIT_LE),
+    ]
+    if kind == COMMITMENT:
+        contexts.append(presentation_context(COMMITMENT_CONTEXT, STORAGE_COMMITMENT, IMPLICIT_LE))
+    elif kind != STORAGE:
+        raise ValueError(f"association kind {kind!r}, not one of {ASSOCIATION_KINDS}")
+    return contexts
+
+
+def with_commitment(request: bytes) -> bytes:
+    """An A-ASSOCIATE-RQ of ``associate_rq`` that also proposes Storage Commitment (context 7), just after its last
+    presentation context (or its application context), whatever else the request holds or gets wrong."""
+    offset = 6 + 68
+    end = offset
+    while offset + 4 <= len(request):
+        item_type, _, size = struct.unpack_from(">BBH", request, offset)
+        if item_type not in (0x10, 0x20):
+            break
+        offset += 4 + size
+        end = offset
+    added = presentation_context(COMMITMENT_CONTEXT, STORAGE_COMMITMENT, IMPLICIT_LE)
+    body = request[6:end] + added + request[end:]
+    return pdu(request[0], body)
+
+
 def associate_rq(
     contexts: list[bytes] | None = None,
     user_info: bytes | None = None,
     called: str = "STORESCP",
     protocol_version: int = 1,
+    kind: str = STORAGE,
 ) -> bytes:
     if contexts is None:
-        contexts = [
-            presentation_context(ECHO_CONTEXT, VERIFICATION, IMPLICIT_LE),
-            presentation_context(STORE_CONTEXT, CT_IMAGE_STORAGE, EXPLICIT_LE),
-        ]
+        contexts = default_contexts(kind)
     fixed = struct.pack(">HH", protocol_version, 0) + called.encode().ljust(16) + b"RAWPEER".ljust(16) + bytes(32)
     variable = item(0x10, APPLICATION_CONTEXT.encode()) + b"".join(contexts)
     return pdu(ASSOCIATE_RQ, fixed + variable + (user_information() if user_info is None else user_info))
@@ -128,6 +167,50 @@ def store_command(sop_instance: str | None, sop_class: str = CT_IMAGE_STORAGE, m
     if sop_instance is not None:
         elements[0x1000] = sop_instance
     return command_set(elements)
+
+
+def n_action_command(message_id: int = 1, action_type: int = 1) -> bytes:
+    """An N-ACTION-RQ of the Push Model (Request Storage Commitment unless ``action_type`` says otherwise)."""
+    return command_set(
+        {
+            0x0003: STORAGE_COMMITMENT,
+            0x0110: message_id,
+            0x0100: N_ACTION_RQ,
+            0x0800: HAS_DATA_SET,
+            0x1001: STORAGE_COMMITMENT_INSTANCE,
+            0x1008: action_type,
+        }
+    )
+
+
+def _implicit_element(group: int, element: int, value: bytes) -> bytes:
+    return struct.pack("<HHL", group, element, len(value)) + value
+
+
+def _uid_bytes(uid: str) -> bytes:
+    raw = uid.encode()
+    return raw + b"\0" * (len(raw) % 2)
+
+
+def commitment_request(transaction_uid: str, references: list[tuple[str, str]]) -> bytes:
+    """Action Information of a storage commitment request (PS3.4 J.3.2.1.1), implicit VR little endian:
+    Transaction UID (0008,1195) and a Referenced SOP Sequence (0008,1199) of (SOP class, SOP instance)."""
+    items = b""
+    for sop_class, sop_instance in references:
+        body = _implicit_element(0x0008, 0x1150, _uid_bytes(sop_class))
+        body += _implicit_element(0x0008, 0x1155, _uid_bytes(sop_instance))
+        items += struct.pack("<HHL", 0xFFFE, 0xE000, len(body)) + body
+    return _implicit_element(0x0008, 0x1195, _uid_bytes(transaction_uid)) + _implicit_element(0x0008, 0x1199, items)
+
+
+def command_values(command: bytes) -> dict[int, bytes]:
+    """Group 0000's element values (implicit VR little endian), by element number."""
+    values, offset = {}, 0
+    while offset + 8 <= len(command):
+        _group, element, size = struct.unpack_from("<HHL", command, offset)
+        values[element] = command[offset + 8 : offset + 8 + size]
+        offset += 8 + size
+    return values
 
 
 def response_status(command: bytes) -> int | None:
@@ -245,11 +328,26 @@ class RawPeer:
         return self.receive()
 
 
-def associated(port: int) -> RawPeer:
-    """A connection whose default A-ASSOCIATE-RQ the SCP accepted."""
+def accepted_context_ids(accept: Received) -> dict[int, int]:
+    """Each presentation context of an A-ASSOCIATE-AC with its result (0: acceptance)."""
+    results = {}
+    offset = 68
+    while offset + 4 <= len(accept.body):
+        item_type, _, size = struct.unpack_from(">BBH", accept.body, offset)
+        if item_type == 0x21:
+            results[accept.body[offset + 4]] = accept.body[offset + 6]
+        offset += 4 + size
+    return results
+
+
+def associated(port: int, kind: str = STORAGE) -> RawPeer:
+    """A connection whose default A-ASSOCIATE-RQ (of ``kind``) the SCP accepted, every context included."""
     peer = RawPeer(port)
-    answer = peer.associate()
+    answer = peer.associate(associate_rq(kind=kind))
     assert answer is not None and answer.pdu_type == ASSOCIATE_AC, answer
+    wanted = [ECHO_CONTEXT, STORE_CONTEXT] + ([COMMITMENT_CONTEXT] if kind == COMMITMENT else [])
+    results = accepted_context_ids(answer)
+    assert all(results.get(context) == 0 for context in wanted), f"{kind}: contexts answered {results}"
     return peer
 
 

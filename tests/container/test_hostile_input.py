@@ -5,9 +5,8 @@ A raw peer (support/wire.py) sends bytes no well-behaved SCU would; each test as
 what the SCP logs, that its memory stays small, and that it still answers DCMTK's echoscu afterwards.
 
 Every case that associates runs on both kinds of association (``kinds()``, support/wire.py): storage and
-verification only, and with Storage Commitment Push Model negotiated too, which the SCP serves on pynetdicom's data
-phase until engine.py serves every association. The answers must be the same; where they are not yet, the
-commitment case is a strict xfail naming the difference.
+verification only, and with Storage Commitment Push Model negotiated too. Both are served by the one receive loop
+(engine.py): the answers must be the same.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from dicom_store_scp import guard, server, statuses
+from dicom_store_scp import protocol, server, statuses
 from dicom_store_scp.config import load
 from pynetdicom.acse import ACSE
 from support import wire
@@ -36,23 +35,15 @@ _GROWTH_LIMIT = 32 * 1024 * 1024
 _PROMPT = 10
 _TIMEOUTS = ("--acse-timeout", "120", "--network-timeout", "120")
 
-_SERVICE_USER = (guard.SERVICE_USER, guard.REASON_NOT_SPECIFIED)
-_UNRECOGNIZED_PDU = (guard.SERVICE_PROVIDER, guard.UNRECOGNIZED_PDU)
-_UNEXPECTED_PDU = (guard.SERVICE_PROVIDER, guard.UNEXPECTED_PDU)
-_INVALID_PARAMETER = (guard.SERVICE_PROVIDER, guard.INVALID_PARAMETER_VALUE)
+_SERVICE_USER = (protocol.SERVICE_USER, protocol.REASON_NOT_SPECIFIED)
+_UNRECOGNIZED_PDU = (protocol.SERVICE_PROVIDER, protocol.UNRECOGNIZED_PDU)
+_UNEXPECTED_PDU = (protocol.SERVICE_PROVIDER, protocol.UNEXPECTED_PDU)
+_INVALID_PARAMETER = (protocol.SERVICE_PROVIDER, protocol.INVALID_PARAMETER_VALUE)
 
 
-def kinds(commitment_differs: str | None = None) -> list[object]:
-    """Both kinds of association (support/wire.py): storage and verification only, and with Storage Commitment.
-
-    ``commitment_differs`` says how the current code answers otherwise on a commitment association (served by
-    pynetdicom's data phase until engine.py serves every association): that case is a strict xfail, so it shows
-    when the answers become the same.
-    """
-    if commitment_differs is None:
-        return list(wire.ASSOCIATION_KINDS)
-    differs = pytest.mark.xfail(strict=True, reason=f"commitment association: {commitment_differs}")
-    return [wire.STORAGE, pytest.param(wire.COMMITMENT, marks=differs)]
+def kinds() -> list[object]:
+    """Both kinds of association (support/wire.py): storage and verification only, and with Storage Commitment."""
+    return list(wire.ASSOCIATION_KINDS)
 
 
 def _peak_memory(scp: RunningScp) -> int:
@@ -140,7 +131,7 @@ def test_association_request_longer_than_its_cap_is_aborted(hardened_scp):
     scp = hardened_scp
     before = _peak_memory(scp)
     with RawPeer(scp.port) as peer:
-        peer.send(struct.pack(">BBL", wire.ASSOCIATE_RQ, 0, guard.ASSOCIATION_PDU_LIMIT + 1) + bytes(64))
+        peer.send(struct.pack(">BBL", wire.ASSOCIATE_RQ, 0, protocol.ASSOCIATION_PDU_LIMIT + 1) + bytes(64))
         wire.assert_aborted(peer, _INVALID_PARAMETER)
     assert _peak_memory(scp) - before < _GROWTH_LIMIT
     _assert_still_serving(scp)
@@ -510,7 +501,7 @@ def test_exception_in_the_association_thread_is_answered_with_an_abort(tmp_path,
     try:
         with RawPeer(config.port) as peer:
             peer.send(wire.associate_rq(kind=kind))
-            wire.assert_aborted(peer, (guard.SERVICE_PROVIDER, guard.REASON_NOT_SPECIFIED))
+            wire.assert_aborted(peer, (protocol.SERVICE_PROVIDER, protocol.REASON_NOT_SPECIFIED))
     finally:
         receiver.stop()
         runner.join(timeout=30)
@@ -618,9 +609,7 @@ def test_pydicom_warnings_about_a_data_set_are_neither_printed_nor_remembered(ha
 # on a storage one (engine.py). The answers asserted are engine.py's, the road every association is to take.
 
 
-@pytest.mark.parametrize(
-    "kind", kinds("pynetdicom's state machine aborts (A-ABORT 2/2) instead of answering the first A-RELEASE-RQ")
-)
+@pytest.mark.parametrize("kind", kinds())
 def test_a_second_release_request_does_not_take_back_the_answer_to_the_first(hardened_scp, kind):
     scp = hardened_scp
     with wire.associated(scp.port, kind) as peer:
@@ -631,9 +620,7 @@ def test_a_second_release_request_does_not_take_back_the_answer_to_the_first(har
     _assert_still_serving(scp)
 
 
-@pytest.mark.parametrize(
-    "kind", kinds("an A-RELEASE-RQ declaring 3 bytes is read as such, and the peer's close ends it without A-ABORT")
-)
+@pytest.mark.parametrize("kind", kinds())
 def test_a_release_request_declaring_too_few_bytes_is_aborted_at_its_header(hardened_scp, kind):
     scp = hardened_scp
     with wire.associated(scp.port, kind) as peer:
@@ -643,18 +630,11 @@ def test_a_release_request_declaring_too_few_bytes_is_aborted_at_its_header(hard
     _assert_still_serving(scp)
 
 
-_ZERO_LENGTH_PDV = pytest.mark.xfail(
-    strict=True,
-    reason="commitment association: guard.py answers a PDV item of length 0 with A-ABORT 2/6 (invalid PDU parameter),"
-    " engine.py with 0/0 (service user), as it answers one of length 1 on both",
-)
-
-
 @pytest.mark.parametrize(
     ("pdv_length", "kind"),
     [
         (0, wire.STORAGE),
-        pytest.param(0, wire.COMMITMENT, marks=_ZERO_LENGTH_PDV),
+        (0, wire.COMMITMENT),
         (1, wire.STORAGE),
         (1, wire.COMMITMENT),
     ],
@@ -668,9 +648,7 @@ def test_a_pdv_item_without_its_message_control_header_is_aborted(hardened_scp, 
     _assert_still_serving(scp)
 
 
-@pytest.mark.parametrize(
-    "kind", kinds("pynetdicom closes at the peer's FIN without answering the request it has already received")
-)
+@pytest.mark.parametrize("kind", kinds())
 @pytest.mark.parametrize("request_kind", ["c-echo", "c-store"])
 def test_a_whole_request_followed_by_the_peers_close_is_answered(hardened_scp, request_kind, kind):
     """A sender that half-closes after its last request (TCP FIN) still reads: the request is answered, then closed."""
@@ -778,20 +756,20 @@ def test_a_commitment_request_where_storage_commitment_was_not_negotiated_is_abo
 
 
 def test_action_information_that_never_ends_is_aborted_at_its_bound(hardened_scp):
-    """Action Information is held in memory (guard.SMALL_DATA_SET_LIMIT), unlike a C-STORE's data set."""
+    """Action Information is held in memory (protocol.SMALL_DATA_SET_LIMIT), unlike a C-STORE's data set."""
     scp = hardened_scp
     _assert_still_serving(scp)
     before = _peak_memory(scp)
     command = wire.p_data(wire.pdv(wire.COMMITMENT_CONTEXT, wire.COMMAND | wire.LAST, wire.n_action_command()))
     fragment = wire.p_data(wire.pdv(wire.COMMITMENT_CONTEXT, 0, bytes(16000)))
     with wire.associated(scp.port, wire.COMMITMENT) as peer:
-        for pdu in [command] + [fragment] * (8 * guard.SMALL_DATA_SET_LIMIT // 16000):
+        for pdu in [command] + [fragment] * (8 * protocol.SMALL_DATA_SET_LIMIT // 16000):
             if not peer.send(pdu):
                 break
         wire.assert_aborted(peer, _SERVICE_USER)
     assert _peak_memory(scp) - before < _GROWTH_LIMIT
     [line] = scp.wait_for_event("protocol-abort")
-    assert str(guard.SMALL_DATA_SET_LIMIT) in line["detail"]
+    assert str(protocol.SMALL_DATA_SET_LIMIT) in line["detail"]
     _assert_still_serving(scp)
 
 
@@ -843,7 +821,7 @@ def test_a_commitment_request_at_its_limits_costs_no_more_memory_than_other_inpu
         "1.2.826.0.1.3680043.8.498.99.33",
         [(wire.CT_IMAGE_STORAGE, f"1.2.826.0.1.3680043.8.498.99.34.{number}") for number in range(19_999)],
     )
-    assert len(request) < guard.SMALL_DATA_SET_LIMIT
+    assert len(request) < protocol.SMALL_DATA_SET_LIMIT
     with wire.associated(scp.port, wire.COMMITMENT) as peer:
         peer.send(_n_action(wire.COMMITMENT_CONTEXT, request))
         answer = peer.receive(_PROMPT)

@@ -48,15 +48,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from io import BytesIO
 from pathlib import Path
 from typing import Any, NoReturn
 
 from dicom_store_contract.uids import is_uid
-from pydicom.dataset import Dataset
 from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, evt
-from pynetdicom.dsutils import decode, encode
 
 from . import handlers, protocol, statuses
 from .batches import Sessions
@@ -91,8 +88,8 @@ class NActionRequest:
     assoc: Any
     channel: DataPhase  # where a report on the requesting association goes
     action_type: int
-    information: Dataset | None  # the Action Information, None when it could not be decoded
-    problem: str = ""  # why it could not
+    information: bytes  # the Action Information as received (empty when the request had none)
+    implicit: bool  # its encoding: implicit VR little endian, else explicit
 
 
 @dataclass
@@ -598,18 +595,11 @@ class DataPhase:
         sop_class = protocol.text(elements, protocol.REQUESTED_SOP_CLASS_UID) or ""
         sop_instance = protocol.text(elements, protocol.REQUESTED_SOP_INSTANCE_UID) or ""
         action_type = protocol.unsigned_short(elements, protocol.ACTION_TYPE_ID)
-        information: Dataset | None = None
-        problem = ""
-        if not small.data:
-            problem = "N-ACTION-RQ without Action Information"
-        else:
-            try:
-                implicit = self.contexts[small.context_id][1] == ImplicitVRLittleEndian
-                information = decode(BytesIO(bytes(small.data)), implicit, True)
-            except Exception as error:  # pydicom raises many types for malformed input
-                problem = f"Action Information cannot be decoded: {type(error).__name__}: {error}"
+        implicit = self.contexts[small.context_id][1] == ImplicitVRLittleEndian
         assert self.settings.n_action is not None
-        request = NActionRequest(self.assoc, self, -1 if action_type is None else action_type, information, problem)
+        request = NActionRequest(
+            self.assoc, self, -1 if action_type is None else action_type, bytes(small.data), implicit
+        )
         try:
             status = self.settings.n_action(request)
         except Exception:
@@ -644,20 +634,19 @@ class DataPhase:
         report.answered.set()
 
     def send_event_report(
-        self, event_type: int, information: Dataset, sop_instance: str, wait: float
+        self, event_type: int, information: Callable[[bool], bytes], sop_instance: str, wait: float
     ) -> tuple[int | None, str]:
         """Send an N-EVENT-REPORT-RQ on this association (from a commitment thread) and wait for its response.
 
-        (the response's status, "") once answered; (None, why) when the report was not sent or not answered within
-        ``wait`` seconds: the association ended or is being released, or the requester did not answer.
+        ``information(implicit)`` encodes the Event Information in the negotiated syntax (implicit VR or explicit,
+        little endian). (the response's status, "") once answered; (None, why) when the report was not sent or not
+        answered within ``wait`` seconds: the association ended or is being released, or the requester did not
+        answer.
         """
         context_id = self._report_context
         if context_id is None:
             return None, "the association did not negotiate Storage Commitment"
-        implicit = self.contexts[context_id][1] == ImplicitVRLittleEndian
-        data = encode(information, implicit, True)
-        if data is None:
-            return None, "the Event Information cannot be encoded"
+        data = information(self.contexts[context_id][1] == ImplicitVRLittleEndian)
         report = _Report()
         with self._lock:
             if self._closed:

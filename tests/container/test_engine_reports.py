@@ -13,6 +13,7 @@ from dicom_store_scp import engine, protocol
 from dicom_store_scp.commitment import model
 from dicom_store_scp.metrics import Recorder
 from pydicom.dataset import Dataset
+from pynetdicom.dsutils import encode
 from support import wire
 
 
@@ -36,10 +37,10 @@ def _phase(connection: socket.socket, contexts: list[tuple[int, str, str]]) -> e
     return engine.DataPhase(assoc, settings, connection)
 
 
-def _information() -> Dataset:
+def _information(implicit: bool) -> bytes:
     information = Dataset()
     information.TransactionUID = "1.2.3"
-    return information
+    return encode(information, implicit, True)
 
 
 @pytest.fixture
@@ -53,7 +54,7 @@ def pair():
 def test_a_report_the_busy_loop_never_sent_is_withdrawn_when_its_wait_ends(pair):
     ours, _theirs = pair
     phase = _phase(ours, [(1, model.STORAGE_COMMITMENT_PUSH_MODEL, wire.IMPLICIT_LE)])
-    status, problem = phase.send_event_report(1, _information(), model.STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE, 0.2)
+    status, problem = phase.send_event_report(1, _information, model.STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE, 0.2)
     assert status is None and problem == "not sent: the association was busy within 0.2 s"
     assert not phase._outbox and not phase._reports  # the requester never gets it here, so not twice
 
@@ -61,7 +62,7 @@ def test_a_report_the_busy_loop_never_sent_is_withdrawn_when_its_wait_ends(pair)
 def test_an_association_without_storage_commitment_takes_no_report(pair):
     ours, _theirs = pair
     phase = _phase(ours, [(3, wire.CT_IMAGE_STORAGE, wire.EXPLICIT_LE)])
-    assert phase.send_event_report(1, _information(), "1.2.3", 0.2) == (
+    assert phase.send_event_report(1, _information, "1.2.3", 0.2) == (
         None,
         "the association did not negotiate Storage Commitment",
     )
@@ -73,7 +74,7 @@ def test_the_loop_sends_the_report_and_the_response_with_its_message_id_answers_
     outcome: list[tuple[int | None, str]] = []
     reporter = threading.Thread(
         target=lambda: outcome.append(
-            phase.send_event_report(2, _information(), model.STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE, 5)
+            phase.send_event_report(2, _information, model.STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE, 5)
         )
     )
     loop = threading.Thread(target=phase.run)

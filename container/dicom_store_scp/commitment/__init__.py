@@ -13,7 +13,8 @@ A request flows through the modules in this order:
 
 - this module: the wiring. ``handle_n_action`` (engine.py calls it, bound by server.py) seals the association's open
   batch and hands the request to ``Commitments``; ``build_commitments`` builds it for local mode or the stack.
-- ``model``: the SOP class, statuses and Failure Reasons, ``parse_request``, the recorded ``Transaction``, an
+- ``information``: the Action Information read and the Event Information written, without pydicom.
+- ``model``: the SOP class, statuses and Failure Reasons, ``validate_request``, the recorded ``Transaction``, an
   evaluation's ``Outcome``, and the report's Event Information. No I/O.
 - ``scheduler``: ``Commitments`` records the request, evaluates it until every instance is final and delivers its
   report once, on its own threads (association threads only record and enqueue); the ``Transactions`` and
@@ -26,7 +27,7 @@ A request flows through the modules in this order:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dicom_store_contract.manifest import EndReason
 
@@ -35,6 +36,9 @@ from .local import LocalOutcomes, LocalTransactions
 from .model import INVALID_ARGUMENT_VALUE, LOG, NO_SUCH_ACTION, REQUEST_STORAGE_COMMITMENT
 from .scheduler import Commitments
 from .sender import ReportSender
+
+if TYPE_CHECKING:
+    from ..engine import NActionRequest
 
 __all__ = ["build_commitments", "commitment_offered", "handle_n_action"]
 
@@ -64,7 +68,7 @@ def build_commitments(config: Any) -> Commitments:
     return Commitments(LocalTransactions(root), LocalOutcomes(root), sender, config.commitment_report_timeout)
 
 
-def handle_n_action(request: Any, commitments: Commitments, sessions: Any) -> int:
+def handle_n_action(request: NActionRequest, commitments: Commitments, sessions: Any) -> int:
     """An N-ACTION-RQ (engine.NActionRequest): recorded and answered at once (the status); the report follows.
 
     The association's open batch is sealed first: its instances are imported (in the stack) without waiting for
@@ -77,8 +81,11 @@ def handle_n_action(request: Any, commitments: Commitments, sessions: Any) -> in
                               "status": f"0x{NO_SUCH_ACTION:04X}"}},
         )  # fmt: skip
         return NO_SUCH_ACTION
-    if request.information is None:
-        LOG.warning("N-ACTION refused", extra={"fields": {"event": "commitment-refused", "reason": request.problem}})
+    if not request.information:
+        LOG.warning(
+            "N-ACTION refused",
+            extra={"fields": {"event": "commitment-refused", "reason": "N-ACTION-RQ without Action Information"}},
+        )
         return INVALID_ARGUMENT_VALUE
     sessions.seal(request.assoc, EndReason.COMMITMENT)
-    return commitments.request(request.assoc, request.information, request.channel)
+    return commitments.request(request.assoc, request.information, request.implicit, request.channel)

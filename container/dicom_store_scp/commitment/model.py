@@ -1,7 +1,7 @@
 """The Storage Commitment Push Model's messages (PS3.4 Annex J), with no I/O: the SOP class, every status and
-Failure Reason the SCP sends and when, a request as parsed (``parse_request``) and as recorded (``Reference``,
-``Transaction``), an evaluation's per-instance ``Outcome``, and the report's Event Information
-(``event_information``).
+Failure Reason the SCP sends and when, a request as checked (``validate_request``) and as recorded (``Reference``,
+``Transaction``), and an evaluation's per-instance ``Outcome``. The data sets themselves are read and written in
+``information``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dicom_store_contract.uids import is_uid
-from pydicom.dataset import Dataset
 
 # One logger for the whole subpackage: its log lines keep the name they always had.
 LOG = logging.getLogger("dicom_store_scp.commitment")
@@ -101,21 +100,8 @@ class Reference:
         return cls(str(value["sopClassUID"]), str(value["sopInstanceUID"]))
 
 
-def parse_request(action_information: Dataset) -> tuple[str, list[Reference]]:
-    """The Transaction UID and the referenced instances of an N-ACTION request (PS3.4 J.3.2.1.1)."""
-    try:
-        transaction_uid = str(action_information.get("TransactionUID", "") or "").strip()
-        sequence = action_information.get("ReferencedSOPSequence")
-        items = list(sequence) if sequence is not None else []
-        references = [
-            Reference(
-                str(item.get("ReferencedSOPClassUID", "") or "").strip(),
-                str(item.get("ReferencedSOPInstanceUID", "") or "").strip(),
-            )
-            for item in items
-        ]
-    except Exception as error:  # pydicom decodes lazily: a malformed element raises on first access
-        raise InvalidRequest(f"Action Information cannot be decoded: {type(error).__name__}: {error}") from None
+def validate_request(transaction_uid: str, references: list[Reference]) -> None:
+    """A storage commitment request's Transaction UID and references are usable (PS3.4 J.3.2.1.1), or InvalidRequest."""
     if not is_uid(transaction_uid):
         raise InvalidRequest(f"Transaction UID (0008,1195) is {transaction_uid or 'missing'}")
     if not references:
@@ -125,7 +111,6 @@ def parse_request(action_information: Dataset) -> tuple[str, list[Reference]]:
     for reference in references:
         if not (is_uid(reference.sop_class_uid) and is_uid(reference.sop_instance_uid)):
             raise InvalidRequest(f"Referenced SOP Sequence holds an invalid UID: {reference}")
-    return transaction_uid, references
 
 
 @dataclass
@@ -216,28 +201,6 @@ class Outcome:
 
 
 # -- the report --------------------------------------------------------------------------------------------------------
-
-
-def event_information(transaction: Transaction) -> tuple[int, Dataset]:
-    """Event Type ID and Event Information of the transaction's N-EVENT-REPORT (PS3.4 J.3.3.1.1)."""
-    committed = transaction.committed or []
-    failed = transaction.failed or []
-    information = Dataset()
-    information.TransactionUID = transaction.transaction_uid
-    if committed:
-        information.ReferencedSOPSequence = [_item(entry) for entry in committed]
-    if failed:
-        information.FailedSOPSequence = [_item(entry, entry["failureReason"]) for entry in failed]
-    return (EVENT_FAILURES_EXIST if failed else EVENT_ALL_COMMITTED), information
-
-
-def _item(entry: Mapping[str, Any], failure_reason: int | None = None) -> Dataset:
-    item = Dataset()
-    item.ReferencedSOPClassUID = entry["sopClassUID"]
-    item.ReferencedSOPInstanceUID = entry["sopInstanceUID"]
-    if failure_reason is not None:
-        item.FailureReason = failure_reason
-    return item
 
 
 def _log(level: int, message: str, transaction: Transaction, **fields: Any) -> None:

@@ -21,9 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any, Protocol
 
-from pydicom.dataset import Dataset
-
 from ..storage import StorageError
+from .information import read_request
 from .model import (
     DUPLICATE_TRANSACTION_UID,
     EVENT_ALL_COMMITTED,
@@ -40,7 +39,6 @@ from .model import (
     _log,
     _now,
     _parse_iso,
-    parse_request,
 )
 
 # Delivery attempts back off from FIRST_RETRY_SECONDS, doubling up to MAX_RETRY_SECONDS, until the timeout.
@@ -148,13 +146,14 @@ class Commitments:
 
     # requests (association threads)
 
-    def request(self, assoc: Any, action_information: Dataset, channel: Any = None) -> int:
-        """Record an N-ACTION's request; the status to answer it with. Never waits for anything but the disk."""
+    def request(self, assoc: Any, action_information: bytes, implicit: bool, channel: Any = None) -> int:
+        """Record an N-ACTION's request (its Action Information as received, in implicit or explicit VR little
+        endian); the status to answer it with. Never waits for anything but the disk."""
         requestor = assoc.requestor
         primitive = requestor.primitive
         now = _now()
         try:
-            transaction_uid, references = parse_request(action_information)
+            transaction_uid, references = read_request(action_information, implicit)
         except InvalidRequest as error:
             LOG.warning(
                 "storage commitment request refused",

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from io import BytesIO
 from typing import Any
 
 from pydicom.dataset import Dataset
 
+from .information import report
 from .model import (
+    EVENT_ALL_COMMITTED,
+    EVENT_FAILURES_EXIST,
     STORAGE_COMMITMENT_PUSH_MODEL,
     STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE,
     SUCCESS,
     Transaction,
     _log,
-    event_information,
 )
 from .scheduler import DeliveryError
 
@@ -48,10 +51,13 @@ class ReportSender:
 
     def __call__(self, transaction: Transaction, channel: Any) -> str:
         """``channel``: the requesting association's data phase (engine.DataPhase) while this process serves it."""
-        event_type, information = event_information(transaction)
+        event_type = EVENT_FAILURES_EXIST if transaction.failed else EVENT_ALL_COMMITTED
         if channel is not None:
             status, problem = channel.send_event_report(
-                event_type, information, STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE, SAME_ASSOCIATION_WAIT_SECONDS
+                event_type,
+                lambda implicit: report(transaction, implicit)[1],
+                STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE,
+                SAME_ASSOCIATION_WAIT_SECONDS,
             )
             if status == SUCCESS:
                 return "same-association"
@@ -68,13 +74,12 @@ class ReportSender:
                 "the requesting association has closed and COMMITMENT_PEERS has no address for "
                 f"{transaction.calling_ae!r}"
             )
-        return self._send_on_new_association(transaction, address, event_type, information)
+        return self._send_on_new_association(transaction, address, event_type)
 
-    def _send_on_new_association(
-        self, transaction: Transaction, address: tuple[str, int], event_type: int, information: Dataset
-    ) -> str:
+    def _send_on_new_association(self, transaction: Transaction, address: tuple[str, int], event_type: int) -> str:
         from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
         from pynetdicom import AE, build_role
+        from pynetdicom.dsutils import decode
 
         ae = AE(ae_title=self.ae_title)
         ae.connection_timeout = min(10.0, self.acse_timeout)
@@ -88,6 +93,14 @@ class ReportSender:
         if not assoc.is_established:
             raise DeliveryError(f"no association with {transaction.calling_ae} at {host}:{port}")
         try:
+            implicit = any(
+                str(context.abstract_syntax) == STORAGE_COMMITMENT_PUSH_MODEL
+                and str(context.transfer_syntax[0]) == ImplicitVRLittleEndian
+                for context in assoc.accepted_contexts
+            )
+            # Encoded here in the accepted syntax and read back lazily: pynetdicom writes the elements' bytes as they
+            # are, without building a Dataset per reference (information.py says why that matters).
+            information = decode(BytesIO(report(transaction, implicit)[1]), implicit, True)
             self._send(assoc, event_type, information)
         finally:
             if assoc.is_established:

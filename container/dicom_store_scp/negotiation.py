@@ -572,8 +572,6 @@ class ReceiverServer(ThreadedAssociationServer):
 
     # Hundreds of modalities may connect at once after an outage; the kernel queues them meanwhile.
     request_queue_size = 1024
-    # Several receiving processes may listen on one port; the kernel spreads connections between them.
-    reuse_port = False
     daemon_threads = True
     tls_context: ssl.SSLContext | None = None
     handshake_timeout: float = 30.0
@@ -583,12 +581,6 @@ class ReceiverServer(ThreadedAssociationServer):
         # that is a pause of hundreds of milliseconds on the accepting thread. Python's own generational collector
         # frees the same cycles incrementally.
         pass
-
-    def server_bind(self) -> None:
-        if self.reuse_port:
-            assert self.socket is not None
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
 
     def get_request(self) -> tuple[socket.socket, Any]:
         assert self.socket is not None
@@ -625,5 +617,31 @@ class ReceiverServer(ThreadedAssociationServer):
         self.server_close()
 
 
-class SharedPortServer(ReceiverServer):
-    reuse_port = True
+class HandedServer(ReceiverServer):
+    """A worker's server (WORKERS > 1): its connections are accepted by the supervisor, which hands each to the least
+    busy worker (workers.py); it listens on nothing itself and takes them through ``take``."""
+
+    def server_bind(self) -> None:
+        pass
+
+    def server_activate(self) -> None:
+        # serve_forever still runs (it answers shutdown()), waiting on a socket nothing ever arrives at: waiting on
+        # the unbound server socket would wake it at once, every time.
+        self._quiet, self._quiet_peer = socket.socketpair()
+
+    def fileno(self) -> int:
+        return self._quiet.fileno()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._quiet.close()
+        self._quiet_peer.close()
+
+    def take(self, connection: socket.socket) -> None:
+        """Serve a connection the supervisor accepted, as if this server had accepted it."""
+        try:
+            address = connection.getpeername()
+        except OSError:  # the peer is gone already
+            connection.close()
+            return
+        self.process_request(connection, address)

@@ -11,6 +11,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import ssl
 import tempfile
 import threading
@@ -128,7 +129,11 @@ def event_handlers(
 class Receiver:
     """One receiving process: the server, its sessions, and their housekeeping."""
 
-    def __init__(self, config: Config, reuse_port: bool = False, budget: SharedAssociationBudget | None = None) -> None:
+    def __init__(
+        self, config: Config, handed: socket.socket | None = None, budget: SharedAssociationBudget | None = None
+    ) -> None:
+        """``handed``: a worker's channel from the supervisor, which accepts the connections and hands them over
+        (workers.py); without it the receiver listens on the port itself."""
         self.config = config
         self.recorder = Recorder(config.metrics_service, config.metrics_interval, config.metrics_enabled)
         self.storage = build_storage(config, self.recorder)
@@ -150,7 +155,7 @@ class Receiver:
             evt_handlers=event_handlers(
                 config, self.sessions, self._budget_exceeded if budget else None, self.commitments
             ),
-            server_class=negotiation.SharedPortServer if reuse_port else negotiation.ReceiverServer,
+            server_class=negotiation.HandedServer if handed else negotiation.ReceiverServer,
             request_handler=negotiation.QuickRequestHandler,
         )
         assert isinstance(server, negotiation.ReceiverServer)
@@ -160,6 +165,8 @@ class Receiver:
         self._stopping = threading.Event()
         self._status_requested = threading.Event()
         self._serving = threading.Thread(target=self.server.serve_forever, name="accept", daemon=True)
+        self.handed = handed
+        self._taking = threading.Thread(target=self._take_handed, name="handed", daemon=True)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -177,6 +184,8 @@ class Receiver:
         if self.commitments is not None:
             self.commitments.start()
         self._serving.start()
+        if self.handed is not None:
+            self._taking.start()
         LOG.info(
             "listening",
             extra={
@@ -192,6 +201,19 @@ class Receiver:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def _take_handed(self) -> None:
+        """Serve each connection the supervisor hands over, until it closes the channel (or this process stops)."""
+        assert self.handed is not None and isinstance(self.server, negotiation.HandedServer)
+        while True:
+            try:
+                message, descriptors, _, _ = socket.recv_fds(self.handed, 16, 16)
+            except OSError:
+                return
+            if not message and not descriptors:
+                return  # the supervisor is gone (this worker stops too: _die_with_supervisor)
+            for descriptor in descriptors:
+                self.server.take(socket.socket(fileno=descriptor))
 
     def request_status(self) -> None:
         """Log the metrics summary at the next housekeeping tick (not from a signal handler: logging locks)."""
@@ -216,6 +238,10 @@ class Receiver:
     def shutdown(self) -> None:
         """Stop accepting, let running associations finish for the grace period, seal every batch."""
         self.server.stop()
+        if self.handed is not None:
+            # No more connections are taken; those already handed over are served below like every other.
+            with contextlib.suppress(OSError):
+                self.handed.shutdown(socket.SHUT_RDWR)
         deadline = time.monotonic() + self.config.shutdown_grace_seconds
         LOG.info(
             "shutting down",
@@ -288,10 +314,10 @@ EXIT_STOPPED = 0  # stopped by SIGTERM/SIGINT after a graceful shutdown
 EXIT_START_FAILED = 1  # could not start: port in use, storage not writable, TLS files unreadable
 
 
-def serve(config: Config, reuse_port: bool = False, budget: SharedAssociationBudget | None = None) -> int:
+def serve(config: Config, handed: socket.socket | None = None, budget: SharedAssociationBudget | None = None) -> int:
     """Run one receiving process until it is told to stop; the only start-up path (single process or worker)."""
     try:
-        receiver = Receiver(config, reuse_port=reuse_port, budget=budget)
+        receiver = Receiver(config, handed=handed, budget=budget)
     except OSError as error:
         # A start-up failure, not a crash: say what failed, and exit without a traceback.
         LOG.error("cannot start", extra={"fields": {"event": "start-failed", "error": str(error)}})

@@ -1,23 +1,31 @@
 """Several receiving processes sharing one port.
 
-One pynetdicom process tops out near one CPU core. With ``WORKERS`` > 1 a supervisor forks that many receivers;
-each binds the port with SO_REUSEPORT and the kernel spreads new connections between them. A worker that dies is
-replaced; the others keep serving meanwhile. A worker that keeps dying soon after it starts (a port in use, a
-storage folder it cannot write) is not replaced forever: the supervisor stops the others and exits
-EXIT_WORKERS_FAILING. SIGTERM is passed on to every worker, each of which shuts down gracefully, and the
-supervisor exits 0 when all did.
+One Python process tops out near one CPU core. With ``WORKERS`` > 1 a supervisor listens on the port and forks that
+many receivers; it accepts each connection and hands it (the descriptor, over a Unix socket) to the worker holding
+the fewest associations. The kernel's own spreading (SO_REUSEPORT, a hash of each connection's addresses) put a
+sender's four associations on one worker in one round out of six and split them 3-1 in half of the others, leaving a
+core idle while the other worked for two.
+
+A worker that dies is replaced; the others keep serving meanwhile. A worker that keeps dying soon after it starts
+(a storage folder it cannot write, say) is not replaced forever: the supervisor stops the others and exits
+EXIT_WORKERS_FAILING. A port in use stops the supervisor itself at start (EXIT_START_FAILED). SIGTERM closes the
+listening socket and is passed on to every worker, each of which shuts down gracefully, and the supervisor exits 0
+when all did.
 
 ``MAXIMUM_ASSOCIATIONS`` stays a limit for the whole task (budget.py).
 """
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import logging
 import math
 import multiprocessing
 import os
+import select
 import signal
+import socket
 import sys
 import time
 from multiprocessing.sharedctypes import SynchronizedArray
@@ -26,7 +34,8 @@ from typing import Any
 
 from .budget import SharedAssociationBudget
 from .config import Config
-from .server import serve
+from .negotiation import ReceiverServer
+from .server import EXIT_START_FAILED, serve
 
 LOG = logging.getLogger("dicom_store_scp.workers")
 
@@ -37,6 +46,11 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # replacing it again would only repeat the failure (and hide it behind a task that looks alive).
 FAST_DEATH_SECONDS = 10.0
 FAST_DEATHS_ALLOWED = 3
+
+# A connection handed to a worker counts against it until the worker's own count (published every quarter second)
+# has surely taken it in.
+_HANDED_COUNTS_FOR_SECONDS = 1.0
+_LIVENESS_SECONDS = 0.2
 
 EXIT_STOPPED = 0  # every worker stopped gracefully after SIGTERM/SIGINT
 EXIT_WORKER_FAILED = 1  # stopping, a worker exited with an error
@@ -83,26 +97,104 @@ def _die_with_supervisor() -> None:
         pass  # not Linux: workers then outlive a killed supervisor
 
 
-def _run_worker(config: Config, index: int, counts: SynchronizedArray[Any], supervisor: int) -> None:
+def _run_worker(
+    config: Config, index: int, counts: SynchronizedArray[Any], supervisor: int, channel: socket.socket,
+    inherited: list[socket.socket],
+) -> None:  # fmt: skip
     _die_with_supervisor()
     if os.getppid() != supervisor:
         return  # the supervisor died before the request above took effect
-
+    for other in inherited:  # the listening socket, the other workers' channels: the supervisor's alone
+        other.close()
     budget = SharedAssociationBudget(counts, index, config.maximum_associations)
-    sys.exit(serve(config, reuse_port=True, budget=budget))
+    sys.exit(serve(config, handed=channel, budget=budget))
+
+
+def listen(config: Config) -> socket.socket:
+    """The task's listening socket, as a single receiving process would bind it (pynetdicom's server options)."""
+    family = socket.AF_INET6 if ":" in config.bind_address else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((config.bind_address, config.port))
+        listener.listen(ReceiverServer.request_queue_size)
+    except OSError:
+        listener.close()
+        raise
+    listener.setblocking(False)
+    return listener
+
+
+class Dispatcher:
+    """Hands each accepted connection to the worker holding the fewest associations (ties: in turn)."""
+
+    def __init__(self, counts: SynchronizedArray[Any]) -> None:
+        self.counts = counts
+        self.channels: dict[int, socket.socket] = {}
+        self._handed: dict[int, collections.deque[float]] = {}
+        self._turn = 0
+
+    def attach(self, index: int, channel: socket.socket) -> None:
+        channel.setblocking(False)  # a worker that cannot take one now gets none: the next is tried
+        self.channels[index] = channel
+        self._handed[index] = collections.deque()
+
+    def detach(self, index: int) -> None:
+        channel = self.channels.pop(index, None)
+        if channel is not None:
+            channel.close()
+        self._handed.pop(index, None)
+
+    def _load(self, index: int, now: float) -> int:
+        handed = self._handed[index]
+        while handed and now - handed[0] > _HANDED_COUNTS_FOR_SECONDS:
+            handed.popleft()
+        return int(self.counts[index]) + len(handed)
+
+    def hand(self, connection: socket.socket) -> bool:
+        """Give the connection to a worker; False when none could take it (it is closed: the sender retries)."""
+        now = time.monotonic()
+        indexes = sorted(self.channels)
+        order = sorted(indexes, key=lambda i: (self._load(i, now), (i - self._turn) % (max(indexes) + 1)))
+        try:
+            for index in order:
+                try:
+                    socket.send_fds(self.channels[index], [b"c"], [connection.fileno()])
+                except OSError:
+                    continue
+                self._handed[index].append(now)
+                self._turn = index + 1
+                return True
+            return False
+        finally:
+            connection.close()  # the worker holds its own copy of the descriptor now
 
 
 def supervise(config: Config) -> int:
     count = worker_count(config)
+    try:
+        listener = listen(config)
+    except OSError as error:
+        LOG.error("cannot start", extra={"fields": {"event": "start-failed", "error": str(error)}})
+        return EXIT_START_FAILED
     context = multiprocessing.get_context("fork")
     counts = context.Array("i", count)
+    dispatcher = Dispatcher(counts)
     stopping = False
     started_at: dict[int, float] = {}
     fast_deaths = dict.fromkeys(range(count), 0)
 
     def spawn(index: int) -> Any:
-        process = context.Process(target=_run_worker, args=(config, index, counts, os.getpid()), name=f"worker-{index}")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        inherited = [listener, ours, *dispatcher.channels.values()]
+        process = context.Process(
+            target=_run_worker,
+            args=(config, index, counts, os.getpid(), theirs, inherited),
+            name=f"worker-{index}",
+        )
         process.start()
+        theirs.close()
+        dispatcher.attach(index, ours)
         started_at[index] = time.monotonic()
         return process
 
@@ -133,13 +225,23 @@ def supervise(config: Config) -> int:
     LOG.info("workers started", extra={"fields": {"event": "workers", "workers": count}})
 
     exit_codes: dict[int, int] = {}
+    next_look = 0.0
     while workers:
-        time.sleep(0.2)
+        if stopping and listener.fileno() >= 0:
+            listener.close()  # new connections are refused at once; the workers finish what they hold
+        if listener.fileno() >= 0:
+            _accept(listener, dispatcher, _LIVENESS_SECONDS)
+        else:
+            time.sleep(_LIVENESS_SECONDS)
+        if time.monotonic() < next_look:
+            continue
+        next_look = time.monotonic() + _LIVENESS_SECONDS
         for index, process in list(workers.items()):
             if process.is_alive():
                 continue
             process.join()
             counts[index] = 0
+            dispatcher.detach(index)
             if stopping:
                 exit_codes[index] = process.exitcode or 0
                 del workers[index]
@@ -160,6 +262,7 @@ def supervise(config: Config) -> int:
                     },
                 )
                 del workers[index]
+                listener.close()
                 stop(signal.SIGTERM, None)
                 for other in workers.values():
                     other.join(config.shutdown_grace_seconds + 10)
@@ -173,3 +276,23 @@ def supervise(config: Config) -> int:
             time.sleep(_RESPAWN_PAUSE_SECONDS)
             workers[index] = spawn(index)
     return EXIT_STOPPED if all(code == 0 for code in exit_codes.values()) else EXIT_WORKER_FAILED
+
+
+def _accept(listener: socket.socket, dispatcher: Dispatcher, wait: float) -> None:
+    """Accept what is waiting (for at most ``wait`` seconds) and hand each connection to a worker."""
+    try:
+        ready, _, _ = select.select([listener], [], [], wait)
+    except (OSError, ValueError):  # closed by the signal handler's stop
+        return
+    while ready:
+        try:
+            connection, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as error:  # out of descriptors, a connection reset before it was taken: the next one
+            LOG.warning("accept failed", extra={"fields": {"event": "accept-failed", "error": str(error)}})
+            return
+        # C-STORE responses are small writes that must not wait behind Nagle's algorithm.
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if not dispatcher.hand(connection):
+            LOG.error("no worker took a connection", extra={"fields": {"event": "connection-dropped"}})

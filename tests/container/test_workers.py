@@ -1,4 +1,5 @@
-"""WORKERS: several receiving processes share the port; one dying leaves the others serving."""
+"""WORKERS: several receiving processes share the port (the supervisor hands each connection to the least busy);
+one dying leaves the others serving."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import signal
 import socket
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -31,7 +33,7 @@ def test_two_workers_serve_and_one_dying_leaves_the_other_serving(start_scp):
 
     assert _store_many(scp.port, 12) == [[statuses.SUCCESS]] * 12
     served_by = {line["pid"] for line in scp.wait_for_event("association", count=12)}
-    assert served_by == worker_pids  # the kernel spread the connections over both
+    assert served_by == worker_pids  # the supervisor spread the connections over both
 
     victim = sorted(worker_pids)[0]
     os.kill(victim, signal.SIGKILL)
@@ -99,7 +101,7 @@ def test_cpu_quota_of_a_task_limits_the_default_worker_count(tmp_path):
 
 
 def _occupied_port() -> socket.socket:
-    # Bound without SO_REUSEPORT: no receiver can share it.
+    # Another program listening on the port.
     holder = socket.socket()
     holder.bind(("0.0.0.0", 0))
     holder.listen()
@@ -115,9 +117,17 @@ def test_a_port_in_use_stops_start_up_with_a_clear_exit(start_scp, workers):
 
     failures = scp.events("start-failed")
     assert failures and "in use" in failures[0]["error"]
-    if workers == "1":
-        assert code == server.EXIT_START_FAILED
-        return
+    # With workers the supervisor binds the port: it stops before starting any.
+    assert code == server.EXIT_START_FAILED
+    assert not scp.events("listening") and not scp.events("workers")
+
+
+def test_workers_that_keep_dying_at_start_are_given_up_on(start_scp, tmp_path):
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_text("")
+    scp = start_scp("--workers", "2", "--storage-dir", str(not_a_folder), wait=False)
+    code = scp.process.wait(timeout=60)
+
     # The supervisor replaced the dying workers a few times, then gave up instead of restarting them forever.
     assert code == workers_module.EXIT_WORKERS_FAILING
     [gave_up] = scp.events("workers-failing")
@@ -125,3 +135,21 @@ def test_a_port_in_use_stops_start_up_with_a_clear_exit(start_scp, workers):
     assert gave_up["exitCode"] == server.EXIT_START_FAILED
     assert len(scp.events("worker-died")) >= workers_module.FAST_DEATHS_ALLOWED - 1
     assert not scp.events("listening")
+
+
+def test_a_senders_associations_are_spread_evenly_over_the_workers(start_scp):
+    """The supervisor hands each connection to the worker holding the fewest: four at once, two each, every time
+    (the kernel's SO_REUSEPORT hash put all four on one worker in one round out of six)."""
+    scp = start_scp("--workers", "2")
+    workers = {line["pid"] for line in scp.wait_for_event("listening", count=2)}
+    caller = AE(ae_title="SPREAD")
+    caller.add_requested_context(Verification)
+    for round_number in range(1, 6):
+        held = [caller.associate("127.0.0.1", scp.port) for _ in range(4)]
+        assert all(assoc.is_established for assoc in held)
+        for assoc in held:
+            assoc.release()
+        lines = scp.wait_for_event("association", count=4 * round_number)[-4:]
+        per_worker = Counter(line["pid"] for line in lines)
+        assert set(per_worker) == workers and sorted(per_worker.values()) == [2, 2], per_worker
+        time.sleep(0.6)  # the released associations leave the published counts

@@ -54,10 +54,12 @@ render: install
 # figures of issue 21 (section 9: CPU per instance at 16 and 128 KiB PDUs, ingest on tmpfs at 1 and 4 associations,
 # the 300-association burst of storage and Storage Commitment associations), medians of BENCH_REPEAT rounds;
 # BENCH_ONLY=all runs every section (`.venv/bin/python bench/run.py --list`).
+# 2,400 instances a round: at 600 a round lasts 0.6 s, too short to tell 5 % apart from a worker's first-instance costs.
 BENCH_ONLY ?= cpu,ingest-tmpfs,burst
 BENCH_REPEAT ?= 5
+BENCH_INSTANCES ?= 2400
 bench: install dcmtk
-	$(PY) bench/run.py --only $(BENCH_ONLY) --repeat $(BENCH_REPEAT) --output bench/results.json
+	$(PY) bench/run.py --only $(BENCH_ONLY) --repeat $(BENCH_REPEAT) --instances $(BENCH_INSTANCES) --output bench/results.json
 
 # Not part of `test`: valid DCMTK traffic and the fuzzer's hostile connections together for SOAK_SECONDS, the SCP's
 # memory, threads, descriptors and spool bytes sampled to bench/soak.json (docs/benchmarks.md section 7).

@@ -813,20 +813,7 @@ class DataPhase:
         raise _Ended
 
     def _abort(self, source: int, reason: int, detail: str) -> None:
-        self.settings.recorder.protocol_abort()
-        LOG.warning(
-            "association aborted",
-            extra={
-                "fields": {
-                    "event": "protocol-abort",
-                    **handlers.peer(self.assoc),
-                    "reason": protocol.ABORT_REASONS[(source, reason)],
-                    "abortSource": source,
-                    "abortReason": reason,
-                    "detail": detail,
-                }
-            },
-        )
+        handlers.protocol_aborted(self.assoc, self.settings.recorder, source, reason, detail)
         self._discard_store()
         with contextlib.suppress(OSError):
             self.connection.sendall(protocol.abort_pdu(source, reason))

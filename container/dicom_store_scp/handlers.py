@@ -22,7 +22,7 @@ from pydicom.filereader import read_partial
 from pydicom.tag import BaseTag, Tag
 
 from . import header as header_walker
-from . import statuses, validation
+from . import protocol, statuses, validation
 from .batches import AssociationClosing, Sessions
 from .checksum import ALGORITHM as CHECKSUM_ALGORITHM
 from .metrics import Recorder
@@ -394,3 +394,21 @@ def refused_store(
         },
     )
     return status
+
+
+def protocol_aborted(assoc: Any, recorder: Recorder, source: int, reason: int, detail: str) -> None:
+    """Count and log an A-ABORT the SCP sends for a protocol fault (before or after negotiation: the same line)."""
+    recorder.protocol_abort()
+    LOG.warning(
+        "association aborted",
+        extra={
+            "fields": {
+                "event": "protocol-abort",
+                **peer(assoc),
+                "reason": protocol.ABORT_REASONS[(source, reason)],
+                "abortSource": source,
+                "abortReason": reason,
+                "detail": detail,
+            }
+        },
+    )

@@ -375,20 +375,7 @@ class AcceptorDUL(DULServiceProvider):
         if self._refused:
             return
         self._refused = True
-        self.metrics.protocol_abort()
-        LOG.warning(
-            "association aborted",
-            extra={
-                "fields": {
-                    "event": "protocol-abort",
-                    **handlers.peer(self.assoc),
-                    "reason": protocol.ABORT_REASONS[(source, reason)],
-                    "abortSource": source,
-                    "abortReason": reason,
-                    "detail": detail,
-                }
-            },
-        )
+        handlers.protocol_aborted(self.assoc, self.metrics, source, reason, detail)
         abort = A_ABORT_RQ()
         abort.source = source
         abort.reason_diagnostic = reason

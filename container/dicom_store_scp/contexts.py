@@ -1,4 +1,5 @@
-"""Which presentation contexts the SCP accepts: any storage SOP class, in the transfer syntaxes AHI imports.
+"""Which presentation contexts the SCP accepts: any storage SOP class, in the transfer syntaxes AHI imports, the
+sender's preferred one first.
 
 AWS HealthImaging imports any SOP class UID, private and retired ones included ("Supported SOP classes" in its
 developer guide). pynetdicom negotiates only the abstract syntaxes the AE lists, and its own "unrestricted storage"
@@ -62,3 +63,32 @@ def add_proposed_storage_contexts(event: Any) -> None:
             "storage SOP classes pynetdicom does not list are negotiated",
             extra={"fields": {"event": "unlisted-sop-classes", "sopClassUIDs": added}},
         )
+
+
+def prefer_proposed_syntaxes(event: Any) -> None:
+    """EVT_REQUESTED: of the transfer syntaxes AHI imports, accept the one the sender proposed first.
+
+    pynetdicom accepts the first syntax of the acceptor's own list that the proposal holds, so a sender offering
+    Explicit VR Little Endian before Implicit would get Implicit (this SCP's table lists it first) and the VRs of its
+    private elements would be lost in what is stored. The sender knows what its data is in: this association's copy of
+    each proposed SOP class's list is put in the sender's order first (proposals of one SOP class in several contexts
+    in the order they come), the rest after.
+    """
+    assoc = event.assoc
+    primitive = assoc.requestor.primitive
+    if primitive is None or assoc.is_rejected or assoc.is_aborted:
+        return
+    preferred: dict[str, list[str]] = {}
+    for proposed in primitive.presentation_context_definition_list:
+        order = preferred.setdefault(str(proposed.abstract_syntax or ""), [])
+        order += [str(syntax) for syntax in proposed.transfer_syntax if str(syntax) not in order]
+    for context in assoc.acceptor.supported_contexts:
+        wanted = preferred.get(str(context.abstract_syntax))
+        if not wanted:
+            continue
+        ours = [str(syntax) for syntax in context.transfer_syntax]
+        first_choice = next((syntax for syntax in wanted if syntax in ours), None)
+        if first_choice is None or next(syntax for syntax in ours if syntax in wanted) == first_choice:
+            continue  # pynetdicom's pick is the sender's first already (the common case: nothing to do)
+        theirs = [syntax for syntax in wanted if syntax in ours]
+        context.transfer_syntax = theirs + [syntax for syntax in ours if syntax not in theirs]

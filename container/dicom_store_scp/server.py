@@ -118,6 +118,7 @@ def event_handlers(
         (evt.EVT_CONN_CLOSE, handlers.handle_connection_closed),
         (evt.EVT_REQUESTED, handlers.handle_requested, [config.peer_cidrs, over_budget, recorder]),
         *unlisted,
+        (evt.EVT_REQUESTED, contexts.prefer_proposed_syntaxes),
         (evt.EVT_REJECTED, handlers.handle_rejected, [recorder]),
         (evt.EVT_ACCEPTED, handlers.handle_accepted, [recorder]),
         (evt.EVT_ESTABLISHED, handlers.handle_established, [sessions]),

@@ -188,3 +188,33 @@ def test_association_log_line_says_what_happened(scp):
     assert line["outcome"] == "released"
     assert line["durationSeconds"] >= 0
     json.dumps(line)
+
+
+@pytest.mark.parametrize(
+    "proposed",
+    [
+        [ExplicitVRLittleEndian, ImplicitVRLittleEndian],
+        [ImplicitVRLittleEndian, ExplicitVRLittleEndian],
+        ["1.2.840.10008.1.2.4.70", ExplicitVRLittleEndian, ImplicitVRLittleEndian],  # JPEG Lossless first
+    ],
+    ids=["explicit-first", "implicit-first", "jpeg-lossless-first"],
+)
+def test_the_transfer_syntax_the_sender_proposed_first_is_accepted(scp, proposed):
+    """The sender knows what its data is in: of the syntaxes AHI imports, its first choice, not this SCP's table's."""
+    requester = AE(ae_title="CHOOSER")
+    requester.add_requested_context(CTImageStorage, proposed)
+    assoc = requester.associate("127.0.0.1", scp.port, ae_title="STORESCP")
+    assert assoc.is_established
+    try:
+        [accepted] = assoc.accepted_contexts
+        assert str(accepted.transfer_syntax[0]) == proposed[0]
+    finally:
+        assoc.release()
+
+
+def test_storescu_sending_explicit_vr_data_has_it_stored_as_explicit_vr(scp):
+    # storescu's default proposal lists Explicit VR Little Endian first; private elements keep their VRs.
+    result = storescu(scp.port, sample_file("CT_small.dcm"))
+    assert result.statuses == [statuses.SUCCESS], result.output
+    [stored] = scp.stored_files()
+    assert dcmread(stored, stop_before_pixels=True).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian

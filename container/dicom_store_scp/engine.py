@@ -215,6 +215,8 @@ class DataPhase:
         self._wait_all = 0
         self._finished = threading.Event()
         self._outcome = ""
+        # Why the association is ending, where no other line says it (for a data set it leaves incomplete).
+        self._ending = ""
         # Storage Commitment reports on this association: what other threads hand to this loop to send (the loop
         # alone writes to the socket), the reports waiting for their response, and a bell that wakes the loop.
         self._report_context = next(
@@ -290,6 +292,7 @@ class DataPhase:
             self._refuse_pdu(protocol.INVALID_PARAMETER_VALUE, f"{name} cannot be decoded: {length} bytes, 4 expected")
         if pdu_type == protocol.A_ABORT:
             # AA-3: the peer ended it, whatever source and reason it gave.
+            self._ending = "the sender aborted the association (A-ABORT)"
             self._close()
             self._outcome = "aborted"
             raise _Ended
@@ -297,7 +300,7 @@ class DataPhase:
 
     def _release(self) -> NoReturn:
         """AR-2, AR-4: answer a release request; a message still incomplete is dropped with it."""
-        self._discard_store()
+        self._discard_store("the sender released the association in the middle of the data set")
         self._small = None
         with self._lock:
             self._releasing = True  # no report starts on this association from now on
@@ -408,6 +411,7 @@ class DataPhase:
                 if self._stop_requested:
                     self._abort_unlogged()
                 # AA-4: the peer closed the connection (or it broke).
+                self._ending = "the connection closed"
                 self._close()
                 self._outcome = "aborted"
                 raise _Ended
@@ -775,10 +779,27 @@ class DataPhase:
                 store.path.unlink()
             store.path = None
 
-    def _discard_store(self) -> None:
+    def _discard_store(self, why: str = "") -> None:
+        """Drop a C-STORE whose data set will never complete (its spool file too); say which, and why, once."""
         store, self._store = self._store, None
-        if store is not None:
-            self._discard_spool(store)
+        if store is None:
+            return
+        self._discard_spool(store)
+        if store.refusal is None:
+            # Never answered, so the sender has no status for it: this line is the only record that it was lost.
+            LOG.warning(
+                "C-STORE incomplete",
+                extra={
+                    "fields": {
+                        "event": "c-store-incomplete",
+                        **handlers.peer(self.assoc),
+                        "sopInstanceUID": store.sop_instance_uid,
+                        "sopClassUID": store.sop_class_uid,
+                        "receivedBytes": store.received_bytes,
+                        "reason": why or self._ending or "the association ended",
+                    }
+                },
+            )
 
     # -- sending -----------------------------------------------------------------------------------------------------
 
@@ -814,15 +835,15 @@ class DataPhase:
 
     def _abort(self, source: int, reason: int, detail: str) -> None:
         handlers.protocol_aborted(self.assoc, self.settings.recorder, source, reason, detail)
-        self._discard_store()
+        self._discard_store(f"the SCP aborted the association: {detail}")
         with contextlib.suppress(OSError):
             self.connection.sendall(protocol.abort_pdu(source, reason))
         self._close()
         self._outcome = "aborted"
 
     def _abort_unlogged(self) -> NoReturn:
-        # Asked to by this process (a shutdown past its grace period): a service-user A-ABORT.
-        self._discard_store()
+        # Asked to by this process (a shutdown past its grace period, or the network timeout): a service-user A-ABORT.
+        self._discard_store("the SCP aborted the association (network timeout or shutdown)")
         with contextlib.suppress(OSError):
             self.connection.sendall(protocol.abort_pdu(protocol.SERVICE_USER, protocol.REASON_NOT_SPECIFIED))
         self._close()

@@ -394,6 +394,23 @@ def test_release_in_the_middle_of_an_instance_is_answered_and_stores_nothing(own
     assert line["outcome"] == "released" and line["instances"] == 0
     assert _spool_is_emptied(scp)
     assert scp.stored_files() == []
+    # Never answered, so the sender has no status for it: the log says which instance was lost, and why.
+    [dropped] = scp.wait_for_event("c-store-incomplete")
+    assert (dropped["sopInstanceUID"], dropped["receivedBytes"]) == (_instance_uid(8), 40)
+    assert "released" in dropped["reason"] and dropped["callingAE"] == "RAWPEER"
+
+
+def test_a_peer_abort_in_the_middle_of_an_instance_names_the_instance_it_lost(owned_scp):
+    scp = owned_scp
+    with wire.associated(scp.port) as peer:
+        peer.send(
+            wire.p_data(wire.pdv(wire.STORE_CONTEXT, wire.COMMAND | wire.LAST, wire.store_command(_instance_uid(9))))
+        )
+        peer.send(wire.p_data(wire.pdv(wire.STORE_CONTEXT, 0, _data_set(9)[:50])))
+        peer.send(wire.abort_rq())
+    [dropped] = scp.wait_for_event("c-store-incomplete")
+    assert (dropped["sopInstanceUID"], dropped["receivedBytes"]) == (_instance_uid(9), 50)
+    assert dropped["reason"] == "the sender aborted the association (A-ABORT)"
 
 
 @pytest.mark.parametrize(

@@ -425,8 +425,14 @@ def _tolerate_abort_values(abort: A_ABORT_RQ) -> None:
 
 
 def _check_contexts(request: Any) -> None:
-    """Every proposed presentation context names an abstract syntax and at least one transfer syntax (PS3.8 9.3.2.2)."""
+    """Every proposed presentation context has an ID of its own (PS3.8 9.3.2.2: unique within the request; pynetdicom
+    would bind the ID to the later one silently, and the sender's C-STOREs on the first then fail), an abstract
+    syntax and at least one transfer syntax."""
+    seen: set[int] = set()
     for context in request.presentation_context_definition_list:
+        if context.context_id in seen:
+            raise ValueError(f"presentation context ID {context.context_id} is proposed twice")
+        seen.add(context.context_id)
         if not str(context.abstract_syntax or "").strip():
             raise ValueError(f"presentation context {context.context_id} has no abstract syntax")
         syntaxes = [str(syntax).strip() for syntax in context.transfer_syntax]

@@ -243,6 +243,12 @@ def test_abort_of_one_association_leaves_another_running(hardened_scp, kind):
         wire.associate_rq([wire.presentation_context(1, wire.VERIFICATION)]),
         wire.associate_rq([wire.item(0x20, bytes([1, 0, 0, 0]) + wire.item(0x40, wire.IMPLICIT_LE.encode()))]),
         wire.associate_rq([wire.presentation_context(1, wire.VERIFICATION, " " * 20)]),
+        wire.associate_rq(
+            [
+                wire.presentation_context(3, wire.CT_IMAGE_STORAGE, wire.EXPLICIT_LE),
+                wire.presentation_context(3, wire.VERIFICATION, wire.IMPLICIT_LE),
+            ]
+        ),
     ],
     ids=[
         "even-context-id",
@@ -252,6 +258,7 @@ def test_abort_of_one_association_leaves_another_running(hardened_scp, kind):
         "no-transfer-syntax",
         "no-abstract-syntax",
         "blank-transfer-syntax",
+        "context-id-twice",
     ],
 )
 def test_malformed_association_request_is_answered_and_closed_at_once(hardened_scp, request_bytes, kind):

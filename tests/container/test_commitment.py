@@ -73,10 +73,12 @@ class Requester:
         )
         return 0x0000, None
 
-    def listen(self) -> None:
-        """Accept the SCP's association for a report (it proposes the SCP role for the SOP class)."""
+    def listen(self, grant_role: bool = True) -> None:
+        """Accept the SCP's association for a report (it proposes the SCP role for the SOP class; granted unless
+        ``grant_role`` is False, when this side answers no role selection at all)."""
         ae = AE(ae_title=self.title)
-        ae.add_supported_context(PUSH_MODEL, SYNTAXES, scu_role=False, scp_role=True)
+        roles = {"scu_role": False, "scp_role": True} if grant_role else {}
+        ae.add_supported_context(PUSH_MODEL, SYNTAXES, **roles)
         self.server = ae.start_server(
             ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._take)]
         )
@@ -472,3 +474,20 @@ def test_a_running_scp_takes_over_what_a_stopped_process_left(tmp_path: Path) ->
             delivered.get(timeout=1)
     finally:
         engine.stop()
+
+
+def test_no_report_goes_to_a_peer_that_did_not_grant_the_scp_role(
+    start_scp: Any, tmp_path: Path, requester: Requester
+) -> None:
+    """PS3.4 J.3.3: on an association the SCP requests, it may send the report only in the SCP role the peer grants."""
+    requester.listen(grant_role=False)
+    scp = start_scp(
+        env={"COMMITMENT_PEERS": f"{REQUESTER}=127.0.0.1:{requester.port}", "COMMITMENT_REPORT_TIMEOUT": "3"}
+    )
+    references = sent_with_storescu(scp, tmp_path, 1)
+    transaction_uid = generate_uid()
+    request_and_leave(requester, scp, transaction_uid, references)
+
+    given_up = wait_for_record_state(scp, transaction_uid, "undelivered", timeout=30)
+    assert "did not accept this SCP's role" in given_up["lastError"]
+    assert requester.reports.empty()

@@ -93,11 +93,17 @@ class ReportSender:
         if not assoc.is_established:
             raise DeliveryError(f"no association with {transaction.calling_ae} at {host}:{port}")
         try:
-            implicit = any(
-                str(context.abstract_syntax) == STORAGE_COMMITMENT_PUSH_MODEL
-                and str(context.transfer_syntax[0]) == ImplicitVRLittleEndian
-                for context in assoc.accepted_contexts
-            )
+            accepted = [
+                cx for cx in assoc.accepted_contexts if str(cx.abstract_syntax) == STORAGE_COMMITMENT_PUSH_MODEL
+            ]
+            if not any(context.as_scp for context in accepted):
+                # PS3.4 J.3.3: on an association this side requests, the report needs the SCP role, which the peer
+                # grants by SCP/SCU Role Selection; without it this side may act only as the SCU.
+                raise DeliveryError(
+                    f"{transaction.calling_ae} at {host}:{port} did not accept this SCP's role for Storage "
+                    "Commitment (SCP/SCU Role Selection)"
+                )
+            implicit = str(accepted[0].transfer_syntax[0]) == ImplicitVRLittleEndian
             # Encoded here in the accepted syntax and read back lazily: pynetdicom writes the elements' bytes as they
             # are, without building a Dataset per reference (information.py says why that matters).
             information = decode(BytesIO(report(transaction, implicit)[1]), implicit, True)

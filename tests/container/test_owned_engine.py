@@ -146,7 +146,7 @@ def _threads(scp: RunningScp) -> int:
 
 
 _COMMITMENT_CONTEXTS = [
-    wire.presentation_context(1, "1.2.840.10008.1.20.1", wire.IMPLICIT_LE),
+    wire.presentation_context(5, "1.2.840.10008.1.20.1", wire.IMPLICIT_LE),
     wire.presentation_context(wire.STORE_CONTEXT, wire.CT_IMAGE_STORAGE, wire.EXPLICIT_LE),
     wire.presentation_context(wire.ECHO_CONTEXT, wire.VERIFICATION, wire.IMPLICIT_LE),
 ]

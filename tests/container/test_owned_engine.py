@@ -382,13 +382,17 @@ def test_a_peer_silent_past_the_network_timeout_is_aborted_and_disconnected(star
     assert scp.stored_files() == []
 
 
+def _start_a_store(peer: RawPeer, number: int, sent: int) -> None:
+    """A C-STORE's command and the first ``sent`` bytes of its data set: the rest never comes."""
+    command = wire.store_command(_instance_uid(number))
+    peer.send(wire.p_data(wire.pdv(wire.STORE_CONTEXT, wire.COMMAND | wire.LAST, command)))
+    peer.send(wire.p_data(wire.pdv(wire.STORE_CONTEXT, 0, _data_set(number)[:sent])))
+
+
 def test_release_in_the_middle_of_an_instance_is_answered_and_stores_nothing(owned_scp):
     scp = owned_scp
     with wire.associated(scp.port) as peer:
-        peer.send(
-            wire.p_data(wire.pdv(wire.STORE_CONTEXT, wire.COMMAND | wire.LAST, wire.store_command(_instance_uid(8))))
-        )
-        peer.send(wire.p_data(wire.pdv(wire.STORE_CONTEXT, 0, _data_set(8)[:40])))
+        _start_a_store(peer, 8, 40)
         _release(peer)
     [line] = scp.wait_for_event("association")
     assert line["outcome"] == "released" and line["instances"] == 0
@@ -403,10 +407,7 @@ def test_release_in_the_middle_of_an_instance_is_answered_and_stores_nothing(own
 def test_a_peer_abort_in_the_middle_of_an_instance_names_the_instance_it_lost(owned_scp):
     scp = owned_scp
     with wire.associated(scp.port) as peer:
-        peer.send(
-            wire.p_data(wire.pdv(wire.STORE_CONTEXT, wire.COMMAND | wire.LAST, wire.store_command(_instance_uid(9))))
-        )
-        peer.send(wire.p_data(wire.pdv(wire.STORE_CONTEXT, 0, _data_set(9)[:50])))
+        _start_a_store(peer, 9, 50)
         peer.send(wire.abort_rq())
     [dropped] = scp.wait_for_event("c-store-incomplete")
     assert (dropped["sopInstanceUID"], dropped["receivedBytes"]) == (_instance_uid(9), 50)

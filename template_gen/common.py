@@ -65,8 +65,10 @@ TASK_ROLE = "ScpTaskRole"
 SCALABLE_TARGET = "ScpScalableTarget"
 DEAD_LETTER_QUEUE = "ImportEventDeadLetterQueue"
 
-# Kept on stack deletion and replacement: medical images, the record of what was imported, audit logs.
-RETAIN = {"DeletionPolicy": "Retain", "UpdateReplacePolicy": "Retain"}
+# Kept on stack deletion and replacement: medical images, the record of what was imported, audit logs. Not when the
+# stack's first creation fails and rolls back: nothing was stored in them yet, and each retry would leave another
+# set of buckets, tables and a data store behind. (UpdateReplacePolicy has no such value.)
+RETAIN = {"DeletionPolicy": "RetainExceptOnCreate", "UpdateReplacePolicy": "Retain"}
 
 # ECS stops a task with SIGTERM, then SIGKILL after this many seconds (Fargate's maximum).
 # ShutdownGraceSeconds is capped below it so open associations can finish and their batches be sealed.
@@ -193,11 +195,28 @@ def kms_key_policy(name: str, uses: Sequence[KeyUse]) -> If:
     )
 
 
-def log_group(logical_id: str) -> logs.LogGroup:
-    """A log group of the stack: retention from LogRetentionDays, the stack's key, kept when the stack goes."""
+def log_group(logical_id: str, vended_by: str = "") -> logs.LogGroup:
+    """A log group of the stack: retention from LogRetentionDays, the stack's key, kept when the stack goes.
+
+    ``vended_by``: the service that delivers to it as vended logs ("states" for Step Functions). Its name then
+    starts with /aws/vendedlogs/, so CloudWatch Logs grants the delivery without adding to the account's logs
+    resource policy (whose size limit, when other stacks have filled it, fails the state machine's creation). The
+    stack's id makes the name unique: a retained group of a deleted stack of the same name does not collide.
+    """
+    name = (
+        {"LogGroupName": Sub(f"/aws/vendedlogs/{vended_by}/${{AWS::StackName}}-${{Id}}", Id=_stack_uuid())}
+        if vended_by
+        else {}
+    )
     return logs.LogGroup(
         logical_id,
         **RETAIN,
+        **name,
         RetentionInDays=Ref(p.LOG_RETENTION_DAYS),
         KmsKeyId=kms_key_or_none(),
     )
+
+
+def _stack_uuid() -> AWSHelperFn:
+    # arn:aws:cloudformation:<region>:<account>:stack/<name>/<uuid>
+    return Select(2, Split("/", Ref("AWS::StackId")))

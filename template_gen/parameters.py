@@ -112,6 +112,10 @@ IMPORT_RESULTS_RETENTION_DAYS = "ImportResultsRetentionDays"
 EXISTING_DATASTORE_ID = "ExistingDatastoreID"
 IMPORT_POLL_SECONDS = "ImportPollSeconds"
 IMPORT_MAX_POLLS = "ImportMaxPolls"
+# A Standard workflow fails outright at 25,000 history events, without running its failure path (the instances
+# would stay RECEIVED/IMPORTING for ever); each wait-and-check round writes about 13, so at most ~1,900 rounds fit.
+# 1,500 leaves room for the other states (at the 120 s default interval: 50 hours of import).
+MAX_IMPORT_POLLS = 1500
 SWEEP_INTERVAL_MINUTES = "SweepIntervalMinutes"
 SWEEP_MIN_AGE_MINUTES = "SweepMinAgeMinutes"
 LOG_LEVEL = "LogLevel"
@@ -295,7 +299,7 @@ PARAMETERS: tuple[Param, ...] = (
           default=120, constraints={"MinValue": 5, "MaxValue": 3600}),
     Param(IMPORT_MAX_POLLS, "Number", STORAGE, "Import status checks",
           "Status checks before an import job is recorded as failed (check interval x checks = time limit).",
-          default=120, constraints={"MinValue": 1, "MaxValue": 10000}),
+          default=120, constraints={"MinValue": 1, "MaxValue": MAX_IMPORT_POLLS}),
     Param(SWEEP_INTERVAL_MINUTES, "Number", STORAGE, "Sweep interval (min)",
           "How often the sweeper seals batches left open by a task that died.",
           default=15, constraints={"MinValue": 5, "MaxValue": 1440}),

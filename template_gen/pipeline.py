@@ -328,7 +328,7 @@ def add_pipeline(template: Template, asl_definition: str) -> None:
         resources += [c.log_group(f"{fn.name}LogGroup"), function_role(fn), lambda_function(fn, env)]
     resources += [
         trigger_import_s3_permission(),
-        c.log_group(WORKFLOW_LOG_GROUP),
+        c.log_group(WORKFLOW_LOG_GROUP, vended_by="states"),
         workflow_role(),
         state_machine(asl_definition),
         sweeper_schedule(),

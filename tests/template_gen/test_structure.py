@@ -572,11 +572,30 @@ STATEFUL = {
 }
 
 
-def test_every_log_group_and_stateful_resource_is_retained(template: dict[str, Any]) -> None:
+def test_every_log_group_and_stateful_resource_is_retained_unless_the_first_create_fails(
+    template: dict[str, Any],
+) -> None:
+    """Kept when the stack is deleted or a resource replaced; removed when the stack's first creation rolls back
+    (nothing is in them yet, and each retry would leave another set behind)."""
     stateful = {n: r for n, r in template["Resources"].items() if r["Type"] in STATEFUL}
     assert len([r for r in stateful.values() if r["Type"] == "AWS::Logs::LogGroup"]) == 7  # 5 functions, SCP, workflow
     for name, resource in stateful.items():
-        assert (resource.get("DeletionPolicy"), resource.get("UpdateReplacePolicy")) == ("Retain", "Retain"), name
+        policies = (resource.get("DeletionPolicy"), resource.get("UpdateReplacePolicy"))
+        assert policies == ("RetainExceptOnCreate", "Retain"), name
+
+
+def test_the_workflow_logs_to_a_vended_log_group_of_its_own_stack(template: dict[str, Any]) -> None:
+    """/aws/vendedlogs/: Step Functions' delivery needs no room in the account's logs resource policy."""
+    group = template["Resources"]["ImportWorkflowLogGroup"]["Properties"]
+    name = group["LogGroupName"]["Fn::Sub"]
+    assert name[0] == "/aws/vendedlogs/states/${AWS::StackName}-${Id}"
+    assert name[1] == {"Id": {"Fn::Select": [2, {"Fn::Split": ["/", {"Ref": "AWS::StackId"}]}]}}
+
+
+def test_import_polls_stay_within_a_standard_workflows_history(template: dict[str, Any]) -> None:
+    # 25,000 events at most, about 13 per wait-and-check round: the limit leaves room for the other states.
+    limit = template["Parameters"]["ImportMaxPolls"]["MaxValue"]
+    assert limit * 13 < 25_000 - 2_000
 
 
 def test_dead_letter_queue_refuses_requests_without_tls(template: dict[str, Any]) -> None:

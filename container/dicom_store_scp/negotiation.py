@@ -387,8 +387,10 @@ class AcceptorDUL(DULServiceProvider):
         assoc = self.assoc
         self.artim_timer.stop()
         if self.state_machine.current_state in ("Sta1", "Sta2"):
-            # The association thread still waits for an A-ASSOCIATE-RQ: an empty item ends that wait quietly.
-            self.to_user_queue.put(None)
+            # The association thread still waits for an A-ASSOCIATE-RQ: an empty item ends that wait quietly (it is
+            # what pynetdicom's own wait returns on a timeout, though the queue's annotation leaves it out).
+            waiting: queue.Queue[Any] = self.to_user_queue
+            waiting.put(None)
         else:
             # As a peer's A-ABORT would (AA-3): the association thread reports the abort and ends.
             indication = A_P_ABORT()

@@ -39,7 +39,6 @@ import itertools
 import logging
 import os
 import secrets
-import select
 import socket
 import ssl
 import struct
@@ -341,22 +340,9 @@ class DataPhase:
                 self._send_outbox()
 
     def _readable(self, timeout: float | None) -> bool:
-        """Wait for the peer's bytes (True) or the bell (False; drained) for at most ``timeout`` seconds."""
-        connection = self.connection
-        if isinstance(connection, ssl.SSLSocket) and connection.pending():
-            return True  # decrypted bytes that select() cannot see
-        watched: list[Any] = [connection]
-        if self._bell is not None:
-            watched.append(self._bell)
-        try:
-            ready, _, _ = select.select(watched, [], [], None if timeout is None else max(0.0, timeout))
-        except (OSError, ValueError):
-            return True  # closed under us (a stop): the read reports it
-        if self._bell is not None and self._bell in ready:
-            with contextlib.suppress(OSError):
-                while self._bell.recv(4096):
-                    pass
-        return connection in ready
+        """Wait for the peer's bytes (True) or the bell (False) for at most ``timeout`` seconds."""
+        assert self._bell is not None  # only associations that may carry a report wait here
+        return protocol.wait_readable(self.connection, self._bell, timeout)
 
     def _set_timeouts(self) -> None:
         """The network timeout, as the socket's own.

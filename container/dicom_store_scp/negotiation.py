@@ -23,7 +23,6 @@ import contextlib
 import copy
 import logging
 import queue
-import select
 import socket
 import socketserver
 import ssl
@@ -226,19 +225,7 @@ class AcceptorDUL(DULServiceProvider):
 
     def _wait_for_work(self) -> None:
         transport = self.socket.socket if self.socket is not None else None
-        watched: list[Any] = [self._bell]
-        if transport is not None and transport.fileno() >= 0:
-            if isinstance(transport, ssl.SSLSocket) and transport.pending():
-                return  # TLS has decrypted bytes buffered that select() cannot see
-            watched.append(transport)
-        try:
-            ready, _, _ = select.select(watched, [], [], _IDLE_WAIT)
-        except (OSError, ValueError):
-            return  # the socket closed under us: the next loop reports it
-        if self._bell in ready:
-            with contextlib.suppress(OSError):
-                while self._bell.recv(4096):
-                    pass
+        protocol.wait_readable(transport, self._bell, _IDLE_WAIT)
 
     def _read_pdu_data(self) -> None:
         """Read what the peer has sent so far, without waiting: a PDU arrives over as many calls as it takes.

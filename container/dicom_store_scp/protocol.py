@@ -9,7 +9,9 @@ both build on it.
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
+import ssl
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -321,3 +323,25 @@ def drain_and_close(connection: socket.socket) -> None:
             if not chunk:
                 break
             dropped += len(chunk)
+
+
+def wait_readable(connection: socket.socket | None, bell: socket.socket, timeout: float | None) -> bool:
+    """Wait until the peer's bytes arrive (True) or the (non-blocking) bell rings (False, the bell drained),
+    ``timeout`` seconds at most. poll(), not select(): select() refuses descriptors past 1,023, which 300 associations with their spool
+    files and bells reach."""
+    if connection is not None and isinstance(connection, ssl.SSLSocket) and connection.pending():
+        return True  # decrypted bytes that poll() cannot see
+    poller = select.poll()
+    poller.register(bell, select.POLLIN)
+    peer = connection.fileno() if connection is not None else -1
+    if peer >= 0:
+        poller.register(peer, select.POLLIN)
+    try:
+        ready = {fd for fd, _ in poller.poll(None if timeout is None else max(0, int(timeout * 1000)))}
+    except OSError:
+        return True  # interrupted or closed under us: the read that follows reports it
+    if bell.fileno() in ready:
+        with contextlib.suppress(OSError):
+            while bell.recv(4096):
+                pass
+    return peer in ready

@@ -60,9 +60,7 @@ def read_request(data: bytes | bytearray | memoryview, implicit: bool) -> tuple[
     found, _ = _data_set(view, 0, len(view), len(view), implicit, 0, _REQUEST_WANTED)
     transaction_uid = _text(found.get(TRANSACTION_UID))
     items = found.get(REFERENCED_SOP_SEQUENCE)
-    items = items if isinstance(items, list) else []
-    if len(items) > REFERENCES_LIMIT:
-        raise InvalidRequest(f"{len(items)} references; at most {REFERENCES_LIMIT} in one request")
+    items = items if isinstance(items, list) else []  # (more than REFERENCES_LIMIT: refused while reading)
     references = [
         Reference(_text(item.get(REFERENCED_SOP_CLASS_UID)), _text(item.get(REFERENCED_SOP_INSTANCE_UID)))
         for item in items
@@ -120,8 +118,7 @@ def _data_set(
             value_end = None if length == _UNDEFINED else start + length
             if value_end is not None and value_end > bound:
                 raise InvalidRequest(f"Action Information cannot be decoded: a sequence runs past its end at {offset}")
-            nested = wanted.get(tag) if tag in wanted else None
-            items, offset = _sequence(data, start, value_end, bound, implicit, depth + 1, nested)
+            items, offset = _sequence(data, start, value_end, bound, implicit, depth + 1, wanted.get(tag))
             if tag in wanted:
                 found[tag] = items
             continue

@@ -327,8 +327,8 @@ def drain_and_close(connection: socket.socket) -> None:
 
 def wait_readable(connection: socket.socket | None, bell: socket.socket, timeout: float | None) -> bool:
     """Wait until the peer's bytes arrive (True) or the (non-blocking) bell rings (False, the bell drained),
-    ``timeout`` seconds at most. poll(), not select(): select() refuses descriptors past 1,023, which 300 associations with their spool
-    files and bells reach."""
+    ``timeout`` seconds at most. poll(), not select(): select() refuses descriptors past 1,023, which 300
+    associations with their spool files and bells reach."""
     if connection is not None and isinstance(connection, ssl.SSLSocket) and connection.pending():
         return True  # decrypted bytes that poll() cannot see
     poller = select.poll()

@@ -10,9 +10,7 @@ import functools
 import gc
 import logging
 import os
-import signal
 import socket
-import ssl
 import tempfile
 import threading
 import time
@@ -26,7 +24,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from . import contexts, engine, handlers, negotiation, protocol
+from . import contexts, engine, handlers, negotiation, protocol, signals, startup
 from .batches import Sessions
 from .budget import SharedAssociationBudget
 from .commitment import build_commitments, commitment_offered, handle_n_action
@@ -34,6 +32,7 @@ from .commitment.model import STORAGE_COMMITMENT_PUSH_MODEL
 from .commitment.scheduler import Commitments
 from .config import Config
 from .metrics import Recorder
+from .startup import EXIT_START_FAILED, StartError, build_tls_context
 from .storage import LocalStorage, Storage, use_spool_dir
 from .transfer_syntaxes import AHI_IMPORTABLE
 
@@ -57,18 +56,6 @@ def build_storage(config: Config, recorder: Recorder | None = None) -> Storage:
     storage = LocalStorage(config.storage_dir, spool)
     storage.prepare()
     return storage
-
-
-def build_tls_context(config: Config) -> ssl.SSLContext | None:
-    if not config.tls_enabled:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(str(config.tls_cert_file), str(config.tls_key_file))
-    if config.tls_ca_file is not None:
-        context.verify_mode = ssl.CERT_REQUIRED
-        context.load_verify_locations(str(config.tls_ca_file))
-    return context
 
 
 def build_ae(config: Config) -> AE:
@@ -151,20 +138,23 @@ class Receiver:
         self.ae = build_ae(config)
         self.budget = budget
         self.commitments = build_commitments(config) if commitment_offered(config) else None
-        server = self.ae.make_server(
-            (config.bind_address, config.port),
-            evt_handlers=event_handlers(
-                config, self.sessions, self._budget_exceeded if budget else None, self.commitments
-            ),
-            server_class=negotiation.HandedServer if handed else negotiation.ReceiverServer,
-            request_handler=negotiation.QuickRequestHandler,
-        )
+        try:
+            server = self.ae.make_server(
+                (config.bind_address, config.port),
+                evt_handlers=event_handlers(
+                    config, self.sessions, self._budget_exceeded if budget else None, self.commitments
+                ),
+                server_class=negotiation.HandedServer if handed else negotiation.ReceiverServer,
+                request_handler=negotiation.QuickRequestHandler,
+            )
+        except OSError as error:
+            raise startup.bind_failure(config, error) from None
         assert isinstance(server, negotiation.ReceiverServer)
         self.server = server
         self.server.tls_context = build_tls_context(config)
         self.server.handshake_timeout = config.acse_timeout
-        self._stopping = threading.Event()
-        self._status_requested = threading.Event()
+        # Signal handlers and other threads only ring this (no lock: signals.py); the housekeeping loop waits on it.
+        self.bell = signals.Bell()
         self._serving = threading.Thread(target=self.server.serve_forever, name="accept", daemon=True)
         self.handed = handed
         self._taking = threading.Thread(target=self._take_handed, name="handed", daemon=True)
@@ -196,12 +186,14 @@ class Receiver:
                     "aeTitle": self.config.ae_title,
                     "storage": self.storage.describe(),
                     "tls": self.config.tls_enabled,
+                    **access_fields(self.config),
                 }
             },
         )
 
     def stop(self) -> None:
-        self._stopping.set()
+        """Stop gracefully (from any thread, or a signal handler: it takes no lock)."""
+        self.bell.stop()
 
     def _take_handed(self) -> None:
         """Serve each connection the supervisor hands over, until it closes the channel (or this process stops)."""
@@ -218,11 +210,14 @@ class Receiver:
 
     def request_status(self) -> None:
         """Log the metrics summary at the next housekeeping tick (not from a signal handler: logging locks)."""
-        self._status_requested.set()
+        self.bell.request_status()
 
     def run_until_stopped(self) -> None:
-        """Housekeeping loop; returns after a graceful shutdown once :meth:`stop` was called."""
-        while not self._stopping.wait(_HOUSEKEEPING_SECONDS):
+        """Housekeeping loop; returns after a graceful shutdown once :meth:`stop` was called (or a signal came)."""
+        while True:
+            self.bell.wait(_HOUSEKEEPING_SECONDS)
+            if self.bell.stopping:
+                break
             self.sessions.reap()
             self._clean_spool()
             active = len(self.server.active_associations)
@@ -231,9 +226,12 @@ class Receiver:
             self.recorder.sample_active(active)
             if self.recorder.due():
                 self.recorder.flush(self._spool_bytes())
-            if self._status_requested.is_set():
-                self._status_requested.clear()
+            if self.bell.take_status_request():
                 self.recorder.log_status()
+        if self.bell.stop_signal:
+            # Logged here, not in the handler: a signal may arrive again (it does, see signals.py) while it logs.
+            name = signals.name(self.bell.stop_signal)
+            LOG.info("signal received", extra={"fields": {"event": "signal", "signal": name}})
         self.shutdown()
 
     def shutdown(self) -> None:
@@ -297,33 +295,41 @@ class Receiver:
 
 
 def install_signal_handlers(receiver: Receiver) -> None:
-    def stop(signum: int, _frame: Any) -> None:
-        LOG.info("signal received", extra={"fields": {"event": "signal", "signal": signal.Signals(signum).name}})
-        receiver.stop()
-
-    def status(_signum: int, _frame: Any) -> None:
-        receiver.request_status()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    # `kill -USR1` (or `docker kill -s USR1`): the metrics summary now, in the log.
-    signal.signal(signal.SIGUSR1, status)
+    signals.install(receiver.bell)
 
 
 # Exit statuses of one receiving process (the supervisor's own are in workers.py).
 EXIT_STOPPED = 0  # stopped by SIGTERM/SIGINT after a graceful shutdown
-EXIT_START_FAILED = 1  # could not start: port in use, storage not writable, TLS files unreadable
+# EXIT_START_FAILED (startup.py): could not start: port in use, storage not writable, TLS files that do not load
 
 
 def serve(config: Config, handed: socket.socket | None = None, budget: SharedAssociationBudget | None = None) -> int:
     """Run one receiving process until it is told to stop; the only start-up path (single process or worker)."""
     try:
+        if handed is None:
+            startup.check(config)  # a worker's supervisor did this before starting it
         receiver = Receiver(config, handed=handed, budget=budget)
-    except OSError as error:
+    except (StartError, OSError) as error:
         # A start-up failure, not a crash: say what failed, and exit without a traceback.
-        LOG.error("cannot start", extra={"fields": {"event": "start-failed", "error": str(error)}})
+        log_start_failure(error)
         return EXIT_START_FAILED
     install_signal_handlers(receiver)
+    # A worker starts with these blocked (workers.py): one that came meanwhile reaches the handlers now.
+    signals.unblock()
     receiver.start()
     receiver.run_until_stopped()
     return EXIT_STOPPED
+
+
+def log_start_failure(error: Exception) -> None:
+    fields = error.fields() if isinstance(error, StartError) else {"event": "start-failed", "error": str(error)}
+    LOG.error(f"cannot start: {error}", extra={"fields": fields})
+
+
+def access_fields(config: Config) -> dict[str, Any]:
+    """Who may associate, for the start-up line: a typo in an access list shows here, not when a modality is refused."""
+    return {
+        "calledAeTitle": config.ae_title if config.require_called_ae_title else "any",
+        "callingAeTitles": list(config.require_calling_ae_titles) or "any",
+        "peers": [str(network) for network in config.peer_cidrs] or "any",
+    }

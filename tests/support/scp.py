@@ -169,6 +169,13 @@ class RunningScp:
             return []
         return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
 
+    def wait_for_manifests(self, count: int, timeout: float = 10) -> list[dict[str, Any]]:
+        """The manifests once there are ``count`` (a batch is sealed just after its association is released)."""
+        deadline = time.monotonic() + timeout
+        while len(self.manifests()) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.manifests()
+
     def stored_files(self) -> list[Path]:
         folder = self.storage / "incoming"
         return sorted(folder.rglob("*.dcm")) if folder.exists() else []

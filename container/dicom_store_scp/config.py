@@ -58,6 +58,13 @@ def _words(value: str) -> tuple[str, ...]:
     return tuple(word.strip() for word in value.split(",") if word.strip())
 
 
+def _list_of(value: str, what: str) -> tuple[str, ...]:
+    """A comma list; a semicolon is the usual typo for a comma and would join two entries into one."""
+    if ";" in value:
+        raise ConfigError(f"{value.strip()!r} holds ';': separate {what} with commas")
+    return _words(value)
+
+
 def _ae_title(value: str) -> str:
     # PS3.5 AE VR: 1-16 characters of the default repertoire, no backslash or control characters,
     # leading/trailing spaces not significant.
@@ -72,16 +79,26 @@ def _ae_title(value: str) -> str:
 
 
 def _ae_titles(value: str) -> tuple[str, ...]:
-    return tuple(_ae_title(title) for title in _words(value))
+    return tuple(_ae_title(title) for title in _list_of(value, "AE titles"))
 
 
 def _cidrs(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     networks = []
-    for word in _words(value):
+    for word in _list_of(value, "networks"):
         try:
-            networks.append(ipaddress.ip_network(word, strict=False))
+            networks.append(ipaddress.ip_network(word))
         except ValueError:
-            raise ConfigError(f"{word!r} is not a CIDR block such as 10.0.0.0/16") from None
+            try:
+                network = ipaddress.ip_network(word, strict=False)
+            except ValueError:
+                raise ConfigError(f"{word!r} is not a CIDR block such as 10.0.0.0/16") from None
+            # 10.0.0.1/8: the network 10.0.0.0/8, or the one address 10.0.0.1? Widening it silently would admit
+            # sixteen million addresses where one was meant.
+            address = word.partition("/")[0]
+            single = f"{address}/{network.max_prefixlen}"
+            raise ConfigError(
+                f"{word!r} has host bits set: {network} is the network, {single} the one address"
+            ) from None
     return tuple(networks)
 
 
@@ -109,7 +126,7 @@ def _path(value: str) -> Path:
 def _peers(value: str) -> tuple[tuple[str, str, int], ...]:
     """``AE=host:port,...``: where each calling AE title takes storage commitment reports on a new association."""
     peers = []
-    for word in _words(value):
+    for word in _list_of(value, "peers"):
         title, equals, address = word.partition("=")
         host, colon, port = address.strip().rpartition(":")
         if not (equals and colon and host and port.isdigit() and 1 <= int(port) <= 65535):
@@ -420,21 +437,94 @@ def settings_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+# --help shows the settings in these groups, in this order (a setting in none is listed under "other").
+HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("listening", ("SCP_PORT", "BIND_ADDRESS", "AE_TITLE", "WORKERS")),
+    ("who may associate", ("REQUIRE_CALLED_AE_TITLE", "REQUIRE_CALLING_AE_TITLE", "PEER_CIDRS")),
+    (
+        "limits and timeouts",
+        (
+            "MAXIMUM_ASSOCIATIONS",
+            "MAXIMUM_PDU_SIZE",
+            "MAXIMUM_INSTANCE_BYTES",
+            "SUPPORTED_SOP_CLASS_UIDS",
+            "DIMSE_TIMEOUT",
+            "NETWORK_TIMEOUT",
+            "ACSE_TIMEOUT",
+            "SHUTDOWN_GRACE_SECONDS",
+        ),
+    ),
+    ("where instances go", ("STORAGE_DIR", "SPOOL_DIR", "BATCH_MAX_INSTANCES", "BATCH_MAX_BYTES")),
+    ("Amazon S3", ("DICOM_BUCKET", "DICOM_PREFIX", "S3_SSE", "S3_KMS_KEY_ID", "MAX_POOL_CONNECTIONS")),
+    (
+        "storage commitment",
+        (
+            "COMMITMENT_PEERS",
+            "COMMITMENT_REPORT_TIMEOUT",
+            "COMMITMENT_MISSING_SECONDS",
+            "INSTANCE_TABLE_NAME",
+            "COMMITMENT_TABLE_NAME",
+        ),
+    ),
+    ("TLS", ("TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CA_FILE")),
+    ("logs and metrics", ("LOG_LEVEL", "METRICS_ENABLED", "METRICS_INTERVAL", "METRICS_SERVICE")),
+)
+
+# Other spellings a flag is accepted under (the status command's, say); --help and the README show the first.
+FLAG_ALIASES: dict[str, tuple[str, ...]] = {"INSTANCE_TABLE_NAME": ("--instance-table",)}
+
+_USAGE = """dicom-store-scp [--OPTION VALUE ...]      receive and store (the default)
+       dicom-store-scp status --help             did these instances reach HealthImaging?
+       dicom-store-scp preflight --help          check an AWS account before launching"""
+
+_DESCRIPTION = (
+    "DICOM Store SCP for AWS HealthImaging: receives C-STORE over DIMSE on SCP_PORT and lands every instance\n"
+    "durably in a local folder (STORAGE_DIR, the default) or in Amazon S3 (DICOM_BUCKET), one batch per association.\n"
+    "\n"
+    """commands:
+  (none)     receive and store until SIGTERM or Ctrl-C
+  status     which instances of a study, series or batch reached HealthImaging
+  preflight  check an AWS account before launching the stack"""
+)
+
+_EPILOG = """Every option has an equal environment variable (in brackets); options win. A true/false option given alone
+means true. Exit status: 0 stopped by a signal, 1 could not start (port in use, storage, TLS files), 2 invalid
+configuration, 3 workers kept dying at start-up."""
+
+
 def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="dicom-store-scp",
-        description="DICOM Store SCP: receives C-STORE and lands every instance durably in a folder or S3.",
-        epilog="Every flag has an equal environment variable (shown in brackets); flags win. "
-        "'dicom-store-scp status --help': which instances reached HealthImaging.",
+        usage=_USAGE,
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    for setting in SETTINGS:
-        parser.add_argument(
-            setting.flag,
-            dest=setting.attr,
-            metavar="VALUE",
-            default=None,
-            help=f"{setting.help} [{setting.env}, default: {setting.default or 'empty'}]",
-        )
+    parser.add_argument("--version", action="version", version=f"dicom-store-scp {__version__}")
+    by_env = {setting.env: setting for setting in SETTINGS}
+    grouped = [(title, [by_env[env] for env in envs if env in by_env]) for title, envs in HELP_GROUPS]
+    seen = {setting.env for _, settings in grouped for setting in settings}
+    grouped.append(("other", [setting for setting in SETTINGS if setting.env not in seen]))
+    for title, settings in grouped:
+        if not settings:
+            continue
+        group = parser.add_argument_group(title)
+        for setting in settings:
+            default = setting.default or "empty"
+            extra: dict[str, Any] = {"metavar": "VALUE"}
+            if setting.parse is _boolean:
+                # `--require-called-ae-title` alone means true; `--require-called-ae-title false` still works.
+                extra = {"metavar": "true|false", "nargs": "?", "const": "true"}
+            group.add_argument(
+                setting.flag,
+                *FLAG_ALIASES.get(setting.env, ()),
+                dest=setting.attr,
+                default=None,
+                help=f"{setting.help} [{setting.env}, default: {default}]",
+                **extra,
+            )
     return parser
 
 

@@ -177,8 +177,13 @@ class Receiver:
         self._serving.start()
         if self.handed is not None:
             self._taking.start()
+        access = access_fields(self.config)
+        calling = ",".join(access["callingAeTitles"]) if isinstance(access["callingAeTitles"], list) else "any"
+        peers = ",".join(access["peers"]) if isinstance(access["peers"], list) else "any"
         LOG.info(
-            "listening",
+            f"listening on {self.address[0]}:{self.address[1]} as {self.config.ae_title}; calling AE titles: "
+            f"{calling}; called AE title checked: {'yes' if self.config.require_called_ae_title else 'no'}; "
+            f"peers: {peers}",
             extra={
                 "fields": {
                     "event": "listening",
@@ -186,7 +191,7 @@ class Receiver:
                     "aeTitle": self.config.ae_title,
                     "storage": self.storage.describe(),
                     "tls": self.config.tls_enabled,
-                    **access_fields(self.config),
+                    **access,
                 }
             },
         )

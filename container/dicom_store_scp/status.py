@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="dicom-store-scp status",
         description="Did these instances reach AWS HealthImaging? One line per instance: state, import job, image "
         "set, failure or warning reason. Reads the stack's instance table when INSTANCE_TABLE_NAME (or "
-        "--instance-table) is set, the local store (STORAGE_DIR) otherwise.",
+        "--instance-table-name) is set, the local store (STORAGE_DIR) otherwise.",
         epilog="Exit status: 0 instances found, 1 none found, 2 bad arguments or the tables could not be read.",
     )
     which = parser.add_mutually_exclusive_group(required=True)
@@ -77,20 +77,30 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--sop", "--instance", dest="sop", metavar="UID", help="SOP Instance UID")
     which.add_argument("--batch", metavar="ID", help=f"batch id ({layout.BATCH_ID_FORM}), as the SCP logs it")
     parser.add_argument("--json", action="store_true", help="print JSON (one object: lookup, summary, instances)")
+    # The server's spelling (INSTANCE_TABLE_NAME, --instance-table-name); the shorter one is still accepted.
     parser.add_argument(
+        "--instance-table-name",
         "--instance-table",
+        dest="instance_table",
         metavar="NAME",
         default=None,
         help="the stack's InstanceTableName output [INSTANCE_TABLE_NAME]; unset: read the local store",
     )
     parser.add_argument(
+        "--job-table-name",
         "--job-table",
+        dest="job_table",
         metavar="NAME",
         default=None,
         help="the stack's ImportJobTableName output [JOB_TABLE_NAME]; adds each import job's status",
     )
     parser.add_argument("--endpoint-url", metavar="URL", default=None, help="DynamoDB endpoint [AWS_ENDPOINT_URL]")
-    parser.add_argument("--region", metavar="REGION", default=None, help="AWS region (default: the AWS config's)")
+    parser.add_argument(
+        "--region",
+        metavar="REGION",
+        default=None,
+        help="the stack's region [AWS_REGION, AWS_DEFAULT_REGION, else the AWS config file's]",
+    )
     parser.add_argument(
         "--storage-dir",
         metavar="DIR",
@@ -217,7 +227,9 @@ class LocalStore:
     def find(self, lookup: Lookup) -> list[dict[str, Any]]:
         incoming = self.root / layout.incoming_prefix("")
         if not incoming.is_dir():
-            raise StatusError(f"{self.root}: no local store here (no {layout.INCOMING} folder)")
+            if self.root.is_dir():
+                return []  # a store that has stored nothing yet (every association refused, say)
+            raise StatusError(f"{self.root}: no local store here (no such folder; give --storage-dir)")
         # incoming/<batch>/<study>/<series>/<sop>.dcm: the lookup fixes one level of the path.
         level = {
             tables.BATCH_ID: 0,
@@ -336,11 +348,16 @@ def _source(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[Any, 
         import boto3
 
         job_table = args.job_table or environ.get("JOB_TABLE_NAME", "") or None
-        dynamodb = boto3.client("dynamodb", region_name=args.region, endpoint_url=args.endpoint_url)
+        # botocore reads AWS_DEFAULT_REGION only; ECS, Lambda and most people's shells set AWS_REGION.
+        region = args.region or environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or None
+        session = boto3.session.Session(region_name=region)
+        if session.region_name is None:
+            raise StatusError("no AWS region: set AWS_REGION or give --region (the stack's region)")
+        dynamodb = session.client("dynamodb", endpoint_url=args.endpoint_url)
         return InstanceTable(dynamodb, instance_table, job_table), f"table {instance_table}"
     if environ.get("DICOM_BUCKET") and not args.storage_dir:
         # Where the SCP stores to S3, the local folder holds nothing worth reporting: the table does.
-        raise StatusError("DICOM_BUCKET is set: give the stack's instance table (--instance-table)")
+        raise StatusError("DICOM_BUCKET is set: give the stack's instance table (--instance-table-name)")
     root = Path(args.storage_dir or environ.get("STORAGE_DIR", "") or "./storage").resolve()
     return LocalStore(root), f"local store {root}"
 

@@ -11,6 +11,7 @@ import gc
 import logging
 import os
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -123,7 +124,10 @@ class Receiver:
         """``handed``: a worker's channel from the supervisor, which accepts the connections and hands them over
         (workers.py); without it the receiver listens on the port itself."""
         self.config = config
-        self.recorder = Recorder(config.metrics_service, config.metrics_interval, config.metrics_enabled)
+        # At a terminal a person reads the summary lines; the EMF records (a kilobyte of JSON each) are for CloudWatch.
+        self.recorder = Recorder(
+            config.metrics_service, config.metrics_interval, config.metrics_enabled, records=not _at_a_terminal()
+        )
         self.storage = build_storage(config, self.recorder)
         # A folder of our own, so the janitor below can tell our leftovers from anyone else's files.
         self.spool = self.storage.spool_dir() or Path(tempfile.mkdtemp(prefix="dicom-store-scp-spool-"))
@@ -324,6 +328,13 @@ def serve(config: Config, handed: socket.socket | None = None, budget: SharedAss
     receiver.start()
     receiver.run_until_stopped()
     return EXIT_STOPPED
+
+
+def _at_a_terminal() -> bool:
+    try:
+        return os.isatty(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def log_start_failure(error: Exception) -> None:

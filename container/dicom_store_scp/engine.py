@@ -792,7 +792,8 @@ class DataPhase:
     def _respond(
         self, context_id: int, command_field: int, message_id: int, status: int, sop_class: str, sop_instance: str = ""
     ) -> None:
-        command = protocol.response_command(command_field, message_id, status, sop_class, sop_instance)
+        comment = statuses.ERROR_COMMENTS.get(status, "") if command_field == protocol.C_STORE_RSP else ""
+        command = protocol.response_command(command_field, message_id, status, sop_class, sop_instance, comment)
         self._send(protocol.p_data(context_id, command, self.send_limit, command=True))
 
     def _send(self, data: bytes) -> None:

@@ -23,7 +23,7 @@ from pydicom.tag import BaseTag, Tag
 
 from . import header as header_walker
 from . import protocol, statuses, validation
-from .batches import AssociationClosing, Sessions
+from .batches import AssociationClosing, DuplicateInstance, Sessions
 from .checksum import ALGORITHM as CHECKSUM_ALGORITHM
 from .metrics import Recorder
 from .storage import StorageError
@@ -282,6 +282,11 @@ def handle_store(event: Any, sessions: Sessions, recorder: Recorder) -> int:
         sessions.store(session, source, instance)
     except StorageError as error:
         return _fail(event, sessions, recorder, statuses.OUT_OF_RESOURCES_STORAGE, str(error))
+    except DuplicateInstance as error:
+        return _fail(
+            event, sessions, recorder, statuses.DUPLICATE_SOP_INSTANCE, str(error),
+            {"batchId": error.batch_id, "differs": error.differs},
+        )  # fmt: skip
     except AssociationClosing as error:
         return _fail(event, sessions, recorder, statuses.OUT_OF_RESOURCES_CLOSING, str(error))
     recorder.instance_stored(instance.size, time.monotonic() - received)

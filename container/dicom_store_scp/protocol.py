@@ -149,6 +149,7 @@ MESSAGE_ID_BEING_RESPONDED_TO = 0x0120
 PRIORITY = 0x0700
 COMMAND_DATA_SET_TYPE = 0x0800
 STATUS = 0x0900
+ERROR_COMMENT = 0x0902
 AFFECTED_SOP_INSTANCE_UID = 0x1000
 REQUESTED_SOP_INSTANCE_UID = 0x1001
 EVENT_TYPE_ID = 0x1002
@@ -207,6 +208,13 @@ def _uid_value(uid: str) -> bytes:
     return raw + b"\0" if len(raw) % 2 else raw
 
 
+def _text_value(text: str) -> bytes:
+    # LO (PS3.5 6.2): at most 64 characters of the default repertoire, padded to even length with a space.
+    raw = text.encode("ascii")
+    assert len(raw) <= 64, text
+    return raw + b" " if len(raw) % 2 else raw
+
+
 def _implicit(element: int, value: bytes) -> bytes:
     return _ELEMENT.pack(0x0000, element, len(value)) + value
 
@@ -222,6 +230,7 @@ def encode_command(
     event_type: int | None = None,
     action_type: int | None = None,
     has_data_set: bool = False,
+    error_comment: str = "",
 ) -> bytes:
     """A command set, its elements in ascending order (PS3.7 6.3.1), implicit VR little endian."""
     body = b""
@@ -235,6 +244,8 @@ def encode_command(
     body += _implicit(COMMAND_DATA_SET_TYPE, _US.pack(DATA_SET_PRESENT if has_data_set else NO_DATA_SET))
     if status is not None:
         body += _implicit(STATUS, _US.pack(status))
+    if error_comment:
+        body += _implicit(ERROR_COMMENT, _text_value(error_comment))
     if sop_instance:
         body += _implicit(AFFECTED_SOP_INSTANCE_UID, _uid_value(sop_instance))
     if event_type is not None:
@@ -244,10 +255,17 @@ def encode_command(
     return _implicit(0x0000, struct.pack("<L", len(body))) + body
 
 
-def response_command(command_field: int, message_id: int, status: int, sop_class: str, sop_instance: str = "") -> bytes:
+def response_command(
+    command_field: int, message_id: int, status: int, sop_class: str, sop_instance: str = "", error_comment: str = ""
+) -> bytes:
     """A C-STORE-RSP or C-ECHO-RSP command set (PS3.7 9.3.1.2, 9.3.5.2)."""
     return encode_command(
-        command_field, responding_to=message_id, status=status, sop_class=sop_class, sop_instance=sop_instance
+        command_field,
+        responding_to=message_id,
+        status=status,
+        sop_class=sop_class,
+        sop_instance=sop_instance,
+        error_comment=error_comment,
     )
 
 

@@ -35,6 +35,10 @@ BAD_SOP_INSTANCE_UID = 0xC003
 ELEMENT_TOO_LONG = 0xC004
 ELEMENT_OUT_OF_RANGE = 0xC005
 BAD_STUDY_DATE = 0xC006
+# Error, cannot understand: the association's batch already holds this SOP Instance UID under another Study or
+# Series Instance UID. The copy it holds was acknowledged and stays (AHI imports every file under the batch prefix:
+# the store keeps one object per SOP Instance UID per batch); this copy is not stored. Sent with an Error Comment.
+DUPLICATE_SOP_INSTANCE = 0xC007
 
 # Error, cannot understand: the C-STORE request's Affected SOP Instance UID (0000,1000) is missing, empty,
 # multi-valued or not a valid UID; its data set was read and dropped.
@@ -63,10 +67,18 @@ REASONS = {
     ELEMENT_TOO_LONG: "an element is longer than AWS HealthImaging imports",
     ELEMENT_OUT_OF_RANGE: "an element's value is outside the range AWS HealthImaging imports",
     BAD_STUDY_DATE: "Study Date is not a DICOM date",
+    DUPLICATE_SOP_INSTANCE: "SOP Instance UID already stored in this batch under another study or series",
     INSTANCE_TOO_LARGE: "instance larger than AWS HealthImaging imports; nothing was stored",
     BAD_REQUEST_SOP_INSTANCE_UID: "request's Affected SOP Instance UID missing or not one valid UID",
     BAD_STORE_REQUEST: "request's Affected SOP Class UID or Priority missing or invalid",
     HANDLER_FAILED: "unexpected failure in the SCP; nothing was stored",
+}
+
+
+# The Error Comment (0000,0902) sent with a status (PS3.4 B.2.3 allows one with A7xx, A9xx and Cxxx): an LO, at most
+# 64 characters, naming no patient data; the sender's log then says why without ours.
+ERROR_COMMENTS = {
+    DUPLICATE_SOP_INSTANCE: "SOP Instance UID already stored under another Study/Series UID",
 }
 
 

@@ -131,14 +131,14 @@ class InvalidManifest(Exception):
 
 @dataclass(frozen=True, kw_only=True)
 class RejectedEntry:
-    """An entry of ``instances`` that ``parse`` set apart, why, and what of it names an instance.
+    """An entry of ``instances`` that cannot be imported as listed, why (``instances[<n>]: ...`` when ``parse`` set
+    it apart), and what of it names an instance.
 
     The UIDs are the entry's own where they are UIDs, else the key's (``<study>/<series>/<sop>.dcm``) when the
     key is under the batch prefix, else empty. ``listed_as`` is set when an earlier entry has the same SOP
     Instance UID: that entry's key (the one tracked).
     """
 
-    position: int
     reason: str
     key: str = ""
     sop_class_uid: str = ""
@@ -364,21 +364,21 @@ def _entries(records: list[Any], prefix: str, version: int) -> tuple[tuple[Insta
         try:
             instance = _instance(record, where, prefix, version)
         except InvalidManifest as error:
-            rejected.append(_set_apart(record, number, str(error), prefix))
+            rejected.append(_set_apart(record, str(error), prefix))
             continue
         listed = kept.get(instance.sop_instance_uid)
         if listed is not None:
             reason = f"{where}: SOP Instance UID already listed, key {listed.key!r}"
-            rejected.append(_set_apart(record, number, reason, prefix, listed_as=listed.key))
+            rejected.append(_set_apart(record, reason, prefix, listed_as=listed.key))
         elif instance.size > most_bytes:
             reason = f"{where}: {instance.size} bytes; AHI imports at most {most_bytes} per file"
-            rejected.append(_set_apart(record, number, reason, prefix))
+            rejected.append(_set_apart(record, reason, prefix))
         else:
             kept[instance.sop_instance_uid] = instance
     return tuple(kept.values()), tuple(rejected)
 
 
-def _set_apart(record: Any, position: int, reason: str, prefix: str, listed_as: str = "") -> RejectedEntry:
+def _set_apart(record: Any, reason: str, prefix: str, listed_as: str = "") -> RejectedEntry:
     """What a rejected entry says about the instance it stands for, as far as it can be trusted."""
     fields = record if isinstance(record, dict) else {}
 
@@ -396,7 +396,6 @@ def _set_apart(record: Any, position: int, reason: str, prefix: str, listed_as: 
     )
     sop_class = text("sopClassUID")
     return RejectedEntry(
-        position=position,
         reason=reason,
         key=key,
         sop_class_uid=sop_class if uids.is_uid(sop_class) else "",

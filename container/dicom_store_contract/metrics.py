@@ -121,6 +121,9 @@ INSTANCES_NOT_PRIMARY = FunctionMetric(
 IMPORT_JOBS_STARTED = FunctionMetric("ImportJobsStarted", "start_import_job", "import jobs started")
 BATCHES_STARTED = FunctionMetric("BatchesStarted", "trigger_import", "batches whose import workflow started")
 MANIFESTS_REJECTED = FunctionMetric("ManifestsRejected", "trigger_import", "manifests that failed the checks")
+MANIFEST_ENTRIES_REJECTED = FunctionMetric(
+    "ManifestEntriesRejected", "trigger_import", "manifest entries not imported as listed (recorded FAILED, or copies)"
+)
 BATCHES_FAILED = FunctionMetric("BatchesFailed", "record_failure", "batches whose import workflow failed")
 BATCHES_TIMED_OUT = FunctionMetric("BatchesTimedOut", "record_failure", "batches whose import job did not end in time")
 BATCHES_SWEPT = FunctionMetric("BatchesSwept", "sweeper", "abandoned batches the sweeper sealed")
@@ -133,6 +136,7 @@ FUNCTION_METRICS: tuple[FunctionMetric, ...] = (
     IMPORT_JOBS_STARTED,
     BATCHES_STARTED,
     MANIFESTS_REJECTED,
+    MANIFEST_ENTRIES_REJECTED,
     BATCHES_FAILED,
     BATCHES_TIMED_OUT,
     BATCHES_SWEPT,

@@ -404,6 +404,7 @@ def test_functions_follow_the_contract(template: dict[str, Any]) -> None:
                 ]
             },
             "S3Key": {"Fn::FindInMap": ["ReleaseArtifacts", "Functions", "Key"]},
+            "S3ObjectVersion": {"Fn::FindInMap": ["ReleaseArtifacts", {"Ref": "AWS::Region"}, "FunctionsVersion"]},
         }
         seen |= set(props["Environment"]["Variables"])
     assert seen == LAMBDA_CONTRACT

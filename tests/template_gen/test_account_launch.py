@@ -162,3 +162,17 @@ def test_the_guide_says_how_to_check_and_create_the_service_linked_role() -> Non
     assert "aws iam create-service-linked-role --aws-service-name ecs.amazonaws.com" in guide
     assert "aws iam get-role --role-name AWSServiceRoleForECS" in guide
     assert "CreateECSServiceLinkedRole" in guide
+
+
+# --- Where troubleshooting starts (issue 24) -------------------------------------------------------------------
+
+
+def test_outputs_name_the_scp_log_group_and_the_dashboard(template: dict[str, Any]) -> None:
+    stack = Stack(template)
+    assert template["Outputs"]["ScpLogGroupName"]["Value"] == {"Ref": "ScpLogGroup"}
+    assert stack.output("DashboardURL") == (
+        "https://us-east-1.console.aws.amazon.com/cloudwatch/home?region=us-east-1#dashboards:name=dicom-scp-ScpDashboard"
+    )
+    guide = (ROOT / "docs" / "deployment.md").read_text(encoding="utf-8")
+    assert "`ScpLogGroupName`" in guide and "`DashboardURL`" in guide
+    assert "## Deleting the stack" in guide

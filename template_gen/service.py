@@ -8,6 +8,7 @@ from awacs.aws import (
     PolicyDocument,
     Statement,
 )
+from dicom_store_contract import launch
 from troposphere import GetAtt, If, Ref, Select, Split, Sub, Template, ec2, ecs, iam
 from troposphere import applicationautoscaling as aas
 
@@ -256,7 +257,7 @@ def service() -> ecs.Service:
         EnableECSManagedTags=True,
         DeploymentConfiguration=ecs.DeploymentConfiguration(
             MinimumHealthyPercent=100,
-            MaximumPercent=200,
+            MaximumPercent=launch.DEPLOYMENT_MAXIMUM_PERCENT,
             DeploymentCircuitBreaker=ecs.DeploymentCircuitBreaker(Enable=True, Rollback=True),
         ),
         NetworkConfiguration=ecs.NetworkConfiguration(

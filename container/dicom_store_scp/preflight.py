@@ -859,15 +859,19 @@ def boto3_clients(region: str, endpoint_url: str | None) -> ClientFactory:
     return lambda service: session.client(service, endpoint_url=endpoint_url)
 
 
+# The prerequisites, in the order they are checked: docs/deployment.md's Prerequisites list names exactly these.
+CHECKS: tuple[tuple[str, Callable[[Plan, ClientFactory, str], list[Check]]], ...] = (
+    ("Region", lambda plan, client, account: check_region(plan)),
+    ("Network", lambda plan, client, account: check_network(plan, client("ec2"))),
+    ("ECS service-linked role", lambda plan, client, account: check_ecs_role(client("iam"))),
+    ("Fargate vCPU quota", lambda plan, client, account: check_fargate_quota(plan, client("service-quotas"))),
+    ("KMS key", lambda plan, client, account: check_kms_key(plan, client("kms"), account)),
+    ("Lambda concurrency", lambda plan, client, account: check_lambda(plan, client("lambda"))),
+)
+
+
 def run_checks(plan: Plan, client: ClientFactory, account: str) -> list[Check]:
-    return [
-        *check_region(plan),
-        *check_network(plan, client("ec2")),
-        *check_ecs_role(client("iam")),
-        *check_fargate_quota(plan, client("service-quotas")),
-        *check_kms_key(plan, client("kms"), account),
-        *check_lambda(plan, client("lambda")),
-    ]
+    return [check for _, run in CHECKS for check in run(plan, client, account)]
 
 
 def main(argv: Sequence[str] | None = None, clients: ClientFactory | None = None) -> int:

@@ -14,9 +14,11 @@ path on the documented response shapes.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -518,3 +520,20 @@ def test_the_command_only_reads(account: Account, run: Run) -> None:
 
     assert preflight.main(account.argv(), clients=client) == preflight.EXIT_READY
     assert calls and all(call.split(":")[1].startswith(("Describe", "Get", "List")) for call in calls), calls
+
+
+# -- the guide ------------------------------------------------------------------------------------------------------
+
+
+def test_the_guides_prerequisites_are_what_the_command_checks() -> None:
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "deployment.md").read_text(encoding="utf-8")
+    section = guide.split("\n## Prerequisites\n", 1)[1].split("\n## ", 1)[0]
+
+    assert "dicom-store-scp preflight" in section
+    assert re.findall(r"^- \*\*(.+?)\*\*", section, re.M) == [name for name, _ in preflight.CHECKS]
+    for endpoint in launch.TASK_ENDPOINTS:
+        assert f"`{endpoint.service}`" in section or f".{endpoint.service}`" in section, endpoint.service
+    for user in launch.KEY_USERS:
+        assert user.what.split(" (")[0].split()[-1] in section, user.service
+    assert launch.ECS_SERVICE_LINKED_ROLE in section
+    assert "L-3032A538" in section and "L-B99A9384" in section

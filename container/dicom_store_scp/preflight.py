@@ -80,7 +80,9 @@ def _error_code(error: Exception) -> str:
 
 
 def _could_not_read(what: str, error: Exception) -> str:
-    return f"could not read {what} ({_error_code(error)}: {error})"
+    # One line, whatever the error carries (an endpoint without the API answers a whole HTML page).
+    message = " ".join(str(error).split())
+    return f"could not read {what} ({_error_code(error)}: {message[:200]})"
 
 
 # -- region ---------------------------------------------------------------------------------------------------------
@@ -596,7 +598,7 @@ def key_policy_admits(policy: Mapping[str, Any], account: str, region: str) -> l
                     (
                         user,
                         False,
-                        f"{user.what} need a statement allowing the service principal {via} "
+                        f"a statement must allow the service principal {via} "
                         + ", ".join(user.actions)
                         + f" (condition ArnLike kms:EncryptionContext:aws:logs:arn arn:aws:logs:{region}:{account}:"
                         "log-group:*)",
@@ -627,7 +629,7 @@ def key_policy_admits(policy: Mapping[str, Any], account: str, region: str) -> l
                 (
                     user,
                     False,
-                    f"{user.what}: no statement lets this account's IAM policies grant "
+                    "no statement lets this account's IAM policies grant "
                     + ", ".join(user.actions)
                     + f" through {via} (the usual one: Principal arn:aws:iam::{account}:root, Action kms:*)",
                 )
@@ -684,7 +686,9 @@ def check_kms_key(plan: Plan, kms: Any, account: str) -> list[Check]:
                 )
             )
         else:
-            checks.append(Check(False, f"KMS key for {user.service}", f"the key policy does not admit {note}"))
+            checks.append(
+                Check(False, f"KMS key for {user.service}", f"the key policy does not admit {user.what}: {note}")
+            )
     if owner != account:
         checks.append(
             Check(

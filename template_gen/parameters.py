@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dicom_store_contract import limits, uids
+from dicom_store_contract import launch, limits, uids
 from troposphere import Parameter, Template
 
 NETWORK = "Network"
@@ -34,16 +34,8 @@ COMMITMENT_PEERS_PATTERN = rf"^({_COMMITMENT_PEER}(,{_COMMITMENT_PEER}){{0,2}})?
 # Empty, or a comma list of UIDs: the form only; the SCP checks each one whole when it starts (config.py).
 UID_LIST_PATTERN = rf"^({uids.UID_FORM}(,{uids.UID_FORM})*)?$"
 
-FARGATE_CPU_MEMORY: dict[str, tuple[int, ...]] = {
-    # Fargate's valid task size pairs (CPU units -> memory MiB), Linux platform.
-    "256": (512, 1024, 2048),
-    "512": tuple(range(1024, 4096 + 1, 1024)),
-    "1024": tuple(range(2048, 8192 + 1, 1024)),
-    "2048": tuple(range(4096, 16384 + 1, 1024)),
-    "4096": tuple(range(8192, 30720 + 1, 1024)),
-    "8192": tuple(range(16384, 61440 + 1, 4096)),
-    "16384": tuple(range(32768, 122880 + 1, 8192)),
-}
+# Fargate's valid task size pairs: the launch contract's (the preflight command checks the quota against them).
+FARGATE_CPU_MEMORY = launch.FARGATE_CPU_MEMORY
 ALL_FARGATE_MEMORY = tuple(str(m) for m in sorted({m for ms in FARGATE_CPU_MEMORY.values() for m in ms}))
 
 # The regions where AWS HealthImaging runs (the stack is pointless anywhere else): the limits module's table.
@@ -156,8 +148,8 @@ PARAMETERS: tuple[Param, ...] = (
           "Subnets of the load balancer, one per Availability Zone of the private subnets: public subnets when "
           "the scheme is internet-facing; with the internal scheme, the private subnets themselves will do."),
     Param(PRIVATE_SUBNET_IDS, "List<AWS::EC2::Subnet::Id>", NETWORK, "Private subnets",
-          "Subnets of the SCP tasks (and of an internal load balancer). They need a route to Amazon S3, ECR "
-          "and CloudWatch Logs (NAT gateway or VPC endpoints)."),
+          "Subnets of the SCP tasks (and of an internal load balancer). They need a route to Amazon S3, DynamoDB, "
+          "ECR and CloudWatch Logs (NAT gateway or VPC endpoints; dicom-store-scp preflight checks it)."),
     Param(SECURITY_GROUP_ID, "String", NETWORK, "Additional task security group",
           "Optional existing security group attached to the SCP tasks as well, e.g. one admitted by your VPC "
           "endpoints. Leave empty for none.",
@@ -167,7 +159,7 @@ PARAMETERS: tuple[Param, ...] = (
     Param(LOAD_BALANCER_SCHEME, "String", NETWORK, "Load balancer scheme",
           "internal (reached over VPN or Direct Connect) or internet-facing (load balancer subnets public). "
           "Internet-facing without TLSCertificateARN is refused unless AllowClearTextDicomFromTheInternet is true.",
-          default="internal",
+          default=launch.LOAD_BALANCER_SCHEME_DEFAULT,
           constraints={"AllowedValues": ["internet-facing", "internal"]}),
     Param(ENABLE_VPC_FLOW_LOGS, "String", NETWORK, "VPC flow logs",
           "Record the VPC's flow logs in the stack's access-log bucket.",
@@ -266,7 +258,7 @@ PARAMETERS: tuple[Param, ...] = (
     # --- Scaling
     Param(TASK_CPU, "String", SCALING, "Task CPU (units)",
           "Fargate CPU units per task (1024 = 1 vCPU).",
-          default="1024", constraints={"AllowedValues": list(FARGATE_CPU_MEMORY)}),
+          default=launch.TASK_CPU_DEFAULT, constraints={"AllowedValues": list(FARGATE_CPU_MEMORY)}),
     Param(TASK_MEMORY_LIMIT, "String", SCALING, "Task memory (MiB)",
           "Fargate memory per task; must be a valid pair with the CPU.",
           default="2048", constraints={"AllowedValues": list(ALL_FARGATE_MEMORY)}),
@@ -275,10 +267,10 @@ PARAMETERS: tuple[Param, ...] = (
           default=50, constraints={"MinValue": 21, "MaxValue": 200}),
     Param(TASK_DESIRED_COUNT, "Number", SCALING, "Minimum tasks",
           "Tasks always running (the autoscaling minimum).",
-          default=1, constraints={"MinValue": 1, "MaxValue": 100}),
+          default=launch.TASK_DESIRED_COUNT_DEFAULT, constraints={"MinValue": 1, "MaxValue": 100}),
     Param(AUTOSCALE_MAX_CAPACITY, "Number", SCALING, "Maximum tasks",
           "Most tasks CPU target tracking may run; at least the minimum.",
-          default=3, constraints={"MinValue": 1, "MaxValue": 100}),
+          default=launch.AUTOSCALE_MAX_CAPACITY_DEFAULT, constraints={"MinValue": 1, "MaxValue": 100}),
     Param(WORKERS, "Number", SCALING, "Receiving processes per task",
           "DICOM receiving processes sharing the port in each task; 0 = one per task vCPU.",
           default=0, constraints={"MinValue": 0, "MaxValue": 16}),

@@ -8,6 +8,7 @@ from awacs.aws import (
     PolicyDocument,
     Statement,
 )
+from dicom_store_contract import launch
 from troposphere import GetAtt, If, NoValue, Ref, Select, Split, Sub, Template, cloudformation, ec2, ecs, iam
 from troposphere import applicationautoscaling as aas
 
@@ -134,7 +135,7 @@ def task_security_group() -> ec2.SecurityGroup:
         # admitted by the additional task security group (SecurityGroupID). docs/deployment.md says so.
         SecurityGroupEgress=[
             ec2.SecurityGroupRule(
-                Description="HTTPS to Amazon S3, ECR and CloudWatch Logs (NAT gateway or VPC endpoints)",
+                Description="HTTPS to Amazon S3, DynamoDB, ECR and CloudWatch Logs (NAT gateway or VPC endpoints)",
                 IpProtocol="tcp",
                 FromPort=443,
                 ToPort=443,
@@ -295,7 +296,7 @@ def service() -> ecs.Service:
         EnableECSManagedTags=True,
         DeploymentConfiguration=ecs.DeploymentConfiguration(
             MinimumHealthyPercent=100,
-            MaximumPercent=200,
+            MaximumPercent=launch.DEPLOYMENT_MAXIMUM_PERCENT,
             DeploymentCircuitBreaker=ecs.DeploymentCircuitBreaker(Enable=True, Rollback=True),
         ),
         NetworkConfiguration=ecs.NetworkConfiguration(

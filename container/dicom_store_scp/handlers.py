@@ -396,6 +396,28 @@ def refused_store(
     return status
 
 
+def refused_request(
+    assoc: Any, request: str, status: int, detail: str, message_id: int, sop_class: str, **fields: Any
+) -> None:
+    """Log a DIMSE request other than C-STORE answered with a failure status: the association goes on."""
+    LOG.warning(
+        "request refused",
+        extra={
+            "fields": {
+                "event": "request-refused",
+                **peer(assoc),
+                "request": request,
+                "status": f"0x{status:04X}",
+                "reason": statuses.REASONS[status],
+                "detail": detail,
+                "messageId": message_id,
+                "sopClassUID": sop_class,
+                **fields,
+            }
+        },
+    )
+
+
 def protocol_aborted(assoc: Any, recorder: Recorder, source: int, reason: int, detail: str) -> None:
     """Count and log an A-ABORT the SCP sends for a protocol fault (before or after negotiation: the same line)."""
     recorder.protocol_abort()

@@ -1,4 +1,5 @@
-"""Every C-STORE status this SCP sends, and when (PS3.4 Annex B.2.3 and PS3.7 Annex C).
+"""Every C-STORE status this SCP sends, and when (PS3.4 Annex B.2.3 and PS3.7 Annex C); 0x0122 and 0x0211 also
+answer any other DIMSE request the association cannot serve (engine.py).
 
 The A7xx, A9xx and Cxxx families are ranges the standard leaves to the implementation; the low byte says which
 check failed, so a PACS administrator can read the reason from the sender's log alone.
@@ -7,9 +8,15 @@ check failed, so a PACS administrator can read the reason from the sender's log 
 # The instance is durably stored (fsync'd and renamed into place, or S3 confirmed the PUT).
 SUCCESS = 0x0000
 
-# Refused, SOP class not supported: the request's Affected SOP Class UID (0000,0002) is not the abstract syntax of
-# the presentation context it came on; its data set was read and dropped.
+# Refused, SOP class not supported: the request's Affected (or Requested) SOP Class UID is not the abstract syntax of
+# the presentation context it came on (a C-ECHO or an N-ACTION on a storage context, say); its data set was read
+# and dropped.
 SOP_CLASS_NOT_SUPPORTED = 0x0122
+# Unrecognized operation (PS3.7 Annex C: "not one of those agreed between the DIMSE-service-users"): the request
+# names its presentation context's SOP class, which has no such operation here (a C-FIND on a storage context
+# naming the storage class, a C-STORE on the Verification context naming Verification); its data set was read and
+# dropped.
+UNRECOGNIZED_OPERATION = 0x0211
 
 # Refused, out of resources: the store (disk or S3) failed; nothing was stored, the sender should retry.
 OUT_OF_RESOURCES_STORAGE = 0xA700
@@ -52,6 +59,7 @@ HANDLER_FAILED = 0xC211
 # What each failure status means, for logs and the conformance statement.
 REASONS = {
     SOP_CLASS_NOT_SUPPORTED: "request's SOP Class UID is not its presentation context's",
+    UNRECOGNIZED_OPERATION: "the presentation context's SOP class has no such operation here",
     OUT_OF_RESOURCES_STORAGE: "storage failed; nothing was stored",
     OUT_OF_RESOURCES_CLOSING: "association was closing; nothing was recorded",
     SOP_CLASS_MISMATCH: "SOP Class UID in the data set differs from the request",
@@ -72,7 +80,7 @@ REASONS = {
 
 def family(status: int) -> str:
     """The status family (PS3.4 B.2.3) a failure status belongs to: the StatusFamily metric dimension."""
-    if status == SOP_CLASS_NOT_SUPPORTED:
+    if status in (SOP_CLASS_NOT_SUPPORTED, UNRECOGNIZED_OPERATION):
         return "SOPClassNotSupported"
     if status >> 8 == 0xA7:
         return "OutOfResources"

@@ -285,7 +285,7 @@ def test_pdus_of_every_size_in_writes_of_every_size_are_stored_byte_for_byte(own
         ("command-inside-data-set", "command fragment while the previous message's data set is incomplete"),
         ("data-on-another-context", "data set fragment on another presentation context than its command"),
         ("command-on-two-contexts", "command fragments on two presentation contexts"),
-        ("data-before-command", "data set fragment without a C-STORE request before it"),
+        ("data-before-command", "data set fragment without a request declaring it before it"),
         ("unaccepted-context", "PDV on presentation context 5, which was not accepted"),
     ],
 )

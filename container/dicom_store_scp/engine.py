@@ -55,7 +55,7 @@ from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from . import handlers, protocol, statuses
+from . import handlers, inner_meta, protocol, statuses
 from .batches import Sessions
 from .checksum import Crc64Nvme
 from .metrics import Recorder
@@ -122,13 +122,16 @@ class _Store:
     detail: str = ""
     path: Path | None = None
     fd: int = -1
-    received_bytes: int = 0
+    received_bytes: int = 0  # of the data set, in the spool file
+    arrived_bytes: int = 0  # of the data set, as sent (with what was not spooled)
     dropped_bytes: int = 0
     # CRC64NVME of the spool file, computed as it is written (handlers.py would read the file again for it).
     digest: Any = None
     # The spool file's first bytes (File Meta Information, then the data set's start): the header is walked here.
     head: bytearray = field(default_factory=bytearray)
     meta_length: int = 0
+    # Takes the sender's File Meta Information elements off the data set's start (inner_meta.py); None for deflate.
+    stripper: inner_meta.MetaStripper | None = None
 
 
 @dataclass
@@ -634,22 +637,75 @@ class DataPhase:
         if context_id != store.context_id:
             self._violation("data set fragment on another presentation context than its command")
         size = len(fragment)
-        if store.refusal is None and store.received_bytes + size > self.settings.instance_limit:
+        if store.refusal is None and store.arrived_bytes + size > self.settings.instance_limit:
             self._refuse_oversized(store)
+        store.arrived_bytes += size
+        stripper = store.stripper
         if store.refusal is None:
-            store.digest.update(fragment)
-            written = os.write(store.fd, fragment)
-            while written < size:
-                written += os.write(store.fd, fragment[written:])
-            store.received_bytes += size
-            wanted = HEAD_BYTES - len(store.head)
-            if wanted > 0:
-                store.head += fragment[:wanted]
+            if stripper is None or stripper.done:
+                self._spool(store, fragment)
+            else:
+                self._spool_stripped(store, stripper, fragment, control)
         else:
             store.dropped_bytes += size
         if control & LAST:
             self._store = None
             self._complete(store)
+
+    def _spool(self, store: _Store, data: bytes | memoryview) -> None:
+        size = len(data)
+        store.digest.update(data)
+        written = os.write(store.fd, data)
+        while written < size:
+            written += os.write(store.fd, data[written:])
+        store.received_bytes += size
+        wanted = HEAD_BYTES - len(store.head)
+        if wanted > 0:
+            store.head += data[:wanted]
+
+    def _spool_stripped(
+        self, store: _Store, stripper: inner_meta.MetaStripper, fragment: memoryview, control: int
+    ) -> None:
+        """The data set's start: the sender's group 0002 elements dropped, what follows them spooled."""
+        try:
+            parts = stripper.feed(fragment)
+        except inner_meta.Unreadable as error:
+            self._discard_spool(store)
+            store.refusal = statuses.CANNOT_PARSE_DATASET
+            store.dropped_bytes = store.arrived_bytes
+            store.detail = f"File Meta Information element at the data set's start: {error}"
+            return
+        if control & LAST and not stripper.done:
+            parts += stripper.finish()
+        for part in parts:
+            self._spool(store, part)
+        if stripper.done and stripper.dropped_count:
+            self._log_dropped_meta(store, stripper)
+
+    def _log_dropped_meta(self, store: _Store, stripper: inner_meta.MetaStripper) -> None:
+        inner = stripper.transfer_syntax
+        differs = inner is not None and inner != store.transfer_syntax
+        LOG.log(
+            logging.WARNING if differs else logging.INFO,
+            "File Meta Information in the data set dropped",
+            extra={
+                "fields": {
+                    "event": "file-meta-dropped",
+                    **handlers.peer(self.assoc),
+                    "sopInstanceUID": store.sop_instance_uid,
+                    "elements": stripper.tags,
+                    "elementCount": stripper.dropped_count,
+                    "droppedBytes": stripper.dropped_bytes,
+                    "transferSyntaxUID": store.transfer_syntax,
+                    **({"innerTransferSyntaxUID": inner} if inner is not None else {}),
+                    "reason": (
+                        "the sender's Transfer Syntax UID differs from the negotiated one, which the stored file names"
+                        if differs
+                        else "group 0002 belongs to the file, whose File Meta Information the SCP writes"
+                    ),
+                }
+            },
+        )
 
     def _receive_small_fragment(self, context_id: int, fragment: memoryview, control: int) -> None:
         small = self._small
@@ -796,12 +852,13 @@ class DataPhase:
         os.write(store.fd, meta)
         store.head += meta
         store.meta_length = len(meta)
+        store.stripper = inner_meta.MetaStripper.for_transfer_syntax(store.transfer_syntax)
 
     def _refuse_oversized(self, store: _Store) -> None:
         """Stop spooling a data set larger than AHI imports: what arrived is deleted, the rest is read and dropped."""
         self._discard_spool(store)
         store.refusal = statuses.INSTANCE_TOO_LARGE
-        store.dropped_bytes = store.received_bytes
+        store.dropped_bytes = store.arrived_bytes
         store.detail = f"data set longer than {self.settings.instance_limit} bytes (MAXIMUM_INSTANCE_BYTES)"
 
     def _complete(self, store: _Store) -> None:
@@ -883,7 +940,7 @@ class DataPhase:
                         **handlers.peer(self.assoc),
                         "sopInstanceUID": store.sop_instance_uid,
                         "sopClassUID": store.sop_class_uid,
-                        "receivedBytes": store.received_bytes,
+                        "receivedBytes": store.arrived_bytes,
                         "reason": why or self._ending or "the association ended",
                     }
                 },

@@ -183,6 +183,8 @@ class _StoreEvent:
     checksum: str
     head: bytearray
     size: int
+    # Set by the handler for a refusal: the element the response's Offending Element (0000,0901) names.
+    offending_element: int | None = None
 
 
 @dataclass
@@ -897,6 +899,7 @@ class DataPhase:
             status,
             store.sop_class_uid,
             store.sop_instance_uid,
+            event.offending_element,
         )
 
     def _answer_refusal(self, store: _Store) -> None:
@@ -949,9 +952,20 @@ class DataPhase:
     # -- sending -----------------------------------------------------------------------------------------------------
 
     def _respond(
-        self, context_id: int, command_field: int, message_id: int, status: int, sop_class: str, sop_instance: str = ""
+        self,
+        context_id: int,
+        command_field: int,
+        message_id: int,
+        status: int,
+        sop_class: str,
+        sop_instance: str = "",
+        offending_element: int | None = None,
     ) -> None:
-        command = protocol.response_command(command_field, message_id, status, sop_class, sop_instance)
+        if offending_element is None:
+            offending_element = statuses.OFFENDING_ELEMENTS.get(status)
+        command = protocol.response_command(
+            command_field, message_id, status, sop_class, sop_instance, offending_element
+        )
         self._send(protocol.p_data(context_id, command, self.send_limit, command=True))
 
     def _send(self, data: bytes) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from dicom_store_contract import limits, uids
 from dicom_store_contract.manifest import EndReason, Instance
+from pydicom.datadict import tag_for_keyword
 from pydicom.filereader import read_partial
 from pydicom.tag import BaseTag, Tag
 
@@ -366,6 +367,11 @@ def _fail(
     if sessions is not None:
         with contextlib.suppress(AssociationClosing):
             sessions.record_failure(sessions.get(event.assoc))
+    # The response names the element (Offending Element), never its value.
+    keyword = (fields or {}).get("element")
+    event.offending_element = statuses.OFFENDING_ELEMENTS.get(status) or (
+        tag_for_keyword(keyword) if isinstance(keyword, str) else None
+    )
     request = event.request
     return refused_store(
         event.assoc, recorder, status, detail, str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID),

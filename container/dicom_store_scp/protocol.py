@@ -147,6 +147,8 @@ MESSAGE_ID_BEING_RESPONDED_TO = 0x0120
 PRIORITY = 0x0700
 COMMAND_DATA_SET_TYPE = 0x0800
 STATUS = 0x0900
+OFFENDING_ELEMENT = 0x0901
+ERROR_COMMENT = 0x0902
 AFFECTED_SOP_INSTANCE_UID = 0x1000
 REQUESTED_SOP_INSTANCE_UID = 0x1001
 EVENT_TYPE_ID = 0x1002
@@ -249,6 +251,8 @@ def encode_command(
     event_type: int | None = None,
     action_type: int | None = None,
     has_data_set: bool = False,
+    offending_element: int | None = None,
+    error_comment: str = "",
 ) -> bytes:
     """A command set, its elements in ascending order (PS3.7 6.3.1), implicit VR little endian."""
     body = b""
@@ -262,6 +266,11 @@ def encode_command(
     body += _implicit(COMMAND_DATA_SET_TYPE, _US.pack(DATA_SET_PRESENT if has_data_set else NO_DATA_SET))
     if status is not None:
         body += _implicit(STATUS, _US.pack(status))
+    if offending_element is not None:
+        body += _implicit(OFFENDING_ELEMENT, struct.pack("<HH", offending_element >> 16, offending_element & 0xFFFF))
+    if error_comment:
+        raw = error_comment.encode("ascii")
+        body += _implicit(ERROR_COMMENT, raw + b" " if len(raw) % 2 else raw)  # LO: padded with a space
     if sop_instance:
         body += _implicit(AFFECTED_SOP_INSTANCE_UID, _uid_value(sop_instance))
     if event_type is not None:
@@ -271,10 +280,25 @@ def encode_command(
     return _implicit(0x0000, struct.pack("<L", len(body))) + body
 
 
-def response_command(command_field: int, message_id: int, status: int, sop_class: str, sop_instance: str = "") -> bytes:
-    """A C-STORE-RSP or C-ECHO-RSP command set (PS3.7 9.3.1.2, 9.3.5.2)."""
+def response_command(
+    command_field: int,
+    message_id: int,
+    status: int,
+    sop_class: str,
+    sop_instance: str = "",
+    offending_element: int | None = None,
+) -> bytes:
+    """A response command set (PS3.7 9.3.1.2, 9.3.5.2, ...). A failure carries its reason as Error Comment
+    (statuses.REASONS) and, for the A9xx and Cxxx families, the Offending Element when one is known."""
+    failed = status != statuses.SUCCESS
     return encode_command(
-        command_field, responding_to=message_id, status=status, sop_class=sop_class, sop_instance=sop_instance
+        command_field,
+        responding_to=message_id,
+        status=status,
+        sop_class=sop_class,
+        sop_instance=sop_instance,
+        offending_element=offending_element if failed and statuses.carries_offending_element(status) else None,
+        error_comment=statuses.REASONS.get(status, "") if failed else "",
     )
 
 

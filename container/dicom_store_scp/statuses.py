@@ -56,7 +56,8 @@ INSTANCE_TOO_LARGE = 0xC012
 # handler's exception); nothing is stored. Not expected: the fuzzer fails on it.
 HANDLER_FAILED = 0xC211
 
-# What each failure status means, for logs and the conformance statement.
+# What each failure status means, for logs, the conformance statement and the response's Error Comment (0000,0902),
+# which is LO: at most 64 characters, no backslash, and never an element's value (patient data stays out of it).
 REASONS = {
     SOP_CLASS_NOT_SUPPORTED: "request's SOP Class UID is not its presentation context's",
     UNRECOGNIZED_OPERATION: "the presentation context's SOP class has no such operation here",
@@ -69,13 +70,31 @@ REASONS = {
     BAD_SERIES_INSTANCE_UID: "Series Instance UID missing or invalid",
     BAD_SOP_INSTANCE_UID: "SOP Instance UID missing or invalid",
     ELEMENT_TOO_LONG: "an element is longer than AWS HealthImaging imports",
-    ELEMENT_OUT_OF_RANGE: "an element's value is outside the range AWS HealthImaging imports",
+    ELEMENT_OUT_OF_RANGE: "a count is outside the range AWS HealthImaging imports",
     BAD_STUDY_DATE: "Study Date is not a DICOM date",
-    INSTANCE_TOO_LARGE: "instance larger than AWS HealthImaging imports; nothing was stored",
+    INSTANCE_TOO_LARGE: "instance larger than AWS HealthImaging imports; nothing stored",
     BAD_REQUEST_SOP_INSTANCE_UID: "request's Affected SOP Instance UID missing or not one valid UID",
     BAD_STORE_REQUEST: "request's Affected SOP Class UID or Priority missing or invalid",
     HANDLER_FAILED: "unexpected failure in the SCP; nothing was stored",
 }
+
+
+# The element a failure names in the response's Offending Element (0000,0901), where the status always concerns
+# the same one; an AHI constraint's (0xC004, 0xC005) is the element validation.py found.
+OFFENDING_ELEMENTS = {
+    SOP_CLASS_MISMATCH: 0x00080016,
+    SOP_INSTANCE_MISMATCH: 0x00080018,
+    BAD_SOP_INSTANCE_UID: 0x00080018,
+    BAD_STUDY_INSTANCE_UID: 0x0020000D,
+    BAD_SERIES_INSTANCE_UID: 0x0020000E,
+    BAD_STUDY_DATE: 0x00080020,
+    BAD_REQUEST_SOP_INSTANCE_UID: 0x00001000,
+}
+
+
+def carries_offending_element(status: int) -> bool:
+    """PS3.4 B.2.3: Offending Element goes with the A9xx and Cxxx failures (Error Comment with every failure)."""
+    return status >> 8 == 0xA9 or status >> 12 == 0xC
 
 
 def family(status: int) -> str:

@@ -228,6 +228,8 @@ def test_every_request_on_a_storage_context_is_answered_with_its_own_response(sc
         assert values[0x0002] == _uid(sop_class)
         assert values[0x0800] == _us(wire.NO_DATA_SET)
         assert values[0x0900] == _us(expected)
+        comment = statuses.REASONS[expected].encode()
+        assert values[0x0902] == comment + b" " * (len(comment) % 2)  # Error Comment (LO), the log's reason
         # Kept: a C-ECHO and a C-STORE on the same association are served.
         peer.send(wire.p_data(wire.pdv(wire.ECHO_CONTEXT, wire.COMMAND | wire.LAST, wire.echo_command())))
         assert _response(peer)[1][0x0900] == _us(statuses.SUCCESS)

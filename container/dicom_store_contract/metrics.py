@@ -90,7 +90,7 @@ REJECTION_REASONS: tuple[str, ...] = (
 # Values of the STATUS_FAMILY dimension: the C-STORE failure status families of PS3.4 B.2.3.
 STATUS_FAMILIES: tuple[str, ...] = (
     "OutOfResources",  # A7xx: storage failed or the association was closing; the sender should retry
-    "SOPClassNotSupported",  # 0122
+    "SOPClassNotSupported",  # 0122, 0211: not a storage request for its presentation context
     "DataSetMismatch",  # A9xx: data set does not match the request's SOP class or instance
     "CannotUnderstand",  # Cxxx: data set or request unusable
 )

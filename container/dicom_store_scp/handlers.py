@@ -18,6 +18,7 @@ from typing import Any
 
 from dicom_store_contract import limits, uids
 from dicom_store_contract.manifest import EndReason, Instance
+from pydicom.datadict import tag_for_keyword
 from pydicom.filereader import read_partial
 from pydicom.tag import BaseTag, Tag
 
@@ -371,6 +372,11 @@ def _fail(
     if sessions is not None:
         with contextlib.suppress(AssociationClosing):
             sessions.record_failure(sessions.get(event.assoc))
+    # The response names the element (Offending Element), never its value.
+    keyword = (fields or {}).get("element")
+    event.offending_element = statuses.OFFENDING_ELEMENTS.get(status) or (
+        tag_for_keyword(keyword) if isinstance(keyword, str) else None
+    )
     request = event.request
     return refused_store(
         event.assoc, recorder, status, detail, str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID),
@@ -399,6 +405,28 @@ def refused_store(
         },
     )
     return status
+
+
+def refused_request(
+    assoc: Any, request: str, status: int, detail: str, message_id: int, sop_class: str, **fields: Any
+) -> None:
+    """Log a DIMSE request other than C-STORE answered with a failure status: the association goes on."""
+    LOG.warning(
+        "request refused",
+        extra={
+            "fields": {
+                "event": "request-refused",
+                **peer(assoc),
+                "request": request,
+                "status": f"0x{status:04X}",
+                "reason": statuses.REASONS[status],
+                "detail": detail,
+                "messageId": message_id,
+                "sopClassUID": sop_class,
+                **fields,
+            }
+        },
+    )
 
 
 def protocol_aborted(assoc: Any, recorder: Recorder, source: int, reason: int, detail: str) -> None:

@@ -47,7 +47,7 @@ def test_storescu_a_copy_under_another_series_is_refused_and_the_first_copy_impo
 
     # The association goes on after the refusal; the sender's log says why without ours.
     assert result.statuses == [statuses.SUCCESS, statuses.DUPLICATE_SOP_INSTANCE, statuses.SUCCESS], result.output
-    assert f"(0000,0902) LO [{statuses.ERROR_COMMENTS[statuses.DUPLICATE_SOP_INSTANCE]}]" in result.output
+    assert f"(0000,0902) LO [{statuses.REASONS[statuses.DUPLICATE_SOP_INSTANCE]}]" in result.output
     [ended] = scp.wait_for_event("association")
     # One object per SOP Instance UID: the first copy's bytes, under the first copy's key.
     [batch] = scp.manifests()
@@ -107,7 +107,7 @@ def test_pynetdicom_a_copy_under_the_same_key_replaces_one_under_another_study_i
 
     assert [r.Status for r in responses] == [statuses.SUCCESS, statuses.SUCCESS, statuses.DUPLICATE_SOP_INSTANCE]
     assert "ErrorComment" not in responses[1]
-    assert responses[2].ErrorComment == statuses.ERROR_COMMENTS[statuses.DUPLICATE_SOP_INSTANCE]
+    assert responses[2].ErrorComment == statuses.REASONS[statuses.DUPLICATE_SOP_INSTANCE]
     [ended] = scp.wait_for_event("association")
     [stored] = scp.stored_files()
     assert dcmread(stored).ImageComments == "sent again"

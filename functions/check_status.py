@@ -94,7 +94,13 @@ def check_status(
         else:
             reason = job.message or f"import job {job.job_status}"
         repository.update_instance(
-            batch_id, instance.sop_instance_uid, InstanceState.FAILED, jobId=job_id, failureReason=reason
+            batch_id,
+            instance.sop_instance_uid,
+            InstanceState.FAILED,
+            # Without an outcome of AHI's, a reason recorded earlier (TriggerImport: the object is not stored) stays.
+            pending_only=outcome is None,
+            jobId=job_id,
+            failureReason=reason,
         )
         failed += 1
 

@@ -55,12 +55,19 @@ def start_import_job(
             "message": job.message,
             "batchId": batch_id,
             "instanceCount": len(manifest.instances),
+            # Entries of the manifest set apart (TriggerImport recorded them FAILED, or they repeat a SOP Instance).
+            "rejectedCount": len(manifest.rejected),
             "importedCount": 0,
             "failedCount": 0,
         }
     )
+    # Pending only: an instance TriggerImport already recorded FAILED (its object is not stored) keeps its reason.
     marked = repository.update_instances(
-        batch_id, (i.sop_instance_uid for i in manifest.instances), InstanceState.IMPORTING, jobId=job.job_id
+        batch_id,
+        (i.sop_instance_uid for i in manifest.instances),
+        InstanceState.IMPORTING,
+        pending_only=True,
+        jobId=job.job_id,
     )
     logger.info("import job started", extra={"batchId": batch_id, "jobId": job.job_id, "instances": marked})
     return {

@@ -91,7 +91,10 @@ def describe_object(s3: Any, bucket: str, key: str, size: int) -> Instance:
 
 
 def seal_batch(s3: Any, bucket: str, prefix: str, batch_id: str, objects: list[dict[str, Any]]) -> bool:
-    instances = [describe_object(s3, bucket, item["Key"], item["Size"]) for item in objects]
+    # Every object is listed (AHI imports them all), oldest first: of two objects with one SOP Instance UID (an
+    # older SCP stored both) the manifest's reader tracks the first listed, the copy acknowledged first.
+    ordered = sorted(objects, key=lambda item: (item["LastModified"], item["Key"]))
+    instances = [describe_object(s3, bucket, item["Key"], item["Size"]) for item in ordered]
     modified = [item["LastModified"] for item in objects]
     manifest = Manifest.build(
         prefix,

@@ -16,7 +16,7 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 from dicom_store_contract import tables
-from dicom_store_contract.manifest import Manifest
+from dicom_store_contract.manifest import Manifest, RejectedEntry
 
 from functions.settings import client, settings
 
@@ -110,11 +110,20 @@ class Tracking:
     # instances
 
     def record_received(self, manifest: Manifest) -> int:
-        """Record every instance RECEIVED; instances this batch already recorded are left as they are."""
+        """Record every instance RECEIVED; instances this batch already recorded are left as they are.
+
+        An instance whose SOP Instance UID other entries of the manifest list too (``manifest.rejected`` with
+        ``listed_as``) gets their keys in ``duplicateKeys``: AHI imports every file under the batch prefix, so
+        those copies are imported as well; the item tracks the copy at ``s3Key``.
+        """
         now = utc_now()
+        duplicates: dict[str, list[str]] = {}
+        for entry in manifest.rejected:
+            if entry.listed_as:
+                duplicates.setdefault(entry.listed_as, []).append(entry.key)
         recorded = 0
         for instance in manifest.instances:
-            item = {
+            item: dict[str, Any] = {
                 tables.SOP_INSTANCE_UID: instance.sop_instance_uid,
                 tables.STUDY_INSTANCE_UID: instance.study_instance_uid,
                 tables.SERIES_INSTANCE_UID: instance.series_instance_uid,
@@ -124,20 +133,52 @@ class Tracking:
                 "s3Key": instance.key,
                 "updatedAt": now,
             }
-            try:
-                self.dynamodb.put_item(
-                    TableName=self.instance_table,
-                    Item=to_item(item),
-                    ConditionExpression=(
-                        f"attribute_not_exists({tables.SOP_INSTANCE_UID}) OR {tables.BATCH_ID} <> :batch"
-                    ),
-                    ExpressionAttributeValues={":batch": to_attribute(manifest.batch_id)},
-                )
-                recorded += 1
-            except ClientError as error:
-                if not _condition_failed(error):
-                    raise
+            if instance.key in duplicates:
+                item["duplicateKeys"] = duplicates[instance.key]
+            recorded += self._put_for_batch(manifest.batch_id, item)
         return recorded
+
+    def record_rejected(self, batch_id: str, entries: Iterable[RejectedEntry]) -> int:
+        """Record each rejected manifest entry FAILED with its reason, where it names a SOP Instance UID.
+
+        An entry that repeats an instance the batch tracks (``listed_as``) is that instance's ``duplicateKeys``
+        (record_received), not an item of its own. Entries this batch already recorded are left as they are.
+        """
+        now = utc_now()
+        recorded = 0
+        for entry in entries:
+            if entry.listed_as or not entry.sop_instance_uid:
+                continue
+            values = {
+                tables.SOP_INSTANCE_UID: entry.sop_instance_uid,
+                tables.STUDY_INSTANCE_UID: entry.study_instance_uid,
+                tables.SERIES_INSTANCE_UID: entry.series_instance_uid,
+                "sopClassUID": entry.sop_class_uid,
+                "state": InstanceState.FAILED,
+                tables.BATCH_ID: batch_id,
+                "s3Key": entry.key,
+                "failureReason": f"manifest entry rejected: {entry.reason}",
+                "updatedAt": now,
+            }
+            # An index key must be a non-empty string when present: what the entry does not name is left out.
+            recorded += self._put_for_batch(batch_id, {name: value for name, value in values.items() if value})
+        return recorded
+
+    def _put_for_batch(self, batch_id: str, item: dict[str, Any]) -> int:
+        """Write the item unless this batch already wrote one for the instance (S3 delivers events twice); 1 if
+        written. A later batch's item replaces an earlier batch's: the instance was sent again."""
+        try:
+            self.dynamodb.put_item(
+                TableName=self.instance_table,
+                Item=to_item(item),
+                ConditionExpression=f"attribute_not_exists({tables.SOP_INSTANCE_UID}) OR {tables.BATCH_ID} <> :batch",
+                ExpressionAttributeValues={":batch": to_attribute(batch_id)},
+            )
+        except ClientError as error:
+            if not _condition_failed(error):
+                raise
+            return 0
+        return 1
 
     def update_instance(
         self,

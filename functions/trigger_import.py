@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -12,7 +12,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import S3Event, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
-from dicom_store_contract.manifest import InvalidManifest, Manifest
+from dicom_store_contract.manifest import InvalidManifest, Manifest, RejectedEntry
 from dicom_store_contract.metrics import NAMESPACE
 
 from functions.contract import list_objects, read_manifest
@@ -23,29 +23,79 @@ logger = Logger()
 metrics = Metrics(namespace=NAMESPACE)
 
 
+# Why an instance listed but not stored is not imported (its item's failureReason).
+NOT_STORED = "its object is not stored under the batch prefix: nothing to import"
+
+
 @dataclass(frozen=True)
 class Triggered:
     batch_id: str
     execution_arn: str
     started: bool
+    rejected: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"batchId": self.batch_id, "executionArn": self.execution_arn, "started": self.started}
+        return {
+            "batchId": self.batch_id,
+            "executionArn": self.execution_arn,
+            "started": self.started,
+            "rejected": self.rejected,
+        }
 
 
-def check_objects(s3: Any, bucket: str, manifest: Manifest) -> None:
-    """Every listed object must be stored, with the listed size; AHI imports the prefix, not the list."""
+def check_objects(s3: Any, bucket: str, manifest: Manifest) -> tuple[RejectedEntry, ...]:
+    """The listed instances whose object is not stored (AHI imports the prefix, not the list): each rejected.
+
+    A stored object of another size than listed is imported all the same, and its outcome is tracked by its key:
+    logged, not rejected. So are objects under the prefix that no entry lists (AHI imports them untracked).
+    """
     stored = {item["Key"]: item["Size"] for item in list_objects(s3, bucket, manifest.prefix)}
-    missing = [instance.key for instance in manifest.instances if instance.key not in stored]
-    if missing:
-        raise InvalidManifest(f"{len(missing)} listed object(s) are not stored, first {missing[0]}")
-    wrong_size = [i.key for i in manifest.instances if i.size and stored[i.key] != i.size]
+    missing = tuple(
+        RejectedEntry(
+            reason=f"{instance.key}: {NOT_STORED}",
+            key=instance.key,
+            sop_class_uid=instance.sop_class_uid,
+            sop_instance_uid=instance.sop_instance_uid,
+            study_instance_uid=instance.study_instance_uid,
+            series_instance_uid=instance.series_instance_uid,
+        )
+        for instance in manifest.instances
+        if instance.key not in stored
+    )
+    wrong_size = [i.key for i in manifest.instances if i.size and i.key in stored and stored[i.key] != i.size]
     if wrong_size:
-        raise InvalidManifest(f"{len(wrong_size)} object(s) differ in size from the manifest, first {wrong_size[0]}")
-    unlisted = set(stored) - {instance.key for instance in manifest.instances}
+        logger.warning(
+            "objects differ in size from the manifest; imported as stored",
+            extra={"batchId": manifest.batch_id, "count": len(wrong_size), "first": wrong_size[0]},
+        )
+    listed = {instance.key for instance in manifest.instances} | {entry.key for entry in manifest.rejected}
+    unlisted = set(stored) - listed
     if unlisted:
         # AHI will import these too, untracked: worth a look, not worth refusing the batch over.
         logger.warning("objects under the batch prefix missing from the manifest", extra={"count": len(unlisted)})
+    return missing
+
+
+def report_rejected(manifest: Manifest, missing: tuple[RejectedEntry, ...], recorded: int) -> None:
+    """One line for the entries of this batch that are not imported as listed, and the metric."""
+    entries = manifest.rejected + missing
+    if not entries:
+        return
+    duplicates = sum(1 for entry in entries if entry.listed_as)
+    logger.error(
+        "manifest entries rejected; the rest of the batch imports",
+        extra={
+            "batchId": manifest.batch_id,
+            "rejected": len(entries),
+            "recordedFailed": recorded,
+            # Copies of an instance the batch tracks: AHI imports them too (the item's duplicateKeys).
+            "duplicates": duplicates,
+            # Entries naming no SOP Instance UID: in this line only.
+            "untracked": sum(1 for entry in entries if not entry.sop_instance_uid and not entry.listed_as),
+            "reasons": [entry.reason for entry in entries[:10]],
+        },
+    )
+    metrics.add_metric(name="ManifestEntriesRejected", unit=MetricUnit.Count, value=len(entries))
 
 
 def execution_arn(state_machine_arn: str, name: str) -> str:
@@ -69,7 +119,17 @@ def trigger_import(bucket: str, key: str, *, s3: Any, sfn: Any, repository: Trac
     if execution_exists(sfn, arn):
         logger.info("batch already started", extra={"batchId": manifest.batch_id})
         return Triggered(manifest.batch_id, arn, started=False)
-    check_objects(s3, bucket, manifest)
+    missing = check_objects(s3, bucket, manifest)
+    if missing:
+        missing_keys = {entry.key for entry in missing}
+        manifest = replace(manifest, instances=tuple(i for i in manifest.instances if i.key not in missing_keys))
+    # One bad entry never holds up the others: each is recorded FAILED with its reason, the rest imports.
+    failed = repository.record_rejected(manifest.batch_id, manifest.rejected + missing)
+    report_rejected(manifest, missing, failed)
+    rejected = len(manifest.rejected) + len(missing)
+    if not manifest.instances:
+        logger.error("no entry of the manifest can be imported", extra={"batchId": manifest.batch_id})
+        return Triggered(manifest.batch_id, arn, started=False, rejected=rejected)
     recorded = repository.record_received(manifest)
     execution_input = {
         "batchId": manifest.batch_id,
@@ -92,7 +152,7 @@ def trigger_import(bucket: str, key: str, *, s3: Any, sfn: Any, repository: Trac
         "batch import started" if started else "batch already started",
         extra={"batchId": manifest.batch_id, "instances": len(manifest.instances), "recorded": recorded},
     )
-    return Triggered(manifest.batch_id, arn, started)
+    return Triggered(manifest.batch_id, arn, started, rejected)
 
 
 @metrics.log_metrics

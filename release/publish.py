@@ -9,9 +9,13 @@ release template for every supported region, naming the image by the digest its 
   ``dicom-store-scp/<version>/<zip>``. The bucket is made when missing; its policy lets anyone read objects
   under ``dicom-store-scp/`` and nothing else (no listing, no other key, no write). Published objects are
   immutable: they are written with ``If-None-Match: *`` (S3 refuses to replace an existing key), an existing
-  key with other bytes stops the run, and versioning keeps every version should anything else replace one.
-- Template: rendered once (template_gen.release's mapping filled in), written to ``dist/release/<version>/``
-  and uploaded next to the zip in every region's bucket, so its S3 URL launches it in that region.
+  key with other bytes stops the run, and versioning keeps every version should anything else replace one. The
+  version id each region's PutObject answered (or, when the same bytes were there already, the one holding
+  them) is what the template names: a later write to the key, by any means, does not change what stacks run.
+- Template: rendered once the zip is in every region (template_gen.release's mapping filled in: the image's
+  digest, each region's object version), written to ``dist/release/<version>/`` with ``artifacts.json`` (the
+  same facts, for the listing), and uploaded next to the zip in every region's bucket, so its S3 URL launches
+  it in that region.
 
 ``--dry-run`` prints every action and calls nothing: no AWS API, no container engine.
 """
@@ -38,6 +42,7 @@ from release.templates import release_template_text
 from template_gen import release as layout
 
 TEMPLATE_NAME = "dicom-store-scp.yaml"
+RECORD_NAME = "artifacts.json"
 DEVELOPMENT_IMAGE_REGION = "us-east-1"
 _DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
 _MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
@@ -131,6 +136,10 @@ class Release:
     @property
     def template_path(self) -> Path:
         return self.output / self.version / TEMPLATE_NAME
+
+    @property
+    def record_path(self) -> Path:
+        return self.output / self.version / RECORD_NAME
 
 
 @dataclass
@@ -235,7 +244,8 @@ def check_registry_digest(ecr: Any, release: Release, digest: str) -> None:
 
 
 def artifact_bucket_policy(bucket: str) -> dict[str, Any]:
-    """Anyone may read the release artifacts, and only them: s3:GetObject under the artifact prefix.
+    """Anyone may read the release artifacts, and only them: s3:GetObject under the artifact prefix, and
+    s3:GetObjectVersion, which reading a given version (the template's S3ObjectVersion) needs besides.
 
     Nothing grants s3:ListBucket, any other key, or any write; the owner's own access comes from its IAM
     identity, not from this policy.
@@ -247,7 +257,7 @@ def artifact_bucket_policy(bucket: str) -> dict[str, Any]:
                 "Sid": "ReleaseArtifactsReadableByAnyAccount",
                 "Effect": "Allow",
                 "Principal": "*",
-                "Action": "s3:GetObject",
+                "Action": ["s3:GetObject", "s3:GetObjectVersion"],
                 "Resource": f"arn:aws:s3:::{bucket}/{layout.ARTIFACT_PREFIX}/*",
             }
         ],
@@ -290,10 +300,13 @@ def put_artifact_policy(s3: Any, bucket: str) -> None:
     s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(artifact_bucket_policy(bucket)))
 
 
-def upload_once(s3: Any, bucket: str, key: str, body: bytes, sha256: str, content_type: str) -> None:
-    """Write ``body`` unless the key exists; the same bytes there already are fine, other bytes are refused."""
+def upload_once(s3: Any, bucket: str, key: str, body: bytes, sha256: str, content_type: str) -> str:
+    """Write ``body`` unless the key exists; the same bytes there already are fine, other bytes are refused.
+
+    Returns the object version holding ``body``: the one the write answered, or the existing one.
+    """
     try:
-        s3.put_object(
+        written = s3.put_object(
             Bucket=bucket,
             Key=key,
             Body=body,
@@ -303,13 +316,21 @@ def upload_once(s3: Any, bucket: str, key: str, body: bytes, sha256: str, conten
             Metadata={"sha256": sha256},
             ServerSideEncryption="AES256",
         )
-        return
+        return _version_id(bucket, key, written)
     except ClientError as error:
         if error.response["Error"]["Code"] not in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
             raise
     existing = s3.head_object(Bucket=bucket, Key=key)
     if existing.get("Metadata", {}).get("sha256") != sha256:
         raise PublishError(f"s3://{bucket}/{key} holds other bytes: bump the version instead of overwriting")
+    return _version_id(bucket, key, existing)
+
+
+def _version_id(bucket: str, key: str, answer: dict[str, Any]) -> str:
+    version_id = str(answer.get("VersionId") or layout.UNVERSIONED)
+    if version_id == layout.UNVERSIONED:
+        raise PublishError(f"s3://{bucket}/{key} has no object version: the bucket's versioning is not enabled")
+    return version_id
 
 
 # --- the plan ----------------------------------------------------------------------------------------------
@@ -337,6 +358,8 @@ def plan(
     engine_name = engine.name if engine else "docker"
     pushed: dict[str, str] = {} if image_digest is None else {"digest": image_digest}
     rendered: dict[str, bytes] = {}
+    # Region -> the object version of the zip there, as its upload answered.
+    versions: dict[str, str] = {}
 
     def ensure() -> None:
         ensure_repository(client("ecr", release.registry_region), release.repository_name)
@@ -351,28 +374,40 @@ def plan(
     def render() -> None:
         if "digest" not in pushed:
             raise PublishError("the image's digest is unknown: push it, or give --image-digest")
-        text = release_template_text(
-            release.version,
-            layout.Artifacts(
-                image_uri=release.image_by_digest(pushed["digest"]),
-                bucket_prefix=release.artifact_bucket_prefix,
-                functions_key=release.lambda_key,
-            ),
+        artifacts = layout.Artifacts(
+            image_uri=release.image_by_digest(pushed["digest"]),
+            bucket_prefix=release.artifact_bucket_prefix,
+            functions_key=release.lambda_key,
+            functions_versions={region: versions[region] for region in release.regions},
         )
+        text = release_template_text(release.version, artifacts)
         release.template_path.parent.mkdir(parents=True, exist_ok=True)
         release.template_path.write_text(text, encoding="utf-8")
+        release.record_path.write_text(json.dumps(_record(release, artifacts), indent=2) + "\n", encoding="utf-8")
         rendered["template"] = text.encode("utf-8")
 
     def bucket(region: str) -> None:
         ensure_artifact_bucket(client("s3", region), release.artifact_bucket(region), region, release.account_id)
 
-    def upload(region: str) -> None:
-        s3 = client("s3", region)
-        name = release.artifact_bucket(region)
-        upload_once(s3, name, release.lambda_key, release.zip_path.read_bytes(), release.zip_sha256, "application/zip")
+    def upload_code(region: str) -> None:
+        versions[region] = upload_once(
+            client("s3", region),
+            release.artifact_bucket(region),
+            release.lambda_key,
+            release.zip_path.read_bytes(),
+            release.zip_sha256,
+            "application/zip",
+        )
+
+    def upload_template(region: str) -> None:
         template = rendered["template"]
         upload_once(
-            s3, name, release.template_key, template, hashlib.sha256(template).hexdigest(), "application/x-yaml"
+            client("s3", region),
+            release.artifact_bucket(region),
+            release.template_key,
+            template,
+            hashlib.sha256(template).hexdigest(),
+            "application/x-yaml",
         )
 
     def policy(region: str) -> None:
@@ -393,12 +428,6 @@ def plan(
             f"{engine_name} push {release.image_tag_uri}, keeping the digest it reports",
             push,
         )
-    steps.add(
-        f"template: write {release.template_path}, one for every region, with the image "
-        f"{release.image_repository}@<digest>, function code s3://{release.artifact_bucket_prefix}-<region>/"
-        f"{release.lambda_key}",
-        render,
-    )
     for region in release.regions:
         name = release.artifact_bucket(region)
         steps.add(
@@ -406,12 +435,24 @@ def plan(
             partial(bucket, region),
         )
         steps.add(
-            f"S3 {region}: put s3://{name}/{release.lambda_key} (sha256 {release.zip_sha256}) and "
-            f"s3://{name}/{release.template_key} with If-None-Match: * (an existing key of other bytes stops)",
-            partial(upload, region),
+            f"S3 {region}: put s3://{name}/{release.lambda_key} (sha256 {release.zip_sha256}) with "
+            "If-None-Match: * (an existing key of other bytes stops), keeping the object version it answers",
+            partial(upload_code, region),
+        )
+    steps.add(
+        f"template: write {release.template_path} and {release.record_path.name}, one for every region, with the "
+        f"image {release.image_repository}@<digest>, function code s3://{release.artifact_bucket_prefix}-<region>/"
+        f"{release.lambda_key} at each region's object version",
+        render,
+    )
+    for region in release.regions:
+        name = release.artifact_bucket(region)
+        steps.add(
+            f"S3 {region}: put s3://{name}/{release.template_key} with If-None-Match: *",
+            partial(upload_template, region),
         )
         steps.add(
-            f"S3 {region}: bucket policy of {name}: s3:GetObject on {layout.ARTIFACT_PREFIX}/* for any "
+            f"S3 {region}: bucket policy of {name}: s3:GetObject(Version) on {layout.ARTIFACT_PREFIX}/* for any "
             f"account, nothing else; launch with {release.template_url(region)}",
             partial(policy, region),
         )
@@ -420,6 +461,24 @@ def plan(
 
 def _nothing() -> None:
     return None
+
+
+def _record(release: Release, artifacts: layout.Artifacts) -> dict[str, Any]:
+    """What the release published, for the listing and for whoever checks a stack against it."""
+    return {
+        "version": release.version,
+        "image": artifacts.image_uri,
+        "functions": {
+            region: {
+                "bucket": release.artifact_bucket(region),
+                "key": artifacts.functions_key,
+                "versionId": artifacts.functions_versions[region],
+                "sha256": release.zip_sha256,
+            }
+            for region in artifacts.regions
+        },
+        "templateUrls": {region: release.template_url(region) for region in artifacts.regions},
+    }
 
 
 def _require(engine: image.Engine | None) -> image.Engine:

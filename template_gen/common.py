@@ -41,6 +41,7 @@ HAS_EXTRA_TASK_SG = "HasAdditionalTaskSecurityGroup"
 CREATE_DATASTORE = "CreateDatastore"
 HAS_ALARM_TOPIC = "HasAlarmTopic"
 ENABLE_FLOW_LOGS = "EnableFlowLogs"
+CREATE_ECS_SERVICE_LINKED_ROLE = "CreatesEcsServiceLinkedRole"
 
 # Logical ids referred to across groups.
 ACCESS_LOG_BUCKET = "AccessLogBucket"
@@ -86,6 +87,7 @@ def add_conditions(template: Template) -> None:
     template.add_condition(CREATE_DATASTORE, Equals(Ref(p.EXISTING_DATASTORE_ID), ""))
     template.add_condition(HAS_ALARM_TOPIC, Not(Equals(Ref(p.ALARM_TOPIC_ARN), "")))
     template.add_condition(ENABLE_FLOW_LOGS, Equals(Ref(p.ENABLE_VPC_FLOW_LOGS), "true"))
+    template.add_condition(CREATE_ECS_SERVICE_LINKED_ROLE, Equals(Ref(p.CREATE_ECS_SERVICE_LINKED_ROLE), "true"))
 
 
 def stack_suffix() -> Select:

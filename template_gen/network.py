@@ -241,7 +241,8 @@ def listener() -> elbv2.Listener:
                     check,
                     "DICOM over TLS when TLSCertificateARN is given (TLS 1.2+ policy); many modalities "
                     "speak plain DICOM only, so TCP stays the deployer's choice, limited to PeerCIDR1-3 (a Rule "
-                    "refuses plain TCP from 0.0.0.0/0 on an internet-facing load balancer).",
+                    "refuses plain TCP on an internet-facing load balancer unless "
+                    "AllowClearTextDicomFromTheInternet is true).",
                 )
                 for check in ("CKV_AWS_2", "CKV_AWS_103")
             )

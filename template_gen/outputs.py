@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from troposphere import GetAtt, Output, Ref, Template
+from troposphere import GetAtt, Output, Ref, Sub, Template
 
 from template_gen import common as c
 from template_gen import parameters as p
+from template_gen.monitoring import DASHBOARD
 
 
 def add_outputs(template: Template) -> None:
@@ -23,6 +24,16 @@ def add_outputs(template: Template) -> None:
         "ImportJobTableName": ("DynamoDB table of import jobs", Ref(c.JOB_TABLE)),
         "InstanceTableName": ("DynamoDB table of received instances", Ref(c.INSTANCE_TABLE)),
         "StateMachineArn": ("Import workflow state machine", Ref(c.STATE_MACHINE)),
+        # Troubleshooting starts here (docs/deployment.md): the SCP's log lines and the stack's dashboard.
+        "ScpLogGroupName": ("CloudWatch log group of the SCP tasks", Ref(c.SCP_LOG_GROUP)),
+        "DashboardURL": (
+            "CloudWatch dashboard of the stack",
+            Sub(
+                "https://${AWS::Region}.console.aws.amazon.com/cloudwatch/home?region=${AWS::Region}"
+                "#dashboards:name=${Name}",
+                Name=Ref(DASHBOARD),
+            ),
+        ),
     }
     for name, (description, value) in outputs.items():
         template.add_output(Output(name, Description=description, Value=value))

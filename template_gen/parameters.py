@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dicom_store_contract import limits, uids
+from dicom_store_contract import launch, limits, uids
 from troposphere import Parameter, Template
 
 NETWORK = "Network"
@@ -28,19 +28,14 @@ _OCTET = r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 CIDR_PATTERN = rf"^({_OCTET}\.){{3}}{_OCTET}/(3[0-2]|[12]?\d)$"
 OPTIONAL_CIDR_PATTERN = rf"^(({_OCTET}\.){{3}}{_OCTET}/(3[0-2]|[12]?\d))?$"
 ACM_CERTIFICATE_PATTERN = r"^(arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[A-Za-z0-9-]+)?$"
+# AE=host:port, the host an IPv4 address or a DNS name (no colon: the template reads the port after the only one).
+_COMMITMENT_PEER = r"[^,=\\]{1,16}=[^,=:\s]+:[0-9]{1,5}"
+COMMITMENT_PEERS_PATTERN = rf"^({_COMMITMENT_PEER}(,{_COMMITMENT_PEER}){{0,2}})?$"
 # Empty, or a comma list of UIDs: the form only; the SCP checks each one whole when it starts (config.py).
 UID_LIST_PATTERN = rf"^({uids.UID_FORM}(,{uids.UID_FORM})*)?$"
 
-FARGATE_CPU_MEMORY: dict[str, tuple[int, ...]] = {
-    # Fargate's valid task size pairs (CPU units -> memory MiB), Linux platform.
-    "256": (512, 1024, 2048),
-    "512": tuple(range(1024, 4096 + 1, 1024)),
-    "1024": tuple(range(2048, 8192 + 1, 1024)),
-    "2048": tuple(range(4096, 16384 + 1, 1024)),
-    "4096": tuple(range(8192, 30720 + 1, 1024)),
-    "8192": tuple(range(16384, 61440 + 1, 4096)),
-    "16384": tuple(range(32768, 122880 + 1, 8192)),
-}
+# Fargate's valid task size pairs: the launch contract's (the preflight command checks the quota against them).
+FARGATE_CPU_MEMORY = launch.FARGATE_CPU_MEMORY
 ALL_FARGATE_MEMORY = tuple(str(m) for m in sorted({m for ms in FARGATE_CPU_MEMORY.values() for m in ms}))
 
 # The regions where AWS HealthImaging runs (the stack is pointless anywhere else): the limits module's table.
@@ -88,6 +83,10 @@ PEER_CIDR3 = "PeerCIDR3"
 REQUIRE_CALLED_AE_TITLE = "RequireCalledAETitle"
 REQUIRE_CALLING_AE_TITLE = "RequireCallingAETitle"
 COMMITMENT_PEERS = "CommitmentPeers"
+COMMITMENT_PEERS_CIDR = "CommitmentPeersCIDR"
+# At most this many storage commitment peers: the template opens the task's egress to each one's port, one rule
+# per port, and CloudFormation cannot loop over a list.
+MAX_COMMITMENT_PEERS = 3
 DIMSE_TIMEOUT = "DIMSETimeout"
 NETWORK_TIMEOUT = "NetworkTimeout"
 ACSE_TIMEOUT = "ACSETimeout"
@@ -95,6 +94,8 @@ MAXIMUM_ASSOCIATIONS = "MaximumAssociations"
 MAXIMUM_PDU_SIZE = "MaximumPDUSize"
 SUPPORTED_SOP_CLASS_UIDS = "SupportedSOPClassUIDs"
 TLS_CERTIFICATE_ARN = "TLSCertificateARN"
+ALLOW_CLEAR_TEXT_DICOM_FROM_THE_INTERNET = "AllowClearTextDicomFromTheInternet"
+CREATE_ECS_SERVICE_LINKED_ROLE = "CreateECSServiceLinkedRole"
 KMS_KEY_ARN = "KmsKeyArn"
 TASK_CPU = "TaskCPU"
 TASK_MEMORY_LIMIT = "TaskMemoryLimit"
@@ -147,8 +148,8 @@ PARAMETERS: tuple[Param, ...] = (
           "Subnets of the load balancer, one per Availability Zone of the private subnets: public subnets when "
           "the scheme is internet-facing; with the internal scheme, the private subnets themselves will do."),
     Param(PRIVATE_SUBNET_IDS, "List<AWS::EC2::Subnet::Id>", NETWORK, "Private subnets",
-          "Subnets of the SCP tasks (and of an internal load balancer). They need a route to Amazon S3, ECR "
-          "and CloudWatch Logs (NAT gateway or VPC endpoints)."),
+          "Subnets of the SCP tasks (and of an internal load balancer). They need a route to Amazon S3, DynamoDB, "
+          "ECR and CloudWatch Logs (NAT gateway or VPC endpoints; dicom-store-scp preflight checks it)."),
     Param(SECURITY_GROUP_ID, "String", NETWORK, "Additional task security group",
           "Optional existing security group attached to the SCP tasks as well, e.g. one admitted by your VPC "
           "endpoints. Leave empty for none.",
@@ -156,9 +157,9 @@ PARAMETERS: tuple[Param, ...] = (
           constraints={"AllowedPattern": r"^(sg-[0-9a-f]{8,17})?$",
                        "ConstraintDescription": "empty or a security group id (sg-...)"}),
     Param(LOAD_BALANCER_SCHEME, "String", NETWORK, "Load balancer scheme",
-          "internet-facing (load balancer subnets public) or internal (reached over VPN or Direct Connect). "
-          "Internet-facing without TLS is refused unless the allowed peers are narrower than 0.0.0.0/0.",
-          default="internet-facing",
+          "internal (reached over VPN or Direct Connect) or internet-facing (load balancer subnets public). "
+          "Internet-facing without TLSCertificateARN is refused unless AllowClearTextDicomFromTheInternet is true.",
+          default=launch.LOAD_BALANCER_SCHEME_DEFAULT,
           constraints={"AllowedValues": ["internet-facing", "internal"]}),
     Param(ENABLE_VPC_FLOW_LOGS, "String", NETWORK, "VPC flow logs",
           "Record the VPC's flow logs in the stack's access-log bucket.",
@@ -199,12 +200,20 @@ PARAMETERS: tuple[Param, ...] = (
           constraints={"AllowedPattern": r"^([^,\\]{1,16}(,[^,\\]{1,16})*)?$",
                        "ConstraintDescription": "empty or comma-separated AE titles of 1-16 characters"}),
     Param(COMMITMENT_PEERS, "String", DICOM, "Storage commitment peers",
-          "Comma-separated AE=host:port: where the SCP sends a storage commitment report once the requesting "
-          "association has closed (as PACS configure their peers). Empty: reports go only on the requesting "
-          "association.",
+          "Comma-separated AE=host:port (at most 3; host an IPv4 address or DNS name): where the SCP sends a "
+          "storage commitment report once the requesting association has closed (as PACS configure their peers). "
+          "Needs CommitmentPeersCIDR. Empty: reports go only on the requesting association.",
           default="",
-          constraints={"AllowedPattern": r"^([^,=\\]{1,16}=[^,=]+:[0-9]{1,5}(,[^,=\\]{1,16}=[^,=]+:[0-9]{1,5})*)?$",
-                       "ConstraintDescription": "empty or comma-separated AE=host:port"}),
+          constraints={"AllowedPattern": COMMITMENT_PEERS_PATTERN,
+                       "ConstraintDescription": "empty or up to 3 comma-separated AE=host:port"}),
+    Param(COMMITMENT_PEERS_CIDR, "String", DICOM, "Storage commitment peers' network",
+          "IPv4 CIDR holding every CommitmentPeers host (e.g. 10.0.1.23/32 for one PACS): the SCP tasks may "
+          "open TCP connections to it on the CommitmentPeers ports, and to nothing else outside HTTPS. The "
+          "private subnets need a route to it (VPN, Direct Connect, Transit Gateway). Empty without "
+          "CommitmentPeers.",
+          default="",
+          constraints={"AllowedPattern": OPTIONAL_CIDR_PATTERN,
+                       "ConstraintDescription": "empty or an IPv4 CIDR block"}),
     Param(DIMSE_TIMEOUT, "Number", DICOM, "DIMSE timeout (s)",
           "Seconds to wait for a DIMSE message.",
           default=60, constraints={"MinValue": 1, "MaxValue": 3600}),
@@ -235,6 +244,10 @@ PARAMETERS: tuple[Param, ...] = (
           default="",
           constraints={"AllowedPattern": ACM_CERTIFICATE_PATTERN,
                        "ConstraintDescription": "empty or an ACM certificate ARN"}),
+    Param(ALLOW_CLEAR_TEXT_DICOM_FROM_THE_INTERNET, "String", SECURITY, "Allow clear-text DICOM from the internet",
+          "true: an internet-facing load balancer may take plain TCP (no TLSCertificateARN), so patient data "
+          "crosses the internet in clear text, whatever PeerCIDR1-3 say. Without it the stack refuses that.",
+          default="false", constraints={"AllowedValues": ["true", "false"]}),
     Param(KMS_KEY_ARN, "String", SECURITY, "KMS key",
           "Optional customer managed KMS key ARN for the buckets, tables, logs, queue and data store. Its "
           "key policy must admit this account's S3, DynamoDB, CloudWatch Logs, SQS and HealthImaging "
@@ -245,7 +258,7 @@ PARAMETERS: tuple[Param, ...] = (
     # --- Scaling
     Param(TASK_CPU, "String", SCALING, "Task CPU (units)",
           "Fargate CPU units per task (1024 = 1 vCPU).",
-          default="1024", constraints={"AllowedValues": list(FARGATE_CPU_MEMORY)}),
+          default=launch.TASK_CPU_DEFAULT, constraints={"AllowedValues": list(FARGATE_CPU_MEMORY)}),
     Param(TASK_MEMORY_LIMIT, "String", SCALING, "Task memory (MiB)",
           "Fargate memory per task; must be a valid pair with the CPU.",
           default="2048", constraints={"AllowedValues": list(ALL_FARGATE_MEMORY)}),
@@ -254,10 +267,10 @@ PARAMETERS: tuple[Param, ...] = (
           default=50, constraints={"MinValue": 21, "MaxValue": 200}),
     Param(TASK_DESIRED_COUNT, "Number", SCALING, "Minimum tasks",
           "Tasks always running (the autoscaling minimum).",
-          default=1, constraints={"MinValue": 1, "MaxValue": 100}),
+          default=launch.TASK_DESIRED_COUNT_DEFAULT, constraints={"MinValue": 1, "MaxValue": 100}),
     Param(AUTOSCALE_MAX_CAPACITY, "Number", SCALING, "Maximum tasks",
           "Most tasks CPU target tracking may run; at least the minimum.",
-          default=3, constraints={"MinValue": 1, "MaxValue": 100}),
+          default=launch.AUTOSCALE_MAX_CAPACITY_DEFAULT, constraints={"MinValue": 1, "MaxValue": 100}),
     Param(WORKERS, "Number", SCALING, "Receiving processes per task",
           "DICOM receiving processes sharing the port in each task; 0 = one per task vCPU.",
           default=0, constraints={"MinValue": 0, "MaxValue": 16}),
@@ -318,6 +331,11 @@ PARAMETERS: tuple[Param, ...] = (
           default="",
           constraints={"AllowedPattern": r"^(arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256})?$",
                        "ConstraintDescription": "empty or an SNS topic ARN"}),
+    Param(CREATE_ECS_SERVICE_LINKED_ROLE, "String", OPERATIONS, "Create the ECS service-linked role",
+          "true only in an account that has never used Amazon ECS (no role AWSServiceRoleForECS): the stack "
+          "then creates it before its cluster, which otherwise often fails the first time. Where the role "
+          "exists, true fails the stack.",
+          default="false", constraints={"AllowedValues": ["true", "false"]}),
 )  # fmt: skip
 
 BY_NAME = {p.name: p for p in PARAMETERS}

@@ -5,22 +5,25 @@ them, and updating a stack with a new version's template replaces them (a parame
 stack was created with, so an update would go on running the old image). docs/deployment.md says why.
 
 One release template serves every supported region: the function code is read from the stack's own region's
-artifact bucket, ``<BucketPrefix>-<region>`` (``Fn::Sub`` on ``AWS::Region``), and the image from one ECR
-repository (AWS Marketplace's, in us-east-1; ECS pulls across regions).
+artifact bucket, ``<BucketPrefix>-<region>`` (``Fn::Sub`` on ``AWS::Region``), by the S3 object version the
+publish wrote there (``<region>`` -> ``FunctionsVersion``: anything that later writes the same key, by mistake or
+not, changes nothing a stack runs), and the image from one ECR repository (AWS Marketplace's, in us-east-1; ECS
+pulls across regions).
 
 ``make publish`` renders the release template with the image by digest (the digest its push reported); the
 committed template carries development values: what a publish from account 111122223333 would name, the image
-still by its version tag.
+still by its version tag, and a placeholder for each region's object version (it is for review and tests).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from dicom_store_contract.limits import HEALTHIMAGING_REGIONS
-from troposphere import FindInMap, Sub, awslambda
+from troposphere import FindInMap, Ref, Sub, awslambda
 
 MAPPING = "ReleaseArtifacts"
 
@@ -40,6 +43,12 @@ ECR_IMAGE_BY_DIGEST_PATTERN = rf"^{_REPOSITORY}{_DIGEST}$"
 BUCKET_PREFIX_MAX = 63 - 1 - max(len(region) for region in HEALTHIMAGING_REGIONS)
 BUCKET_PREFIX_PATTERN = rf"^[a-z0-9][a-z0-9-]{{1,{BUCKET_PREFIX_MAX - 1}}}$"
 KEY_PATTERN = rf"^{ARTIFACT_PREFIX}/[A-Za-z0-9._-]+/[A-Za-z0-9._-]+\.zip$"
+# S3 version ids are opaque (up to 1,024 bytes); "null" is what an object written before versioning has, which
+# pins nothing.
+VERSION_ID_PATTERN = r"^[A-Za-z0-9._+/=-]{1,1024}$"
+UNVERSIONED = "null"
+# The rule that refuses a region the release has no function code in (a release to some regions only).
+RELEASED_REGION_RULE = "ReleasedForTheRegion"
 
 
 def artifact_key(version: str, name: str) -> str:
@@ -58,6 +67,8 @@ class Artifacts:
     image_uri: str
     bucket_prefix: str
     functions_key: str
+    # Region -> the S3 version id of the zip in that region's bucket, as its PutObject answered.
+    functions_versions: Mapping[str, str]
 
     def __post_init__(self) -> None:
         for value, pattern, what in (
@@ -67,6 +78,18 @@ class Artifacts:
         ):
             if not re.fullmatch(pattern.strip("^$"), value):
                 raise ValueError(f"{value!r} is not {what}")
+        if not self.functions_versions:
+            raise ValueError("no region's function code: a release names an object version in each of its regions")
+        for region, version_id in self.functions_versions.items():
+            if region not in HEALTHIMAGING_REGIONS:
+                raise ValueError(f"{region}: AWS HealthImaging does not run there")
+            if version_id == UNVERSIONED or not re.fullmatch(VERSION_ID_PATTERN.strip("^$"), version_id):
+                raise ValueError(f"{version_id!r} ({region}) is not an S3 object version id")
+
+    @property
+    def regions(self) -> tuple[str, ...]:
+        """The regions the release serves, in the order of the supported regions' table."""
+        return tuple(region for region in HEALTHIMAGING_REGIONS if region in self.functions_versions)
 
     @property
     def by_digest(self) -> bool:
@@ -76,6 +99,7 @@ class Artifacts:
         return {
             "Image": {"Uri": self.image_uri},
             "Functions": {"BucketPrefix": self.bucket_prefix, "Key": self.functions_key},
+            **{region: {"FunctionsVersion": self.functions_versions[region]} for region in self.regions},
         }
 
 
@@ -85,6 +109,8 @@ DEVELOPMENT = Artifacts(
     image_uri=f"{DEVELOPMENT_ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/dicom-store-scp:{DEVELOPMENT_VERSION}",
     bucket_prefix=f"dicom-store-scp-artifacts-{DEVELOPMENT_ACCOUNT}",
     functions_key=artifact_key(DEVELOPMENT_VERSION, f"dicom-store-scp-functions-{DEVELOPMENT_VERSION}.zip"),
+    # No publish wrote these: a stack of the committed template would fail to find its code, as it should.
+    functions_versions={region: "development-unpublished" for region in HEALTHIMAGING_REGIONS},
 )
 
 
@@ -94,13 +120,25 @@ def image_uri() -> FindInMap:
 
 
 def functions_code() -> awslambda.Code:
-    """Every function's Code: the version's zip in the artifact bucket of the stack's region."""
+    """Every function's Code: the object version the publish wrote of the version's zip, in the artifact bucket of
+    the stack's region."""
     return awslambda.Code(
         S3Bucket=Sub("${Prefix}-${AWS::Region}", Prefix=FindInMap(MAPPING, "Functions", "BucketPrefix")),
         S3Key=FindInMap(MAPPING, "Functions", "Key"),
+        S3ObjectVersion=FindInMap(MAPPING, Ref("AWS::Region"), "FunctionsVersion"),
     )
 
 
 def set_artifacts(template: Any, artifacts: Artifacts) -> None:
-    """Name ``artifacts`` in ``template`` (a troposphere Template), replacing what it named before."""
+    """Name ``artifacts`` in ``template`` (a troposphere Template), replacing what it named before, and refuse
+    the regions they hold no function code for (before anything is created, with a message that says so)."""
     template.mappings[MAPPING] = artifacts.mapping()
+    template.rules[RELEASED_REGION_RULE] = {
+        "Assertions": [
+            {
+                "Assert": {"Fn::Contains": [list(artifacts.regions), Ref("AWS::Region")]},
+                "AssertDescription": "This release's function code is published only in "
+                + ", ".join(artifacts.regions),
+            }
+        ]
+    }

@@ -9,7 +9,6 @@ from troposphere import And, Equals, Not, Ref, Template
 from template_gen import parameters as p
 from template_gen.parameters import FARGATE_CPU_MEMORY, HEALTHIMAGING_REGIONS
 
-EVERYWHERE = "0.0.0.0/0"
 SUBNET_PARAMETERS = (p.PRIVATE_SUBNET_IDS, p.LOAD_BALANCER_SUBNET_IDS)
 
 
@@ -63,15 +62,31 @@ def add_rules(template: Template) -> None:
     template.add_rule(
         "NoClearTextDicomFromTheInternet",
         {
+            # Whatever PeerCIDR1-3 say: no comparison of CIDR text can tell "the internet" (0.0.0.0/1 plus
+            # 128.0.0.0/1 is all of it, and so is any wide block in practice). The deployer says so in words.
             "RuleCondition": And(
                 Equals(Ref(p.LOAD_BALANCER_SCHEME), "internet-facing"), Equals(Ref(p.TLS_CERTIFICATE_ARN), "")
             ),
             "Assertions": [
                 {
-                    "Assert": And(*(Not(Equals(Ref(f"PeerCIDR{n}"), EVERYWHERE)) for n in (1, 2, 3))),
-                    "AssertDescription": "An internet-facing load balancer with plain TCP open to 0.0.0.0/0 would "
-                    "carry patient data in clear text over the internet: give TLSCertificateARN, narrow "
-                    "PeerCIDR1-3 to your senders' addresses, or choose the internal LoadBalancerScheme",
+                    "Assert": Equals(Ref(p.ALLOW_CLEAR_TEXT_DICOM_FROM_THE_INTERNET), "true"),
+                    "AssertDescription": "An internet-facing load balancer without TLSCertificateARN carries "
+                    "patient data in clear text over the internet: give TLSCertificateARN, choose the internal "
+                    "LoadBalancerScheme (senders over VPN or Direct Connect), or, knowingly, set "
+                    "AllowClearTextDicomFromTheInternet to true",
+                }
+            ],
+        },
+    )
+    template.add_rule(
+        "CommitmentPeersHaveANetwork",
+        {
+            "RuleCondition": Not(Equals(Ref(p.COMMITMENT_PEERS), "")),
+            "Assertions": [
+                {
+                    "Assert": Not(Equals(Ref(p.COMMITMENT_PEERS_CIDR), "")),
+                    "AssertDescription": "CommitmentPeers needs CommitmentPeersCIDR, the network of its hosts: "
+                    "the SCP tasks may connect to nothing else outside HTTPS, so reports would never leave",
                 }
             ],
         },

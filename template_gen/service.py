@@ -8,7 +8,8 @@ from awacs.aws import (
     PolicyDocument,
     Statement,
 )
-from troposphere import GetAtt, If, Ref, Select, Split, Sub, Template, ec2, ecs, iam
+from dicom_store_contract import launch
+from troposphere import GetAtt, If, NoValue, Ref, Select, Split, Sub, Template, cloudformation, ec2, ecs, iam
 from troposphere import applicationautoscaling as aas
 
 from template_gen import commitment, release
@@ -76,10 +77,16 @@ def image_repository_arn() -> Sub:
 
 EXECUTION_ROLE = "ScpExecutionRole"
 TASK_DEFINITION = "ScpTaskDefinition"
+ECS_SERVICE_LINKED_ROLE = "EcsServiceLinkedRole"
+# Nothing but an ordering point: it depends on the service-linked role when the stack creates one (DependsOn
+# cannot name a resource that may not exist; a Ref under Fn::If in Metadata can).
+ECS_SERVICE_LINKED_ROLE_READY = "EcsServiceLinkedRoleReady"
 
 
 def add_service(template: Template) -> None:
     for resource in (
+        ecs_service_linked_role(),
+        ecs_service_linked_role_ready(),
         task_security_group(),
         task_ingress_from_load_balancer(),
         cluster(),
@@ -94,6 +101,31 @@ def add_service(template: Template) -> None:
         template.add_resource(resource)
 
 
+def ecs_service_linked_role() -> iam.ServiceLinkedRole:
+    """AWSServiceRoleForECS, for an account that has never used ECS.
+
+    CreateCluster makes the role itself when it is missing and assumes it at once, before IAM has propagated it:
+    the first cluster of an account often fails ("Unable to assume the service linked role"). Made here, it
+    exists before the cluster, and the IAM roles the cluster waits for (below) give it time to propagate. Kept
+    when the stack goes: the role is the account's, and other clusters may rely on it.
+    """
+    return iam.ServiceLinkedRole(
+        ECS_SERVICE_LINKED_ROLE,
+        Condition=c.CREATE_ECS_SERVICE_LINKED_ROLE,
+        DeletionPolicy="Retain",
+        UpdateReplacePolicy="Retain",
+        AWSServiceName="ecs.amazonaws.com",
+        Description="Amazon ECS service-linked role, created by the DICOM Store SCP stack",
+    )
+
+
+def ecs_service_linked_role_ready() -> cloudformation.WaitConditionHandle:
+    return cloudformation.WaitConditionHandle(
+        ECS_SERVICE_LINKED_ROLE_READY,
+        Metadata={"ServiceLinkedRole": If(c.CREATE_ECS_SERVICE_LINKED_ROLE, Ref(ECS_SERVICE_LINKED_ROLE), NoValue)},
+    )
+
+
 def task_security_group() -> ec2.SecurityGroup:
     return ec2.SecurityGroup(
         c.TASK_SECURITY_GROUP,
@@ -103,7 +135,7 @@ def task_security_group() -> ec2.SecurityGroup:
         # admitted by the additional task security group (SecurityGroupID). docs/deployment.md says so.
         SecurityGroupEgress=[
             ec2.SecurityGroupRule(
-                Description="HTTPS to Amazon S3, ECR and CloudWatch Logs (NAT gateway or VPC endpoints)",
+                Description="HTTPS to Amazon S3, DynamoDB, ECR and CloudWatch Logs (NAT gateway or VPC endpoints)",
                 IpProtocol="tcp",
                 FromPort=443,
                 ToPort=443,
@@ -128,12 +160,19 @@ def task_ingress_from_load_balancer() -> ec2.SecurityGroupIngress:
 
 
 def cluster() -> ecs.Cluster:
-    return ecs.Cluster(c.CLUSTER, ClusterSettings=[ecs.ClusterSetting(Name="containerInsights", Value="enabled")])
+    # After the service-linked role (when made here) and the task's roles, which are made after it: IAM role
+    # creation takes seconds, which the new service-linked role needs to propagate before ECS assumes it.
+    return ecs.Cluster(
+        c.CLUSTER,
+        DependsOn=[ECS_SERVICE_LINKED_ROLE_READY, EXECUTION_ROLE, c.TASK_ROLE],
+        ClusterSettings=[ecs.ClusterSetting(Name="containerInsights", Value="enabled")],
+    )
 
 
 def execution_role() -> iam.Role:
     return iam.Role(
         EXECUTION_ROLE,
+        DependsOn=[ECS_SERVICE_LINKED_ROLE_READY],
         AssumeRolePolicyDocument=ecs_tasks_trust(),
         Policies=[
             iam.Policy(
@@ -167,6 +206,7 @@ def execution_role() -> iam.Role:
 def task_role() -> iam.Role:
     return iam.Role(
         c.TASK_ROLE,
+        DependsOn=[ECS_SERVICE_LINKED_ROLE_READY],
         AssumeRolePolicyDocument=ecs_tasks_trust(),
         Policies=[
             iam.Policy(
@@ -256,7 +296,7 @@ def service() -> ecs.Service:
         EnableECSManagedTags=True,
         DeploymentConfiguration=ecs.DeploymentConfiguration(
             MinimumHealthyPercent=100,
-            MaximumPercent=200,
+            MaximumPercent=launch.DEPLOYMENT_MAXIMUM_PERCENT,
             DeploymentCircuitBreaker=ecs.DeploymentCircuitBreaker(Enable=True, Rollback=True),
         ),
         NetworkConfiguration=ecs.NetworkConfiguration(

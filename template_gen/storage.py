@@ -172,8 +172,10 @@ def _add_datastore(template: Template) -> None:
 
 
 def _sse() -> dynamodb.SSESpecification:
+    # SSEEnabled true means KMS: the customer's key with KMSMasterKeyId, else the AWS managed key aws/dynamodb
+    # (KMS requests billed). False (or absent) means DynamoDB's AWS owned key, free, as every table is encrypted.
     return dynamodb.SSESpecification(
-        SSEEnabled=True,
+        SSEEnabled=If(c.HAS_KMS_KEY, True, False),
         SSEType=If(c.HAS_KMS_KEY, "KMS", NoValue),
         KMSMasterKeyId=c.kms_key_or_none(),
     )

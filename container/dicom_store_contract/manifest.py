@@ -4,6 +4,11 @@ One JSON object (UTF-8) whose fields are listed once, in MANIFEST_FIELDS and INS
 writes it (the SCP, the sweeper) and ``parse`` reads and checks it (the functions). It carries
 ``manifestVersion``: a reader refuses a version it does not know rather than guess.
 
+``parse`` refuses a manifest only for what concerns the whole batch (not JSON, an unknown version, another batch, no
+entries, AHI's per-job limits). An entry it cannot import as listed (a field missing or malformed, a key outside
+the batch prefix, a SOP Instance UID an earlier entry already has) is set apart in ``Manifest.rejected`` with
+the reason, and the rest of the batch imports.
+
 Version 2 changed the instance checksum from ``sha256`` (hex) to ``checksum`` with its ``checksumAlgorithm``
 (CRC64NVME, as S3 verifies it on upload). ``parse`` still reads version 1, whose ``sha256`` becomes a SHA256
 checksum in the same form, so a batch sealed before an upgrade imports after it.
@@ -19,7 +24,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from . import layout, limits
+from . import layout, limits, uids
 
 MANIFEST_VERSION = 2
 # Versions parse() reads: 1 differs only in the instance checksum (V1_SHA256 below).
@@ -86,7 +91,13 @@ MANIFEST_FIELDS: tuple[Field, ...] = (
 INSTANCE_FIELDS: tuple[Field, ...] = (
     Field("key", "key", str, True, "the object's key, under `prefix`"),
     Field("sopClassUID", "sop_class_uid", str, False, "SOP Class UID (0008,0016)"),
-    Field("sopInstanceUID", "sop_instance_uid", str, True, "SOP Instance UID (0008,0018); unique in the batch"),
+    Field(
+        "sopInstanceUID",
+        "sop_instance_uid",
+        str,
+        True,
+        "SOP Instance UID (0008,0018); unique in the batch (a reader keeps the first entry that lists it)",
+    ),
     Field("studyInstanceUID", "study_instance_uid", str, True, "Study Instance UID (0020,000D)"),
     Field("seriesInstanceUID", "series_instance_uid", str, True, "Series Instance UID (0020,000E)"),
     Field("studyDate", "study_date", str, False, "Study Date (0008,0020); empty when the data set has none"),
@@ -116,6 +127,25 @@ V1_SHA256 = Field("sha256", "sha256", str, False, "SHA-256 of the stored object'
 
 class InvalidManifest(Exception):
     """The manifest cannot be imported as it stands; retrying will not help."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RejectedEntry:
+    """An entry of ``instances`` that cannot be imported as listed, why (``instances[<n>]: ...`` when ``parse`` set
+    it apart), and what of it names an instance.
+
+    The UIDs are the entry's own where they are UIDs, else the key's (``<study>/<series>/<sop>.dcm``) when the
+    key is under the batch prefix, else empty. ``listed_as`` is set when an earlier entry has the same SOP
+    Instance UID: that entry's key (the one tracked).
+    """
+
+    reason: str
+    key: str = ""
+    sop_class_uid: str = ""
+    sop_instance_uid: str = ""
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
+    listed_as: str = ""
 
 
 def timestamp(moment: datetime) -> str:
@@ -157,6 +187,8 @@ class Manifest:
     ended_at: str = ""
     end_reason: str = ""
     version: int = MANIFEST_VERSION
+    # Entries parse() set apart (never written: encode() lists ``instances`` only).
+    rejected: tuple[RejectedEntry, ...] = ()
 
     @classmethod
     def build(
@@ -274,7 +306,8 @@ def parse(body: bytes | str, dicom_prefix: str, key: str | None = None) -> Manif
 
     ``key``, when given, is where the manifest was found: its batch id must be the manifest's. A version-1
     manifest is returned in the current version's form (its ``sha256`` as a SHA256 ``checksum``).
-    Raises InvalidManifest naming the first thing wrong.
+    Raises InvalidManifest naming the first thing wrong with the manifest as a whole; an entry that cannot be
+    imported as listed is returned in ``rejected`` instead (``instances`` may then be empty).
     """
     try:
         document = json.loads(body)
@@ -308,16 +341,69 @@ def parse(body: bytes | str, dicom_prefix: str, key: str | None = None) -> Manif
         raise InvalidManifest(f"{len(records)} instances; a batch holds at most {most_files}")
     if document.get("instanceCount", len(records)) != len(records):
         raise InvalidManifest(f"instanceCount {document.get('instanceCount')} but {len(records)} instances listed")
-    instances = tuple(
-        _instance(record, f"instances[{number}]", expected_prefix, version) for number, record in enumerate(records)
-    )
-    if len({instance.sop_instance_uid for instance in instances}) != len(instances):
-        raise InvalidManifest("a SOP Instance UID is listed twice")
-    manifest = Manifest(instances=instances, **{**values, "version": MANIFEST_VERSION})
+    instances, rejected = _entries(records, expected_prefix, version)
+    manifest = Manifest(instances=instances, rejected=rejected, **{**values, "version": MANIFEST_VERSION})
     most_bytes = limits.BYTES_PER_IMPORT_JOB.whole
     if manifest.total_bytes > most_bytes:
         raise InvalidManifest(f"{manifest.total_bytes} bytes; an import job takes at most {most_bytes}")
     return manifest
+
+
+def _entries(records: list[Any], prefix: str, version: int) -> tuple[tuple[Instance, ...], tuple[RejectedEntry, ...]]:
+    """The entries that import as listed, and those set apart with the reason (in the order listed).
+
+    Of entries sharing a SOP Instance UID the first well-formed one is kept: the SCP stores one object per SOP
+    Instance UID per batch (a later copy under another key is refused at C-STORE), so a second entry comes from
+    elsewhere (an older SCP, a hand-made manifest) and the first is the copy acknowledged first.
+    """
+    kept: dict[str, Instance] = {}
+    rejected: list[RejectedEntry] = []
+    most_bytes = limits.BYTES_PER_FILE.whole
+    for number, record in enumerate(records):
+        where = f"instances[{number}]"
+        try:
+            instance = _instance(record, where, prefix, version)
+        except InvalidManifest as error:
+            rejected.append(_set_apart(record, str(error), prefix))
+            continue
+        listed = kept.get(instance.sop_instance_uid)
+        if listed is not None:
+            reason = f"{where}: SOP Instance UID already listed, key {listed.key!r}"
+            rejected.append(_set_apart(record, reason, prefix, listed_as=listed.key))
+        elif instance.size > most_bytes:
+            reason = f"{where}: {instance.size} bytes; AHI imports at most {most_bytes} per file"
+            rejected.append(_set_apart(record, reason, prefix))
+        else:
+            kept[instance.sop_instance_uid] = instance
+    return tuple(kept.values()), tuple(rejected)
+
+
+def _set_apart(record: Any, reason: str, prefix: str, listed_as: str = "") -> RejectedEntry:
+    """What a rejected entry says about the instance it stands for, as far as it can be trusted."""
+    fields = record if isinstance(record, dict) else {}
+
+    def text(name: str) -> str:
+        value = fields.get(name)
+        return value if isinstance(value, str) else ""
+
+    key = text("key")
+    named = layout.uids_of_instance_key(key) if key.startswith(prefix) else ("", "", "")
+    study, series, sop = (
+        own if uids.is_uid(own) else (from_key if uids.is_uid(from_key) else "")
+        for own, from_key in zip(
+            (text("studyInstanceUID"), text("seriesInstanceUID"), text("sopInstanceUID")), named, strict=True
+        )
+    )
+    sop_class = text("sopClassUID")
+    return RejectedEntry(
+        reason=reason,
+        key=key,
+        sop_class_uid=sop_class if uids.is_uid(sop_class) else "",
+        sop_instance_uid=sop,
+        study_instance_uid=study,
+        series_instance_uid=series,
+        listed_as=listed_as,
+    )
 
 
 def fields_table(fields: tuple[Field, ...]) -> str:

@@ -90,7 +90,7 @@ REJECTION_REASONS: tuple[str, ...] = (
 # Values of the STATUS_FAMILY dimension: the C-STORE failure status families of PS3.4 B.2.3.
 STATUS_FAMILIES: tuple[str, ...] = (
     "OutOfResources",  # A7xx: storage failed or the association was closing; the sender should retry
-    "SOPClassNotSupported",  # 0122
+    "SOPClassNotSupported",  # 0122, 0211: not a storage request for its presentation context
     "DataSetMismatch",  # A9xx: data set does not match the request's SOP class or instance
     "CannotUnderstand",  # Cxxx: data set or request unusable
 )
@@ -121,6 +121,9 @@ INSTANCES_NOT_PRIMARY = FunctionMetric(
 IMPORT_JOBS_STARTED = FunctionMetric("ImportJobsStarted", "start_import_job", "import jobs started")
 BATCHES_STARTED = FunctionMetric("BatchesStarted", "trigger_import", "batches whose import workflow started")
 MANIFESTS_REJECTED = FunctionMetric("ManifestsRejected", "trigger_import", "manifests that failed the checks")
+MANIFEST_ENTRIES_REJECTED = FunctionMetric(
+    "ManifestEntriesRejected", "trigger_import", "manifest entries not imported as listed (recorded FAILED, or copies)"
+)
 BATCHES_FAILED = FunctionMetric("BatchesFailed", "record_failure", "batches whose import workflow failed")
 BATCHES_TIMED_OUT = FunctionMetric("BatchesTimedOut", "record_failure", "batches whose import job did not end in time")
 BATCHES_SWEPT = FunctionMetric("BatchesSwept", "sweeper", "abandoned batches the sweeper sealed")
@@ -133,6 +136,7 @@ FUNCTION_METRICS: tuple[FunctionMetric, ...] = (
     IMPORT_JOBS_STARTED,
     BATCHES_STARTED,
     MANIFESTS_REJECTED,
+    MANIFEST_ENTRIES_REJECTED,
     BATCHES_FAILED,
     BATCHES_TIMED_OUT,
     BATCHES_SWEPT,

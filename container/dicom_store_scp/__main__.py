@@ -1,6 +1,7 @@
 """``dicom-store-scp`` / ``python -m dicom_store_scp``: parse the configuration and serve.
 
-``dicom-store-scp status ...`` answers "did these instances reach HealthImaging?" instead (status.py).
+``dicom-store-scp status ...`` answers "did these instances reach HealthImaging?" instead (status.py);
+``dicom-store-scp preflight ...`` "is this account ready for the stack?" (preflight.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import status
 
         return status.main(argv[1:])
+    if argv[:1] == ["preflight"]:
+        from . import preflight
+
+        return preflight.main(argv[1:])
     try:
         config = load(argv)
     except ConfigError as error:

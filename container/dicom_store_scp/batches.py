@@ -31,23 +31,45 @@ class AssociationClosing(Exception):
     """The association has ended; nothing more is recorded for it."""
 
 
+class DuplicateInstance(Exception):
+    """The batch already holds this SOP Instance UID under another Study or Series Instance UID: not stored.
+
+    The store holds one object per SOP Instance UID per batch (AHI imports every file under the batch prefix,
+    whatever the manifest lists), and the first copy was acknowledged: it stays, and this copy is refused.
+    """
+
+    def __init__(self, batch_id: str, stored: Instance, refused: Instance) -> None:
+        self.batch_id = batch_id
+        self.differs = (
+            "Study Instance UID" if stored.study_instance_uid != refused.study_instance_uid else "Series Instance UID"
+        )
+        super().__init__(f"batch {batch_id} already holds this SOP Instance UID under another {self.differs}")
+
+
 @dataclass
 class Batch:
     batch_id: str
     started_at: datetime
+    # By SOP Instance UID: one entry, and one stored object, per SOP Instance UID.
     entries: dict[str, Instance] = field(default_factory=dict)
     total_bytes: int = 0
     # The folders below the batch prefix: one per study, one per series (AHI limits them per import job).
     folders: set[str] = field(default_factory=set)
 
-    def add(self, instance: Instance) -> None:
-        # The same SOP Instance sent twice lands on the same key: the later copy wins, listed once.
-        previous = self.entries.pop(instance.key, None)
+    def holding(self, instance: Instance) -> Instance | None:
+        """The entry this batch already has for the instance's SOP Instance UID, if any."""
+        return self.entries.get(instance.sop_instance_uid)
+
+    def add(self, instance: Instance) -> Instance | None:
+        """List a stored instance; return the copy it replaced (the same SOP Instance sent again: same key)."""
+        previous = self.entries.pop(instance.sop_instance_uid, None)
         if previous is not None:
+            assert previous.key == instance.key, "a SOP Instance UID under another key is refused before storing"
             self.total_bytes -= previous.size
-        self.entries[instance.key] = instance
+        self.entries[instance.sop_instance_uid] = instance
         self.total_bytes += instance.size
         self.folders.update(instance_folders(instance))
+        return previous
 
 
 def instance_folders(instance: Instance) -> tuple[str, str]:
@@ -67,8 +89,11 @@ class Session:
     lock: threading.Lock = field(default_factory=threading.Lock)
     batch: Batch | None = None
     sealed_batches: list[str] = field(default_factory=list)
+    # Instances and bytes stored, a SOP Instance counted once per batch: a later copy that replaced an earlier one
+    # (the same key) counts in ``replaced`` and its bytes instead of the earlier copy's.
     instances: int = 0
     bytes: int = 0
+    replaced: int = 0
     failures: int = 0
     closed: bool = False
 
@@ -126,34 +151,51 @@ class Sessions:
             return len(self._by_association)
 
     def store(self, session: Session, source: Path, instance: Instance) -> str:
-        """Store one received instance durably in the session's current batch; return its key."""
+        """Store one received instance durably in the session's current batch; return its key.
+
+        Raises DuplicateInstance, storing nothing, when the batch holds the SOP Instance UID under another key.
+        """
         with session.lock:
             if session.closed:
                 raise AssociationClosing("association has ended")
             batch = session.batch
-            if batch is not None and batch.entries and self._would_overflow(batch, instance):
-                self._seal(session, EndReason.CHUNK_LIMIT)
-                batch = None
+            if batch is not None:
+                # Judged before any cut: the copy the batch holds was acknowledged and stays importable.
+                held = batch.holding(instance)
+                if held is not None and held.key != self._key(batch, instance):
+                    raise DuplicateInstance(batch.batch_id, held, instance)
+                if batch.entries and self._would_overflow(batch, instance, held):
+                    self._seal(session, EndReason.CHUNK_LIMIT)
+                    batch = None
             if batch is None:
                 batch = session.batch = Batch(layout.new_batch_id(), datetime.now(UTC))
-            key = layout.instance_key(
-                self.prefix,
-                batch.batch_id,
-                instance.study_instance_uid,
-                instance.series_instance_uid,
-                instance.sop_instance_uid,
-            )
+            key = self._key(batch, instance)
             self.storage.store_instance(source, key, instance.checksum)
-            batch.add(replace(instance, key=key))
-            session.instances += 1
-            session.bytes += instance.size
+            replaced = batch.add(replace(instance, key=key))
+            if replaced is None:
+                session.instances += 1
+                session.bytes += instance.size
+            else:
+                session.replaced += 1
+                session.bytes += instance.size - replaced.size
             if len(batch.entries) >= self.max_instances or batch.total_bytes >= self.max_bytes:
                 self._seal(session, EndReason.CHUNK_LIMIT)
             return key
 
-    def _would_overflow(self, batch: Batch, instance: Instance) -> bool:
-        """Adding this instance would take the batch past AHI's bytes or nested folders per import job."""
-        if batch.total_bytes + instance.size > self.max_bytes:
+    def _key(self, batch: Batch, instance: Instance) -> str:
+        return layout.instance_key(
+            self.prefix,
+            batch.batch_id,
+            instance.study_instance_uid,
+            instance.series_instance_uid,
+            instance.sop_instance_uid,
+        )
+
+    def _would_overflow(self, batch: Batch, instance: Instance, replacing: Instance | None) -> bool:
+        """Adding this instance (in place of ``replacing``) would take the batch past AHI's bytes or nested
+        folders per import job."""
+        held_bytes = replacing.size if replacing is not None else 0
+        if batch.total_bytes - held_bytes + instance.size > self.max_bytes:
             return True
         return len(batch.folders.union(instance_folders(instance))) > self.max_folders
 
@@ -180,6 +222,7 @@ class Sessions:
                     "outcome": outcome,
                     "instances": session.instances,
                     "bytes": session.bytes,
+                    "replaced": session.replaced,
                     "failures": session.failures,
                     "batches": session.sealed_batches,
                     "durationSeconds": round(time.monotonic() - session.started, 3),

@@ -53,8 +53,9 @@ from typing import Any, NoReturn
 from dicom_store_contract.uids import is_uid
 from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from . import handlers, protocol, statuses
+from . import handlers, inner_meta, protocol, statuses
 from .batches import Sessions
 from .checksum import Crc64Nvme
 from .metrics import Recorder
@@ -121,13 +122,16 @@ class _Store:
     detail: str = ""
     path: Path | None = None
     fd: int = -1
-    received_bytes: int = 0
+    received_bytes: int = 0  # of the data set, in the spool file
+    arrived_bytes: int = 0  # of the data set, as sent (with what was not spooled)
     dropped_bytes: int = 0
     # CRC64NVME of the spool file, computed as it is written (handlers.py would read the file again for it).
     digest: Any = None
     # The spool file's first bytes (File Meta Information, then the data set's start): the header is walked here.
     head: bytearray = field(default_factory=bytearray)
     meta_length: int = 0
+    # Takes the sender's File Meta Information elements off the data set's start (inner_meta.py); None for deflate.
+    stripper: inner_meta.MetaStripper | None = None
 
 
 @dataclass
@@ -138,6 +142,20 @@ class _Small:
     command_field: int
     elements: dict[int, bytes]
     data: bytearray = field(default_factory=bytearray)
+
+
+@dataclass
+class _Refused:
+    """A request answered with a failure status (not C-STORE's: its own road); its data set, if it declared one, is
+    read and dropped first (at most ``protocol.SMALL_DATA_SET_LIMIT`` bytes, as for the data sets held in memory)."""
+
+    context_id: int
+    command_field: int
+    message_id: int
+    sop_class: str
+    status: int
+    detail: str
+    dropped_bytes: int = 0
 
 
 @dataclass
@@ -165,6 +183,8 @@ class _StoreEvent:
     checksum: str
     head: bytearray
     size: int
+    # Set by the handler for a refusal: the element the response's Offending Element (0000,0901) names.
+    offending_element: int | None = None
 
 
 @dataclass
@@ -210,6 +230,7 @@ class DataPhase:
         self._commands = _Commands()
         self._store: _Store | None = None
         self._small: _Small | None = None
+        self._refused: _Refused | None = None
         self._stop_requested = False
         self._wait_all = 0
         self._finished = threading.Event()
@@ -301,6 +322,7 @@ class DataPhase:
         """AR-2, AR-4: answer a release request; a message still incomplete is dropped with it."""
         self._discard_store("the sender released the association in the middle of the data set")
         self._small = None
+        self._refused = None
         with self._lock:
             self._releasing = True  # no report starts on this association from now on
             waiting = bool(self._reports)
@@ -447,7 +469,7 @@ class DataPhase:
             offset = end
 
     def _receive_command_fragment(self, context_id: int, fragment: memoryview, control: int) -> None:
-        if self._store is not None or self._small is not None:
+        if self._store is not None or self._small is not None or self._refused is not None:
             self._violation("command fragment while the previous message's data set is incomplete")
         commands = self._commands
         if commands.context_id not in (None, context_id):
@@ -467,72 +489,142 @@ class DataPhase:
         except protocol.DimseViolation as violation:
             self._violation(str(violation))
         field_ = protocol.unsigned_short(elements, protocol.COMMAND_FIELD)
-        if field_ not in protocol.SERVED_COMMANDS:
+        if field_ == protocol.N_EVENT_REPORT_RSP:
+            self._receive_report_answer(context_id, elements)
+            return
+        if field_ == protocol.C_CANCEL_RQ:
+            self._receive_cancel(elements)
+            return
+        request = protocol.REQUESTS.get(field_) if field_ is not None else None
+        if field_ is None or request is None:
+            # Nothing to answer: not a DIMSE command, or a response to a request this SCP never sent.
             shown = "none" if field_ is None else f"0x{field_:04X}"
-            self._violation(f"command field {shown} is not a request this SCP serves")
-        name = protocol.SERVED_COMMANDS[field_]
-        if self._releasing and field_ != protocol.N_EVENT_REPORT_RSP:
+            what = "a response to no request of this SCP's" if field_ and field_ & protocol.RESPONSE_BIT else "unknown"
+            self._violation(f"command field {shown}: {what}")
+        name = request.name
+        if self._releasing:
             # Sta8: the peer asked to release; only the answer to our report may still come.
             self._violation(f"{name} after A-RELEASE-RQ")
-        missing = [f"(0000,{tag:04X})" for tag in protocol.REQUIRED[field_] if not elements.get(tag)]
-        if missing:
-            self._violation(f"{name} without {', '.join(missing)}: it cannot be answered")
+        message_id = protocol.unsigned_short(elements, protocol.MESSAGE_ID)
+        if message_id is None:
+            self._violation(f"{name} without a Message ID (0000,0110) of 2 bytes: it cannot be answered")
         data_set_type = protocol.unsigned_short(elements, protocol.COMMAND_DATA_SET_TYPE)
         if data_set_type is None:
             self._violation(f"{name} without Command Data Set Type (0000,0800)")
         has_data_set = data_set_type != protocol.NO_DATA_SET
+        # The message's own structure (PS3.7 9.3): a C-STORE carries a data set, a C-ECHO none.
+        if field_ == protocol.C_STORE_RQ and not has_data_set:
+            self._violation("C-STORE-RQ without a data set")
+        if field_ == protocol.C_ECHO_RQ and has_data_set:
+            self._violation(f"{name} declares a data set: it takes none")
         abstract_syntax, transfer_syntax = self.contexts[context_id]
+        served = self._served_request(context_id)
         if field_ == protocol.C_STORE_RQ:
-            if not has_data_set:
-                self._violation("C-STORE-RQ without a data set")
-            request = protocol.check_store_request(elements, abstract_syntax)
+            checked = protocol.check_store_request(elements, abstract_syntax)
+            if checked.refusal is None and served != protocol.C_STORE_RQ:
+                checked.refusal = statuses.UNRECOGNIZED_OPERATION
+                checked.detail = f"{name} on a presentation context for {abstract_syntax}, which takes no C-STORE"
             store = _Store(
                 context_id,
-                request.message_id,
-                request.sop_class_uid,
-                request.sop_instance_uid,
+                message_id,
+                checked.sop_class_uid,
+                checked.sop_instance_uid,
                 transfer_syntax,
-                refusal=request.refusal,
-                detail=request.detail,
+                refusal=checked.refusal,
+                detail=checked.detail,
             )
             if store.refusal is None:
                 self._open_spool(store)
             self._store = store
             return
-        if field_ == protocol.C_CANCEL_RQ:
-            if has_data_set:
-                self._violation(f"{name} declares a data set: it takes none")
-            # Requests are answered before the next is read: whatever it cancels has had its answer already.
-            return
-        if field_ == protocol.N_EVENT_REPORT_RSP:
-            if has_data_set:
-                self._small = _Small(context_id, field_, elements)
-            else:
-                self._report_answered(elements)
-            return
-        message_id = protocol.unsigned_short(elements, protocol.MESSAGE_ID)
-        if message_id is None:
-            self._violation(f"{name} has a Message ID (0000,0110) that is not 2 bytes long")
-        sop_class_element = (
-            protocol.REQUESTED_SOP_CLASS_UID if field_ == protocol.N_ACTION_RQ else protocol.AFFECTED_SOP_CLASS_UID
-        )
-        sop_class = protocol.text(elements, sop_class_element) or ""
+        sop_class = protocol.text(elements, request.sop_class_element) or ""
         if sop_class != abstract_syntax:
             # Served by its context, not by the UID it names.
-            self._violation(f"{name} for {sop_class} on a presentation context for {abstract_syntax}")
+            shown = sop_class or "no SOP class"
+            self._refuse(
+                context_id, field_, message_id, sop_class, has_data_set, statuses.SOP_CLASS_NOT_SUPPORTED,
+                f"{name} names {shown} on a presentation context for {abstract_syntax}",
+            )  # fmt: skip
+            return
+        if field_ != served:
+            offered = protocol.REQUESTS[served].name if served is not None else "nothing"
+            self._refuse(
+                context_id, field_, message_id, sop_class, has_data_set, statuses.UNRECOGNIZED_OPERATION,
+                f"{name} for {abstract_syntax}: the SCP serves {offered} on that presentation context",
+            )  # fmt: skip
+            return
         if field_ == protocol.C_ECHO_RQ:
-            if has_data_set:
-                self._violation(f"{name} declares a data set: it takes none")
             self._respond(context_id, protocol.C_ECHO_RSP, message_id, statuses.SUCCESS, sop_class)
             return
-        # N-ACTION-RQ
-        if context_id != self._report_context or self.settings.n_action is None:
-            self._violation(f"{name} on a presentation context for {abstract_syntax}: not a service this SCP offers")
+        # N-ACTION-RQ on the Storage Commitment context
+        missing = [f"(0000,{tag:04X})" for tag in protocol.REQUIRED[field_] if not elements.get(tag)]
+        if missing:
+            self._violation(f"{name} without {', '.join(missing)}: it cannot be answered")
         small = _Small(context_id, field_, elements)
         if has_data_set:
             self._small = small
         else:
             self._serve_n_action(small)
+
+    def _served_request(self, context_id: int) -> int | None:
+        """The one request this SCP serves on a presentation context: C-ECHO for Verification, N-ACTION for Storage
+        Commitment (where offered), C-STORE for every storage SOP class."""
+        abstract_syntax = self.contexts[context_id][0]
+        if abstract_syntax == Verification:
+            return protocol.C_ECHO_RQ
+        if abstract_syntax == self.settings.commitment_sop_class:
+            return protocol.N_ACTION_RQ if self.settings.n_action is not None else None
+        return protocol.C_STORE_RQ
+
+    def _receive_report_answer(self, context_id: int, elements: dict[int, bytes]) -> None:
+        missing = [
+            f"(0000,{tag:04X})" for tag in protocol.REQUIRED[protocol.N_EVENT_REPORT_RSP] if not elements.get(tag)
+        ]
+        if missing:
+            self._violation(f"N-EVENT-REPORT-RSP without {', '.join(missing)}: it cannot be matched")
+        data_set_type = protocol.unsigned_short(elements, protocol.COMMAND_DATA_SET_TYPE)
+        if data_set_type is None:
+            self._violation("N-EVENT-REPORT-RSP without Command Data Set Type (0000,0800)")
+        if data_set_type != protocol.NO_DATA_SET:
+            self._small = _Small(context_id, protocol.N_EVENT_REPORT_RSP, elements)
+        else:
+            self._report_answered(elements)
+
+    def _receive_cancel(self, elements: dict[int, bytes]) -> None:
+        if self._releasing:
+            self._violation("C-CANCEL-RQ after A-RELEASE-RQ")
+        if not elements.get(protocol.MESSAGE_ID_BEING_RESPONDED_TO):
+            self._violation("C-CANCEL-RQ without (0000,0120): it cannot be answered")
+        data_set_type = protocol.unsigned_short(elements, protocol.COMMAND_DATA_SET_TYPE)
+        if data_set_type is None:
+            self._violation("C-CANCEL-RQ without Command Data Set Type (0000,0800)")
+        if data_set_type != protocol.NO_DATA_SET:
+            self._violation("C-CANCEL-RQ declares a data set: it takes none")
+        # Requests are answered before the next is read: whatever it cancels has had its answer already.
+
+    def _refuse(
+        self, context_id: int, field_: int, message_id: int, sop_class: str, has_data_set: bool, status: int, why: str
+    ) -> None:
+        """A request this association cannot serve: a failure status for that message (PS3.7 Annex C), once its data
+        set (if any) is read and dropped; the association goes on."""
+        refused = _Refused(context_id, field_, message_id, sop_class, status, why)
+        if has_data_set:
+            self._refused = refused
+        else:
+            self._answer_refused(refused)
+
+    def _answer_refused(self, refused: _Refused) -> None:
+        handlers.refused_request(
+            self.assoc, protocol.REQUESTS[refused.command_field].name, refused.status, refused.detail,
+            refused.message_id, refused.sop_class, droppedBytes=refused.dropped_bytes,
+        )  # fmt: skip
+        self._respond(
+            refused.context_id,
+            refused.command_field | protocol.RESPONSE_BIT,
+            refused.message_id,
+            refused.status,
+            refused.sop_class if is_uid(refused.sop_class) else "",
+        )
 
     def _receive_data_fragment(self, context_id: int, fragment: memoryview, control: int) -> None:
         store = self._store
@@ -540,26 +632,82 @@ class DataPhase:
             if self._small is not None:
                 self._receive_small_fragment(context_id, fragment, control)
                 return
-            self._violation("data set fragment without a C-STORE request before it")
+            if self._refused is not None:
+                self._receive_refused_fragment(context_id, fragment, control)
+                return
+            self._violation("data set fragment without a request declaring it before it")
         if context_id != store.context_id:
             self._violation("data set fragment on another presentation context than its command")
         size = len(fragment)
-        if store.refusal is None and store.received_bytes + size > self.settings.instance_limit:
+        if store.refusal is None and store.arrived_bytes + size > self.settings.instance_limit:
             self._refuse_oversized(store)
+        store.arrived_bytes += size
+        stripper = store.stripper
         if store.refusal is None:
-            store.digest.update(fragment)
-            written = os.write(store.fd, fragment)
-            while written < size:
-                written += os.write(store.fd, fragment[written:])
-            store.received_bytes += size
-            wanted = HEAD_BYTES - len(store.head)
-            if wanted > 0:
-                store.head += fragment[:wanted]
+            if stripper is None or stripper.done:
+                self._spool(store, fragment)
+            else:
+                self._spool_stripped(store, stripper, fragment, control)
         else:
             store.dropped_bytes += size
         if control & LAST:
             self._store = None
             self._complete(store)
+
+    def _spool(self, store: _Store, data: bytes | memoryview) -> None:
+        size = len(data)
+        store.digest.update(data)
+        written = os.write(store.fd, data)
+        while written < size:
+            written += os.write(store.fd, data[written:])
+        store.received_bytes += size
+        wanted = HEAD_BYTES - len(store.head)
+        if wanted > 0:
+            store.head += data[:wanted]
+
+    def _spool_stripped(
+        self, store: _Store, stripper: inner_meta.MetaStripper, fragment: memoryview, control: int
+    ) -> None:
+        """The data set's start: the sender's group 0002 elements dropped, what follows them spooled."""
+        try:
+            parts = stripper.feed(fragment)
+        except inner_meta.Unreadable as error:
+            self._discard_spool(store)
+            store.refusal = statuses.CANNOT_PARSE_DATASET
+            store.dropped_bytes = store.arrived_bytes
+            store.detail = f"File Meta Information element at the data set's start: {error}"
+            return
+        if control & LAST and not stripper.done:
+            parts += stripper.finish()
+        for part in parts:
+            self._spool(store, part)
+        if stripper.done and stripper.dropped_count:
+            self._log_dropped_meta(store, stripper)
+
+    def _log_dropped_meta(self, store: _Store, stripper: inner_meta.MetaStripper) -> None:
+        inner = stripper.transfer_syntax
+        differs = inner is not None and inner != store.transfer_syntax
+        LOG.log(
+            logging.WARNING if differs else logging.INFO,
+            "File Meta Information in the data set dropped",
+            extra={
+                "fields": {
+                    "event": "file-meta-dropped",
+                    **handlers.peer(self.assoc),
+                    "sopInstanceUID": store.sop_instance_uid,
+                    "elements": stripper.tags,
+                    "elementCount": stripper.dropped_count,
+                    "droppedBytes": stripper.dropped_bytes,
+                    "transferSyntaxUID": store.transfer_syntax,
+                    **({"innerTransferSyntaxUID": inner} if inner is not None else {}),
+                    "reason": (
+                        "the sender's Transfer Syntax UID differs from the negotiated one, which the stored file names"
+                        if differs
+                        else "group 0002 belongs to the file, whose File Meta Information the SCP writes"
+                    ),
+                }
+            },
+        )
 
     def _receive_small_fragment(self, context_id: int, fragment: memoryview, control: int) -> None:
         small = self._small
@@ -575,6 +723,18 @@ class DataPhase:
                 self._serve_n_action(small)
             else:
                 self._report_answered(small.elements)
+
+    def _receive_refused_fragment(self, context_id: int, fragment: memoryview, control: int) -> None:
+        refused = self._refused
+        assert refused is not None
+        if context_id != refused.context_id:
+            self._violation("data set fragment on another presentation context than its command")
+        refused.dropped_bytes += len(fragment)
+        if refused.dropped_bytes > protocol.SMALL_DATA_SET_LIMIT:
+            self._violation(f"data set of a refused request longer than {protocol.SMALL_DATA_SET_LIMIT} bytes")
+        if control & LAST:
+            self._refused = None
+            self._answer_refused(refused)
 
     # -- Storage Commitment ----------------------------------------------------------------------------------------
 
@@ -694,12 +854,13 @@ class DataPhase:
         os.write(store.fd, meta)
         store.head += meta
         store.meta_length = len(meta)
+        store.stripper = inner_meta.MetaStripper.for_transfer_syntax(store.transfer_syntax)
 
     def _refuse_oversized(self, store: _Store) -> None:
         """Stop spooling a data set larger than AHI imports: what arrived is deleted, the rest is read and dropped."""
         self._discard_spool(store)
         store.refusal = statuses.INSTANCE_TOO_LARGE
-        store.dropped_bytes = store.received_bytes
+        store.dropped_bytes = store.arrived_bytes
         store.detail = f"data set longer than {self.settings.instance_limit} bytes (MAXIMUM_INSTANCE_BYTES)"
 
     def _complete(self, store: _Store) -> None:
@@ -738,6 +899,7 @@ class DataPhase:
             status,
             store.sop_class_uid,
             store.sop_instance_uid,
+            event.offending_element,
         )
 
     def _answer_refusal(self, store: _Store) -> None:
@@ -781,7 +943,7 @@ class DataPhase:
                         **handlers.peer(self.assoc),
                         "sopInstanceUID": store.sop_instance_uid,
                         "sopClassUID": store.sop_class_uid,
-                        "receivedBytes": store.received_bytes,
+                        "receivedBytes": store.arrived_bytes,
                         "reason": why or self._ending or "the association ended",
                     }
                 },
@@ -790,9 +952,20 @@ class DataPhase:
     # -- sending -----------------------------------------------------------------------------------------------------
 
     def _respond(
-        self, context_id: int, command_field: int, message_id: int, status: int, sop_class: str, sop_instance: str = ""
+        self,
+        context_id: int,
+        command_field: int,
+        message_id: int,
+        status: int,
+        sop_class: str,
+        sop_instance: str = "",
+        offending_element: int | None = None,
     ) -> None:
-        command = protocol.response_command(command_field, message_id, status, sop_class, sop_instance)
+        if offending_element is None:
+            offending_element = statuses.OFFENDING_ELEMENTS.get(status)
+        command = protocol.response_command(
+            command_field, message_id, status, sop_class, sop_instance, offending_element
+        )
         self._send(protocol.p_data(context_id, command, self.send_limit, command=True))
 
     def _send(self, data: bytes) -> None:

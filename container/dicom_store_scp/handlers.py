@@ -18,12 +18,13 @@ from typing import Any
 
 from dicom_store_contract import limits, uids
 from dicom_store_contract.manifest import EndReason, Instance
+from pydicom.datadict import tag_for_keyword
 from pydicom.filereader import read_partial
 from pydicom.tag import BaseTag, Tag
 
 from . import header as header_walker
 from . import protocol, statuses, validation
-from .batches import AssociationClosing, Sessions
+from .batches import AssociationClosing, DuplicateInstance, Sessions
 from .checksum import ALGORITHM as CHECKSUM_ALGORITHM
 from .metrics import Recorder
 from .storage import StorageError
@@ -282,6 +283,11 @@ def handle_store(event: Any, sessions: Sessions, recorder: Recorder) -> int:
         sessions.store(session, source, instance)
     except StorageError as error:
         return _fail(event, sessions, recorder, statuses.OUT_OF_RESOURCES_STORAGE, str(error))
+    except DuplicateInstance as error:
+        return _fail(
+            event, sessions, recorder, statuses.DUPLICATE_SOP_INSTANCE, str(error),
+            {"batchId": error.batch_id, "differs": error.differs},
+        )  # fmt: skip
     except AssociationClosing as error:
         return _fail(event, sessions, recorder, statuses.OUT_OF_RESOURCES_CLOSING, str(error))
     recorder.instance_stored(instance.size, time.monotonic() - received)
@@ -366,6 +372,11 @@ def _fail(
     if sessions is not None:
         with contextlib.suppress(AssociationClosing):
             sessions.record_failure(sessions.get(event.assoc))
+    # The response names the element (Offending Element), never its value.
+    keyword = (fields or {}).get("element")
+    event.offending_element = statuses.OFFENDING_ELEMENTS.get(status) or (
+        tag_for_keyword(keyword) if isinstance(keyword, str) else None
+    )
     request = event.request
     return refused_store(
         event.assoc, recorder, status, detail, str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID),
@@ -394,6 +405,28 @@ def refused_store(
         },
     )
     return status
+
+
+def refused_request(
+    assoc: Any, request: str, status: int, detail: str, message_id: int, sop_class: str, **fields: Any
+) -> None:
+    """Log a DIMSE request other than C-STORE answered with a failure status: the association goes on."""
+    LOG.warning(
+        "request refused",
+        extra={
+            "fields": {
+                "event": "request-refused",
+                **peer(assoc),
+                "request": request,
+                "status": f"0x{status:04X}",
+                "reason": statuses.REASONS[status],
+                "detail": detail,
+                "messageId": message_id,
+                "sopClassUID": sop_class,
+                **fields,
+            }
+        },
+    )
 
 
 def protocol_aborted(assoc: Any, recorder: Recorder, source: int, reason: int, detail: str) -> None:

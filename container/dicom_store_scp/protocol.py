@@ -121,24 +121,22 @@ def p_data(context_id: int, payload: bytes, limit: int, command: bool) -> bytes:
 
 C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
+C_GET_RQ = 0x0010
+C_FIND_RQ = 0x0020
+C_MOVE_RQ = 0x0021
 C_ECHO_RQ = 0x0030
 C_ECHO_RSP = 0x8030
 C_CANCEL_RQ = 0x0FFF
 N_EVENT_REPORT_RQ = 0x0100
 N_EVENT_REPORT_RSP = 0x8100
+N_GET_RQ = 0x0110
+N_SET_RQ = 0x0120
 N_ACTION_RQ = 0x0130
 N_ACTION_RSP = 0x8130
-# The messages this SCP takes from a peer: its requests, and the answer to the report it sends (Storage Commitment).
-SERVED_COMMANDS = {
-    C_STORE_RQ: "C-STORE-RQ",
-    C_ECHO_RQ: "C-ECHO-RQ",
-    C_CANCEL_RQ: "C-CANCEL-RQ",
-    N_ACTION_RQ: "N-ACTION-RQ",
-    N_EVENT_REPORT_RSP: "N-EVENT-REPORT-RSP",
-}
-# Command Data Set Type (0000,0800): this value means "no data set"; any other, "a data set follows".
-NO_DATA_SET = 0x0101
-DATA_SET_PRESENT = 0x0000
+N_CREATE_RQ = 0x0140
+N_DELETE_RQ = 0x0150
+# A response's command field is its request's with this bit set (PS3.7 E.1).
+RESPONSE_BIT = 0x8000
 
 # Command set elements (group 0000).
 AFFECTED_SOP_CLASS_UID = 0x0002
@@ -149,16 +147,47 @@ MESSAGE_ID_BEING_RESPONDED_TO = 0x0120
 PRIORITY = 0x0700
 COMMAND_DATA_SET_TYPE = 0x0800
 STATUS = 0x0900
+OFFENDING_ELEMENT = 0x0901
+ERROR_COMMENT = 0x0902
 AFFECTED_SOP_INSTANCE_UID = 0x1000
 REQUESTED_SOP_INSTANCE_UID = 0x1001
 EVENT_TYPE_ID = 0x1002
 ACTION_TYPE_ID = 0x1008
-# What each served message must carry for an answer (or, for a response, a match) to be possible at all.
+
+
+@dataclass(frozen=True)
+class Request:
+    """A DIMSE request (PS3.7 9.3, 10.3): its name and the element that names its SOP class."""
+
+    name: str
+    sop_class_element: int
+
+
+# Every DIMSE request that has a response (C-CANCEL-RQ has none). Each can be answered, served or refused, as long
+# as it carries a Message ID to answer to: a request the association cannot serve gets a failure status for that
+# message and the association goes on (PS3.7 C.5: 0x0122, 0x0211), never an abort.
+REQUESTS = {
+    C_STORE_RQ: Request("C-STORE-RQ", AFFECTED_SOP_CLASS_UID),
+    C_GET_RQ: Request("C-GET-RQ", AFFECTED_SOP_CLASS_UID),
+    C_FIND_RQ: Request("C-FIND-RQ", AFFECTED_SOP_CLASS_UID),
+    C_MOVE_RQ: Request("C-MOVE-RQ", AFFECTED_SOP_CLASS_UID),
+    C_ECHO_RQ: Request("C-ECHO-RQ", AFFECTED_SOP_CLASS_UID),
+    N_EVENT_REPORT_RQ: Request("N-EVENT-REPORT-RQ", AFFECTED_SOP_CLASS_UID),
+    N_GET_RQ: Request("N-GET-RQ", REQUESTED_SOP_CLASS_UID),
+    N_SET_RQ: Request("N-SET-RQ", REQUESTED_SOP_CLASS_UID),
+    N_ACTION_RQ: Request("N-ACTION-RQ", REQUESTED_SOP_CLASS_UID),
+    N_CREATE_RQ: Request("N-CREATE-RQ", AFFECTED_SOP_CLASS_UID),
+    N_DELETE_RQ: Request("N-DELETE-RQ", REQUESTED_SOP_CLASS_UID),
+}
+# Command Data Set Type (0000,0800): this value means "no data set"; any other, "a data set follows".
+NO_DATA_SET = 0x0101
+DATA_SET_PRESENT = 0x0000
+
+# What each served message must carry, beyond the Message ID every request needs, for an answer (or, for a
+# response, a match) to be possible at all.
 REQUIRED = {
-    C_STORE_RQ: (MESSAGE_ID,),
-    C_ECHO_RQ: (MESSAGE_ID, AFFECTED_SOP_CLASS_UID),
     C_CANCEL_RQ: (MESSAGE_ID_BEING_RESPONDED_TO,),
-    N_ACTION_RQ: (MESSAGE_ID, REQUESTED_SOP_CLASS_UID, REQUESTED_SOP_INSTANCE_UID, ACTION_TYPE_ID),
+    N_ACTION_RQ: (REQUESTED_SOP_INSTANCE_UID, ACTION_TYPE_ID),
     N_EVENT_REPORT_RSP: (MESSAGE_ID_BEING_RESPONDED_TO, STATUS),
 }
 
@@ -207,6 +236,13 @@ def _uid_value(uid: str) -> bytes:
     return raw + b"\0" if len(raw) % 2 else raw
 
 
+def _text_value(text: str) -> bytes:
+    # LO (PS3.5 6.2): at most 64 characters of the default repertoire, padded to even length with a space.
+    raw = text.encode("ascii")
+    assert len(raw) <= 64, text
+    return raw + b" " if len(raw) % 2 else raw
+
+
 def _implicit(element: int, value: bytes) -> bytes:
     return _ELEMENT.pack(0x0000, element, len(value)) + value
 
@@ -222,6 +258,8 @@ def encode_command(
     event_type: int | None = None,
     action_type: int | None = None,
     has_data_set: bool = False,
+    offending_element: int | None = None,
+    error_comment: str = "",
 ) -> bytes:
     """A command set, its elements in ascending order (PS3.7 6.3.1), implicit VR little endian."""
     body = b""
@@ -235,6 +273,10 @@ def encode_command(
     body += _implicit(COMMAND_DATA_SET_TYPE, _US.pack(DATA_SET_PRESENT if has_data_set else NO_DATA_SET))
     if status is not None:
         body += _implicit(STATUS, _US.pack(status))
+    if offending_element is not None:
+        body += _implicit(OFFENDING_ELEMENT, struct.pack("<HH", offending_element >> 16, offending_element & 0xFFFF))
+    if error_comment:
+        body += _implicit(ERROR_COMMENT, _text_value(error_comment))
     if sop_instance:
         body += _implicit(AFFECTED_SOP_INSTANCE_UID, _uid_value(sop_instance))
     if event_type is not None:
@@ -244,10 +286,25 @@ def encode_command(
     return _implicit(0x0000, struct.pack("<L", len(body))) + body
 
 
-def response_command(command_field: int, message_id: int, status: int, sop_class: str, sop_instance: str = "") -> bytes:
-    """A C-STORE-RSP or C-ECHO-RSP command set (PS3.7 9.3.1.2, 9.3.5.2)."""
+def response_command(
+    command_field: int,
+    message_id: int,
+    status: int,
+    sop_class: str,
+    sop_instance: str = "",
+    offending_element: int | None = None,
+) -> bytes:
+    """A response command set (PS3.7 9.3.1.2, 9.3.5.2, ...). A failure carries its reason as Error Comment
+    (statuses.REASONS) and, for the A9xx and Cxxx families, the Offending Element when one is known."""
+    failed = status != statuses.SUCCESS
     return encode_command(
-        command_field, responding_to=message_id, status=status, sop_class=sop_class, sop_instance=sop_instance
+        command_field,
+        responding_to=message_id,
+        status=status,
+        sop_class=sop_class,
+        sop_instance=sop_instance,
+        offending_element=offending_element if failed and statuses.carries_offending_element(status) else None,
+        error_comment=statuses.REASONS.get(status, "") if failed else "",
     )
 
 

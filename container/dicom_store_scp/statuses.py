@@ -1,4 +1,5 @@
-"""Every C-STORE status this SCP sends, and when (PS3.4 Annex B.2.3 and PS3.7 Annex C).
+"""Every C-STORE status this SCP sends, and when (PS3.4 Annex B.2.3 and PS3.7 Annex C); 0x0122 and 0x0211 also
+answer any other DIMSE request the association cannot serve (engine.py).
 
 The A7xx, A9xx and Cxxx families are ranges the standard leaves to the implementation; the low byte says which
 check failed, so a PACS administrator can read the reason from the sender's log alone.
@@ -7,9 +8,15 @@ check failed, so a PACS administrator can read the reason from the sender's log 
 # The instance is durably stored (fsync'd and renamed into place, or S3 confirmed the PUT).
 SUCCESS = 0x0000
 
-# Refused, SOP class not supported: the request's Affected SOP Class UID (0000,0002) is not the abstract syntax of
-# the presentation context it came on; its data set was read and dropped.
+# Refused, SOP class not supported: the request's Affected (or Requested) SOP Class UID is not the abstract syntax of
+# the presentation context it came on (a C-ECHO or an N-ACTION on a storage context, say); its data set was read
+# and dropped.
 SOP_CLASS_NOT_SUPPORTED = 0x0122
+# Unrecognized operation (PS3.7 Annex C: "not one of those agreed between the DIMSE-service-users"): the request
+# names its presentation context's SOP class, which has no such operation here (a C-FIND on a storage context
+# naming the storage class, a C-STORE on the Verification context naming Verification); its data set was read and
+# dropped.
+UNRECOGNIZED_OPERATION = 0x0211
 
 # Refused, out of resources: the store (disk or S3) failed; nothing was stored, the sender should retry.
 OUT_OF_RESOURCES_STORAGE = 0xA700
@@ -35,6 +42,10 @@ BAD_SOP_INSTANCE_UID = 0xC003
 ELEMENT_TOO_LONG = 0xC004
 ELEMENT_OUT_OF_RANGE = 0xC005
 BAD_STUDY_DATE = 0xC006
+# Error, cannot understand: the association's batch already holds this SOP Instance UID under another Study or
+# Series Instance UID. The copy it holds was acknowledged and stays (AHI imports every file under the batch prefix:
+# the store keeps one object per SOP Instance UID per batch); this copy is not stored. Sent with an Error Comment.
+DUPLICATE_SOP_INSTANCE = 0xC007
 
 # Error, cannot understand: the C-STORE request's Affected SOP Instance UID (0000,1000) is missing, empty,
 # multi-valued or not a valid UID; its data set was read and dropped.
@@ -49,9 +60,11 @@ INSTANCE_TOO_LARGE = 0xC012
 # handler's exception); nothing is stored. Not expected: the fuzzer fails on it.
 HANDLER_FAILED = 0xC211
 
-# What each failure status means, for logs and the conformance statement.
+# What each failure status means, for logs, the conformance statement and the response's Error Comment (0000,0902),
+# which is LO: at most 64 characters, no backslash, and never an element's value (patient data stays out of it).
 REASONS = {
     SOP_CLASS_NOT_SUPPORTED: "request's SOP Class UID is not its presentation context's",
+    UNRECOGNIZED_OPERATION: "the presentation context's SOP class has no such operation here",
     OUT_OF_RESOURCES_STORAGE: "storage failed; nothing was stored",
     OUT_OF_RESOURCES_CLOSING: "association was closing; nothing was recorded",
     SOP_CLASS_MISMATCH: "SOP Class UID in the data set differs from the request",
@@ -61,18 +74,37 @@ REASONS = {
     BAD_SERIES_INSTANCE_UID: "Series Instance UID missing or invalid",
     BAD_SOP_INSTANCE_UID: "SOP Instance UID missing or invalid",
     ELEMENT_TOO_LONG: "an element is longer than AWS HealthImaging imports",
-    ELEMENT_OUT_OF_RANGE: "an element's value is outside the range AWS HealthImaging imports",
+    ELEMENT_OUT_OF_RANGE: "a count is outside the range AWS HealthImaging imports",
     BAD_STUDY_DATE: "Study Date is not a DICOM date",
-    INSTANCE_TOO_LARGE: "instance larger than AWS HealthImaging imports; nothing was stored",
+    DUPLICATE_SOP_INSTANCE: "SOP Instance UID already stored under another Study/Series UID",
+    INSTANCE_TOO_LARGE: "instance larger than AWS HealthImaging imports; nothing stored",
     BAD_REQUEST_SOP_INSTANCE_UID: "request's Affected SOP Instance UID missing or not one valid UID",
     BAD_STORE_REQUEST: "request's Affected SOP Class UID or Priority missing or invalid",
     HANDLER_FAILED: "unexpected failure in the SCP; nothing was stored",
 }
 
 
+# The element a failure names in the response's Offending Element (0000,0901), where the status always concerns
+# the same one; an AHI constraint's (0xC004, 0xC005) is the element validation.py found.
+OFFENDING_ELEMENTS = {
+    SOP_CLASS_MISMATCH: 0x00080016,
+    SOP_INSTANCE_MISMATCH: 0x00080018,
+    BAD_SOP_INSTANCE_UID: 0x00080018,
+    BAD_STUDY_INSTANCE_UID: 0x0020000D,
+    BAD_SERIES_INSTANCE_UID: 0x0020000E,
+    BAD_STUDY_DATE: 0x00080020,
+    BAD_REQUEST_SOP_INSTANCE_UID: 0x00001000,
+}
+
+
+def carries_offending_element(status: int) -> bool:
+    """PS3.4 B.2.3: Offending Element goes with the A9xx and Cxxx failures (Error Comment with every failure)."""
+    return status >> 8 == 0xA9 or status >> 12 == 0xC
+
+
 def family(status: int) -> str:
     """The status family (PS3.4 B.2.3) a failure status belongs to: the StatusFamily metric dimension."""
-    if status == SOP_CLASS_NOT_SUPPORTED:
+    if status in (SOP_CLASS_NOT_SUPPORTED, UNRECOGNIZED_OPERATION):
         return "SOPClassNotSupported"
     if status >> 8 == 0xA7:
         return "OutOfResources"

@@ -93,9 +93,10 @@ def check(header: Mapping[int, Any]) -> tuple[int, str, dict[str, Any]]:
             detail = f"{element} has {len(text)} characters, AHI imports at most {limit.whole}"
             return statuses.ELEMENT_TOO_LONG, detail, fields
         if number_tag == _STUDY_DATE_NUMBER and not _is_date(text):
+            # Its value is patient data: neither the log nor the response shows it, only its length.
             element = _element(limit.keyword, tag)
-            fields = {"element": limit.keyword, "value": text[:32]}
-            return statuses.BAD_STUDY_DATE, f"{element} is {text[:32]!r}, not a date (YYYYMMDD)", fields
+            fields = {"element": limit.keyword, "length": len(text)}
+            return statuses.BAD_STUDY_DATE, f"{element} is not a date (YYYYMMDD)", fields
     return statuses.SUCCESS, "", {}
 
 

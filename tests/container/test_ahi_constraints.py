@@ -5,6 +5,7 @@ The sender is DCMTK's storescu; each refused instance leaves nothing stored and 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -140,3 +141,32 @@ def test_content_ahi_supports_only_partly_is_stored_and_logged(scp, tmp_path):
     [line] = scp.wait_for_event("ahi-limited-support")
     assert line["content"] == ["icon image sequence pixel data"]
     assert line["source"].endswith("reference-dicom.html")
+
+
+def test_the_sender_learns_the_reason_and_the_element_never_the_value(scp, tmp_path):
+    """Issue 24 item 4 and item 7: a refusal answered with only 0xC006 told the sender nothing, while the log line
+    showed the Study Date itself. Now the C-STORE-RSP carries Error Comment (0000,0902, LO) and Offending Element
+    (0000,0901), and neither it nor the log holds the value."""
+    result = storescu(scp.port, _ct(tmp_path, "date.dcm", StudyDate="20241345"))
+
+    assert result.statuses == [statuses.BAD_STUDY_DATE], result.output
+    # storescu -d prints the response's command set.
+    assert f"(0000,0902) LO [{statuses.REASONS[statuses.BAD_STUDY_DATE]}" in result.output
+    assert "(0000,0901) AT (0008,0020)" in result.output
+    [line] = scp.wait_for_event("c-store-failed")
+    assert "20241345" not in json.dumps(line) and "20241345" not in result.output.split("C-STORE-RSP")[-1]
+    assert (line["element"], line["length"]) == ("StudyDate", 8)
+
+
+def test_a_too_long_element_is_named_in_the_response(scp, tmp_path):
+    result = storescu(scp.port, _ct(tmp_path, "long.dcm", PatientName="A" * (_limit("PatientName") + 1)))
+
+    assert result.statuses == [statuses.ELEMENT_TOO_LONG], result.output
+    assert "(0000,0901) AT (0010,0010)" in result.output
+    assert f"(0000,0902) LO [{statuses.REASONS[statuses.ELEMENT_TOO_LONG]}" in result.output
+
+
+def test_every_reason_fits_an_error_comment():
+    """LO: at most 64 characters, no backslash (PS3.5 6.2); ASCII, as the command set is encoded."""
+    for status, reason in statuses.REASONS.items():
+        assert len(reason) <= 64 and "\\" not in reason and reason.isascii(), hex(status)

@@ -411,11 +411,19 @@ def test_store_request_for_another_sop_class_than_its_context_is_refused(hardene
 
 
 @pytest.mark.parametrize("kind", kinds())
-def test_echo_on_a_storage_context_is_aborted(hardened_scp, kind):
+def test_echo_on_a_storage_context_is_refused_and_the_association_goes_on(hardened_scp, kind):
+    """Issue 23 item 3: a C-ECHO-RSP 0x0122 for that message (it was an A-ABORT), as a C-STORE on the Verification
+    context gets (tests/container/test_per_message_answers.py has the rest)."""
     scp = hardened_scp
     with wire.associated(scp.port, kind) as peer:
         peer.send(wire.p_data(wire.pdv(wire.STORE_CONTEXT, wire.COMMAND | wire.LAST, wire.echo_command())))
-        wire.assert_aborted(peer, _SERVICE_USER)
+        answer = peer.receive(_PROMPT)
+        assert answer is not None and answer.statuses() == [statuses.SOP_CLASS_NOT_SUPPORTED], answer
+        answer = _store(peer, wire.store_command("1.2.3.4"), _DATA_SET)
+        assert answer is not None and answer.pdu_type == wire.P_DATA  # the association goes on
+    [line] = scp.wait_for_event("request-refused")
+    assert line["request"] == "C-ECHO-RQ" and line["status"] == "0x0122"
+    assert scp.events("protocol-abort") == []
     _assert_still_serving(scp)
 
 
@@ -745,18 +753,30 @@ def test_a_commitment_request_that_cannot_be_one_is_refused_and_the_association_
 
 @pytest.mark.parametrize(
     ("kind", "context_id"),
-    [
-        (wire.COMMITMENT, wire.STORE_CONTEXT),
-        (wire.COMMITMENT, wire.ECHO_CONTEXT),
-        (wire.STORAGE, wire.STORE_CONTEXT),
-        (wire.STORAGE, wire.COMMITMENT_CONTEXT),
-    ],
-    ids=["on-the-storage-context", "on-the-echo-context", "storage-association", "context-never-accepted"],
+    [(wire.COMMITMENT, wire.STORE_CONTEXT), (wire.COMMITMENT, wire.ECHO_CONTEXT), (wire.STORAGE, wire.STORE_CONTEXT)],
+    ids=["on-the-storage-context", "on-the-echo-context", "storage-association"],
 )
-def test_a_commitment_request_where_storage_commitment_was_not_negotiated_is_aborted(hardened_scp, kind, context_id):
+def test_a_commitment_request_on_another_context_is_refused_and_the_association_goes_on(hardened_scp, kind, context_id):
+    """Issue 23 item 3: N-ACTION-RSP 0x0122 once its Action Information is read and dropped (it was an A-ABORT)."""
     scp = hardened_scp
     with wire.associated(scp.port, kind) as peer:
         peer.send(_n_action(context_id, _REQUEST))
+        answer = peer.receive(_PROMPT)
+        assert answer is not None and answer.statuses() == [statuses.SOP_CLASS_NOT_SUPPORTED], answer
+        peer.send(wire.release_rq())
+        answer = peer.receive(_PROMPT)
+        assert answer is not None and answer.pdu_type == wire.RELEASE_RP, answer
+    [line] = scp.wait_for_event("request-refused")
+    assert line["request"] == "N-ACTION-RQ" and line["droppedBytes"] == len(_REQUEST)
+    assert _recorded_transactions(scp) == []
+    _assert_still_serving(scp)
+
+
+def test_a_commitment_request_on_a_context_never_accepted_is_aborted(hardened_scp):
+    """A presentation context ID the association did not accept: nothing to answer on (PS3.8), an A-ABORT."""
+    scp = hardened_scp
+    with wire.associated(scp.port, wire.STORAGE) as peer:
+        peer.send(_n_action(wire.COMMITMENT_CONTEXT, _REQUEST))
         wire.assert_aborted(peer, _SERVICE_USER)
     assert _recorded_transactions(scp) == []
     _assert_still_serving(scp)

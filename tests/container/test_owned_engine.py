@@ -107,10 +107,15 @@ def test_responses_are_encoded_as_pynetdicom_encodes_them():
     store.MessageIDBeingRespondedTo = 7
     store.AffectedSOPClassUID = wire.CT_IMAGE_STORAGE
     store.AffectedSOPInstanceUID = "1.2.3.45"
-    store.Status = statuses.CANNOT_PARSE_DATASET
+    store.Status = statuses.ELEMENT_TOO_LONG
+    # A failure carries its reason (Error Comment) and the element at fault (Offending Element): issue 24 item 4.
+    store.ErrorComment = statuses.REASONS[statuses.ELEMENT_TOO_LONG]
+    store.OffendingElement = [0x00100010]
     message = C_STORE_RSP()
     message.primitive_to_message(store)
-    ours = protocol.response_command(0x8001, 7, statuses.CANNOT_PARSE_DATASET, wire.CT_IMAGE_STORAGE, "1.2.3.45")
+    ours = protocol.response_command(
+        0x8001, 7, statuses.ELEMENT_TOO_LONG, wire.CT_IMAGE_STORAGE, "1.2.3.45", offending_element=0x00100010
+    )
     assert ours == encode(message.command_set, True, True)
 
     echo = C_ECHO()
@@ -285,7 +290,7 @@ def test_pdus_of_every_size_in_writes_of_every_size_are_stored_byte_for_byte(own
         ("command-inside-data-set", "command fragment while the previous message's data set is incomplete"),
         ("data-on-another-context", "data set fragment on another presentation context than its command"),
         ("command-on-two-contexts", "command fragments on two presentation contexts"),
-        ("data-before-command", "data set fragment without a C-STORE request before it"),
+        ("data-before-command", "data set fragment without a request declaring it before it"),
         ("unaccepted-context", "PDV on presentation context 5, which was not accepted"),
     ],
 )

@@ -112,10 +112,12 @@ def test_a_version_1_manifest_still_parses_with_its_sha256_as_the_checksum():
     ],
 )
 def test_a_version_1_checksum_is_checked_too(change, reason):
-    document = json.loads(version_1(built().to_json()))
+    document = json.loads(version_1(built(instance(1), instance(2)).to_json()))
     change(document["instances"][0])
-    with pytest.raises(InvalidManifest, match=reason):
-        manifest.parse(json.dumps(document), PREFIX)
+    read = manifest.parse(json.dumps(document), PREFIX)
+    [rejected] = read.rejected
+    assert rejected.reason == f"instances[0]: {reason}"
+    assert [i.sop_instance_uid for i in read.instances] == ["1.2.3.2"]
 
 
 def rewritten(change) -> bytes:
@@ -133,27 +135,88 @@ def rewritten(change) -> bytes:
         (lambda d: d.update(batchId="not-a-batch"), "is not YYYYMMDDTHHMMSSZ-<32 hex>"),
         (lambda d: d.update(prefix="incoming/"), "prefix 'incoming/' is not"),
         (lambda d: d.update(instances=[]), "instances must be a non-empty list"),
+        (lambda d: d.update(instances={}), "instances must be a non-empty list"),
         (lambda d: d.update(instanceCount=3), "instanceCount 3 but 2 instances listed"),
-        (lambda d: d["instances"][1].update(sopInstanceUID="1.2.3.1"), "a SOP Instance UID is listed twice"),
-        (lambda d: d["instances"][0].update(size=-1), "size must be a non-negative integer"),
-        (lambda d: d["instances"][0].update(size=True), "size must be a non-negative integer"),
-        (lambda d: d["instances"][0].pop("studyInstanceUID"), "studyInstanceUID is missing"),
-        (lambda d: d["instances"][0].update(key="elsewhere/x.dcm"), "is outside the batch prefix"),
         (lambda d: d.update(peerPort="50123"), "peerPort must be a non-negative integer"),
-        (lambda d: d["instances"][0].update(checksumAlgorithm="MD5"), "checksumAlgorithm 'MD5' is not one of"),
-        (lambda d: d["instances"][0].pop("checksumAlgorithm"), "checksumAlgorithm '' is not one of"),
-        (lambda d: d["instances"][0].update(checksum="rosUhgp5mI"), "checksum is not the base64 of a CRC64NVME"),
-        (lambda d: d["instances"][0].update(checksum="AAAA"), "checksum is not the base64 of a CRC64NVME"),
-        (lambda d: d["instances"][0].pop("checksum"), "checksum is not the base64 of a CRC64NVME"),
-        (
-            lambda d: d["instances"][0].update(checksumAlgorithm="SHA256"),
-            "checksum is not the base64 of a SHA256 value",
-        ),
     ],
 )
-def test_parse_names_what_is_wrong(change, reason):
+def test_parse_refuses_a_manifest_that_is_wrong_as_a_whole(change, reason):
     with pytest.raises(InvalidManifest, match=reason.replace("(", r"\(").replace("[", r"\[")):
         manifest.parse(rewritten(change), PREFIX)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda r: r.update(size=-1), "size must be a non-negative integer"),
+        (lambda r: r.update(size=True), "size must be a non-negative integer"),
+        (lambda r: r.pop("studyInstanceUID"), "studyInstanceUID is missing"),
+        (lambda r: r.update(seriesInstanceUID=""), "seriesInstanceUID must be a non-empty string"),
+        (lambda r: r.update(sopClassUID=7), "sopClassUID must be a str"),
+        (lambda r: r.update(key="elsewhere/x.dcm"), "is outside the batch prefix"),
+        (lambda r: r.update(checksumAlgorithm="MD5"), "checksumAlgorithm 'MD5' is not one of"),
+        (lambda r: r.pop("checksumAlgorithm"), "checksumAlgorithm '' is not one of"),
+        (lambda r: r.update(checksum="rosUhgp5mI"), "checksum is not the base64 of a CRC64NVME"),
+        (lambda r: r.update(checksum="AAAA"), "checksum is not the base64 of a CRC64NVME"),
+        (lambda r: r.pop("checksum"), "checksum is not the base64 of a CRC64NVME"),
+        (lambda r: r.update(checksumAlgorithm="SHA256"), "checksum is not the base64 of a SHA256 value"),
+        (lambda r: r.update(size=limits.BYTES_PER_FILE.whole + 1), "AHI imports at most 10000000000 per file"),
+    ],
+)
+def test_parse_sets_one_bad_entry_apart_and_keeps_the_others(change, reason):
+    written = built(instance(1), instance(2), instance(3))
+    document = written.to_json()
+    change(document["instances"][1])
+
+    read = manifest.parse(json.dumps(document), PREFIX)
+
+    assert read.instances == (written.instances[0], written.instances[2])
+    [rejected] = read.rejected
+    assert rejected.reason.startswith("instances[1]: ") and reason in rejected.reason
+    # What names the instance survives, so the pipeline can record it FAILED with the reason.
+    assert rejected.sop_instance_uid == "1.2.3.2"
+    if "outside" not in reason:
+        assert (rejected.key, rejected.study_instance_uid, rejected.series_instance_uid) == (
+            written.instances[1].key,
+            "1.2",
+            "1.2.3",
+        )
+
+
+def test_a_rejected_entry_is_named_by_its_key_when_its_own_uids_are_unusable():
+    document = built(instance(1), instance(2)).to_json()
+    document["instances"][1].update(sopInstanceUID=12, studyInstanceUID="not a uid", sopClassUID=None)
+    document["instances"][0] = "not an object"
+
+    read = manifest.parse(json.dumps(document), PREFIX)
+
+    assert read.instances == ()
+    first, second = read.rejected
+    assert first.reason == "instances[0] is not an object"
+    assert (first.key, first.sop_instance_uid) == ("", "")
+    assert second.reason == "instances[1]: sopInstanceUID must be a str"
+    named = (second.sop_instance_uid, second.study_instance_uid, second.series_instance_uid)
+    assert named == ("1.2.3.2", "1.2", "1.2.3")
+    assert second.sop_class_uid == ""
+
+
+def test_of_entries_sharing_a_sop_instance_uid_the_first_is_kept_and_the_others_set_apart():
+    # The case of issue 23: one SOP Instance UID under two series (an older SCP stored both copies).
+    first = instance(1)
+    other_series = instance(
+        1, key=layout.instance_key(PREFIX, BATCH_ID, "1.2", "1.2.9", "1.2.3.1"), series_instance_uid="1.2.9"
+    )
+    written = built(first, instance(2), other_series)
+
+    read = manifest.parse(written.encode(), PREFIX)
+
+    assert read.instances == (first, instance(2))
+    [duplicate] = read.rejected
+    assert duplicate.listed_as == first.key
+    assert (duplicate.key, duplicate.series_instance_uid) == (other_series.key, "1.2.9")
+    assert duplicate.reason == f"instances[2]: SOP Instance UID already listed, key {first.key!r}"
+    # Only the entries kept count against AHI's per-job bytes.
+    assert read.total_bytes == 2000
 
 
 def test_parse_refuses_a_manifest_found_under_another_batch_key():

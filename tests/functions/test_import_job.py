@@ -62,6 +62,7 @@ def test_start_writes_the_job_item_and_marks_instances_importing(triggered, fake
         "message": "",
         "batchId": BATCH_ID,
         "instanceCount": 3,
+        "rejectedCount": 0,
         "importedCount": 0,
         "failedCount": 0,
     }

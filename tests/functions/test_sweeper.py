@@ -1,10 +1,13 @@
 """The sweeper seals abandoned batches (objects, no manifest, quiet for long enough), once."""
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 
+from dicom_store_contract import layout
 from dicom_store_contract.layout import manifest_key
 from dicom_store_contract.manifest import parse as parse_manifest
+from support.batches import part10
 
 from functions import sweeper, trigger_import
 from functions.tracking import InstanceState
@@ -70,3 +73,29 @@ def test_handler_takes_the_scheduled_event(environment, s3, context):
     store_batch(s3, batch_id=OTHER_BATCH_IDS[0], count=1, write_manifest=False)
     # Objects were written just now, so the scheduled run (real clock) must not seal them yet.
     assert sweeper.handler(load_event("scheduled_sweep.json"), context) == {"sealed": []}
+
+
+def test_a_swept_batch_holding_one_sop_instance_twice_tracks_the_copy_stored_first(
+    environment, s3, sfn, tracking, context
+):
+    # An older SCP stored a second copy under another series; the first copy's key sorts after the second's, so
+    # only the order by time puts it first.
+    abandoned = store_batch(s3, batch_id=OTHER_BATCH_IDS[0], count=1, write_manifest=False)
+    [first] = abandoned.manifest["instances"]
+    time.sleep(1.1)  # S3 lists LastModified to the second
+    copy_key = layout.instance_key(
+        DICOM_PREFIX, abandoned.batch_id, first["studyInstanceUID"], "1.0", first["sopInstanceUID"]
+    )
+    assert copy_key < first["key"]
+    s3.put_object(
+        Bucket=DICOM_BUCKET, Key=copy_key, Body=part10(first["studyInstanceUID"], "1.0", first["sopInstanceUID"])
+    )
+
+    assert sweeper.sweep(s3, environment, LATER) == [abandoned.batch_id]
+    written = manifest_of(s3, abandoned.batch_id)
+    assert [i["key"] for i in written["instances"]] == [first["key"], copy_key]
+    result = trigger_import.handler(abandoned.s3_event(), context)
+
+    assert (result["batches"][0]["started"], result["batches"][0]["rejected"]) == (True, 1)
+    item = tracking.get_instance(first["sopInstanceUID"])
+    assert (item["s3Key"], item["duplicateKeys"]) == (first["key"], [copy_key])

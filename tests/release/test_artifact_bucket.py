@@ -104,7 +104,7 @@ def test_nothing_else_is_readable_and_nothing_is_writable(published, moto_server
     assert owner.get_object(Bucket=bucket, Key=published.lambda_key)["Body"].read() == published.zip_path.read_bytes()
 
 
-def test_the_policy_grants_one_read_and_no_listing(published, moto_server) -> None:
+def test_the_policy_grants_reading_objects_and_their_versions_and_no_listing(published, moto_server) -> None:
     for region in REGIONS:
         bucket = f"{PREFIX}-{region}"
         owner = boto3.client("s3", region_name=region, endpoint_url=moto_server.endpoint)
@@ -112,7 +112,8 @@ def test_the_policy_grants_one_read_and_no_listing(published, moto_server) -> No
         assert policy == publish.artifact_bucket_policy(bucket)
         grants = [s for s in policy["Statement"] if s["Effect"] == "Allow"]
         assert [(g["Principal"], g["Action"], g["Resource"]) for g in grants] == [
-            ("*", "s3:GetObject", f"arn:aws:s3:::{bucket}/{layout.ARTIFACT_PREFIX}/*")
+            # s3:GetObjectVersion: the template names the functions' code by object version (S3ObjectVersion).
+            ("*", ["s3:GetObject", "s3:GetObjectVersion"], f"arn:aws:s3:::{bucket}/{layout.ARTIFACT_PREFIX}/*")
         ]
         # Nothing but that read: no grant names the bucket itself (s3:ListBucket, s3:GetBucketPolicy, ... act on
         # the bucket's ARN), and none allows a write.

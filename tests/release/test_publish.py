@@ -22,6 +22,7 @@ import boto3
 import pytest
 from cfn_flip import load as load_template
 from moto import mock_aws
+from support.cfn import Deployment
 from support.moto import MotoServer, aws_env
 
 from release import image, package, project, publish
@@ -104,10 +105,22 @@ def test_publishes_image_by_digest_zip_and_one_template_to_every_region(release,
     text = release.template_path.read_text()
     assert release.template_path == release.output / VERSION / "dicom-store-scp.yaml"
     assert list(release.output.rglob("*.yaml")) == [release.template_path]  # one template, not one per region
+    versions = {
+        region: boto3.client("s3", region_name=region).head_object(Bucket=f"{PREFIX}-{region}", Key=release.lambda_key)[
+            "VersionId"
+        ]
+        for region in REGIONS
+    }
     assert mapping(text) == {
         "Image": {"Uri": f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/dicom-store-scp@{digest}"},
         "Functions": {"BucketPrefix": PREFIX, "Key": f"dicom-store-scp/{VERSION}/{release.zip_path.name}"},
+        **{region: {"FunctionsVersion": versions[region]} for region in REGIONS},
     }
+    # The release records what it published, region by region.
+    record = json.loads(release.record_path.read_text())
+    assert record["image"] == mapping(text)["Image"]["Uri"]
+    assert {region: f["versionId"] for region, f in record["functions"].items()} == versions
+    assert all(f["sha256"] == release.zip_sha256 for f in record["functions"].values())
     assert load_template(text)[0]["Description"].endswith(f" Version {VERSION}.")
 
     for region in REGIONS:
@@ -233,8 +246,8 @@ def test_dry_run_prints_every_action_and_touches_nothing(release, tmp_path):
     steps = publish.plan(release, None, client=unreachable)
     steps.execute(dry_run=True, say=said.append)
 
-    # repository, push, template, then per region: bucket, uploads, policy.
-    assert len(said) == 3 + 3 * len(REGIONS)
+    # repository, push, per region: bucket, zip; the template; per region: template, policy.
+    assert len(said) == 3 + 4 * len(REGIONS)
     text = "\n".join(said)
     assert f"push {release.image_tag_uri}" in text
     assert str(release.template_path) in text
@@ -291,7 +304,7 @@ def test_dry_run_from_the_command_line_serves_every_supported_region_by_default(
     lines = result.stdout.splitlines()
     assert lines[-1] == "dry run: nothing was changed"
     regions = layout.HEALTHIMAGING_REGIONS
-    assert sum(line.startswith("[dry-run ") for line in lines) == 2 + 3 * len(regions)
+    assert sum(line.startswith("[dry-run ") for line in lines) == 2 + 4 * len(regions)
     assert f"docker push {MARKETPLACE_REPOSITORY}:{VERSION}" in result.stdout
     for region in regions:
         assert f"https://{PREFIX}-{region}.s3.{region}.amazonaws.com/dicom-store-scp/{VERSION}/" in result.stdout
@@ -322,7 +335,8 @@ def test_dry_run_needs_the_account_because_it_asks_nobody(functions_zip):
 
 
 def artifacts(image_uri: str = MARKETPLACE_REPOSITORY + "@sha256:" + "a" * 64) -> layout.Artifacts:
-    return layout.Artifacts(image_uri, PREFIX, layout.artifact_key(VERSION, package.zip_name(VERSION, "x86_64")))
+    key = layout.artifact_key(VERSION, package.zip_name(VERSION, "x86_64"))
+    return layout.Artifacts(image_uri, PREFIX, key, {region: "v" + region for region in layout.HEALTHIMAGING_REGIONS})
 
 
 def test_one_version_names_image_zip_and_template():
@@ -393,3 +407,43 @@ def test_make_publish_passes_the_settings_on():
     ) in given
     # Nothing given: every supported region, the account's own repository and buckets (publish's defaults).
     assert command().endswith(f"-m release publish --version {VERSION} --arch x86_64")
+
+
+def test_stacks_run_the_published_code_even_after_the_key_is_overwritten(release, registry, engine):
+    """The buckets are public and versioned: anything that writes the key again (another tool, a hand, a second
+    publisher without If-None-Match) makes a new current version. The template names the version published."""
+    fake, _ = engine
+    publish.plan(release, fake, image_digest="sha256:" + "d" * 64).execute(dry_run=False, say=quiet)
+    text = release.template_path.read_text()
+    for region in REGIONS:
+        s3 = boto3.client("s3", region_name=region)
+        bucket = release.artifact_bucket(region)
+        s3.put_object(Bucket=bucket, Key=release.lambda_key, Body=b"not the release")
+        assert s3.get_object(Bucket=bucket, Key=release.lambda_key)["Body"].read() == b"not the release"
+        # What CloudFormation hands Lambda for a stack in that region: bucket, key and the pinned version.
+        template, _ = load_template(text)
+        deployment = Deployment(template)
+        deployment.pseudo["AWS::Region"] = region
+        for function in deployment.of_type("AWS::Lambda::Function").values():
+            code = deployment.value(function["Properties"]["Code"])
+            assert (code["S3Bucket"], code["S3Key"]) == (bucket, release.lambda_key)
+            got = s3.get_object(Bucket=bucket, Key=code["S3Key"], VersionId=code["S3ObjectVersion"])
+            assert got["Body"].read() == release.zip_path.read_bytes()
+    # Publishing the version again is refused: the key now holds other bytes.
+    with pytest.raises(publish.PublishError, match="holds other bytes"):
+        publish.plan(release, fake, image_digest="sha256:" + "d" * 64).execute(dry_run=False, say=quiet)
+
+
+def test_any_account_may_read_the_pinned_version_and_nothing_more(release):
+    [grant] = publish.artifact_bucket_policy("acme-us-east-1")["Statement"]
+    # GetObject with a versionId is authorised as s3:GetObjectVersion as well.
+    assert grant["Action"] == ["s3:GetObject", "s3:GetObjectVersion"]
+    assert grant["Resource"] == f"arn:aws:s3:::acme-us-east-1/{layout.ARTIFACT_PREFIX}/*"
+    assert grant["Principal"] == "*" and grant["Effect"] == "Allow" and "Condition" not in grant
+
+
+def test_a_bucket_without_versioning_stops_the_release(release, aws):
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="unversioned")
+    with pytest.raises(publish.PublishError, match="versioning is not enabled"):
+        publish.upload_once(s3, "unversioned", "dicom-store-scp/x/f.zip", b"zip", "0" * 64, "application/zip")

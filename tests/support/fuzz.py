@@ -510,7 +510,8 @@ def _p_data_misuse(rng: random.Random) -> Case:
         )
         allowed = ("A-ABORT 0/0",)
     elif choice == 1:
-        context_id = rng.choice([0, 2, 7, 9, 127, 255])
+        # Not 7: a commitment association accepts it (Storage Commitment), and a C-ECHO there is answered 0x0122.
+        context_id = rng.choice([0, 2, 9, 127, 255])
         family = "unknown-context-id"
         payload = wire.p_data(wire.pdv(context_id, wire.COMMAND | wire.LAST, echo))
         allowed = ("A-ABORT 0/0",)
@@ -954,8 +955,12 @@ def _n_action_command_misuse(rng: random.Random) -> Case:
     if choice == 0:
         return _n_action_case(rng, "action-type", information, action_type=rng.choice([0, 2, 3, 0xFFFF]))
     if choice == 1:
-        case = _n_action_case(rng, "on-another-context", information, context_id=rng.choice([1, 3, 5, 9]))
-        case.allowed = ("A-ABORT 0/0",)
+        context_id = rng.choice([1, 3, 5, 9])
+        case = _n_action_case(rng, "on-another-context", information, context_id=context_id)
+        if context_id in (wire.ECHO_CONTEXT, wire.STORE_CONTEXT, CT_IMPLICIT_CONTEXT):
+            case.status = 0x0122  # SOP class not supported: that message refused, the association kept
+        else:
+            case.allowed = ("A-ABORT 0/0",)  # a context never accepted: nothing to answer on
         return case
     if choice in (2, 3):
         element_number = 0x0003 if choice == 2 else 0x1001

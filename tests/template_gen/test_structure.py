@@ -404,6 +404,7 @@ def test_functions_follow_the_contract(template: dict[str, Any]) -> None:
                 ]
             },
             "S3Key": {"Fn::FindInMap": ["ReleaseArtifacts", "Functions", "Key"]},
+            "S3ObjectVersion": {"Fn::FindInMap": ["ReleaseArtifacts", {"Ref": "AWS::Region"}, "FunctionsVersion"]},
         }
         seen |= set(props["Environment"]["Variables"])
     assert seen == LAMBDA_CONTRACT
@@ -444,7 +445,6 @@ def test_tables_have_the_contract_keys(template: dict[str, Any]) -> None:
     ]
     for table in (jobs, instances):
         assert table["BillingMode"] == "PAY_PER_REQUEST"
-        assert table["SSESpecification"]["SSEEnabled"] is True
         assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
 
 
@@ -551,13 +551,48 @@ def test_rules_refuse_task_zones_the_load_balancer_does_not_reach(template: dict
     assert rule_failures(template, {"subnet-p1": "us-east-1a"}, PUBLIC) == []
 
 
-@pytest.mark.parametrize("peer", ["PeerCIDR1", "PeerCIDR2", "PeerCIDR3"])
-def test_rules_refuse_clear_text_dicom_from_anywhere_on_the_internet(template: dict[str, Any], peer: str) -> None:
-    (failure,) = rule_failures(template, PRIVATE, PUBLIC, **{peer: "0.0.0.0/0"})
-    assert "TLSCertificateARN" in failure and "PeerCIDR1-3" in failure and "internal" in failure
+WIDE_OPEN = (
+    {"PeerCIDR1": "0.0.0.0/0"},
+    {"PeerCIDR2": "0.0.0.0/0"},
+    {"PeerCIDR3": "0.0.0.0/0"},
+    # All of the internet without the literal 0.0.0.0/0, which the rule once compared the CIDRs with.
+    {"PeerCIDR1": "0.0.0.0/1", "PeerCIDR2": "128.0.0.0/1"},
+    {"PeerCIDR1": "64.0.0.0/2"},
+    {"PeerCIDR1": "10.0.0.0/8"},
+    # Narrow peers are still the internet: the listener is plain TCP either way.
+    {"PeerCIDR1": "203.0.113.7/32"},
+)
+
+
+@pytest.mark.parametrize("peers", WIDE_OPEN)
+def test_rules_refuse_clear_text_dicom_from_the_internet_whatever_the_peers(
+    template: dict[str, Any], peers: dict[str, str]
+) -> None:
+    (failure,) = rule_failures(template, PRIVATE, PUBLIC, LoadBalancerScheme="internet-facing", **peers)
+    assert "clear text" in failure
+    assert "TLSCertificateARN" in failure and "internal" in failure and "AllowClearTextDicomFromTheInternet" in failure
     # Each way out the message names is accepted.
-    assert rule_failures(template, PRIVATE, PUBLIC, **{peer: "0.0.0.0/0"}, TLSCertificateARN=CERTIFICATE) == []
-    assert rule_failures(template, PRIVATE, PRIVATE, **{peer: "0.0.0.0/0"}, LoadBalancerScheme="internal") == []
+    assert (
+        rule_failures(
+            template, PRIVATE, PUBLIC, LoadBalancerScheme="internet-facing", TLSCertificateARN=CERTIFICATE, **peers
+        )
+        == []
+    )
+    assert rule_failures(template, PRIVATE, PRIVATE, LoadBalancerScheme="internal", **peers) == []
+    opted_in = {"LoadBalancerScheme": "internet-facing", "AllowClearTextDicomFromTheInternet": "true"}
+    assert rule_failures(template, PRIVATE, PUBLIC, **opted_in, **peers) == []
+
+
+def test_the_default_scheme_is_internal_and_clear_text_needs_saying_so(template: dict[str, Any]) -> None:
+    parameters = template["Parameters"]
+    assert parameters["LoadBalancerScheme"]["Default"] == "internal"
+    opt_in = parameters["AllowClearTextDicomFromTheInternet"]
+    assert (opt_in["Default"], opt_in["AllowedValues"]) == ("false", ["true", "false"])
+    # Anything but the exact "true" refuses (CloudFormation checks AllowedValues first; the rule compares too).
+    (failure,) = rule_failures(
+        template, PRIVATE, PUBLIC, LoadBalancerScheme="internet-facing", AllowClearTextDicomFromTheInternet="false"
+    )
+    assert "clear text" in failure
 
 
 # --- What stays, and what each role may do with the stack's key ------------------------------------------------
@@ -635,11 +670,13 @@ def test_key_is_used_only_through_the_services_each_role_calls(template: dict[st
 
 
 def test_tables_and_docs_name_the_same_key(template: dict[str, Any]) -> None:
+    """SSEEnabled true is KMS: with no KMSMasterKeyId the AWS managed key aws/dynamodb, billed per request. Without
+    KmsKeyArn the tables keep DynamoDB's AWS owned key (SSEEnabled false: still encrypted, no KMS charges)."""
     security = (Path(__file__).parents[2] / "docs" / "security.md").read_text(encoding="utf-8")
-    for key, sse_type, words in (("", None, "AWS owned key"), (KMS_KEY, "KMS", "KmsKeyArn")):
+    for key, enabled, sse_type, words in (("", False, None, "AWS owned key"), (KMS_KEY, True, "KMS", "KmsKeyArn")):
         for table in Stack(template, KmsKeyArn=key).decided("AWS::DynamoDB::Table").values():
             sse = table["Properties"]["SSESpecification"]
-            assert sse["SSEEnabled"] is True
+            assert sse["SSEEnabled"] is enabled
             assert sse.get("SSEType") == sse_type
             assert ("KMSMasterKeyId" in sse) == bool(key)
         assert words in security

@@ -6,6 +6,7 @@ from troposphere import GetAtt, Output, Ref, Template
 
 from template_gen import common as c
 from template_gen import parameters as p
+from template_gen.audit import AUDIT_LOG_GROUP
 
 
 def add_outputs(template: Template) -> None:
@@ -23,6 +24,7 @@ def add_outputs(template: Template) -> None:
         "ImportJobTableName": ("DynamoDB table of import jobs", Ref(c.JOB_TABLE)),
         "InstanceTableName": ("DynamoDB table of received instances", Ref(c.INSTANCE_TABLE)),
         "StateMachineArn": ("Import workflow state machine", Ref(c.STATE_MACHINE)),
+        "AuditLogGroupName": ("Log group of the DICOM audit messages (patient identifiers)", Ref(AUDIT_LOG_GROUP)),
     }
     for name, (description, value) in outputs.items():
         template.add_output(Output(name, Description=description, Value=value))

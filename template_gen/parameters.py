@@ -121,6 +121,7 @@ SWEEP_INTERVAL_MINUTES = "SweepIntervalMinutes"
 SWEEP_MIN_AGE_MINUTES = "SweepMinAgeMinutes"
 LOG_LEVEL = "LogLevel"
 LOG_RETENTION_DAYS = "LogRetentionDays"
+AUDIT_LOG_RETENTION_DAYS = "AuditLogRetentionDays"
 ALARM_TOPIC_ARN = "AlarmTopicARN"
 
 
@@ -326,6 +327,10 @@ PARAMETERS: tuple[Param, ...] = (
     Param(LOG_RETENTION_DAYS, "Number", OPERATIONS, "Log retention (days)",
           "Days CloudWatch Logs keeps the SCP's, the functions' and the workflow's logs.",
           default=365, constraints={"AllowedValues": list(LOG_RETENTION_CHOICES)}),
+    Param(AUDIT_LOG_RETENTION_DAYS, "Number", OPERATIONS, "Audit log retention (days)",
+          "Days CloudWatch Logs keeps the DICOM audit messages (who sent which patient's studies, refused "
+          "attempts). Six years by default: HIPAA's retention for security documentation.",
+          default=2192, constraints={"AllowedValues": list(LOG_RETENTION_CHOICES)}),
     Param(ALARM_TOPIC_ARN, "String", OPERATIONS, "Alarm SNS topic",
           "Optional SNS topic ARN notified by the stack's alarms. Leave empty for none.",
           default="",

@@ -12,7 +12,7 @@ from dicom_store_contract import launch
 from troposphere import GetAtt, If, NoValue, Ref, Select, Split, Sub, Template, cloudformation, ec2, ecs, iam
 from troposphere import applicationautoscaling as aas
 
-from template_gen import commitment, release
+from template_gen import audit, commitment, release
 from template_gen import common as c
 from template_gen import parameters as p
 
@@ -27,6 +27,7 @@ SCRATCH_PATH = "/tmp"
 # the stack's DICOM bucket. STORAGE_DIR (local store) is not used in AWS.
 CONTAINER_ENVIRONMENT = {
     **commitment.container_environment(),
+    **audit.container_environment(),
     "SCP_PORT": Ref(p.SCP_PORT),
     "AE_TITLE": Ref(p.SCP_AE_TITLE),
     "REQUIRE_CALLED_AE_TITLE": Ref(p.REQUIRE_CALLED_AE_TITLE),
@@ -227,6 +228,7 @@ def task_role() -> iam.Role:
             ),
             # Multipart uploads under SSE-KMS need Decrypt as well as GenerateDataKey. Storage commitment reads and
             # writes the commitment table and reads the instance table, both encrypted with the key when one is given.
+            audit.task_policy(),
             c.kms_key_policy(
                 "encrypt-with-bucket-key",
                 [c.KeyUse("s3", (kms.GenerateDataKey, kms.Decrypt)), c.KeyUse("dynamodb", (kms.Decrypt,))],

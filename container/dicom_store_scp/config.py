@@ -210,6 +210,78 @@ def _not_empty(value: str) -> None:
         raise ConfigError("cannot be empty")
 
 
+def _syslog_url(value: str) -> None:
+    if value:
+        from .audit.syslog import parse_url
+
+        try:
+            parse_url(value)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+
+
+# The audit trail (audit/): DICOM audit messages to a file, a CloudWatch Logs group, the hospital's ATNA repository.
+AUDIT_SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "AUDIT_FILE", "audit_file", _text, "", "file DICOM audit messages are appended to, one per line (empty: none)"
+    ),
+    Setting(
+        "AUDIT_LOG_GROUP",
+        "audit_log_group",
+        _text,
+        "",
+        "CloudWatch Logs group DICOM audit messages are written to, one per event (empty: none)",
+    ),
+    Setting(
+        "AUDIT_SYSLOG_URL",
+        "audit_syslog_url",
+        _text,
+        "",
+        "tls://host:port of the audit repository (IHE ATNA: syslog over TLS, RFC 5424/5425; empty: none)",
+        _syslog_url,
+    ),
+    Setting(
+        "AUDIT_SYSLOG_CA_FILE",
+        "audit_syslog_ca_file",
+        _existing_file,
+        "",
+        "PEM CA bundle the audit repository's certificate is checked with (empty: the system's)",
+    ),
+    Setting(
+        "AUDIT_SYSLOG_CERT_FILE",
+        "audit_syslog_cert_file",
+        _existing_file,
+        "",
+        "PEM client certificate presented to the audit repository (empty: none)",
+    ),
+    Setting("AUDIT_SYSLOG_KEY_FILE", "audit_syslog_key_file", _existing_file, "", "PEM key of AUDIT_SYSLOG_CERT_FILE"),
+    Setting(
+        "AUDIT_QUEUE_DIR",
+        "audit_queue_dir",
+        _text,
+        "",
+        "where messages wait for the audit repository (empty: a folder in the system temp dir)",
+    ),
+    Setting(
+        "AUDIT_QUEUE_LIMIT",
+        "audit_queue_limit",
+        _integer,
+        "100000",
+        "messages kept while the audit repository is unreachable; newer ones are dropped and counted",
+        _at_least(1),
+    ),
+    Setting("AUDIT_SOURCE_ID", "audit_source_id", _text, "", "AuditSourceID of the messages (empty: AE_TITLE)"),
+    Setting("AUDIT_SITE_ID", "audit_site_id", _text, "", "AuditEnterpriseSiteID of the messages (empty: none)"),
+    Setting(
+        "AUDIT_STUDIES_PER_ASSOCIATION",
+        "audit_studies_per_association",
+        _integer,
+        "1000",
+        "studies an association's audit record holds; at more, those so far are reported (bounds memory)",
+        _at_least(1),
+    ),
+)
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("SCP_PORT", "port", _integer, "11112", "TCP port to listen on", _port_range),
     Setting("BIND_ADDRESS", "bind_address", _text, "0.0.0.0", "address to listen on"),
@@ -376,6 +448,7 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         "PEM CA bundle: when set, peers must present a certificate it signed",
     ),
+    *AUDIT_SETTINGS,
 )
 
 
@@ -417,6 +490,17 @@ class Config:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_ca_file: Path | None = None
+    audit_file: str = ""
+    audit_log_group: str = ""
+    audit_syslog_url: str = ""
+    audit_syslog_ca_file: Path | None = None
+    audit_syslog_cert_file: Path | None = None
+    audit_syslog_key_file: Path | None = None
+    audit_queue_dir: str = ""
+    audit_queue_limit: int = 100000
+    audit_source_id: str = ""
+    audit_site_id: str = ""
+    audit_studies_per_association: int = 1000
 
     @property
     def tls_enabled(self) -> bool:
@@ -468,6 +552,22 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("TLS", ("TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CA_FILE")),
     ("logs and metrics", ("LOG_LEVEL", "METRICS_ENABLED", "METRICS_INTERVAL", "METRICS_SERVICE")),
+    (
+        "audit trail",
+        (
+            "AUDIT_FILE",
+            "AUDIT_LOG_GROUP",
+            "AUDIT_SYSLOG_URL",
+            "AUDIT_SYSLOG_CA_FILE",
+            "AUDIT_SYSLOG_CERT_FILE",
+            "AUDIT_SYSLOG_KEY_FILE",
+            "AUDIT_QUEUE_DIR",
+            "AUDIT_QUEUE_LIMIT",
+            "AUDIT_STUDIES_PER_ASSOCIATION",
+            "AUDIT_SOURCE_ID",
+            "AUDIT_SITE_ID",
+        ),
+    ),
 )
 
 # Other spellings a flag is accepted under (the status command's, say); --help and the README show the first.
@@ -562,3 +662,16 @@ def _check_together(values: dict[str, Any]) -> None:
         raise ConfigError("S3_KMS_KEY_ID (--s3-kms-key-id): a KMS key needs S3_SSE=aws:kms")
     if values["workers"] < 0:
         raise ConfigError("WORKERS (--workers): must be 0 (one per CPU) or more")
+    _check_audit(values)
+
+
+def _check_audit(values: dict[str, Any]) -> None:
+    cert, key = values["audit_syslog_cert_file"], values["audit_syslog_key_file"]
+    if (cert is None) != (key is None):
+        missing = "AUDIT_SYSLOG_KEY_FILE" if key is None else "AUDIT_SYSLOG_CERT_FILE"
+        raise ConfigError(f"{missing} (--{missing.lower().replace('_', '-')}): a client certificate needs its key")
+    if not values["audit_syslog_url"]:
+        for name in ("audit_syslog_ca_file", "audit_syslog_cert_file"):
+            if values[name] is not None:
+                env = name.upper()
+                raise ConfigError(f"{env} (--{name.replace('_', '-')}): needs AUDIT_SYSLOG_URL")

@@ -231,7 +231,25 @@ def handle_aborted(event: Any, sessions: Sessions) -> None:
 
 
 def handle_store(event: Any, sessions: Sessions, recorder: Recorder) -> int:
-    """A received C-STORE (engine's _StoreEvent): validate, store durably, and only then answer success."""
+    """A received C-STORE (engine's _StoreEvent): validate, store durably, and only then answer success.
+
+    With an audit trail, the answer goes in its association's audit record (audit/trail.py), with what the header
+    told of the study and patient (already read: nothing more is parsed for it).
+    """
+    read: list[tuple[dict[int, str], dict[int, Any]]] = []
+    status = _handle_store(event, sessions, recorder, read)
+    if sessions.audit is not None:
+        values, header = read[0] if read else ({}, None)
+        sessions.audit.store_answered(
+            event.assoc, status, str(event.request.AffectedSOPClassUID), values.get(_STUDY_INSTANCE_UID_NUMBER, ""),
+            header,
+        )  # fmt: skip
+    return status
+
+
+def _handle_store(
+    event: Any, sessions: Sessions, recorder: Recorder, read: list[tuple[dict[int, str], dict[int, Any]]]
+) -> int:
     # The receive loop calls this once the data set's last fragment is in the spool file: where StoreLatency starts.
     received = time.monotonic()
     request = event.request
@@ -245,6 +263,7 @@ def handle_store(event: Any, sessions: Sessions, recorder: Recorder) -> int:
         values, header = _read_header(source, str(event.context.transfer_syntax), event.head, event.size)
     except Exception as error:  # pydicom raises many types for malformed input
         return _fail(event, sessions, recorder, statuses.CANNOT_PARSE_DATASET, f"{type(error).__name__}: {error}")
+    read.append((values, header))
 
     status, detail = _validate(request, values)
     if status != statuses.SUCCESS:

@@ -194,6 +194,10 @@ class Recorder:
     def manifest_failed(self) -> None:
         self._count(names.MANIFESTS_FAILED)
 
+    def audit_dropped(self, sink: str, count: int = 1) -> None:
+        """Audit messages a sink had no room for (audit/sinks.py logs which sink)."""
+        self._count(names.AUDIT_MESSAGES_DROPPED, count)
+
     def sample_active(self, associations: int) -> None:
         """A reading of the open associations (the housekeeping loop's, a few times a second)."""
         with self._lock:
@@ -225,6 +229,8 @@ class Recorder:
     def records(self, interval: _Interval, started: float, spool_bytes: int) -> Iterator[dict[str, Any]]:
         timestamp = int(started * 1000)
         values: dict[str, Any] = {metric.name: interval.counters.get(metric.name, 0) for metric in _ALWAYS}
+        # Counters outside _ALWAYS (AuditMessagesDropped) appear in the intervals they counted something in.
+        values.update({name: count for name, count in interval.counters.items() if name not in values and count})
         values[names.ACTIVE_ASSOCIATIONS.name] = round(interval.active(), 3)
         values[names.SPOOL_BYTES.name] = spool_bytes
         overflow: list[tuple[str, dict[str, Any]]] = []

@@ -557,6 +557,8 @@ class ReceiverServer(ThreadedAssociationServer):
     daemon_threads = True
     tls_context: ssl.SSLContext | None = None
     handshake_timeout: float = 30.0
+    # Told of each failed handshake (the audit trail's Security Alert, when configured).
+    on_handshake_failed: Callable[[Any, BaseException], None] | None = None
 
     def service_actions(self) -> None:
         # pynetdicom runs a full gc.collect() every 60 connections from here: with hundreds of associations alive
@@ -593,6 +595,8 @@ class ReceiverServer(ThreadedAssociationServer):
                         }
                     },
                 )
+                if self.on_handshake_failed is not None:
+                    self.on_handshake_failed(client_address, error)
                 self.shutdown_request(request)
                 return
         super().process_request_thread(request, client_address)

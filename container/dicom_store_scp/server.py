@@ -26,6 +26,8 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from . import contexts, engine, handlers, negotiation, protocol, signals, startup
+from .audit.build import build_trail
+from .audit.trail import AuditTrail
 from .batches import Sessions
 from .budget import SharedAssociationBudget
 from .commitment import build_commitments, commitment_offered, handle_n_action
@@ -83,6 +85,7 @@ def event_handlers(
     sessions: Sessions,
     over_budget: Callable[[], bool] | None = None,
     commitments: Commitments | None = None,
+    audit: AuditTrail | None = None,
 ) -> list[Any]:
     """pynetdicom's events during negotiation, and the hand-over of each established association to engine.py."""
     recorder = sessions.recorder  # the receiving process's metrics
@@ -112,6 +115,8 @@ def event_handlers(
         (evt.EVT_ESTABLISHED, handlers.handle_established, [sessions]),
         (evt.EVT_RELEASED, handlers.handle_released, [sessions]),
         (evt.EVT_ABORTED, handlers.handle_aborted, [sessions]),
+        # After the SCP's own: the audit trail reads what they answered.
+        *(audit.event_handlers() if audit is not None else []),
     ]
 
 
@@ -139,6 +144,8 @@ class Receiver:
             config.batch_max_bytes,
             recorder=self.recorder,
         )
+        self.audit = build_trail(config, self.recorder.audit_dropped)
+        self.sessions.audit = self.audit
         self.ae = build_ae(config)
         self.budget = budget
         self.commitments = build_commitments(config) if commitment_offered(config) else None
@@ -146,7 +153,7 @@ class Receiver:
             server = self.ae.make_server(
                 (config.bind_address, config.port),
                 evt_handlers=event_handlers(
-                    config, self.sessions, self._budget_exceeded if budget else None, self.commitments
+                    config, self.sessions, self._budget_exceeded if budget else None, self.commitments, self.audit
                 ),
                 server_class=negotiation.HandedServer if handed else negotiation.ReceiverServer,
                 request_handler=negotiation.QuickRequestHandler,
@@ -157,6 +164,8 @@ class Receiver:
         self.server = server
         self.server.tls_context = build_tls_context(config)
         self.server.handshake_timeout = config.acse_timeout
+        if self.audit is not None:
+            self.server.on_handshake_failed = self.audit.handshake_failed
         # Signal handlers and other threads only ring this (no lock: signals.py); the housekeeping loop waits on it.
         self.bell = signals.Bell()
         self._serving = threading.Thread(target=self.server.serve_forever, name="accept", daemon=True)
@@ -176,6 +185,8 @@ class Receiver:
         # Everything built so far (modules, the AE and its contexts) lives as long as the process: keep it out of
         # every future garbage collection.
         gc.freeze()
+        if self.audit is not None:
+            self.audit.start()
         if self.commitments is not None:
             self.commitments.start()
         self._serving.start()
@@ -266,6 +277,8 @@ class Receiver:
         self.sessions.close_all(EndReason.SHUTDOWN)
         for assoc in remaining:
             assoc.abort()
+        if self.audit is not None:
+            self.audit.stop()
         # What the last, partial interval saw (its batches sealed above included) is not lost with the process.
         self.recorder.flush(self._spool_bytes())
         LOG.info("stopped", extra={"fields": {"event": "stopped", "abortedAssociations": len(remaining)}})

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dicom_store_contract import ingest
 from dicom_store_contract.manifest import EndReason
 from pydicom import config as pydicom_config
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -32,7 +33,7 @@ from .budget import SharedAssociationBudget
 from .commitment import build_commitments, commitment_offered, handle_n_action
 from .commitment.model import STORAGE_COMMITMENT_PUSH_MODEL
 from .commitment.scheduler import Commitments
-from .config import Config
+from .config import Config, ConfigError
 from .metrics import Recorder
 from .storage import LocalStorage, Storage, use_spool_dir
 from .transfer_syntaxes import AHI_IMPORTABLE
@@ -49,6 +50,14 @@ _SPOOL_STALE_SECONDS = 3600
 
 
 def build_storage(config: Config, recorder: Recorder | None = None) -> Storage:
+    if config.ingest_mode == ingest.STOW:
+        from . import stow  # INGEST_MODE=stow: HealthImaging first, the store only for the copy
+
+        return stow.from_config(config, _build_store(config, recorder) if config.stow_keep_s3_copy else None)
+    return _build_store(config, recorder)
+
+
+def _build_store(config: Config, recorder: Recorder | None) -> Storage:
     if config.dicom_bucket:
         from .s3 import S3Storage  # boto3 is only needed when storing to S3
 
@@ -101,7 +110,7 @@ def event_handlers(
     data_phase = engine.Settings(
         sessions,
         recorder,
-        config.maximum_instance_bytes,
+        config.instance_byte_limit,
         config.network_timeout,
         commitment_sop_class=STORAGE_COMMITMENT_PUSH_MODEL if commitments else "",
         n_action=functools.partial(handle_n_action, commitments=commitments, sessions=sessions)
@@ -319,7 +328,7 @@ def serve(config: Config, handed: socket.socket | None = None, budget: SharedAss
     """Run one receiving process until it is told to stop; the only start-up path (single process or worker)."""
     try:
         receiver = Receiver(config, handed=handed, budget=budget)
-    except OSError as error:
+    except (OSError, ConfigError) as error:
         # A start-up failure, not a crash: say what failed, and exit without a traceback.
         LOG.error("cannot start", extra={"fields": {"event": "start-failed", "error": str(error)}})
         return EXIT_START_FAILED

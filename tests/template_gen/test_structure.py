@@ -45,6 +45,11 @@ CONTAINER_CONTRACT = {
     "S3_KMS_KEY_ID",
     "WORKERS",
     "METRICS_SERVICE",
+    # The ingest mode (container/dicom_store_scp/stow.py): the data store and its DICOMweb endpoint.
+    "INGEST_MODE",
+    "DATASTORE_ID",
+    "AHI_STOW_URL",
+    "STOW_KEEP_S3_COPY",
 }
 # docs/contracts.md
 LAMBDA_CONTRACT = {
@@ -178,6 +183,7 @@ CONTAINER_RESOURCE_VARIABLES = {
     "DICOM_BUCKET": "DICOMBucketName",
     "INSTANCE_TABLE_NAME": "InstanceTableName",
     "COMMITMENT_TABLE_NAME": "CommitmentTableName",
+    "DATASTORE_ID": "DatastoreID",
 }
 
 

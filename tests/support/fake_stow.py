@@ -60,6 +60,8 @@ class FakeStow:
         self.datastore_id = datastore_id
         self.script: list[str] = []
         self.default = "store"
+        # Seconds added to every request before its answer (a proxy's or a region's round trip; bench/stow_modes.py).
+        self.delay = 0.0
         self.held: dict[str, bytes] = {}
         self.requests: list[Received] = []
         self._lock = threading.Lock()
@@ -67,6 +69,9 @@ class FakeStow:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes: with Nagle's algorithm on, the body would wait for the client's
+            # delayed ACK (40 ms a request on Linux), a cost of this fake, not of the client under test.
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -101,6 +106,8 @@ class FakeStow:
         parts = _parts(headers.get("content-type", ""), body) if not problems else []
         uids = [str(dcmread(io.BytesIO(part), force=True).SOPInstanceUID) for part in parts]
         received = Received(handler.path, headers, behaviour, problems, uids)
+        if self.delay:
+            time.sleep(self.delay)
         with self._lock:
             self.requests.append(received)
         if problems:

@@ -244,3 +244,13 @@ def test_judge_does_not_take_another_instances_listing_for_this_one():
 def test_judge_reads_the_image_set_from_the_retrieve_url():
     url = {"00081190": {"vr": "UR", "Value": [f"https://x/studies/1/series/2/instances/{UID}?imageSetId=abc123"]}}
     assert stow.judge(200, _listed("00081199", **url), UID).image_set_id == "abc123"
+
+
+def test_storage_commitment_is_not_offered_in_stow_mode_yet():
+    # It reads outcomes from the instance table (or the local store's incoming/), which stow mode does not write.
+    from dicom_store_scp.commitment import commitment_offered
+    from dicom_store_scp.config import load
+
+    stow_mode = load(["--ingest-mode", "stow", "--ahi-stow-url", "http://127.0.0.1:1/x"], environ={})
+    assert not commitment_offered(stow_mode)
+    assert commitment_offered(load([], environ={}))

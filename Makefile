@@ -11,7 +11,7 @@ PIP := $(PY) -m pip install -q --disable-pip-version-check
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PACKAGES := container/dicom_store_scp container/dicom_store_contract functions template_gen release
 
-.PHONY: install run test lint render dcmtk clean bench soak lock build package publish docs graphviz image-tools image-test
+.PHONY: install run test lint render dcmtk orthanc clean bench soak lock build package publish docs graphviz image-tools image-test
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +39,14 @@ dcmtk:
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  $(SUDO) apt-get update -qq -o DPkg::Lock::Timeout=600 && $(SUDO) apt-get install -y -qq -o DPkg::Lock::Timeout=600 dcmtk >/dev/null; }
 
+# Orthanc with its DICOMweb plugin: a STOW-RS server not ours, which INGEST_MODE=stow is tested against.
+orthanc:
+	@test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so || { \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $(SUDO) apt-get update -qq -o DPkg::Lock::Timeout=600 && $(SUDO) apt-get install -y -qq -o DPkg::Lock::Timeout=600 orthanc orthanc-dicomweb >/dev/null; }
+
 # tests/image builds the SCP image and runs it with podman (a few minutes the first time, the base image cached).
-test: install dcmtk graphviz image-tools
+test: install dcmtk orthanc graphviz image-tools
 	$(PY) -m pytest
 
 # podman with runc (crun fails on hosts with hybrid cgroups) and catatonit (--init), and mmdebstrap, which makes

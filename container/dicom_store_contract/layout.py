@@ -15,6 +15,10 @@ INCOMING = "incoming/"
 MANIFESTS = "manifests/"
 # Local store only: storage commitment transactions (container/dicom_store_scp/commitment/local.py), one JSON each.
 COMMITMENTS = "commitments/"
+# INGEST_MODE=stow with STOW_KEEP_S3_COPY: the archive copy's layout lives under this folder
+# (``<prefix>stowed/incoming/``, ``<prefix>stowed/manifests/``), where neither the manifest notification nor the
+# sweeper looks: those instances are already in HealthImaging, and an import job must not store them again.
+STOWED = "stowed/"
 INSTANCE_SUFFIX = ".dcm"
 MANIFEST_SUFFIX = ".json"
 

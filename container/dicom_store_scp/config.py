@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dicom_store_contract import limits
+from dicom_store_contract import ingest, layout, limits
 from dicom_store_contract.layout import normalise_prefix
 from pydicom.uid import UID
 
@@ -205,6 +206,28 @@ def _log_level(value: str) -> None:
         raise ConfigError(f"{value!r} must be DEBUG, INFO, WARNING or ERROR")
 
 
+def _ingest_mode(value: str) -> None:
+    if value in ingest.PLANNED:
+        raise ConfigError(f"{value!r} is planned, not yet available; use {' or '.join(ingest.MODES)}")
+    if value not in ingest.MODES:
+        raise ConfigError(f"{value!r} must be {' or '.join(ingest.MODES)}")
+
+
+def _lower(value: str) -> str:
+    return value.strip().lower()
+
+
+def _http_url(value: str) -> None:
+    if value and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+        raise ConfigError(f"{value!r} is not an http(s) URL without query or fragment")
+
+
+def _datastore_id(value: str) -> None:
+    # AWS HealthImaging data store ids: 32 characters of [0-9a-z] (its API reference's pattern).
+    if value and not re.fullmatch(r"[0-9a-z]{32}", value):
+        raise ConfigError(f"{value!r} is not a data store id (32 lowercase letters and digits)")
+
+
 def _not_empty(value: str) -> None:
     if not value:
         raise ConfigError("cannot be empty")
@@ -365,6 +388,33 @@ SETTINGS: tuple[Setting, ...] = (
         _at_least(0),
     ),
     Setting(
+        "INGEST_MODE",
+        "ingest_mode",
+        _lower,
+        ingest.DEFAULT,
+        "import: success once stored (S3 or STORAGE_DIR), then import jobs; stow: success only once AWS HealthImaging's"
+        " STOW-RS response lists the instance as stored (stow-batched: planned)",
+        _ingest_mode,
+    ),
+    Setting(
+        "AHI_STOW_URL",
+        "ahi_stow_url",
+        _text,
+        "",
+        "with INGEST_MODE=stow: the STOW-RS base URL, instances go to <url>/studies (empty: the region's AWS"
+        " HealthImaging DICOMweb endpoint and /datastore/DATASTORE_ID)",
+        _http_url,
+    ),
+    Setting("DATASTORE_ID", "datastore_id", _text, "", "the AWS HealthImaging data store id", _datastore_id),
+    Setting(
+        "STOW_KEEP_S3_COPY",
+        "stow_keep_s3_copy",
+        _boolean,
+        "false",
+        "with INGEST_MODE=stow: also keep every stored instance in the store (DICOM_BUCKET, else STORAGE_DIR) under"
+        " stowed/, where no import job reads it",
+    ),
+    Setting(
         "SPOOL_DIR",
         "spool_dir",
         _text,
@@ -476,6 +526,10 @@ class Config:
     s3_sse: str = "AES256"
     s3_kms_key_id: str = ""
     max_pool_connections: int = 0
+    ingest_mode: str = ingest.DEFAULT
+    ahi_stow_url: str = ""
+    datastore_id: str = ""
+    stow_keep_s3_copy: bool = False
     spool_dir: str = ""
     batch_max_instances: int = limits.BATCH_MAX_INSTANCES.whole
     batch_max_bytes: int = limits.BATCH_MAX_BYTES.whole
@@ -508,8 +562,18 @@ class Config:
 
     @property
     def storage_prefix(self) -> str:
-        """Key prefix in the store: ``DICOM_PREFIX`` in S3, nothing in a local folder."""
-        return self.dicom_prefix if self.dicom_bucket else ""
+        """Key prefix in the store: ``DICOM_PREFIX`` in S3, nothing in a local folder; in stow mode, under
+        ``stowed/`` (layout.STOWED), out of the import's way."""
+        prefix = self.dicom_prefix if self.dicom_bucket else ""
+        return prefix + layout.STOWED if self.ingest_mode == ingest.STOW else prefix
+
+    @property
+    def instance_byte_limit(self) -> int:
+        """The largest data set received: MAXIMUM_INSTANCE_BYTES, and in stow mode what one StoreDICOM request
+        takes with its multipart framing (a few hundred bytes; 64 KiB kept for it)."""
+        if self.ingest_mode == ingest.STOW:
+            return min(self.maximum_instance_bytes, limits.BYTES_PER_STOW_REQUEST.whole - 64 * 1024)
+        return self.maximum_instance_bytes
 
 
 def settings_table() -> str:
@@ -539,6 +603,7 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("where instances go", ("STORAGE_DIR", "SPOOL_DIR", "BATCH_MAX_INSTANCES", "BATCH_MAX_BYTES")),
+    ("ingest mode", ("INGEST_MODE", "AHI_STOW_URL", "DATASTORE_ID", "STOW_KEEP_S3_COPY")),
     ("Amazon S3", ("DICOM_BUCKET", "DICOM_PREFIX", "S3_SSE", "S3_KMS_KEY_ID", "MAX_POOL_CONNECTIONS")),
     (
         "storage commitment",
@@ -660,6 +725,8 @@ def _check_together(values: dict[str, Any]) -> None:
         raise ConfigError("TLS_CA_FILE (--tls-ca-file): client verification needs TLS_CERT_FILE as well")
     if values["s3_kms_key_id"] and values["s3_sse"] != "aws:kms":
         raise ConfigError("S3_KMS_KEY_ID (--s3-kms-key-id): a KMS key needs S3_SSE=aws:kms")
+    if values["ingest_mode"] == ingest.STOW and not (values["ahi_stow_url"] or values["datastore_id"]):
+        raise ConfigError("INGEST_MODE (--ingest-mode): stow needs DATASTORE_ID (or AHI_STOW_URL)")
     if values["workers"] < 0:
         raise ConfigError("WORKERS (--workers): must be 0 (one per CPU) or more")
     _check_audit(values)

@@ -301,7 +301,7 @@ def _handle_store(
     try:
         sessions.store(session, source, instance)
     except StorageError as error:
-        return _fail(event, sessions, recorder, statuses.OUT_OF_RESOURCES_STORAGE, str(error))
+        return _fail(event, sessions, recorder, error.status or statuses.OUT_OF_RESOURCES_STORAGE, str(error))
     except DuplicateInstance as error:
         return _fail(
             event, sessions, recorder, statuses.DUPLICATE_SOP_INSTANCE, str(error),

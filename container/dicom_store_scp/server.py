@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dicom_store_contract import ingest
 from dicom_store_contract.manifest import EndReason
 from pydicom import config as pydicom_config
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -33,7 +34,7 @@ from .budget import SharedAssociationBudget
 from .commitment import build_commitments, commitment_offered, handle_n_action
 from .commitment.model import STORAGE_COMMITMENT_PUSH_MODEL
 from .commitment.scheduler import Commitments
-from .config import Config
+from .config import Config, ConfigError
 from .metrics import Recorder
 from .startup import EXIT_START_FAILED, StartError, build_tls_context
 from .storage import LocalStorage, Storage, use_spool_dir
@@ -51,6 +52,14 @@ _SPOOL_STALE_SECONDS = 3600
 
 
 def build_storage(config: Config, recorder: Recorder | None = None) -> Storage:
+    if config.ingest_mode == ingest.STOW:
+        from . import stow  # INGEST_MODE=stow: HealthImaging first, the store only for the copy
+
+        return stow.from_config(config, _build_store(config, recorder) if config.stow_keep_s3_copy else None)
+    return _build_store(config, recorder)
+
+
+def _build_store(config: Config, recorder: Recorder | None) -> Storage:
     if config.dicom_bucket:
         from .s3 import S3Storage  # boto3 is only needed when storing to S3
 
@@ -92,7 +101,7 @@ def event_handlers(
     data_phase = engine.Settings(
         sessions,
         recorder,
-        config.maximum_instance_bytes,
+        config.instance_byte_limit,
         config.network_timeout,
         commitment_sop_class=STORAGE_COMMITMENT_PUSH_MODEL if commitments else "",
         n_action=functools.partial(handle_n_action, commitments=commitments, sessions=sessions)
@@ -331,7 +340,7 @@ def serve(config: Config, handed: socket.socket | None = None, budget: SharedAss
         if handed is None:
             startup.check(config)  # a worker's supervisor did this before starting it
         receiver = Receiver(config, handed=handed, budget=budget)
-    except (StartError, OSError) as error:
+    except (StartError, OSError, ConfigError) as error:
         # A start-up failure, not a crash: say what failed, and exit without a traceback.
         log_start_failure(error)
         return EXIT_START_FAILED

@@ -47,6 +47,11 @@ CONTAINER_CONTRACT = {
     "S3_KMS_KEY_ID",
     "WORKERS",
     "METRICS_SERVICE",
+    # The ingest mode (container/dicom_store_scp/stow.py): the data store and its DICOMweb endpoint.
+    "INGEST_MODE",
+    "DATASTORE_ID",
+    "AHI_STOW_URL",
+    "STOW_KEEP_S3_COPY",
 }
 # docs/contracts.md
 LAMBDA_CONTRACT = {
@@ -181,6 +186,7 @@ CONTAINER_RESOURCE_VARIABLES = {
     "INSTANCE_TABLE_NAME": "InstanceTableName",
     "COMMITMENT_TABLE_NAME": "CommitmentTableName",
     "AUDIT_LOG_GROUP": "AuditLogGroupName",
+    "DATASTORE_ID": "DatastoreID",
 }
 
 

@@ -34,6 +34,7 @@ from .commitment.model import STORAGE_COMMITMENT_PUSH_MODEL
 from .commitment.scheduler import Commitments
 from .config import Config
 from .metrics import Recorder
+from .refusals import RefusalLog, build_refusals
 from .storage import LocalStorage, Storage, use_spool_dir
 from .transfer_syntaxes import AHI_IMPORTABLE
 
@@ -95,6 +96,7 @@ def event_handlers(
     sessions: Sessions,
     over_budget: Callable[[], bool] | None = None,
     commitments: Commitments | None = None,
+    refusals: RefusalLog | None = None,
 ) -> list[Any]:
     """pynetdicom's events during negotiation, and the hand-over of each established association to engine.py."""
     recorder = sessions.recorder  # the receiving process's metrics
@@ -107,6 +109,7 @@ def event_handlers(
         n_action=functools.partial(handle_n_action, commitments=commitments, sessions=sessions)
         if commitments
         else None,
+        refusals=refusals,
     )
     # Once the A-ASSOCIATE-AC is sent, the association's data phase is engine.serve's, in the association's thread.
     hand_over = functools.partial(engine.serve, data_phase)
@@ -151,10 +154,11 @@ class Receiver:
         self.ae = build_ae(config)
         self.budget = budget
         self.commitments = build_commitments(config) if commitment_offered(config) else None
+        self.refusals = build_refusals(config)
         server = self.ae.make_server(
             (config.bind_address, config.port),
             evt_handlers=event_handlers(
-                config, self.sessions, self._budget_exceeded if budget else None, self.commitments
+                config, self.sessions, self._budget_exceeded if budget else None, self.commitments, self.refusals
             ),
             server_class=negotiation.HandedServer if handed else negotiation.ReceiverServer,
             request_handler=negotiation.QuickRequestHandler,
@@ -184,6 +188,8 @@ class Receiver:
         gc.freeze()
         if self.commitments is not None:
             self.commitments.start()
+        if self.refusals is not None:
+            self.refusals.start()
         self._serving.start()
         if self.handed is not None:
             self._taking.start()
@@ -259,6 +265,8 @@ class Receiver:
         self.sessions.close_all(EndReason.SHUTDOWN)
         for assoc in remaining:
             assoc.abort()
+        if self.refusals is not None:
+            self.refusals.stop()  # the refusals still queued are recorded (for a few seconds at most)
         # What the last, partial interval saw (its batches sealed above included) is not lost with the process.
         self.recorder.flush(self._spool_bytes())
         LOG.info("stopped", extra={"fields": {"event": "stopped", "abortedAssociations": len(remaining)}})

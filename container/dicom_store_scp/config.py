@@ -479,7 +479,8 @@ SETTINGS: tuple[Setting, ...] = (
         "instance_table",
         _text,
         "",
-        "with DICOM_BUCKET: the stack's instance table, which storage commitment reads import outcomes from",
+        "with DICOM_BUCKET: the stack's instance table: storage commitment reads import outcomes from it, refused"
+        " C-STOREs are recorded in it",
     ),
     Setting(
         "COMMITMENT_TABLE_NAME",

@@ -36,6 +36,7 @@ from .commitment.model import STORAGE_COMMITMENT_PUSH_MODEL
 from .commitment.scheduler import Commitments
 from .config import Config, ConfigError
 from .metrics import Recorder
+from .refusals import RefusalLog, build_refusals
 from .startup import EXIT_START_FAILED, StartError, build_tls_context
 from .storage import LocalStorage, Storage, use_spool_dir
 from .transfer_syntaxes import AHI_IMPORTABLE
@@ -95,6 +96,7 @@ def event_handlers(
     over_budget: Callable[[], bool] | None = None,
     commitments: Commitments | None = None,
     audit: AuditTrail | None = None,
+    refusals: RefusalLog | None = None,
 ) -> list[Any]:
     """pynetdicom's events during negotiation, and the hand-over of each established association to engine.py."""
     recorder = sessions.recorder  # the receiving process's metrics
@@ -107,6 +109,7 @@ def event_handlers(
         n_action=functools.partial(handle_n_action, commitments=commitments, sessions=sessions)
         if commitments
         else None,
+        refusals=refusals,
     )
     # Once the A-ASSOCIATE-AC is sent, the association's data phase is engine.serve's, in the association's thread.
     hand_over = functools.partial(engine.serve, data_phase)
@@ -158,11 +161,17 @@ class Receiver:
         self.ae = build_ae(config)
         self.budget = budget
         self.commitments = build_commitments(config) if commitment_offered(config) else None
+        self.refusals = build_refusals(config)
         try:
             server = self.ae.make_server(
                 (config.bind_address, config.port),
                 evt_handlers=event_handlers(
-                    config, self.sessions, self._budget_exceeded if budget else None, self.commitments, self.audit
+                    config,
+                    self.sessions,
+                    self._budget_exceeded if budget else None,
+                    self.commitments,
+                    self.audit,
+                    self.refusals,
                 ),
                 server_class=negotiation.HandedServer if handed else negotiation.ReceiverServer,
                 request_handler=negotiation.QuickRequestHandler,
@@ -198,6 +207,8 @@ class Receiver:
             self.audit.start()
         if self.commitments is not None:
             self.commitments.start()
+        if self.refusals is not None:
+            self.refusals.start()
         self._serving.start()
         if self.handed is not None:
             self._taking.start()
@@ -286,6 +297,8 @@ class Receiver:
         self.sessions.close_all(EndReason.SHUTDOWN)
         for assoc in remaining:
             assoc.abort()
+        if self.refusals is not None:
+            self.refusals.stop()  # the refusals still queued are recorded (for a few seconds at most)
         if self.audit is not None:
             self.audit.stop()
         # What the last, partial interval saw (its batches sealed above included) is not lost with the process.

@@ -2,7 +2,9 @@
 
 Looks instances up by Study, Series or SOP Instance UID or by batch id, and prints per instance its state, import
 job, image set and failure or warning reason: from the stack's instance table (when a table name is given) or
-from the local store (``STORAGE_DIR``, where "stored" is the final state: local mode has no import).
+from the local store (``STORAGE_DIR``, where "stored" is the final state: local mode has no import). A C-STORE the
+SCP refused shows as ``REFUSED`` with its status and reason (dicom_store_contract.refusals), unless a copy of the
+instance was stored: that copy is the answer to "did it arrive?".
 
 The instance table is read by key or through its indexes (``dicom_store_contract.tables``), never scanned. States
 are printed as stored: the vocabulary belongs to the import pipeline (``functions/tracking.py``), not to this tool.
@@ -21,7 +23,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from dicom_store_contract import layout, tables
+from dicom_store_contract import layout, refusals, tables
 
 # What a local instance's state is: its file is durably in the store (local mode ends here).
 LOCAL_STORED = "STORED"
@@ -226,9 +228,10 @@ class LocalStore:
 
     def find(self, lookup: Lookup) -> list[dict[str, Any]]:
         incoming = self.root / layout.incoming_prefix("")
-        if not incoming.is_dir():
+        refused = self.root / layout.REFUSED
+        if not incoming.is_dir() and not refused.is_dir():
             if self.root.is_dir():
-                return []  # a store that has stored nothing yet (every association refused, say)
+                return []  # a store that has stored nothing yet (every association closed before a C-STORE, say)
             raise StatusError(f"{self.root}: no local store here (no such folder; give --storage-dir)")
         # incoming/<batch>/<study>/<series>/<sop>.dcm: the lookup fixes one level of the path.
         level = {
@@ -240,7 +243,30 @@ class LocalStore:
         parts = ["*", "*", "*", f"*{layout.INSTANCE_SUFFIX}"]
         parts[level] = lookup.value + (layout.INSTANCE_SUFFIX if level == 3 else "")
         items = [self._item(path) for path in incoming.glob("/".join(parts)) if path.is_file()]
-        return [item for item in items if item is not None]
+        stored = [item for item in items if item is not None]
+        if lookup.attribute == tables.BATCH_ID:
+            return stored  # a refused instance is in no batch
+        held = {item[tables.SOP_INSTANCE_UID] for item in stored}
+        return stored + [
+            item for item in self._refusals(refused, level, lookup.value) if item[tables.SOP_INSTANCE_UID] not in held
+        ]
+
+    def _refusals(self, refused: Path, level: int, value: str) -> list[dict[str, Any]]:
+        """The latest refusal of each instance the lookup names (refused/<day>/<study>/<series>/<sop>.json)."""
+        parts = ["*", "*", "*", f"*{layout.REFUSAL_SUFFIX}"]
+        parts[level] = value + (layout.REFUSAL_SUFFIX if level == 3 else "")
+        latest: dict[str, dict[str, Any]] = {}
+        for path in refused.glob("/".join(parts)):
+            try:
+                record = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue  # removed by the retention sweep meanwhile, or not ours
+            if not isinstance(record, dict) or record.get(tables.SOP_INSTANCE_UID) != path.stem:
+                continue
+            earlier = latest.get(path.stem)
+            if earlier is None or str(record.get(refusals.REFUSED_AT, "")) > str(earlier.get(refusals.REFUSED_AT, "")):
+                latest[path.stem] = record
+        return list(latest.values())
 
     def _item(self, path: Path) -> dict[str, Any] | None:
         key = path.relative_to(self.root).as_posix()
@@ -267,6 +293,8 @@ class LocalStore:
 
 def _reason(item: Mapping[str, Any]) -> str:
     """Why an instance failed, or what its import warned about, whatever attribute the pipeline put it in."""
+    if item.get("state") == refusals.REFUSED:
+        return refusals.describe(item)
     reasons = [str(item["failureReason"])] if item.get("failureReason") else []
     for name in sorted(item):
         if "warning" in name.lower() and item[name] not in (None, "", [], {}):

@@ -294,7 +294,7 @@ def test_task_role_writes_only_incoming_and_manifests(template: dict[str, Any]) 
     assert other == {"kms:GenerateDataKey", "kms:Decrypt"}
 
 
-def test_task_role_reads_instances_by_key_and_writes_only_commitments(template: dict[str, Any]) -> None:
+def test_task_role_reads_instances_by_key_and_writes_commitments_and_refusals(template: dict[str, Any]) -> None:
     role = Stack(template).decided()["ScpTaskRole"]
     granted = {
         (action, json.dumps(resource, sort_keys=True))
@@ -315,7 +315,15 @@ def test_task_role_reads_instances_by_key_and_writes_only_commitments(template: 
         ("dynamodb:GetItem", commitments),
         ("dynamodb:Query", pending_index),
         ("dynamodb:BatchGetItem", instances),
+        # A refused C-STORE's item, of a refusal's attributes only (tests/contract/test_refusals.py).
+        ("dynamodb:PutItem", instances),
     }
+    (refusals,) = [
+        s
+        for s in _statements(role)
+        if s["Resource"] == [json.loads(instances)] and "dynamodb:PutItem" in _as_list(s["Action"])
+    ]
+    assert "dynamodb:Attributes" in refusals["Condition"]["ForAllValues:StringEquals"]
     table = Stack(template).decided()["CommitmentTable"]["Properties"]
     assert table["TimeToLiveSpecification"] == {"AttributeName": "expiresAt", "Enabled": True}
     assert table["KeySchema"] == [{"AttributeName": "recordId", "KeyType": "HASH"}]

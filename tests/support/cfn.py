@@ -7,7 +7,9 @@ so a test reads a function's environment or a role's policy with the same values
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,11 @@ __all__ = ["ACCOUNT_ID", "REGION", "Deployment", "Unresolved", "refs_to_paramete
 
 def rendered_template() -> dict[str, Any]:
     return json.loads(build_template(ASL_PATH.read_text(encoding="utf-8")).to_json())
+
+
+# GetAtt attributes whose value is an id of a known form (AWS::HealthImaging::Datastore's DatastoreId: 32 lowercase
+# letters and digits), built from a digest of the name.
+_ATTRIBUTE_SHAPES: dict[str, Callable[[str], str]] = {"DatastoreId": lambda digest: digest[:32]}
 
 
 class Deployment(Evaluator):
@@ -72,6 +79,9 @@ class Deployment(Evaluator):
             return self.resources[name]
         if logical_id not in self.template["Resources"]:
             raise Unresolved(name)
+        if attribute in _ATTRIBUTE_SHAPES:
+            # An attribute that is an id, not an ARN: a value of its real shape, so what reads it can check it.
+            return _ATTRIBUTE_SHAPES[attribute](hashlib.sha256(name.encode()).hexdigest())
         return f"arn:aws:placeholder:{REGION}:{ACCOUNT_ID}:{name}"
 
     # --- reading resources -------------------------------------------------------------------------------

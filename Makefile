@@ -1,24 +1,36 @@
 # Every target bootstraps what it needs: a .venv built from setup.cfg and, for the tests, DCMTK.
+# `make run` installs only what the SCP runs on (setup.cfg install_requires); every other target adds the
+# development extra (`.[dev]`: the test, lint, template and release tools) to the same .venv.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+RUNTIME_STAMP := $(VENV)/.installed-runtime
 STAMP := $(VENV)/.installed
+PIP := $(PY) -m pip install -q --disable-pip-version-check
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PACKAGES := container/dicom_store_scp container/dicom_store_contract functions template_gen release
 
-.PHONY: install run test lint render dcmtk clean bench soak lock build package publish docs graphviz image-tools image-test
+.PHONY: install run test lint render dcmtk orthanc clean bench soak lock build package publish docs graphviz image-tools image-test
 
-$(STAMP): setup.cfg pyproject.toml
+$(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
-	touch $(STAMP)
+	$(PIP) --upgrade pip
+
+# The SCP and its run-time dependencies only.
+$(RUNTIME_STAMP): setup.cfg pyproject.toml | $(PY)
+	$(PIP) -e .
+	touch $(RUNTIME_STAMP)
+
+# Everything: the run-time dependencies and the development extra.
+$(STAMP): setup.cfg pyproject.toml | $(PY)
+	$(PIP) -e '.[dev]'
+	touch $(RUNTIME_STAMP) $(STAMP)
 
 install: $(STAMP)
 
-# Starts the SCP on port 11112, storing under ./storage (no AWS account needed).
-run: install
+# Starts the SCP on port 11112, storing under ./storage (no AWS account needed); installs no development tools.
+run: $(RUNTIME_STAMP)
 	$(VENV)/bin/dicom-store-scp
 
 # DCMTK's storescu/echoscu are the sending peer in the tests.
@@ -27,8 +39,14 @@ dcmtk:
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  $(SUDO) apt-get update -qq -o DPkg::Lock::Timeout=600 && $(SUDO) apt-get install -y -qq -o DPkg::Lock::Timeout=600 dcmtk >/dev/null; }
 
+# Orthanc with its DICOMweb plugin: a STOW-RS server not ours, which INGEST_MODE=stow is tested against.
+orthanc:
+	@test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so || { \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $(SUDO) apt-get update -qq -o DPkg::Lock::Timeout=600 && $(SUDO) apt-get install -y -qq -o DPkg::Lock::Timeout=600 orthanc orthanc-dicomweb >/dev/null; }
+
 # tests/image builds the SCP image and runs it with podman (a few minutes the first time, the base image cached).
-test: install dcmtk graphviz image-tools
+test: install dcmtk orthanc graphviz image-tools
 	$(PY) -m pytest
 
 # podman with runc (crun fails on hosts with hybrid cgroups) and catatonit (--init), and mmdebstrap, which makes

@@ -1,4 +1,4 @@
-"""The SCP through an S3 brown-out while four DCMTK senders keep sending (issue 26; docs/benchmarks.md section 11).
+"""The SCP through an S3 brown-out while four DCMTK senders keep sending (issue 26; docs/benchmarks.md section 12).
 
     .venv/bin/python bench/s3_brownout.py [--phase-seconds 20] [--senders 4] [--json bench/results-s3-brownout.json]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
-from dicom_store_contract import tables
+from dicom_store_contract import refusals, tables
 from dicom_store_contract.manifest import Manifest, RejectedEntry
 
 from functions.settings import client, settings
@@ -30,6 +30,8 @@ class InstanceState(StrEnum):
     IMPORTED_WITH_WARNINGS = "IMPORTED_WITH_WARNINGS"  # imported, listed in warning.ndjson (warnings set)
     FAILED = "FAILED"  # the job refused it, did not report it, or the workflow failed (failureReason set)
     TIMED_OUT = "TIMED_OUT"  # the workflow stopped waiting for the job (its polling bound)
+    # Written by the SCP, never by the pipeline: a C-STORE it refused (dicom_store_contract.refusals), no batchId.
+    REFUSED = refusals.REFUSED
 
 
 class JobStatus(StrEnum):
@@ -166,12 +168,14 @@ class Tracking:
 
     def _put_for_batch(self, batch_id: str, item: dict[str, Any]) -> int:
         """Write the item unless this batch already wrote one for the instance (S3 delivers events twice); 1 if
-        written. A later batch's item replaces an earlier batch's: the instance was sent again."""
+        written. A later batch's item replaces an earlier batch's (the instance was sent again), and a refusal's
+        item, which has no batch (the copy stored is what AHI imports)."""
         try:
             self.dynamodb.put_item(
                 TableName=self.instance_table,
                 Item=to_item(item),
-                ConditionExpression=f"attribute_not_exists({tables.SOP_INSTANCE_UID}) OR {tables.BATCH_ID} <> :batch",
+                ConditionExpression=f"attribute_not_exists({tables.SOP_INSTANCE_UID}) "
+                f"OR attribute_not_exists({tables.BATCH_ID}) OR {tables.BATCH_ID} <> :batch",
                 ExpressionAttributeValues={":batch": to_attribute(batch_id)},
             )
         except ClientError as error:

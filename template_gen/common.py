@@ -13,6 +13,7 @@ from typing import Any
 
 from awacs.aws import Allow, ArnLike, Condition, PolicyDocument, Principal, Statement, StringEquals
 from awacs.sts import AssumeRole
+from dicom_store_contract import ingest, layout
 from troposphere import (
     AWSHelperFn,
     Equals,
@@ -42,6 +43,7 @@ CREATE_DATASTORE = "CreateDatastore"
 HAS_ALARM_TOPIC = "HasAlarmTopic"
 ENABLE_FLOW_LOGS = "EnableFlowLogs"
 CREATE_ECS_SERVICE_LINKED_ROLE = "CreatesEcsServiceLinkedRole"
+INGEST_BY_STOW = "IngestByStow"
 
 # Logical ids referred to across groups.
 ACCESS_LOG_BUCKET = "AccessLogBucket"
@@ -85,6 +87,7 @@ def add_conditions(template: Template) -> None:
     template.add_condition(HAS_KMS_KEY, Not(Equals(Ref(p.KMS_KEY_ARN), "")))
     template.add_condition(HAS_EXTRA_TASK_SG, Not(Equals(Ref(p.SECURITY_GROUP_ID), "")))
     template.add_condition(CREATE_DATASTORE, Equals(Ref(p.EXISTING_DATASTORE_ID), ""))
+    template.add_condition(INGEST_BY_STOW, Equals(Ref(p.INGEST_MODE), ingest.STOW))
     template.add_condition(HAS_ALARM_TOPIC, Not(Equals(Ref(p.ALARM_TOPIC_ARN), "")))
     template.add_condition(ENABLE_FLOW_LOGS, Equals(Ref(p.ENABLE_VPC_FLOW_LOGS), "true"))
     template.add_condition(CREATE_ECS_SERVICE_LINKED_ROLE, Equals(Ref(p.CREATE_ECS_SERVICE_LINKED_ROLE), "true"))
@@ -117,6 +120,19 @@ def datastore_arn() -> Sub:
         "arn:${AWS::Partition}:medical-imaging:${AWS::Region}:${AWS::AccountId}:datastore/${Id}",
         Id=datastore_id(),
     )
+
+
+def stow_base_url() -> Sub:
+    """The data store's DICOMweb base URL (the SCP's AHI_STOW_URL in stow mode)."""
+    return Sub(
+        ingest.dicomweb_base_url("${AWS::Region}", "${Id}", "${AWS::URLSuffix}"),
+        Id=datastore_id(),
+    )
+
+
+def stowed_copy_arn() -> Sub:
+    """Where the stow mode's S3 copy goes (layout.STOWED below DICOMPrefix)."""
+    return dicom_bucket_arn(layout.STOWED + "*")
 
 
 def kms_key_or_none() -> If:

@@ -123,6 +123,7 @@ def ingest_widgets() -> list[Widget]:
                     for reason in m.REJECTION_REASONS
                 ),
                 scp(m.PROTOCOL_ABORTS, label="protocol aborts"),
+                scp(m.AUDIT_MESSAGES_DROPPED, label="audit messages dropped"),
             ],
         ),
         Widget(

@@ -6,6 +6,7 @@ from troposphere import GetAtt, Output, Ref, Sub, Template
 
 from template_gen import common as c
 from template_gen import parameters as p
+from template_gen.audit import AUDIT_LOG_GROUP
 from template_gen.monitoring import DASHBOARD
 from template_gen.pipeline import BY_NAME
 
@@ -40,6 +41,7 @@ def add_outputs(template: Template) -> None:
                 Name=Ref(DASHBOARD),
             ),
         ),
+        "AuditLogGroupName": ("Log group of the DICOM audit messages (patient identifiers)", Ref(AUDIT_LOG_GROUP)),
     }
     for name, (description, value) in outputs.items():
         template.add_output(Output(name, Description=description, Value=value))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dicom_store_contract import launch, limits, uids
+from dicom_store_contract import ingest, launch, limits, uids
 from troposphere import Parameter, Template
 
 NETWORK = "Network"
@@ -106,6 +106,8 @@ WORKERS = "Workers"
 MAX_POOL_CONNECTIONS = "MaxPoolConnections"
 SHUTDOWN_GRACE_SECONDS = "ShutdownGraceSeconds"
 DICOM_PREFIX = "DICOMPrefix"
+INGEST_MODE = "IngestMode"
+STOW_KEEP_S3_COPY = "StowKeepS3Copy"
 BATCH_MAX_INSTANCES = "BatchMaxInstances"
 BATCH_MAX_BYTES = "BatchMaxBytes"
 DICOM_OBJECT_RETENTION_DAYS = "DICOMObjectRetentionDays"
@@ -121,6 +123,7 @@ SWEEP_INTERVAL_MINUTES = "SweepIntervalMinutes"
 SWEEP_MIN_AGE_MINUTES = "SweepMinAgeMinutes"
 LOG_LEVEL = "LogLevel"
 LOG_RETENTION_DAYS = "LogRetentionDays"
+AUDIT_LOG_RETENTION_DAYS = "AuditLogRetentionDays"
 ALARM_TOPIC_ARN = "AlarmTopicARN"
 
 
@@ -286,6 +289,15 @@ PARAMETERS: tuple[Param, ...] = (
           default="",
           constraints={"AllowedPattern": r"^([A-Za-z0-9!_.*'()-]+/)*$",
                        "ConstraintDescription": "empty or path segments each ending with a slash"}),
+    Param(INGEST_MODE, "String", STORAGE, "Ingest mode",
+          "import: the sender's success means the instance is durably in S3, and import jobs bring it into "
+          "HealthImaging minutes later. stow: the success means HealthImaging has stored it (DICOMweb STOW-RS, one "
+          "request per instance), failures tell the sender to retry or that HealthImaging refused it.",
+          default=ingest.DEFAULT, constraints={"AllowedValues": list(ingest.MODES)}),
+    Param(STOW_KEEP_S3_COPY, "String", STORAGE, "Keep an S3 copy in stow mode",
+          "With the stow ingest mode, also keep every instance HealthImaging stored in the DICOM bucket (under "
+          "stowed/, where no import job reads it). Ignored in import mode.",
+          default="false", constraints={"AllowedValues": ["true", "false"]}),
     Param(BATCH_MAX_INSTANCES, "Number", STORAGE, "Instances per import batch",
           "An association's instances are split into import batches of at most this many (AHI's default quota is "
           f"{limits.FILES_PER_IMPORT_JOB.whole:,} files per job; raise this only to a quota raised for the account).",
@@ -326,6 +338,10 @@ PARAMETERS: tuple[Param, ...] = (
     Param(LOG_RETENTION_DAYS, "Number", OPERATIONS, "Log retention (days)",
           "Days CloudWatch Logs keeps the SCP's, the functions' and the workflow's logs.",
           default=365, constraints={"AllowedValues": list(LOG_RETENTION_CHOICES)}),
+    Param(AUDIT_LOG_RETENTION_DAYS, "Number", OPERATIONS, "Audit log retention (days)",
+          "Days CloudWatch Logs keeps the DICOM audit messages (who sent which patient's studies, refused "
+          "attempts). Six years by default: HIPAA's retention for security documentation.",
+          default=2192, constraints={"AllowedValues": list(LOG_RETENTION_CHOICES)}),
     Param(ALARM_TOPIC_ARN, "String", OPERATIONS, "Alarm SNS topic",
           "Optional SNS topic ARN notified by the stack's alarms. Leave empty for none.",
           default="",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from awacs import ecr, kms, logs, s3
+from awacs import ecr, kms, logs, medical_imaging, s3
 from awacs.aws import (
     Allow,
     PolicyDocument,
@@ -12,7 +12,7 @@ from dicom_store_contract import launch
 from troposphere import GetAtt, If, NoValue, Ref, Select, Split, Sub, Template, cloudformation, ec2, ecs, iam
 from troposphere import applicationautoscaling as aas
 
-from template_gen import commitment, release
+from template_gen import audit, commitment, release
 from template_gen import common as c
 from template_gen import parameters as p
 
@@ -27,6 +27,7 @@ SCRATCH_PATH = "/tmp"
 # the stack's DICOM bucket. STORAGE_DIR (local store) is not used in AWS.
 CONTAINER_ENVIRONMENT = {
     **commitment.container_environment(),
+    **audit.container_environment(),
     "SCP_PORT": Ref(p.SCP_PORT),
     "AE_TITLE": Ref(p.SCP_AE_TITLE),
     "REQUIRE_CALLED_AE_TITLE": Ref(p.REQUIRE_CALLED_AE_TITLE),
@@ -49,6 +50,10 @@ CONTAINER_ENVIRONMENT = {
     "S3_SSE": If(c.HAS_KMS_KEY, "aws:kms", "AES256"),
     "S3_KMS_KEY_ID": Ref(p.KMS_KEY_ARN),
     "WORKERS": Ref(p.WORKERS),
+    "INGEST_MODE": Ref(p.INGEST_MODE),
+    "DATASTORE_ID": c.datastore_id(),
+    "AHI_STOW_URL": c.stow_base_url(),
+    "STOW_KEEP_S3_COPY": Ref(p.STOW_KEEP_S3_COPY),
     # The service dimension of the SCP's metrics (template_gen/monitoring.py names it so).
     "METRICS_SERVICE": Ref("AWS::StackName"),
 }
@@ -220,13 +225,29 @@ def task_role() -> iam.Role:
                             Resource=[
                                 c.dicom_bucket_arn("incoming/*"),
                                 c.dicom_bucket_arn("manifests/*"),
+                                If(c.INGEST_BY_STOW, c.stowed_copy_arn(), NoValue),
                             ],
                         )
                     ],
                 ),
             ),
+            # Stow mode: each instance goes to the data store by StoreDICOM (POST .../studies), and to no other.
+            If(
+                c.INGEST_BY_STOW,
+                iam.Policy(
+                    PolicyName="store-instances-in-healthimaging",
+                    PolicyDocument=PolicyDocument(
+                        Version="2012-10-17",
+                        Statement=[
+                            Statement(Effect=Allow, Action=[medical_imaging.StoreDICOM], Resource=[c.datastore_arn()])
+                        ],
+                    ),
+                ),
+                NoValue,
+            ),
             # Multipart uploads under SSE-KMS need Decrypt as well as GenerateDataKey. Storage commitment reads and
             # writes the commitment table and reads the instance table, both encrypted with the key when one is given.
+            audit.task_policy(),
             c.kms_key_policy(
                 "encrypt-with-bucket-key",
                 [c.KeyUse("s3", (kms.GenerateDataKey, kms.Decrypt)), c.KeyUse("dynamodb", (kms.Decrypt,))],

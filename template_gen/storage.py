@@ -3,16 +3,19 @@ role, and the DynamoDB tables of import jobs and instances."""
 
 from __future__ import annotations
 
+from awacs import dynamodb as ddb
 from awacs import kms
 from awacs import s3 as s3_actions
 from awacs.aws import (
     Allow,
     Condition,
+    ForAllValuesStringEquals,
     PolicyDocument,
     Statement,
+    StringEqualsIfExists,
     StringLike,
 )
-from dicom_store_contract import tables
+from dicom_store_contract import refusals, tables
 from troposphere import GetAtt, If, NoValue, Ref, Sub, Tags, Template, dynamodb, healthimaging, iam, s3
 
 from template_gen import common as c
@@ -215,4 +218,33 @@ def _table(logical_id: str, key: str, indexes: tuple[tables.Index, ...]) -> dyna
 def _add_tables(template: Template) -> None:
     template.add_resource(_table(c.JOB_TABLE, tables.JOB_ID, tables.JOB_INDEXES))
     # Indexes by study, series and batch: `dicom-store-scp status` queries them (never a scan).
-    template.add_resource(_table(c.INSTANCE_TABLE, tables.SOP_INSTANCE_UID, tables.INSTANCE_INDEXES))
+    instances = _table(c.INSTANCE_TABLE, tables.SOP_INSTANCE_UID, tables.INSTANCE_INDEXES)
+    # Only the SCP's refusal items carry expiresAt: they go 30 days on (dicom_store_contract.refusals); the
+    # pipeline's items never expire.
+    instances.TimeToLiveSpecification = dynamodb.TimeToLiveSpecification(AttributeName=tables.EXPIRES_AT, Enabled=True)
+    template.add_resource(instances)
+    template.resources[c.TASK_ROLE].Policies.append(refusal_policy())
+
+
+def refusal_policy() -> iam.Policy:
+    """The SCP records the C-STOREs it refused in the instance table: PutItem of a refusal's attributes only
+    (IAM cannot check the values, nor the condition that keeps a received instance's item: the SCP's code does)."""
+    return iam.Policy(
+        PolicyName="record-refused-instances",
+        PolicyDocument=PolicyDocument(
+            Version="2012-10-17",
+            Statement=[
+                Statement(
+                    Effect=Allow,
+                    Action=[ddb.PutItem],
+                    Resource=[GetAtt(c.INSTANCE_TABLE, "Arn")],
+                    Condition=Condition(
+                        [
+                            ForAllValuesStringEquals("dynamodb:Attributes", list(refusals.ITEM_ATTRIBUTES)),
+                            StringEqualsIfExists("dynamodb:ReturnValues", ["NONE"]),
+                        ]
+                    ),
+                )
+            ],
+        ),
+    )

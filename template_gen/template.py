@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from troposphere import Template
 
+from template_gen.audit import add_audit
 from template_gen.commitment import add_commitment
 from template_gen.common import add_conditions
 from template_gen.monitoring import add_monitoring
@@ -32,6 +33,7 @@ def build_template(asl_definition: str) -> Template:
     add_rules(template)
     add_conditions(template)
     add_network(template)
+    add_audit(template)
     add_service(template)
     add_storage(template)
     add_commitment(template)

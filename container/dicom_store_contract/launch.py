@@ -49,11 +49,12 @@ class TaskEndpoint:
     why: str
     gateway: bool = False
     image: bool = False
+    iam: str = ""  # the IAM action prefix where the endpoint's name does not give it
 
     @property
     def iam_prefix(self) -> str:
         """The service's IAM action prefix (ecr.api and ecr.dkr are both ``ecr``)."""
-        return self.service.split(".")[0]
+        return self.iam or self.service.split(".")[0]
 
     def service_name(self, region: str) -> str:
         return f"com.amazonaws.{region}.{self.service}"
@@ -68,6 +69,12 @@ TASK_ENDPOINTS: tuple[TaskEndpoint, ...] = (
     TaskEndpoint("ecr.api", "the image's manifest", image=True),
     TaskEndpoint("ecr.dkr", "the image's registry", image=True),
     TaskEndpoint("logs", "the task's log stream"),
+)
+
+# With IngestMode stow only: the data store's DICOMweb endpoint (dicom-medical-imaging.<region>.amazonaws.com), where
+# the task stores each instance (StoreDICOM). The preflight command does not check a route to it yet.
+STOW_ENDPOINTS: tuple[TaskEndpoint, ...] = (
+    TaskEndpoint("dicom-medical-imaging", "StoreDICOM, with IngestMode stow", iam="medical-imaging"),
 )
 
 

@@ -15,6 +15,16 @@ INCOMING = "incoming/"
 MANIFESTS = "manifests/"
 # Local store only: storage commitment transactions (container/dicom_store_scp/commitment/local.py), one JSON each.
 COMMITMENTS = "commitments/"
+# INGEST_MODE=stow with STOW_KEEP_S3_COPY: the archive copy's layout lives under this folder
+# (``<prefix>stowed/incoming/``, ``<prefix>stowed/manifests/``), where neither the manifest notification nor the
+# sweeper looks: those instances are already in HealthImaging, and an import job must not store them again.
+STOWED = "stowed/"
+# Local store only: refused C-STOREs (dicom_store_contract.refusals), one JSON each, a folder per UTC day:
+# refused/<YYYYMMDD>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.json, "unknown" for a UID the refusal does not know
+# (no UID is a word).
+REFUSED = "refused/"
+REFUSED_UNKNOWN_UID = "unknown"
+REFUSAL_SUFFIX = ".json"
 INSTANCE_SUFFIX = ".dcm"
 MANIFEST_SUFFIX = ".json"
 
@@ -59,6 +69,12 @@ def instance_key(prefix: str, batch_id: str, study_uid: str, series_uid: str, so
 
 def manifest_key(prefix: str, batch_id: str) -> str:
     return f"{manifests_prefix(prefix)}{batch_id}{MANIFEST_SUFFIX}"
+
+
+def refusal_key(day: str, study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
+    """Where the local store records a refusal (``day``: YYYYMMDD, UTC)."""
+    study, series = (uid or REFUSED_UNKNOWN_UID for uid in (study_uid, series_uid))
+    return f"{REFUSED}{day}/{study}/{series}/{sop_instance_uid}{REFUSAL_SUFFIX}"
 
 
 def batch_id_of_folder(folder: str) -> str | None:

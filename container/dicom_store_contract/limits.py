@@ -21,6 +21,7 @@ QUOTAS_PAGE = _GUIDE + "endpoints-quotas.html#quotas"
 THROTTLING_PAGE = _GUIDE + "throttling-limits.html"
 IMPORT_JOBS_PAGE = _GUIDE + "understanding-import-jobs.html"
 ELEMENT_CONSTRAINTS_PAGE = _GUIDE + "dicom-element-constraints.html"
+STORING_PAGE = _GUIDE + "dicomweb-storing.html"
 START_IMPORT_JOB_API = "https://docs.aws.amazon.com/healthimaging/latest/APIReference/API_StartDICOMImportJob.html"
 START_EXECUTION_API = "https://docs.aws.amazon.com/step-functions/latest/apireference/API_StartExecution.html"
 DICOM_UID_RULES = "https://dicom.nema.org/medical/dicom/current/output/chtml/part05/chapter_9.html"
@@ -259,11 +260,23 @@ PDU_SIZE_FLOOR = Limit(
     "our choice",
 )
 
+# INGEST_MODE=stow sends each instance in a request of its own: the instance and its multipart framing.
+BYTES_PER_STOW_REQUEST = Limit(
+    "Bytes per StoreDICOM request",
+    1 * GB,
+    "bytes",
+    "DICOM data in one StoreDICOM / StoreDICOMStudy (STOW-RS) request; with INGEST_MODE=stow, one instance",
+    STORING_PAGE,
+    adjustable=False,
+    note="the guide says 1GB",
+)
+
 LIMITS: tuple[Limit, ...] = (
     FILES_PER_IMPORT_JOB,
     BYTES_PER_IMPORT_JOB,
     NESTED_FOLDERS_PER_IMPORT_JOB,
     BYTES_PER_FILE,
+    BYTES_PER_STOW_REQUEST,
     CONCURRENT_IMPORT_JOBS,
     START_IMPORT_JOB_RATE,
     START_IMPORT_JOB_BURST,

@@ -62,6 +62,9 @@ S3_UPLOAD_LATENCY = Metric("S3UploadLatency", "Milliseconds", DISTRIBUTION, "one
 SPOOL_BYTES = Metric("SpoolBytes", "Bytes", GAUGE, "bytes in the worker's spool folder (data sets being received)")
 BATCHES_SEALED = Metric("BatchesSealed", "Count", COUNT, "batches whose manifest was written")
 MANIFESTS_FAILED = Metric("ManifestsFailed", "Count", COUNT, "manifests that could not be written (the sweeper seals)")
+AUDIT_MESSAGES_DROPPED = Metric(
+    "AuditMessagesDropped", "Count", COUNT, "audit messages dropped: a destination's queue was full while it was down"
+)
 
 SCP_METRICS: tuple[Metric, ...] = (
     ASSOCIATIONS_ACCEPTED,
@@ -76,6 +79,7 @@ SCP_METRICS: tuple[Metric, ...] = (
     SPOOL_BYTES,
     BATCHES_SEALED,
     MANIFESTS_FAILED,
+    AUDIT_MESSAGES_DROPPED,
 )
 
 # Values of the REASON dimension: why an association was rejected (PS3.8 7.1.1.9 and the SCP's own checks).

@@ -126,6 +126,8 @@ class Sessions:
         self.max_folders = max_folders
         self._lock = threading.Lock()
         self._by_association: dict[int, tuple[Any, Session]] = {}
+        # The process's audit trail (audit/trail.py), when one is configured: every C-STORE answer is recorded there.
+        self.audit: Any = None
 
     def open(self, assoc: Any) -> Session:
         requestor = assoc.requestor

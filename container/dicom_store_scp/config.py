@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dicom_store_contract import limits
+from dicom_store_contract import ingest, layout, limits
 from dicom_store_contract.layout import normalise_prefix
 from pydicom.uid import UID
 
@@ -58,6 +59,13 @@ def _words(value: str) -> tuple[str, ...]:
     return tuple(word.strip() for word in value.split(",") if word.strip())
 
 
+def _list_of(value: str, what: str) -> tuple[str, ...]:
+    """A comma list; a semicolon is the usual typo for a comma and would join two entries into one."""
+    if ";" in value:
+        raise ConfigError(f"{value.strip()!r} holds ';': separate {what} with commas")
+    return _words(value)
+
+
 def _ae_title(value: str) -> str:
     # PS3.5 AE VR: 1-16 characters of the default repertoire, no backslash or control characters,
     # leading/trailing spaces not significant.
@@ -72,16 +80,26 @@ def _ae_title(value: str) -> str:
 
 
 def _ae_titles(value: str) -> tuple[str, ...]:
-    return tuple(_ae_title(title) for title in _words(value))
+    return tuple(_ae_title(title) for title in _list_of(value, "AE titles"))
 
 
 def _cidrs(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     networks = []
-    for word in _words(value):
+    for word in _list_of(value, "networks"):
         try:
-            networks.append(ipaddress.ip_network(word, strict=False))
+            networks.append(ipaddress.ip_network(word))
         except ValueError:
-            raise ConfigError(f"{word!r} is not a CIDR block such as 10.0.0.0/16") from None
+            try:
+                network = ipaddress.ip_network(word, strict=False)
+            except ValueError:
+                raise ConfigError(f"{word!r} is not a CIDR block such as 10.0.0.0/16") from None
+            # 10.0.0.1/8: the network 10.0.0.0/8, or the one address 10.0.0.1? Widening it silently would admit
+            # sixteen million addresses where one was meant.
+            address = word.partition("/")[0]
+            single = f"{address}/{network.max_prefixlen}"
+            raise ConfigError(
+                f"{word!r} has host bits set: {network} is the network, {single} the one address"
+            ) from None
     return tuple(networks)
 
 
@@ -109,7 +127,7 @@ def _path(value: str) -> Path:
 def _peers(value: str) -> tuple[tuple[str, str, int], ...]:
     """``AE=host:port,...``: where each calling AE title takes storage commitment reports on a new association."""
     peers = []
-    for word in _words(value):
+    for word in _list_of(value, "peers"):
         title, equals, address = word.partition("=")
         host, colon, port = address.strip().rpartition(":")
         if not (equals and colon and host and port.isdigit() and 1 <= int(port) <= 65535):
@@ -188,10 +206,104 @@ def _log_level(value: str) -> None:
         raise ConfigError(f"{value!r} must be DEBUG, INFO, WARNING or ERROR")
 
 
+def _ingest_mode(value: str) -> None:
+    if value in ingest.PLANNED:
+        raise ConfigError(f"{value!r} is planned, not yet available; use {' or '.join(ingest.MODES)}")
+    if value not in ingest.MODES:
+        raise ConfigError(f"{value!r} must be {' or '.join(ingest.MODES)}")
+
+
+def _lower(value: str) -> str:
+    return value.strip().lower()
+
+
+def _http_url(value: str) -> None:
+    if value and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+        raise ConfigError(f"{value!r} is not an http(s) URL without query or fragment")
+
+
+def _datastore_id(value: str) -> None:
+    # AWS HealthImaging data store ids: 32 characters of [0-9a-z] (its API reference's pattern).
+    if value and not re.fullmatch(r"[0-9a-z]{32}", value):
+        raise ConfigError(f"{value!r} is not a data store id (32 lowercase letters and digits)")
+
+
 def _not_empty(value: str) -> None:
     if not value:
         raise ConfigError("cannot be empty")
 
+
+def _syslog_url(value: str) -> None:
+    if value:
+        from .audit.syslog import parse_url
+
+        try:
+            parse_url(value)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+
+
+# The audit trail (audit/): DICOM audit messages to a file, a CloudWatch Logs group, the hospital's ATNA repository.
+AUDIT_SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "AUDIT_FILE", "audit_file", _text, "", "file DICOM audit messages are appended to, one per line (empty: none)"
+    ),
+    Setting(
+        "AUDIT_LOG_GROUP",
+        "audit_log_group",
+        _text,
+        "",
+        "CloudWatch Logs group DICOM audit messages are written to, one per event (empty: none)",
+    ),
+    Setting(
+        "AUDIT_SYSLOG_URL",
+        "audit_syslog_url",
+        _text,
+        "",
+        "tls://host:port of the audit repository (IHE ATNA: syslog over TLS, RFC 5424/5425; empty: none)",
+        _syslog_url,
+    ),
+    Setting(
+        "AUDIT_SYSLOG_CA_FILE",
+        "audit_syslog_ca_file",
+        _existing_file,
+        "",
+        "PEM CA bundle the audit repository's certificate is checked with (empty: the system's)",
+    ),
+    Setting(
+        "AUDIT_SYSLOG_CERT_FILE",
+        "audit_syslog_cert_file",
+        _existing_file,
+        "",
+        "PEM client certificate presented to the audit repository (empty: none)",
+    ),
+    Setting("AUDIT_SYSLOG_KEY_FILE", "audit_syslog_key_file", _existing_file, "", "PEM key of AUDIT_SYSLOG_CERT_FILE"),
+    Setting(
+        "AUDIT_QUEUE_DIR",
+        "audit_queue_dir",
+        _text,
+        "",
+        "where messages wait for the audit repository (empty: a folder in the system temp dir)",
+    ),
+    Setting(
+        "AUDIT_QUEUE_LIMIT",
+        "audit_queue_limit",
+        _integer,
+        "100000",
+        "messages kept while the audit repository is unreachable; newer ones are dropped and counted",
+        _at_least(1),
+    ),
+    Setting("AUDIT_SOURCE_ID", "audit_source_id", _text, "", "AuditSourceID of the messages (empty: AE_TITLE)"),
+    Setting("AUDIT_SITE_ID", "audit_site_id", _text, "", "AuditEnterpriseSiteID of the messages (empty: none)"),
+    Setting(
+        "AUDIT_STUDIES_PER_ASSOCIATION",
+        "audit_studies_per_association",
+        _integer,
+        "1000",
+        "studies an association's audit record holds; at more, those so far are reported (bounds memory)",
+        _at_least(1),
+    ),
+)
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("SCP_PORT", "port", _integer, "11112", "TCP port to listen on", _port_range),
@@ -276,6 +388,33 @@ SETTINGS: tuple[Setting, ...] = (
         _at_least(0),
     ),
     Setting(
+        "INGEST_MODE",
+        "ingest_mode",
+        _lower,
+        ingest.DEFAULT,
+        "import: success once stored (S3 or STORAGE_DIR), then import jobs; stow: success only once AWS HealthImaging's"
+        " STOW-RS response lists the instance as stored (stow-batched: planned)",
+        _ingest_mode,
+    ),
+    Setting(
+        "AHI_STOW_URL",
+        "ahi_stow_url",
+        _text,
+        "",
+        "with INGEST_MODE=stow: the STOW-RS base URL, instances go to <url>/studies (empty: the region's AWS"
+        " HealthImaging DICOMweb endpoint and /datastore/DATASTORE_ID)",
+        _http_url,
+    ),
+    Setting("DATASTORE_ID", "datastore_id", _text, "", "the AWS HealthImaging data store id", _datastore_id),
+    Setting(
+        "STOW_KEEP_S3_COPY",
+        "stow_keep_s3_copy",
+        _boolean,
+        "false",
+        "with INGEST_MODE=stow: also keep every stored instance in the store (DICOM_BUCKET, else STORAGE_DIR) under"
+        " stowed/, where no import job reads it",
+    ),
+    Setting(
         "SPOOL_DIR",
         "spool_dir",
         _text,
@@ -340,7 +479,8 @@ SETTINGS: tuple[Setting, ...] = (
         "instance_table",
         _text,
         "",
-        "with DICOM_BUCKET: the stack's instance table, which storage commitment reads import outcomes from",
+        "with DICOM_BUCKET: the stack's instance table: storage commitment reads import outcomes from it, refused"
+        " C-STOREs are recorded in it",
     ),
     Setting(
         "COMMITMENT_TABLE_NAME",
@@ -359,6 +499,7 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         "PEM CA bundle: when set, peers must present a certificate it signed",
     ),
+    *AUDIT_SETTINGS,
 )
 
 
@@ -386,6 +527,10 @@ class Config:
     s3_sse: str = "AES256"
     s3_kms_key_id: str = ""
     max_pool_connections: int = 0
+    ingest_mode: str = ingest.DEFAULT
+    ahi_stow_url: str = ""
+    datastore_id: str = ""
+    stow_keep_s3_copy: bool = False
     spool_dir: str = ""
     batch_max_instances: int = limits.BATCH_MAX_INSTANCES.whole
     batch_max_bytes: int = limits.BATCH_MAX_BYTES.whole
@@ -400,6 +545,17 @@ class Config:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_ca_file: Path | None = None
+    audit_file: str = ""
+    audit_log_group: str = ""
+    audit_syslog_url: str = ""
+    audit_syslog_ca_file: Path | None = None
+    audit_syslog_cert_file: Path | None = None
+    audit_syslog_key_file: Path | None = None
+    audit_queue_dir: str = ""
+    audit_queue_limit: int = 100000
+    audit_source_id: str = ""
+    audit_site_id: str = ""
+    audit_studies_per_association: int = 1000
 
     @property
     def tls_enabled(self) -> bool:
@@ -407,8 +563,18 @@ class Config:
 
     @property
     def storage_prefix(self) -> str:
-        """Key prefix in the store: ``DICOM_PREFIX`` in S3, nothing in a local folder."""
-        return self.dicom_prefix if self.dicom_bucket else ""
+        """Key prefix in the store: ``DICOM_PREFIX`` in S3, nothing in a local folder; in stow mode, under
+        ``stowed/`` (layout.STOWED), out of the import's way."""
+        prefix = self.dicom_prefix if self.dicom_bucket else ""
+        return prefix + layout.STOWED if self.ingest_mode == ingest.STOW else prefix
+
+    @property
+    def instance_byte_limit(self) -> int:
+        """The largest data set received: MAXIMUM_INSTANCE_BYTES, and in stow mode what one StoreDICOM request
+        takes with its multipart framing (a few hundred bytes; 64 KiB kept for it)."""
+        if self.ingest_mode == ingest.STOW:
+            return min(self.maximum_instance_bytes, limits.BYTES_PER_STOW_REQUEST.whole - 64 * 1024)
+        return self.maximum_instance_bytes
 
 
 def settings_table() -> str:
@@ -420,21 +586,113 @@ def settings_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+# --help shows the settings in these groups, in this order (a setting in none is listed under "other").
+HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("listening", ("SCP_PORT", "BIND_ADDRESS", "AE_TITLE", "WORKERS")),
+    ("who may associate", ("REQUIRE_CALLED_AE_TITLE", "REQUIRE_CALLING_AE_TITLE", "PEER_CIDRS")),
+    (
+        "limits and timeouts",
+        (
+            "MAXIMUM_ASSOCIATIONS",
+            "MAXIMUM_PDU_SIZE",
+            "MAXIMUM_INSTANCE_BYTES",
+            "SUPPORTED_SOP_CLASS_UIDS",
+            "DIMSE_TIMEOUT",
+            "NETWORK_TIMEOUT",
+            "ACSE_TIMEOUT",
+            "SHUTDOWN_GRACE_SECONDS",
+        ),
+    ),
+    ("where instances go", ("STORAGE_DIR", "SPOOL_DIR", "BATCH_MAX_INSTANCES", "BATCH_MAX_BYTES")),
+    ("ingest mode", ("INGEST_MODE", "AHI_STOW_URL", "DATASTORE_ID", "STOW_KEEP_S3_COPY")),
+    ("Amazon S3", ("DICOM_BUCKET", "DICOM_PREFIX", "S3_SSE", "S3_KMS_KEY_ID", "MAX_POOL_CONNECTIONS")),
+    (
+        "storage commitment",
+        (
+            "COMMITMENT_PEERS",
+            "COMMITMENT_REPORT_TIMEOUT",
+            "COMMITMENT_MISSING_SECONDS",
+            "INSTANCE_TABLE_NAME",
+            "COMMITMENT_TABLE_NAME",
+        ),
+    ),
+    ("TLS", ("TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CA_FILE")),
+    ("logs and metrics", ("LOG_LEVEL", "METRICS_ENABLED", "METRICS_INTERVAL", "METRICS_SERVICE")),
+    (
+        "audit trail",
+        (
+            "AUDIT_FILE",
+            "AUDIT_LOG_GROUP",
+            "AUDIT_SYSLOG_URL",
+            "AUDIT_SYSLOG_CA_FILE",
+            "AUDIT_SYSLOG_CERT_FILE",
+            "AUDIT_SYSLOG_KEY_FILE",
+            "AUDIT_QUEUE_DIR",
+            "AUDIT_QUEUE_LIMIT",
+            "AUDIT_STUDIES_PER_ASSOCIATION",
+            "AUDIT_SOURCE_ID",
+            "AUDIT_SITE_ID",
+        ),
+    ),
+)
+
+# Other spellings a flag is accepted under (the status command's, say); --help and the README show the first.
+FLAG_ALIASES: dict[str, tuple[str, ...]] = {"INSTANCE_TABLE_NAME": ("--instance-table",)}
+
+_USAGE = """dicom-store-scp [--OPTION VALUE ...]      receive and store (the default)
+       dicom-store-scp status --help             did these instances reach HealthImaging?
+       dicom-store-scp preflight --help          check an AWS account before launching
+       dicom-store-scp redrive --help            start again the batches that ended without importing"""
+
+_DESCRIPTION = (
+    "DICOM Store SCP for AWS HealthImaging: receives C-STORE over DIMSE on SCP_PORT and lands every instance\n"
+    "durably in a local folder (STORAGE_DIR, the default) or in Amazon S3 (DICOM_BUCKET), one batch per association.\n"
+    "\n"
+    """commands:
+  (none)     receive and store until SIGTERM or Ctrl-C
+  status     which instances of a study, series or batch reached HealthImaging
+  preflight  check an AWS account before launching the stack
+  redrive    start again the batches whose import workflow ended without importing"""
+)
+
+_EPILOG = """Every option has an equal environment variable (in brackets); options win. A true/false option given alone
+means true. Exit status: 0 stopped by a signal, 1 could not start (port in use, storage, TLS files), 2 invalid
+configuration, 3 workers kept dying at start-up."""
+
+
 def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="dicom-store-scp",
-        description="DICOM Store SCP: receives C-STORE and lands every instance durably in a folder or S3.",
-        epilog="Every flag has an equal environment variable (shown in brackets); flags win. "
-        "'dicom-store-scp status --help': which instances reached HealthImaging.",
+        usage=_USAGE,
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    for setting in SETTINGS:
-        parser.add_argument(
-            setting.flag,
-            dest=setting.attr,
-            metavar="VALUE",
-            default=None,
-            help=f"{setting.help} [{setting.env}, default: {setting.default or 'empty'}]",
-        )
+    parser.add_argument("--version", action="version", version=f"dicom-store-scp {__version__}")
+    by_env = {setting.env: setting for setting in SETTINGS}
+    grouped = [(title, [by_env[env] for env in envs if env in by_env]) for title, envs in HELP_GROUPS]
+    seen = {setting.env for _, settings in grouped for setting in settings}
+    grouped.append(("other", [setting for setting in SETTINGS if setting.env not in seen]))
+    for title, settings in grouped:
+        if not settings:
+            continue
+        group = parser.add_argument_group(title)
+        for setting in settings:
+            default = setting.default or "empty"
+            extra: dict[str, Any] = {"metavar": "VALUE"}
+            if setting.parse is _boolean:
+                # `--require-called-ae-title` alone means true; `--require-called-ae-title false` still works.
+                extra = {"metavar": "true|false", "nargs": "?", "const": "true"}
+            group.add_argument(
+                setting.flag,
+                *FLAG_ALIASES.get(setting.env, ()),
+                dest=setting.attr,
+                default=None,
+                help=f"{setting.help} [{setting.env}, default: {default}]",
+                **extra,
+            )
     return parser
 
 
@@ -470,5 +728,20 @@ def _check_together(values: dict[str, Any]) -> None:
         raise ConfigError("TLS_CA_FILE (--tls-ca-file): client verification needs TLS_CERT_FILE as well")
     if values["s3_kms_key_id"] and values["s3_sse"] != "aws:kms":
         raise ConfigError("S3_KMS_KEY_ID (--s3-kms-key-id): a KMS key needs S3_SSE=aws:kms")
+    if values["ingest_mode"] == ingest.STOW and not (values["ahi_stow_url"] or values["datastore_id"]):
+        raise ConfigError("INGEST_MODE (--ingest-mode): stow needs DATASTORE_ID (or AHI_STOW_URL)")
     if values["workers"] < 0:
         raise ConfigError("WORKERS (--workers): must be 0 (one per CPU) or more")
+    _check_audit(values)
+
+
+def _check_audit(values: dict[str, Any]) -> None:
+    cert, key = values["audit_syslog_cert_file"], values["audit_syslog_key_file"]
+    if (cert is None) != (key is None):
+        missing = "AUDIT_SYSLOG_KEY_FILE" if key is None else "AUDIT_SYSLOG_CERT_FILE"
+        raise ConfigError(f"{missing} (--{missing.lower().replace('_', '-')}): a client certificate needs its key")
+    if not values["audit_syslog_url"]:
+        for name in ("audit_syslog_ca_file", "audit_syslog_cert_file"):
+            if values[name] is not None:
+                env = name.upper()
+                raise ConfigError(f"{env} (--{name.replace('_', '-')}): needs AUDIT_SYSLOG_URL")

@@ -60,6 +60,7 @@ from .batches import Sessions
 from .checksum import Crc64Nvme
 from .metrics import Recorder
 from .protocol import COMMAND, LAST
+from .refusals import RefusalLog
 
 LOG = logging.getLogger("dicom_store_scp.engine")
 
@@ -103,6 +104,8 @@ class Settings:
     # Storage Commitment, where the SCP offers it: the SOP class and its N-ACTION service (the status to answer).
     commitment_sop_class: str = ""
     n_action: Callable[[NActionRequest], int] | None = None
+    # Where refused C-STOREs are recorded for `dicom-store-scp status` (None: the log line only).
+    refusals: RefusalLog | None = None
 
 
 class _Ended(Exception):
@@ -880,7 +883,9 @@ class DataPhase:
             store.meta_length + store.received_bytes,
         )
         try:
-            status = handlers.handle_store(event, self.settings.sessions, self.settings.recorder)
+            status = handlers.handle_store(
+                event, self.settings.sessions, self.settings.recorder, self.settings.refusals
+            )
         except Exception:
             LOG.exception(
                 "C-STORE handler failed",
@@ -906,7 +911,7 @@ class DataPhase:
         assert store.refusal is not None
         handlers.refused_store(
             self.assoc, self.settings.recorder, store.refusal, store.detail, store.sop_class_uid,
-            store.sop_instance_uid, droppedBytes=store.dropped_bytes,
+            store.sop_instance_uid, refusals=self.settings.refusals, droppedBytes=store.dropped_bytes,
         )  # fmt: skip
         self._respond(
             store.context_id,

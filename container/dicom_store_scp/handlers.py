@@ -27,6 +27,7 @@ from . import protocol, statuses, validation
 from .batches import AssociationClosing, DuplicateInstance, Sessions
 from .checksum import ALGORITHM as CHECKSUM_ALGORITHM
 from .metrics import Recorder
+from .refusals import Refusal, RefusalLog
 from .storage import StorageError
 
 LOG = logging.getLogger("dicom_store_scp.handlers")
@@ -230,8 +231,31 @@ def handle_aborted(event: Any, sessions: Sessions) -> None:
 # -- C-STORE -----------------------------------------------------------------------------------------------------------
 
 
-def handle_store(event: Any, sessions: Sessions, recorder: Recorder) -> int:
-    """A received C-STORE (engine's _StoreEvent): validate, store durably, and only then answer success."""
+def handle_store(event: Any, sessions: Sessions, recorder: Recorder, refusals: RefusalLog | None = None) -> int:
+    """A received C-STORE (engine's _StoreEvent): validate, store durably, and only then answer success.
+
+    ``refusals``: where a refusal is recorded for ``dicom-store-scp status`` (refusals.py), besides its log line.
+    With an audit trail, the answer goes in its association's audit record (audit/trail.py), with what the header
+    told of the study and patient (already read: nothing more is parsed for it).
+    """
+    read: list[tuple[dict[int, str], dict[int, Any]]] = []
+    status = _handle_store(event, sessions, recorder, refusals, read)
+    if sessions.audit is not None:
+        values, header = read[0] if read else ({}, None)
+        sessions.audit.store_answered(
+            event.assoc, status, str(event.request.AffectedSOPClassUID), values.get(_STUDY_INSTANCE_UID_NUMBER, ""),
+            header,
+        )  # fmt: skip
+    return status
+
+
+def _handle_store(
+    event: Any,
+    sessions: Sessions,
+    recorder: Recorder,
+    refusals: RefusalLog | None,
+    read: list[tuple[dict[int, str], dict[int, Any]]],
+) -> int:
     # The receive loop calls this once the data set's last fragment is in the spool file: where StoreLatency starts.
     received = time.monotonic()
     request = event.request
@@ -239,19 +263,25 @@ def handle_store(event: Any, sessions: Sessions, recorder: Recorder) -> int:
     try:
         session = sessions.get(event.assoc)
     except AssociationClosing:
-        return _fail(event, None, recorder, statuses.OUT_OF_RESOURCES_CLOSING, "association is not open")
+        return _fail(event, None, recorder, refusals, statuses.OUT_OF_RESOURCES_CLOSING, "association is not open")
+
+    def fail(
+        status: int, detail: str, fields: dict[str, Any] | None = None, values: dict[int, str] | None = None
+    ) -> int:
+        return _fail(event, sessions, recorder, refusals, status, detail, fields, values)
 
     try:
         values, header = _read_header(source, str(event.context.transfer_syntax), event.head, event.size)
     except Exception as error:  # pydicom raises many types for malformed input
-        return _fail(event, sessions, recorder, statuses.CANNOT_PARSE_DATASET, f"{type(error).__name__}: {error}")
+        return fail(statuses.CANNOT_PARSE_DATASET, f"{type(error).__name__}: {error}")
+    read.append((values, header))
 
     status, detail = _validate(request, values)
     if status != statuses.SUCCESS:
-        return _fail(event, sessions, recorder, status, detail)
+        return fail(status, detail, values=values)
     status, detail, fields = validation.check(header)
     if status != statuses.SUCCESS:
-        return _fail(event, sessions, recorder, status, detail, fields)
+        return fail(status, detail, fields, values)
     limited = validation.limited_support(header)
     if limited:
         LOG.warning(
@@ -282,14 +312,13 @@ def handle_store(event: Any, sessions: Sessions, recorder: Recorder) -> int:
     try:
         sessions.store(session, source, instance)
     except StorageError as error:
-        return _fail(event, sessions, recorder, statuses.OUT_OF_RESOURCES_STORAGE, str(error))
+        return fail(error.status or statuses.OUT_OF_RESOURCES_STORAGE, str(error), values=values)
     except DuplicateInstance as error:
-        return _fail(
-            event, sessions, recorder, statuses.DUPLICATE_SOP_INSTANCE, str(error),
-            {"batchId": error.batch_id, "differs": error.differs},
-        )  # fmt: skip
+        return fail(
+            statuses.DUPLICATE_SOP_INSTANCE, str(error), {"batchId": error.batch_id, "differs": error.differs}, values
+        )
     except AssociationClosing as error:
-        return _fail(event, sessions, recorder, statuses.OUT_OF_RESOURCES_CLOSING, str(error))
+        return fail(statuses.OUT_OF_RESOURCES_CLOSING, str(error), values=values)
     recorder.instance_stored(instance.size, time.monotonic() - received)
     return statuses.SUCCESS
 
@@ -365,9 +394,11 @@ def _fail(
     event: Any,
     sessions: Sessions | None,
     recorder: Recorder,
+    refusals: RefusalLog | None,
     status: int,
     detail: str,
     fields: dict[str, Any] | None = None,
+    values: dict[int, str] | None = None,
 ) -> int:
     if sessions is not None:
         with contextlib.suppress(AssociationClosing):
@@ -378,17 +409,49 @@ def _fail(
         tag_for_keyword(keyword) if isinstance(keyword, str) else None
     )
     request = event.request
+    # The study and series the data set names, where it was read: a lookup by study finds the refusal too.
+    known = values or {}
     return refused_store(
         event.assoc, recorder, status, detail, str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID),
-        **(fields or {}),
+        refusals=refusals, study=known.get(_STUDY_INSTANCE_UID_NUMBER, ""),
+        series=known.get(_SERIES_INSTANCE_UID_NUMBER, ""), **(fields or {}),
     )  # fmt: skip
 
 
 def refused_store(
-    assoc: Any, recorder: Recorder, status: int, detail: str, sop_class: str, sop_instance: str, **fields: Any
+    assoc: Any,
+    recorder: Recorder,
+    status: int,
+    detail: str,
+    sop_class: str,
+    sop_instance: str,
+    *,
+    refusals: RefusalLog | None = None,
+    study: str = "",
+    series: str = "",
+    **fields: Any,
 ) -> int:
-    """Count and log a C-STORE answered with a failure status (one line for every reason); the status."""
+    """Count and log a C-STORE answered with a failure status (one line for every reason), and record it where
+    ``dicom-store-scp status`` finds it (``refusals``: only the status, its reason, the element's keyword, the
+    UIDs and who sent it, never a value of the data set); the status."""
     recorder.instance_failed(statuses.family(status))
+    if refusals is not None:
+        who = peer(assoc)
+        keyword = fields.get("element")
+        refusals.record(
+            Refusal(
+                sop_instance_uid=sop_instance,
+                status=status,
+                reason=statuses.REASONS[status],
+                sop_class_uid=sop_class,
+                study_instance_uid=study,
+                series_instance_uid=series,
+                element=keyword if isinstance(keyword, str) else "",
+                calling_ae=who["callingAE"],
+                called_ae=who["calledAE"],
+                peer=who["peer"],
+            )
+        )
     LOG.warning(
         "C-STORE failed",
         extra={

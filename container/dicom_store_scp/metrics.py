@@ -135,10 +135,13 @@ class Recorder:
         interval: float = 60.0,
         enabled: bool = True,
         clock: Callable[[], float] = time.time,
+        records: bool = True,
     ) -> None:
+        """``records``: write the EMF records (for CloudWatch); False leaves a person at a terminal the summaries."""
         self.service = service
         self.interval = interval
         self.enabled = enabled
+        self.write_records = records
         self._clock = clock
         self._lock = threading.Lock()
         self._current = _Interval()
@@ -191,6 +194,10 @@ class Recorder:
     def manifest_failed(self) -> None:
         self._count(names.MANIFESTS_FAILED)
 
+    def audit_dropped(self, sink: str, count: int = 1) -> None:
+        """Audit messages a sink had no room for (audit/sinks.py logs which sink)."""
+        self._count(names.AUDIT_MESSAGES_DROPPED, count)
+
     def sample_active(self, associations: int) -> None:
         """A reading of the open associations (the housekeeping loop's, a few times a second)."""
         with self._lock:
@@ -213,14 +220,17 @@ class Recorder:
             started, self._interval_start = self._interval_start, self._align(self._clock())
         if not self.enabled:
             return
-        for record in self.records(interval, started, spool_bytes):
-            LOG.info("metrics", extra={"fields": {"event": "metrics", **record}})
+        if self.write_records:
+            for record in self.records(interval, started, spool_bytes):
+                LOG.info("metrics", extra={"fields": {"event": "metrics", **record}})
         if interval.busy():
-            self._log_summary("metrics summary", interval, self._clock() - started)
+            self._log_summary("metrics summary", interval, self._clock() - max(started, self._started))
 
     def records(self, interval: _Interval, started: float, spool_bytes: int) -> Iterator[dict[str, Any]]:
         timestamp = int(started * 1000)
         values: dict[str, Any] = {metric.name: interval.counters.get(metric.name, 0) for metric in _ALWAYS}
+        # Counters outside _ALWAYS (AuditMessagesDropped) appear in the intervals they counted something in.
+        values.update({name: count for name, count in interval.counters.items() if name not in values and count})
         values[names.ACTIVE_ASSOCIATIONS.name] = round(interval.active(), 3)
         values[names.SPOOL_BYTES.name] = spool_bytes
         overflow: list[tuple[str, dict[str, Any]]] = []
@@ -260,7 +270,8 @@ class Recorder:
         with self._lock:
             interval = self._copy(self._current)
             since = self._copy(self._since_start)
-            elapsed = self._clock() - self._interval_start
+            # The first interval began (on the clock's grid) before this process did: count from the start.
+            elapsed = self._clock() - max(self._interval_start, self._started)
             uptime = self._clock() - self._started
         self._log_summary("metrics status", interval, elapsed, since, uptime)
 

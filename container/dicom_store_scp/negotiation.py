@@ -557,6 +557,8 @@ class ReceiverServer(ThreadedAssociationServer):
     daemon_threads = True
     tls_context: ssl.SSLContext | None = None
     handshake_timeout: float = 30.0
+    # Told of each failed handshake (the audit trail's Security Alert, when configured).
+    on_handshake_failed: Callable[[Any, BaseException], None] | None = None
 
     def service_actions(self) -> None:
         # pynetdicom runs a full gc.collect() every 60 connections from here: with hundreds of associations alive
@@ -575,6 +577,10 @@ class ReceiverServer(ThreadedAssociationServer):
         if self.tls_context is not None:
             try:
                 request.settimeout(self.handshake_timeout)
+                # A TLS record starts 0x16; an A-ASSOCIATE-RQ 0x01. OpenSSL would only say WRONG_VERSION_NUMBER.
+                if request.recv(1, socket.MSG_PEEK) == bytes([protocol.A_ASSOCIATE_RQ]):
+                    self._refuse_plain_dicom(request, client_address)
+                    return
                 request = self.tls_context.wrap_socket(request, server_side=True)
                 request.settimeout(None)
             except (OSError, ValueError) as error:
@@ -589,9 +595,25 @@ class ReceiverServer(ThreadedAssociationServer):
                         }
                     },
                 )
+                if self.on_handshake_failed is not None:
+                    self.on_handshake_failed(client_address, error)
                 self.shutdown_request(request)
                 return
         super().process_request_thread(request, client_address)
+
+    def _refuse_plain_dicom(self, request: socket.socket, client_address: Any) -> None:
+        # A sender's configuration error, said in words its operator can act on.
+        LOG.warning(
+            "plain DICOM on the TLS port: the sender must use TLS",
+            extra={
+                "fields": {
+                    "event": "tls-handshake-failed",
+                    "peer": f"{client_address[0]}:{client_address[1]}",
+                    "error": "plain DICOM on the TLS port (an A-ASSOCIATE-RQ, no TLS): configure the sender for TLS",
+                }
+            },
+        )
+        self.shutdown_request(request)
 
     def stop(self) -> None:
         """Stop accepting and close the listening socket (running associations go on)."""

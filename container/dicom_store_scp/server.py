@@ -10,9 +10,8 @@ import functools
 import gc
 import logging
 import os
-import signal
 import socket
-import ssl
+import sys
 import tempfile
 import threading
 import time
@@ -20,20 +19,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dicom_store_contract import ingest
 from dicom_store_contract.manifest import EndReason
 from pydicom import config as pydicom_config
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from . import contexts, engine, handlers, negotiation, protocol
+from . import contexts, engine, handlers, negotiation, protocol, signals, startup
+from .audit.build import build_trail
+from .audit.trail import AuditTrail
 from .batches import Sessions
 from .budget import SharedAssociationBudget
 from .commitment import build_commitments, commitment_offered, handle_n_action
 from .commitment.model import STORAGE_COMMITMENT_PUSH_MODEL
 from .commitment.scheduler import Commitments
-from .config import Config
+from .config import Config, ConfigError
 from .metrics import Recorder
+from .refusals import RefusalLog, build_refusals
+from .startup import EXIT_START_FAILED, StartError, build_tls_context
 from .storage import LocalStorage, Storage, use_spool_dir
 from .transfer_syntaxes import AHI_IMPORTABLE
 
@@ -49,6 +53,14 @@ _SPOOL_STALE_SECONDS = 3600
 
 
 def build_storage(config: Config, recorder: Recorder | None = None) -> Storage:
+    if config.ingest_mode == ingest.STOW:
+        from . import stow  # INGEST_MODE=stow: HealthImaging first, the store only for the copy
+
+        return stow.from_config(config, _build_store(config, recorder) if config.stow_keep_s3_copy else None)
+    return _build_store(config, recorder)
+
+
+def _build_store(config: Config, recorder: Recorder | None) -> Storage:
     if config.dicom_bucket:
         from .s3 import S3Storage  # boto3 is only needed when storing to S3
 
@@ -57,18 +69,6 @@ def build_storage(config: Config, recorder: Recorder | None = None) -> Storage:
     storage = LocalStorage(config.storage_dir, spool)
     storage.prepare()
     return storage
-
-
-def build_tls_context(config: Config) -> ssl.SSLContext | None:
-    if not config.tls_enabled:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(str(config.tls_cert_file), str(config.tls_key_file))
-    if config.tls_ca_file is not None:
-        context.verify_mode = ssl.CERT_REQUIRED
-        context.load_verify_locations(str(config.tls_ca_file))
-    return context
 
 
 def build_ae(config: Config) -> AE:
@@ -95,18 +95,21 @@ def event_handlers(
     sessions: Sessions,
     over_budget: Callable[[], bool] | None = None,
     commitments: Commitments | None = None,
+    audit: AuditTrail | None = None,
+    refusals: RefusalLog | None = None,
 ) -> list[Any]:
     """pynetdicom's events during negotiation, and the hand-over of each established association to engine.py."""
     recorder = sessions.recorder  # the receiving process's metrics
     data_phase = engine.Settings(
         sessions,
         recorder,
-        config.maximum_instance_bytes,
+        config.instance_byte_limit,
         config.network_timeout,
         commitment_sop_class=STORAGE_COMMITMENT_PUSH_MODEL if commitments else "",
         n_action=functools.partial(handle_n_action, commitments=commitments, sessions=sessions)
         if commitments
         else None,
+        refusals=refusals,
     )
     # Once the A-ASSOCIATE-AC is sent, the association's data phase is engine.serve's, in the association's thread.
     hand_over = functools.partial(engine.serve, data_phase)
@@ -124,6 +127,8 @@ def event_handlers(
         (evt.EVT_ESTABLISHED, handlers.handle_established, [sessions]),
         (evt.EVT_RELEASED, handlers.handle_released, [sessions]),
         (evt.EVT_ABORTED, handlers.handle_aborted, [sessions]),
+        # After the SCP's own: the audit trail reads what they answered.
+        *(audit.event_handlers() if audit is not None else []),
     ]
 
 
@@ -136,7 +141,10 @@ class Receiver:
         """``handed``: a worker's channel from the supervisor, which accepts the connections and hands them over
         (workers.py); without it the receiver listens on the port itself."""
         self.config = config
-        self.recorder = Recorder(config.metrics_service, config.metrics_interval, config.metrics_enabled)
+        # At a terminal a person reads the summary lines; the EMF records (a kilobyte of JSON each) are for CloudWatch.
+        self.recorder = Recorder(
+            config.metrics_service, config.metrics_interval, config.metrics_enabled, records=not _at_a_terminal()
+        )
         self.storage = build_storage(config, self.recorder)
         # A folder of our own, so the janitor below can tell our leftovers from anyone else's files.
         self.spool = self.storage.spool_dir() or Path(tempfile.mkdtemp(prefix="dicom-store-scp-spool-"))
@@ -148,23 +156,36 @@ class Receiver:
             config.batch_max_bytes,
             recorder=self.recorder,
         )
+        self.audit = build_trail(config, self.recorder.audit_dropped)
+        self.sessions.audit = self.audit
         self.ae = build_ae(config)
         self.budget = budget
         self.commitments = build_commitments(config) if commitment_offered(config) else None
-        server = self.ae.make_server(
-            (config.bind_address, config.port),
-            evt_handlers=event_handlers(
-                config, self.sessions, self._budget_exceeded if budget else None, self.commitments
-            ),
-            server_class=negotiation.HandedServer if handed else negotiation.ReceiverServer,
-            request_handler=negotiation.QuickRequestHandler,
-        )
+        self.refusals = build_refusals(config)
+        try:
+            server = self.ae.make_server(
+                (config.bind_address, config.port),
+                evt_handlers=event_handlers(
+                    config,
+                    self.sessions,
+                    self._budget_exceeded if budget else None,
+                    self.commitments,
+                    self.audit,
+                    self.refusals,
+                ),
+                server_class=negotiation.HandedServer if handed else negotiation.ReceiverServer,
+                request_handler=negotiation.QuickRequestHandler,
+            )
+        except OSError as error:
+            raise startup.bind_failure(config, error) from None
         assert isinstance(server, negotiation.ReceiverServer)
         self.server = server
         self.server.tls_context = build_tls_context(config)
         self.server.handshake_timeout = config.acse_timeout
-        self._stopping = threading.Event()
-        self._status_requested = threading.Event()
+        if self.audit is not None:
+            self.server.on_handshake_failed = self.audit.handshake_failed
+        # Signal handlers and other threads only ring this (no lock: signals.py); the housekeeping loop waits on it.
+        self.bell = signals.Bell()
         self._serving = threading.Thread(target=self.server.serve_forever, name="accept", daemon=True)
         self.handed = handed
         self._taking = threading.Thread(target=self._take_handed, name="handed", daemon=True)
@@ -182,13 +203,22 @@ class Receiver:
         # Everything built so far (modules, the AE and its contexts) lives as long as the process: keep it out of
         # every future garbage collection.
         gc.freeze()
+        if self.audit is not None:
+            self.audit.start()
         if self.commitments is not None:
             self.commitments.start()
+        if self.refusals is not None:
+            self.refusals.start()
         self._serving.start()
         if self.handed is not None:
             self._taking.start()
+        access = access_fields(self.config)
+        calling = ",".join(access["callingAeTitles"]) if isinstance(access["callingAeTitles"], list) else "any"
+        peers = ",".join(access["peers"]) if isinstance(access["peers"], list) else "any"
         LOG.info(
-            "listening",
+            f"listening on {self.address[0]}:{self.address[1]} as {self.config.ae_title}; calling AE titles: "
+            f"{calling}; called AE title checked: {'yes' if self.config.require_called_ae_title else 'no'}; "
+            f"peers: {peers}",
             extra={
                 "fields": {
                     "event": "listening",
@@ -196,12 +226,14 @@ class Receiver:
                     "aeTitle": self.config.ae_title,
                     "storage": self.storage.describe(),
                     "tls": self.config.tls_enabled,
+                    **access,
                 }
             },
         )
 
     def stop(self) -> None:
-        self._stopping.set()
+        """Stop gracefully (from any thread, or a signal handler: it takes no lock)."""
+        self.bell.stop()
 
     def _take_handed(self) -> None:
         """Serve each connection the supervisor hands over, until it closes the channel (or this process stops)."""
@@ -218,11 +250,14 @@ class Receiver:
 
     def request_status(self) -> None:
         """Log the metrics summary at the next housekeeping tick (not from a signal handler: logging locks)."""
-        self._status_requested.set()
+        self.bell.request_status()
 
     def run_until_stopped(self) -> None:
-        """Housekeeping loop; returns after a graceful shutdown once :meth:`stop` was called."""
-        while not self._stopping.wait(_HOUSEKEEPING_SECONDS):
+        """Housekeeping loop; returns after a graceful shutdown once :meth:`stop` was called (or a signal came)."""
+        while True:
+            self.bell.wait(_HOUSEKEEPING_SECONDS)
+            if self.bell.stopping:
+                break
             self.sessions.reap()
             self._clean_spool()
             active = len(self.server.active_associations)
@@ -231,9 +266,12 @@ class Receiver:
             self.recorder.sample_active(active)
             if self.recorder.due():
                 self.recorder.flush(self._spool_bytes())
-            if self._status_requested.is_set():
-                self._status_requested.clear()
+            if self.bell.take_status_request():
                 self.recorder.log_status()
+        if self.bell.stop_signal:
+            # Logged here, not in the handler: a signal may arrive again (it does, see signals.py) while it logs.
+            name = signals.name(self.bell.stop_signal)
+            LOG.info("signal received", extra={"fields": {"event": "signal", "signal": name}})
         self.shutdown()
 
     def shutdown(self) -> None:
@@ -259,6 +297,10 @@ class Receiver:
         self.sessions.close_all(EndReason.SHUTDOWN)
         for assoc in remaining:
             assoc.abort()
+        if self.refusals is not None:
+            self.refusals.stop()  # the refusals still queued are recorded (for a few seconds at most)
+        if self.audit is not None:
+            self.audit.stop()
         # What the last, partial interval saw (its batches sealed above included) is not lost with the process.
         self.recorder.flush(self._spool_bytes())
         LOG.info("stopped", extra={"fields": {"event": "stopped", "abortedAssociations": len(remaining)}})
@@ -297,33 +339,48 @@ class Receiver:
 
 
 def install_signal_handlers(receiver: Receiver) -> None:
-    def stop(signum: int, _frame: Any) -> None:
-        LOG.info("signal received", extra={"fields": {"event": "signal", "signal": signal.Signals(signum).name}})
-        receiver.stop()
-
-    def status(_signum: int, _frame: Any) -> None:
-        receiver.request_status()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    # `kill -USR1` (or `docker kill -s USR1`): the metrics summary now, in the log.
-    signal.signal(signal.SIGUSR1, status)
+    signals.install(receiver.bell)
 
 
 # Exit statuses of one receiving process (the supervisor's own are in workers.py).
 EXIT_STOPPED = 0  # stopped by SIGTERM/SIGINT after a graceful shutdown
-EXIT_START_FAILED = 1  # could not start: port in use, storage not writable, TLS files unreadable
+# EXIT_START_FAILED (startup.py): could not start: port in use, storage not writable, TLS files that do not load
 
 
 def serve(config: Config, handed: socket.socket | None = None, budget: SharedAssociationBudget | None = None) -> int:
     """Run one receiving process until it is told to stop; the only start-up path (single process or worker)."""
     try:
+        if handed is None:
+            startup.check(config)  # a worker's supervisor did this before starting it
         receiver = Receiver(config, handed=handed, budget=budget)
-    except OSError as error:
+    except (StartError, OSError, ConfigError) as error:
         # A start-up failure, not a crash: say what failed, and exit without a traceback.
-        LOG.error("cannot start", extra={"fields": {"event": "start-failed", "error": str(error)}})
+        log_start_failure(error)
         return EXIT_START_FAILED
     install_signal_handlers(receiver)
+    # A worker starts with these blocked (workers.py): one that came meanwhile reaches the handlers now.
+    signals.unblock()
     receiver.start()
     receiver.run_until_stopped()
     return EXIT_STOPPED
+
+
+def _at_a_terminal() -> bool:
+    try:
+        return os.isatty(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def log_start_failure(error: Exception) -> None:
+    fields = error.fields() if isinstance(error, StartError) else {"event": "start-failed", "error": str(error)}
+    LOG.error(f"cannot start: {error}", extra={"fields": fields})
+
+
+def access_fields(config: Config) -> dict[str, Any]:
+    """Who may associate, for the start-up line: a typo in an access list shows here, not when a modality is refused."""
+    return {
+        "calledAeTitle": config.ae_title if config.require_called_ae_title else "any",
+        "callingAeTitles": list(config.require_calling_ae_titles) or "any",
+        "peers": [str(network) for network in config.peer_cidrs] or "any",
+    }

@@ -2,7 +2,9 @@
 
 Looks instances up by Study, Series or SOP Instance UID or by batch id, and prints per instance its state, import
 job, image set and failure or warning reason: from the stack's instance table (when a table name is given) or
-from the local store (``STORAGE_DIR``, where "stored" is the final state: local mode has no import).
+from the local store (``STORAGE_DIR``, where "stored" is the final state: local mode has no import). A C-STORE the
+SCP refused shows as ``REFUSED`` with its status and reason (dicom_store_contract.refusals), unless a copy of the
+instance was stored: that copy is the answer to "did it arrive?".
 
 The instance table is read by key or through its indexes (``dicom_store_contract.tables``), never scanned. States
 are printed as stored: the vocabulary belongs to the import pipeline (``functions/tracking.py``), not to this tool.
@@ -21,7 +23,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from dicom_store_contract import layout, tables
+from dicom_store_contract import layout, refusals, tables
 
 # What a local instance's state is: its file is durably in the store (local mode ends here).
 LOCAL_STORED = "STORED"
@@ -68,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="dicom-store-scp status",
         description="Did these instances reach AWS HealthImaging? One line per instance: state, import job, image "
         "set, failure or warning reason. Reads the stack's instance table when INSTANCE_TABLE_NAME (or "
-        "--instance-table) is set, the local store (STORAGE_DIR) otherwise.",
+        "--instance-table-name) is set, the local store (STORAGE_DIR) otherwise.",
         epilog="Exit status: 0 instances found, 1 none found, 2 bad arguments or the tables could not be read.",
     )
     which = parser.add_mutually_exclusive_group(required=True)
@@ -77,20 +79,30 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--sop", "--instance", dest="sop", metavar="UID", help="SOP Instance UID")
     which.add_argument("--batch", metavar="ID", help=f"batch id ({layout.BATCH_ID_FORM}), as the SCP logs it")
     parser.add_argument("--json", action="store_true", help="print JSON (one object: lookup, summary, instances)")
+    # The server's spelling (INSTANCE_TABLE_NAME, --instance-table-name); the shorter one is still accepted.
     parser.add_argument(
+        "--instance-table-name",
         "--instance-table",
+        dest="instance_table",
         metavar="NAME",
         default=None,
         help="the stack's InstanceTableName output [INSTANCE_TABLE_NAME]; unset: read the local store",
     )
     parser.add_argument(
+        "--job-table-name",
         "--job-table",
+        dest="job_table",
         metavar="NAME",
         default=None,
         help="the stack's ImportJobTableName output [JOB_TABLE_NAME]; adds each import job's status",
     )
     parser.add_argument("--endpoint-url", metavar="URL", default=None, help="DynamoDB endpoint [AWS_ENDPOINT_URL]")
-    parser.add_argument("--region", metavar="REGION", default=None, help="AWS region (default: the AWS config's)")
+    parser.add_argument(
+        "--region",
+        metavar="REGION",
+        default=None,
+        help="the stack's region [AWS_REGION, AWS_DEFAULT_REGION, else the AWS config file's]",
+    )
     parser.add_argument(
         "--storage-dir",
         metavar="DIR",
@@ -216,8 +228,11 @@ class LocalStore:
 
     def find(self, lookup: Lookup) -> list[dict[str, Any]]:
         incoming = self.root / layout.incoming_prefix("")
-        if not incoming.is_dir():
-            raise StatusError(f"{self.root}: no local store here (no {layout.INCOMING} folder)")
+        refused = self.root / layout.REFUSED
+        if not incoming.is_dir() and not refused.is_dir():
+            if self.root.is_dir():
+                return []  # a store that has stored nothing yet (every association closed before a C-STORE, say)
+            raise StatusError(f"{self.root}: no local store here (no such folder; give --storage-dir)")
         # incoming/<batch>/<study>/<series>/<sop>.dcm: the lookup fixes one level of the path.
         level = {
             tables.BATCH_ID: 0,
@@ -228,7 +243,30 @@ class LocalStore:
         parts = ["*", "*", "*", f"*{layout.INSTANCE_SUFFIX}"]
         parts[level] = lookup.value + (layout.INSTANCE_SUFFIX if level == 3 else "")
         items = [self._item(path) for path in incoming.glob("/".join(parts)) if path.is_file()]
-        return [item for item in items if item is not None]
+        stored = [item for item in items if item is not None]
+        if lookup.attribute == tables.BATCH_ID:
+            return stored  # a refused instance is in no batch
+        held = {item[tables.SOP_INSTANCE_UID] for item in stored}
+        return stored + [
+            item for item in self._refusals(refused, level, lookup.value) if item[tables.SOP_INSTANCE_UID] not in held
+        ]
+
+    def _refusals(self, refused: Path, level: int, value: str) -> list[dict[str, Any]]:
+        """The latest refusal of each instance the lookup names (refused/<day>/<study>/<series>/<sop>.json)."""
+        parts = ["*", "*", "*", f"*{layout.REFUSAL_SUFFIX}"]
+        parts[level] = value + (layout.REFUSAL_SUFFIX if level == 3 else "")
+        latest: dict[str, dict[str, Any]] = {}
+        for path in refused.glob("/".join(parts)):
+            try:
+                record = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue  # removed by the retention sweep meanwhile, or not ours
+            if not isinstance(record, dict) or record.get(tables.SOP_INSTANCE_UID) != path.stem:
+                continue
+            earlier = latest.get(path.stem)
+            if earlier is None or str(record.get(refusals.REFUSED_AT, "")) > str(earlier.get(refusals.REFUSED_AT, "")):
+                latest[path.stem] = record
+        return list(latest.values())
 
     def _item(self, path: Path) -> dict[str, Any] | None:
         key = path.relative_to(self.root).as_posix()
@@ -255,6 +293,8 @@ class LocalStore:
 
 def _reason(item: Mapping[str, Any]) -> str:
     """Why an instance failed, or what its import warned about, whatever attribute the pipeline put it in."""
+    if item.get("state") == refusals.REFUSED:
+        return refusals.describe(item)
     reasons = [str(item["failureReason"])] if item.get("failureReason") else []
     for name in sorted(item):
         if "warning" in name.lower() and item[name] not in (None, "", [], {}):
@@ -336,11 +376,16 @@ def _source(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[Any, 
         import boto3
 
         job_table = args.job_table or environ.get("JOB_TABLE_NAME", "") or None
-        dynamodb = boto3.client("dynamodb", region_name=args.region, endpoint_url=args.endpoint_url)
+        # botocore reads AWS_DEFAULT_REGION only; ECS, Lambda and most people's shells set AWS_REGION.
+        region = args.region or environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or None
+        session = boto3.session.Session(region_name=region)
+        if session.region_name is None:
+            raise StatusError("no AWS region: set AWS_REGION or give --region (the stack's region)")
+        dynamodb = session.client("dynamodb", endpoint_url=args.endpoint_url)
         return InstanceTable(dynamodb, instance_table, job_table), f"table {instance_table}"
     if environ.get("DICOM_BUCKET") and not args.storage_dir:
         # Where the SCP stores to S3, the local folder holds nothing worth reporting: the table does.
-        raise StatusError("DICOM_BUCKET is set: give the stack's instance table (--instance-table)")
+        raise StatusError("DICOM_BUCKET is set: give the stack's instance table (--instance-table-name)")
     root = Path(args.storage_dir or environ.get("STORAGE_DIR", "") or "./storage").resolve()
     return LocalStore(root), f"local store {root}"
 

@@ -22,6 +22,15 @@ UNRECOGNIZED_OPERATION = 0x0211
 OUT_OF_RESOURCES_STORAGE = 0xA700
 # Refused, out of resources: the association ended before the instance could be recorded in a batch.
 OUT_OF_RESOURCES_CLOSING = 0xA701
+# INGEST_MODE=stow (stow.py): AWS HealthImaging throttled the store or was unavailable (HTTP 429/5xx, a Failure
+# Reason of out of resources or processing failure) after retries within the time budget; nothing stored.
+STOW_BUSY = 0xA702
+# INGEST_MODE=stow: the store was not permitted (HTTP 401/403/404 or another 4xx about the request, no credentials):
+# the deployment's fault (role policy, data store id, AHI_STOW_URL), not the instance's; retry once fixed.
+STOW_NOT_PERMITTED = 0xA703
+# INGEST_MODE=stow: no answer that lists the instance (a timeout, a dropped connection, a response without it): it
+# may or may not be in HealthImaging; the sender retries (storing an instance again is harmless).
+STOW_UNCONFIRMED = 0xA704
 
 # Error, data set does not match SOP class: its SOP Class UID (0008,0016) differs from the request's.
 SOP_CLASS_MISMATCH = 0xA900
@@ -56,6 +65,9 @@ BAD_STORE_REQUEST = 0xC011
 # Error, cannot understand: the data set is larger than AHI imports in one file (MAXIMUM_INSTANCE_BYTES, at most
 # limits.BYTES_PER_FILE); refused once that many bytes arrived, the rest read and dropped, nothing stored.
 INSTANCE_TOO_LARGE = 0xC012
+# Error, cannot understand: INGEST_MODE=stow, AWS HealthImaging refused the instance (HTTP 400, or its Failure Reason
+# is not one worth retrying); the log line holds the service's reason.
+STOW_REFUSED = 0xC013
 # Error, cannot understand: the C-STORE handler raised an unforeseen exception (the code pynetdicom used for a
 # handler's exception); nothing is stored. Not expected: the fuzzer fails on it.
 HANDLER_FAILED = 0xC211
@@ -67,6 +79,9 @@ REASONS = {
     UNRECOGNIZED_OPERATION: "the presentation context's SOP class has no such operation here",
     OUT_OF_RESOURCES_STORAGE: "storage failed; nothing was stored",
     OUT_OF_RESOURCES_CLOSING: "association was closing; nothing was recorded",
+    STOW_BUSY: "AWS HealthImaging busy or unavailable; retry later",
+    STOW_NOT_PERMITTED: "AWS HealthImaging did not permit the store; check the SCP setup",
+    STOW_UNCONFIRMED: "AWS HealthImaging did not confirm the store; retry",
     SOP_CLASS_MISMATCH: "SOP Class UID in the data set differs from the request",
     SOP_INSTANCE_MISMATCH: "SOP Instance UID in the data set differs from the request",
     CANNOT_PARSE_DATASET: "data set cannot be parsed",
@@ -78,6 +93,7 @@ REASONS = {
     BAD_STUDY_DATE: "Study Date is not a DICOM date",
     DUPLICATE_SOP_INSTANCE: "SOP Instance UID already stored under another Study/Series UID",
     INSTANCE_TOO_LARGE: "instance larger than AWS HealthImaging imports; nothing stored",
+    STOW_REFUSED: "AWS HealthImaging refused the instance; nothing stored",
     BAD_REQUEST_SOP_INSTANCE_UID: "request's Affected SOP Instance UID missing or not one valid UID",
     BAD_STORE_REQUEST: "request's Affected SOP Class UID or Priority missing or invalid",
     HANDLER_FAILED: "unexpected failure in the SCP; nothing was stored",

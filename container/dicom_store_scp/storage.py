@@ -23,6 +23,9 @@ _KNOWN_FOLDERS = 1024
 class StorageError(Exception):
     """The object was not stored durably."""
 
+    # The C-STORE failure status to answer (statuses.py) where the backend knows more than "storage failed".
+    status: int | None = None
+
 
 class Storage(Protocol):
     def spool_dir(self) -> Path | None:

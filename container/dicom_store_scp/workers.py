@@ -7,10 +7,11 @@ sender's four associations on one worker in one round out of six and split them 
 core idle while the other worked for two.
 
 A worker that dies is replaced; the others keep serving meanwhile. A worker that keeps dying soon after it starts
-(a storage folder it cannot write, say) is not replaced forever: the supervisor stops the others and exits
-EXIT_WORKERS_FAILING. A port in use stops the supervisor itself at start (EXIT_START_FAILED). SIGTERM closes the
-listening socket and is passed on to every worker, each of which shuts down gracefully, and the supervisor exits 0
-when all did.
+is not replaced forever: the supervisor stops the others and exits EXIT_WORKERS_FAILING. What would stop every worker
+the same way (the port in use, a storage folder it cannot write, TLS files that do not load) stops the supervisor
+before it starts any (startup.py: EXIT_START_FAILED, one line). SIGTERM closes the listening socket and is passed on
+to every worker, each of which shuts down gracefully, and the supervisor exits 0 when all did. Handlers only ring a
+bell (signals.py); the loop below passes signals on.
 
 ``MAXIMUM_ASSOCIATIONS`` stays a limit for the whole task (budget.py).
 """
@@ -32,10 +33,12 @@ from multiprocessing.sharedctypes import SynchronizedArray
 from pathlib import Path
 from typing import Any
 
+from . import signals, startup
 from .budget import SharedAssociationBudget
 from .config import Config
 from .negotiation import ReceiverServer
-from .server import EXIT_START_FAILED, serve
+from .server import log_start_failure, serve
+from .startup import EXIT_START_FAILED, StartError
 
 LOG = logging.getLogger("dicom_store_scp.workers")
 
@@ -99,28 +102,36 @@ def _die_with_supervisor() -> None:
 
 def _run_worker(
     config: Config, index: int, counts: SynchronizedArray[Any], supervisor: int, channel: socket.socket,
-    inherited: list[socket.socket],
+    inherited: list[socket.socket], bell: signals.Bell,
 ) -> None:  # fmt: skip
+    # Signals stay blocked (as the supervisor forked with them blocked) until serve() has installed this worker's
+    # own handlers: one that comes meanwhile waits, and is not taken by the supervisor's handlers copied by fork.
     _die_with_supervisor()
     if os.getppid() != supervisor:
         return  # the supervisor died before the request above took effect
     for other in inherited:  # the listening socket, the other workers' channels: the supervisor's alone
         other.close()
+    bell.close()  # the supervisor's
     budget = SharedAssociationBudget(counts, index, config.maximum_associations)
     sys.exit(serve(config, handed=channel, budget=budget))
 
 
 def listen(config: Config) -> socket.socket:
-    """The task's listening socket, as a single receiving process would bind it (pynetdicom's server options)."""
+    """The task's listening socket, as a single receiving process would bind it (pynetdicom's server options).
+
+    SO_REUSEADDR only (a restart need not wait for TIME_WAIT); never SO_REUSEPORT, which would let a second SCP of
+    the same user bind the port too and take a share of the connections. Workers never bind it: they are handed
+    connections. Raises :class:`StartError` naming the setting.
+    """
     family = socket.AF_INET6 if ":" in config.bind_address else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
     try:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((config.bind_address, config.port))
         listener.listen(ReceiverServer.request_queue_size)
-    except OSError:
+    except OSError as error:
         listener.close()
-        raise
+        raise startup.bind_failure(config, error) from None
     listener.setblocking(False)
     return listener
 
@@ -173,10 +184,12 @@ class Dispatcher:
 def supervise(config: Config) -> int:
     count = worker_count(config)
     try:
+        startup.check(config)
         listener = listen(config)
-    except OSError as error:
-        LOG.error("cannot start", extra={"fields": {"event": "start-failed", "error": str(error)}})
+    except StartError as error:
+        log_start_failure(error)
         return EXIT_START_FAILED
+    bell = signals.Bell()
     context = multiprocessing.get_context("fork")
     counts = context.Array("i", count)
     dispatcher = Dispatcher(counts)
@@ -189,50 +202,43 @@ def supervise(config: Config) -> int:
         inherited = [listener, ours, *dispatcher.channels.values()]
         process = context.Process(
             target=_run_worker,
-            args=(config, index, counts, os.getpid(), theirs, inherited),
+            args=(config, index, counts, os.getpid(), theirs, inherited, bell),
             name=f"worker-{index}",
         )
-        process.start()
+        signals.block()
+        try:
+            process.start()
+        finally:
+            signals.unblock()
         theirs.close()
         dispatcher.attach(index, ours)
         started_at[index] = time.monotonic()
         return process
 
-    def stop(signum: int, _frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
+    def pass_on(signum: int) -> None:
         for process in workers.values():
             if process.is_alive():
                 os.kill(process.pid, signum)
 
-    supervisor = os.getpid()
-
-    def status(signum: int, _frame: Any) -> None:
-        if os.getpid() != supervisor:
-            return  # a new worker that has not installed its own handler yet
-        # Each worker logs its own metrics summary.
-        for process in workers.values():
-            if process.is_alive():
-                os.kill(process.pid, signum)
-
-    # A worker inherits this until it installs its own handler: SIGUSR1's default would end it.
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    # Each worker checks the task-wide limit itself; pynetdicom's own per-process limit must not bite first.
-    workers = {index: spawn(index) for index in range(count)}
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGUSR1, status)
+    signals.install(bell)
+    workers: dict[int, Any] = {}
+    workers.update((index, spawn(index)) for index in range(count))
     LOG.info("workers started", extra={"fields": {"event": "workers", "workers": count}})
 
     exit_codes: dict[int, int] = {}
     next_look = 0.0
     while workers:
-        if stopping and listener.fileno() >= 0:
+        if bell.stopping and not stopping:
+            stopping = True
             listener.close()  # new connections are refused at once; the workers finish what they hold
-        if listener.fileno() >= 0:
-            _accept(listener, dispatcher, _LIVENESS_SECONDS)
+            LOG.info("signal received", extra={"fields": {"event": "signal", "signal": signals.name(bell.stop_signal)}})
+            pass_on(bell.stop_signal or signal.SIGTERM)
+        if bell.take_status_request():
+            pass_on(signal.SIGUSR1)  # each worker logs its own metrics summary
+        if not stopping:
+            _accept(listener, bell, dispatcher, _LIVENESS_SECONDS)
         else:
-            time.sleep(_LIVENESS_SECONDS)
+            bell.wait(_LIVENESS_SECONDS)
         if time.monotonic() < next_look:
             continue
         next_look = time.monotonic() + _LIVENESS_SECONDS
@@ -263,7 +269,7 @@ def supervise(config: Config) -> int:
                 )
                 del workers[index]
                 listener.close()
-                stop(signal.SIGTERM, None)
+                pass_on(signal.SIGTERM)
                 for other in workers.values():
                     other.join(config.shutdown_grace_seconds + 10)
                     if other.is_alive():
@@ -278,13 +284,15 @@ def supervise(config: Config) -> int:
     return EXIT_STOPPED if all(code == 0 for code in exit_codes.values()) else EXIT_WORKER_FAILED
 
 
-def _accept(listener: socket.socket, dispatcher: Dispatcher, wait: float) -> None:
-    """Accept what is waiting (for at most ``wait`` seconds) and hand each connection to a worker."""
+def _accept(listener: socket.socket, bell: signals.Bell, dispatcher: Dispatcher, wait: float) -> None:
+    """Accept what is waiting (for at most ``wait`` seconds, less when the bell rings) and hand each connection to a
+    worker."""
     try:
-        ready, _, _ = select.select([listener], [], [], wait)
-    except (OSError, ValueError):  # closed by the signal handler's stop
+        ready, _, _ = select.select([listener.fileno(), bell.fileno()], [], [], wait)
+    except InterruptedError:
         return
-    while ready:
+    bell.drain()
+    while listener.fileno() in ready:
         try:
             connection, _ = listener.accept()
         except (BlockingIOError, InterruptedError):

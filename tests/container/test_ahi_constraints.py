@@ -101,11 +101,11 @@ def test_instance_larger_than_allowed_is_refused_while_it_arrives(start_scp, tmp
     [line] = scp.wait_for_event("c-store-failed")
     assert line["status"] == "0xC012"
     assert line["droppedBytes"] > 200_000
-    # Nothing of the refused data set is left in the spool.
+    # Nothing of the refused data set is left in the spool (refused/ holds the refusal's record for status).
     assert not [
         path
         for path in scp.storage.rglob("*")
-        if path.is_file() and path.suffix != ".dcm" and "manifests" not in path.parts
+        if path.is_file() and path.suffix != ".dcm" and not {"manifests", "refused"} & set(path.parts)
     ]
 
 

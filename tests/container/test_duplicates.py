@@ -26,11 +26,15 @@ ANOTHER_INSTANCE = "1.2.826.0.1.3680043.8.498.23.2.1"
 
 
 def _leftovers(root: Path) -> list[Path]:
-    """Files in the local store that are neither a stored instance nor a manifest (spool files, partial writes)."""
+    """Files in the local store that are neither a stored instance, a manifest nor a refusal's record (spool files,
+    partial writes)."""
     return [
         path
         for path in root.rglob("*")
-        if path.is_file() and "manifests" not in path.parts and not (path.suffix == ".dcm" and "incoming" in path.parts)
+        if path.is_file()
+        and "manifests" not in path.parts
+        and not (path.suffix == ".dcm" and "incoming" in path.parts)
+        and not (path.suffix == ".json" and "refused" in path.parts)
     ]
 
 

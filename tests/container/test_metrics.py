@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import select
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -13,7 +18,7 @@ from dicom_store_contract import metrics as names
 from dicom_store_scp import statuses
 from dicom_store_scp.metrics import Distribution, Recorder, bucket
 from support.moto import aws_env, bucket_objects
-from support.scp import RunningScp, changed_sample, send_file_as_is, storescu
+from support.scp import RunningScp, changed_sample, free_port, send_file_as_is, storescu
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 SERIES_UID = "1.2.826.0.1.3680043.8.498.200.1"
@@ -117,8 +122,10 @@ def test_a_dcmtk_send_is_counted_as_sent_refused_and_rejected(start_scp, tmp_pat
     assert service[("BatchesSealed", "")] == len(scp.manifests()) == 1
     assert service[("BytesReceived", "")] == sum(path.stat().st_size for path in scp.stored_files())
     assert service[("S3UploadLatency", "")] == 0  # a local folder: no uploads
-    # Every metric of the contract but the S3 one was written (test_s3_uploads_are_timed has that).
-    assert {name for name, _ in service} == {metric.name for metric in names.SCP_METRICS} - {"S3UploadLatency"}
+    # Every metric of the contract but the S3 one (test_s3_uploads_are_timed has that) and the audit trail's (only
+    # when something was dropped: test_audit.py) was written.
+    expected = {metric.name for metric in names.SCP_METRICS} - {"S3UploadLatency", "AuditMessagesDropped"}
+    assert {name for name, _ in service} == expected
     assert totals(records, names.STATUS_FAMILY) == {
         ("StoresFailed", "DataSetMismatch"): 1,
         ("StoresFailed", "CannotUnderstand"): 2,
@@ -242,3 +249,54 @@ def test_each_worker_answers_sigusr1_and_flushes_at_shutdown(start_scp, tmp_path
     records = emf_records(scp)
     assert len({record["pid"] for record in records}) == 2
     assert totals(records)[("InstancesStored", "")] == 6
+
+
+def test_the_summary_window_is_never_longer_than_the_process_has_run(caplog):
+    """The first interval begins on the clock's grid, before the process started: it is counted from the start."""
+    now = [1_000_040.0]  # 20 s into a 60 s interval of the grid (1,000,020 is a multiple of 60)
+    recorder = Recorder(interval=60, clock=lambda: now[0])
+    recorder.instance_stored(1024, 0.01)
+    now[0] += 5
+    with caplog.at_level("INFO", logger="dicom_store_scp.metrics"):
+        recorder.log_status()
+        now[0] += 40  # past the interval's end (1,000,080)
+        recorder.flush()
+    [status, summary] = [r for r in caplog.records if getattr(r, "fields", {}).get("event") == "metrics-summary"]
+    assert status.fields["seconds"] == 5 and status.fields["sinceStart"]["seconds"] == 5
+    assert status.getMessage().startswith("metrics status: last 5 s:")
+    assert summary.fields["seconds"] == 45 and summary.getMessage().startswith("metrics summary: last 45 s:")
+
+
+def test_at_a_terminal_only_the_summary_line_is_written(tmp_path):
+    """A person running the SCP in a terminal reads summaries; the EMF records (a kilobyte each) are CloudWatch's."""
+    port = free_port()
+    primary, secondary = pty.openpty()
+    settings = ["--scp-port", str(port), "--storage-dir", str(tmp_path / "s"), "--workers", "1"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dicom_store_scp", *settings, "--metrics-interval", "1"],
+        stdin=subprocess.DEVNULL,
+        stdout=secondary,
+        stderr=secondary,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    os.close(secondary)
+    output = b""
+    try:
+        deadline = time.monotonic() + 30
+        sent = False
+        while b"metrics summary" not in output and time.monotonic() < deadline:
+            ready = select.select([primary], [], [], 0.2)[0]
+            if ready:
+                output += os.read(primary, 65536)
+            if not sent and b'"listening"' in output:
+                assert storescu(port, *_valid_series(tmp_path, 1)).statuses == [0]
+                sent = True
+        time.sleep(2.5)  # two more intervals: their records would be written by now
+        while select.select([primary], [], [], 0.2)[0]:
+            output += os.read(primary, 65536)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        os.close(primary)
+    assert b"metrics summary: last" in output
+    assert b'"_aws"' not in output and b'"event": "metrics",' not in output

@@ -9,9 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+import pytest
+from dicom_store_contract import tables
 from dicom_store_scp import status
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
+from support.moto import FAKE_CREDENTIALS, MotoServer
 from support.scp import RunningScp, storescu
 
 
@@ -127,3 +130,68 @@ def test_an_scp_storing_to_s3_is_asked_for_its_table(capsys: Any) -> None:
 
     assert code == status.EXIT_USAGE
     assert "--instance-table" in capsys.readouterr().err
+
+
+def test_a_store_that_has_only_refused_sends_is_an_empty_store(start_scp: Any, tmp_path: Path) -> None:
+    scp = start_scp("--require-calling-ae-title", "MODALITY1")
+    uids = write_study(tmp_path / "study", (1,))
+    refused = storescu(scp.port, *sorted((tmp_path / "study").glob("*.dcm")))
+    assert refused.statuses == [] and "Calling AE Title Not Recognized" in refused.output
+    assert scp.storage.is_dir() and not scp.stored_files()
+
+    code, out, err = run_status("--study", uids["study"][0], "--storage-dir", str(scp.storage))
+    assert code == status.EXIT_NOT_FOUND, err
+    assert "0 instance(s)" in out
+
+
+# -- the region of the stack's tables (a real DynamoDB API: moto_server over HTTP) ------------------------------
+
+
+@pytest.fixture
+def instance_table(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    """An instance table in eu-west-2 holding one instance; the environment has credentials and no region."""
+    import boto3
+
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")  # no region from a config file either
+    for name, value in FAKE_CREDENTIALS.items():
+        if name != "AWS_DEFAULT_REGION":
+            monkeypatch.setenv(name, value)
+    dynamodb = boto3.client("dynamodb", region_name="eu-west-2", endpoint_url=moto_server.endpoint)
+    table = f"instances-{generate_uid()[-8:]}"
+    dynamodb.create_table(
+        TableName=table,
+        KeySchema=[{"AttributeName": tables.SOP_INSTANCE_UID, "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": tables.SOP_INSTANCE_UID, "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    sop = str(generate_uid())
+    dynamodb.put_item(TableName=table, Item={tables.SOP_INSTANCE_UID: {"S": sop}, "state": {"S": "IMPORTED"}})
+    return table, sop
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ"),
+    [
+        ((), {"AWS_REGION": "eu-west-2"}),  # what ECS, Lambda and `docker run -e AWS_REGION` give
+        ((), {"AWS_DEFAULT_REGION": "eu-west-2"}),
+        (("--region", "eu-west-2"), {"AWS_REGION": "us-east-1"}),  # the flag wins
+    ],
+)
+def test_the_region_comes_from_aws_region_aws_default_region_or_the_flag(
+    moto_server: MotoServer, instance_table: tuple[str, str], capsys: Any, argv: tuple[str, ...], environ: dict
+) -> None:
+    table, sop = instance_table
+    flags = ["--sop", sop, "--instance-table-name", table, "--endpoint-url", moto_server.endpoint, *argv]
+    code = status.main(flags, environ=environ)
+    out, err = capsys.readouterr()
+    assert code == status.EXIT_FOUND, err
+    assert sop in out and "IMPORTED" in out
+
+
+def test_no_region_anywhere_is_said_in_words(moto_server: MotoServer, instance_table: tuple[str, str], capsys: Any):
+    table, sop = instance_table
+    code = status.main(["--sop", sop, "--instance-table", table, "--endpoint-url", moto_server.endpoint], environ={})
+    assert code == status.EXIT_USAGE
+    assert "no AWS region: set AWS_REGION or give --region" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 
@@ -28,6 +29,11 @@ def test_tls_sender_stores_and_plain_tcp_sender_does_not(start_scp, pki):
     assert plain.statuses == []
     assert plain.returncode != 0
     assert len(scp.stored_files()) == 1
+    # The log says what happened in words an operator acts on, not OpenSSL's WRONG_VERSION_NUMBER.
+    [refused] = scp.wait_for_event("tls-handshake-failed")
+    assert refused["level"] == "WARNING"
+    assert refused["error"].startswith("plain DICOM on the TLS port")
+    assert "WRONG_VERSION_NUMBER" not in json.dumps(scp.logs())
 
 
 def test_client_certificate_required_when_a_ca_is_configured(start_scp, pki):

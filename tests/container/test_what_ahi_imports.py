@@ -17,6 +17,8 @@ from pydicom.filewriter import dcmwrite
 from support.scp import negotiation_profile, sample_file, storescu
 
 PRIVATE_SOP_CLASS = "1.2.826.0.1.3680043.8.498.77.1"
+SHIPPED_PROFILE = Path(__file__).parents[2] / "docs" / "scu.cfg"
+README = Path(__file__).parents[2] / "README.md"
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 JPIP_REFERENCED = "1.2.840.10008.1.2.4.94"  # a DICOM transfer syntax AHI does not import
@@ -51,6 +53,23 @@ def test_private_sop_class_is_accepted_and_stored_as_received(scp, tmp_path):
     scp.wait_for_event("association")
     [manifest] = scp.manifests()
     assert manifest["instances"][0]["sopClassUID"] == PRIVATE_SOP_CLASS
+
+
+def test_the_shipped_scu_profile_sends_a_private_class_as_the_readme_says(scp, tmp_path):
+    """README: `storescu -xf docs/scu.cfg Private <host> 11112 private/*.dcm`, with the profile the project ships."""
+    siemens_csa_non_image = "1.3.12.2.1107.5.9.1"
+    private = _ct(tmp_path, "private.dcm", siemens_csa_non_image)
+    ct = _ct(tmp_path, "ct.dcm")
+    dataset = dcmread(ct)
+    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID + ".2"
+    dcmwrite(ct, dataset, enforce_file_format=False)
+
+    result = storescu(scp.port, private, ct, profile=SHIPPED_PROFILE, profile_name="Private")
+
+    assert result.statuses == [statuses.SUCCESS] * 2, result.output
+    stored = sorted(dcmread(path, stop_before_pixels=True).SOPClassUID for path in scp.stored_files())
+    assert stored == sorted([siemens_csa_non_image, CT_IMAGE_STORAGE])
+    assert "storescu -xf docs/scu.cfg Private" in README.read_text()
 
 
 def test_supported_sop_class_uids_narrows_private_classes_out(start_scp, tmp_path):

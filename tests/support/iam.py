@@ -1,7 +1,8 @@
 """Which IAM permission each AWS API call needs, and whether a role's policy statements grant it.
 
 Coarse on purpose: an action matches by name (or wildcard), a resource by ARN pattern, and only the condition
-keys the template uses (``s3:prefix``, ``iam:PassedToService``) are evaluated; any other condition denies.
+keys the template uses (``s3:prefix``, ``iam:PassedToService``, ``dynamodb:Attributes`` and
+``dynamodb:ReturnValues`` of a PutItem) are evaluated; any other condition denies.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from .cfn import ACCOUNT_ID, REGION
 class Permission:
     action: str  # service:Action
     resource: str  # ARN
-    context: tuple[tuple[str, str], ...] = ()  # condition keys the request carries
+    # Condition keys the request carries: one value, or several (a multivalued key such as dynamodb:Attributes).
+    context: tuple[tuple[str, str | tuple[str, ...]], ...] = ()
 
     def __str__(self) -> str:
         extra = "".join(f" {k}={v!r}" for k, v in self.context)
@@ -71,7 +73,13 @@ def permissions(call: ApiCall) -> list[Permission]:
         arn = f"arn:aws:dynamodb:{REGION}:{ACCOUNT_ID}:table/{p['TableName']}"
         if "IndexName" in p:
             arn += f"/index/{p['IndexName']}"
-        return [Permission(f"dynamodb:{call.operation}", arn)]
+        context: list[tuple[str, str | tuple[str, ...]]] = []
+        if call.operation == "PutItem" and "Item" in p:
+            # PutItem's dynamodb:Attributes are the item's attribute names (the key among them).
+            context.append(("dynamodb:Attributes", tuple(sorted(p["Item"]))))
+        if "ReturnValues" in p:
+            context.append(("dynamodb:ReturnValues", p["ReturnValues"]))
+        return [Permission(f"dynamodb:{call.operation}", arn, tuple(context))]
     if call.service == "stepfunctions":
         if call.operation in ("SendTaskSuccess", "SendTaskFailure", "SendTaskHeartbeat"):
             return [Permission(f"states:{call.operation}", "*")]  # no resource type: the token names the task
@@ -98,17 +106,27 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def _conditions_hold(condition: dict[str, Any], context: dict[str, str]) -> bool:
+def _conditions_hold(condition: dict[str, Any], context: dict[str, str | tuple[str, ...]]) -> bool:
     for operator, tests in condition.items():
         for key, expected in tests.items():
             if key not in context:
+                if operator.endswith("IfExists"):
+                    continue
                 return False  # a condition on a key the request does not carry does not match
             actual = context[key]
-            if operator == "StringEquals" and actual not in _as_list(expected):
+            if operator == "ForAllValues:StringEquals":
+                # Every value the request carries is among those allowed.
+                values = actual if isinstance(actual, tuple) else (actual,)
+                if not set(values) <= set(_as_list(expected)):
+                    return False
+                continue
+            if isinstance(actual, tuple):
+                return False  # a single-valued operator on a multivalued key: not what the template means
+            if operator in ("StringEquals", "StringEqualsIfExists") and actual not in _as_list(expected):
                 return False
             if operator == "StringLike" and not any(fnmatch.fnmatchcase(actual, e) for e in _as_list(expected)):
                 return False
-            if operator not in ("StringEquals", "StringLike"):
+            if operator not in ("StringEquals", "StringEqualsIfExists", "StringLike"):
                 return False
     return True
 

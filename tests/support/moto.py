@@ -117,7 +117,7 @@ def recorded_calls(recording: Path, app_id: str) -> list[Any]:
         if target.startswith("DynamoDB_"):
             body = base64.b64decode(entry["body"]) if entry.get("body_encoded") else entry["body"]
             params = json.loads(body)
-            keep = {k: params[k] for k in ("TableName", "IndexName") if k in params}
+            keep = {k: params[k] for k in ("TableName", "IndexName", "Item", "ReturnValues") if k in params}
             if "RequestItems" in params:  # BatchGetItem / BatchWriteItem: one call per table
                 calls += [ApiCall("dynamodb", target.split(".")[1], {"TableName": t}) for t in params["RequestItems"]]
                 continue

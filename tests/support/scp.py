@@ -94,14 +94,19 @@ def negotiation_profile(tmp_path: Path, contexts: list[tuple[str, list[str]]]) -
 
 
 def storescu(
-    port: int, *files: Path | str, args: tuple[str, ...] = (), timeout: float = 120, profile: Path | None = None
+    port: int,
+    *files: Path | str,
+    args: tuple[str, ...] = (),
+    timeout: float = 120,
+    profile: Path | None = None,
+    profile_name: str = "Test",
 ) -> StoreResult:
     """Send files with DCMTK storescu; return the C-STORE statuses it received, in order.
 
     With a negotiation ``profile`` storescu proposes exactly its contexts, SOP classes it does not know included
     (no ``-R``: with it storescu refuses such files before it connects).
     """
-    proposal = ("-xf", str(profile), "Test") if profile is not None else ("-R",)
+    proposal = ("-xf", str(profile), profile_name) if profile is not None else ("-R",)
     completed = subprocess.run(
         ["storescu", "-d", *proposal, *args, "127.0.0.1", str(port), *map(str, files)],
         env=DCMTK_ENV,
@@ -168,6 +173,13 @@ class RunningScp:
         if not folder.exists():
             return []
         return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+    def wait_for_manifests(self, count: int, timeout: float = 10) -> list[dict[str, Any]]:
+        """The manifests once there are ``count`` (a batch is sealed just after its association is released)."""
+        deadline = time.monotonic() + timeout
+        while len(self.manifests()) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.manifests()
 
     def stored_files(self) -> list[Path]:
         folder = self.storage / "incoming"

@@ -49,7 +49,7 @@ def test_the_task_calls_exactly_the_services_the_preflight_checks_routes_to(temp
     roles = [resources["ScpTaskRole"], resources["ScpExecutionRole"]]
     called = {a.split(":")[0] for role in roles for s in _statements(role) for a in _actions(s)} - {"kms"}
 
-    assert called == {endpoint.iam_prefix for endpoint in launch.TASK_ENDPOINTS}
+    assert called == {endpoint.iam_prefix for endpoint in (*launch.TASK_ENDPOINTS, *launch.STOW_ENDPOINTS)}
     network = resources["ScpService"]["Properties"]["NetworkConfiguration"]["AwsvpcConfiguration"]
     assert network["AssignPublicIp"] == ("ENABLED" if launch.TASK_ASSIGNS_PUBLIC_IP else "DISABLED")
 

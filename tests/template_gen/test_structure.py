@@ -23,6 +23,8 @@ CONTAINER_CONTRACT = {
     "INSTANCE_TABLE_NAME",
     "COMMITMENT_TABLE_NAME",
     "COMMITMENT_PEERS",
+    # The audit trail's log group (container/dicom_store_scp/audit/, template_gen/audit.py).
+    "AUDIT_LOG_GROUP",
     "SCP_PORT",
     "AE_TITLE",
     "REQUIRE_CALLED_AE_TITLE",
@@ -45,6 +47,11 @@ CONTAINER_CONTRACT = {
     "S3_KMS_KEY_ID",
     "WORKERS",
     "METRICS_SERVICE",
+    # The ingest mode (container/dicom_store_scp/stow.py): the data store and its DICOMweb endpoint.
+    "INGEST_MODE",
+    "DATASTORE_ID",
+    "AHI_STOW_URL",
+    "STOW_KEEP_S3_COPY",
 }
 # docs/contracts.md
 LAMBDA_CONTRACT = {
@@ -178,6 +185,8 @@ CONTAINER_RESOURCE_VARIABLES = {
     "DICOM_BUCKET": "DICOMBucketName",
     "INSTANCE_TABLE_NAME": "InstanceTableName",
     "COMMITMENT_TABLE_NAME": "CommitmentTableName",
+    "AUDIT_LOG_GROUP": "AuditLogGroupName",
+    "DATASTORE_ID": "DatastoreID",
 }
 
 
@@ -274,11 +283,18 @@ def test_task_role_writes_only_incoming_and_manifests(template: dict[str, Any]) 
         assert set(_as_list(statement["Action"])) <= {"s3:PutObject", "s3:AbortMultipartUpload"}
         for resource in statement["Resource"]:
             assert _sub_text(resource).endswith(("/${DICOMPrefix}incoming/*", "/${DICOMPrefix}manifests/*"))
-    other = {a for s in _statements(role) for a in _as_list(s["Action"]) if not a.startswith(("s3:", "dynamodb:"))}
+    logs = [s for s in _statements(role) if any(a.startswith("logs:") for a in _as_list(s["Action"]))]
+    # The audit messages: into the audit log group, and no reading (template_gen/audit.py).
+    assert [(set(_as_list(s["Action"])), s["Resource"]) for s in logs] == [
+        ({"logs:CreateLogStream", "logs:PutLogEvents"}, [{"Fn::GetAtt": ["AuditLogGroup", "Arn"]}])
+    ]
+    other = {
+        a for s in _statements(role) for a in _as_list(s["Action"]) if not a.startswith(("s3:", "dynamodb:", "logs:"))
+    }
     assert other == {"kms:GenerateDataKey", "kms:Decrypt"}
 
 
-def test_task_role_reads_instances_by_key_and_writes_only_commitments(template: dict[str, Any]) -> None:
+def test_task_role_reads_instances_by_key_and_writes_commitments_and_refusals(template: dict[str, Any]) -> None:
     role = Stack(template).decided()["ScpTaskRole"]
     granted = {
         (action, json.dumps(resource, sort_keys=True))
@@ -299,7 +315,15 @@ def test_task_role_reads_instances_by_key_and_writes_only_commitments(template: 
         ("dynamodb:GetItem", commitments),
         ("dynamodb:Query", pending_index),
         ("dynamodb:BatchGetItem", instances),
+        # A refused C-STORE's item, of a refusal's attributes only (tests/contract/test_refusals.py).
+        ("dynamodb:PutItem", instances),
     }
+    (refusals,) = [
+        s
+        for s in _statements(role)
+        if s["Resource"] == [json.loads(instances)] and "dynamodb:PutItem" in _as_list(s["Action"])
+    ]
+    assert "dynamodb:Attributes" in refusals["Condition"]["ForAllValues:StringEquals"]
     table = Stack(template).decided()["CommitmentTable"]["Properties"]
     assert table["TimeToLiveSpecification"] == {"AttributeName": "expiresAt", "Enabled": True}
     assert table["KeySchema"] == [{"AttributeName": "recordId", "KeyType": "HASH"}]
@@ -613,7 +637,9 @@ def test_every_log_group_and_stateful_resource_is_retained_unless_the_first_crea
     """Kept when the stack is deleted or a resource replaced; removed when the stack's first creation rolls back
     (nothing is in them yet, and each retry would leave another set behind)."""
     stateful = {n: r for n, r in template["Resources"].items() if r["Type"] in STATEFUL}
-    assert len([r for r in stateful.values() if r["Type"] == "AWS::Logs::LogGroup"]) == 7  # 5 functions, SCP, workflow
+    assert (
+        len([r for r in stateful.values() if r["Type"] == "AWS::Logs::LogGroup"]) == 8
+    )  # 5 functions, SCP, workflow, audit
     for name, resource in stateful.items():
         policies = (resource.get("DeletionPolicy"), resource.get("UpdateReplacePolicy"))
         assert policies == ("RetainExceptOnCreate", "Retain"), name

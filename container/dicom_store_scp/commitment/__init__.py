@@ -44,7 +44,10 @@ __all__ = ["build_commitments", "commitment_offered", "handle_n_action"]
 
 
 def commitment_offered(config: Any) -> bool:
-    """Local mode always; with DICOM_BUCKET when the instance and commitment tables are named."""
+    """Local mode always; with DICOM_BUCKET when the instance and commitment tables are named. Not in
+    INGEST_MODE=stow yet: its outcomes are not in the instance table, which is what commitment reads."""
+    if getattr(config, "ingest_mode", "import") == "stow":
+        return False
     return not config.dicom_bucket or bool(config.instance_table and config.commitment_table)
 
 

@@ -3,7 +3,8 @@
 The task reporting a transaction holds a lease on its item (a conditional write), so several tasks never report one
 transaction twice; a task that stops leaves its transactions to the next one. An instance is final once the import
 has reported on it (imported, failed or timed out) or the table records it under another SOP class, or when it
-is still absent from the instance table ``COMMITMENT_MISSING_SECONDS`` after the request.
+is still absent from the instance table ``COMMITMENT_MISSING_SECONDS`` after the request. A refusal's item
+(``REFUSED``: nothing was stored) counts as absent: the sender may still send a good copy.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 import uuid
 from typing import Any
 
-from dicom_store_contract import tables
+from dicom_store_contract import refusals, tables
 
 from ..storage import StorageError
 from .model import (
@@ -186,6 +187,8 @@ class DynamoOutcomes:
         reasons: dict[Reference, int | None] = {}
         for reference in transaction.references:
             item = items.get(reference.sop_instance_uid)
+            if item is not None and item.get("state", {}).get("S", "") == refusals.REFUSED:
+                item = None
             if item is None:
                 # Not recorded yet (its batch is sealed when its association ends) or never received.
                 reasons[reference] = NO_SUCH_OBJECT_INSTANCE if waited >= self.missing_seconds else None

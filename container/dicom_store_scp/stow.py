@@ -1,0 +1,381 @@
+"""INGEST_MODE=stow: each instance stored into AWS HealthImaging by STOW-RS before its C-STORE success.
+
+One instance per request, ``POST <AHI_STOW_URL>/studies`` (StoreDICOM; PS3.18 10.5): a ``multipart/related;
+type="application/dicom"`` body of one part, the spool file as received. What the answer means:
+
+- success (0x0000) only when the response's Referenced SOP Sequence (0008,1199) lists the instance;
+- its Failed SOP Sequence (0008,1198) entry's Failure Reason (0008,1197) decides the failure: out of resources
+  (A7xx) and processing failure (0x0110) are worth retrying, anything else is AHI refusing the instance;
+- HTTP 429 and 5xx (throttled, unavailable) are retried with jittered backoff while the time budget (half the DIMSE
+  timeout, as for S3) allows, then answered "retry later"; 401/403/404 and other 4xx about the request are the
+  deployment's fault (credentials, policy, data store id), also "retry later"; 400 and 413 are about the instance;
+- a timeout, a dropped connection, a response that does not list the instance: not confirmed, never a success.
+
+Memory: the body is streamed from the spool file in 1 MiB pieces, twice (once for the SHA-256 SigV4 signs,
+``x-amz-content-sha256``, once onto the wire); the Content-Length is the file's size plus the framing.
+Credentials come from botocore's default chain (the ECS task role) and are never logged.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import botocore.session
+import urllib3
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.httpsession import get_cert_path
+from dicom_store_contract import ingest, layout
+
+from . import statuses
+from .config import Config, ConfigError
+from .storage import Storage, StorageError
+
+LOG = logging.getLogger("dicom_store_scp.stow")
+
+_CHUNK = 1024 * 1024
+# A store response lists one instance: a few hundred bytes. More than this is not a store response.
+_RESPONSE_LIMIT = 1024 * 1024
+_CONNECT_TIMEOUT_CAP = 5.0
+_READ_TIMEOUT_CAP = 60.0
+_BACKOFF_FIRST = 0.2
+_BACKOFF_CAP = 5.0
+
+# PS3.18 Store response attributes (DICOM JSON keys).
+REFERENCED_SOP_SEQUENCE = "00081199"
+FAILED_SOP_SEQUENCE = "00081198"
+REFERENCED_SOP_INSTANCE_UID = "00081155"
+FAILURE_REASON = "00081197"
+RETRIEVE_URL = "00081190"
+
+# Failure Reasons (PS3.18 / PS3.4 C-STORE statuses) the sender should retry later: the store is out of resources,
+# or its processing failed; anything else is the store refusing this instance.
+_PROCESSING_FAILURE = 0x0110
+
+
+class Verdict(enum.Enum):
+    """What a STOW-RS exchange says about one instance, and so the C-STORE status the sender hears."""
+
+    STORED = statuses.SUCCESS
+    BUSY = statuses.STOW_BUSY
+    NOT_PERMITTED = statuses.STOW_NOT_PERMITTED
+    UNCONFIRMED = statuses.STOW_UNCONFIRMED
+    REFUSED = statuses.STOW_REFUSED
+    TOO_LARGE = statuses.INSTANCE_TOO_LARGE
+
+
+@dataclass(frozen=True)
+class Outcome:
+    verdict: Verdict
+    detail: str
+    http_status: int | None = None
+    failure_reason: int | None = None
+    image_set_id: str = ""
+    attempts: int = 1
+
+    @property
+    def retryable(self) -> bool:
+        return self.verdict is Verdict.BUSY or (self.verdict is Verdict.UNCONFIRMED and self.http_status is None)
+
+
+class StowFailed(StorageError):
+    """The store service did not confirm the instance; ``status`` is what the sender hears."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.detail)
+        self.outcome = outcome
+        self.status = outcome.verdict.value
+
+
+def judge(http_status: int, body: bytes, sop_instance_uid: str) -> Outcome:
+    """One response, read for one instance (no I/O: the table the tests hold it to)."""
+    listed = _listing(body, sop_instance_uid)
+    if listed is not None:
+        stored, item = listed
+        if stored:
+            return Outcome(Verdict.STORED, "stored", http_status, image_set_id=_image_set_id(item))
+        reason = _first_value(item, FAILURE_REASON)
+        code = reason if isinstance(reason, int) else None
+        text = f"HTTP {http_status}, Failure Reason " + (f"0x{code:04X}" if code is not None else "missing")
+        if code is not None and (code >> 8 == 0xA7 or code == _PROCESSING_FAILURE):
+            return Outcome(Verdict.BUSY, text, http_status, code)
+        return Outcome(Verdict.REFUSED, text, http_status, code)
+    message = f"HTTP {http_status}: {_error_message(body)}".rstrip(": ")
+    if http_status == 429 or http_status >= 500:
+        return Outcome(Verdict.BUSY, message, http_status)
+    if http_status == 413:
+        return Outcome(Verdict.TOO_LARGE, message, http_status)
+    if http_status in (400, 409, 422):
+        return Outcome(Verdict.REFUSED, message, http_status)
+    if 400 <= http_status < 500:
+        return Outcome(Verdict.NOT_PERMITTED, message, http_status)
+    # 2xx (or anything else) that does not list the instance: nothing says it is stored.
+    return Outcome(Verdict.UNCONFIRMED, f"HTTP {http_status}: the response does not list the instance", http_status)
+
+
+def _listing(body: bytes, sop_instance_uid: str) -> tuple[bool, dict[str, Any]] | None:
+    """(stored?, its item) where the response lists the instance; None where it does not (or is not JSON)."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    # One DICOM JSON object; some servers wrap it in an array.
+    objects = document if isinstance(document, list) else [document]
+    for stored, sequence in ((True, REFERENCED_SOP_SEQUENCE), (False, FAILED_SOP_SEQUENCE)):
+        for obj in objects:
+            if not isinstance(obj, dict):
+                continue
+            items = (obj.get(sequence) or {}).get("Value") or []
+            for item in items:
+                if isinstance(item, dict) and _first_value(item, REFERENCED_SOP_INSTANCE_UID) == sop_instance_uid:
+                    return stored, item
+    return None
+
+
+def _first_value(item: dict[str, Any], tag: str) -> Any:
+    element = item.get(tag)
+    values = element.get("Value") if isinstance(element, dict) else None
+    return values[0] if isinstance(values, list) and values else None
+
+
+def _image_set_id(item: dict[str, Any]) -> str:
+    """The image set the Retrieve URL names (AHI's retrieve URLs take ``imageSetId``), where it names one."""
+    url = _first_value(item, RETRIEVE_URL)
+    if not isinstance(url, str):
+        return ""
+    return (parse_qs(urlsplit(url).query).get("imageSetId") or [""])[0]
+
+
+def _error_message(body: bytes) -> str:
+    """AWS error bodies are JSON with a message; anything else is cut short (it may be a whole HTML page)."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return body[:200].decode("utf-8", "replace").strip()
+    if isinstance(document, dict):
+        for name in ("message", "Message", "errorMessage"):
+            if isinstance(document.get(name), str):
+                return document[name][:200]
+    return ""
+
+
+class _Body:
+    """One instance as a one-part multipart/related body, streamed from its file."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+        self.boundary = uuid.uuid4().hex
+        self.head = f"--{self.boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode("ascii")
+        self.tail = f"\r\n--{self.boundary}--\r\n".encode("ascii")
+        self.file_size = source.stat().st_size
+        self.length = len(self.head) + self.file_size + len(self.tail)
+        self.content_type = f'multipart/related; type="application/dicom"; boundary={self.boundary}'
+        digest = hashlib.sha256(self.head)
+        for piece in self._file():
+            digest.update(piece)
+        digest.update(self.tail)
+        self.sha256 = digest.hexdigest()
+
+    def _file(self) -> Iterator[bytes]:
+        sent = 0
+        with self.source.open("rb") as handle:
+            while piece := handle.read(_CHUNK):
+                sent += len(piece)
+                yield piece
+        if sent != self.file_size:
+            raise OSError(f"spool file changed size while sent ({sent} of {self.file_size} bytes)")
+
+    def stream(self) -> Iterator[bytes]:
+        yield self.head
+        yield from self._file()
+        yield self.tail
+
+
+@dataclass(frozen=True)
+class StowSettings:
+    url: str  # the base URL; requests go to <url>/studies
+    region: str
+    budget: float  # seconds one instance may take, retries included
+    pool_connections: int = 10
+
+
+class StowClient:
+    """StoreDICOM requests, one instance each, on a pool of connections shared by every association."""
+
+    def __init__(
+        self,
+        settings: StowSettings,
+        credentials: Callable[[], Any] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.settings = settings
+        self.studies_url = settings.url.rstrip("/") + "/studies"
+        self._credentials = credentials or _default_credentials()
+        self._sleep = sleep
+        self._pool: urllib3.PoolManager | None = None
+        self._lock = threading.Lock()
+
+    def pool(self) -> urllib3.PoolManager:
+        # Made on first use: connections must not cross a fork (workers.py).
+        with self._lock:
+            if self._pool is None:
+                self._pool = urllib3.PoolManager(
+                    num_pools=2,
+                    maxsize=self.settings.pool_connections,
+                    retries=False,
+                    ca_certs=get_cert_path(True),
+                )
+            return self._pool
+
+    def store(self, source: Path, sop_instance_uid: str) -> Outcome:
+        """Send the instance until the service answers for it, or the budget is spent; never raises."""
+        deadline = time.monotonic() + self.settings.budget
+        try:
+            body = _Body(source)
+        except OSError as error:
+            return Outcome(Verdict.UNCONFIRMED, f"spool file unreadable: {error}")
+        attempt = 0
+        while True:
+            attempt += 1
+            outcome = self._attempt(body, sop_instance_uid, deadline - time.monotonic())
+            if not outcome.retryable:
+                break
+            delay = random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_FIRST * 2 ** (attempt - 1)))  # noqa: S311 (jitter)
+            # Another attempt only where it can still be answered (a second of it, at least) within the budget.
+            if time.monotonic() + delay + 1.0 >= deadline:
+                break
+            self._sleep(delay)
+        return Outcome(
+            outcome.verdict,
+            outcome.detail,
+            outcome.http_status,
+            outcome.failure_reason,
+            outcome.image_set_id,
+            attempts=attempt,
+        )
+
+    def _attempt(self, body: _Body, sop_instance_uid: str, remaining: float) -> Outcome:
+        credentials = self._credentials()
+        if credentials is None:
+            return Outcome(Verdict.NOT_PERMITTED, "no AWS credentials in the default chain")
+        request = AWSRequest(
+            method="POST",
+            url=self.studies_url,
+            headers={
+                "Content-Type": body.content_type,
+                "Content-Length": str(body.length),
+                "Accept": "application/dicom+json",
+                "X-Amz-Content-SHA256": body.sha256,
+            },
+        )
+        SigV4Auth(credentials, ingest.SIGNING_SERVICE, self.settings.region).add_auth(request)
+        remaining = max(remaining, 1.0)
+        timeout = urllib3.Timeout(connect=min(_CONNECT_TIMEOUT_CAP, remaining), read=min(_READ_TIMEOUT_CAP, remaining))
+        try:
+            response = self.pool().urlopen(
+                "POST",
+                self.studies_url,
+                body=body.stream(),
+                headers=dict(request.headers.items()),
+                timeout=timeout,
+                retries=False,
+                redirect=False,
+                preload_content=False,
+            )
+            try:
+                answer = response.read(_RESPONSE_LIMIT)
+            finally:
+                response.release_conn()
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            return Outcome(Verdict.UNCONFIRMED, f"no answer: {type(error).__name__}: {error}")
+        return judge(response.status, answer, sop_instance_uid)
+
+
+def _default_credentials() -> Callable[[], Any]:
+    session = botocore.session.get_session()
+
+    def frozen() -> Any:
+        # Refreshable credentials (the task role's) renew themselves; the frozen copy signs one request.
+        found = session.get_credentials()
+        return found.get_frozen_credentials() if found is not None else None
+
+    return frozen
+
+
+def from_config(config: Config, copy: Storage | None) -> StowStorage:
+    """The stow backend the configuration describes; ConfigError when it cannot say where to store."""
+    # ECS sets AWS_REGION; botocore itself reads AWS_DEFAULT_REGION and the config file.
+    region = os.environ.get("AWS_REGION") or str(botocore.session.get_session().get_config_variable("region") or "")
+    if config.ahi_stow_url:
+        url = config.ahi_stow_url.rstrip("/")
+        # An AHI endpoint names its region; another STOW-RS server ignores the signature's.
+        named = re.match(r"https://dicom-medical-imaging\.([a-z0-9-]+)\.", url)
+        region = named.group(1) if named else region or "us-east-1"
+    elif region:
+        url = ingest.dicomweb_base_url(region, config.datastore_id)
+    else:
+        raise ConfigError("INGEST_MODE=stow: no AWS region (AWS_REGION) for the DICOMweb endpoint; set AHI_STOW_URL")
+    settings = StowSettings(
+        url=url,
+        region=region,
+        # As for S3: the failure status must reach the sender well before its own DIMSE timeout cuts us off.
+        budget=config.dimse_timeout / 2,
+        pool_connections=config.max_pool_connections or config.maximum_associations,
+    )
+    return StowStorage(StowClient(settings), copy, Path(config.spool_dir) if config.spool_dir else None)
+
+
+class StowStorage:
+    """The Storage interface over StoreDICOM: an instance is stored once HealthImaging says so; with a copy
+    store (STOW_KEEP_S3_COPY), it is kept there too, after HealthImaging confirmed it (the copy holds only what
+    HealthImaging holds). Manifests go to the copy store, or nowhere."""
+
+    def __init__(self, client: StowClient, copy: Storage | None = None, spool: Path | None = None) -> None:
+        self.client = client
+        self.copy = copy
+        self._spool = spool
+
+    def spool_dir(self) -> Path | None:
+        return self.copy.spool_dir() if self.copy is not None else self._spool
+
+    def describe(self) -> str:
+        where = f"STOW-RS {self.client.studies_url}"
+        return where + (f", a copy in {self.copy.describe()}" if self.copy is not None else "")
+
+    def store_instance(self, source: Path, key: str, checksum: str) -> None:
+        sop_instance_uid = layout.uids_of_instance_key(key)[2]
+        started = time.monotonic()
+        outcome = self.client.store(source, sop_instance_uid)
+        fields = {
+            "event": "stow",
+            "sopInstanceUID": sop_instance_uid,
+            "verdict": outcome.verdict.name,
+            "httpStatus": outcome.http_status,
+            "attempts": outcome.attempts,
+            "seconds": round(time.monotonic() - started, 3),
+        }
+        if outcome.verdict is not Verdict.STORED:
+            # The handler's "C-STORE failed" line follows with the status; this one says what the service said.
+            LOG.info("STOW-RS did not store the instance", extra={"fields": {**fields, "detail": outcome.detail}})
+            raise StowFailed(outcome)
+        LOG.debug("stored by STOW-RS", extra={"fields": {**fields, "imageSetId": outcome.image_set_id}})
+        if self.copy is not None:
+            self.copy.store_instance(source, key, checksum)
+
+    def store_manifest(self, key: str, body: bytes) -> None:
+        if self.copy is not None:
+            self.copy.store_manifest(key, body)

@@ -1,0 +1,244 @@
+"""The audit trail: DICOM audit messages (PS3.15 A.5) for what real peers do, each validated against the schema.
+
+DCMTK's storescu sends; refused AE titles, peers outside PEER_CIDRS and TLS clients without a certificate get a
+Security Alert; the messages reach the audit file, a CloudWatch Logs group (moto_server) and a syslog-over-TLS
+receiver standing in for the hospital's audit repository, which may be down for a while.
+"""
+
+from __future__ import annotations
+
+import time
+
+import boto3
+import pytest
+from dicom_store_scp import statuses
+from pydicom import dcmread
+from support.audit import SyslogReceiver, event_id, of_kind, read_messages, validated, wait_for_messages
+from support.certs import make_pki
+from support.moto import aws_env
+from support.scp import changed_sample, sample_file, storescu
+
+CT = sample_file("CT_small.dcm")
+MR = sample_file("MR_small.dcm")
+
+pytestmark = pytest.mark.slow
+
+
+def _coded(element) -> tuple[str, str, str]:
+    return element.get("csd-code"), element.get("codeSystemName"), element.get("originalText")
+
+
+def _participants(message) -> dict[str, object]:
+    """Active participants by their role's code."""
+    return {role.get("csd-code"): role.getparent() for role in message.iterfind("ActiveParticipant/RoleIDCode")}
+
+
+def _objects(message, type_code: str) -> list[object]:
+    return [
+        element
+        for element in message.iterfind("ParticipantObjectIdentification")
+        if element.find("ParticipantObjectIDTypeCode").get("csd-code") == type_code
+    ]
+
+
+@pytest.fixture
+def pki(tmp_path):
+    return make_pki(tmp_path / "pki")
+
+
+def test_a_dcmtk_send_is_one_instances_transferred_message_per_study(start_scp, tmp_path):
+    audit = tmp_path / "audit.xml"
+    scp = start_scp("--audit-file", str(audit))
+
+    result = storescu(scp.port, CT, CT, MR, args=("-aet", "MODALITY1"))
+    assert result.statuses == [statuses.SUCCESS] * 3, result.output
+    messages = wait_for_messages(audit, 3)
+    scp.stop()
+    messages = read_messages(audit)
+
+    assert event_id(messages[0]) == "110100"
+    start, stop = of_kind(messages, "110100")
+    assert _coded(start.find("EventIdentification/EventTypeCode")) == ("110120", "DCM", "Application Start")
+    assert _coded(stop.find("EventIdentification/EventTypeCode")) == ("110121", "DCM", "Application Stop")
+    assert event_id(messages[-1]) == "110100"
+    transferred = of_kind(messages, "110104")
+    assert len(transferred) == 2  # CT_small and MR_small are two studies, sent on one association
+    for path, count in ((CT, 2), (MR, 1)):
+        dataset = dcmread(path)
+        (message,) = [
+            m for m in transferred if _objects(m, "110180")[0].get("ParticipantObjectID") == dataset.StudyInstanceUID
+        ]
+        event = message.find("EventIdentification")
+        assert event.get("EventActionCode") == "C" and event.get("EventOutcomeIndicator") == "0"
+        roles = _participants(message)
+        sender, receiver = roles["110153"], roles["110152"]
+        assert sender.get("AlternativeUserID") == "AETITLES=MODALITY1"
+        assert sender.get("NetworkAccessPointID") == "127.0.0.1" and sender.get("UserIsRequestor") == "true"
+        assert receiver.get("AlternativeUserID") == "AETITLES=STORESCP" and receiver.get("UserIsRequestor") == "false"
+        (study,) = _objects(message, "110180")
+        (sop_class,) = study.iterfind("ParticipantObjectDescription/SOPClass")
+        assert (sop_class.get("UID"), sop_class.get("NumberOfInstances")) == (dataset.SOPClassUID, str(count))
+        (patient,) = _objects(message, "2")
+        assert patient.get("ParticipantObjectID") == dataset.PatientID
+        assert patient.find("ParticipantObjectName").text == str(dataset.PatientName)
+        assert (patient.get("ParticipantObjectTypeCode"), patient.get("ParticipantObjectTypeCodeRole")) == ("1", "1")
+    # The audit stream is the one place patient identifiers leave the data plane: not in the operational log.
+    log = scp.log_path.read_text()
+    for path in (CT, MR):
+        assert str(dcmread(path).PatientName) not in log
+
+
+def test_a_refused_instance_is_in_the_outcome_with_its_status(start_scp, tmp_path):
+    audit = tmp_path / "audit.xml"
+    scp = start_scp("--audit-file", str(audit))
+    bad = changed_sample(tmp_path, "bad.dcm", SeriesInstanceUID="not a uid")
+
+    result = storescu(scp.port, CT, bad)
+    assert result.statuses == [statuses.SUCCESS, statuses.BAD_SERIES_INSTANCE_UID], result.output
+
+    (message,) = of_kind(wait_for_messages(audit, 2), "110104")
+    event = message.find("EventIdentification")
+    assert event.get("EventOutcomeIndicator") == "4"  # some stored, some refused
+    assert f"0x{statuses.BAD_SERIES_INSTANCE_UID:04X} x1" in event.find("EventOutcomeDescription").text
+    (sop_class,) = _objects(message, "110180")[0].iterfind("ParticipantObjectDescription/SOPClass")
+    assert sop_class.get("NumberOfInstances") == "1"  # what was stored
+
+
+@pytest.mark.parametrize(
+    ("flags", "reason"),
+    [
+        (("--require-calling-ae-title", "TRUSTED"), "calling AE title not recognised"),
+        (("--peer-cidrs", "10.99.0.0/16"), "not in PEER_CIDRS"),
+    ],
+)
+def test_an_association_refused_for_trust_is_a_security_alert(start_scp, tmp_path, flags, reason):
+    audit = tmp_path / "audit.xml"
+    scp = start_scp("--audit-file", str(audit), *flags)
+
+    result = storescu(scp.port, CT, args=("-aet", "STRANGER"))
+    assert result.statuses == []
+
+    messages = wait_for_messages(audit, 2)
+    (alert,) = of_kind(messages, "110113")
+    event = alert.find("EventIdentification")
+    assert event.get("EventOutcomeIndicator") == "4"
+    assert _coded(event.find("EventTypeCode")) == ("110126", "DCM", "Node Authentication")
+    assert reason in event.find("EventOutcomeDescription").text
+    requestor = [p for p in alert.iterfind("ActiveParticipant") if p.get("UserIsRequestor") == "true"]
+    assert [(p.get("NetworkAccessPointID"), p.get("AlternativeUserID")) for p in requestor] == [
+        ("127.0.0.1", "AETITLES=STRANGER")
+    ]
+    assert of_kind(messages, "110104") == []
+
+
+def test_a_tls_client_without_a_certificate_is_a_security_alert(start_scp, tmp_path, pki):
+    audit = tmp_path / "audit.xml"
+    scp = start_scp(
+        "--audit-file", str(audit), "--tls-cert-file", str(pki.server_cert), "--tls-key-file", str(pki.server_key),
+        "--tls-ca-file", str(pki.ca_cert),
+    )  # fmt: skip
+
+    anonymous = storescu(scp.port, CT, args=("+tla", "+cf", str(pki.ca_cert)))
+    assert anonymous.statuses == []
+
+    (alert,) = of_kind(wait_for_messages(audit, 2), "110113")
+    assert "TLS handshake failed" in alert.find("EventIdentification/EventOutcomeDescription").text
+    assert [p.get("NetworkAccessPointID") for p in alert.iterfind("ActiveParticipant")][-1] == "127.0.0.1"
+
+
+def test_hostile_values_stay_one_valid_message_on_one_line(start_scp, tmp_path):
+    audit = tmp_path / "audit.xml"
+    scp = start_scp("--audit-file", str(audit))
+    hostile = changed_sample(tmp_path, "hostile.dcm", PatientName="</ParticipantObjectName>&<x>", PatientID="a\"b'<")
+
+    assert storescu(scp.port, hostile).statuses == [statuses.SUCCESS]
+
+    (message,) = of_kind(wait_for_messages(audit, 2), "110104")
+    (patient,) = _objects(message, "2")
+    assert patient.get("ParticipantObjectID") == "a\"b'<"
+    assert patient.find("ParticipantObjectName").text == "</ParticipantObjectName>&<x>"
+
+
+def test_the_log_group_gets_the_same_messages_one_per_event(start_scp, tmp_path, moto_server):
+    client = boto3.client(
+        "logs", endpoint_url=moto_server.endpoint, region_name="us-east-1",
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+    )  # fmt: skip
+    group = f"audit-{time.time_ns()}"
+    client.create_log_group(logGroupName=group)
+    audit = tmp_path / "audit.xml"
+    environment = aws_env(moto_server.endpoint, AWS_DEFAULT_REGION="us-east-1")
+    scp = start_scp("--audit-file", str(audit), "--audit-log-group", group, env=environment)
+    assert storescu(scp.port, CT).statuses == [statuses.SUCCESS]
+    assert scp.stop() == 0
+    in_file = audit.read_text().splitlines()
+
+    (stream,) = client.describe_log_streams(logGroupName=group)["logStreams"]
+    events = client.get_log_events(logGroupName=group, logStreamName=stream["logStreamName"], startFromHead=True)
+    in_group = [event["message"] for event in events["events"]]
+    assert in_group == in_file and len(in_file) == 3  # start, the transfer, stop
+    for line in in_group:
+        validated(line)
+
+
+def _syslog_scp(start_scp, tmp_path, pki, receiver, *args):
+    return start_scp(
+        "--audit-syslog-url", f"tls://localhost:{receiver.port}", "--audit-syslog-ca-file", str(pki.ca_cert),
+        "--audit-syslog-cert-file", str(pki.client_cert), "--audit-syslog-key-file", str(pki.client_key),
+        "--audit-queue-dir", str(tmp_path / "audit-queue"), *args,
+    )  # fmt: skip
+
+
+def _study_uids(messages) -> list[str]:
+    return [_objects(m, "110180")[0].get("ParticipantObjectID") for m in of_kind(messages, "110104")]
+
+
+def test_the_audit_repository_gets_every_message_in_order_and_what_was_queued_while_it_was_down(
+    start_scp, tmp_path, pki
+):
+    receiver = SyslogReceiver(pki.server_cert, pki.server_key, ca=pki.ca_cert)
+    receiver.start()
+    scp = _syslog_scp(start_scp, tmp_path, pki, receiver)
+    sent = []
+    for number in range(3):
+        path = changed_sample(tmp_path, f"up{number}.dcm", StudyInstanceUID=f"1.2.3.{number}")
+        assert storescu(scp.port, path).statuses == [statuses.SUCCESS]
+        sent.append(f"1.2.3.{number}")
+    assert _study_uids(receiver.wait_for(4)) == sent
+
+    receiver.stop()
+    for number in range(3, 6):
+        path = changed_sample(tmp_path, f"down{number}.dcm", StudyInstanceUID=f"1.2.3.{number}")
+        assert storescu(scp.port, path).statuses == [statuses.SUCCESS]
+        sent.append(f"1.2.3.{number}")
+    time.sleep(1)
+    assert len(receiver.frames) == 4
+    receiver.start()
+
+    messages = receiver.wait_for(7)
+    assert event_id(messages[0]) == "110100"
+    assert _study_uids(messages) == sent
+
+
+def test_beyond_the_queue_bound_messages_are_dropped_counted_and_said(start_scp, tmp_path, pki):
+    receiver = SyslogReceiver(pki.server_cert, pki.server_key, ca=pki.ca_cert)
+    receiver.start()
+    receiver.stop()  # a port nobody listens on: the repository is down from the start
+    scp = _syslog_scp(start_scp, tmp_path, pki, receiver, "--audit-queue-limit", "2")
+    for number in range(3):
+        path = changed_sample(tmp_path, f"q{number}.dcm", StudyInstanceUID=f"1.2.4.{number}")
+        assert storescu(scp.port, path).statuses == [statuses.SUCCESS]
+    (dropped,) = scp.wait_for_event("audit-dropped")
+    assert dropped["sink"] == "syslog" and dropped["dropped"] == 1
+    assert scp.stop() == 0
+    metrics = [line for line in scp.logs() if "AuditMessagesDropped" in line]
+    assert sum(line["AuditMessagesDropped"] for line in metrics) == 3  # two transfers and the stop message
+
+    receiver.start()
+    scp = _syslog_scp(start_scp, tmp_path, pki, receiver, "--audit-queue-limit", "2")
+    # The queue left on disk goes first: the first start and the first transfer; what was dropped never comes.
+    messages = receiver.wait_for(2)
+    assert [event_id(m) for m in messages[:2]] == ["110100", "110104"]
+    scp.stop()
+    time.sleep(0.5)
+    assert _study_uids(receiver.messages()) == ["1.2.4.0"]

@@ -1,0 +1,44 @@
+"""IngestMode: in stow mode the task stores into its own data store by StoreDICOM, and may write the stowed/ copy;
+in import mode it can do neither."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from support.cfn import Deployment
+
+
+def _stack(template: dict[str, Any], **overrides: str) -> Deployment:
+    return Deployment(template, {"PeerCIDR1": "192.0.2.0/24", **overrides})
+
+
+def _granted(stack: Deployment, action: str) -> list[str]:
+    resources: list[str] = []
+    for statement in stack.role_statements("ScpTaskRole"):
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        if action in actions:
+            found = statement["Resource"]
+            resources += found if isinstance(found, list) else [found]
+    return resources
+
+
+def test_stow_mode_grants_store_dicom_on_the_stacks_data_store_only(template):
+    stow = _stack(template, IngestMode="stow", ExistingDatastoreID="0123456789abcdef0123456789abcdef")
+
+    [datastore] = _granted(stow, "medical-imaging:StoreDICOM")
+
+    assert datastore.endswith(":datastore/0123456789abcdef0123456789abcdef")
+    assert _granted(stow, "medical-imaging:StoreDICOMStudy") == []
+    env = stow.container_environment("ScpTaskDefinition")
+    assert env["INGEST_MODE"] == "stow"
+    assert env["AHI_STOW_URL"].endswith("/datastore/0123456789abcdef0123456789abcdef")
+    assert env["AHI_STOW_URL"].startswith("https://dicom-medical-imaging.")
+    assert any(arn.endswith("stowed/*") for arn in _granted(stow, "s3:PutObject"))
+
+
+def test_import_mode_grants_no_store_dicom_and_no_stowed_prefix(template):
+    default = _stack(template)
+
+    assert _granted(default, "medical-imaging:StoreDICOM") == []
+    assert not any(arn.endswith("stowed/*") for arn in _granted(default, "s3:PutObject"))
+    assert default.container_environment("ScpTaskDefinition")["INGEST_MODE"] == "import"

@@ -132,7 +132,15 @@ def sweep(s3: Any, config: Settings, now: datetime) -> list[str]:
         if not objects or max(item["LastModified"] for item in objects) > cutoff:
             continue  # still being written to, or nothing to import
         if seal_batch(s3, bucket, prefix, batch_id, objects):
-            logger.warning("sealed an abandoned batch", extra={"batchId": batch_id, "instances": len(objects)})
+            logger.warning(
+                "sealed an abandoned batch",
+                extra={
+                    "batchId": batch_id,
+                    "instances": len(objects),
+                    # Its manifest starts the import; should that workflow end without importing, this restarts it.
+                    "ifNotImported": f"dicom-store-scp redrive --since {now:%Y-%m-%d} --batch {batch_id}",
+                },
+            )
             sealed.append(batch_id)
     return sealed
 

@@ -166,7 +166,8 @@ def import_widgets() -> list[Widget]:
             period=300,
         ),
         Widget(
-            "Workflow failures",
+            # The batches behind these ended without importing; the operator command finds and restarts them.
+            "Workflow failures (start them again: dicom-store-scp redrive --since ...)",
             [
                 aws("AWS/States", "ExecutionsFailed", _WORKFLOW, label="workflows failed"),
                 aws("AWS/States", "ExecutionsTimedOut", _WORKFLOW, label="workflows timed out"),
@@ -345,14 +346,16 @@ def alarms() -> list[Alarm]:
             "ImportWorkflowFailedAlarm",
             "Import workflow executions failed.",
             "the failed execution in the Step Functions console (the failing state's error), then that function's"
-            " log group.",
+            " log group; once the cause is fixed, dicom-store-scp redrive --since <when it began> starts those"
+            " batches again.",
             aws("AWS/States", "ExecutionsFailed", workflow),
         ),
         Alarm(
             "ImportWorkflowTimedOutAlarm",
             "Import workflow executions timed out.",
             "the import job's status in AWS HealthImaging (aws medical-imaging get-dicom-import-job); jobs that"
-            " regularly run longer than ImportPollSeconds x ImportMaxPolls need those parameters raised.",
+            " regularly run longer than ImportPollSeconds x ImportMaxPolls need those parameters raised;"
+            " dicom-store-scp redrive --since <when it began> follows those batches' jobs again.",
             aws("AWS/States", "ExecutionsTimedOut", workflow),
         ),
         *(
@@ -368,7 +371,7 @@ def alarms() -> list[Alarm]:
             "ImportEventDeadLettersAlarm",
             "Manifest or sweep events could not be processed: their batches are not being imported.",
             "the messages in the dead-letter queue (the event) and the TriggerImport/Sweeper log group at that time;"
-            " once fixed, re-drive them.",
+            " once fixed, dicom-store-scp redrive --since <when it began> starts their batches.",
             aws("AWS/SQS", "ApproximateNumberOfMessagesVisible", {"QueueName": "${DeadLetterQueue}"}, "Maximum"),
         ),
         Alarm(

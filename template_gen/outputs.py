@@ -8,6 +8,7 @@ from template_gen import common as c
 from template_gen import parameters as p
 from template_gen.audit import AUDIT_LOG_GROUP
 from template_gen.monitoring import DASHBOARD
+from template_gen.pipeline import BY_NAME
 
 
 def add_outputs(template: Template) -> None:
@@ -25,6 +26,11 @@ def add_outputs(template: Template) -> None:
         "ImportJobTableName": ("DynamoDB table of import jobs", Ref(c.JOB_TABLE)),
         "InstanceTableName": ("DynamoDB table of received instances", Ref(c.INSTANCE_TABLE)),
         "StateMachineArn": ("Import workflow state machine", Ref(c.STATE_MACHINE)),
+        # dicom-store-scp redrive invokes it for a manifest no workflow picked up (TRIGGER_IMPORT_FUNCTION).
+        "TriggerImportFunctionName": (
+            "Function that starts a batch's import workflow",
+            Ref(BY_NAME["TriggerImport"].logical_id),
+        ),
         # Troubleshooting starts here (docs/deployment.md): the SCP's log lines and the stack's dashboard.
         "ScpLogGroupName": ("CloudWatch log group of the SCP tasks", Ref(c.SCP_LOG_GROUP)),
         "DashboardURL": (

@@ -1,7 +1,8 @@
 """``dicom-store-scp`` / ``python -m dicom_store_scp``: parse the configuration and serve.
 
 ``dicom-store-scp status ...`` answers "did these instances reach HealthImaging?" instead (status.py);
-``dicom-store-scp preflight ...`` "is this account ready for the stack?" (preflight.py).
+``dicom-store-scp preflight ...`` "is this account ready for the stack?" (preflight.py);
+``dicom-store-scp redrive ...`` starts again the batches whose import ended without importing (redrive.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import preflight
 
         return preflight.main(argv[1:])
+    if argv[:1] == ["redrive"]:
+        from . import redrive
+
+        return redrive.main(argv[1:])
     try:
         config = load(argv)
     except ConfigError as error:

@@ -641,7 +641,8 @@ FLAG_ALIASES: dict[str, tuple[str, ...]] = {"INSTANCE_TABLE_NAME": ("--instance-
 
 _USAGE = """dicom-store-scp [--OPTION VALUE ...]      receive and store (the default)
        dicom-store-scp status --help             did these instances reach HealthImaging?
-       dicom-store-scp preflight --help          check an AWS account before launching"""
+       dicom-store-scp preflight --help          check an AWS account before launching
+       dicom-store-scp redrive --help            start again the batches that ended without importing"""
 
 _DESCRIPTION = (
     "DICOM Store SCP for AWS HealthImaging: receives C-STORE over DIMSE on SCP_PORT and lands every instance\n"
@@ -650,7 +651,8 @@ _DESCRIPTION = (
     """commands:
   (none)     receive and store until SIGTERM or Ctrl-C
   status     which instances of a study, series or batch reached HealthImaging
-  preflight  check an AWS account before launching the stack"""
+  preflight  check an AWS account before launching the stack
+  redrive    start again the batches whose import workflow ended without importing"""
 )
 
 _EPILOG = """Every option has an equal environment variable (in brackets); options win. A true/false option given alone

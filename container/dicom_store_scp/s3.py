@@ -12,7 +12,8 @@ status so the sender retries.
   manager sends parts of a bounded size, a few at a time.
 - Time: botocore's standard retry mode with a small attempt count and socket timeouts derived from the DIMSE
   timeout, so a store against a failing endpoint gives up (and the sender hears 0xA700) well before the sender's
-  own DIMSE timeout would cut the association.
+  own DIMSE timeout would cut the association. A brown-out (S3 answering in seconds, or 503 SlowDown) is retried
+  with jittered backoff inside that bound (``worst_case_store_seconds``), then answered 0xA700: "retry later".
 - Credentials come only from botocore's default chain (the ECS task role in the product); nothing here reads,
   logs or passes them. ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3`` are honoured by botocore itself.
 - The spool file is left where it is: pynetdicom removes it once the C-STORE handler has returned, on success
@@ -54,11 +55,20 @@ _MAX_PARTS = 10_000
 # association take the whole connection pool.
 MULTIPART_CONCURRENCY = 4
 
-# botocore's standard mode retries throttling, 5xx and connection errors with jittered backoff. Three attempts
-# in total ride out a blip; a real outage is reported to the sender, who retries the instance later.
+# botocore's standard mode retries throttling (S3's 503 SlowDown among it), 5xx and connection errors, each retry
+# after a full-jitter backoff: rand(0, 1) x min(2^i s, 20 s) for throttling, a twentieth of that for the others.
+# Not adaptive mode: it also makes a request wait for the client's own send rate to recover, a wait with no bound we
+# can set, which would hold an association past its DIMSE timeout. Three attempts in total ride out a blip; a real
+# outage is reported to the sender, who retries the instance later. Past a few hundred retries in a row the mode's
+# retry quota is spent and further failures are answered at once, until successes refill it.
+RETRY_MODE = "standard"
 DEFAULT_MAX_ATTEMPTS = 3
+_THROTTLING_BACKOFF_BASE = 1.0
+_BACKOFF_CAP = 20.0
 _CONNECT_TIMEOUT_CAP = 5.0
 _READ_TIMEOUT_CAP = 30.0
+# The share of an attempt's time given to opening the connection (S3 answers a SYN in milliseconds when it is up).
+_CONNECT_SHARE = 0.25
 
 _STORAGE_ERRORS = (
     botocore.exceptions.BotoCoreError,
@@ -82,11 +92,11 @@ class S3Settings:
 
     @classmethod
     def from_config(cls, config: Config) -> S3Settings:
-        # A failing store costs up to max_attempts * (connect + read timeout) plus backoff; keep it within half
-        # the DIMSE timeout so the failure status reaches the sender before it gives up on us.
+        # A failing store costs up to max_attempts * (connect + read timeout) plus the backoffs between them; keep
+        # it within half the DIMSE timeout so the failure status reaches the sender before it gives up on us.
         configured = _configured_max_attempts()
         attempts = configured or DEFAULT_MAX_ATTEMPTS
-        per_attempt = max(1.0, config.dimse_timeout / 2 / attempts)
+        per_attempt = max(1.0, (config.dimse_timeout / 2 - longest_backoff(attempts)) / attempts)
         return cls(
             bucket=config.dicom_bucket,
             prefix=config.dicom_prefix,
@@ -94,11 +104,22 @@ class S3Settings:
             kms_key_id=config.s3_kms_key_id,
             # Every association may be uploading at once; a pool smaller than that makes them queue for sockets.
             pool_connections=config.max_pool_connections or config.maximum_associations,
-            connect_timeout=min(_CONNECT_TIMEOUT_CAP, per_attempt),
-            read_timeout=min(_READ_TIMEOUT_CAP, per_attempt),
+            connect_timeout=min(_CONNECT_TIMEOUT_CAP, per_attempt * _CONNECT_SHARE),
+            read_timeout=min(_READ_TIMEOUT_CAP, per_attempt * (1 - _CONNECT_SHARE)),
             max_attempts=None if configured else DEFAULT_MAX_ATTEMPTS,
             spool=Path(config.spool_dir) if config.spool_dir else None,
         )
+
+
+def longest_backoff(attempts: int) -> float:
+    """The most standard mode sleeps between ``attempts`` attempts (throttling: the longest of its backoffs)."""
+    return sum(min(_THROTTLING_BACKOFF_BASE * 2**retry, _BACKOFF_CAP) for retry in range(attempts - 1))
+
+
+def worst_case_store_seconds(settings: S3Settings) -> float:
+    """How long one PutObject may take before it fails: every attempt timing out, every backoff at its longest."""
+    attempts = settings.max_attempts or _configured_max_attempts() or DEFAULT_MAX_ATTEMPTS
+    return attempts * (settings.connect_timeout + settings.read_timeout) + longest_backoff(attempts)
 
 
 def _configured_max_attempts() -> int | None:
@@ -166,7 +187,7 @@ class S3Storage:
 
     def _make_client(self) -> S3Client:
         settings = self.settings
-        retries: dict[str, Any] = {"mode": "standard"}
+        retries: dict[str, Any] = {"mode": RETRY_MODE}
         if settings.max_attempts is not None:
             retries["max_attempts"] = settings.max_attempts
         client_config = botocore.config.Config(

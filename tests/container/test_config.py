@@ -144,8 +144,9 @@ def test_version():
 def test_help_says_what_the_program_does_first_and_lists_the_commands():
     lines = run_scp("--help").stdout.splitlines()
     usage = lines[: lines.index("")]
-    assert len(usage) <= 3 and usage[0].startswith("usage: dicom-store-scp")
+    assert len(usage) <= 4 and usage[0].startswith("usage: dicom-store-scp")
     assert any("status --help" in line for line in usage) and any("preflight --help" in line for line in usage)
+    assert any("redrive --help" in line for line in usage)
     assert lines[len(usage) + 1].startswith("DICOM Store SCP for AWS HealthImaging: receives C-STORE")
     text = "\n".join(lines)
     assert text.index("commands:") < text.index("--scp-port")

@@ -11,7 +11,15 @@ import pytest
 from dicom_store_contract import layout
 from dicom_store_scp import statuses
 from dicom_store_scp.config import Config
-from dicom_store_scp.s3 import MIB, MULTIPART_THRESHOLD, S3Settings, S3Storage
+from dicom_store_scp.s3 import (
+    MIB,
+    MULTIPART_THRESHOLD,
+    RETRY_MODE,
+    S3Settings,
+    S3Storage,
+    longest_backoff,
+    worst_case_store_seconds,
+)
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 from support.crc import s3_crc64nvme
@@ -236,10 +244,39 @@ def test_the_s3_client_gives_up_well_within_the_dimse_timeout(monkeypatch):
 
     attempts = settings.max_attempts or 0
     assert attempts == 3
-    assert attempts * (settings.connect_timeout + settings.read_timeout) <= config.dimse_timeout
+    # Every attempt timing out and every backoff at its longest still answers within half the DIMSE timeout.
+    assert attempts * (settings.connect_timeout + settings.read_timeout) + longest_backoff(attempts) <= 30
+    assert worst_case_store_seconds(settings) <= config.dimse_timeout / 2
+    # A read outlasts a 5 s brown-out answer (issue 26: S3 answering after 2-5 s).
+    assert settings.read_timeout > 5
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "5")
+    assert worst_case_store_seconds(S3Settings.from_config(config)) <= config.dimse_timeout / 2
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS")
     # One socket per association that may be uploading at once, unless MAX_POOL_CONNECTIONS says otherwise.
     assert settings.pool_connections == 300
     assert S3Settings.from_config(replace(config, max_pool_connections=20)).pool_connections == 20
     assert S3Storage(settings).describe() == "s3://b/p/"
     assert S3Storage(settings).spool_dir() is None
     assert S3Storage.from_config(replace(config, spool_dir="/var/spool/scp")).spool_dir() == Path("/var/spool/scp")
+
+
+def test_slowdown_is_retried_after_botocores_own_longest_backoffs():
+    """longest_backoff is what botocore's standard mode waits at most before retrying a 503 SlowDown."""
+    from botocore.retries.standard import (
+        ExponentialBackoff,
+        RetryContext,
+        ThrottledRetryableChecker,
+        ThrottlingErrorDetector,
+    )
+
+    assert RETRY_MODE == "standard"  # adaptive mode adds a client-side wait with no bound
+    backoff = ExponentialBackoff(
+        random=lambda: 1.0, throttling_detector=ThrottlingErrorDetector(ThrottledRetryableChecker())
+    )
+    slowdown = {"Error": {"Code": "SlowDown", "Message": "Please reduce your request rate."}}
+    waits = [
+        backoff.delay_amount(RetryContext(attempt_number=attempt, parsed_response=slowdown, http_response=None))
+        for attempt in (1, 2, 3, 4)
+    ]
+    assert longest_backoff(5) == sum(waits)
+    assert longest_backoff(3) == sum(waits[:2]) > 0

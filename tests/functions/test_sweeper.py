@@ -99,3 +99,12 @@ def test_a_swept_batch_holding_one_sop_instance_twice_tracks_the_copy_stored_fir
     assert (result["batches"][0]["started"], result["batches"][0]["rejected"]) == (True, 1)
     item = tracking.get_instance(first["sopInstanceUID"])
     assert (item["s3Key"], item["duplicateKeys"]) == (first["key"], [copy_key])
+
+
+def test_the_sealing_log_line_names_the_command_that_restarts_the_batch(environment, s3, caplog):
+    abandoned = store_batch(s3, batch_id=OTHER_BATCH_IDS[0], count=1, write_manifest=False)
+
+    sweeper.sweep(s3, environment, LATER)
+
+    (sealed,) = [record for record in caplog.records if record.getMessage() == "sealed an abandoned batch"]
+    assert sealed.ifNotImported == f"dicom-store-scp redrive --since {LATER:%Y-%m-%d} --batch {abandoned.batch_id}"

@@ -12,6 +12,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import S3Event, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
+from dicom_store_contract.executions import execution_arn, execution_exists
 from dicom_store_contract.manifest import InvalidManifest, Manifest, RejectedEntry
 from dicom_store_contract.metrics import NAMESPACE
 
@@ -96,20 +97,6 @@ def report_rejected(manifest: Manifest, missing: tuple[RejectedEntry, ...], reco
         },
     )
     metrics.add_metric(name="ManifestEntriesRejected", unit=MetricUnit.Count, value=len(entries))
-
-
-def execution_arn(state_machine_arn: str, name: str) -> str:
-    return f"{state_machine_arn.replace(':stateMachine:', ':execution:', 1)}:{name}"
-
-
-def execution_exists(sfn: Any, arn: str) -> bool:
-    try:
-        sfn.describe_execution(executionArn=arn)
-    except ClientError as error:
-        if error.response["Error"]["Code"] == "ExecutionDoesNotExist":
-            return False
-        raise
-    return True
 
 
 def trigger_import(bucket: str, key: str, *, s3: Any, sfn: Any, repository: Tracking, config: Settings) -> Triggered:

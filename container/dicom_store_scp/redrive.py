@@ -38,6 +38,7 @@ from typing import Any
 from urllib.parse import quote_plus
 
 from dicom_store_contract import layout, tables
+from dicom_store_contract.executions import execution_arn, execution_exists
 
 # Exit statuses.
 EXIT_DONE = 0  # every batch found was re-driven (or none was found)
@@ -189,19 +190,6 @@ def _abandoned_because(sfn: Any, execution_arn: str) -> tuple[str, str] | None:
     return None
 
 
-def _execution_exists(sfn: Any, state_machine_arn: str, name: str) -> bool:
-    from botocore.exceptions import ClientError
-
-    arn = f"{state_machine_arn.replace(':stateMachine:', ':execution:', 1)}:{name}"
-    try:
-        sfn.describe_execution(executionArn=arn)
-    except ClientError as error:
-        if error.response["Error"]["Code"] == "ExecutionDoesNotExist":
-            return False
-        raise
-    return True
-
-
 def _has_job(dynamodb: Any, job_table: str, batch_id: str) -> bool:
     response = dynamodb.query(
         TableName=job_table,
@@ -229,7 +217,7 @@ def unstarted_batches(
             if item["LastModified"] < since or batch_id in started:
                 continue
             # Its execution may have started before `since` (a manifest rewritten): ask for it by name.
-            if _execution_exists(sfn, stack.state_machine_arn, batch_id):
+            if execution_exists(sfn, execution_arn(stack.state_machine_arn, batch_id)):
                 continue
             if dynamodb is not None and stack.job_table and _has_job(dynamodb, stack.job_table, batch_id):
                 continue

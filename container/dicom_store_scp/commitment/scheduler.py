@@ -112,6 +112,8 @@ class Commitments:
         self._pool = ThreadPoolExecutor(max_workers=DELIVERY_THREADS, thread_name_prefix="commitment-report")
         self._scheduler = threading.Thread(target=self._run, name="commitment-scheduler", daemon=True)
         self._last_prune = 0.0
+        # The process's audit trail (audit/trail.py), when one is configured: each request's answer and each report.
+        self.audit: Any = None
 
     # lifecycle
 
@@ -149,12 +151,32 @@ class Commitments:
     def request(self, assoc: Any, action_information: bytes, implicit: bool, channel: Any = None) -> int:
         """Record an N-ACTION's request (its Action Information as received, in implicit or explicit VR little
         endian); the status to answer it with. Never waits for anything but the disk."""
+        answered: list[Any] = []
+        status = self._request(assoc, action_information, implicit, channel, answered)
+        transaction_uid, classes, detail = answered[0] if answered else ("", [], "")
+        self.audit_answer(assoc, status, detail, transaction_uid, classes)
+        return status
+
+    def audit_answer(
+        self, assoc: Any, status: int, detail: str, transaction_uid: str = "", sop_classes: list[str] | None = None
+    ) -> None:
+        """The N-ACTION's answer, in the audit trail (when there is one)."""
+        if self.audit is None:
+            return
+        requestor = assoc.requestor
+        calling = str(getattr(requestor.primitive, "calling_ae_title", "") or "").strip()
+        self.audit.commitment_answered(
+            calling, str(requestor.address), transaction_uid, sop_classes or [], status, detail
+        )
+
+    def _request(self, assoc: Any, action_information: bytes, implicit: bool, channel: Any, answered: list[Any]) -> int:
         requestor = assoc.requestor
         primitive = requestor.primitive
         now = _now()
         try:
             transaction_uid, references = read_request(action_information, implicit)
         except InvalidRequest as error:
+            answered.append(("", [], f"request refused: {error}"))
             LOG.warning(
                 "storage commitment request refused",
                 extra={
@@ -178,9 +200,11 @@ class Commitments:
             received_at=_iso(now),
             deadline=_iso(now + timedelta(seconds=self.report_timeout)),
         )
+        classes = [reference.sop_class_uid for reference in references]
         try:
             record_id = self._record(transaction)
         except StorageError as error:
+            answered.append((transaction_uid, classes, "request not recorded: the store failed"))
             _log(
                 logging.ERROR,
                 "storage commitment not recorded",
@@ -193,6 +217,7 @@ class Commitments:
             if channel is not None:
                 self._associations[record_id] = channel
             self._schedule(record_id, 0.0)
+        answered.append((transaction_uid, classes, ""))
         return SUCCESS
 
     def _record(self, transaction: Transaction) -> str | None:
@@ -336,7 +361,20 @@ class Commitments:
                 for f in (transaction.failed or [])[:20]
             ],
         )
+        self._audit_report(transaction, via)
         self._forget(record_id)
+
+    def _audit_report(self, transaction: Transaction, via: str) -> None:
+        if self.audit is None:
+            return
+        self.audit.commitment_reported(
+            transaction.calling_ae,
+            transaction.peer_address,
+            transaction.transaction_uid,
+            [item["sopClassUID"] for item in transaction.committed or []],
+            [(item["sopClassUID"], int(item["failureReason"])) for item in transaction.failed or []],
+            via,
+        )
 
     def _retry_or_give_up(self, transaction: Transaction) -> None:
         record_id = transaction.record_id or transaction.transaction_uid
@@ -365,6 +403,7 @@ class Commitments:
             attempts=transaction.attempts,
             error=transaction.last_error,
         )
+        self._audit_report(transaction, "")
         self._forget(record_id)
 
     def _forget(self, record_id: str) -> None:

@@ -364,14 +364,15 @@ def test_malformed_requests_are_refused_and_the_association_goes_on(
 
 
 def _commitment_audits(path: Path, count: int) -> dict[str, list[Any]]:
-    """The Storage Commitment audit messages (validated against the schema) by step: the request or the report."""
+    """The Storage Commitment audit messages (validated against the schema) by step, the request or the report; and
+    under "order", the steps in the order they were written."""
     deadline = time.monotonic() + 20
     while True:
         found = of_kind(wait_for_messages(path, 1), "110103")
         if len(found) >= count or time.monotonic() > deadline:
             break
         time.sleep(0.05)
-    steps: dict[str, list[Any]] = {"STGCMT-REQUEST": [], "STGCMT-REPORT": []}
+    steps: dict[str, list[Any]] = {"STGCMT-REQUEST": [], "STGCMT-REPORT": [], "order": []}
     for message in found:
         codes = [
             (code.get("csd-code"), code.get("codeSystemName"))
@@ -380,6 +381,7 @@ def _commitment_audits(path: Path, count: int) -> dict[str, list[Any]]:
         assert codes[0] == (PUSH_MODEL, "DCMUID")
         assert message.find("EventIdentification").get("EventActionCode") == "R"
         steps[codes[1][0]].append(message)
+        steps["order"].append(codes[1][0])
     return steps
 
 
@@ -412,6 +414,8 @@ def test_the_request_and_its_report_are_audit_messages(start_scp: Any, tmp_path:
     assert report.event_type == model.EVENT_FAILURES_EXIST
 
     steps = _commitment_audits(audit, 3)
+    # The request's message before its report's (the refused N-ACTION after it races the report's own thread).
+    assert steps["order"][0] == "STGCMT-REQUEST" and sorted(steps["order"][1:]) == ["STGCMT-REPORT", "STGCMT-REQUEST"]
     answered, refused_message = sorted(
         steps["STGCMT-REQUEST"], key=lambda m: m.find("EventIdentification").get("EventOutcomeIndicator")
     )

@@ -151,32 +151,13 @@ class Commitments:
     def request(self, assoc: Any, action_information: bytes, implicit: bool, channel: Any = None) -> int:
         """Record an N-ACTION's request (its Action Information as received, in implicit or explicit VR little
         endian); the status to answer it with. Never waits for anything but the disk."""
-        answered: list[Any] = []
-        status = self._request(assoc, action_information, implicit, channel, answered)
-        transaction_uid, classes, detail = answered[0] if answered else ("", [], "")
-        self.audit_answer(assoc, status, detail, transaction_uid, classes)
-        return status
-
-    def audit_answer(
-        self, assoc: Any, status: int, detail: str, transaction_uid: str = "", sop_classes: list[str] | None = None
-    ) -> None:
-        """The N-ACTION's answer, in the audit trail (when there is one)."""
-        if self.audit is None:
-            return
-        requestor = assoc.requestor
-        calling = str(getattr(requestor.primitive, "calling_ae_title", "") or "").strip()
-        self.audit.commitment_answered(
-            calling, str(requestor.address), transaction_uid, sop_classes or [], status, detail
-        )
-
-    def _request(self, assoc: Any, action_information: bytes, implicit: bool, channel: Any, answered: list[Any]) -> int:
         requestor = assoc.requestor
         primitive = requestor.primitive
         now = _now()
         try:
             transaction_uid, references = read_request(action_information, implicit)
         except InvalidRequest as error:
-            answered.append(("", [], f"request refused: {error}"))
+            self.audit_answer(assoc, INVALID_ARGUMENT_VALUE, f"request refused: {error}")
             LOG.warning(
                 "storage commitment request refused",
                 extra={
@@ -204,7 +185,9 @@ class Commitments:
         try:
             record_id = self._record(transaction)
         except StorageError as error:
-            answered.append((transaction_uid, classes, "request not recorded: the store failed"))
+            self.audit_answer(
+                assoc, RESOURCE_LIMITATION, "request not recorded: the store failed", transaction_uid, classes
+            )
             _log(
                 logging.ERROR,
                 "storage commitment not recorded",
@@ -213,12 +196,25 @@ class Commitments:
                 error=str(error),
             )
             return RESOURCE_LIMITATION
+        # Before the report is scheduled: the request's message comes first in the trail.
+        self.audit_answer(assoc, SUCCESS, "", transaction_uid, classes)
         if record_id is not None:
             if channel is not None:
                 self._associations[record_id] = channel
             self._schedule(record_id, 0.0)
-        answered.append((transaction_uid, classes, ""))
         return SUCCESS
+
+    def audit_answer(
+        self, assoc: Any, status: int, detail: str, transaction_uid: str = "", sop_classes: list[str] | None = None
+    ) -> None:
+        """The N-ACTION's answer, in the audit trail (when there is one)."""
+        if self.audit is None:
+            return
+        requestor = assoc.requestor
+        calling = str(getattr(requestor.primitive, "calling_ae_title", "") or "").strip()
+        self.audit.commitment_answered(
+            calling, str(requestor.address), transaction_uid, sop_classes or [], status, detail
+        )
 
     def _record(self, transaction: Transaction) -> str | None:
         """Write the record; the id to schedule, or None when a retransmission needs nothing new."""

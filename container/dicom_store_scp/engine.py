@@ -913,6 +913,9 @@ class DataPhase:
             self.assoc, self.settings.recorder, store.refusal, store.detail, store.sop_class_uid,
             store.sop_instance_uid, refusals=self.settings.refusals, droppedBytes=store.dropped_bytes,
         )  # fmt: skip
+        # Refused before the data set was read: in the association's audit outcome, its study unknown.
+        if self.settings.sessions.audit is not None:
+            self.settings.sessions.audit.store_answered(self.assoc, store.refusal, store.sop_class_uid, "", None)
         self._respond(
             store.context_id,
             protocol.C_STORE_RSP,

@@ -161,6 +161,8 @@ class Receiver:
         self.ae = build_ae(config)
         self.budget = budget
         self.commitments = build_commitments(config) if commitment_offered(config) else None
+        if self.commitments is not None:
+            self.commitments.audit = self.audit
         self.refusals = build_refusals(config)
         try:
             server = self.ae.make_server(

@@ -13,6 +13,7 @@ import boto3
 import pytest
 from dicom_store_scp import statuses
 from pydicom import dcmread
+from support import wire
 from support.audit import SyslogReceiver, event_id, of_kind, read_messages, validated, wait_for_messages
 from support.certs import make_pki
 from support.moto import aws_env
@@ -102,6 +103,40 @@ def test_a_refused_instance_is_in_the_outcome_with_its_status(start_scp, tmp_pat
     assert f"0x{statuses.BAD_SERIES_INSTANCE_UID:04X} x1" in event.find("EventOutcomeDescription").text
     (sop_class,) = _objects(message, "110180")[0].iterfind("ParticipantObjectDescription/SOPClass")
     assert sop_class.get("NumberOfInstances") == "1"  # what was stored
+
+
+def test_c_stores_the_engine_refuses_itself_are_in_the_outcome(start_scp, tmp_path):
+    """Refused before their data set is read (too large: 0xC012; a C-STORE on a context that takes none: 0x0211):
+    their study is unknown, their statuses are in the association's outcome all the same."""
+    audit = tmp_path / "audit.xml"
+    scp = start_scp("--audit-file", str(audit), "--maximum-instance-bytes", "20000")
+    assert CT.stat().st_size > 20000 > MR.stat().st_size
+
+    result = storescu(scp.port, CT, MR, args=("-aet", "MODALITY1", "-nh"))
+    assert result.statuses == [statuses.INSTANCE_TOO_LARGE, statuses.SUCCESS], result.output
+    (message,) = of_kind(wait_for_messages(audit, 2), "110104")
+    (study,) = _objects(message, "110180")
+    assert study.get("ParticipantObjectID") == dcmread(MR).StudyInstanceUID
+    description = message.find("EventIdentification/EventOutcomeDescription").text
+    assert f"0x{statuses.INSTANCE_TOO_LARGE:04X} x1" in description and description.startswith("1 instance(s) stored")
+
+    sop_instance = "1.2.826.0.1.3680043.8.498.27.2"
+    data_set = b"\x08\x00\x18\x00" + len(sop_instance).to_bytes(4, "little") + sop_instance.encode()
+    command = wire.store_command(sop_instance, sop_class=wire.VERIFICATION, message_id=5)
+    with wire.associated(scp.port) as peer:
+        peer.send(wire.p_data(wire.pdv(wire.ECHO_CONTEXT, wire.COMMAND | wire.LAST, command)))
+        peer.send(wire.p_data(wire.pdv(wire.ECHO_CONTEXT, wire.LAST, data_set)))
+        answer = peer.receive(10)
+        assert answer is not None and answer.pdu_type == wire.P_DATA
+        peer.send(wire.release_rq())
+        assert peer.receive(10) is not None
+
+    messages = of_kind(wait_for_messages(audit, 3), "110104")
+    assert len(messages) == 2
+    event = messages[1].find("EventIdentification")
+    assert event.get("EventOutcomeIndicator") == "8"  # nothing stored
+    assert f"0x{statuses.UNRECOGNIZED_OPERATION:04X} x1" in event.find("EventOutcomeDescription").text
+    assert _objects(messages[1], "110180") == []
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
+from support.audit import of_kind, wait_for_messages
 from support.scp import RunningScp, echoscu, free_port, storescu
 
 pytestmark = pytest.mark.slow
@@ -360,6 +361,94 @@ def test_malformed_requests_are_refused_and_the_association_goes_on(
     finally:
         assoc.release()
     assert not (scp.storage / "commitments").exists() or not list((scp.storage / "commitments").glob("*.json"))
+
+
+def _commitment_audits(path: Path, count: int) -> dict[str, list[Any]]:
+    """The Storage Commitment audit messages (validated against the schema) by step, the request or the report; and
+    under "order", the steps in the order they were written."""
+    deadline = time.monotonic() + 20
+    while True:
+        found = of_kind(wait_for_messages(path, 1), "110103")
+        if len(found) >= count or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    steps: dict[str, list[Any]] = {"STGCMT-REQUEST": [], "STGCMT-REPORT": [], "order": []}
+    for message in found:
+        codes = [
+            (code.get("csd-code"), code.get("codeSystemName"))
+            for code in message.iterfind("EventIdentification/EventTypeCode")
+        ]
+        assert codes[0] == (PUSH_MODEL, "DCMUID")
+        assert message.find("EventIdentification").get("EventActionCode") == "R"
+        steps[codes[1][0]].append(message)
+        steps["order"].append(codes[1][0])
+    return steps
+
+
+def _requester_of(message: Any) -> tuple[str | None, str | None]:
+    (requester,) = [p for p in message.iterfind("ActiveParticipant") if p.get("UserIsRequestor") == "true"]
+    return requester.get("AlternativeUserID"), requester.get("NetworkAccessPointID")
+
+
+def _transaction_of(message: Any) -> tuple[str | None, dict[str | None, str | None]]:
+    (transaction,) = message.iterfind("ParticipantObjectIdentification")
+    assert transaction.find("ParticipantObjectIDTypeCode").get("csd-code") == "STGCMT-TRANSACTION-UID"
+    classes = transaction.iterfind("ParticipantObjectDescription/SOPClass")
+    return transaction.get("ParticipantObjectID"), {c.get("UID"): c.get("NumberOfInstances") for c in classes}
+
+
+def test_the_request_and_its_report_are_audit_messages(start_scp: Any, tmp_path: Path, requester: Requester) -> None:
+    audit = tmp_path / "audit.xml"
+    scp = start_scp("--audit-file", str(audit))
+    stored = sent_with_storescu(scp, tmp_path, 2)
+    never_sent = (CT, generate_uid())
+    transaction_uid = generate_uid()
+    assoc = requester.associate(scp)
+    try:
+        assert requester.request(assoc, transaction_uid, [*stored, never_sent]) == model.SUCCESS
+        report = requester.next_report()
+        refused, _ = assoc.send_n_action(None, 2, PUSH_MODEL, WELL_KNOWN_INSTANCE)
+        assert refused.Status == model.NO_SUCH_ACTION
+    finally:
+        assoc.release()
+    assert report.event_type == model.EVENT_FAILURES_EXIST
+
+    steps = _commitment_audits(audit, 3)
+    # The request's message before its report's (the refused N-ACTION after it races the report's own thread).
+    assert steps["order"][0] == "STGCMT-REQUEST" and sorted(steps["order"][1:]) == ["STGCMT-REPORT", "STGCMT-REQUEST"]
+    answered, refused_message = sorted(
+        steps["STGCMT-REQUEST"], key=lambda m: m.find("EventIdentification").get("EventOutcomeIndicator")
+    )
+    (reported,) = steps["STGCMT-REPORT"]
+    for message in (answered, refused_message, reported):
+        assert _requester_of(message) == (f"AETITLES={REQUESTER}", "127.0.0.1")
+    assert answered.find("EventIdentification").get("EventOutcomeIndicator") == "0"
+    assert _transaction_of(answered) == (transaction_uid, {CT: "3"})
+    refusal = refused_message.find("EventIdentification")
+    assert refusal.get("EventOutcomeIndicator") == "8"
+    assert f"0x{model.NO_SUCH_ACTION:04X}" in refusal.find("EventOutcomeDescription").text
+    outcome = reported.find("EventIdentification")
+    assert outcome.get("EventOutcomeIndicator") == "4"  # failures exist
+    text = outcome.find("EventOutcomeDescription").text
+    assert "same-association" in text and "2 committed, 1 failed" in text
+    assert f"0x{model.NO_SUCH_OBJECT_INSTANCE:04X} x1" in text
+    assert _transaction_of(reported) == (transaction_uid, {CT: "3"})
+
+
+def test_a_report_given_up_is_an_audit_message_of_serious_failure(
+    start_scp: Any, tmp_path: Path, requester: Requester
+) -> None:
+    audit = tmp_path / "audit.xml"
+    scp = start_scp("--audit-file", str(audit), env={"COMMITMENT_REPORT_TIMEOUT": "1"})
+    references = sent_with_storescu(scp, tmp_path, 1)
+    transaction_uid = generate_uid()
+    request_and_leave(requester, scp, transaction_uid, references)
+
+    (reported,) = _commitment_audits(audit, 2)["STGCMT-REPORT"]
+    outcome = reported.find("EventIdentification")
+    assert outcome.get("EventOutcomeIndicator") == "8"
+    assert "not delivered" in outcome.find("EventOutcomeDescription").text
+    assert _transaction_of(reported) == (transaction_uid, {CT: "1"})
 
 
 def test_a_transaction_recorded_before_a_restart_is_reported_after_it(

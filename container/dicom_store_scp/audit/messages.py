@@ -21,12 +21,22 @@ Code = tuple[str, str, str]
 
 # Event IDs (PS3.16 CID 400 "Audit Event ID").
 APPLICATION_ACTIVITY: Code = ("110100", "DCM", "Application Activity")
+INSTANCES_ACCESSED: Code = ("110103", "DCM", "DICOM Instances Accessed")
 INSTANCES_TRANSFERRED: Code = ("110104", "DCM", "DICOM Instances Transferred")
 SECURITY_ALERT: Code = ("110113", "DCM", "Security Alert")
 # Event type codes (CID 401 "Audit Event Type Code", CID 403 "Security Alert Type Code").
 APPLICATION_START: Code = ("110120", "DCM", "Application Start")
 APPLICATION_STOP: Code = ("110121", "DCM", "Application Stop")
 NODE_AUTHENTICATION: Code = ("110126", "DCM", "Node Authentication")
+# Storage Commitment has no event of its own in A.5.3: it is reported as DICOM Instances Accessed (the SCP reads what
+# it holds of the requested instances and tells the requester), told apart by two event types: the SOP class (DCMUID,
+# PS3.16's scheme for DICOM UIDs), and a code of this product's own naming the step (the request answered, the report
+# sent or given up); private coding schemes start with "99" (PS3.16).
+STORAGE_COMMITMENT_PUSH_MODEL: Code = ("1.2.840.10008.1.20.1", "DCMUID", "Storage Commitment Push Model SOP Class")
+OWN_CODES = "99AHISTORESCP"
+COMMITMENT_REQUEST: Code = ("STGCMT-REQUEST", OWN_CODES, "Storage Commitment Request")
+COMMITMENT_REPORT: Code = ("STGCMT-REPORT", OWN_CODES, "Storage Commitment Report")
+TRANSACTION_UID: Code = ("STGCMT-TRANSACTION-UID", OWN_CODES, "Storage Commitment Transaction UID")
 # Active participant roles (CID 402 "Audit Active Participant Role ID Code").
 ROLE_APPLICATION: Code = ("110150", "DCM", "Application")
 ROLE_DESTINATION: Code = ("110152", "DCM", "Destination Role ID")
@@ -43,6 +53,7 @@ MAJOR_FAILURE = "12"
 
 # EventActionCode.
 CREATE = "C"
+READ = "R"
 EXECUTE = "E"
 
 # NetworkAccessPointTypeCode: 1 a machine name (DNS), 2 an IP address.
@@ -212,4 +223,44 @@ def security_alert(source: Source, reporter: Node, peer: Node, description: str)
     _participant(root, reporter, False, [ROLE_APPLICATION])
     _participant(root, peer, True, [])
     _source(root, source)
+    return _encode(root)
+
+
+def storage_commitment(
+    source: Source,
+    application: Node,
+    requester: Node,
+    transaction_uid: str,
+    sop_classes: dict[str, int],
+    reported: bool,
+    outcome: str,
+    description: str,
+) -> str:
+    """Storage Commitment, as 110103 DICOM Instances Accessed (read) with event types saying which step (above).
+
+    The requester asked (UserIsRequestor); this SCP answers. The participant object is the transaction: its UID,
+    and the SOP classes it names with their instance counts. The studies and patients are not named: a request
+    carries SOP Instance UIDs only, and nothing is read of the instances to report them.
+    """
+    root = ET.Element("AuditMessage")
+    step = COMMITMENT_REPORT if reported else COMMITMENT_REQUEST
+    _event(root, INSTANCES_ACCESSED, READ, outcome, [STORAGE_COMMITMENT_PUSH_MODEL, step], description)
+    _participant(root, requester, True, [])
+    _participant(root, application, False, [ROLE_APPLICATION])
+    _source(root, source)
+    if transaction_uid:
+        participant = ET.SubElement(
+            root,
+            "ParticipantObjectIdentification",
+            {
+                "ParticipantObjectID": clean(transaction_uid),
+                "ParticipantObjectTypeCode": "2",  # system object
+                "ParticipantObjectTypeCodeRole": "20",  # job
+            },
+        )
+        _coded(participant, "ParticipantObjectIDTypeCode", TRANSACTION_UID)
+        ET.SubElement(participant, "ParticipantObjectName").text = ""
+        description_element = ET.SubElement(participant, "ParticipantObjectDescription")
+        for sop_class, count in sorted(sop_classes.items()):
+            ET.SubElement(description_element, "SOPClass", {"UID": clean(sop_class), "NumberOfInstances": str(count)})
     return _encode(root)

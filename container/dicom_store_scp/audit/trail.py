@@ -209,6 +209,63 @@ class AuditTrail:
         peer = Node("", str(address[0]))
         self.emit(messages.security_alert(self.source, self.application, peer, f"TLS handshake failed: {error}"))
 
+    # -- Storage Commitment (commitment/scheduler.py) ------------------------------------------------------------------
+
+    def commitment_answered(
+        self,
+        calling_ae: str,
+        address: str,
+        transaction_uid: str,
+        sop_classes: Sequence[str],
+        status: int,
+        detail: str = "",
+    ) -> None:
+        """The N-ACTION-RSP given to a Storage Commitment request: success (recorded), or the failure it answered."""
+        description = f"N-ACTION answered 0x{status:04X}: " + (
+            detail or f"request recorded, {len(sop_classes)} instance(s); the report follows"
+        )
+        outcome = messages.SUCCESS if status == 0 else messages.SERIOUS_FAILURE
+        self.emit(
+            messages.storage_commitment(
+                self.source, self.application, Node(calling_ae, address), transaction_uid, _counted(sop_classes),
+                reported=False, outcome=outcome, description=description,
+            )
+        )  # fmt: skip
+
+    def commitment_reported(
+        self,
+        calling_ae: str,
+        address: str,
+        transaction_uid: str,
+        committed: Sequence[str],
+        failed: Sequence[tuple[str, int]],
+        delivered: str,
+    ) -> None:
+        """The N-EVENT-REPORT of a transaction: sent (``delivered`` says how), or given up (``delivered`` empty).
+
+        ``committed``: the SOP class of each committed instance; ``failed``: the SOP class and failure reason of each
+        failed one (the reasons counted in the description).
+        """
+        classes = _counted([*committed, *(sop_class for sop_class, _ in failed)])
+        reasons: dict[int, int] = {}
+        for _, reason in failed:
+            reasons[reason] = reasons.get(reason, 0) + 1
+        description = f"{len(committed)} committed"
+        if failed:
+            description += f", {len(failed)} failed: {_statuses(reasons)}"
+        if delivered:
+            description = f"N-EVENT-REPORT sent ({delivered}): {description}"
+            outcome = messages.MINOR_FAILURE if failed else messages.SUCCESS
+        else:
+            description = f"N-EVENT-REPORT not delivered before its deadline (given up): {description}"
+            outcome = messages.SERIOUS_FAILURE
+        self.emit(
+            messages.storage_commitment(
+                self.source, self.application, Node(calling_ae, address), transaction_uid, classes,
+                reported=True, outcome=outcome, description=description,
+            )
+        )  # fmt: skip
+
     def event_handlers(self) -> list[tuple[Any, Callable[..., None]]]:
         """pynetdicom event handlers, bound after the SCP's own (server.event_handlers)."""
         from pynetdicom import evt
@@ -223,6 +280,13 @@ class AuditTrail:
 
 def _statuses(counts: Mapping[int, int]) -> str:
     return ", ".join(f"0x{status:04X} x{count}" for status, count in sorted(counts.items()))
+
+
+def _counted(sop_classes: Sequence[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for sop_class in sop_classes:
+        counts[sop_class] = counts.get(sop_class, 0) + 1
+    return counts
 
 
 def _sender(assoc: Any) -> Node:

@@ -83,12 +83,14 @@ def handle_n_action(request: NActionRequest, commitments: Commitments, sessions:
             extra={"fields": {"event": "commitment-refused", "actionType": request.action_type,
                               "status": f"0x{NO_SUCH_ACTION:04X}"}},
         )  # fmt: skip
+        commitments.audit_answer(request.assoc, NO_SUCH_ACTION, f"no such action: {request.action_type}")
         return NO_SUCH_ACTION
     if not request.information:
         LOG.warning(
             "N-ACTION refused",
             extra={"fields": {"event": "commitment-refused", "reason": "N-ACTION-RQ without Action Information"}},
         )
+        commitments.audit_answer(request.assoc, INVALID_ARGUMENT_VALUE, "no Action Information")
         return INVALID_ARGUMENT_VALUE
     sessions.seal(request.assoc, EndReason.COMMITMENT)
     return commitments.request(request.assoc, request.information, request.implicit, request.channel)

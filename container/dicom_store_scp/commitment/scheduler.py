@@ -112,6 +112,8 @@ class Commitments:
         self._pool = ThreadPoolExecutor(max_workers=DELIVERY_THREADS, thread_name_prefix="commitment-report")
         self._scheduler = threading.Thread(target=self._run, name="commitment-scheduler", daemon=True)
         self._last_prune = 0.0
+        # The process's audit trail (audit/trail.py), when one is configured: each request's answer and each report.
+        self.audit: Any = None
 
     # lifecycle
 
@@ -155,6 +157,7 @@ class Commitments:
         try:
             transaction_uid, references = read_request(action_information, implicit)
         except InvalidRequest as error:
+            self.audit_answer(assoc, INVALID_ARGUMENT_VALUE, f"request refused: {error}")
             LOG.warning(
                 "storage commitment request refused",
                 extra={
@@ -178,9 +181,13 @@ class Commitments:
             received_at=_iso(now),
             deadline=_iso(now + timedelta(seconds=self.report_timeout)),
         )
+        classes = [reference.sop_class_uid for reference in references]
         try:
             record_id = self._record(transaction)
         except StorageError as error:
+            self.audit_answer(
+                assoc, RESOURCE_LIMITATION, "request not recorded: the store failed", transaction_uid, classes
+            )
             _log(
                 logging.ERROR,
                 "storage commitment not recorded",
@@ -189,11 +196,25 @@ class Commitments:
                 error=str(error),
             )
             return RESOURCE_LIMITATION
+        # Before the report is scheduled: the request's message comes first in the trail.
+        self.audit_answer(assoc, SUCCESS, "", transaction_uid, classes)
         if record_id is not None:
             if channel is not None:
                 self._associations[record_id] = channel
             self._schedule(record_id, 0.0)
         return SUCCESS
+
+    def audit_answer(
+        self, assoc: Any, status: int, detail: str, transaction_uid: str = "", sop_classes: list[str] | None = None
+    ) -> None:
+        """The N-ACTION's answer, in the audit trail (when there is one)."""
+        if self.audit is None:
+            return
+        requestor = assoc.requestor
+        calling = str(getattr(requestor.primitive, "calling_ae_title", "") or "").strip()
+        self.audit.commitment_answered(
+            calling, str(requestor.address), transaction_uid, sop_classes or [], status, detail
+        )
 
     def _record(self, transaction: Transaction) -> str | None:
         """Write the record; the id to schedule, or None when a retransmission needs nothing new."""
@@ -336,7 +357,20 @@ class Commitments:
                 for f in (transaction.failed or [])[:20]
             ],
         )
+        self._audit_report(transaction, via)
         self._forget(record_id)
+
+    def _audit_report(self, transaction: Transaction, via: str) -> None:
+        if self.audit is None:
+            return
+        self.audit.commitment_reported(
+            transaction.calling_ae,
+            transaction.peer_address,
+            transaction.transaction_uid,
+            [item["sopClassUID"] for item in transaction.committed or []],
+            [(item["sopClassUID"], int(item["failureReason"])) for item in transaction.failed or []],
+            via,
+        )
 
     def _retry_or_give_up(self, transaction: Transaction) -> None:
         record_id = transaction.record_id or transaction.transaction_uid
@@ -365,6 +399,7 @@ class Commitments:
             attempts=transaction.attempts,
             error=transaction.last_error,
         )
+        self._audit_report(transaction, "")
         self._forget(record_id)
 
     def _forget(self, record_id: str) -> None:

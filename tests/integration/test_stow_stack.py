@@ -183,3 +183,83 @@ def test_stow_outcomes_in_the_instance_table(
     assert denied(import_role, [imported])
     forged = ApiCall("dynamodb", "PutItem", {"TableName": table, "Item": {**imported.params["Item"], "jobId": {}}})
     assert denied(role, [forged])
+
+
+def test_storage_commitment_in_stow_mode_commits_what_healthimaging_stored(
+    tmp_path: Path, stack: Deployment, moto_server: MotoServer, fake: FakeStow, template: dict[str, Any]
+) -> None:
+    """A pynetdicom requester stores three instances (HealthImaging stores two, refuses one) and asks for
+    commitment of them and one never sent: the report, on its association, commits the two and fails the others."""
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+    from pynetdicom import AE, evt
+
+    table, commitment_table = stack.output("InstanceTableName"), stack.output("CommitmentTableName")
+    stow = Deployment(
+        template,
+        {"DICOMPrefix": "site-a/", "IngestMode": "stow", "ExistingDatastoreID": DATASTORE_ID},
+        resources=stack.resources,
+    )
+    fake.script = ["store", "fail:C000", "store"]
+    scp = launch_scp(
+        tmp_path,
+        *("--ingest-mode", "stow", "--ahi-stow-url", fake.base_url),
+        *("--instance-table-name", table, "--commitment-table-name", commitment_table),
+        *("--dicom-bucket", stack.output("DICOMBucketName")),
+        env=aws_env(
+            moto_server.endpoint,
+            AWS_DEFAULT_REGION=REGION,
+            AWS_SDK_UA_APP_ID=SCP_APP_ID,
+            COMMITMENT_MISSING_SECONDS="3",
+        ),
+    )
+    uids = [f"1.2.826.0.1.3680043.8.498.26{n}" for n in range(3)]
+    datasets = [
+        pydicom.dcmread(changed_sample(tmp_path, f"{n}.dcm", SOPInstanceUID=uid, meta_MediaStorageSOPInstanceUID=uid))
+        for n, uid in enumerate(uids)
+    ]
+    never_sent = generate_uid()
+    reports: list[tuple[int, Any]] = []
+
+    def take(event: Any) -> tuple[int, None]:
+        reports.append((event.event_type, event.event_information))
+        return 0x0000, None
+
+    push_model = model.STORAGE_COMMITMENT_PUSH_MODEL
+    ae = AE(ae_title="REQUESTER")
+    ae.add_requested_context(datasets[0].SOPClassUID, ExplicitVRLittleEndian)
+    ae.add_requested_context(push_model, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    ae.dimse_timeout = 60
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="STORESCP", evt_handlers=[(evt.EVT_N_EVENT_REPORT, take)])
+    try:
+        assert assoc.is_established
+        answered = [assoc.send_c_store(dataset).Status for dataset in datasets]
+        assert answered == [statuses.SUCCESS, statuses.STOW_REFUSED, statuses.SUCCESS]
+        information = Dataset()
+        information.TransactionUID = generate_uid()
+        information.ReferencedSOPSequence = []
+        for sop_instance in [*uids, never_sent]:
+            item = Dataset()
+            item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = datasets[0].SOPClassUID, sop_instance
+            information.ReferencedSOPSequence.append(item)
+        action_status, _ = assoc.send_n_action(information, 1, push_model, model.STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE)
+        assert action_status.Status == model.SUCCESS
+        deadline = time.monotonic() + 30
+        while not reports:
+            assert time.monotonic() < deadline, "no report"
+            time.sleep(0.1)
+    finally:
+        assoc.release()
+        scp.stop()
+
+    [(event_type, report)] = reports
+    assert event_type == model.EVENT_FAILURES_EXIST
+    assert {str(item.ReferencedSOPInstanceUID) for item in report.ReferencedSOPSequence} == {uids[0], uids[2]}
+    assert sorted((str(i.ReferencedSOPInstanceUID), int(i.FailureReason)) for i in report.FailedSOPSequence) == sorted(
+        [(uids[1], model.PROCESSING_FAILURE), (never_sent, model.NO_SUCH_OBJECT_INSTANCE)]
+    )
+    # The commitment's calls, and the outcomes' writes, are all the stow-mode task role allows.
+    calls = recorded_calls(moto_server.recording, SCP_APP_ID) if moto_server.recording else []
+    assert {("dynamodb", "PutItem"), ("dynamodb", "BatchGetItem")} <= {(c.service, c.operation) for c in calls}
+    assert denied(stow.role_statements(stow.role_of("ScpTaskDefinition", "TaskRoleArn")), calls) == []

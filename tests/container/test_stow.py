@@ -364,7 +364,7 @@ def test_an_outcome_replaces_a_refusal_and_a_refusal_never_replaces_an_outcome(i
 
 def test_a_table_that_cannot_be_written_never_fails_a_stored_instance(start_scp, fake):
     # The instance table is not there (nothing listens at the endpoint): HealthImaging's answer is the C-STORE's.
-    unreachable = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1"}
+    unreachable = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_DEFAULT_REGION": "us-east-1"}
     scp = start_scp(
         "--ingest-mode", "stow", "--ahi-stow-url", fake.base_url, "--instance-table-name", "instances",
         env={**FAKE_CREDENTIALS, **unreachable},
@@ -379,3 +379,4 @@ def test_a_table_that_cannot_be_written_never_fails_a_stored_instance(start_scp,
     assert time.monotonic() - started < 10  # the answers did not wait for the table's retries
     lost = scp.wait_for_event("stow-record-not-recorded", count=3, timeout=60)
     assert {event["sopInstanceUID"] for event in lost} == set(fake.held)
+    assert all("EndpointConnectionError" in event["error"] for event in lost), lost

@@ -15,7 +15,7 @@ from awacs.aws import (
     StringEqualsIfExists,
     StringLike,
 )
-from dicom_store_contract import refusals, tables
+from dicom_store_contract import ingest, refusals, tables
 from troposphere import GetAtt, If, NoValue, Ref, Sub, Tags, Template, dynamodb, healthimaging, iam, s3
 
 from template_gen import common as c
@@ -224,13 +224,15 @@ def _add_tables(template: Template) -> None:
     instances.TimeToLiveSpecification = dynamodb.TimeToLiveSpecification(AttributeName=tables.EXPIRES_AT, Enabled=True)
     template.add_resource(instances)
     template.resources[c.TASK_ROLE].Policies.append(refusal_policy())
+    # Stow mode: the SCP records what HealthImaging answered (IMPORTED, FAILED) where the import pipeline would.
+    template.resources[c.TASK_ROLE].Policies.append(If(c.INGEST_BY_STOW, stow_record_policy(), NoValue))
 
 
-def refusal_policy() -> iam.Policy:
-    """The SCP records the C-STOREs it refused in the instance table: PutItem of a refusal's attributes only
-    (IAM cannot check the values, nor the condition that keeps a received instance's item: the SCP's code does)."""
+def _put_only(policy_name: str, attributes: tuple[str, ...]) -> iam.Policy:
+    """PutItem on the instance table of these attributes only (IAM cannot check the values, nor the condition
+    expression that keeps a later item: the SCP's code does)."""
     return iam.Policy(
-        PolicyName="record-refused-instances",
+        PolicyName=policy_name,
         PolicyDocument=PolicyDocument(
             Version="2012-10-17",
             Statement=[
@@ -240,7 +242,7 @@ def refusal_policy() -> iam.Policy:
                     Resource=[GetAtt(c.INSTANCE_TABLE, "Arn")],
                     Condition=Condition(
                         [
-                            ForAllValuesStringEquals("dynamodb:Attributes", list(refusals.ITEM_ATTRIBUTES)),
+                            ForAllValuesStringEquals("dynamodb:Attributes", list(attributes)),
                             StringEqualsIfExists("dynamodb:ReturnValues", ["NONE"]),
                         ]
                     ),
@@ -248,3 +250,14 @@ def refusal_policy() -> iam.Policy:
             ],
         ),
     )
+
+
+def stow_record_policy() -> iam.Policy:
+    """In stow mode the SCP writes each instance's outcome item: its attributes only (ingest.STOW_ITEM_ATTRIBUTES)."""
+    return _put_only("record-stored-instances", ingest.STOW_ITEM_ATTRIBUTES)
+
+
+def refusal_policy() -> iam.Policy:
+    """The SCP records the C-STOREs it refused in the instance table: PutItem of a refusal's attributes only
+    (IAM cannot check the values, nor the condition that keeps a received instance's item: the SCP's code does)."""
+    return _put_only("record-refused-instances", refusals.ITEM_ATTRIBUTES)

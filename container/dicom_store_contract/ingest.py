@@ -10,6 +10,7 @@ calls it), the template (which grants it) and the docs share.
 
 from __future__ import annotations
 
+from . import tables
 from .limits import STORING_PAGE
 
 IMPORT = "import"
@@ -28,3 +29,28 @@ SOURCE = STORING_PAGE
 def dicomweb_base_url(region: str, datastore_id: str, url_suffix: str = "amazonaws.com") -> str:
     """The data store's DICOMweb base URL; StoreDICOM is ``POST <base>/studies``."""
     return f"https://dicom-medical-imaging.{region}.{url_suffix}/datastore/{datastore_id}"
+
+
+# -- stow mode's record of each outcome, in the instance table --------------------------------------------------
+# The states are the import pipeline's (functions/tracking.py InstanceState): a reader cannot tell, and need not,
+# whether an import job or a STOW-RS response said it. IMPORTED: the response listed the instance as stored (with
+# the image set its Retrieve URL names); FAILED: HealthImaging refused it (failureReason says what it answered).
+STOW_STORED = "IMPORTED"
+STOW_REFUSED = "FAILED"
+IMAGE_SET_ID = "imageSetId"
+FAILURE_REASON = "failureReason"
+SOP_CLASS_UID = "sopClassUID"
+UPDATED_AT = "updatedAt"  # UTC, ISO 8601 with milliseconds and Z: a record never replaces a later one
+
+# Every attribute stow mode's item may have: in stow mode the template lets the SCP's task role write these.
+STOW_ITEM_ATTRIBUTES = (
+    tables.SOP_INSTANCE_UID,
+    tables.STUDY_INSTANCE_UID,
+    tables.SERIES_INSTANCE_UID,
+    tables.BATCH_ID,
+    SOP_CLASS_UID,
+    "state",
+    IMAGE_SET_ID,
+    FAILURE_REASON,
+    UPDATED_AT,
+)

@@ -72,7 +72,7 @@ TASK_ENDPOINTS: tuple[TaskEndpoint, ...] = (
 )
 
 # With IngestMode stow only: the data store's DICOMweb endpoint (dicom-medical-imaging.<region>.amazonaws.com), where
-# the task stores each instance (StoreDICOM). The preflight command does not check a route to it yet.
+# the task stores each instance (StoreDICOM): the preflight command's --ingest-mode stow checks a route to it too.
 STOW_ENDPOINTS: tuple[TaskEndpoint, ...] = (
     TaskEndpoint("dicom-medical-imaging", "StoreDICOM, with IngestMode stow", iam="medical-imaging"),
 )

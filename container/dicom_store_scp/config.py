@@ -479,15 +479,16 @@ SETTINGS: tuple[Setting, ...] = (
         "instance_table",
         _text,
         "",
-        "with DICOM_BUCKET: the stack's instance table: storage commitment reads import outcomes from it, refused"
-        " C-STOREs are recorded in it",
+        "with DICOM_BUCKET or INGEST_MODE=stow: the stack's instance table: storage commitment reads outcomes from"
+        " it, refused C-STOREs are recorded in it (and in stow mode what HealthImaging answered)",
     ),
     Setting(
         "COMMITMENT_TABLE_NAME",
         "commitment_table",
         _text,
         "",
-        "with DICOM_BUCKET: the table storage commitment transactions are recorded in (both set: SOP class offered)",
+        "with DICOM_BUCKET or INGEST_MODE=stow: the table storage commitment transactions are recorded in (both set:"
+        " SOP class offered)",
     ),
     Setting("WORKERS", "workers", _integer, "0", "receiving processes sharing the port (0: one per available CPU)"),
     Setting("TLS_CERT_FILE", "tls_cert_file", _existing_file, "", "PEM certificate (chain): enables TLS"),

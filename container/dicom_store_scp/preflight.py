@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dicom_store_contract import launch, limits
+from dicom_store_contract import ingest, launch, limits
 
 # Exit statuses.
 EXIT_READY = 0  # every check passed
@@ -70,6 +70,12 @@ class Plan:
     desired_count: int = launch.TASK_DESIRED_COUNT_DEFAULT
     max_capacity: int = launch.AUTOSCALE_MAX_CAPACITY_DEFAULT
     image_region: str = launch.IMAGE_REGION
+    ingest_mode: str = ingest.DEFAULT
+
+    @property
+    def endpoints(self) -> tuple[launch.TaskEndpoint, ...]:
+        """What the task calls from its subnets: in stow mode, HealthImaging's DICOMweb endpoint too."""
+        return launch.TASK_ENDPOINTS + (launch.STOW_ENDPOINTS if self.ingest_mode == ingest.STOW else ())
 
 
 def _error_code(error: Exception) -> str:
@@ -293,7 +299,7 @@ def _private_subnet_reaches_services(plan: Plan, network: Network, subnet_id: st
     table = network.route_table(subnet_id)
     table_id = (table or {}).get("RouteTableId", "no route table")
     route = _default_route(table)
-    services = ", ".join(e.service for e in launch.TASK_ENDPOINTS)
+    services = ", ".join(e.service for e in plan.endpoints)
     if route and route.get("State", "active") == "active":
         target = _route_target(route)
         if target.startswith("nat-"):
@@ -347,7 +353,7 @@ def _endpoints_serve(
     zone = _zone(network, subnet_id)
     missing: list[str] = []
     notes: list[str] = []
-    for needed in launch.TASK_ENDPOINTS:
+    for needed in plan.endpoints:
         if needed.image and plan.image_region != plan.region:
             missing.append(
                 f"{needed.service}: the image is in {plan.image_region}'s registry and VPC endpoints reach only their "
@@ -364,7 +370,7 @@ def _endpoints_serve(
             else f"interface endpoint {needed.service_name(plan.region)} with private DNS and a subnet in {zone}"
         )
         missing.append(f"{needed.service} ({needed.why}): {note or 'no ' + kind}")
-    if not missing and any(not e.gateway for e in launch.TASK_ENDPOINTS):
+    if not missing and any(not e.gateway for e in plan.endpoints):
         for attribute in ("enableDnsSupport", "enableDnsHostnames"):
             if not network.dns_attribute(attribute):
                 missing.append(f"{plan.vpc_id} has {attribute} off: interface endpoints' private DNS names need it on")
@@ -376,7 +382,7 @@ def _endpoints_serve(
             + "; ".join(missing)
             + ". Route 0.0.0.0/0 to a NAT gateway, or add the endpoints",
         )
-    text = f"no {EVERYWHERE} route; VPC endpoints for " + ", ".join(e.service for e in launch.TASK_ENDPOINTS)
+    text = f"no {EVERYWHERE} route; VPC endpoints for " + ", ".join(e.service for e in plan.endpoints)
     return Check(True, subject, text + ("; " + "; ".join(notes) if notes else ""))
 
 
@@ -839,6 +845,12 @@ def _parser() -> argparse.ArgumentParser:
         default=launch.IMAGE_REGION,
         help=f"the region of the image's ECR registry (default {launch.IMAGE_REGION}, AWS Marketplace's)",
     )
+    parser.add_argument(
+        "--ingest-mode",
+        choices=ingest.MODES,
+        default=ingest.DEFAULT,
+        help=f"IngestMode (default {ingest.DEFAULT}); stow: the tasks must reach HealthImaging's DICOMweb endpoint too",
+    )
     parser.add_argument("--endpoint-url", metavar="URL", default=None, help="AWS endpoint [AWS_ENDPOINT_URL]")
     return parser
 
@@ -856,6 +868,7 @@ def _plan(args: argparse.Namespace) -> Plan:
         desired_count=args.desired_count,
         max_capacity=args.max_capacity,
         image_region=args.image_region,
+        ingest_mode=args.ingest_mode,
     )
 
 

@@ -4,6 +4,9 @@ The answer to the sender never waits for the record: the association's thread on
 queue; one thread per receiving process writes it, to the local store (a JSON file) or to the stack's instance
 table (a conditional PutItem, retried with backoff while DynamoDB throttles). A full queue drops the record (the
 refusal's log line stays the record of it), counted and logged once per run of drops.
+
+The queue and its writer (``RecordWriter``) and the table's retrying PutItem (``TableWriter``) serve stow mode's
+outcomes too (stow.py): records of what HealthImaging answered, written off the receive thread the same way.
 """
 
 from __future__ import annotations
@@ -70,29 +73,39 @@ class Refusal:
         return {name: value for name, value in values.items() if value}
 
 
+class Record(Protocol):
+    """Anything a writer records: it names the instance it is about."""
+
+    @property
+    def sop_instance_uid(self) -> str: ...
+
+
 class Sink(Protocol):
-    def write(self, refusal: Refusal) -> bool:
+    def write(self, record: Any) -> bool:
         """Record it; False when it was deliberately not recorded (a received copy wins, the day's cap)."""
 
 
-class RefusalLog:
-    """The bounded queue and its writer thread (``start``, or the first refusal, starts it)."""
+class RecordWriter:
+    """The bounded queue and its writer thread (``start``, or the first record, starts it). ``noun`` names the
+    records in its log lines ("refusal": events ``refusals-dropped``, ``refusal-not-recorded``)."""
 
-    def __init__(self, sink: Sink, capacity: int = QUEUE_SIZE) -> None:
+    def __init__(self, sink: Sink, capacity: int = QUEUE_SIZE, noun: str = "refusal") -> None:
         self.sink = sink
-        self._queue: queue.Queue[Refusal | None] = queue.Queue(maxsize=capacity)
+        self.noun = noun
+        self._queue: queue.Queue[Record | None] = queue.Queue(maxsize=capacity)
         self._lock = threading.Lock()
         self._writer: threading.Thread | None = None
         self.dropped = 0  # over the process's life
         self._dropping = 0  # in the current run of drops
 
-    def record(self, refusal: Refusal) -> None:
-        """Queue the refusal; never blocks (the C-STORE answer is waiting)."""
-        if not is_uid(refusal.sop_instance_uid):
+    def record(self, record: Record) -> None:
+        """Queue the record; never blocks (the C-STORE answer is waiting)."""
+        if not is_uid(record.sop_instance_uid):
             return  # nothing the sender could ask status about: the log line is all there is
         self.start()
+        event = f"{self.noun.replace(' ', '-')}s-dropped"
         try:
-            self._queue.put_nowait(refusal)
+            self._queue.put_nowait(record)
         except queue.Full:
             with self._lock:
                 self.dropped += 1
@@ -100,16 +113,16 @@ class RefusalLog:
                 first = self._dropping == 1
             if first:
                 LOG.warning(
-                    "refusals not recorded: the queue is full",
-                    extra={"fields": {"event": "refusals-dropped", "queued": self._queue.maxsize}},
+                    f"{self.noun}s not recorded: the queue is full",
+                    extra={"fields": {"event": event, "queued": self._queue.maxsize}},
                 )
             return
         with self._lock:
             dropped, self._dropping = self._dropping, 0
         if dropped:
             LOG.warning(
-                "refusals not recorded while the queue was full",
-                extra={"fields": {"event": "refusals-dropped", "dropped": dropped}},
+                f"{self.noun}s not recorded while the queue was full",
+                extra={"fields": {"event": event, "dropped": dropped}},
             )
 
     def start(self) -> None:
@@ -117,23 +130,24 @@ class RefusalLog:
             return
         with self._lock:
             if self._writer is None:
-                self._writer = threading.Thread(target=self._write_all, name="refusals", daemon=True)
+                name = f"{self.noun.replace(' ', '-')}s"
+                self._writer = threading.Thread(target=self._write_all, name=name, daemon=True)
                 self._writer.start()
 
     def _write_all(self) -> None:
         while True:
-            refusal = self._queue.get()
-            if refusal is None:
+            record = self._queue.get()
+            if record is None:
                 return
             try:
-                self.sink.write(refusal)
+                self.sink.write(record)
             except Exception as error:  # a record lost must not end the writer
                 LOG.warning(
-                    "refusal not recorded",
+                    f"{self.noun} not recorded",
                     extra={
                         "fields": {
-                            "event": "refusal-not-recorded",
-                            "sopInstanceUID": refusal.sop_instance_uid,
+                            "event": f"{self.noun.replace(' ', '-')}-not-recorded",
+                            "sopInstanceUID": record.sop_instance_uid,
                             "error": f"{type(error).__name__}: {error}",
                         }
                     },
@@ -147,6 +161,10 @@ class RefusalLog:
         with contextlib.suppress(queue.Full):
             self._queue.put(None, timeout=timeout)
         writer.join(timeout)
+
+
+class RefusalLog(RecordWriter):
+    """The refusals' queue and writer (``noun`` "refusal")."""
 
 
 # -- the local store ---------------------------------------------------------------------------------------------
@@ -228,8 +246,8 @@ _FIRST_BACKOFF = 0.2
 _MAX_BACKOFF = 5.0
 
 
-class TableRefusals:
-    """A ``REFUSED`` item in the instance table, only where it holds nothing for the instance or a refusal."""
+class TableWriter:
+    """Conditional PutItems into the instance table, retried with backoff while DynamoDB throttles."""
 
     def __init__(
         self,
@@ -254,23 +272,10 @@ class TableRefusals:
             self._client = boto3.session.Session().client("dynamodb", config=config)
         return self._client
 
-    def item(self, refusal: Refusal) -> dict[str, Any]:
-        expires = refusal.refused_at + timedelta(days=refusals.RETENTION_DAYS)
-        item: dict[str, Any] = {name: {"S": value} for name, value in refusal.record().items()}
-        item[tables.EXPIRES_AT] = {"N": str(int(expires.timestamp()))}
-        return item
-
-    def write(self, refusal: Refusal) -> bool:
+    def put(self, request: dict[str, Any]) -> bool:
+        """PutItem; False when its condition failed (never retried: the item holds a later truth)."""
         from botocore.exceptions import BotoCoreError, ClientError
 
-        request = {
-            "TableName": self.instance_table,
-            "Item": self.item(refusal),
-            # An item the pipeline wrote (received, imported, failed...) is never replaced by a refusal.
-            "ConditionExpression": "attribute_not_exists(#key) OR #state = :refused",
-            "ExpressionAttributeNames": {"#key": tables.SOP_INSTANCE_UID, "#state": "state"},
-            "ExpressionAttributeValues": {":refused": {"S": refusals.REFUSED}},
-        }
         for attempt in range(1, self.attempts + 1):
             try:
                 self.client().put_item(**request)
@@ -288,6 +293,27 @@ class TableRefusals:
             ceiling = min(_MAX_BACKOFF, _FIRST_BACKOFF * 2 ** (attempt - 1))
             self.sleep(ceiling * secrets.randbelow(1001) / 1000)
         return False
+
+
+class TableRefusals(TableWriter):
+    """A ``REFUSED`` item in the instance table, only where it holds nothing for the instance or a refusal."""
+
+    def item(self, refusal: Refusal) -> dict[str, Any]:
+        expires = refusal.refused_at + timedelta(days=refusals.RETENTION_DAYS)
+        item: dict[str, Any] = {name: {"S": value} for name, value in refusal.record().items()}
+        item[tables.EXPIRES_AT] = {"N": str(int(expires.timestamp()))}
+        return item
+
+    def write(self, refusal: Refusal) -> bool:
+        request = {
+            "TableName": self.instance_table,
+            "Item": self.item(refusal),
+            # An item the pipeline wrote (received, imported, failed...) is never replaced by a refusal.
+            "ConditionExpression": "attribute_not_exists(#key) OR #state = :refused",
+            "ExpressionAttributeNames": {"#key": tables.SOP_INSTANCE_UID, "#state": "state"},
+            "ExpressionAttributeValues": {":refused": {"S": refusals.REFUSED}},
+        }
+        return self.put(request)
 
 
 def build_refusals(config: Any) -> RefusalLog | None:

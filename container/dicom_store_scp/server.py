@@ -36,7 +36,7 @@ from .commitment.model import STORAGE_COMMITMENT_PUSH_MODEL
 from .commitment.scheduler import Commitments
 from .config import Config, ConfigError
 from .metrics import Recorder
-from .refusals import RefusalLog, build_refusals
+from .refusals import RecordWriter, RefusalLog, build_refusals
 from .startup import EXIT_START_FAILED, StartError, build_tls_context
 from .storage import LocalStorage, Storage, use_spool_dir
 from .transfer_syntaxes import AHI_IMPORTABLE
@@ -52,12 +52,22 @@ _HOUSEKEEPING_SECONDS = 0.25
 _SPOOL_STALE_SECONDS = 3600
 
 
-def build_storage(config: Config, recorder: Recorder | None = None) -> Storage:
+def build_storage(config: Config, recorder: Recorder | None = None, records: RecordWriter | None = None) -> Storage:
+    """``records``: in stow mode, where HealthImaging's answers are recorded (stow.build_records)."""
     if config.ingest_mode == ingest.STOW:
         from . import stow  # INGEST_MODE=stow: HealthImaging first, the store only for the copy
 
-        return stow.from_config(config, _build_store(config, recorder) if config.stow_keep_s3_copy else None)
+        copy = _build_store(config, recorder) if config.stow_keep_s3_copy else None
+        return stow.from_config(config, copy, records)
     return _build_store(config, recorder)
+
+
+def build_stow_records(config: Config) -> RecordWriter | None:
+    if config.ingest_mode != ingest.STOW:
+        return None
+    from . import stow
+
+    return stow.build_records(config)
 
 
 def _build_store(config: Config, recorder: Recorder | None) -> Storage:
@@ -145,7 +155,9 @@ class Receiver:
         self.recorder = Recorder(
             config.metrics_service, config.metrics_interval, config.metrics_enabled, records=not _at_a_terminal()
         )
-        self.storage = build_storage(config, self.recorder)
+        # Stow mode's outcomes, written to the instance table off the receive threads (stow.py).
+        self.stow_records = build_stow_records(config)
+        self.storage = build_storage(config, self.recorder, self.stow_records)
         # A folder of our own, so the janitor below can tell our leftovers from anyone else's files.
         self.spool = self.storage.spool_dir() or Path(tempfile.mkdtemp(prefix="dicom-store-scp-spool-"))
         use_spool_dir(self.spool)
@@ -211,6 +223,8 @@ class Receiver:
             self.commitments.start()
         if self.refusals is not None:
             self.refusals.start()
+        if self.stow_records is not None:
+            self.stow_records.start()
         self._serving.start()
         if self.handed is not None:
             self._taking.start()
@@ -301,6 +315,8 @@ class Receiver:
             assoc.abort()
         if self.refusals is not None:
             self.refusals.stop()  # the refusals still queued are recorded (for a few seconds at most)
+        if self.stow_records is not None:
+            self.stow_records.stop()  # so are stow mode's outcomes
         if self.audit is not None:
             self.audit.stop()
         # What the last, partial interval saw (its batches sealed above included) is not lost with the process.

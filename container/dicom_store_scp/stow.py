@@ -11,6 +11,14 @@ type="application/dicom"`` body of one part, the spool file as received. What th
   deployment's fault (credentials, policy, data store id), also "retry later"; 400 and 413 are about the instance;
 - a timeout, a dropped connection, a response that does not list the instance: not confirmed, never a success.
 
+What the answer was is recorded in the instance table (``INSTANCE_TABLE_NAME``), where ``dicom-store-scp status``
+and Storage Commitment read it: IMPORTED with the image set for a stored instance, FAILED with HealthImaging's
+reason for one it refused (dicom_store_contract.ingest names the item). The C-STORE answer is HealthImaging's
+truth and never waits for, or depends on, that write: the record is queued and written by one thread per receiving
+process (refusals.RecordWriter), a conditional PutItem retried with backoff, which never replaces a later record
+(``updatedAt``) nor a stored instance's with a refusal of another copy. A record lost (the queue full, DynamoDB
+down for its retries) is logged; the instance is then missing from the table, never recorded as what it is not.
+
 Memory: the body is streamed from the spool file in 1 MiB pieces, twice (once for the SHA-256 SigV4 signs,
 ``x-amz-content-sha256``, once onto the wire); the Content-Length is the file's size plus the framing.
 Credentials come from botocore's default chain (the ECS task role) and are never logged.
@@ -18,6 +26,7 @@ Credentials come from botocore's default chain (the ECS task role) and are never
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import json
@@ -30,6 +39,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -39,10 +49,11 @@ import urllib3
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.httpsession import get_cert_path
-from dicom_store_contract import ingest, layout
+from dicom_store_contract import ingest, layout, refusals, tables
 
 from . import statuses
 from .config import Config, ConfigError
+from .refusals import RecordWriter, TableWriter
 from .storage import Storage, StorageError
 
 LOG = logging.getLogger("dicom_store_scp.stow")
@@ -58,6 +69,7 @@ _BACKOFF_CAP = 5.0
 # PS3.18 Store response attributes (DICOM JSON keys).
 REFERENCED_SOP_SEQUENCE = "00081199"
 FAILED_SOP_SEQUENCE = "00081198"
+REFERENCED_SOP_CLASS_UID = "00081150"
 REFERENCED_SOP_INSTANCE_UID = "00081155"
 FAILURE_REASON = "00081197"
 RETRIEVE_URL = "00081190"
@@ -86,6 +98,7 @@ class Outcome:
     failure_reason: int | None = None
     image_set_id: str = ""
     attempts: int = 1
+    sop_class_uid: str = ""  # as the response lists it
 
     @property
     def retryable(self) -> bool:
@@ -106,14 +119,18 @@ def judge(http_status: int, body: bytes, sop_instance_uid: str) -> Outcome:
     listed = _listing(body, sop_instance_uid)
     if listed is not None:
         stored, item = listed
+        sop_class = _first_value(item, REFERENCED_SOP_CLASS_UID)
+        sop_class = sop_class if isinstance(sop_class, str) else ""
         if stored:
-            return Outcome(Verdict.STORED, "stored", http_status, image_set_id=_image_set_id(item))
+            return Outcome(
+                Verdict.STORED, "stored", http_status, image_set_id=_image_set_id(item), sop_class_uid=sop_class
+            )
         reason = _first_value(item, FAILURE_REASON)
         code = reason if isinstance(reason, int) else None
         text = f"HTTP {http_status}, Failure Reason " + (f"0x{code:04X}" if code is not None else "missing")
         if code is not None and (code >> 8 == 0xA7 or code == _PROCESSING_FAILURE):
-            return Outcome(Verdict.BUSY, text, http_status, code)
-        return Outcome(Verdict.REFUSED, text, http_status, code)
+            return Outcome(Verdict.BUSY, text, http_status, code, sop_class_uid=sop_class)
+        return Outcome(Verdict.REFUSED, text, http_status, code, sop_class_uid=sop_class)
     message = f"HTTP {http_status}: {_error_message(body)}".rstrip(": ")
     if http_status == 429 or http_status >= 500:
         return Outcome(Verdict.BUSY, message, http_status)
@@ -259,14 +276,7 @@ class StowClient:
             if time.monotonic() + delay + 1.0 >= deadline:
                 break
             self._sleep(delay)
-        return Outcome(
-            outcome.verdict,
-            outcome.detail,
-            outcome.http_status,
-            outcome.failure_reason,
-            outcome.image_set_id,
-            attempts=attempt,
-        )
+        return dataclasses.replace(outcome, attempts=attempt)
 
     def _attempt(self, body: _Body, sop_instance_uid: str, remaining: float) -> Outcome:
         credentials = self._credentials()
@@ -316,7 +326,103 @@ def _default_credentials() -> Callable[[], Any]:
     return frozen
 
 
-def from_config(config: Config, copy: Storage | None) -> StowStorage:
+# -- the record of each outcome, in the instance table ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StowRecord:
+    """What HealthImaging answered for one instance, as its instance table item."""
+
+    sop_instance_uid: str
+    state: str  # ingest.STOW_STORED or ingest.STOW_REFUSED
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
+    batch_id: str = ""
+    sop_class_uid: str = ""
+    image_set_id: str = ""
+    failure_reason: str = ""
+    at: str = ""  # when the answer came (UTC, ISO 8601 with milliseconds and Z)
+
+    def item(self) -> dict[str, Any]:
+        values = {
+            tables.SOP_INSTANCE_UID: self.sop_instance_uid,
+            tables.STUDY_INSTANCE_UID: self.study_instance_uid,
+            tables.SERIES_INSTANCE_UID: self.series_instance_uid,
+            tables.BATCH_ID: self.batch_id,
+            ingest.SOP_CLASS_UID: self.sop_class_uid,
+            "state": self.state,
+            ingest.IMAGE_SET_ID: self.image_set_id,
+            ingest.FAILURE_REASON: self.failure_reason,
+            ingest.UPDATED_AT: self.at,
+        }
+        # An index key must be a non-empty string when present: what is not known is left out.
+        return {name: {"S": value} for name, value in values.items() if value}
+
+
+def record_of(outcome: Outcome, key: str, at: str) -> StowRecord | None:
+    """The item for HealthImaging's answer about the instance at ``key``; None where it did not answer for it
+    (throttled, not permitted, unconfirmed: the sender retries; the refusal record says so)."""
+    study, series, sop_instance_uid = layout.uids_of_instance_key(key)
+    batch_id = layout.batch_id_of_folder(key.rsplit("/", 3)[0]) or ""
+    common = {
+        "study_instance_uid": study,
+        "series_instance_uid": series,
+        "batch_id": batch_id,
+        "sop_class_uid": outcome.sop_class_uid,
+        "at": at,
+    }
+    if outcome.verdict is Verdict.STORED:
+        return StowRecord(sop_instance_uid, ingest.STOW_STORED, image_set_id=outcome.image_set_id, **common)
+    # 413 and 400 (and a Failed SOP Sequence entry with any other reason) are HealthImaging's word on the instance.
+    if outcome.verdict in (Verdict.REFUSED, Verdict.TOO_LARGE) and outcome.http_status is not None:
+        reason = f"AWS HealthImaging refused it (STOW-RS): {outcome.detail}"
+        return StowRecord(sop_instance_uid, ingest.STOW_REFUSED, failure_reason=reason, **common)
+    return None
+
+
+class TableStowRecords(TableWriter):
+    """Each outcome as the instance's item, where the item holds nothing later.
+
+    Written where the table holds nothing for the instance, or a refusal (nothing was stored), or an item older
+    than this answer; and a refusal by HealthImaging never replaces a stored instance's item: it still holds the
+    copy stored before."""
+
+    def write(self, record: StowRecord) -> bool:
+        condition = "attribute_not_exists(#key) OR #state = :refused OR attribute_not_exists(#at) OR #at < :at"
+        values = {":refused": {"S": refusals.REFUSED}, ":at": {"S": record.at}}
+        if record.state == ingest.STOW_REFUSED:
+            condition = (
+                "attribute_not_exists(#key) OR #state = :refused OR "
+                "((attribute_not_exists(#at) OR #at < :at) AND NOT #state IN (:stored, :warned))"
+            )
+            values.update({":stored": {"S": ingest.STOW_STORED}, ":warned": {"S": "IMPORTED_WITH_WARNINGS"}})
+        return self.put(
+            {
+                "TableName": self.instance_table,
+                "Item": record.item(),
+                "ConditionExpression": condition,
+                "ExpressionAttributeNames": {
+                    "#key": tables.SOP_INSTANCE_UID,
+                    "#state": "state",
+                    "#at": ingest.UPDATED_AT,
+                },
+                "ExpressionAttributeValues": values,
+            }
+        )
+
+
+def build_records(config: Config) -> RecordWriter | None:
+    """The writer of stow mode's outcomes: into the instance table when one is named, else none."""
+    if not config.instance_table:
+        return None
+    return RecordWriter(TableStowRecords(config.instance_table), noun="stow record")
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def from_config(config: Config, copy: Storage | None, records: RecordWriter | None = None) -> StowStorage:
     """The stow backend the configuration describes; ConfigError when it cannot say where to store."""
     # ECS sets AWS_REGION; botocore itself reads AWS_DEFAULT_REGION and the config file.
     region = os.environ.get("AWS_REGION") or str(botocore.session.get_session().get_config_variable("region") or "")
@@ -336,7 +442,7 @@ def from_config(config: Config, copy: Storage | None) -> StowStorage:
         budget=config.dimse_timeout / 2,
         pool_connections=config.max_pool_connections or config.maximum_associations,
     )
-    return StowStorage(StowClient(settings), copy, Path(config.spool_dir) if config.spool_dir else None)
+    return StowStorage(StowClient(settings), copy, Path(config.spool_dir) if config.spool_dir else None, records)
 
 
 class StowStorage:
@@ -344,10 +450,17 @@ class StowStorage:
     store (STOW_KEEP_S3_COPY), it is kept there too, after HealthImaging confirmed it (the copy holds only what
     HealthImaging holds). Manifests go to the copy store, or nowhere."""
 
-    def __init__(self, client: StowClient, copy: Storage | None = None, spool: Path | None = None) -> None:
+    def __init__(
+        self,
+        client: StowClient,
+        copy: Storage | None = None,
+        spool: Path | None = None,
+        records: RecordWriter | None = None,
+    ) -> None:
         self.client = client
         self.copy = copy
         self._spool = spool
+        self.records = records
 
     def spool_dir(self) -> Path | None:
         return self.copy.spool_dir() if self.copy is not None else self._spool
@@ -360,6 +473,10 @@ class StowStorage:
         sop_instance_uid = layout.uids_of_instance_key(key)[2]
         started = time.monotonic()
         outcome = self.client.store(source, sop_instance_uid)
+        if self.records is not None:
+            record = record_of(outcome, key, _utc_now())
+            if record is not None:
+                self.records.record(record)  # queued: the answer does not wait for the table
         fields = {
             "event": "stow",
             "sopInstanceUID": sop_instance_uid,

@@ -143,6 +143,49 @@ def test_an_internal_load_balancer_may_sit_in_the_private_subnets(account: Accou
     ready(*run(account, *argv))
 
 
+def test_stow_mode_needs_healthimagings_dicomweb_endpoint_too(account: Account, run: Run) -> None:
+    account.ready(nat=False)
+    group = account.security_group("endpoints", https_from_cidr=account.vpc.cidr)
+    account.add_endpoints(security_group=group)
+
+    import_code, import_lines = run(account)
+    stow_code, stow_lines = run(account, "--ingest-mode", "stow")
+
+    # The endpoints import mode needs serve it; stow mode stores into HealthImaging from the task's subnets.
+    ready(import_code, import_lines)
+    failures = failed(stow_lines)
+    assert stow_code == preflight.EXIT_NOT_READY
+    assert [line.split(" (")[0] for line in failures] == [f"✗ private subnet {s}" for s in account.vpc.private]
+    for line in failures:
+        assert (
+            "dicom-medical-imaging (StoreDICOM, with IngestMode stow): no interface endpoint "
+            "com.amazonaws.us-east-1.dicom-medical-imaging with private DNS" in line
+        )
+        assert "logs (" not in line and "dynamodb (" not in line  # those are there
+
+
+def test_stow_mode_with_healthimagings_dicomweb_endpoint_is_ready(account: Account, run: Run) -> None:
+    account.ready(nat=False)
+    group = account.security_group("endpoints", https_from_cidr=account.vpc.cidr)
+    account.add_endpoints(security_group=group, stow=True)
+
+    code, lines = run(account, "--ingest-mode", "stow")
+
+    ready(code, lines)
+    assert any(
+        "VPC endpoints for s3, dynamodb, ecr.api, ecr.dkr, logs, dicom-medical-imaging" in line for line in lines
+    )
+
+
+def test_stow_mode_through_a_nat_gateway_is_ready(account: Account, run: Run) -> None:
+    account.ready()
+
+    code, lines = run(account, "--ingest-mode", "stow")
+
+    ready(code, lines)
+    assert any(f"NAT gateway {account.vpc.nat_gateway}" in line and "dicom-medical-imaging" in line for line in lines)
+
+
 def test_a_route_to_a_transit_gateway_is_assumed_to_reach_aws(account: Account, run: Run) -> None:
     account.ready(nat=False)
     ec2 = account.client("ec2")

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from dicom_store_contract import ingest
 from dicom_store_scp import statuses, stow
 from dicom_store_scp.__main__ import main
 from pydicom import dcmread
@@ -246,11 +248,135 @@ def test_judge_reads_the_image_set_from_the_retrieve_url():
     assert stow.judge(200, _listed("00081199", **url), UID).image_set_id == "abc123"
 
 
-def test_storage_commitment_is_not_offered_in_stow_mode_yet():
-    # It reads outcomes from the instance table (or the local store's incoming/), which stow mode does not write.
+def test_storage_commitment_is_offered_in_stow_mode_with_the_tables():
+    # It reads outcomes from the instance table, which stow mode writes (stow.TableStowRecords): without the tables
+    # there is nothing to read (stow mode stores nothing under incoming/ for the local store's outcomes).
     from dicom_store_scp.commitment import commitment_offered
     from dicom_store_scp.config import load
 
-    stow_mode = load(["--ingest-mode", "stow", "--ahi-stow-url", "http://127.0.0.1:1/x"], environ={})
-    assert not commitment_offered(stow_mode)
+    stow_mode = ["--ingest-mode", "stow", "--ahi-stow-url", "http://127.0.0.1:1/x"]
+    tables_named = ["--instance-table-name", "instances", "--commitment-table-name", "commitments"]
+    assert not commitment_offered(load(stow_mode, environ={}))
+    assert commitment_offered(load([*stow_mode, *tables_named], environ={}))
     assert commitment_offered(load([], environ={}))
+
+
+# -- the record of each outcome (stow.record_of, stow.TableStowRecords) --------------------------------------------
+
+KEY = "stowed/incoming/20261207T120000Z-" + "0" * 32 + "/1.2.3/1.2.3.1/1.2.3.4.dcm"
+CT = "1.2.840.10008.5.1.4.1.1.2"
+STUDY_AND_SERIES = {"studyInstanceUID": "1.2.3", "seriesInstanceUID": "1.2.3.1"}
+
+
+@pytest.mark.parametrize(
+    ("outcome", "state", "extra"),
+    [
+        (stow.Outcome(stow.Verdict.STORED, "stored", 200, image_set_id="abc", sop_class_uid=CT),
+         "IMPORTED", {"imageSetId": "abc", "sopClassUID": CT}),
+        (stow.Outcome(stow.Verdict.REFUSED, "HTTP 409, Failure Reason 0xC000", 409, 0xC000),
+         "FAILED", {"failureReason": "AWS HealthImaging refused it (STOW-RS): HTTP 409, Failure Reason 0xC000"}),
+        (stow.Outcome(stow.Verdict.TOO_LARGE, "HTTP 413: too big", 413),
+         "FAILED", {"failureReason": "AWS HealthImaging refused it (STOW-RS): HTTP 413: too big"}),
+    ],
+)  # fmt: skip
+def test_what_healthimaging_answered_is_the_instances_item(outcome, state, extra):
+    record = stow.record_of(outcome, KEY, "2026-12-07T12:00:01.000Z")
+    assert record is not None
+    values = {name: value["S"] for name, value in record.item().items()}
+    assert values == {
+        "sopInstanceUID": "1.2.3.4",
+        **STUDY_AND_SERIES,
+        "batchId": "20261207T120000Z-" + "0" * 32,
+        "state": state,
+        "updatedAt": "2026-12-07T12:00:01.000Z",
+        **extra,
+    }
+    assert set(values) <= set(ingest.STOW_ITEM_ATTRIBUTES)
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        stow.Outcome(stow.Verdict.BUSY, "HTTP 429", 429),
+        stow.Outcome(stow.Verdict.NOT_PERMITTED, "HTTP 403", 403),
+        stow.Outcome(stow.Verdict.UNCONFIRMED, "no answer"),
+        stow.Outcome(stow.Verdict.UNCONFIRMED, "HTTP 200: the response does not list the instance", 200),
+        stow.Outcome(stow.Verdict.TOO_LARGE, "spool file over the limit"),
+    ],
+)
+def test_no_answer_about_the_instance_is_no_outcome(outcome):
+    # The sender retries these; the refusal record says so. Nothing says the instance is in HealthImaging or not.
+    assert stow.record_of(outcome, KEY, "2026-12-07T12:00:01.000Z") is None
+
+
+@pytest.fixture
+def instance_table(aws_credentials):
+    import boto3
+    from moto import mock_aws
+
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        client.create_table(
+            TableName="instances",
+            BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[{"AttributeName": "sopInstanceUID", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "sopInstanceUID", "KeyType": "HASH"}],
+        )
+        yield client
+
+
+def _state(client: Any) -> tuple[str, str]:
+    item = client.get_item(TableName="instances", Key={"sopInstanceUID": {"S": UID}}, ConsistentRead=True)["Item"]
+    return item["state"]["S"], item.get("updatedAt", {}).get("S", "")
+
+
+def _record(state: str, at: str) -> stow.StowRecord:
+    reason = "AWS HealthImaging refused it" if state == "FAILED" else ""
+    return stow.StowRecord(UID, state, image_set_id="abc" if state == "IMPORTED" else "", failure_reason=reason, at=at)
+
+
+def test_a_record_never_replaces_a_later_one(instance_table):
+    writer = stow.TableStowRecords("instances", instance_table)
+
+    assert writer.write(_record("FAILED", "2026-12-07T12:00:02.000Z"))
+    # An older answer written late (its writer retried) does not replace the newer one ...
+    assert not writer.write(_record("IMPORTED", "2026-12-07T12:00:01.000Z"))
+    assert _state(instance_table) == ("FAILED", "2026-12-07T12:00:02.000Z")
+    # ... a newer one does: a good copy sent again after HealthImaging refused one.
+    assert writer.write(_record("IMPORTED", "2026-12-07T12:00:03.000Z"))
+    assert _state(instance_table) == ("IMPORTED", "2026-12-07T12:00:03.000Z")
+    # A refusal of a later copy leaves the stored instance's item: HealthImaging still holds the earlier copy.
+    assert not writer.write(_record("FAILED", "2026-12-07T12:00:04.000Z"))
+    assert _state(instance_table) == ("IMPORTED", "2026-12-07T12:00:03.000Z")
+
+
+def test_an_outcome_replaces_a_refusal_and_a_refusal_never_replaces_an_outcome(instance_table):
+    from dicom_store_scp.refusals import Refusal, TableRefusals
+
+    refusal = Refusal(UID, statuses.STOW_REFUSED, statuses.REASONS[statuses.STOW_REFUSED])
+    assert TableRefusals("instances", instance_table).write(refusal)
+    # The SCP's refusal of the C-STORE and HealthImaging's FAILED for it race on two writers: FAILED wins either way.
+    assert stow.TableStowRecords("instances", instance_table).write(_record("FAILED", "2026-12-07T12:00:01.000Z"))
+    assert _state(instance_table)[0] == "FAILED"
+    assert not TableRefusals("instances", instance_table).write(refusal)
+    assert _state(instance_table)[0] == "FAILED"
+
+
+def test_a_table_that_cannot_be_written_never_fails_a_stored_instance(start_scp, fake):
+    # The instance table is not there (nothing listens at the endpoint): HealthImaging's answer is the C-STORE's.
+    unreachable = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_DEFAULT_REGION": "us-east-1"}
+    scp = start_scp(
+        "--ingest-mode", "stow", "--ahi-stow-url", fake.base_url, "--instance-table-name", "instances",
+        env={**FAKE_CREDENTIALS, **unreachable},
+    )  # fmt: skip
+    sources = [sample_file(name) for name in SOURCES]
+
+    started = time.monotonic()
+    result = storescu(scp.port, *sources)
+
+    assert result.statuses == [statuses.SUCCESS] * 3, result.output
+    assert set(fake.held) == {_uid(path) for path in sources}
+    assert time.monotonic() - started < 10  # the answers did not wait for the table's retries
+    lost = scp.wait_for_event("stow-record-not-recorded", count=3, timeout=60)
+    assert {event["sopInstanceUID"] for event in lost} == set(fake.held)
+    assert all("EndpointConnectionError" in event["error"] for event in lost), lost

@@ -122,14 +122,20 @@ class Account:
         return str(table)
 
     def add_endpoints(
-        self, *, private_dns: bool = True, security_group: str | None = None, skip: tuple[str, ...] = ()
+        self,
+        *,
+        private_dns: bool = True,
+        security_group: str | None = None,
+        skip: tuple[str, ...] = (),
+        stow: bool = False,
     ) -> dict[str, str]:
         """Every endpoint the task needs, as the guide describes them: gateways for S3 and DynamoDB on the private
-        route table, interface endpoints with private DNS in both private subnets."""
+        route table, interface endpoints with private DNS in both private subnets (``stow``: HealthImaging's
+        DICOMweb endpoint too, which IngestMode stow calls)."""
         assert self.vpc is not None
         ec2 = self.client("ec2")
         made = {}
-        for needed in launch.TASK_ENDPOINTS:
+        for needed in launch.TASK_ENDPOINTS + (launch.STOW_ENDPOINTS if stow else ()):
             if needed.service in skip:
                 continue
             name = needed.service_name(self.region)

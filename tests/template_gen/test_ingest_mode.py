@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dicom_store_contract import ingest, refusals
 from support.cfn import Deployment
 
 
@@ -42,3 +43,21 @@ def test_import_mode_grants_no_store_dicom_and_no_stowed_prefix(template):
     assert _granted(default, "medical-imaging:StoreDICOM") == []
     assert not any(arn.endswith("stowed/*") for arn in _granted(default, "s3:PutObject"))
     assert default.container_environment("ScpTaskDefinition")["INGEST_MODE"] == "import"
+
+
+def _put_conditions(stack: Deployment) -> list[list[str]]:
+    """The attribute lists each PutItem statement on the instance table allows."""
+    found = []
+    for statement in stack.role_statements("ScpTaskRole"):
+        if statement["Action"] == ["dynamodb:PutItem"]:
+            found.append(statement["Condition"]["ForAllValues:StringEquals"]["dynamodb:Attributes"])
+    return found
+
+
+def test_stow_mode_may_record_an_outcomes_attributes_and_import_mode_may_not(template):
+    stow = _stack(template, IngestMode="stow", ExistingDatastoreID="0123456789abcdef0123456789abcdef")
+
+    assert sorted(_put_conditions(stow)) == sorted([list(refusals.ITEM_ATTRIBUTES), list(ingest.STOW_ITEM_ATTRIBUTES)])
+    assert _put_conditions(_stack(template)) == [list(refusals.ITEM_ATTRIBUTES)]
+    # An outcome names its image set, never an import job: the SCP cannot forge the pipeline's items.
+    assert "jobId" not in ingest.STOW_ITEM_ATTRIBUTES and "imageSetId" in ingest.STOW_ITEM_ATTRIBUTES

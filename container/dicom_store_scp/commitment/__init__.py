@@ -6,8 +6,10 @@ N-EVENT-REPORT: Event Type 1 when all are committed, 2 when some failed, each fa
 goes on the requesting association while it is open, otherwise on a new association to the address the calling AE
 title has in ``COMMITMENT_PEERS``; failed deliveries are retried with backoff until ``COMMITMENT_REPORT_TIMEOUT``.
 
-The SCP offers the SOP class in local mode (no ``DICOM_BUCKET``: stored is final) and, with ``DICOM_BUCKET``, when
-``INSTANCE_TABLE_NAME`` and ``COMMITMENT_TABLE_NAME`` are set (imported is final): ``commitment_offered``.
+The SCP offers the SOP class in local mode (no ``DICOM_BUCKET``: stored is final) and, with ``DICOM_BUCKET`` or
+``INGEST_MODE=stow``, when ``INSTANCE_TABLE_NAME`` and ``COMMITMENT_TABLE_NAME`` are set (imported is final; in
+stow mode the SCP itself records in the instance table what HealthImaging's STOW-RS response said, stow.py):
+``commitment_offered``.
 
 A request flows through the modules in this order:
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dicom_store_contract import ingest
 from dicom_store_contract.manifest import EndReason
 
 from .dynamo import DynamoOutcomes, DynamoTransactions
@@ -43,29 +46,34 @@ if TYPE_CHECKING:
 __all__ = ["build_commitments", "commitment_offered", "handle_n_action"]
 
 
+def _in_tables(config: Any) -> bool:
+    """Outcomes are read from the instance table: with DICOM_BUCKET (the import pipeline writes them) and in
+    stow mode (the SCP does, from HealthImaging's answers), whatever store keeps the copy."""
+    return bool(config.dicom_bucket) or getattr(config, "ingest_mode", ingest.IMPORT) == ingest.STOW
+
+
 def commitment_offered(config: Any) -> bool:
-    """Local mode always; with DICOM_BUCKET when the instance and commitment tables are named. Not in
-    INGEST_MODE=stow yet: its outcomes are not in the instance table, which is what commitment reads."""
-    if getattr(config, "ingest_mode", "import") == "stow":
-        return False
-    return not config.dicom_bucket or bool(config.instance_table and config.commitment_table)
+    """Local import mode always (stored is final); otherwise when the instance and commitment tables are named."""
+    return not _in_tables(config) or bool(config.instance_table and config.commitment_table)
 
 
 def build_commitments(config: Any) -> Commitments:
     sender = ReportSender(
         config.ae_title, config.commitment_peers, config.acse_timeout, config.dimse_timeout, config.network_timeout
     )
-    if config.dicom_bucket:
+    if _in_tables(config):
         import boto3
 
         dynamodb = boto3.client("dynamodb")
+        stow = config.ingest_mode == ingest.STOW
         return Commitments(
             DynamoTransactions(dynamodb, config.commitment_table),
             DynamoOutcomes(dynamodb, config.instance_table, config.commitment_missing_seconds),
             sender,
             config.commitment_report_timeout,
-            # The import takes minutes: look again every few seconds, not every second.
-            evaluate_every=5.0,
+            # The import takes minutes: look again every few seconds. In stow mode HealthImaging has answered before
+            # the C-STORE was: only the record's write is to wait for.
+            evaluate_every=1.0 if stow else 5.0,
         )
     root = Path(config.storage_dir).resolve()
     return Commitments(LocalTransactions(root), LocalOutcomes(root), sender, config.commitment_report_timeout)

@@ -134,6 +134,23 @@ def test_throttled_start_succeeds_on_retry(workflow, lambda_script):
     assert lambda_script.called("RecordFailure") == []
 
 
+def test_a_server_error_of_healthimaging_is_retried_in_both_tasks(workflow, lambda_script, monkeypatch):
+    # Issue 26's scale run: a 500 from HealthImaging abandoned the batch (RecordFailure, every instance FAILED).
+    from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
+
+    monkeypatch.setattr(retrier_decl, "time", type("Clock", (), {"sleep": staticmethod(lambda seconds: None)}))
+    state_machine = workflow.create()
+    lambda_script.raises("StartImportJob", "HealthImagingUnavailable", "InternalServerException: unexpected error")
+    lambda_script.returns("StartImportJob", STARTED)
+    lambda_script.raises("CheckStatus", "HealthImagingUnavailable", "InternalServerException: unexpected error")
+    lambda_script.returns("CheckStatus", reports("COMPLETED", ended=True))
+    execution = workflow.run(state_machine, BATCH_ID, EXECUTION_INPUT)
+    assert execution["status"] == "SUCCEEDED"
+    assert len(lambda_script.called("StartImportJob")) == 2
+    assert len(lambda_script.called("CheckStatus")) == 2
+    assert lambda_script.called("RecordFailure") == []
+
+
 def test_an_error_without_retry_is_caught_and_recorded(workflow, lambda_script):
     state_machine = workflow.create()
     lambda_script.raises("StartImportJob", "ImportJobRejected", "ValidationException: bad role")

@@ -163,7 +163,9 @@ class FakeHealthImaging:
         return ended
 
     def _end(self, entry: _Job) -> None:
-        message = self.fail_with if self.fail_with is not None else ("the fake failed this job" if entry.fails else None)
+        message = (
+            self.fail_with if self.fail_with is not None else ("the fake failed this job" if entry.fails else None)
+        )
         if message is None:
             message = self._over_quota(entry.job)
         if message is not None:

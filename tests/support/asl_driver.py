@@ -334,14 +334,16 @@ class StepFunctions:
             self.scheduler.after(0, lambda: self._enter(execution, state["Next"]))
 
     def _pass(self, execution: Execution, state: dict[str, Any]) -> None:
-        result = state["Result"] if "Result" in state else self._effective_input(execution, state, self._context(execution))
+        result = (
+            state["Result"] if "Result" in state else self._effective_input(execution, state, self._context(execution))
+        )
         execution.document = write_path(execution.document, state.get("ResultPath", "$"), result)
         self._next(execution, state)
 
     def _choice(self, execution: Execution, state: dict[str, Any]) -> None:
         for rule in state["Choices"]:
             if choice_matches(rule, execution.document):
-                self.scheduler.after(0, lambda: self._enter(execution, rule["Next"]))
+                self.scheduler.after(0, lambda target=rule["Next"]: self._enter(execution, target))
                 return
         if "Default" not in state:
             raise TaskFailed("States.NoChoiceMatched", f"no choice of {execution.state} matched")
@@ -357,7 +359,9 @@ class StepFunctions:
             execution.token, execution.wait_epoch = token, execution.wait_epoch + 1
             self.by_token[token] = execution
             epoch = execution.wait_epoch
-            timeout = read_path(execution.document, state["TimeoutSecondsPath"]) if "TimeoutSecondsPath" in state else None
+            timeout = (
+                read_path(execution.document, state["TimeoutSecondsPath"]) if "TimeoutSecondsPath" in state else None
+            )
             timeout = state.get("TimeoutSeconds", timeout)
             if timeout is not None:
                 self.scheduler.after(float(timeout), lambda: self._wait_timed_out(execution, state, epoch))
@@ -421,7 +425,7 @@ class StepFunctions:
                 self.stats.caught[f"{execution.state} {error}"] += 1
                 result = {"Error": error, "Cause": cause}
                 execution.document = write_path(execution.document, catcher.get("ResultPath", "$"), result)
-                self.scheduler.after(0, lambda: self._enter(execution, catcher["Next"]))
+                self.scheduler.after(0, lambda target=catcher["Next"]: self._enter(execution, target))
                 return
         self._end(execution, "FAILED", error=error, cause=cause)
 

@@ -35,7 +35,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import import_module
 from pathlib import Path
@@ -43,7 +43,6 @@ from typing import Any
 from urllib.parse import quote_plus
 
 import boto3
-import pydicom
 from dicom_store_contract import job_events, layout, limits
 from dicom_store_contract import tables as contract_tables
 from dicom_store_contract.manifest import ChecksumAlgorithm, EndReason, Instance, Manifest
@@ -78,6 +77,22 @@ EVENT_DELIVERY_SECONDS = 1.0
 FINAL_STATES = ("IMPORTED", "IMPORTED_WITH_WARNINGS", "FAILED")
 
 
+class FirstResponseLost:
+    """Loses the first response of ``functions`` for the batches given: the same faults whatever order the batches
+    run in (the moto agreement test runs them one after another, the driver all at once)."""
+
+    def __init__(self, batches: set[str], functions: set[str]) -> None:
+        self.batches, self.functions = batches, functions
+        self.lost: set[tuple[str, str]] = set()
+
+    def __call__(self, name: str, payload: dict[str, Any]) -> bool:
+        key = (name, str(payload.get("batchId", "")))
+        if name not in self.functions or key[1] not in self.batches or key in self.lost:
+            return False
+        self.lost.add(key)
+        return True
+
+
 def default_job_seconds(files: int) -> float:
     """How long the fake takes over a job: a minute to start plus half a second per file (our assumption)."""
     return 60.0 + 0.5 * files
@@ -100,7 +115,13 @@ class ScaleOptions:
     max_polls: int = 120  # ImportMaxPolls
     job_events: bool = True  # EventBridge delivers AHI's job-ending events
     seed: int = 26
-    job_seconds: Callable[[int], float] = default_job_seconds
+    # None: the fake's jobs end on their second status check instead (as moto's interpreter is driven in the
+    # agreement test, where time is not virtual).
+    job_seconds: Callable[[int], float] | None = default_job_seconds
+    # Which workflow task responses are lost (function name, payload) -> bool; None: every n-th of each function.
+    lose_response: Callable[[str, dict[str, Any]], bool] | None = None
+    # Report each execution's states (for a few batches).
+    details: bool = False
     # The run stops here (virtual seconds) whatever is left: what is left is reported stuck.
     horizon_seconds: float = 14 * 24 * 3600.0
 
@@ -136,7 +157,12 @@ def _small_instance(study: str, series: str, sop: str) -> bytes:
     dataset.file_meta = meta
     dataset.SOPClassUID, dataset.SOPInstanceUID = meta.MediaStorageSOPClassUID, sop
     dataset.StudyInstanceUID, dataset.SeriesInstanceUID = study, series
-    dataset.PatientID, dataset.PatientName, dataset.StudyDate, dataset.Modality = "SCALE1", "Scale^Run", "20261123", "CT"
+    dataset.PatientID, dataset.PatientName, dataset.StudyDate, dataset.Modality = (
+        "SCALE1",
+        "Scale^Run",
+        "20261123",
+        "CT",
+    )
     dataset.Rows = dataset.Columns = 8
     dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 16, 16, 15, 0
     dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, "MONOCHROME2"
@@ -340,7 +366,7 @@ class LambdaService:
             with contextlib.redirect_stdout(io.StringIO()):  # Powertools' EMF metrics print to stdout
                 result = self.handlers[name](payload, _LambdaContext(name))
             result = json.loads(json.dumps(result))
-        except Exception as exception:  # noqa: BLE001 - Lambda reports any unhandled exception by its type
+        except Exception as exception:
             error, cause = type(exception).__name__, json.dumps({"errorMessage": str(exception)[:500]})
             self.counters.function_errors[f"{name} {error}"] += 1
         seconds = INVOCATION_SECONDS + API_CALL_SECONDS * (self.counters.api_calls - before)
@@ -356,13 +382,17 @@ class LambdaService:
             self.counters.throttled[name] += 1
             return Invocation(0.05, error="Lambda.TooManyRequestsException", cause="Rate Exceeded.")
         invocation = self._run(name, payload)
-        every = self.options.lose_response_every
-        if every and not invocation.error:
-            self._lose[name] += 1
-            if self._lose[name] % every == 0:
-                self.counters.responses_lost[name] += 1
-                return Invocation(invocation.seconds, error="Lambda.SdkClientException", cause="response lost")
+        if not invocation.error and self._loses(name, payload):
+            self.counters.responses_lost[name] += 1
+            return Invocation(invocation.seconds, error="Lambda.SdkClientException", cause="response lost")
         return invocation
+
+    def _loses(self, name: str, payload: dict[str, Any]) -> bool:
+        if self.options.lose_response is not None:
+            return self.options.lose_response(name, payload)
+        every = self.options.lose_response_every
+        self._lose[name] += 1
+        return bool(every) and self._lose[name] % every == 0
 
     def invoke_async(self, name: str, event: Any, label: str) -> None:
         """An asynchronous invocation (S3, EventBridge): queued, retried on throttling and on function errors."""
@@ -588,7 +618,9 @@ def _report(
     )
     # FAILED is right only where HealthImaging failed the job: anything else is a batch the pipeline gave up on.
     unexpected = sum(
-        1 for uid in expected if uid in items and items[uid]["state"] == "FAILED" and items[uid].get("jobId") not in failed_jobs
+        1
+        for uid in expected
+        if uid in items and items[uid]["state"] == "FAILED" and items[uid].get("jobId") not in failed_jobs
     )
     jobs_per_batch = Counter(item["batchId"] for item in job_items)
     duplicate_jobs = sum(len(ids) - 1 for ids in fake.jobs_by_input.values() if len(ids) > 1) + sum(
@@ -596,15 +628,32 @@ def _report(
     )
     instances = len(expected)
     slots = fake.concurrent_jobs
-    job_seconds = [options.job_seconds(options.instances_per_batch)] * options.batches
-    bound = quota_bound(
-        job_seconds, arrivals, slots, limits.START_IMPORT_JOB_RATE.value, limits.START_IMPORT_JOB_BURST.whole
-    )
+    bound = 0.0
+    if options.job_seconds is not None:
+        job_seconds = [options.job_seconds(options.instances_per_batch)] * options.batches
+        rate, burst = limits.START_IMPORT_JOB_RATE.value, limits.START_IMPORT_JOB_BURST.whole
+        bound = quota_bound(job_seconds, arrivals, slots, rate, burst)
     executions = Counter(f"{e.status} {e.error}".strip() for e in workflow.executions.values())
     per = lambda value: round(value / instances, 3) if instances else 0.0  # noqa: E731
     invocations = sum(counters.invocations.values())
     writes = sum(counters.dynamodb_writes.values())
+    details = {}
+    if options.details:
+        by_batch = {batch: Counter[str]() for batch in expected.values()}
+        for uid, batch in expected.items():
+            by_batch[batch][str(items[uid]["state"]) if uid in items else "MISSING"] += 1
+        details = {
+            e.name: {
+                "status": e.status,
+                "error": e.error,
+                "states": e.states_entered,
+                "instances": dict(by_batch.get(e.name, {})),
+                "jobs": jobs_per_batch.get(e.name, 0),
+            }
+            for e in workflow.executions.values()
+        }
     return {
+        **({"executionsByBatch": details} if options.details else {}),
         "batches": options.batches,
         "instancesPerBatch": options.instances_per_batch,
         "instances": instances,
@@ -658,7 +707,9 @@ def _report(
         "asyncDeadLetters": counters.async_dead_letters[:20],
         "model": {
             "jobSeconds": f"{options.job_seconds(options.instances_per_batch):.0f} s per job of "
-            f"{options.instances_per_batch} files",
+            f"{options.instances_per_batch} files"
+            if options.job_seconds
+            else "ends on its second status check",
             "invocationSeconds": INVOCATION_SECONDS,
             "apiCallSeconds": API_CALL_SECONDS,
             "pollSeconds": options.poll_seconds,
@@ -670,6 +721,6 @@ def _report(
                 "jobFailed": options.fail_job_every,
                 "duplicateEvent": options.duplicate_event_every,
             },
-            "options": {k: v for k, v in asdict(options).items() if not callable(v)},
+            "options": {k: v for k, v in vars(options).items() if not callable(v)},
         },
     }

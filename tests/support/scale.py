@@ -68,7 +68,11 @@ INVOCATION_SECONDS = 0.05
 API_CALL_SECONDS = 0.01
 # Lambda's asynchronous invocation (developer guide, "How Lambda handles errors and retries with asynchronous
 # invocation"): throttled events are retried with backoff from 1 s to 5 minutes for up to 6 hours; a function
-# error twice more, after 1 and then 2 minutes.
+# error twice more, after 1 and then 2 minutes. The guide does not say whether the backoff is jittered; without
+# jitter every throttled event of a backlog retries at the same instant, ten of them get a slot and the rest wait
+# the next, longer, interval (a first run of 1,000 batches started 10 executions every 5 minutes, and would have
+# sent most manifests to the dead-letter queue after 6 hours). The model spreads each wait (full jitter), as AWS's
+# guidance on backoff has it.
 ASYNC_BACKOFF = (1.0, 300.0)
 ASYNC_MAX_AGE = 6 * 3600.0
 ASYNC_ERROR_RETRIES = (60.0, 120.0)
@@ -345,9 +349,15 @@ class LambdaService:
     """The pipeline's functions under one account's concurrency limit, on the scheduler's clock."""
 
     def __init__(
-        self, scheduler: Scheduler, options: ScaleOptions, counters: Counters, handlers: dict[str, Any]
+        self,
+        scheduler: Scheduler,
+        options: ScaleOptions,
+        counters: Counters,
+        handlers: dict[str, Any],
+        rng: random.Random,
     ) -> None:
         self.scheduler, self.options, self.counters, self.handlers = scheduler, options, counters, handlers
+        self.rng = rng
         self.busy_until: list[float] = []
         self.peak = 0
         self._lose = Counter[str]()
@@ -404,7 +414,8 @@ class LambdaService:
                 if self.scheduler.now - first_try > ASYNC_MAX_AGE:
                     self.counters.async_dead_letters.append(f"{name} {label}: throttled for 6 hours")
                     return
-                self.scheduler.after(backoff, lambda: attempt(min(backoff * 2, ASYNC_BACKOFF[1]), errors_left))
+                wait = self.rng.uniform(0, backoff)
+                self.scheduler.after(wait, lambda: attempt(min(backoff * 2, ASYNC_BACKOFF[1]), errors_left))
                 return
             invocation = self._run(name, event)
             if invocation.error:
@@ -528,7 +539,7 @@ def run(options: ScaleOptions, log: Callable[[str], None] = lambda line: None) -
             module = import_module(module_name)
             module.logger.setLevel(logging.CRITICAL)  # thousands of invocations: their log lines are not the point
             handlers[fn.name] = getattr(module, attribute)
-        lambdas = LambdaService(scheduler, options, counters, handlers)
+        lambdas = LambdaService(scheduler, options, counters, handlers, random.Random(options.seed + 1))
         arns = {fn.placeholder: f"arn:aws:lambda:{region}:{ACCOUNT_ID}:function:{fn.name}" for fn in WORKFLOW_FUNCTIONS}
         definition = render_definition(arns, options.poll_seconds, options.max_polls)
         workflow = StepFunctions(definition, state_machine_arn, scheduler, lambdas.invoke, rng)

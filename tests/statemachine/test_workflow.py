@@ -151,9 +151,7 @@ def test_a_server_error_of_healthimaging_is_retried_in_both_tasks(workflow, lamb
     assert lambda_script.called("RecordFailure") == []
 
 
-def test_spent_lambda_concurrency_is_waited_for_not_a_reason_to_give_the_batch_up(
-    workflow, lambda_script, monkeypatch
-):
+def test_spent_lambda_concurrency_is_waited_for_not_a_reason_to_give_the_batch_up(workflow, lambda_script, monkeypatch):
     # Issue 26's full scale run (1,000 batches, Lambda concurrency 10): six retries of TooManyRequestsException were
     # spent within two minutes of throttling; 89 batches were abandoned, and a RecordFailure that was throttled as
     # long failed the execution with its instances left RECEIVED.

@@ -11,7 +11,7 @@ PIP := $(PY) -m pip install -q --disable-pip-version-check
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PACKAGES := container/dicom_store_scp container/dicom_store_contract functions template_gen release
 
-.PHONY: install run test lint render dcmtk orthanc clean bench soak lock build package publish docs graphviz image-tools image-test
+.PHONY: install run test lint render dcmtk orthanc clean bench bench-pipeline soak lock build package publish docs graphviz image-tools image-test
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -78,6 +78,16 @@ BENCH_REPEAT ?= 5
 BENCH_INSTANCES ?= 2400
 bench: install dcmtk
 	$(PY) bench/run.py --only $(BENCH_ONLY) --repeat $(BENCH_REPEAT) --instances $(BENCH_INSTANCES) --output bench/results.json
+	$(MAKE) bench-pipeline
+
+# Issue 26 (docs/benchmarks.md section 13): 1,000 batches of 100 instances through the import functions and the
+# template's workflow on a compressed clock, against HealthImaging's quotas, Lambda concurrency 10 and injected
+# faults; about half an hour on this machine (moto's DynamoDB is most of it). Writes bench/pipeline-scale.json.
+SCALE_BATCHES ?= 1000
+SCALE_INSTANCES_PER_BATCH ?= 100
+bench-pipeline: install
+	nice -n 10 $(PY) bench/pipeline_scale.py --batches $(SCALE_BATCHES) --instances-per-batch $(SCALE_INSTANCES_PER_BATCH) \
+	  --json bench/pipeline-scale.json > /dev/null
 
 # Not part of `test`: valid DCMTK traffic and the fuzzer's hostile connections together for SOAK_SECONDS, the SCP's
 # memory, threads, descriptors and spool bytes sampled to bench/soak.json (docs/benchmarks.md section 7).

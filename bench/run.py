@@ -340,6 +340,20 @@ def bench_idle(options: argparse.Namespace, work: Path) -> list[Any]:
     )
 
 
+def bench_pipeline_scale(options: argparse.Namespace, work: Path) -> list[Any]:
+    """Issue 26: the import pipeline at HealthImaging's quotas (bench/pipeline_scale.py, JSON beside --output)."""
+    output = options.output.with_name("pipeline-scale.json")
+    return _script(
+        "pipeline_scale",
+        "--batches",
+        str(options.scale_batches),
+        "--instances-per-batch",
+        str(options.scale_instances_per_batch),
+        "--json",
+        str(output),
+    )
+
+
 BENCHMARKS = [
     Benchmark("ingest", 1, "ingest to local disk, 1 and 4 associations, against DCMTK's storescp", bench_ingest),
     Benchmark("s3", 2, "the SCP into S3 (moto_server on loopback) against raw PutObject", bench_s3),
@@ -362,6 +376,12 @@ BENCHMARKS = [
         "ingest-tmpfs", 9, "ingest on tmpfs, 1 and 4 associations, as shipped, against DCMTK", bench_ingest_tmpfs
     ),
     Benchmark("burst", 9, "300 associations at once, storage and Storage Commitment, as shipped", bench_burst),
+    Benchmark(
+        "pipeline-scale",
+        10,
+        "batches past HealthImaging's quotas through the functions and workflow (bench/pipeline_scale.py)",
+        bench_pipeline_scale,
+    ),
 ]
 # What `make bench` runs: the figures of issue 21.
 DEFAULT = "cpu,ingest-tmpfs,burst"
@@ -387,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large-frames", type=int, default=2048, help="512 KiB frames of section 3's instance")
     parser.add_argument("--soak-seconds", type=float, default=600, help="section 7's duration")
     parser.add_argument("--idle-seconds", type=float, default=20, help="section 8: seconds the associations are held")
+    parser.add_argument("--scale-batches", type=int, default=1000, help="section 13's batches (1000)")
+    parser.add_argument("--scale-instances-per-batch", type=int, default=100, help="section 13's batch size (100)")
     parser.add_argument("--work-dir", default="", help="scratch folder (default: a new temp dir, removed after)")
     parser.add_argument("--output", type=Path, default=Path("bench/results.json"))
     options = parser.parse_args(argv)

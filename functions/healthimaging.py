@@ -21,6 +21,9 @@ from functions.tracking import JobStatus
 
 # StartDICOMImportJob is throttled (dicom_store_contract.limits: START_IMPORT_JOB_RATE): "try again in a moment".
 RETRYABLE_ERROR_CODES = frozenset({"ThrottlingException", "TooManyRequestsException"})
+# HealthImaging's documented 500 (and any 5xx): the request did nothing; the SDK retried it already, the workflow
+# retries the step again with backoff rather than give the batch up for a fault of the service's.
+SERVER_ERROR_CODES = frozenset({"InternalServerException"})
 # A data store runs a bounded number of import jobs at once (CONCURRENT_IMPORT_JOBS, by region): "try again when
 # one of them has ended", which can take hours. Never "this batch is bad".
 SLOTS_FULL_ERROR_CODES = frozenset({"ServiceQuotaExceededException"})
@@ -28,6 +31,10 @@ SLOTS_FULL_ERROR_CODES = frozenset({"ServiceQuotaExceededException"})
 
 class ImportJobThrottled(Exception):
     """HealthImaging asked us to slow down. The state machine retries on this error name with backoff."""
+
+
+class HealthImagingUnavailable(Exception):
+    """HealthImaging answered a server error (500). The state machine retries on this error name with backoff."""
 
 
 class ImportJobSlotsFull(Exception):
@@ -130,6 +137,9 @@ def _translate(error: ClientError) -> Exception:
         return ImportJobThrottled(f"{code}: {message}")
     if code in SLOTS_FULL_ERROR_CODES:
         return ImportJobSlotsFull(f"{code}: {message}")
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    if code in SERVER_ERROR_CODES or status >= 500:
+        return HealthImagingUnavailable(f"{code}: {message}")
     if code in (
         "ValidationException",
         "AccessDeniedException",

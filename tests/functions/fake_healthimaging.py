@@ -14,6 +14,14 @@
   start like its transfer syntax's codestream) is imported with warning 0xB100 TRANSCODING_EXCEPTION. A SOP
   instance the data store already holds with other content lands in a non-primary image set (isPrimary false).
   A FAILED job writes nothing.
+- A job over the per-job quotas (limits.FILES_PER_IMPORT_JOB files, limits.BYTES_PER_IMPORT_JOB bytes under its
+  inputS3Uri) ends FAILED with a message saying which.
+
+The scale run (tests/support/scale.py) drives it on a virtual clock: with ``job_seconds`` (files -> seconds) a job
+runs for that long whoever polls it, ``advance()`` ends every job whose time has come (``on_job_created`` learns
+each new job and when it ends), ``fail_every`` fails every n-th job, and ``server_error`` (operation name -> bool)
+makes the boto3 bridge (support.aws.bridge_to_fake) answer an InternalServerException (HTTP 500). It records the
+most jobs it ever ran at once (``max_running``) and the jobs started per inputS3Uri (``jobs_by_input``).
 """
 
 from __future__ import annotations
@@ -53,6 +61,8 @@ _CODESTREAM_STARTS = {
 class _Job:
     job: ImportJob
     polls: int = 0
+    ends_at: float | None = None  # set when the fake runs on job_seconds
+    fails: bool = False
 
 
 class FakeHealthImaging:
@@ -67,6 +77,8 @@ class FakeHealthImaging:
         burst: int = limits.START_IMPORT_JOB_BURST.whole,
         region: str = "us-east-1",
         concurrent_jobs: int | None = None,
+        job_seconds: Callable[[int], float] | None = None,
+        fail_every: int = 0,
     ):
         self.s3 = s3
         self.datastore_id = datastore_id
@@ -82,6 +94,13 @@ class FakeHealthImaging:
         self.concurrent_jobs = concurrent_jobs or int(limits.CONCURRENT_IMPORT_JOBS.in_region(region))
         # The data store's instances: SOP Instance UID -> digest of the primary copy.
         self.primary: dict[str, str] = {}
+        self.job_seconds = job_seconds
+        self.fail_every = fail_every
+        self.server_error: Callable[[str], bool] = lambda operation: False
+        self.on_job_created: Callable[[ImportJob, float], None] | None = None
+        self._running: set[str] = set()
+        self.max_running = 0
+        self.jobs_by_input: dict[str, list[str]] = {}
 
     def _take_token(self) -> None:
         now = self.clock()
@@ -98,6 +117,7 @@ class FakeHealthImaging:
             raise ImportJobRejected("ValidationException: clientToken must match [A-Za-z0-9._-]+, 1-64 characters")
         if client_token in self.by_client_token:
             return self.jobs[self.by_client_token[client_token]].job
+        self.advance()
         if self.running() >= self.concurrent_jobs:
             raise ImportJobSlotsFull(
                 f"ServiceQuotaExceededException: the data store runs {self.concurrent_jobs} import jobs already"
@@ -112,12 +132,61 @@ class FakeHealthImaging:
             output_s3_uri=output_s3_uri,
             job_name=job_name,
         )
-        self.jobs[job_id] = _Job(job)
+        entry = _Job(job, fails=bool(self.fail_every) and (len(self.jobs) + 1) % self.fail_every == 0)
+        if self.job_seconds is not None:
+            entry.ends_at = self.clock() + self.job_seconds(self._count_files(input_s3_uri))
+        self.jobs[job_id] = entry
         self.by_client_token[client_token] = job_id
+        self.jobs_by_input.setdefault(input_s3_uri, []).append(job_id)
+        self._running.add(job_id)
+        self.max_running = max(self.max_running, len(self._running))
+        if self.on_job_created is not None and entry.ends_at is not None:
+            self.on_job_created(job, entry.ends_at)
         return job
 
     def running(self) -> int:
-        return sum(entry.job.job_status in (JobStatus.SUBMITTED, JobStatus.IN_PROGRESS) for entry in self.jobs.values())
+        return len(self._running)
+
+    def _count_files(self, input_s3_uri: str) -> int:
+        bucket, prefix = split_s3_uri(input_s3_uri)
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return sum(len(page.get("Contents", [])) for page in pages)
+
+    def advance(self) -> list[ImportJob]:
+        """End every job whose time has come (``job_seconds``); the jobs that ended now."""
+        now, ended = self.clock(), []
+        for job_id in sorted(self._running):
+            entry = self.jobs[job_id]
+            if entry.ends_at is not None and entry.ends_at <= now:
+                self._end(entry)
+                ended.append(entry.job)
+        return ended
+
+    def _end(self, entry: _Job) -> None:
+        message = (
+            self.fail_with if self.fail_with is not None else ("the fake failed this job" if entry.fails else None)
+        )
+        if message is None:
+            message = self._over_quota(entry.job)
+        if message is not None:
+            entry.job = replace(entry.job, job_status=JobStatus.FAILED, message=message, ended_at=_now())
+            self.fail_with = None
+        else:
+            self._import(entry.job)
+            entry.job = replace(entry.job, job_status=JobStatus.COMPLETED, ended_at=_now())
+        self._running.discard(entry.job.job_id)
+
+    def _over_quota(self, job: ImportJob) -> str | None:
+        bucket, prefix = split_s3_uri(job.input_s3_uri)
+        files = size = 0
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                files, size = files + 1, size + item["Size"]
+        if files > limits.FILES_PER_IMPORT_JOB.value:
+            return f"the input holds {files} files, over the quota of {limits.FILES_PER_IMPORT_JOB.whole} per job"
+        if size > limits.BYTES_PER_IMPORT_JOB.value:
+            return f"the input holds {size} bytes, over the quota of {limits.BYTES_PER_IMPORT_JOB.whole} per job"
+        return None
 
     def get_import_job(self, job_id: str) -> ImportJob:
         if job_id not in self.jobs:
@@ -125,15 +194,17 @@ class FakeHealthImaging:
         entry = self.jobs[job_id]
         if entry.job.job_status in (JobStatus.COMPLETED, JobStatus.FAILED):
             return self._reported(entry.job)
+        if entry.ends_at is not None:
+            if entry.ends_at <= self.clock():
+                self._end(entry)
+            else:
+                entry.job = replace(entry.job, job_status=JobStatus.IN_PROGRESS)
+            return self._reported(entry.job)
         entry.polls += 1
         if entry.polls < self.polls_to_finish:
             entry.job = replace(entry.job, job_status=JobStatus.IN_PROGRESS)
-        elif self.fail_with is not None:
-            entry.job = replace(entry.job, job_status=JobStatus.FAILED, message=self.fail_with, ended_at=_now())
-            self.fail_with = None
         else:
-            self._import(entry.job)
-            entry.job = replace(entry.job, job_status=JobStatus.COMPLETED, ended_at=_now())
+            self._end(entry)
         return self._reported(entry.job)
 
     def _folder(self, job: ImportJob) -> str:

@@ -9,6 +9,7 @@ from botocore.stub import Stubber
 from functions import settings
 from functions.healthimaging import (
     HealthImagingImportJobs,
+    HealthImagingUnavailable,
     ImportJob,
     ImportJobRejected,
     ImportJobSlotsFull,
@@ -78,6 +79,16 @@ def test_throttling_and_quota_errors_become_retryable(stubbed, code, error):
     stubber.add_client_error("start_dicom_import_job", service_error_code=code, http_status_code=429)
     with pytest.raises(error, match=code):
         start(jobs)
+
+
+@pytest.mark.parametrize("operation", ["start_dicom_import_job", "get_dicom_import_job"])
+def test_a_server_error_is_retryable_not_a_reason_to_give_the_batch_up(stubbed, operation):
+    # Issue 26's scale run: a 500 the SDK's retries did not absorb reached the workflow as "ClientError", which only
+    # its catch-all Catch matched: the batch was recorded FAILED although HealthImaging had refused nothing.
+    stubber, jobs = stubbed
+    stubber.add_client_error(operation, service_error_code="InternalServerException", http_status_code=500)
+    with pytest.raises(HealthImagingUnavailable, match="InternalServerException"):
+        start(jobs) if operation == "start_dicom_import_job" else jobs.get_import_job(JOB_ID)
 
 
 def test_validation_errors_are_not_retryable(stubbed):

@@ -134,6 +134,61 @@ def test_throttled_start_succeeds_on_retry(workflow, lambda_script):
     assert lambda_script.called("RecordFailure") == []
 
 
+def test_a_server_error_of_healthimaging_is_retried_in_both_tasks(workflow, lambda_script, monkeypatch):
+    # Issue 26's scale run: a 500 from HealthImaging abandoned the batch (RecordFailure, every instance FAILED).
+    from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
+
+    monkeypatch.setattr(retrier_decl, "time", type("Clock", (), {"sleep": staticmethod(lambda seconds: None)}))
+    state_machine = workflow.create()
+    lambda_script.raises("StartImportJob", "HealthImagingUnavailable", "InternalServerException: unexpected error")
+    lambda_script.returns("StartImportJob", STARTED)
+    lambda_script.raises("CheckStatus", "HealthImagingUnavailable", "InternalServerException: unexpected error")
+    lambda_script.returns("CheckStatus", reports("COMPLETED", ended=True))
+    execution = workflow.run(state_machine, BATCH_ID, EXECUTION_INPUT)
+    assert execution["status"] == "SUCCEEDED"
+    assert len(lambda_script.called("StartImportJob")) == 2
+    assert len(lambda_script.called("CheckStatus")) == 2
+    assert lambda_script.called("RecordFailure") == []
+
+
+def test_spent_lambda_concurrency_is_waited_for_not_a_reason_to_give_the_batch_up(workflow, lambda_script, monkeypatch):
+    # Issue 26's full scale run (1,000 batches, Lambda concurrency 10): six retries of TooManyRequestsException were
+    # spent within two minutes of throttling; 89 batches were abandoned, and a RecordFailure that was throttled as
+    # long failed the execution with its instances left RECEIVED.
+    from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
+
+    monkeypatch.setattr(retrier_decl, "time", type("Clock", (), {"sleep": staticmethod(lambda seconds: None)}))
+    state_machine = workflow.create()
+    throttled = ("Lambda.TooManyRequestsException", "Rate Exceeded.")
+    for _ in range(12):
+        lambda_script.raises("StartImportJob", *throttled)
+    # A 500 after the throttling still has its own retries.
+    lambda_script.raises("StartImportJob", "HealthImagingUnavailable", "InternalServerException: unexpected error")
+    lambda_script.returns("StartImportJob", STARTED)
+    for _ in range(12):
+        lambda_script.raises("CheckStatus", *throttled)
+    lambda_script.returns("CheckStatus", reports("COMPLETED", ended=True))
+    execution = workflow.run(state_machine, BATCH_ID, EXECUTION_INPUT)
+    assert execution["status"] == "SUCCEEDED"
+    assert len(lambda_script.called("StartImportJob")) == 14
+    assert len(lambda_script.called("CheckStatus")) == 13
+    assert lambda_script.called("RecordFailure") == []
+
+
+def test_a_throttled_record_failure_still_records(workflow, lambda_script, monkeypatch):
+    from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
+
+    monkeypatch.setattr(retrier_decl, "time", type("Clock", (), {"sleep": staticmethod(lambda seconds: None)}))
+    state_machine = workflow.create()
+    lambda_script.raises("StartImportJob", "ImportJobRejected", "ValidationException: bad role")
+    for _ in range(12):
+        lambda_script.raises("RecordFailure", "Lambda.TooManyRequestsException", "Rate Exceeded.")
+    lambda_script.returns("RecordFailure", {"state": "FAILED"})
+    execution = workflow.run(state_machine, BATCH_ID, EXECUTION_INPUT)
+    assert (execution["status"], execution["error"]) == ("FAILED", "ImportAbandoned")
+    assert len(lambda_script.called("RecordFailure")) == 13
+
+
 def test_an_error_without_retry_is_caught_and_recorded(workflow, lambda_script):
     state_machine = workflow.create()
     lambda_script.raises("StartImportJob", "ImportJobRejected", "ValidationException: bad role")

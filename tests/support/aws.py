@@ -75,6 +75,9 @@ def bridge_to_fake(client: Any, fake: Any) -> None:
 
     def answer(model: Any, context: dict[str, Any], **_: Any) -> tuple[_Response, dict[str, Any]]:
         params = context["bridged_params"]
+        if getattr(fake, "server_error", lambda operation: False)(model.name):
+            # AHI's documented 500 (InternalServerException): the request did nothing.
+            return _error("InternalServerException", "An unexpected error occurred during processing", 500)
         if params.get("datastoreId") != fake.datastore_id:
             return _error("ResourceNotFoundException", f"no data store {params.get('datastoreId')!r}", 404)
         try:

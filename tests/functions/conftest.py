@@ -13,6 +13,7 @@ import pytest
 from dicom_store_contract import metrics
 from dicom_store_contract import tables as contract_tables
 from moto import mock_aws
+from support.aws import create_table
 from support.batches import write_batch
 
 from functions import healthimaging
@@ -50,33 +51,11 @@ def s3(aws):
     return client
 
 
-def _create_table(dynamodb: Any, name: str, key: str, indexes: tuple[contract_tables.Index, ...]) -> None:
-    """A table as the template defines it: its key and the contract's indexes (names and keys)."""
-    attributes = {key} | {i.partition_key for i in indexes} | {i.sort_key for i in indexes if i.sort_key}
-    dynamodb.create_table(
-        TableName=name,
-        BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in sorted(attributes)],
-        KeySchema=[{"AttributeName": key, "KeyType": "HASH"}],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": index.name,
-                "KeySchema": [
-                    {"AttributeName": index.partition_key, "KeyType": "HASH"},
-                    *([{"AttributeName": index.sort_key, "KeyType": "RANGE"}] if index.sort_key else []),
-                ],
-                "Projection": {"ProjectionType": "ALL"},
-            }
-            for index in indexes
-        ],
-    )
-
-
 @pytest.fixture
 def tables(aws):
     dynamodb = boto3.client("dynamodb", region_name=REGION)
-    _create_table(dynamodb, "DicomImportJobTable", contract_tables.JOB_ID, contract_tables.JOB_INDEXES)
-    _create_table(dynamodb, "DicomInstanceTable", contract_tables.SOP_INSTANCE_UID, contract_tables.INSTANCE_INDEXES)
+    create_table(dynamodb, "DicomImportJobTable", contract_tables.JOB_ID, contract_tables.JOB_INDEXES)
+    create_table(dynamodb, "DicomInstanceTable", contract_tables.SOP_INSTANCE_UID, contract_tables.INSTANCE_INDEXES)
     return dynamodb
 
 

@@ -125,3 +125,26 @@ def bridge_to_fake(client: Any, fake: Any) -> None:
 
     client.meta.events.register("before-parameter-build.medical-imaging", before)
     client.meta.events.register("before-call.medical-imaging", answer)
+
+
+def create_table(dynamodb: Any, name: str, key: str, indexes: tuple[Any, ...]) -> None:
+    """A table as the template defines it: its key and the contract's indexes (dicom_store_contract.tables.Index:
+    names and keys), every key a string, on-demand, each index projecting every attribute (template_gen/storage.py)."""
+    attributes = {key} | {i.partition_key for i in indexes} | {i.sort_key for i in indexes if i.sort_key}
+    dynamodb.create_table(
+        TableName=name,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in sorted(attributes)],
+        KeySchema=[{"AttributeName": key, "KeyType": "HASH"}],
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": index.name,
+                "KeySchema": [
+                    {"AttributeName": index.partition_key, "KeyType": "HASH"},
+                    *([{"AttributeName": index.sort_key, "KeyType": "RANGE"}] if index.sort_key else []),
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+            for index in indexes
+        ],
+    )

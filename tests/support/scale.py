@@ -50,7 +50,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from .asl_driver import ClientError, Invocation, Scheduler, StepFunctions
-from .aws import FAKE_CREDENTIALS, _error, _Response, bridge_to_fake, load_fake_healthimaging
+from .aws import FAKE_CREDENTIALS, _error, _Response, bridge_to_fake, create_table, load_fake_healthimaging
 from .crc import s3_crc64nvme
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -249,28 +249,8 @@ def job_event(job: Any) -> dict[str, Any]:
 
 
 def _create_tables(dynamodb: Any) -> None:
-    for name, key, indexes in (
-        (JOB_TABLE, contract_tables.JOB_ID, contract_tables.JOB_INDEXES),
-        (INSTANCE_TABLE, contract_tables.SOP_INSTANCE_UID, contract_tables.INSTANCE_INDEXES),
-    ):
-        attributes = {key} | {i.partition_key for i in indexes} | {i.sort_key for i in indexes if i.sort_key}
-        dynamodb.create_table(
-            TableName=name,
-            BillingMode="PAY_PER_REQUEST",
-            AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in sorted(attributes)],
-            KeySchema=[{"AttributeName": key, "KeyType": "HASH"}],
-            GlobalSecondaryIndexes=[
-                {
-                    "IndexName": index.name,
-                    "KeySchema": [
-                        {"AttributeName": index.partition_key, "KeyType": "HASH"},
-                        *([{"AttributeName": index.sort_key, "KeyType": "RANGE"}] if index.sort_key else []),
-                    ],
-                    "Projection": {"ProjectionType": "ALL"},  # as template_gen/storage.py defines them
-                }
-                for index in indexes
-            ],
-        )
+    create_table(dynamodb, JOB_TABLE, contract_tables.JOB_ID, contract_tables.JOB_INDEXES)
+    create_table(dynamodb, INSTANCE_TABLE, contract_tables.SOP_INSTANCE_UID, contract_tables.INSTANCE_INDEXES)
 
 
 def _count_calls(client: Any, counters: Counters) -> None:

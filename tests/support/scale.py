@@ -248,6 +248,25 @@ def job_event(job: Any) -> dict[str, Any]:
 # --- the AWS side: tables, buckets, clients and their bridges -------------------------------------------------
 
 
+@contextlib.contextmanager
+def _quiet_loggers() -> Iterator[Callable[[Any], None]]:
+    """Loggers silenced for the run and given back their levels after it (later tests read their lines)."""
+    levels: dict[logging.Logger, int] = {}
+
+    def quiet(logger: Any) -> None:
+        # Powertools' Logger of each module stands for the one logging.Logger its service name names (shared by
+        # the modules): that one's level is what is saved, once, and given back.
+        target = logging.getLogger(logger.name)
+        levels.setdefault(target, target.level)
+        target.setLevel(logging.CRITICAL)
+
+    try:
+        yield quiet
+    finally:
+        for logger, level in levels.items():
+            logger.setLevel(level)
+
+
 def _create_tables(dynamodb: Any) -> None:
     create_table(dynamodb, JOB_TABLE, contract_tables.JOB_ID, contract_tables.JOB_INDEXES)
     create_table(dynamodb, INSTANCE_TABLE, contract_tables.SOP_INSTANCE_UID, contract_tables.INSTANCE_INDEXES)
@@ -470,7 +489,12 @@ def run(options: ScaleOptions, log: Callable[[str], None] = lambda line: None) -
     region = options.region
     state_machine_arn = f"arn:aws:states:{region}:{ACCOUNT_ID}:stateMachine:ImportWorkflow"
     started_wall = time.monotonic()
-    with _environ(_environment(state_machine_arn, region)), mock_aws(), warnings.catch_warnings():
+    with (
+        _environ(_environment(state_machine_arn, region)),
+        mock_aws(),
+        warnings.catch_warnings(),
+        _quiet_loggers() as quiet,
+    ):
         # Powertools warns of every invocation that publishes no metric.
         warnings.simplefilter("ignore", UserWarning)
         from functions import healthimaging
@@ -517,7 +541,7 @@ def run(options: ScaleOptions, log: Callable[[str], None] = lambda line: None) -
         for fn in FUNCTIONS:
             module_name, _, attribute = fn.handler.rpartition(".")
             module = import_module(module_name)
-            module.logger.setLevel(logging.CRITICAL)  # thousands of invocations: their log lines are not the point
+            quiet(module.logger)  # thousands of invocations: their log lines are not the point
             handlers[fn.name] = getattr(module, attribute)
         lambdas = LambdaService(scheduler, options, counters, handlers, random.Random(options.seed + 1))
         arns = {fn.placeholder: f"arn:aws:lambda:{region}:{ACCOUNT_ID}:function:{fn.name}" for fn in WORKFLOW_FUNCTIONS}

@@ -79,6 +79,7 @@ class FakeHealthImaging:
         concurrent_jobs: int | None = None,
         job_seconds: Callable[[int], float] | None = None,
         fail_every: int = 0,
+        fails: Callable[[str], bool] | None = None,
     ):
         self.s3 = s3
         self.datastore_id = datastore_id
@@ -96,6 +97,8 @@ class FakeHealthImaging:
         self.primary: dict[str, str] = {}
         self.job_seconds = job_seconds
         self.fail_every = fail_every
+        # Which jobs fail, by client token, where the order jobs are created in is not the same from run to run.
+        self.fails = fails
         self.server_error: Callable[[str], bool] = lambda operation: False
         self.on_job_created: Callable[[ImportJob, float], None] | None = None
         self._running: set[str] = set()
@@ -132,7 +135,11 @@ class FakeHealthImaging:
             output_s3_uri=output_s3_uri,
             job_name=job_name,
         )
-        entry = _Job(job, fails=bool(self.fail_every) and (len(self.jobs) + 1) % self.fail_every == 0)
+        if self.fails is not None:
+            failing = self.fails(client_token)
+        else:
+            failing = bool(self.fail_every) and (len(self.jobs) + 1) % self.fail_every == 0
+        entry = _Job(job, fails=failing)
         if self.job_seconds is not None:
             entry.ends_at = self.clock() + self.job_seconds(self._count_files(input_s3_uri))
         self.jobs[job_id] = entry

@@ -55,7 +55,9 @@ def _on_moto(monkeypatch) -> dict[str, dict]:
             manifests.append((key, size))
             expected.update(dict.fromkeys(uids, scale.batch_id(number)))
 
-        fake = load_fake_healthimaging()(boto3.client("s3", region_name=region), scale.DATASTORE_ID, fail_every=3)
+        fake = load_fake_healthimaging()(
+            boto3.client("s3", region_name=region), scale.DATASTORE_ID, fails=scale.every_nth_batch_fails(3)
+        )
         bridge_to_fake(runtime.client("medical-imaging"), fake)
         handlers = {}
         for fn in FUNCTIONS:

@@ -180,6 +180,16 @@ def batch_id(number: int) -> str:
     return f"20261123T190501Z-{number:032x}"
 
 
+def every_nth_batch_fails(every: int) -> Callable[[str], bool]:
+    """Batch 0-based number k's job fails when k + 1 is a multiple of ``every`` (0: none): every n-th batch, whatever
+    the order their jobs are started in (the client token is the batch id)."""
+
+    def fails(client_token: str) -> bool:
+        return bool(every) and (int(client_token.rsplit("-", 1)[1], 16) + 1) % every == 0
+
+    return fails
+
+
 def write_batch(s3: Any, prefix: str, number: int, count: int) -> tuple[str, int, list[str]]:
     """Objects, then the manifest (docs/contracts.md); returns the manifest key, its size, the SOP Instance UIDs."""
     batch = batch_id(number)
@@ -524,7 +534,7 @@ def run(options: ScaleOptions, log: Callable[[str], None] = lambda line: None) -
             clock=scheduler,
             region=region,
             job_seconds=options.job_seconds,
-            fail_every=options.fail_job_every,
+            fails=every_nth_batch_fails(options.fail_job_every),
         )
         served = Counter[str]()
 

@@ -8,9 +8,6 @@ one its task role allows, condition keys included.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,9 +19,10 @@ from dicom_store_scp import statuses
 from pydicom import dcmread
 from support.cfn import REGION, Deployment
 from support.iam import ApiCall, denied
-from support.moto import FAKE_CREDENTIALS, MotoServer, aws_env, recorded_calls
+from support.moto import MotoServer, aws_env, recorded_calls
 from support.pipeline import Pipeline, manifest_created_event
 from support.scp import RunningScp, changed_sample, launch_scp, storescu
+from support.status_cli import status_json
 
 from .conftest import DICOM_PREFIX
 
@@ -48,22 +46,7 @@ def deployment(stack: Deployment) -> Deployment:
 
 def status(moto_server: MotoServer, stack: Deployment, *lookup: str) -> tuple[int, dict[str, Any]]:
     """`dicom-store-scp status ... --json` in its own process, against the stack's instance table."""
-    completed = subprocess.run(
-        [sys.executable, "-m", "dicom_store_scp", "status", *lookup, "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={
-            **FAKE_CREDENTIALS,
-            "PATH": "/usr/bin:/bin",
-            "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
-            "INSTANCE_TABLE_NAME": stack.output("InstanceTableName"),
-            "AWS_ENDPOINT_URL": moto_server.endpoint,
-        },
-    )
-    assert completed.returncode in (0, 1), completed.stderr
-    return completed.returncode, json.loads(completed.stdout)
+    return status_json(moto_server.endpoint, stack.output("InstanceTableName"), *lookup)
 
 
 def state_of(moto_server: MotoServer, stack: Deployment, sop: str) -> dict[str, Any] | None:

@@ -9,10 +9,6 @@ task role allows in stow mode, condition keys included.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -27,8 +23,9 @@ from pydicom import dcmread
 from support.cfn import REGION, Deployment
 from support.fake_stow import FakeStow
 from support.iam import ApiCall, denied
-from support.moto import FAKE_CREDENTIALS, MotoServer, aws_env, recorded_calls
+from support.moto import MotoServer, aws_env, recorded_calls
 from support.scp import changed_sample, launch_scp, storescu
+from support.status_cli import status_json
 
 from .conftest import DATASTORE_ID
 
@@ -52,22 +49,7 @@ def fake() -> Iterator[FakeStow]:
 
 
 def status(moto_server: MotoServer, table: str, *lookup: str) -> tuple[int, dict[str, Any]]:
-    completed = subprocess.run(
-        [sys.executable, "-m", "dicom_store_scp", "status", *lookup, "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={
-            **FAKE_CREDENTIALS,
-            "PATH": "/usr/bin:/bin",
-            "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
-            "INSTANCE_TABLE_NAME": table,
-            "AWS_ENDPOINT_URL": moto_server.endpoint,
-        },
-    )
-    assert completed.returncode in (0, 1), completed.stderr
-    return completed.returncode, json.loads(completed.stdout)
+    return status_json(moto_server.endpoint, table, *lookup)
 
 
 def wait_for_states(moto_server: MotoServer, table: str, study: str, expected: dict[str, str]) -> dict[str, Any]:

@@ -108,6 +108,16 @@ def ingest_widgets() -> list[Widget]:
             ],
         ),
         Widget(
+            # Stow mode's answer waits for HealthImaging: its share of the store latency apart from the sender's.
+            "Receive and AWS HealthImaging latency, ms (STOW-RS: stow mode)",
+            [
+                scp(m.RECEIVE_LATENCY, "p50", label="receive p50"),
+                scp(m.RECEIVE_LATENCY, "p99", label="receive p99"),
+                scp(m.AHI_STORE_LATENCY, "p50", label="AHI STOW-RS p50"),
+                scp(m.AHI_STORE_LATENCY, "p99", label="AHI STOW-RS p99"),
+            ],
+        ),
+        Widget(
             "Active associations (all tasks) and spool",
             [
                 scp(m.ACTIVE_ASSOCIATIONS, label="associations"),

@@ -56,7 +56,22 @@ STORES_FAILED = Metric(
 )
 BYTES_RECEIVED = Metric("BytesReceived", "Bytes", COUNT, "bytes of the instances stored, as received")
 STORE_LATENCY = Metric(
-    "StoreLatency", "Milliseconds", DISTRIBUTION, "from the last byte of a data set received to it being durable"
+    "StoreLatency",
+    "Milliseconds",
+    DISTRIBUTION,
+    "from the last byte of a data set received to it being durable (stow mode: stored in AWS HealthImaging)",
+)
+RECEIVE_LATENCY = Metric(
+    "ReceiveLatency",
+    "Milliseconds",
+    DISTRIBUTION,
+    "from a stored instance's C-STORE request in to its data set complete in the spool file (the sender's pace)",
+)
+AHI_STORE_LATENCY = Metric(
+    "AHIStoreLatency",
+    "Milliseconds",
+    DISTRIBUTION,
+    "one instance's STOW-RS store, request to response, retries included, whatever the answer (stow mode)",
 )
 S3_UPLOAD_LATENCY = Metric("S3UploadLatency", "Milliseconds", DISTRIBUTION, "one instance's upload to S3 (S3 mode)")
 SPOOL_BYTES = Metric("SpoolBytes", "Bytes", GAUGE, "bytes in the worker's spool folder (data sets being received)")
@@ -75,6 +90,8 @@ SCP_METRICS: tuple[Metric, ...] = (
     STORES_FAILED,
     BYTES_RECEIVED,
     STORE_LATENCY,
+    RECEIVE_LATENCY,
+    AHI_STORE_LATENCY,
     S3_UPLOAD_LATENCY,
     SPOOL_BYTES,
     BATCHES_SEALED,

@@ -135,6 +135,8 @@ class _Store:
     meta_length: int = 0
     # Takes the sender's File Meta Information elements off the data set's start (inner_meta.py); None for deflate.
     stripper: inner_meta.MetaStripper | None = None
+    # When the request's command was in: the data set's receiving (ReceiveLatency) is timed from here.
+    started: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -186,6 +188,8 @@ class _StoreEvent:
     checksum: str
     head: bytearray
     size: int
+    # Seconds from the request's command in to the data set complete in the spool file (ReceiveLatency).
+    receive_seconds: float | None = None
     # Set by the handler for a refusal: the element the response's Offending Element (0000,0901) names.
     offending_element: int | None = None
 
@@ -873,6 +877,7 @@ class DataPhase:
         assert store.path is not None
         os.close(store.fd)
         store.fd = -1
+        receive_seconds = time.monotonic() - store.started
         event = _StoreEvent(
             self.assoc,
             _Request(store.sop_class_uid, store.sop_instance_uid, store.message_id),
@@ -881,6 +886,7 @@ class DataPhase:
             store.digest.value(),
             store.head,  # walked in place: the store is done with it
             store.meta_length + store.received_bytes,
+            receive_seconds,
         )
         try:
             status = handlers.handle_store(

@@ -319,7 +319,7 @@ def _handle_store(
         )
     except AssociationClosing as error:
         return fail(statuses.OUT_OF_RESOURCES_CLOSING, str(error), values=values)
-    recorder.instance_stored(instance.size, time.monotonic() - received)
+    recorder.instance_stored(instance.size, time.monotonic() - received, event.receive_seconds)
     return statuses.SUCCESS
 
 

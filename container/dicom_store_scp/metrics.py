@@ -172,12 +172,15 @@ class Recorder:
     def protocol_abort(self) -> None:
         self._count(names.PROTOCOL_ABORTS)
 
-    def instance_stored(self, size: int, seconds: float) -> None:
+    def instance_stored(self, size: int, seconds: float, receive_seconds: float | None = None) -> None:
+        """``seconds``: from its data set complete to it durable; ``receive_seconds``: the data set's receiving."""
         with self._lock:
             for interval in (self._current, self._since_start):
                 interval.add(names.INSTANCES_STORED)
                 interval.add(names.BYTES_RECEIVED, size)
                 interval.observe(names.STORE_LATENCY, seconds * 1000)
+                if receive_seconds is not None:
+                    interval.observe(names.RECEIVE_LATENCY, receive_seconds * 1000)
 
     def instance_failed(self, family: str) -> None:
         assert family in names.STATUS_FAMILIES, family
@@ -187,6 +190,12 @@ class Recorder:
         with self._lock:
             for interval in (self._current, self._since_start):
                 interval.observe(names.S3_UPLOAD_LATENCY, seconds * 1000)
+
+    def ahi_store(self, seconds: float) -> None:
+        """One instance's STOW-RS exchange with HealthImaging (stow.py), retries included."""
+        with self._lock:
+            for interval in (self._current, self._since_start):
+                interval.observe(names.AHI_STORE_LATENCY, seconds * 1000)
 
     def batch_sealed(self) -> None:
         self._count(names.BATCHES_SEALED)

@@ -58,7 +58,7 @@ def build_storage(config: Config, recorder: Recorder | None = None, records: Rec
         from . import stow  # INGEST_MODE=stow: HealthImaging first, the store only for the copy
 
         copy = _build_store(config, recorder) if config.stow_keep_s3_copy else None
-        return stow.from_config(config, copy, records)
+        return stow.from_config(config, copy, records, recorder)
     return _build_store(config, recorder)
 
 

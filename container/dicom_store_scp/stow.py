@@ -53,6 +53,7 @@ from dicom_store_contract import ingest, layout, refusals, tables
 
 from . import statuses
 from .config import Config, ConfigError
+from .metrics import Recorder
 from .refusals import RecordWriter, TableWriter
 from .storage import Storage, StorageError
 
@@ -422,7 +423,9 @@ def _utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def from_config(config: Config, copy: Storage | None, records: RecordWriter | None = None) -> StowStorage:
+def from_config(
+    config: Config, copy: Storage | None, records: RecordWriter | None = None, recorder: Recorder | None = None
+) -> StowStorage:
     """The stow backend the configuration describes; ConfigError when it cannot say where to store."""
     # ECS sets AWS_REGION; botocore itself reads AWS_DEFAULT_REGION and the config file.
     region = os.environ.get("AWS_REGION") or str(botocore.session.get_session().get_config_variable("region") or "")
@@ -442,7 +445,8 @@ def from_config(config: Config, copy: Storage | None, records: RecordWriter | No
         budget=config.dimse_timeout / 2,
         pool_connections=config.max_pool_connections or config.maximum_associations,
     )
-    return StowStorage(StowClient(settings), copy, Path(config.spool_dir) if config.spool_dir else None, records)
+    spool = Path(config.spool_dir) if config.spool_dir else None
+    return StowStorage(StowClient(settings), copy, spool, records, recorder)
 
 
 class StowStorage:
@@ -456,11 +460,13 @@ class StowStorage:
         copy: Storage | None = None,
         spool: Path | None = None,
         records: RecordWriter | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self.client = client
         self.copy = copy
         self._spool = spool
         self.records = records
+        self.recorder = recorder or Recorder(enabled=False)
 
     def spool_dir(self) -> Path | None:
         return self.copy.spool_dir() if self.copy is not None else self._spool
@@ -473,6 +479,7 @@ class StowStorage:
         sop_instance_uid = layout.uids_of_instance_key(key)[2]
         started = time.monotonic()
         outcome = self.client.store(source, sop_instance_uid)
+        self.recorder.ahi_store(time.monotonic() - started)  # AHIStoreLatency: whatever the answer
         if self.records is not None:
             record = record_of(outcome, key, _utc_now())
             if record is not None:

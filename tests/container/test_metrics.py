@@ -17,6 +17,7 @@ from typing import Any
 from dicom_store_contract import metrics as names
 from dicom_store_scp import statuses
 from dicom_store_scp.metrics import Distribution, Recorder, bucket
+from support.fake_stow import FakeStow
 from support.moto import aws_env, bucket_objects
 from support.scp import RunningScp, changed_sample, free_port, send_file_as_is, storescu
 
@@ -122,9 +123,14 @@ def test_a_dcmtk_send_is_counted_as_sent_refused_and_rejected(start_scp, tmp_pat
     assert service[("BatchesSealed", "")] == len(scp.manifests()) == 1
     assert service[("BytesReceived", "")] == sum(path.stat().st_size for path in scp.stored_files())
     assert service[("S3UploadLatency", "")] == 0  # a local folder: no uploads
-    # Every metric of the contract but the S3 one (test_s3_uploads_are_timed has that) and the audit trail's (only
-    # when something was dropped: test_audit.py) was written.
-    expected = {metric.name for metric in names.SCP_METRICS} - {"S3UploadLatency", "AuditMessagesDropped"}
+    assert service[("ReceiveLatency", "")] == 3
+    # Every metric of the contract but the S3 one (test_s3_uploads_are_timed has that), the audit trail's (only
+    # when something was dropped: test_audit.py) and stow mode's (test_stow_mode_times_healthimaging_apart) was written.
+    expected = {metric.name for metric in names.SCP_METRICS} - {
+        "S3UploadLatency",
+        "AuditMessagesDropped",
+        "AHIStoreLatency",
+    }
     assert {name for name, _ in service} == expected
     assert totals(records, names.STATUS_FAMILY) == {
         ("StoresFailed", "DataSetMismatch"): 1,
@@ -191,6 +197,41 @@ def test_s3_uploads_are_timed(start_scp, s3_bucket, moto_server, tmp_path):
     stored = [body for key, body in objects.items() if key.endswith(".dcm")]
     assert service[("BytesReceived", "")] == sum(len(body) for body in stored)
     assert service[("BatchesSealed", "")] == len(objects) - len(stored) == 1
+
+
+def observed(records: list[dict[str, Any]], name: str) -> tuple[int, float, float]:
+    """(count, smallest, largest) of a distribution's observations over every record."""
+    values = [record[name] for record in records if name in record]
+    if not values:
+        return 0, 0.0, 0.0
+    return sum(v["Count"] for v in values), min(v["Min"] for v in values), max(v["Max"] for v in values)
+
+
+def test_stow_mode_times_healthimaging_apart_from_the_receiving(start_scp, tmp_path):
+    # HealthImaging (the fake) takes a second to answer each request; the data sets arrive in milliseconds.
+    fake = FakeStow()
+    fake.delay = 1.0
+    try:
+        scp = start_scp(
+            "--ingest-mode", "stow", "--ahi-stow-url", fake.base_url,
+            env={"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"},
+        )  # fmt: skip
+        result = storescu(scp.port, *_valid_series(tmp_path, 3))
+        scp.wait_for_event("association")
+        assert scp.stop() == 0
+    finally:
+        fake.stop()
+
+    assert result.statuses == [0] * 3, result.output
+    assert len(fake.held) == 3
+    records = emf_records(scp)
+    ahi_count, ahi_least, _ = observed(records, "AHIStoreLatency")
+    receive_count, _, receive_most = observed(records, "ReceiveLatency")
+    store_count, store_least, _ = observed(records, "StoreLatency")
+    assert ahi_count == receive_count == store_count == 3
+    assert ahi_least >= 1000  # the fake's second is HealthImaging's share ...
+    assert receive_most < 500  # ... not the receiving's
+    assert store_least >= ahi_least  # and the store latency (the answer's wait) holds it
 
 
 # -- the recorder on its own ---------------------------------------------------------------------------------------

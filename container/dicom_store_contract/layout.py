@@ -27,6 +27,12 @@ REFUSED_UNKNOWN_UID = "unknown"
 REFUSAL_SUFFIX = ".json"
 INSTANCE_SUFFIX = ".dcm"
 MANIFEST_SUFFIX = ".json"
+# Local store in stow mode without an instance table: what HealthImaging answered for each instance sent (the
+# instance table's stow item, as JSON: dicom_store_contract.ingest.STOW_ITEM_ATTRIBUTES), where ``dicom-store-scp
+# status`` reads it: stowed/outcomes/<batch-id>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.json, one per association
+# that sent the instance (status shows its newest stored outcome, else its newest refusal, as the table would).
+STOW_OUTCOMES = STOWED + "outcomes/"
+OUTCOME_SUFFIX = ".json"
 
 # UTC time the batch opened, then a uuid4: sortable by time, never repeated, and within both a Step Functions
 # execution name and an AHI clientToken (limits.EXECUTION_NAME_LENGTH, limits.CLIENT_TOKEN_LENGTH).
@@ -75,6 +81,12 @@ def refusal_key(day: str, study_uid: str, series_uid: str, sop_instance_uid: str
     """Where the local store records a refusal (``day``: YYYYMMDD, UTC)."""
     study, series = (uid or REFUSED_UNKNOWN_UID for uid in (study_uid, series_uid))
     return f"{REFUSED}{day}/{study}/{series}/{sop_instance_uid}{REFUSAL_SUFFIX}"
+
+
+def stow_outcome_key(batch_id: str, study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
+    """Where the local store records HealthImaging's answer for one instance sent in stow mode."""
+    batch, study, series = (part or REFUSED_UNKNOWN_UID for part in (batch_id, study_uid, series_uid))
+    return f"{STOW_OUTCOMES}{batch}/{study}/{series}/{sop_instance_uid}{OUTCOME_SUFFIX}"
 
 
 def batch_id_of_folder(folder: str) -> str | None:

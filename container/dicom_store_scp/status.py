@@ -2,9 +2,10 @@
 
 Looks instances up by Study, Series or SOP Instance UID or by batch id, and prints per instance its state, import
 job, image set and failure or warning reason: from the stack's instance table (when a table name is given) or
-from the local store (``STORAGE_DIR``, where "stored" is the final state: local mode has no import). A C-STORE the
-SCP refused shows as ``REFUSED`` with its status and reason (dicom_store_contract.refusals), unless a copy of the
-instance was stored: that copy is the answer to "did it arrive?".
+from the local store (``STORAGE_DIR``, where "stored" is the final state: local mode has no import; in stow mode,
+HealthImaging's answer per instance, IMPORTED or FAILED, recorded there by stow_outcomes.py). A C-STORE the SCP
+refused shows as ``REFUSED`` with its status and reason (dicom_store_contract.refusals), unless a copy of the
+instance was stored or HealthImaging answered for it: that is the answer to "did it arrive?".
 
 The instance table is read by key or through its indexes (``dicom_store_contract.tables``), never scanned. States
 are printed as stored: the vocabulary belongs to the import pipeline (``functions/tracking.py``), not to this tool.
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from dicom_store_contract import layout, refusals, tables
+
+from . import stow_outcomes
 
 # What a local instance's state is: its file is durably in the store (local mode ends here).
 LOCAL_STORED = "STORED"
@@ -229,7 +232,8 @@ class LocalStore:
     def find(self, lookup: Lookup) -> list[dict[str, Any]]:
         incoming = self.root / layout.incoming_prefix("")
         refused = self.root / layout.REFUSED
-        if not incoming.is_dir() and not refused.is_dir():
+        outcomes = self.root / layout.STOW_OUTCOMES
+        if not incoming.is_dir() and not refused.is_dir() and not outcomes.is_dir():
             if self.root.is_dir():
                 return []  # a store that has stored nothing yet (every association closed before a C-STORE, say)
             raise StatusError(f"{self.root}: no local store here (no such folder; give --storage-dir)")
@@ -240,16 +244,32 @@ class LocalStore:
             tables.SERIES_INSTANCE_UID: 2,
             tables.SOP_INSTANCE_UID: 3,
         }[lookup.attribute]
-        parts = ["*", "*", "*", f"*{layout.INSTANCE_SUFFIX}"]
-        parts[level] = lookup.value + (layout.INSTANCE_SUFFIX if level == 3 else "")
-        items = [self._item(path) for path in incoming.glob("/".join(parts)) if path.is_file()]
+        parts = ["*", "*", "*", "*"]
+        parts[level] = lookup.value
+        instances = "/".join(parts)
+        items = [self._item(path) for path in incoming.glob(instances + layout.INSTANCE_SUFFIX) if path.is_file()]
         stored = [item for item in items if item is not None]
+        # Stow mode's: what HealthImaging answered for each instance (stow_outcomes.py), laid out as incoming/ is.
+        stored += self._outcomes(outcomes, instances)
         if lookup.attribute == tables.BATCH_ID:
             return stored  # a refused instance is in no batch
         held = {item[tables.SOP_INSTANCE_UID] for item in stored}
         return stored + [
             item for item in self._refusals(refused, level, lookup.value) if item[tables.SOP_INSTANCE_UID] not in held
         ]
+
+    @staticmethod
+    def _outcomes(outcomes: Path, pattern: str) -> list[dict[str, Any]]:
+        """The outcome that stands for each instance the lookup names (``pattern``: their files, suffix aside)."""
+        records = []
+        for path in outcomes.glob(pattern + layout.OUTCOME_SUFFIX):
+            try:
+                record = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue  # not ours
+            if isinstance(record, dict) and record.get(tables.SOP_INSTANCE_UID) == path.stem:
+                records.append(record)
+        return list(stow_outcomes.latest(records).values())
 
     def _refusals(self, refused: Path, level: int, value: str) -> list[dict[str, Any]]:
         """The latest refusal of each instance the lookup names (refused/<day>/<study>/<series>/<sop>.json)."""

@@ -413,10 +413,15 @@ class TableStowRecords(TableWriter):
 
 
 def build_records(config: Config) -> RecordWriter | None:
-    """The writer of stow mode's outcomes: into the instance table when one is named, else none."""
-    if not config.instance_table:
+    """The writer of stow mode's outcomes: into the instance table when one is named, else into the local store
+    (stow_outcomes.py) unless DICOM_BUCKET names S3, where only a table is read for them."""
+    if config.instance_table:
+        return RecordWriter(TableStowRecords(config.instance_table), noun="stow record")
+    if config.dicom_bucket:
         return None
-    return RecordWriter(TableStowRecords(config.instance_table), noun="stow record")
+    from .stow_outcomes import LocalStowRecords
+
+    return RecordWriter(LocalStowRecords(Path(config.storage_dir)), noun="stow record")
 
 
 def _utc_now() -> str:

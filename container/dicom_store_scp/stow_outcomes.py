@@ -1,0 +1,71 @@
+"""Stow mode's outcomes in the local store: with no instance table, what HealthImaging answered for each instance
+(stow.StowRecord: IMPORTED with its image set, FAILED with HealthImaging's reason) is one small JSON file under
+``<STORAGE_DIR>/stowed/outcomes/`` (dicom_store_contract.layout.stow_outcome_key), where ``dicom-store-scp
+status`` reads it, as the refusals are recorded under ``refused/`` (refusals.LocalRefusals).
+
+Written by the records' queue and thread (refusals.RecordWriter): the C-STORE answer never waits for it. One file
+per association that sent the instance, so no write ever has to read or replace another's; the reader picks, as
+the instance table's conditions would, the newest stored outcome, else the newest refusal (status.LocalStore).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from dicom_store_contract import ingest, layout, tables
+
+
+class Outcome(Protocol):
+    """What is recorded: stow.StowRecord."""
+
+    sop_instance_uid: str
+
+    def item(self) -> dict[str, Any]: ...
+
+
+class LocalStowRecords:
+    """Each outcome as ``<root>/stowed/outcomes/<batch>/<study>/<series>/<sop>.json``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def write(self, record: Outcome) -> bool:
+        # The table's item, typed values dropped: the same attributes, read by the same status code.
+        values = {name: value["S"] for name, value in record.item().items()}
+        target = self.root / layout.stow_outcome_key(
+            values.get(tables.BATCH_ID, ""),
+            values.get(tables.STUDY_INSTANCE_UID, ""),
+            values.get(tables.SERIES_INSTANCE_UID, ""),
+            record.sop_instance_uid,
+        )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Written whole, then renamed: status never reads half a record. Not fsync'd: the C-STORE answer was
+        # HealthImaging's word, not this file's (the table's write is not waited for either).
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
+        try:
+            partial.write_text(json.dumps(values, indent=1), encoding="utf-8")
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        return True
+
+
+def latest(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """SOP Instance UID -> the outcome that stands: the newest stored one, else the newest refusal (a refusal of a
+    later copy leaves the stored instance: HealthImaging still holds the copy it stored)."""
+    standing: dict[str, dict[str, Any]] = {}
+    for record in records:
+        uid = str(record.get(tables.SOP_INSTANCE_UID, ""))
+        earlier = standing.get(uid)
+        if earlier is None or _rank(record) > _rank(earlier):
+            standing[uid] = dict(record)
+    return standing
+
+
+def _rank(record: Mapping[str, Any]) -> tuple[bool, str]:
+    return record.get("state") == ingest.STOW_STORED, str(record.get(ingest.UPDATED_AT, ""))

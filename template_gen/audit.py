@@ -2,8 +2,9 @@
 
 Separate from the SCP's operational log group: its own retention (six years by default, HIPAA's documentation
 retention), the stack's KMS key when one is given, retained when the stack is deleted. The SCP writes to it itself
-(dicom_store_scp/audit/sinks.py), with the task role's permission on this group alone; reading it is a separate
-grant the deployer gives to whoever audits (docs/security.md).
+(dicom_store_scp/audit/sinks.py), with the task role's permission on this group alone, and so does CheckStatus, the
+ingest outcome of each import job (pipeline.write_audit); reading it is a separate grant the deployer gives to
+whoever audits (docs/security.md).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ AUDIT_LOG_GROUP = "AuditLogGroup"
 
 
 def container_environment() -> dict[str, Ref]:
-    """What the SCP's task is told (dicom_store_scp.config's AUDIT_LOG_GROUP)."""
+    """What the SCP's task and CheckStatus are told (AUDIT_LOG_GROUP in dicom_store_scp.config, functions.settings)."""
     return {"AUDIT_LOG_GROUP": Ref(AUDIT_LOG_GROUP)}
 
 

@@ -28,10 +28,17 @@ def test_encrypted_with_the_stacks_key_exactly_when_one_is_given(template: dict[
     assert "KmsKeyId" not in without
 
 
-def test_the_task_is_told_the_group_and_may_only_write_to_it(template: dict[str, Any]) -> None:
+def test_the_task_and_check_status_are_told_the_group_and_may_only_write_to_it(template: dict[str, Any]) -> None:
     (container,) = template["Resources"]["ScpTaskDefinition"]["Properties"]["ContainerDefinitions"]
     environment = {e["Name"]: e["Value"] for e in container["Environment"]}
     assert environment["AUDIT_LOG_GROUP"] == {"Ref": "AuditLogGroup"}
+    told = {
+        name
+        for name, resource in template["Resources"].items()
+        if resource["Type"] == "AWS::Lambda::Function"
+        and resource["Properties"]["Environment"]["Variables"].get("AUDIT_LOG_GROUP") == {"Ref": "AuditLogGroup"}
+    }
+    assert told == {"CheckStatusFunction"}
     writers = [
         (role, policy["PolicyName"])
         for role, resource in template["Resources"].items()
@@ -39,4 +46,16 @@ def test_the_task_is_told_the_group_and_may_only_write_to_it(template: dict[str,
         for policy in resource["Properties"].get("Policies", [])
         if isinstance(policy, dict) and "GetAtt" in str(policy) and "'AuditLogGroup'" in str(policy)
     ]
-    assert writers == [("ScpTaskRole", "write-audit-messages")]
+    assert writers == [("CheckStatusRole", "check-status"), ("ScpTaskRole", "write-audit-messages")]
+    (grant,) = [
+        statement
+        for statement in template["Resources"]["CheckStatusRole"]["Properties"]["Policies"][0]["PolicyDocument"][
+            "Statement"
+        ]
+        if statement["Resource"] == [{"Fn::GetAtt": ["AuditLogGroup", "Arn"]}]
+    ]
+    assert grant == {
+        "Effect": "Allow",
+        "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+        "Resource": [{"Fn::GetAtt": ["AuditLogGroup", "Arn"]}],
+    }

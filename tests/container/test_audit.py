@@ -8,11 +8,15 @@ receiver standing in for the hospital's audit repository, which may be down for 
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 import time
+from pathlib import Path
 
 import boto3
 import pytest
 from dicom_store_scp import statuses
+from dicom_store_scp.audit.syslog import load_cert_chain_from_text
 from pydicom import dcmread
 from support import wire
 from support.audit import SyslogReceiver, event_id, of_kind, read_messages, validated, wait_for_messages
@@ -328,3 +332,50 @@ def test_stow_mode_reports_each_studys_outcome_in_healthimaging(start_scp, tmp_p
     (image_set,) = _objects(by_study[ct.StudyInstanceUID], "AHI-IMAGE-SET-ID")
     assert image_set.get("ParticipantObjectID") == hashlib.md5(ct.StudyInstanceUID.encode()).hexdigest()  # noqa: S324
     assert by_study[mr.StudyInstanceUID].find("EventIdentification").get("EventOutcomeIndicator") == "0"
+
+
+def test_the_repositorys_ca_and_client_certificate_may_come_as_pem_text_in_the_environment(start_scp, tmp_path, pki):
+    """What ECS ``Secrets`` give the task (AUDIT_SYSLOG_*_PEM, from Secrets Manager): the same TLS as the files, the
+    client certificate accepted by a repository that requires one, and the key never in the log."""
+    receiver = SyslogReceiver(pki.server_cert, pki.server_key, ca=pki.ca_cert)
+    receiver.start()
+    key_text = pki.client_key.read_text()
+    scp = start_scp(
+        "--audit-syslog-url", f"tls://localhost:{receiver.port}", "--audit-queue-dir", str(tmp_path / "queue"),
+        env={
+            "AUDIT_SYSLOG_CA_PEM": pki.ca_cert.read_text(),
+            "AUDIT_SYSLOG_CERT_PEM": pki.client_cert.read_text(),
+            "AUDIT_SYSLOG_KEY_PEM": key_text,
+        },
+    )  # fmt: skip
+    path = changed_sample(tmp_path, "pem.dcm", StudyInstanceUID="1.2.5.1")
+    assert storescu(scp.port, path).statuses == [statuses.SUCCESS]
+
+    messages = receiver.wait_for(2)
+    assert [event_id(m) for m in messages[:2]] == ["110100", "110104"]
+    assert _study_uids(messages) == ["1.2.5.1"]
+    scp.stop()
+    receiver.stop()
+    log = scp.log_path.read_text()
+    key_body = "".join(key_text.splitlines()[1:-1])
+    assert key_body[:40] not in log.replace("\\n", "")
+
+
+def test_pem_text_is_loaded_from_private_files_removed_at_once(tmp_path, pki, monkeypatch):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    seen = []
+
+    class Context:
+        def load_cert_chain(self, cert: str, key: str) -> None:
+            seen.append({path: (os.stat(path).st_mode & 0o777, Path(path).read_text()) for path in (cert, key)})
+            seen.append(os.stat(os.path.dirname(key)).st_mode & 0o777)
+
+    cert_text, key_text = pki.client_cert.read_text(), pki.client_key.read_text()
+    load_cert_chain_from_text(Context(), cert_text, key_text, None, None)  # type: ignore[arg-type]
+
+    files, folder_mode = seen
+    assert sorted(files.values()) == sorted([(0o600, cert_text), (0o600, key_text)])
+    assert folder_mode == 0o700
+    assert list(scratch.iterdir()) == []  # removed once loaded

@@ -10,11 +10,11 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
-from dicom_store_contract import job_events
+from dicom_store_contract import audit_ingest, job_events
 from dicom_store_contract.manifest import Manifest
 from dicom_store_contract.metrics import NAMESPACE
 
-from functions.contract import read_manifest, split_s3_uri
+from functions.contract import read_manifest, s3_uri, split_s3_uri
 from functions.healthimaging import (
     FileOutcome,
     ImportJobs,
@@ -22,7 +22,7 @@ from functions.healthimaging import (
     job_output_uri,
     read_job_output,
 )
-from functions.settings import Settings, client, settings
+from functions.settings import Settings, audit_logs, client, settings
 from functions.tracking import InstanceState, JobStatus, Tracking, tracking
 
 logger = Logger()
@@ -52,8 +52,15 @@ def match_outcomes(manifest: Manifest, outcomes: tuple[FileOutcome, ...]) -> dic
 
 
 def check_status(
-    execution: dict[str, Any], *, s3: Any, jobs: ImportJobs, repository: Tracking, config: Settings
+    execution: dict[str, Any],
+    *,
+    s3: Any,
+    jobs: ImportJobs,
+    repository: Tracking,
+    config: Settings,
+    logs: Any = None,
 ) -> dict[str, Any]:
+    """``logs``: the CloudWatch Logs client the job's ingest audit messages are written with (None: not written)."""
     batch_id, job_id = execution["batchId"], execution["jobId"]
     polling = dict(execution.get("polling") or {})
     job = jobs.get_import_job(job_id)
@@ -66,9 +73,19 @@ def check_status(
     output = read_job_output(s3, job_output_uri(job, execution.get("outputS3Uri", "")))
     outcomes = match_outcomes(manifest, output.outcomes)
     imported = failed = with_warnings = non_primary = 0
+    audited: list[audit_ingest.InstanceOutcome] = []
     for instance in manifest.instances:
         outcome = outcomes.get(instance.sop_instance_uid)
         if outcome is not None and outcome.imported:
+            audited.append(
+                audit_ingest.InstanceOutcome(
+                    instance.study_instance_uid,
+                    instance.sop_class_uid,
+                    True,
+                    image_set_id=outcome.image_set_id,
+                    warnings=bool(outcome.warnings),
+                )
+            )
             # warning.ndjson lists files imported with warnings; isPrimary false means the instance landed in a
             # non-primary image set (it conflicted with what the data store already held).
             state = InstanceState.IMPORTED_WITH_WARNINGS if outcome.warnings else InstanceState.IMPORTED
@@ -93,6 +110,11 @@ def check_status(
             reason = "not reported in the import job output"
         else:
             reason = job.message or f"import job {job.job_status}"
+        audited.append(
+            audit_ingest.InstanceOutcome(
+                instance.study_instance_uid, instance.sop_class_uid, False, failure_reason=reason
+            )
+        )
         repository.update_instance(
             batch_id,
             instance.sop_instance_uid,
@@ -114,6 +136,8 @@ def check_status(
         warningCount=with_warnings,
         nonPrimaryCount=non_primary,
     )
+    if logs is not None and config.audit_log_group:
+        _audit(logs, config, execution, manifest, job_id, audited)
     metrics.add_metric(name="InstancesImported", unit=MetricUnit.Count, value=imported)
     metrics.add_metric(name="InstancesFailed", unit=MetricUnit.Count, value=failed)
     metrics.add_metric(name="InstancesImportedWithWarnings", unit=MetricUnit.Count, value=with_warnings)
@@ -139,6 +163,39 @@ def check_status(
         message=job.message,
     )
     return result
+
+
+def _audit(
+    logs: Any,
+    config: Settings,
+    execution: dict[str, Any],
+    manifest: Manifest,
+    job_id: str,
+    audited: list[audit_ingest.InstanceOutcome],
+) -> None:
+    """The job's outcome in the audit log group, one message per study (dicom_store_contract.audit_ingest).
+
+    Never fails the step: the outcome is recorded in the tables above, and a retried CheckStatus would only write
+    the messages again. What is given up after the retries is logged (counts and the error, not the messages) and
+    counted in AuditMessagesNotWritten, which the operator can alarm on.
+    """
+    origin = audit_ingest.Node(manifest.called_ae, "", process=s3_uri(execution["bucket"], manifest.prefix))
+    data_store = audit_ingest.data_store_node(config.datastore_id, f"medical-imaging.{config.region}.amazonaws.com")
+    delivery = audit_ingest.write_outcome(
+        logs, config.audit_log_group, audited, origin, data_store, road=audit_ingest.HEALTHIMAGING_IMPORT, job_id=job_id
+    )
+    if delivery.given_up:
+        metrics.add_metric(name="AuditMessagesNotWritten", unit=MetricUnit.Count, value=delivery.given_up)
+        logger.error(
+            "ingest audit messages not written",
+            extra={
+                "batchId": manifest.batch_id,
+                "jobId": job_id,
+                "written": delivery.written,
+                "notWritten": delivery.given_up,
+                "error": delivery.error,
+            },
+        )
 
 
 # --- waiting for AHI's job events (EventBridge) instead of polling -----------------------------------------
@@ -191,4 +248,6 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if event.get("source") == job_events.SOURCE:
         return relay_job_event(event, repository=tracking(), sfn=client("stepfunctions"), config=settings())
     metrics.add_metric(name="ImportJobPolls", unit=MetricUnit.Count, value=1)
-    return check_status(event, s3=client("s3"), jobs=import_jobs(), repository=tracking(), config=settings())
+    config = settings()
+    logs = audit_logs() if config.audit_log_group else None
+    return check_status(event, s3=client("s3"), jobs=import_jobs(), repository=tracking(), config=config, logs=logs)

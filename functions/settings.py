@@ -33,6 +33,9 @@ class Settings:
     dicom_prefix: str = ""
     results_bucket: str = ""
     sweep_min_age_minutes: int = 60
+    # The stack's audit log group (dicom_store_contract.audit_ingest); empty: no ingest audit messages.
+    audit_log_group: str = ""
+    region: str = ""
 
     @classmethod
     def from_environment(cls, env: dict[str, str] | None = None) -> Settings:
@@ -47,6 +50,8 @@ class Settings:
             dicom_prefix=normalise_prefix(env.get("DICOM_PREFIX", "")),
             results_bucket=env.get("RESULTS_BUCKET", ""),
             sweep_min_age_minutes=int(env.get("SWEEP_MIN_AGE_MINUTES", "60") or 60),
+            audit_log_group=env.get("AUDIT_LOG_GROUP", ""),
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION", ""),
         )
 
 
@@ -65,7 +70,18 @@ def _client(service: str) -> Any:
     return boto3.client(service, config=RETRY_CONFIG)  # type: ignore[call-overload]
 
 
+# The audit log group's client: dicom_store_contract.audit_ingest retries throttling itself, within seconds;
+# botocore's own retries on top would multiply them past the function's timeout.
+AUDIT_LOGS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 2}, connect_timeout=5, read_timeout=10)
+
+
+@cache
+def audit_logs() -> Any:
+    return boto3.client("logs", config=AUDIT_LOGS_CONFIG)
+
+
 def reset() -> None:
     """Forget cached settings and clients (tests change the environment and the mocks between cases)."""
     settings.cache_clear()
     _client.cache_clear()
+    audit_logs.cache_clear()

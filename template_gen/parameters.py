@@ -28,6 +28,11 @@ _OCTET = r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 CIDR_PATTERN = rf"^({_OCTET}\.){{3}}{_OCTET}/(3[0-2]|[12]?\d)$"
 OPTIONAL_CIDR_PATTERN = rf"^(({_OCTET}\.){{3}}{_OCTET}/(3[0-2]|[12]?\d))?$"
 ACM_CERTIFICATE_PATTERN = r"^(arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[A-Za-z0-9-]+)?$"
+KMS_KEY_PATTERN = r"^(arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[a-f0-9-]{36})?$"
+# tls://host:port, the host an IPv4 address or a DNS name (no colon: the template reads the port after the second).
+AUDIT_SYSLOG_URL_PATTERN = r"^(tls://[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?:[0-9]{1,5})?$"
+# A Secrets Manager secret's full ARN (with the six characters Secrets Manager appends to its name).
+SECRET_ARN_PATTERN = r"^(arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]+-[A-Za-z0-9]{6})?$"  # noqa: S105
 # AE=host:port, the host an IPv4 address or a DNS name (no colon: the template reads the port after the only one).
 _COMMITMENT_PEER = r"[^,=\\]{1,16}=[^,=:\s]+:[0-9]{1,5}"
 COMMITMENT_PEERS_PATTERN = rf"^({_COMMITMENT_PEER}(,{_COMMITMENT_PEER}){{0,2}})?$"
@@ -124,6 +129,13 @@ SWEEP_MIN_AGE_MINUTES = "SweepMinAgeMinutes"
 LOG_LEVEL = "LogLevel"
 LOG_RETENTION_DAYS = "LogRetentionDays"
 AUDIT_LOG_RETENTION_DAYS = "AuditLogRetentionDays"
+AUDIT_SYSLOG_URL = "AuditSyslogURL"
+AUDIT_SYSLOG_CIDR = "AuditSyslogCIDR"
+# Parameter names (of secrets' ARNs), not secrets.
+AUDIT_SYSLOG_CA_SECRET_ARN = "AuditSyslogCASecretArn"  # noqa: S105
+AUDIT_SYSLOG_CERT_SECRET_ARN = "AuditSyslogCertSecretArn"  # noqa: S105
+AUDIT_SYSLOG_KEY_SECRET_ARN = "AuditSyslogKeySecretArn"  # noqa: S105
+AUDIT_SYSLOG_SECRETS_KMS_KEY_ARN = "AuditSyslogSecretsKmsKeyArn"
 ALARM_TOPIC_ARN = "AlarmTopicARN"
 
 
@@ -256,7 +268,45 @@ PARAMETERS: tuple[Param, ...] = (
           "key policy must admit this account's S3, DynamoDB, CloudWatch Logs, SQS and HealthImaging "
           "use. Leave empty for AWS owned keys.",
           default="",
-          constraints={"AllowedPattern": r"^(arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[a-f0-9-]{36})?$",
+          constraints={"AllowedPattern": KMS_KEY_PATTERN,
+                       "ConstraintDescription": "empty or a KMS key ARN (arn:...:key/<uuid>)"}),
+    Param(AUDIT_SYSLOG_URL, "String", SECURITY, "Audit repository (syslog over TLS)",
+          "tls://host:port of your audit record repository (IHE ATNA: syslog over TLS, RFC 5424/5425, often port "
+          "6514): the SCP sends it every DICOM audit message, queued on the task's disk while it is unreachable. "
+          "Needs AuditSyslogCIDR. Empty: the audit messages go to the stack's audit log group only.",
+          default="",
+          constraints={"AllowedPattern": AUDIT_SYSLOG_URL_PATTERN,
+                       "ConstraintDescription": "empty or tls://host:port"}),
+    Param(AUDIT_SYSLOG_CIDR, "String", SECURITY, "Audit repository's network",
+          "IPv4 CIDR holding the AuditSyslogURL host (e.g. 10.0.2.15/32): the SCP tasks may open TCP connections "
+          "to it on that URL's port, and to nothing else outside HTTPS. The private subnets need a route to it. "
+          "Empty without AuditSyslogURL.",
+          default="",
+          constraints={"AllowedPattern": OPTIONAL_CIDR_PATTERN,
+                       "ConstraintDescription": "empty or an IPv4 CIDR block"}),
+    Param(AUDIT_SYSLOG_CA_SECRET_ARN, "String", SECURITY, "Audit repository's CA (secret)",
+          "Optional full ARN of a Secrets Manager secret whose text is the PEM CA bundle the repository's "
+          "certificate is checked against. Empty: the public CAs the image trusts.",
+          default="",
+          constraints={"AllowedPattern": SECRET_ARN_PATTERN,
+                       "ConstraintDescription": "empty or a Secrets Manager secret's full ARN"}),
+    Param(AUDIT_SYSLOG_CERT_SECRET_ARN, "String", SECURITY, "Audit client certificate (secret)",
+          "Optional full ARN of a secret whose text is the PEM client certificate the SCP presents to the "
+          "repository. Needs AuditSyslogKeySecretArn.",
+          default="",
+          constraints={"AllowedPattern": SECRET_ARN_PATTERN,
+                       "ConstraintDescription": "empty or a Secrets Manager secret's full ARN"}),
+    Param(AUDIT_SYSLOG_KEY_SECRET_ARN, "String", SECURITY, "Audit client key (secret)",
+          "Optional full ARN of a secret whose text is the PEM private key of AuditSyslogCertSecretArn.",
+          default="",
+          constraints={"AllowedPattern": SECRET_ARN_PATTERN,
+                       "ConstraintDescription": "empty or a Secrets Manager secret's full ARN"}),
+    Param(AUDIT_SYSLOG_SECRETS_KMS_KEY_ARN, "String", SECURITY, "Audit secrets' KMS key",
+          "Optional customer managed KMS key ARN the audit secrets are encrypted with (the task's execution role "
+          "may decrypt with it through Secrets Manager only). Empty: the secrets use Secrets Manager's AWS "
+          "managed key.",
+          default="",
+          constraints={"AllowedPattern": KMS_KEY_PATTERN,
                        "ConstraintDescription": "empty or a KMS key ARN (arn:...:key/<uuid>)"}),
     # --- Scaling
     Param(TASK_CPU, "String", SCALING, "Task CPU (units)",

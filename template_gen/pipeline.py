@@ -59,9 +59,9 @@ from troposphere import (
 )
 from troposphere import sqs as sqs_
 
+from template_gen import audit, release
 from template_gen import common as c
 from template_gen import parameters as p
-from template_gen import release
 
 RUNTIME = "python3.12"
 
@@ -187,6 +187,17 @@ def read_results() -> list[Statement]:
     ]
 
 
+def write_audit() -> list[Statement]:
+    # The ingest outcome in HealthImaging (dicom_store_contract.audit_ingest): a stream of its own in the audit group.
+    return [
+        Statement(
+            Effect=Allow,
+            Action=[logs.CreateLogStream, logs.PutLogEvents],
+            Resource=[GetAtt(audit.AUDIT_LOG_GROUP, "Arn")],
+        )
+    ]
+
+
 def seal_batches() -> list[Statement]:
     return [
         Statement(
@@ -236,8 +247,8 @@ FUNCTIONS = (
              (TableAccess(c.JOB_TABLE, (ddb.PutItem,)), TableAccess(c.INSTANCE_TABLE, (ddb.UpdateItem,))),
              (_READ_OBJECTS, _TABLES, _START_IMPORT)),
     Function("CheckStatus", "functions.check_status.handler", "check-status", 300, 512,
-             (*_COMMON_ENV, "DATASTORE_ID", "RESULTS_BUCKET"), Invoker.WORKFLOW,
-             (read_manifests, get_import, read_results, wake_workflow),
+             (*_COMMON_ENV, "DATASTORE_ID", "RESULTS_BUCKET", "AUDIT_LOG_GROUP"), Invoker.WORKFLOW,
+             (read_manifests, get_import, read_results, wake_workflow, write_audit),
              (TableAccess(c.JOB_TABLE, (ddb.GetItem, ddb.UpdateItem)),
               TableAccess(c.INSTANCE_TABLE, (ddb.UpdateItem,))),
              (_READ_OBJECTS, _TABLES, _READ_IMPORT), job_events=True),
@@ -280,6 +291,7 @@ def function_environment() -> dict[str, object]:
         "RESULTS_BUCKET": Ref(c.RESULTS_BUCKET),
         "SWEEP_MIN_AGE_MINUTES": Ref(p.SWEEP_MIN_AGE_MINUTES),
         "LOG_LEVEL": Ref(p.LOG_LEVEL),
+        **audit.container_environment(),
     }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from troposphere import And, Equals, Not, Ref, Template
+from troposphere import And, Equals, Not, Or, Ref, Template
 
 from template_gen import parameters as p
 from template_gen.parameters import FARGATE_CPU_MEMORY, HEALTHIMAGING_REGIONS
@@ -91,6 +91,7 @@ def add_rules(template: Template) -> None:
             ],
         },
     )
+    _add_audit_repository_rules(template)
     for cpu, memories in FARGATE_CPU_MEMORY.items():
         template.add_rule(
             f"FargateMemoryFor{cpu}Cpu",
@@ -105,6 +106,50 @@ def add_rules(template: Template) -> None:
                 ],
             },
         )
+
+
+def _add_audit_repository_rules(template: Template) -> None:
+    url, cidr = Ref(p.AUDIT_SYSLOG_URL), Ref(p.AUDIT_SYSLOG_CIDR)
+    cert, key = Ref(p.AUDIT_SYSLOG_CERT_SECRET_ARN), Ref(p.AUDIT_SYSLOG_KEY_SECRET_ARN)
+    secrets = (Ref(p.AUDIT_SYSLOG_CA_SECRET_ARN), cert, key)
+    template.add_rule(
+        "AuditRepositoryHasANetwork",
+        {
+            "RuleCondition": Not(Equals(url, "")),
+            "Assertions": [
+                {
+                    "Assert": Not(Equals(cidr, "")),
+                    "AssertDescription": "AuditSyslogURL needs AuditSyslogCIDR, the network of the audit "
+                    "repository: the SCP tasks may connect to nothing else outside HTTPS, so no message would leave",
+                }
+            ],
+        },
+    )
+    template.add_rule(
+        "AuditClientCertificateHasItsKey",
+        {
+            "RuleCondition": Or(Not(Equals(cert, "")), Not(Equals(key, ""))),
+            "Assertions": [
+                {
+                    "Assert": And(Not(Equals(cert, "")), Not(Equals(key, ""))),
+                    "AssertDescription": "AuditSyslogCertSecretArn and AuditSyslogKeySecretArn go together: a "
+                    "client certificate needs its key",
+                }
+            ],
+        },
+    )
+    template.add_rule(
+        "AuditSecretsNeedARepository",
+        {
+            "RuleCondition": Or(*(Not(Equals(secret, "")) for secret in secrets)),
+            "Assertions": [
+                {
+                    "Assert": Not(Equals(url, "")),
+                    "AssertDescription": "The audit repository's secrets are for AuditSyslogURL: give it too",
+                }
+            ],
+        },
+    )
 
 
 def _subnet_zones(parameter: str) -> dict[str, Any]:

@@ -28,6 +28,7 @@ SCRATCH_PATH = "/tmp"
 CONTAINER_ENVIRONMENT = {
     **commitment.container_environment(),
     **audit.container_environment(),
+    **audit.syslog_environment(),
     "SCP_PORT": Ref(p.SCP_PORT),
     "AE_TITLE": Ref(p.SCP_AE_TITLE),
     "REQUIRE_CALLED_AE_TITLE": Ref(p.REQUIRE_CALLED_AE_TITLE),
@@ -203,7 +204,8 @@ def execution_role() -> iam.Role:
                         ),
                     ],
                 ),
-            )
+            ),
+            *audit.execution_policies(),
         ],
     )
 
@@ -272,6 +274,7 @@ def container_definition() -> ecs.ContainerDefinition:
         MountPoints=[ecs.MountPoint(SourceVolume=SCRATCH_VOLUME, ContainerPath=SCRATCH_PATH, ReadOnly=False)],
         PortMappings=[ecs.PortMapping(ContainerPort=Ref(p.SCP_PORT), Protocol="tcp")],
         Environment=[ecs.Environment(Name=name, Value=value) for name, value in CONTAINER_ENVIRONMENT.items()],
+        Secrets=audit.container_secrets(),
         LogConfiguration=ecs.LogConfiguration(
             LogDriver="awslogs",
             Options={

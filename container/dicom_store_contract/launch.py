@@ -77,6 +77,12 @@ STOW_ENDPOINTS: tuple[TaskEndpoint, ...] = (
     TaskEndpoint("dicom-medical-imaging", "StoreDICOM, with IngestMode stow", iam="medical-imaging"),
 )
 
+# With the audit repository's secrets (AuditSyslogCASecretArn and the client certificate's): ECS reads them from
+# Secrets Manager when a task starts, from the task's subnets; the preflight command's --audit-secrets checks it.
+AUDIT_SECRETS_ENDPOINTS: tuple[TaskEndpoint, ...] = (
+    TaskEndpoint("secretsmanager", "the audit repository's CA and client certificate, AuditSyslog*SecretArn"),
+)
+
 
 @dataclass(frozen=True)
 class KeyUser:

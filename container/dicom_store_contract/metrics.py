@@ -148,6 +148,9 @@ MANIFEST_ENTRIES_REJECTED = FunctionMetric(
 BATCHES_FAILED = FunctionMetric("BatchesFailed", "record_failure", "batches whose import workflow failed")
 BATCHES_TIMED_OUT = FunctionMetric("BatchesTimedOut", "record_failure", "batches whose import job did not end in time")
 BATCHES_SWEPT = FunctionMetric("BatchesSwept", "sweeper", "abandoned batches the sweeper sealed")
+AUDIT_MESSAGES_NOT_WRITTEN = FunctionMetric(
+    "AuditMessagesNotWritten", "check_status", "ingest audit messages given up after PutLogEvents retries"
+)
 
 FUNCTION_METRICS: tuple[FunctionMetric, ...] = (
     INSTANCES_IMPORTED,
@@ -161,6 +164,7 @@ FUNCTION_METRICS: tuple[FunctionMetric, ...] = (
     BATCHES_FAILED,
     BATCHES_TIMED_OUT,
     BATCHES_SWEPT,
+    AUDIT_MESSAGES_NOT_WRITTEN,
 )
 
 # EMF allows at most 100 values in one metric's array (and 100 metrics in one document).

@@ -111,6 +111,14 @@ def _uids(value: str) -> tuple[str, ...]:
     return uids
 
 
+def _pem(value: str) -> str:
+    """PEM text given in the environment (a secret the task definition injects); errors never quote it."""
+    text = value.strip()
+    if text and "-----BEGIN " not in text:
+        raise ConfigError("not PEM text (no -----BEGIN line); the value is not shown")
+    return text + "\n" if text else ""
+
+
 def _existing_file(value: str) -> Path | None:
     if not value.strip():
         return None
@@ -278,6 +286,29 @@ AUDIT_SETTINGS: tuple[Setting, ...] = (
         "PEM client certificate presented to the audit repository (empty: none)",
     ),
     Setting("AUDIT_SYSLOG_KEY_FILE", "audit_syslog_key_file", _existing_file, "", "PEM key of AUDIT_SYSLOG_CERT_FILE"),
+    # The same three as PEM text, for a task whose secrets arrive as environment variables (ECS ``Secrets``, from
+    # Secrets Manager): loaded from memory (the CA) or a private temporary file removed at once; never logged.
+    Setting(
+        "AUDIT_SYSLOG_CA_PEM",
+        "audit_syslog_ca_pem",
+        _pem,
+        "",
+        "the audit repository's CA bundle as PEM text (instead of AUDIT_SYSLOG_CA_FILE)",
+    ),
+    Setting(
+        "AUDIT_SYSLOG_CERT_PEM",
+        "audit_syslog_cert_pem",
+        _pem,
+        "",
+        "the client certificate as PEM text (instead of AUDIT_SYSLOG_CERT_FILE)",
+    ),
+    Setting(
+        "AUDIT_SYSLOG_KEY_PEM",
+        "audit_syslog_key_pem",
+        _pem,
+        "",
+        "the client certificate's key as PEM text (instead of AUDIT_SYSLOG_KEY_FILE; never logged)",
+    ),
     Setting(
         "AUDIT_QUEUE_DIR",
         "audit_queue_dir",
@@ -552,6 +583,10 @@ class Config:
     audit_syslog_ca_file: Path | None = None
     audit_syslog_cert_file: Path | None = None
     audit_syslog_key_file: Path | None = None
+    # Secrets: kept out of the configuration's repr (and so out of any log line or traceback that shows it).
+    audit_syslog_ca_pem: str = field(default="", repr=False)
+    audit_syslog_cert_pem: str = field(default="", repr=False)
+    audit_syslog_key_pem: str = field(default="", repr=False)
     audit_queue_dir: str = ""
     audit_queue_limit: int = 100000
     audit_source_id: str = ""
@@ -737,12 +772,19 @@ def _check_together(values: dict[str, Any]) -> None:
 
 
 def _check_audit(values: dict[str, Any]) -> None:
-    cert, key = values["audit_syslog_cert_file"], values["audit_syslog_key_file"]
-    if (cert is None) != (key is None):
-        missing = "AUDIT_SYSLOG_KEY_FILE" if key is None else "AUDIT_SYSLOG_CERT_FILE"
-        raise ConfigError(f"{missing} (--{missing.lower().replace('_', '-')}): a client certificate needs its key")
+    for what in ("ca", "cert", "key"):
+        if values[f"audit_syslog_{what}_file"] is not None and values[f"audit_syslog_{what}_pem"]:
+            file, pem = f"AUDIT_SYSLOG_{what.upper()}_FILE", f"AUDIT_SYSLOG_{what.upper()}_PEM"
+            raise ConfigError(f"{pem} (--{pem.lower().replace('_', '-')}): give {file} or {pem}, not both")
+    cert = values["audit_syslog_cert_file"] is not None or bool(values["audit_syslog_cert_pem"])
+    key = values["audit_syslog_key_file"] is not None or bool(values["audit_syslog_key_pem"])
+    if cert != key:
+        missing = "AUDIT_SYSLOG_KEY_FILE" if not key else "AUDIT_SYSLOG_CERT_FILE"
+        raise ConfigError(
+            f"{missing} (--{missing.lower().replace('_', '-')}) or its _PEM form: a client certificate needs its key"
+        )
     if not values["audit_syslog_url"]:
-        for name in ("audit_syslog_ca_file", "audit_syslog_cert_file"):
-            if values[name] is not None:
+        for name in ("audit_syslog_ca_file", "audit_syslog_cert_file", "audit_syslog_ca_pem", "audit_syslog_cert_pem"):
+            if values[name]:
                 env = name.upper()
                 raise ConfigError(f"{env} (--{name.replace('_', '-')}): needs AUDIT_SYSLOG_URL")

@@ -71,11 +71,17 @@ class Plan:
     max_capacity: int = launch.AUTOSCALE_MAX_CAPACITY_DEFAULT
     image_region: str = launch.IMAGE_REGION
     ingest_mode: str = ingest.DEFAULT
+    audit_secrets: bool = False
 
     @property
     def endpoints(self) -> tuple[launch.TaskEndpoint, ...]:
-        """What the task calls from its subnets: in stow mode, HealthImaging's DICOMweb endpoint too."""
-        return launch.TASK_ENDPOINTS + (launch.STOW_ENDPOINTS if self.ingest_mode == ingest.STOW else ())
+        """What the task calls from its subnets: in stow mode, HealthImaging's DICOMweb endpoint too; with the
+        audit repository's secrets, Secrets Manager (ECS reads them there when a task starts)."""
+        return (
+            launch.TASK_ENDPOINTS
+            + (launch.STOW_ENDPOINTS if self.ingest_mode == ingest.STOW else ())
+            + (launch.AUDIT_SECRETS_ENDPOINTS if self.audit_secrets else ())
+        )
 
 
 def _error_code(error: Exception) -> str:
@@ -851,6 +857,11 @@ def _parser() -> argparse.ArgumentParser:
         default=ingest.DEFAULT,
         help=f"IngestMode (default {ingest.DEFAULT}); stow: the tasks must reach HealthImaging's DICOMweb endpoint too",
     )
+    parser.add_argument(
+        "--audit-secrets",
+        action="store_true",
+        help="AuditSyslog*SecretArn given: the tasks must reach Secrets Manager too",
+    )
     parser.add_argument("--endpoint-url", metavar="URL", default=None, help="AWS endpoint [AWS_ENDPOINT_URL]")
     return parser
 
@@ -869,6 +880,7 @@ def _plan(args: argparse.Namespace) -> Plan:
         max_capacity=args.max_capacity,
         image_region=args.image_region,
         ingest_mode=args.ingest_mode,
+        audit_secrets=args.audit_secrets,
     )
 
 

@@ -28,6 +28,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from . import contexts, engine, handlers, negotiation, protocol, signals, startup
 from .audit.build import build_trail
+from .audit.ingest import StowAuditRecords, name_data_store
 from .audit.trail import AuditTrail
 from .batches import Sessions
 from .budget import SharedAssociationBudget
@@ -157,7 +158,16 @@ class Receiver:
         )
         # Stow mode's outcomes, written to the instance table off the receive threads (stow.py).
         self.stow_records = build_stow_records(config)
-        self.storage = build_storage(config, self.recorder, self.stow_records)
+        self.audit = build_trail(config, self.recorder.audit_dropped)
+        records: Any = self.stow_records
+        if self.audit is not None and config.ingest_mode == ingest.STOW:
+            # The audit trail sees each of HealthImaging's answers on its way to the table (audit/ingest.py).
+            records = StowAuditRecords(self.audit, self.stow_records)
+        self.storage = build_storage(config, self.recorder, records)
+        if isinstance(records, StowAuditRecords):
+            name_data_store(
+                records.trail, config.datastore_id, getattr(getattr(self.storage, "client", None), "studies_url", "")
+            )
         # A folder of our own, so the janitor below can tell our leftovers from anyone else's files.
         self.spool = self.storage.spool_dir() or Path(tempfile.mkdtemp(prefix="dicom-store-scp-spool-"))
         use_spool_dir(self.spool)
@@ -168,7 +178,6 @@ class Receiver:
             config.batch_max_bytes,
             recorder=self.recorder,
         )
-        self.audit = build_trail(config, self.recorder.audit_dropped)
         self.sessions.audit = self.audit
         self.ae = build_ae(config)
         self.budget = budget

@@ -7,20 +7,29 @@ receiver standing in for the hospital's audit repository, which may be down for 
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 import time
+from pathlib import Path
 
 import boto3
 import pytest
 from dicom_store_scp import statuses
+from dicom_store_scp.audit.syslog import load_cert_chain_from_text
 from pydicom import dcmread
 from support import wire
 from support.audit import SyslogReceiver, event_id, of_kind, read_messages, validated, wait_for_messages
 from support.certs import make_pki
+from support.fake_stow import FakeStow
 from support.moto import aws_env
 from support.scp import changed_sample, sample_file, storescu
 
 CT = sample_file("CT_small.dcm")
 MR = sample_file("MR_small.dcm")
+
+# Signing needs credentials; these reach only the loopback fake.
+STOW_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
 
 pytestmark = pytest.mark.slow
 
@@ -277,3 +286,96 @@ def test_beyond_the_queue_bound_messages_are_dropped_counted_and_said(start_scp,
     scp.stop()
     time.sleep(0.5)
     assert _study_uids(receiver.messages()) == ["1.2.4.0"]
+
+
+def test_stow_mode_reports_each_studys_outcome_in_healthimaging(start_scp, tmp_path):
+    """INGEST_MODE=stow: the SCP learns HealthImaging's answer itself; at the association's end, besides its own
+    110104 per study, one ingest message per study (event type AHI-STOW-RS): stored counts, image sets, refusals."""
+    fake = FakeStow()
+    try:
+        fake.script = ["store", "fail:C000", "store"]
+        audit = tmp_path / "audit.xml"
+        scp = start_scp(
+            "--audit-file", str(audit), "--ingest-mode", "stow", "--ahi-stow-url", fake.base_url,
+            "--datastore-id", fake.datastore_id, env=STOW_CREDENTIALS,
+        )  # fmt: skip
+        second = changed_sample(
+            tmp_path, "ct2.dcm", SOPInstanceUID="1.2.3.4.2", meta_MediaStorageSOPInstanceUID="1.2.3.4.2"
+        )
+        result = storescu(scp.port, CT, second, MR, args=("--no-halt",))
+        assert result.statuses == [statuses.SUCCESS, statuses.STOW_REFUSED, statuses.SUCCESS], result.output
+
+        messages = wait_for_messages(audit, 5)
+    finally:
+        fake.stop()
+    ingested = [m for m in of_kind(messages, "110104") if m.find("EventIdentification/EventTypeCode") is not None]
+    assert len(of_kind(messages, "110104")) == 4 and len(ingested) == 2
+    by_study = {_objects(m, "110180")[0].get("ParticipantObjectID"): m for m in ingested}
+    ct, mr = dcmread(CT), dcmread(MR)
+    assert set(by_study) == {ct.StudyInstanceUID, mr.StudyInstanceUID}
+    for message in ingested:
+        road = message.find("EventIdentification/EventTypeCode")
+        assert (road.get("csd-code"), road.get("codeSystemName")) == ("AHI-STOW-RS", "99AHISTORESCP")
+        roles = _participants(message)
+        assert roles["110153"].get("AlternativeUserID") == "AETITLES=STORESCP"
+        assert roles["110153"].get("UserIsRequestor") == "true"
+        assert (roles["110152"].get("UserID"), roles["110152"].get("NetworkAccessPointID")) == (
+            fake.datastore_id,
+            "127.0.0.1",
+        )
+        assert _objects(message, "2") == []  # no patient: the SCP's own 110104 names it
+    ct_event = by_study[ct.StudyInstanceUID].find("EventIdentification")
+    assert ct_event.get("EventOutcomeIndicator") == "4"
+    description = ct_event.find("EventOutcomeDescription").text
+    assert description.startswith("1 instance(s) imported into AWS HealthImaging")
+    assert "1 failed: AWS HealthImaging refused it (STOW-RS)" in description
+    (image_set,) = _objects(by_study[ct.StudyInstanceUID], "AHI-IMAGE-SET-ID")
+    assert image_set.get("ParticipantObjectID") == hashlib.md5(ct.StudyInstanceUID.encode()).hexdigest()  # noqa: S324
+    assert by_study[mr.StudyInstanceUID].find("EventIdentification").get("EventOutcomeIndicator") == "0"
+
+
+def test_the_repositorys_ca_and_client_certificate_may_come_as_pem_text_in_the_environment(start_scp, tmp_path, pki):
+    """What ECS ``Secrets`` give the task (AUDIT_SYSLOG_*_PEM, from Secrets Manager): the same TLS as the files, the
+    client certificate accepted by a repository that requires one, and the key never in the log."""
+    receiver = SyslogReceiver(pki.server_cert, pki.server_key, ca=pki.ca_cert)
+    receiver.start()
+    key_text = pki.client_key.read_text()
+    scp = start_scp(
+        "--audit-syslog-url", f"tls://localhost:{receiver.port}", "--audit-queue-dir", str(tmp_path / "queue"),
+        env={
+            "AUDIT_SYSLOG_CA_PEM": pki.ca_cert.read_text(),
+            "AUDIT_SYSLOG_CERT_PEM": pki.client_cert.read_text(),
+            "AUDIT_SYSLOG_KEY_PEM": key_text,
+        },
+    )  # fmt: skip
+    path = changed_sample(tmp_path, "pem.dcm", StudyInstanceUID="1.2.5.1")
+    assert storescu(scp.port, path).statuses == [statuses.SUCCESS]
+
+    messages = receiver.wait_for(2)
+    assert [event_id(m) for m in messages[:2]] == ["110100", "110104"]
+    assert _study_uids(messages) == ["1.2.5.1"]
+    scp.stop()
+    receiver.stop()
+    log = scp.log_path.read_text()
+    key_body = "".join(key_text.splitlines()[1:-1])
+    assert key_body[:40] not in log.replace("\\n", "")
+
+
+def test_pem_text_is_loaded_from_private_files_removed_at_once(tmp_path, pki, monkeypatch):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    seen = []
+
+    class Context:
+        def load_cert_chain(self, cert: str, key: str) -> None:
+            seen.append({path: (os.stat(path).st_mode & 0o777, Path(path).read_text()) for path in (cert, key)})
+            seen.append(os.stat(os.path.dirname(key)).st_mode & 0o777)
+
+    cert_text, key_text = pki.client_cert.read_text(), pki.client_key.read_text()
+    load_cert_chain_from_text(Context(), cert_text, key_text, None, None)  # type: ignore[arg-type]
+
+    files, folder_mode = seen
+    assert sorted(files.values()) == sorted([(0o600, cert_text), (0o600, key_text)])
+    assert folder_mode == 0o700
+    assert list(scratch.iterdir()) == []  # removed once loaded

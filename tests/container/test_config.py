@@ -157,3 +157,39 @@ def test_help_says_what_the_program_does_first_and_lists_the_commands():
 def test_the_instance_table_flag_has_one_name_everywhere():
     assert load(["--instance-table", "T1"], environ={}).instance_table == "T1"
     assert load(["--instance-table-name", "T2"], environ={}).instance_table == "T2"
+
+
+PEM = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUSECRET\n-----END CERTIFICATE-----"
+SYSLOG = {"AUDIT_SYSLOG_URL": "tls://audit.example:6514"}
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({**SYSLOG, "AUDIT_SYSLOG_CERT_PEM": PEM}, "a client certificate needs its key"),
+        ({**SYSLOG, "AUDIT_SYSLOG_KEY_PEM": PEM}, "a client certificate needs its key"),
+        ({"AUDIT_SYSLOG_CA_PEM": PEM}, "AUDIT_SYSLOG_CA_PEM (--audit-syslog-ca-pem): needs AUDIT_SYSLOG_URL"),
+        (
+            {**SYSLOG, "AUDIT_SYSLOG_KEY_PEM": "hunter2-not-pem"},
+            "AUDIT_SYSLOG_KEY_PEM (--audit-syslog-key-pem): not PEM",
+        ),
+    ],
+)
+def test_audit_syslog_pem_settings_are_checked_without_showing_them(env, named):
+    with pytest.raises(ConfigError) as refused:
+        load([], env)
+    assert named in str(refused.value)
+    assert "SECRET" not in str(refused.value) and "hunter2" not in str(refused.value)
+
+
+def test_a_pem_and_a_file_for_the_same_thing_are_refused(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text(PEM)
+    with pytest.raises(ConfigError, match="give AUDIT_SYSLOG_CA_FILE or AUDIT_SYSLOG_CA_PEM, not both"):
+        load([], {**SYSLOG, "AUDIT_SYSLOG_CA_FILE": str(ca), "AUDIT_SYSLOG_CA_PEM": PEM})
+
+
+def test_pem_values_stay_out_of_the_configurations_repr():
+    config = load([], {**SYSLOG, "AUDIT_SYSLOG_CA_PEM": PEM, "AUDIT_SYSLOG_CERT_PEM": PEM, "AUDIT_SYSLOG_KEY_PEM": PEM})
+    assert config.audit_syslog_key_pem == PEM + "\n"
+    assert "SECRET" not in repr(config)

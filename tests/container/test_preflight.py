@@ -177,6 +177,23 @@ def test_stow_mode_with_healthimagings_dicomweb_endpoint_is_ready(account: Accou
     )
 
 
+def test_the_audit_repositorys_secrets_need_a_route_to_secrets_manager(account: Account, run: Run) -> None:
+    account.ready(nat=False)
+    group = account.security_group("endpoints", https_from_cidr=account.vpc.cidr)
+    account.add_endpoints(security_group=group)
+
+    code, lines = run(account, "--audit-secrets")
+    assert code == preflight.EXIT_NOT_READY
+    for line in failed(lines):
+        assert "secretsmanager (the audit repository's CA and client certificate" in line
+        assert "no interface endpoint com.amazonaws.us-east-1.secretsmanager with private DNS" in line
+
+    account.add_endpoints(
+        security_group=group, audit_secrets=True, skip=tuple(e.service for e in launch.TASK_ENDPOINTS)
+    )
+    ready(*run(account, "--audit-secrets"))
+
+
 def test_stow_mode_through_a_nat_gateway_is_ready(account: Account, run: Run) -> None:
     account.ready()
 

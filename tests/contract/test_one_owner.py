@@ -1,7 +1,8 @@
 """Facts owned by dicom_store_contract are not written again elsewhere: every part imports them.
 
 A grep over the product's source (not tests, which may spell a value out to check it): the UID form, the metrics
-namespace and the tracking tables' index names appear only in their owner module.
+namespace, the audit messages' own coding scheme (the SCP and the import functions build theirs in one module) and
+the tracking tables' index names appear only in their owner module.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
-from dicom_store_contract import metrics, tables, uids
+from dicom_store_contract import audit_messages, metrics, tables, uids
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("container", "functions", "template_gen", "release", "bench")
@@ -41,6 +42,12 @@ def _quoted(value: str) -> re.Pattern[str]:
             UID_FORM_PENDING,
         ),
         ("the metrics namespace", "container/dicom_store_contract/metrics.py", _quoted(metrics.NAMESPACE), set()),
+        (
+            "the audit messages' own coding scheme",
+            "container/dicom_store_contract/audit_messages.py",
+            _quoted(audit_messages.OWN_CODES),
+            set(),
+        ),
         *(
             (f"the index name {name}", "container/dicom_store_contract/tables.py", _quoted(name), set())
             for name in sorted(

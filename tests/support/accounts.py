@@ -128,14 +128,16 @@ class Account:
         security_group: str | None = None,
         skip: tuple[str, ...] = (),
         stow: bool = False,
+        audit_secrets: bool = False,
     ) -> dict[str, str]:
         """Every endpoint the task needs, as the guide describes them: gateways for S3 and DynamoDB on the private
         route table, interface endpoints with private DNS in both private subnets (``stow``: HealthImaging's
-        DICOMweb endpoint too, which IngestMode stow calls)."""
+        DICOMweb endpoint too, which IngestMode stow calls; ``audit_secrets``: Secrets Manager too)."""
         assert self.vpc is not None
         ec2 = self.client("ec2")
         made = {}
-        for needed in launch.TASK_ENDPOINTS + (launch.STOW_ENDPOINTS if stow else ()):
+        extra = (launch.STOW_ENDPOINTS if stow else ()) + (launch.AUDIT_SECRETS_ENDPOINTS if audit_secrets else ())
+        for needed in launch.TASK_ENDPOINTS + extra:
             if needed.service in skip:
                 continue
             name = needed.service_name(self.region)

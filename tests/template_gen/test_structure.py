@@ -25,6 +25,8 @@ CONTAINER_CONTRACT = {
     "COMMITMENT_PEERS",
     # The audit trail's log group (container/dicom_store_scp/audit/, template_gen/audit.py).
     "AUDIT_LOG_GROUP",
+    # The audit repository (AuditSyslogURL; its CA and client certificate arrive as the task's Secrets).
+    "AUDIT_SYSLOG_URL",
     "SCP_PORT",
     "AE_TITLE",
     "REQUIRE_CALLED_AE_TITLE",
@@ -63,6 +65,7 @@ LAMBDA_CONTRACT = {
     "DICOM_BUCKET",
     "DICOM_PREFIX",
     "RESULTS_BUCKET",
+    "AUDIT_LOG_GROUP",
     "SWEEP_MIN_AGE_MINUTES",
     "LOG_LEVEL",
     "POWERTOOLS_SERVICE_NAME",

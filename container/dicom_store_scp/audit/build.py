@@ -34,6 +34,9 @@ def build_trail(config: Config, on_drop: Callable[[str, int], None] | None = Non
                 ca_file=config.audit_syslog_ca_file,
                 cert_file=config.audit_syslog_cert_file,
                 key_file=config.audit_syslog_key_file,
+                ca_pem=config.audit_syslog_ca_pem,
+                cert_pem=config.audit_syslog_cert_pem,
+                key_pem=config.audit_syslog_key_pem,
                 on_drop=on_drop,
             )
         )

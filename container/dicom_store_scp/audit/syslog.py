@@ -19,8 +19,10 @@ import fcntl
 import logging
 import os
 import select
+import shutil
 import socket
 import ssl
+import tempfile
 import threading
 import time
 from datetime import UTC, datetime
@@ -61,6 +63,31 @@ def syslog_message(xml: str, when: float | None = None, host: str = "", process:
     hostname = (host or socket.gethostname() or "-")[:255].replace(" ", "-")
     body = f"<{_PRI}>1 {stamp} {hostname} {_APP_NAME} {process or os.getpid()} {_MSGID} - {_BOM}{xml}".encode()
     return f"{len(body)} ".encode("ascii") + body
+
+
+def load_cert_chain_from_text(
+    context: ssl.SSLContext, cert_pem: str, key_pem: str, cert_file: Path | None, key_file: Path | None
+) -> None:
+    """Load a client certificate and key given (either or both) as PEM text.
+
+    Python's ssl module loads a certificate chain from files only: the text goes to files in a private folder
+    (0700, its files 0600, named by nobody else), loaded and removed at once, whatever happens.
+    """
+    folder = tempfile.mkdtemp(prefix="dicom-store-scp-audit-tls-")
+    try:
+        cert_path = str(cert_file) if cert_file is not None else _private_file(folder, "cert.pem", cert_pem)
+        key_path = str(key_file) if key_file is not None else _private_file(folder, "key.pem", key_pem)
+        context.load_cert_chain(cert_path, key_path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _private_file(folder: str, name: str, text: str) -> str:
+    path = os.path.join(folder, name)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="ascii") as file:
+        file.write(text)
+    return path
 
 
 class DiskQueue:
@@ -141,14 +168,22 @@ class SyslogSink(Sink):
         ca_file: Path | None = None,
         cert_file: Path | None = None,
         key_file: Path | None = None,
+        ca_pem: str = "",
+        cert_pem: str = "",
+        key_pem: str = "",
         **kwargs: Any,
     ) -> None:
+        """``*_pem``: the same as the files, as PEM text (AUDIT_SYSLOG_*_PEM, from the task's secrets)."""
         super().__init__(**kwargs)
         self.host, self.port = parse_url(url)
         self.queue = queue
-        self.context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file) if ca_file else None)
+        self.context = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH, cafile=str(ca_file) if ca_file else None, cadata=ca_pem or None
+        )
         self.context.minimum_version = ssl.TLSVersion.TLSv1_2
-        if cert_file is not None:
+        if cert_pem or key_pem:
+            load_cert_chain_from_text(self.context, cert_pem, key_pem, cert_file, key_file)
+        elif cert_file is not None:
             self.context.load_cert_chain(str(cert_file), str(key_file) if key_file else None)
         self._connection: ssl.SSLSocket | None = None
         self._hostname = socket.gethostname()

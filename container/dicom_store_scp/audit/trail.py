@@ -18,10 +18,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dicom_store_contract import audit_messages as messages
+from dicom_store_contract.audit_messages import IngestedStudy, Node, Source, Study
 from pydicom.charset import convert_encodings, decode_bytes
 
-from . import messages
-from .messages import Node, Source, Study
 from .sinks import Sink
 
 LOG = logging.getLogger("dicom_store_scp.audit")
@@ -49,6 +49,17 @@ class _Ledger:
     unlisted_patients: dict[str, int] = field(default_factory=dict)
     # Instances refused before their study could be read (status -> count).
     unknown_study_failures: dict[int, int] = field(default_factory=dict)
+    # INGEST_MODE=stow: what HealthImaging made of this association's instances, by study.
+    ingested: dict[str, IngestedStudy] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _StowAnswer:
+    study_instance_uid: str
+    sop_class_uid: str
+    stored: bool
+    image_set_id: str
+    failure_reason: str
 
 
 def _text(value: Any, encodings: Sequence[str]) -> str:
@@ -91,8 +102,12 @@ class AuditTrail:
         self.source = Source(source_id or ae_title, enterprise_site_id)
         self.application = Node(ae_title, address or socket.gethostname(), process=str(os.getpid()))
         self.studies_per_association = studies_per_association
+        # INGEST_MODE=stow: the data store, the destination of the ingest messages (set by build.py).
+        self.data_store: Node | None = None
         self._lock = threading.Lock()
         self._ledgers: dict[int, _Ledger] = {}
+        # HealthImaging's answer to the C-STORE an association's thread is handling, until store_answered takes it.
+        self._stow_answers = threading.local()
 
     # -- the trail's own life --------------------------------------------------------------------------------------
 
@@ -116,6 +131,7 @@ class AuditTrail:
         self, assoc: Any, status: int, sop_class: str, study_uid: str, header: Mapping[int, Any] | None
     ) -> None:
         """Add one answered C-STORE to its association's ledger (the study unknown: ``study_uid`` empty)."""
+        self._take_stow_answers(assoc)
         full: list[Study] = []
         with self._lock:
             ledger = self._ledgers.get(id(assoc))
@@ -147,6 +163,51 @@ class AuditTrail:
         for each in full:
             self._transferred(sender, each, 0, {}, "")
 
+    def _take_stow_answers(self, assoc: Any) -> None:
+        """The stow answers this thread kept (:meth:`stow_answered`) into the association's ledger."""
+        answers: list[_StowAnswer] = getattr(self._stow_answers, "pending", [])
+        if not answers:
+            return
+        self._stow_answers.pending = []
+        full: list[IngestedStudy] = []
+        with self._lock:
+            ledger = self._ledgers.get(id(assoc))
+            if ledger is None:
+                ledger = self._ledgers[id(assoc)] = _Ledger(_sender(assoc))
+            for answer in answers:
+                ingested = ledger.ingested.get(answer.study_instance_uid)
+                if ingested is None:
+                    if len(ledger.ingested) >= self.studies_per_association:
+                        full = list(ledger.ingested.values())  # as for the studies: reported now, memory bounded
+                        ledger.ingested.clear()
+                    ingested = ledger.ingested[answer.study_instance_uid] = IngestedStudy(answer.study_instance_uid)
+                ingested.add(answer.sop_class_uid, answer.stored, answer.image_set_id, answer.failure_reason)
+        self._ingested(full)
+
+    def stow_answered(
+        self, study_uid: str, sop_class: str, stored: bool, image_set_id: str = "", failure_reason: str = ""
+    ) -> None:
+        """INGEST_MODE=stow: HealthImaging's answer for the instance this thread is storing (ingest.StowAuditRecords).
+
+        Kept for the thread's next :meth:`store_answered`, which the same C-STORE calls once it is answered; at the
+        association's end each study's outcome in HealthImaging is one message.
+        """
+        if not study_uid:
+            return
+        pending: list[_StowAnswer] = getattr(self._stow_answers, "pending", [])
+        pending.append(_StowAnswer(study_uid, sop_class, stored, image_set_id, failure_reason))
+        self._stow_answers.pending = pending
+
+    def _ingested(self, studies: Sequence[IngestedStudy]) -> None:
+        if self.data_store is None:
+            return
+        for study in studies:
+            self.emit(
+                messages.ingest_outcome(
+                    self.source, self.application, self.data_store, study, messages.HEALTHIMAGING_STOW
+                )
+            )
+
     # -- association events (pynetdicom's, bound by server.py) ---------------------------------------------------------
 
     def association_ended(self, assoc: Any) -> None:
@@ -165,6 +226,7 @@ class AuditTrail:
         if not ledger.studies and unknown:
             study = Study("")
             self._transferred(ledger.sender, study, unknown, ledger.unknown_study_failures, how)
+            self._ingested(list(ledger.ingested.values()))
             return
         for study in ledger.studies.values():
             failures = dict(study.failures)
@@ -173,6 +235,7 @@ class AuditTrail:
             if unlisted:
                 extra += f"; {unlisted} more patient identities in this study not listed"
             self._transferred(ledger.sender, study, sum(failures.values()), failures, how, extra)
+        self._ingested(list(ledger.ingested.values()))
 
     def _transferred(
         self, sender: Node, study: Study, failed: int, failures: Mapping[int, int], how: str, extra: str = ""

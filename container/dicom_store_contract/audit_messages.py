@@ -1,4 +1,6 @@
-"""DICOM Audit Messages (PS3.15 A.5): the XML of each event the SCP reports, one message per line.
+"""DICOM Audit Messages (PS3.15 A.5): the XML of each event the product reports, one message per line.
+
+The SCP (dicom_store_scp.audit) and the import functions (audit_ingest.py, for CheckStatus) build theirs here.
 
 The element and attribute names, their order and the coded values are the standard's: the schema of A.5.1 (RELAX NG,
 derived from RFC 3881; the tests validate every message against its published text), the event definitions of
@@ -37,6 +39,14 @@ OWN_CODES = "99AHISTORESCP"
 COMMITMENT_REQUEST: Code = ("STGCMT-REQUEST", OWN_CODES, "Storage Commitment Request")
 COMMITMENT_REPORT: Code = ("STGCMT-REPORT", OWN_CODES, "Storage Commitment Report")
 TRANSACTION_UID: Code = ("STGCMT-TRANSACTION-UID", OWN_CODES, "Storage Commitment Transaction UID")
+# The ingest outcome in AWS HealthImaging: A.5.3 has no event for instances entering an archive from the product's
+# own staging area (110107 Import is data entering the organisation's security domain, from media, by a user), so
+# it is reported as what it is, DICOM Instances Transferred from the batch (or this SCP) to the data store, told
+# apart from the SCP's own 110104 by an event type of this product's naming: the road the instances took.
+HEALTHIMAGING_IMPORT: Code = ("AHI-IMPORT", OWN_CODES, "HealthImaging Import Job")
+HEALTHIMAGING_STOW: Code = ("AHI-STOW-RS", OWN_CODES, "HealthImaging STOW-RS")
+IMAGE_SET_ID: Code = ("AHI-IMAGE-SET-ID", OWN_CODES, "HealthImaging Image Set ID")
+IMPORT_JOB_ID: Code = ("AHI-IMPORT-JOB-ID", OWN_CODES, "HealthImaging Import Job ID")
 # Active participant roles (CID 402 "Audit Active Participant Role ID Code").
 ROLE_APPLICATION: Code = ("110150", "DCM", "Application")
 ROLE_DESTINATION: Code = ("110152", "DCM", "Destination Role ID")
@@ -263,4 +273,100 @@ def storage_commitment(
         description_element = ET.SubElement(participant, "ParticipantObjectDescription")
         for sop_class, count in sorted(sop_classes.items()):
             ET.SubElement(description_element, "SOPClass", {"UID": clean(sop_class), "NumberOfInstances": str(count)})
+    return _encode(root)
+
+
+# Image sets and failure reasons named per ingest message; more are counted in its description.
+LISTED_PER_STUDY = 16
+
+
+@dataclass
+class IngestedStudy:
+    """What HealthImaging made of one study of one batch: imported instances by SOP class, failed ones by reason."""
+
+    study_instance_uid: str
+    sop_classes: dict[str, int] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
+    # In the order HealthImaging named them; at most LISTED_PER_STUDY (``unlisted_image_sets`` counts the rest).
+    image_set_ids: dict[str, None] = field(default_factory=dict)
+    unlisted_image_sets: int = 0
+    with_warnings: int = 0
+
+    def add(
+        self, sop_class: str, imported: bool, image_set_id: str = "", reason: str = "", warnings: bool = False
+    ) -> None:
+        if imported:
+            self.sop_classes[sop_class] = self.sop_classes.get(sop_class, 0) + 1
+            self.with_warnings += warnings
+            if image_set_id and image_set_id not in self.image_set_ids:
+                if len(self.image_set_ids) < LISTED_PER_STUDY:
+                    self.image_set_ids[image_set_id] = None
+                else:
+                    self.unlisted_image_sets += 1
+            return
+        reason = reason or "failed"
+        if reason in self.failures or len(self.failures) < LISTED_PER_STUDY:
+            self.failures[reason] = self.failures.get(reason, 0) + 1
+        else:
+            self.failures["(other reasons)"] = self.failures.get("(other reasons)", 0) + 1
+
+    @property
+    def imported(self) -> int:
+        return sum(self.sop_classes.values())
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values())
+
+    def outcome(self) -> str:
+        """0 all imported, 4 some failed, 8 none imported (the description says which failed, and why)."""
+        if not self.failed:
+            return SUCCESS
+        return MINOR_FAILURE if self.imported else SERIOUS_FAILURE
+
+    def description(self) -> str:
+        text = f"{self.imported} instance(s) imported into AWS HealthImaging"
+        if self.with_warnings:
+            text += f" ({self.with_warnings} with warnings)"
+        if self.image_set_ids:
+            text += f", image set(s) {', '.join(self.image_set_ids)}"
+            if self.unlisted_image_sets:
+                text += f" and {self.unlisted_image_sets} more"
+        if self.failed:
+            reasons = "; ".join(f"{reason} x{count}" for reason, count in sorted(self.failures.items()))
+            text += f"; {self.failed} failed: {reasons}"
+        return text
+
+
+def _system_object(root: ET.Element, object_id: str, id_type: Code, role: str = "") -> ET.Element:
+    attributes = {"ParticipantObjectID": clean(object_id), "ParticipantObjectTypeCode": "2"}  # system object
+    if role:
+        attributes["ParticipantObjectTypeCodeRole"] = role
+    participant = ET.SubElement(root, "ParticipantObjectIdentification", attributes)
+    _coded(participant, "ParticipantObjectIDTypeCode", id_type)
+    ET.SubElement(participant, "ParticipantObjectName").text = ""
+    return participant
+
+
+def ingest_outcome(
+    source: Source, origin: Node, data_store: Node, study: IngestedStudy, road: Code, job_id: str = ""
+) -> str:
+    """The ingest outcome of one study of one batch in HealthImaging, as 110104 DICOM Instances Transferred.
+
+    ``road``: HEALTHIMAGING_IMPORT (an import job; ``origin`` the batch folder it read, ``job_id`` the job) or
+    HEALTHIMAGING_STOW (``origin`` this SCP). The requestor is the origin (the product asked HealthImaging to take
+    the instances); the data store is the destination. The study names its imported SOP classes with their counts;
+    each image set is a participant object of its own. No patient: the import pipeline holds no patient identifiers
+    (the manifest carries none), and the SCP's own 110104 for the same Study Instance UID names the patient.
+    """
+    root = ET.Element("AuditMessage")
+    _event(root, INSTANCES_TRANSFERRED, CREATE, study.outcome(), [road], study.description())
+    _participant(root, origin, True, [ROLE_SOURCE])
+    _participant(root, data_store, False, [ROLE_DESTINATION])
+    _source(root, source)
+    _study(root, Study(study.study_instance_uid, dict(study.sop_classes)))
+    for image_set_id in study.image_set_ids:
+        _system_object(root, image_set_id, IMAGE_SET_ID)
+    if job_id:
+        _system_object(root, job_id, IMPORT_JOB_ID, role="20")  # job
     return _encode(root)

@@ -33,6 +33,8 @@ class Settings:
     dicom_prefix: str = ""
     results_bucket: str = ""
     sweep_min_age_minutes: int = 60
+    ingest_mode: str = ""
+    ahi_stow_url: str = ""  # StoreBatch: the STOW-RS base URL (the data store's DICOMweb endpoint)
 
     @classmethod
     def from_environment(cls, env: dict[str, str] | None = None) -> Settings:
@@ -47,6 +49,8 @@ class Settings:
             dicom_prefix=normalise_prefix(env.get("DICOM_PREFIX", "")),
             results_bucket=env.get("RESULTS_BUCKET", ""),
             sweep_min_age_minutes=int(env.get("SWEEP_MIN_AGE_MINUTES", "60") or 60),
+            ingest_mode=env.get("INGEST_MODE", ""),
+            ahi_stow_url=env.get("AHI_STOW_URL", ""),
         )
 
 

@@ -185,8 +185,8 @@ def test_stow_batched_needs_a_bucket(capsys):
 
 def test_stow_batched_stores_as_import_mode_does():
     from dicom_store_scp.config import load
-    from dicom_store_scp.server import build_storage
     from dicom_store_scp.s3 import S3Storage
+    from dicom_store_scp.server import build_storage
 
     config = load(["--ingest-mode", "stow-batched", "--dicom-bucket", "dicom", "--dicom-prefix", "site-a"], environ={})
     imported = load(["--dicom-bucket", "dicom", "--dicom-prefix", "site-a"], environ={})

@@ -69,7 +69,7 @@ def permissions(call: ApiCall) -> list[Permission]:
             # carries no s3:prefix); anyone else gets 403 AccessDenied, which code expecting 404 treats as an error.
             needed.append(Permission("s3:ListBucket", f"arn:aws:s3:::{p['Bucket']}"))
         return needed
-    if call.service == "dynamodb" and call.operation in ("BatchGetItem", "BatchWriteItem"):
+    if call.service == "dynamodb" and "RequestItems" in p:
         # One permission per table the request names (the Service Authorization Reference: the table resource).
         return [
             Permission(f"dynamodb:{call.operation}", f"arn:aws:dynamodb:{REGION}:{ACCOUNT_ID}:table/{table}")

@@ -370,8 +370,8 @@ def _give_back(run: _Run, later: list[tuple[Instance, Later, str]]) -> None:
 
 
 def _count(run: _Run) -> None:
-    metrics.add_metric(name="InstancesImported", unit=MetricUnit.Count, value=run.stored)
-    metrics.add_metric(name="InstancesFailed", unit=MetricUnit.Count, value=run.failed)
+    metrics.add_metric(name="InstancesStored", unit=MetricUnit.Count, value=run.stored)
+    metrics.add_metric(name="InstancesNotStored", unit=MetricUnit.Count, value=run.failed)
     metrics.add_metric(name="StoreRequests", unit=MetricUnit.Count, value=run.requests)
 
 

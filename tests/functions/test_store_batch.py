@@ -245,3 +245,18 @@ def test_the_request_bounds(tracking, environment, monkeypatch):
     assert [len(g) for g in groups] == [1, 100, 52]
     assert failed == [("1.3", f"{most + 1} bytes: more than one StoreDICOM request takes ({most})")]
     assert all(sum(i.size for i in g) < most for g in groups)
+
+
+def test_an_object_is_read_in_bounded_pieces_and_the_second_read_is_of_the_object_first_read(s3, environment):
+    from botocore.exceptions import ClientError
+    from dicom_store_contract import stow_protocol
+
+    key = "site a/incoming/large.dcm"
+    s3.put_object(Bucket=DICOM_BUCKET, Key=key, Body=b"\x01" * (3 * stow_protocol.CHUNK + 5))
+    source = step._S3Object(s3, DICOM_BUCKET, key)
+    first = [len(piece) for piece in source.open()]
+    assert sum(first) == 3 * stow_protocol.CHUNK + 5 and max(first) <= stow_protocol.CHUNK
+    # Replaced between the pass that hashed it and the pass that sends it: not sent as signed.
+    s3.put_object(Bucket=DICOM_BUCKET, Key=key, Body=b"\x02" * 10)
+    with pytest.raises(ClientError, match="PreconditionFailed"):
+        list(source.open())

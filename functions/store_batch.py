@@ -370,9 +370,9 @@ def _give_back(run: _Run, later: list[tuple[Instance, Later, str]]) -> None:
 
 
 def _count(run: _Run) -> None:
-    metrics.add_metric(name="InstancesStored", unit=MetricUnit.Count, value=run.stored)
-    metrics.add_metric(name="InstancesNotStored", unit=MetricUnit.Count, value=run.failed)
-    metrics.add_metric(name="StoreRequests", unit=MetricUnit.Count, value=run.requests)
+    metrics.add_metric(name="BatchInstancesStored", unit=MetricUnit.Count, value=run.stored)
+    metrics.add_metric(name="BatchInstancesNotStored", unit=MetricUnit.Count, value=run.failed)
+    metrics.add_metric(name="StoreDicomRequests", unit=MetricUnit.Count, value=run.requests)
 
 
 def _report(run: _Run, batch_id: str, *, cursor: int, done: bool) -> dict[str, Any]:

@@ -7,11 +7,12 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from dicom_store_contract import ingest
 from dicom_store_contract.metrics import NAMESPACE
 
 from functions.contract import read_manifest
 from functions.settings import Settings, client, settings
-from functions.tracking import InstanceState, JobStatus, Tracking, tracking
+from functions.tracking import InstanceState, JobStatus, Tracking, stow_job_id, tracking
 
 logger = Logger()
 metrics = Metrics(namespace=NAMESPACE)
@@ -28,6 +29,9 @@ def record_failure(execution: dict[str, Any], *, s3: Any, repository: Tracking, 
     state = InstanceState.TIMED_OUT if timed_out else InstanceState.FAILED
     message = f"{error_name}: {error.get('Cause', '')}".rstrip(": ")
     job_id = (execution.get("importJob") or {}).get("jobId")
+    if not job_id and execution.get("ingestMode") == ingest.STOW_BATCHED:
+        # StoreBatch wrote the batch's job item on its first run, which may be the one that failed: its id is ours.
+        job_id = stow_job_id(batch_id) if repository.get_job(stow_job_id(batch_id)) else None
     if job_id:
         repository.update_job(job_id, JobStatus.TIMED_OUT if timed_out else JobStatus.FAILED, message=message)
     manifest = read_manifest(s3, execution["bucket"], execution["manifestKey"], config.dicom_prefix)

@@ -36,6 +36,8 @@ class Settings:
     # The stack's audit log group (dicom_store_contract.audit_ingest); empty: no ingest audit messages.
     audit_log_group: str = ""
     region: str = ""
+    ingest_mode: str = ""
+    ahi_stow_url: str = ""  # StoreBatch: the STOW-RS base URL (the data store's DICOMweb endpoint)
 
     @classmethod
     def from_environment(cls, env: dict[str, str] | None = None) -> Settings:
@@ -52,6 +54,8 @@ class Settings:
             sweep_min_age_minutes=int(env.get("SWEEP_MIN_AGE_MINUTES", "60") or 60),
             audit_log_group=env.get("AUDIT_LOG_GROUP", ""),
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION", ""),
+            ingest_mode=env.get("INGEST_MODE", ""),
+            ahi_stow_url=env.get("AHI_STOW_URL", ""),
         )
 
 

@@ -52,6 +52,12 @@ class JobStatus(StrEnum):
 # The states an instance has until its import job reports on it.
 PENDING = (InstanceState.RECEIVED, InstanceState.IMPORTING)
 
+
+def stow_job_id(batch_id: str) -> str:
+    """The job item of a batch stored by STOW-RS (INGEST_MODE=stow-batched): no import job, so the id is ours."""
+    return f"stow-{batch_id}"
+
+
 _SERIALIZER = TypeSerializer()
 _DESERIALIZER = TypeDeserializer()
 
@@ -231,6 +237,36 @@ class Tracking:
             self.update_instance(batch_id, uid, state, pending_only=pending_only, **attributes)
             for uid in sop_instance_uids
         )
+
+    def instance_states(self, sop_instance_uids: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """(state, batchId) of each instance the table holds, read consistently (100 keys a call, BatchGetItem's
+        most), so a step that just recorded an outcome sees it on its next run."""
+        uids = list(dict.fromkeys(sop_instance_uids))
+        found: dict[str, tuple[str, str]] = {}
+        for start in range(0, len(uids), 100):
+            request: dict[str, Any] = {
+                self.instance_table: {
+                    "Keys": [to_item({tables.SOP_INSTANCE_UID: uid}) for uid in uids[start : start + 100]],
+                    "ConsistentRead": True,
+                    "ProjectionExpression": "#key, #state, #batch",
+                    "ExpressionAttributeNames": {
+                        "#key": tables.SOP_INSTANCE_UID,
+                        "#state": "state",
+                        "#batch": tables.BATCH_ID,
+                    },
+                }
+            }
+            while request:
+                response = self.dynamodb.batch_get_item(RequestItems=request)
+                for item in response.get("Responses", {}).get(self.instance_table, []):
+                    values = from_item(item)
+                    found[values[tables.SOP_INSTANCE_UID]] = (
+                        str(values.get("state", "")),
+                        str(values.get(tables.BATCH_ID, "")),
+                    )
+                # Keys DynamoDB left for later (its throughput): asked again; the client's retries back off.
+                request = response.get("UnprocessedKeys") or {}
+        return found
 
     def get_instance(self, sop_instance_uid: str) -> dict[str, Any] | None:
         item = self.dynamodb.get_item(

@@ -44,6 +44,7 @@ HAS_ALARM_TOPIC = "HasAlarmTopic"
 ENABLE_FLOW_LOGS = "EnableFlowLogs"
 CREATE_ECS_SERVICE_LINKED_ROLE = "CreatesEcsServiceLinkedRole"
 INGEST_BY_STOW = "IngestByStow"
+INGEST_BY_STOW_BATCHED = "IngestByStowBatched"
 
 # Logical ids referred to across groups.
 ACCESS_LOG_BUCKET = "AccessLogBucket"
@@ -88,6 +89,7 @@ def add_conditions(template: Template) -> None:
     template.add_condition(HAS_EXTRA_TASK_SG, Not(Equals(Ref(p.SECURITY_GROUP_ID), "")))
     template.add_condition(CREATE_DATASTORE, Equals(Ref(p.EXISTING_DATASTORE_ID), ""))
     template.add_condition(INGEST_BY_STOW, Equals(Ref(p.INGEST_MODE), ingest.STOW))
+    template.add_condition(INGEST_BY_STOW_BATCHED, Equals(Ref(p.INGEST_MODE), ingest.STOW_BATCHED))
     template.add_condition(HAS_ALARM_TOPIC, Not(Equals(Ref(p.ALARM_TOPIC_ARN), "")))
     template.add_condition(ENABLE_FLOW_LOGS, Equals(Ref(p.ENABLE_VPC_FLOW_LOGS), "true"))
     template.add_condition(CREATE_ECS_SERVICE_LINKED_ROLE, Equals(Ref(p.CREATE_ECS_SERVICE_LINKED_ROLE), "true"))
@@ -123,7 +125,7 @@ def datastore_arn() -> Sub:
 
 
 def stow_base_url() -> Sub:
-    """The data store's DICOMweb base URL (the SCP's AHI_STOW_URL in stow mode)."""
+    """The data store's DICOMweb base URL (AHI_STOW_URL: the SCP's in stow mode, StoreBatch's in stow-batched)."""
     return Sub(
         ingest.dicomweb_base_url("${AWS::Region}", "${Id}", "${AWS::URLSuffix}"),
         Id=datastore_id(),

@@ -172,6 +172,8 @@ def import_widgets() -> list[Widget]:
                 function(m.INSTANCES_NOT_IMPORTED, label="failed"),
                 function(m.INSTANCES_WITH_WARNINGS, label="imported with warnings"),
                 function(m.INSTANCES_NOT_PRIMARY, label="in a non-primary image set"),
+                function(m.BATCH_INSTANCES_STORED, label="stored by STOW-RS (stow-batched)"),
+                function(m.BATCH_INSTANCES_NOT_STORED, label="not stored by STOW-RS (stow-batched)"),
             ],
             period=300,
         ),

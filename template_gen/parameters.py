@@ -342,7 +342,9 @@ PARAMETERS: tuple[Param, ...] = (
     Param(INGEST_MODE, "String", STORAGE, "Ingest mode",
           "import: the sender's success means the instance is durably in S3, and import jobs bring it into "
           "HealthImaging minutes later. stow: the success means HealthImaging has stored it (DICOMweb STOW-RS, one "
-          "request per instance), failures tell the sender to retry or that HealthImaging refused it.",
+          "request per instance), failures tell the sender to retry or that HealthImaging refused it. "
+          "stow-batched: the success means durably in S3, as import; the workflow then stores the batch by "
+          "STOW-RS instead of an import job (seconds instead of minutes).",
           default=ingest.DEFAULT, constraints={"AllowedValues": list(ingest.MODES)}),
     Param(STOW_KEEP_S3_COPY, "String", STORAGE, "Keep an S3 copy in stow mode",
           "With the stow ingest mode, also keep every instance HealthImaging stored in the DICOM bucket (under "

@@ -1,6 +1,7 @@
 """Pipeline: the import functions, the import workflow (state machine) and the sweeper's schedule.
 
-manifest ObjectCreated -> TriggerImport -> ImportWorkflow (StartImportJob, CheckStatus, RecordFailure);
+manifest ObjectCreated -> TriggerImport -> ImportWorkflow (StartImportJob, CheckStatus, RecordFailure; with
+IngestMode stow-batched, StoreBatch instead of the import job);
 Sweeper, on a schedule, seals batches whose task died (its manifest fires TriggerImport like any other).
 """
 
@@ -104,6 +105,8 @@ class Function:
     # None: no reservation. A reservation fails stack creation where the account's unreserved concurrency would
     # drop below Lambda's minimum (new accounts); the workflow's Retry paces StartDICOMImportJob instead.
     reserved_concurrency: int | None = None
+    # Statement sets granted only where a condition holds: (condition, policy name, statements).
+    conditional: tuple[tuple[str, str, Callable[[], list[Statement]]], ...] = ()
     # Also receives AHI's job-ending events (dicom_store_contract.job_events) from the stack's EventBridge rule.
     # A lost event costs one poll interval, so none goes to the dead-letter queue (which pages a person).
     job_events: bool = False
@@ -172,6 +175,15 @@ def start_import() -> list[Statement]:
 
 def get_import() -> list[Statement]:
     return [Statement(Effect=Allow, Action=[medical_imaging.GetDICOMImportJob], Resource=[c.datastore_arn()])]
+
+
+def store_batches() -> list[Statement]:
+    # stow-batched: StoreBatch reads the batch's objects and stores them by StoreDICOM (POST .../studies) into the
+    # data store, and no other.
+    return [
+        Statement(Effect=Allow, Action=[s3_actions.GetObject], Resource=[c.dicom_bucket_arn("incoming/*")]),
+        Statement(Effect=Allow, Action=[medical_imaging.StoreDICOM], Resource=[c.datastore_arn()]),
+    ]
 
 
 def wake_workflow() -> list[Statement]:
@@ -252,10 +264,20 @@ FUNCTIONS = (
              (TableAccess(c.JOB_TABLE, (ddb.GetItem, ddb.UpdateItem)),
               TableAccess(c.INSTANCE_TABLE, (ddb.UpdateItem,))),
              (_READ_OBJECTS, _TABLES, _READ_IMPORT), job_events=True),
+    # 900 s (Lambda's most): it stops itself before the end and the workflow calls it again (a cursor). 1 GB of
+    # memory for the network and CPU share that hashes and sends up to 1 GB per request, streamed.
+    Function("StoreBatch", "functions.store_batch.handler", "store-batch", 900, 1024,
+             (*_COMMON_ENV, "DATASTORE_ID", "INGEST_MODE", "AHI_STOW_URL"), Invoker.WORKFLOW,
+             (read_manifests,),
+             (TableAccess(c.JOB_TABLE, (ddb.PutItem, ddb.UpdateItem)),
+              TableAccess(c.INSTANCE_TABLE, (ddb.BatchGetItem, ddb.UpdateItem))),
+             (_READ_OBJECTS, _TABLES),
+             conditional=((c.INGEST_BY_STOW_BATCHED, "store-batches-in-healthimaging", store_batches),)),
     Function("RecordFailure", "functions.record_failure.handler", "record-failure", 300, 256,
              _COMMON_ENV, Invoker.WORKFLOW,
              (read_manifests,),
-             (TableAccess(c.JOB_TABLE, (ddb.UpdateItem,)), TableAccess(c.INSTANCE_TABLE, (ddb.UpdateItem,))),
+             (TableAccess(c.JOB_TABLE, (ddb.GetItem, ddb.UpdateItem)),
+              TableAccess(c.INSTANCE_TABLE, (ddb.UpdateItem,))),
              (_READ_OBJECTS, _TABLES)),
     Function("Sweeper", "functions.sweeper.handler", "sweeper", 300, 256,
              (*_COMMON_ENV, "SWEEP_MIN_AGE_MINUTES"), Invoker.SCHEDULE,
@@ -275,6 +297,7 @@ def definition_substitutions() -> dict[str, AWSHelperFn]:
         **{fn.placeholder: GetAtt(fn.logical_id, "Arn") for fn in WORKFLOW_FUNCTIONS},
         "WaitSeconds": Ref(p.IMPORT_POLL_SECONDS),
         "MaxPolls": Ref(p.IMPORT_MAX_POLLS),
+        "StackIngestMode": Ref(p.INGEST_MODE),
     }
 
 
@@ -292,6 +315,8 @@ def function_environment() -> dict[str, object]:
         "SWEEP_MIN_AGE_MINUTES": Ref(p.SWEEP_MIN_AGE_MINUTES),
         "LOG_LEVEL": Ref(p.LOG_LEVEL),
         **audit.container_environment(),
+        "INGEST_MODE": Ref(p.INGEST_MODE),
+        "AHI_STOW_URL": c.stow_base_url(),
     }
 
 
@@ -466,6 +491,17 @@ def function_role(fn: Function) -> iam.Role:
                 PolicyDocument=PolicyDocument(Version="2012-10-17", Statement=statements),
             ),
             c.kms_key_policy("use-stack-key", fn.key_uses),
+            *(
+                If(
+                    condition,
+                    iam.Policy(
+                        PolicyName=name,
+                        PolicyDocument=PolicyDocument(Version="2012-10-17", Statement=statements()),
+                    ),
+                    NoValue,
+                )
+                for condition, name, statements in fn.conditional
+            ),
         ],
     )
 

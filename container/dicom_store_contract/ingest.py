@@ -4,8 +4,9 @@ calls it), the template (which grants it) and the docs share.
 - ``import`` (the default): the C-STORE success means "durably in S3"; a batch's manifest starts an import job.
 - ``stow``: the C-STORE success means "in HealthImaging": each instance is sent by STOW-RS (StoreDICOM) and
   answered only once the response lists it as stored.
-- ``stow-batched`` (planned, not accepted yet): S3 first as in import mode, the batch then stored by STOW-RS
-  instead of an import job.
+- ``stow-batched``: the C-STORE success means "durably in S3", as in import mode; the batch's manifest starts the
+  same workflow, which stores the batch by STOW-RS (functions/store_batch.py) instead of an import job: seconds
+  instead of minutes to "in HealthImaging".
 """
 
 from __future__ import annotations
@@ -15,13 +16,16 @@ from .limits import STORING_PAGE
 
 IMPORT = "import"
 STOW = "stow"
-MODES: tuple[str, ...] = (IMPORT, STOW)
-PLANNED: tuple[str, ...] = ("stow-batched",)
+STOW_BATCHED = "stow-batched"
+MODES: tuple[str, ...] = (IMPORT, STOW, STOW_BATCHED)
+# The modes whose C-STORE success means "durably in S3" and whose batches the workflow takes (manifests).
+S3_FIRST: tuple[str, ...] = (IMPORT, STOW_BATCHED)
 DEFAULT = IMPORT
 
 # SigV4 signing name of the DICOMweb APIs (STORING_PAGE's examples sign with aws:amz:<region>:medical-imaging).
 SIGNING_SERVICE = "medical-imaging"
-# The IAM action of StoreDICOM and StoreDICOMStudy; the task role gets it on its data store only.
+# The IAM action of StoreDICOM and StoreDICOMStudy; on the data store only, for the task role in stow mode and for
+# the workflow's StoreBatch function in stow-batched mode.
 STORE_ACTION = "medical-imaging:StoreDICOM"
 SOURCE = STORING_PAGE
 

@@ -114,7 +114,7 @@ KEY_USERS: tuple[KeyUser, ...] = (
 
 # Lambda: the import functions the stack creates, and the concurrency they reserve (none: a reservation fails
 # stack creation where the account's unreserved pool would drop below Lambda's minimum, as in new accounts).
-LAMBDA_FUNCTIONS = 5
+LAMBDA_FUNCTIONS = 6
 LAMBDA_RESERVED_CONCURRENCY = 0
 
 # Service Quotas codes of the quotas the preflight command reads.

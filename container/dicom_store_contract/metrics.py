@@ -140,6 +140,13 @@ INSTANCES_NOT_PRIMARY = FunctionMetric(
     "InstancesInNonPrimaryImageSets", "check_status", "instances AHI put in a non-primary image set (a conflict)"
 )
 IMPORT_JOBS_STARTED = FunctionMetric("ImportJobsStarted", "start_import_job", "import jobs started")
+BATCH_INSTANCES_STORED = FunctionMetric(
+    "BatchInstancesStored", "store_batch", "instances StoreDICOM stored (stow-batched: the import job's counterpart)"
+)
+BATCH_INSTANCES_NOT_STORED = FunctionMetric(
+    "BatchInstancesNotStored", "store_batch", "instances StoreBatch recorded FAILED (HealthImaging refused, or missing)"
+)
+STORE_DICOM_REQUESTS = FunctionMetric("StoreDicomRequests", "store_batch", "StoreDICOM requests StoreBatch sent")
 BATCHES_STARTED = FunctionMetric("BatchesStarted", "trigger_import", "batches whose import workflow started")
 MANIFESTS_REJECTED = FunctionMetric("ManifestsRejected", "trigger_import", "manifests that failed the checks")
 MANIFEST_ENTRIES_REJECTED = FunctionMetric(
@@ -158,6 +165,9 @@ FUNCTION_METRICS: tuple[FunctionMetric, ...] = (
     INSTANCES_WITH_WARNINGS,
     INSTANCES_NOT_PRIMARY,
     IMPORT_JOBS_STARTED,
+    BATCH_INSTANCES_STORED,
+    BATCH_INSTANCES_NOT_STORED,
+    STORE_DICOM_REQUESTS,
     BATCHES_STARTED,
     MANIFESTS_REJECTED,
     MANIFEST_ENTRIES_REJECTED,

@@ -215,10 +215,8 @@ def _log_level(value: str) -> None:
 
 
 def _ingest_mode(value: str) -> None:
-    if value in ingest.PLANNED:
-        raise ConfigError(f"{value!r} is planned, not yet available; use {' or '.join(ingest.MODES)}")
     if value not in ingest.MODES:
-        raise ConfigError(f"{value!r} must be {' or '.join(ingest.MODES)}")
+        raise ConfigError(f"{value!r} must be {', '.join(ingest.MODES[:-1])} or {ingest.MODES[-1]}")
 
 
 def _lower(value: str) -> str:
@@ -424,7 +422,8 @@ SETTINGS: tuple[Setting, ...] = (
         _lower,
         ingest.DEFAULT,
         "import: success once stored (S3 or STORAGE_DIR), then import jobs; stow: success only once AWS HealthImaging's"
-        " STOW-RS response lists the instance as stored (stow-batched: planned)",
+        " STOW-RS response lists the instance as stored; stow-batched: success once stored in DICOM_BUCKET, as import,"
+        " then the workflow stores the batch by STOW-RS instead of an import job",
         _ingest_mode,
     ),
     Setting(
@@ -766,6 +765,9 @@ def _check_together(values: dict[str, Any]) -> None:
         raise ConfigError("S3_KMS_KEY_ID (--s3-kms-key-id): a KMS key needs S3_SSE=aws:kms")
     if values["ingest_mode"] == ingest.STOW and not (values["ahi_stow_url"] or values["datastore_id"]):
         raise ConfigError("INGEST_MODE (--ingest-mode): stow needs DATASTORE_ID (or AHI_STOW_URL)")
+    if values["ingest_mode"] == ingest.STOW_BATCHED and not values["dicom_bucket"]:
+        # The workflow stores the batch from S3: a local folder has no workflow to take it.
+        raise ConfigError("INGEST_MODE (--ingest-mode): stow-batched needs DICOM_BUCKET (the workflow reads S3)")
     if values["workers"] < 0:
         raise ConfigError("WORKERS (--workers): must be 0 (one per CPU) or more")
     _check_audit(values)

@@ -28,28 +28,22 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import hashlib
-import json
 import logging
 import os
 import random
 import re
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import botocore.session
 import urllib3
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
 from botocore.httpsession import get_cert_path
-from dicom_store_contract import ingest, layout, refusals, tables
+from dicom_store_contract import ingest, layout, refusals, stow_protocol, tables
 
 from . import statuses
 from .config import Config, ConfigError
@@ -59,25 +53,12 @@ from .storage import Storage, StorageError
 
 LOG = logging.getLogger("dicom_store_scp.stow")
 
-_CHUNK = 1024 * 1024
 # A store response lists one instance: a few hundred bytes. More than this is not a store response.
 _RESPONSE_LIMIT = 1024 * 1024
 _CONNECT_TIMEOUT_CAP = 5.0
 _READ_TIMEOUT_CAP = 60.0
 _BACKOFF_FIRST = 0.2
 _BACKOFF_CAP = 5.0
-
-# PS3.18 Store response attributes (DICOM JSON keys).
-REFERENCED_SOP_SEQUENCE = "00081199"
-FAILED_SOP_SEQUENCE = "00081198"
-REFERENCED_SOP_CLASS_UID = "00081150"
-REFERENCED_SOP_INSTANCE_UID = "00081155"
-FAILURE_REASON = "00081197"
-RETRIEVE_URL = "00081190"
-
-# Failure Reasons (PS3.18 / PS3.4 C-STORE statuses) the sender should retry later: the store is out of resources,
-# or its processing failed; anything else is the store refusing this instance.
-_PROCESSING_FAILURE = 0x0110
 
 
 class Verdict(enum.Enum):
@@ -117,22 +98,22 @@ class StowFailed(StorageError):
 
 def judge(http_status: int, body: bytes, sop_instance_uid: str) -> Outcome:
     """One response, read for one instance (no I/O: the table the tests hold it to)."""
-    listed = _listing(body, sop_instance_uid)
+    listed = stow_protocol.listings(body).get(sop_instance_uid)
     if listed is not None:
-        stored, item = listed
-        sop_class = _first_value(item, REFERENCED_SOP_CLASS_UID)
-        sop_class = sop_class if isinstance(sop_class, str) else ""
-        if stored:
+        if listed.stored:
             return Outcome(
-                Verdict.STORED, "stored", http_status, image_set_id=_image_set_id(item), sop_class_uid=sop_class
+                Verdict.STORED,
+                "stored",
+                http_status,
+                image_set_id=listed.image_set_id,
+                sop_class_uid=listed.sop_class_uid,
             )
-        reason = _first_value(item, FAILURE_REASON)
-        code = reason if isinstance(reason, int) else None
-        text = f"HTTP {http_status}, Failure Reason " + (f"0x{code:04X}" if code is not None else "missing")
-        if code is not None and (code >> 8 == 0xA7 or code == _PROCESSING_FAILURE):
-            return Outcome(Verdict.BUSY, text, http_status, code, sop_class_uid=sop_class)
-        return Outcome(Verdict.REFUSED, text, http_status, code, sop_class_uid=sop_class)
-    message = f"HTTP {http_status}: {_error_message(body)}".rstrip(": ")
+        code = listed.failure_reason
+        text = stow_protocol.describe_failure(http_status, listed)
+        if stow_protocol.retry_later(code):
+            return Outcome(Verdict.BUSY, text, http_status, code, sop_class_uid=listed.sop_class_uid)
+        return Outcome(Verdict.REFUSED, text, http_status, code, sop_class_uid=listed.sop_class_uid)
+    message = f"HTTP {http_status}: {stow_protocol.error_message(body)}".rstrip(": ")
     if http_status == 429 or http_status >= 500:
         return Outcome(Verdict.BUSY, message, http_status)
     if http_status == 413:
@@ -143,84 +124,6 @@ def judge(http_status: int, body: bytes, sop_instance_uid: str) -> Outcome:
         return Outcome(Verdict.NOT_PERMITTED, message, http_status)
     # 2xx (or anything else) that does not list the instance: nothing says it is stored.
     return Outcome(Verdict.UNCONFIRMED, f"HTTP {http_status}: the response does not list the instance", http_status)
-
-
-def _listing(body: bytes, sop_instance_uid: str) -> tuple[bool, dict[str, Any]] | None:
-    """(stored?, its item) where the response lists the instance; None where it does not (or is not JSON)."""
-    try:
-        document = json.loads(body)
-    except ValueError:
-        return None
-    # One DICOM JSON object; some servers wrap it in an array.
-    objects = document if isinstance(document, list) else [document]
-    for stored, sequence in ((True, REFERENCED_SOP_SEQUENCE), (False, FAILED_SOP_SEQUENCE)):
-        for obj in objects:
-            if not isinstance(obj, dict):
-                continue
-            items = (obj.get(sequence) or {}).get("Value") or []
-            for item in items:
-                if isinstance(item, dict) and _first_value(item, REFERENCED_SOP_INSTANCE_UID) == sop_instance_uid:
-                    return stored, item
-    return None
-
-
-def _first_value(item: dict[str, Any], tag: str) -> Any:
-    element = item.get(tag)
-    values = element.get("Value") if isinstance(element, dict) else None
-    return values[0] if isinstance(values, list) and values else None
-
-
-def _image_set_id(item: dict[str, Any]) -> str:
-    """The image set the Retrieve URL names (AHI's retrieve URLs take ``imageSetId``), where it names one."""
-    url = _first_value(item, RETRIEVE_URL)
-    if not isinstance(url, str):
-        return ""
-    return (parse_qs(urlsplit(url).query).get("imageSetId") or [""])[0]
-
-
-def _error_message(body: bytes) -> str:
-    """AWS error bodies are JSON with a message; anything else is cut short (it may be a whole HTML page)."""
-    try:
-        document = json.loads(body)
-    except ValueError:
-        return body[:200].decode("utf-8", "replace").strip()
-    if isinstance(document, dict):
-        for name in ("message", "Message", "errorMessage"):
-            if isinstance(document.get(name), str):
-                return document[name][:200]
-    return ""
-
-
-class _Body:
-    """One instance as a one-part multipart/related body, streamed from its file."""
-
-    def __init__(self, source: Path) -> None:
-        self.source = source
-        self.boundary = uuid.uuid4().hex
-        self.head = f"--{self.boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode("ascii")
-        self.tail = f"\r\n--{self.boundary}--\r\n".encode("ascii")
-        self.file_size = source.stat().st_size
-        self.length = len(self.head) + self.file_size + len(self.tail)
-        self.content_type = f'multipart/related; type="application/dicom"; boundary={self.boundary}'
-        digest = hashlib.sha256(self.head)
-        for piece in self._file():
-            digest.update(piece)
-        digest.update(self.tail)
-        self.sha256 = digest.hexdigest()
-
-    def _file(self) -> Iterator[bytes]:
-        sent = 0
-        with self.source.open("rb") as handle:
-            while piece := handle.read(_CHUNK):
-                sent += len(piece)
-                yield piece
-        if sent != self.file_size:
-            raise OSError(f"spool file changed size while sent ({sent} of {self.file_size} bytes)")
-
-    def stream(self) -> Iterator[bytes]:
-        yield self.head
-        yield from self._file()
-        yield self.tail
 
 
 @dataclass(frozen=True)
@@ -263,7 +166,7 @@ class StowClient:
         """Send the instance until the service answers for it, or the budget is spent; never raises."""
         deadline = time.monotonic() + self.settings.budget
         try:
-            body = _Body(source)
+            body = stow_protocol.MultipartBody([stow_protocol.file_part(source)])
         except OSError as error:
             return Outcome(Verdict.UNCONFIRMED, f"spool file unreadable: {error}")
         attempt = 0
@@ -279,21 +182,11 @@ class StowClient:
             self._sleep(delay)
         return dataclasses.replace(outcome, attempts=attempt)
 
-    def _attempt(self, body: _Body, sop_instance_uid: str, remaining: float) -> Outcome:
+    def _attempt(self, body: stow_protocol.MultipartBody, sop_instance_uid: str, remaining: float) -> Outcome:
         credentials = self._credentials()
         if credentials is None:
             return Outcome(Verdict.NOT_PERMITTED, "no AWS credentials in the default chain")
-        request = AWSRequest(
-            method="POST",
-            url=self.studies_url,
-            headers={
-                "Content-Type": body.content_type,
-                "Content-Length": str(body.length),
-                "Accept": "application/dicom+json",
-                "X-Amz-Content-SHA256": body.sha256,
-            },
-        )
-        SigV4Auth(credentials, ingest.SIGNING_SERVICE, self.settings.region).add_auth(request)
+        headers = stow_protocol.signed_headers(credentials, self.settings.region, self.studies_url, body)
         remaining = max(remaining, 1.0)
         timeout = urllib3.Timeout(connect=min(_CONNECT_TIMEOUT_CAP, remaining), read=min(_READ_TIMEOUT_CAP, remaining))
         try:
@@ -301,7 +194,7 @@ class StowClient:
                 "POST",
                 self.studies_url,
                 body=body.stream(),
-                headers=dict(request.headers.items()),
+                headers=headers,
                 timeout=timeout,
                 retries=False,
                 redirect=False,

@@ -489,7 +489,7 @@ def test_too_little_unreserved_lambda_concurrency(account: Account, run: Run) ->
 
     line = only_failure(*run(account, unreserved=3), "Lambda concurrency")
 
-    assert "3 of 1000 concurrent executions unreserved" in line and "at least 5" in line
+    assert "3 of 1000 concurrent executions unreserved" in line and f"at least {launch.LAMBDA_FUNCTIONS}" in line
     assert "L-B99A9384" in line
 
 

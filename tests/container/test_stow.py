@@ -177,9 +177,23 @@ def test_the_kept_copy_holds_what_healthimaging_holds_out_of_the_imports_way(sta
 # -- configuration ---------------------------------------------------------------------------------------------
 
 
-def test_stow_batched_is_refused_as_not_yet_available(capsys):
+def test_stow_batched_needs_a_bucket(capsys):
+    # The workflow stores the batch from S3: a local folder has no workflow to take it.
     assert main(["--ingest-mode", "stow-batched"]) == 2
-    assert "not yet available" in capsys.readouterr().err
+    assert "stow-batched needs DICOM_BUCKET" in capsys.readouterr().err
+
+
+def test_stow_batched_stores_as_import_mode_does():
+    from dicom_store_scp.config import load
+    from dicom_store_scp.s3 import S3Storage
+    from dicom_store_scp.server import build_storage
+
+    config = load(["--ingest-mode", "stow-batched", "--dicom-bucket", "dicom", "--dicom-prefix", "site-a"], environ={})
+    imported = load(["--dicom-bucket", "dicom", "--dicom-prefix", "site-a"], environ={})
+    # Landed where the import mode lands (incoming/, manifests/ under the prefix, not stowed/), of the same size bound.
+    assert config.storage_prefix == imported.storage_prefix == "site-a/"
+    assert config.instance_byte_limit == imported.instance_byte_limit
+    assert isinstance(build_storage(config), S3Storage)
 
 
 def test_stow_needs_a_data_store_or_a_url(capsys):

@@ -28,13 +28,15 @@ def template() -> dict[str, Any]:
     return rendered_template()
 
 
-def create_stack_resources(template: dict[str, Any], endpoint_url: str | None = None) -> Deployment:
+def create_stack_resources(
+    template: dict[str, Any], endpoint_url: str | None = None, parameters: dict[str, str] | None = None
+) -> Deployment:
     """Stand-ins for the stack's tables, buckets and state machine, made from the template's own definitions."""
     clients = {
         name: boto3.client(name, region_name=REGION, endpoint_url=endpoint_url)
         for name in ("s3", "dynamodb", "stepfunctions")
     }
-    deployment = Deployment(template, parameters={"DICOMPrefix": DICOM_PREFIX})
+    deployment = Deployment(template, parameters={"DICOMPrefix": DICOM_PREFIX, **(parameters or {})})
     for logical_id, table in deployment.of_type("AWS::DynamoDB::Table").items():
         props = deployment.value(table["Properties"])
         name = f"dicom-scp-{logical_id}-1ABC"

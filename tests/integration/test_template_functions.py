@@ -1,8 +1,10 @@
 """The template's Lambda functions, as deployed: each handler with exactly its template environment and role.
 
 Every AWS::Lambda::Function of the rendered template runs its Handler against moto (S3, DynamoDB, Step
-Functions) and the HealthImaging fake, with only the environment variables the template gives it (values: the
-stand-in resources' names and ARNs). The API calls each makes are then checked against its role's policy.
+Functions), the HealthImaging fake and the StoreDICOM fake, with only the environment variables the template gives
+it (values: the stand-in resources' names and ARNs). The API calls each makes are then checked against its role's
+policy. The stack is deployed with IngestMode stow-batched, where StoreBatch's grants exist (the import functions'
+grants do not depend on the mode).
 """
 
 from __future__ import annotations
@@ -15,17 +17,34 @@ from typing import Any
 import boto3
 import pytest
 from dicom_store_contract import layout
+from moto import mock_aws
 from support.cfn import REGION
-from support.iam import denied, permissions
+from support.fake_stow import FakeStow
+from support.iam import ApiCall, denied, permissions
 from support.pipeline import Pipeline, load_event, manifest_created_event
 
 from template_gen.pipeline import FUNCTIONS
 
-from .conftest import DICOM_PREFIX, store_batch
+from .conftest import DATASTORE_ID, DICOM_PREFIX, create_stack_resources, store_batch
 
 BATCH_IMPORTED = "20261123T190501Z-0f6c1d2e3a4b4c5d8e9f00112233aabb"
 BATCH_TIMED_OUT = "20261123T190502Z-1f6c1d2e3a4b4c5d8e9f00112233aabb"
 BATCH_ABANDONED = "20261123T190503Z-2f6c1d2e3a4b4c5d8e9f00112233aabb"
+BATCH_STOWED = "20261123T190504Z-3f6c1d2e3a4b4c5d8e9f00112233aabb"
+BATCH_FORBIDDEN = "20261123T190505Z-4f6c1d2e3a4b4c5d8e9f00112233aabb"
+
+
+@pytest.fixture
+def deployment(aws_credentials: None, template: dict[str, Any]) -> Any:
+    with mock_aws():
+        yield create_stack_resources(template, parameters={"IngestMode": "stow-batched"})
+
+
+@pytest.fixture
+def fake_stow() -> Any:
+    server = FakeStow(DATASTORE_ID)
+    yield server
+    server.stop()
 
 
 def instance_item(table: str, uid: str) -> dict[str, Any]:
@@ -50,8 +69,47 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def run_every_function(pipeline: Pipeline, s3: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """One batch imported, one given up on by the polling bound, one abandoned and swept."""
+def store_by_stow(pipeline: Pipeline, s3: Any, fake: FakeStow, batch_id: str, monkeypatch: Any) -> dict[str, Any]:
+    """A batch triggered and stored by StoreBatch (stow-batched) into the StoreDICOM fake; its StoreDICOM requests
+    recorded as the API calls they are (the data store the template's AHI_STOW_URL names)."""
+    from functions import store_batch as step
+
+    bucket = pipeline.deployment.output("DICOMBucketName")
+    batch = store_batch(s3, bucket, batch_id, count=2)
+    trigger(pipeline, s3, bucket, batch_id)
+
+    def to_fake(config: Any) -> Any:
+        datastore = config.ahi_stow_url.rsplit("/datastore/", 1)[1]
+        store = step.HttpStoreDicom(fake.base_url, REGION)
+        send = store.post
+
+        def post(body: Any, timeout: float) -> Any:
+            call = ApiCall("medical-imaging", "StoreDICOM", {"datastoreId": datastore})
+            pipeline.calls.setdefault("StoreBatchFunction", []).append(call)
+            return send(body, timeout)
+
+        store.post = post  # type: ignore[method-assign]
+        return store
+
+    monkeypatch.setattr(step, "store_dicom", to_fake)
+    execution = {
+        "batchId": batch_id,
+        "bucket": bucket,
+        "manifestKey": layout.manifest_key(DICOM_PREFIX, batch_id),
+        "prefix": batch["prefix"],
+        "ingestMode": "stow-batched",
+    }
+    try:
+        return {"result": pipeline.invoke("StoreBatchFunction", execution), "batch": batch, "execution": execution}
+    except Exception as error:  # the workflow's Catch: RecordFailure with the error
+        execution["error"] = {"Error": type(error).__name__, "Cause": str(error)}
+        pipeline.invoke("RecordFailureFunction", execution)
+        return {"error": type(error).__name__, "batch": batch, "execution": execution}
+
+
+def run_every_function(pipeline: Pipeline, s3: Any, monkeypatch: pytest.MonkeyPatch, fake: FakeStow) -> dict[str, Any]:
+    """One batch imported, one given up on by the polling bound, one abandoned and swept; one stored by StoreBatch,
+    one StoreBatch was refused (RecordFailure)."""
     deployment = pipeline.deployment
     bucket = deployment.output("DICOMBucketName")
     instance_table = deployment.resources["DicomInstanceTable"]
@@ -118,14 +176,25 @@ def run_every_function(pipeline: Pipeline, s3: Any, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr("functions.sweeper.datetime", Later)
     seen["swept"] = pipeline.invoke("SweeperFunction", load_event("scheduled_sweep.json"))
     seen["abandoned"] = abandoned
+
+    seen["stowed"] = store_by_stow(pipeline, s3, fake, BATCH_STOWED, monkeypatch)
+    seen["stowed_items"] = [
+        instance_item(instance_table, i["sopInstanceUID"]) for i in seen["stowed"]["batch"]["instances"]
+    ]
+    fake.default = "http:403"
+    seen["forbidden"] = store_by_stow(pipeline, s3, fake, BATCH_FORBIDDEN, monkeypatch)
+    seen["forbidden_items"] = [
+        instance_item(instance_table, i["sopInstanceUID"]) for i in seen["forbidden"]["batch"]["instances"]
+    ]
+    seen["forbidden_job"] = job_item(job_table, "stow-" + BATCH_FORBIDDEN)
     return seen
 
 
 def test_every_function_does_its_job_with_only_the_template_environment(
-    pipeline: Pipeline, s3: Any, monkeypatch: pytest.MonkeyPatch
+    pipeline: Pipeline, s3: Any, monkeypatch: pytest.MonkeyPatch, fake_stow: FakeStow
 ) -> None:
     assert set(pipeline.functions()) == {fn.logical_id for fn in FUNCTIONS}
-    seen = run_every_function(pipeline, s3, monkeypatch)
+    seen = run_every_function(pipeline, s3, monkeypatch, fake_stow)
 
     # TriggerImport: instances recorded, the workflow started under the batch id.
     assert seen["triggered"]["batches"][0]["started"] is True
@@ -156,12 +225,21 @@ def test_every_function_does_its_job_with_only_the_template_environment(
     assert seen["swept"]["sealed"] == [BATCH_ABANDONED]
     manifest = s3.get_object(Bucket=seen["bucket"], Key=layout.manifest_key(DICOM_PREFIX, BATCH_ABANDONED))
     assert b'"swept"' in manifest["Body"].read()
+    # StoreBatch: the batch stored by STOW-RS, each instance IMPORTED into the image set the response names.
+    assert seen["stowed"]["result"]["done"] is True
+    assert {(item["state"], item["jobId"]) for item in seen["stowed_items"]} == {("IMPORTED", "stow-" + BATCH_STOWED)}
+    assert all(item["imageSetId"] for item in seen["stowed_items"])
+    assert sorted(fake_stow.held) == sorted(item["sopInstanceUID"] for item in seen["stowed_items"])
+    # Refused (403): RecordFailure records every instance and the step's job item FAILED.
+    assert seen["forbidden"]["error"] == "ImportJobRejected"
+    assert {item["state"] for item in seen["forbidden_items"]} == {"FAILED"}
+    assert seen["forbidden_job"]["jobStatus"] == "FAILED"
 
 
 def test_every_call_a_function_makes_is_allowed_by_its_role(
-    pipeline: Pipeline, s3: Any, monkeypatch: pytest.MonkeyPatch
+    pipeline: Pipeline, s3: Any, monkeypatch: pytest.MonkeyPatch, fake_stow: FakeStow
 ) -> None:
-    run_every_function(pipeline, s3, monkeypatch)
+    run_every_function(pipeline, s3, monkeypatch, fake_stow)
     deployment = pipeline.deployment
     assert set(pipeline.calls) == set(pipeline.functions())
     problems = {}
@@ -175,9 +253,9 @@ def test_every_call_a_function_makes_is_allowed_by_its_role(
 
 
 def test_each_function_is_granted_exactly_the_dynamodb_actions_it_calls(
-    pipeline: Pipeline, s3: Any, monkeypatch: pytest.MonkeyPatch
+    pipeline: Pipeline, s3: Any, monkeypatch: pytest.MonkeyPatch, fake_stow: FakeStow
 ) -> None:
-    run_every_function(pipeline, s3, monkeypatch)
+    run_every_function(pipeline, s3, monkeypatch, fake_stow)
     deployment = pipeline.deployment
     for function in pipeline.functions():
         called = {

@@ -11,7 +11,7 @@ import venv
 import zipfile
 
 import pytest
-from dicom_store_contract import metrics
+from dicom_store_contract import launch, metrics
 from packaging.utils import canonicalize_name
 
 from release import lock, package, project
@@ -39,7 +39,9 @@ def test_zip_targets_the_runtime_and_architecture_the_template_names():
     assert {f["Runtime"] for f in functions} == {f"python{project.LAMBDA_PYTHON}"}
     # No Architectures property means x86_64, which `make package` builds by default.
     assert {tuple(f.get("Architectures", ["x86_64"])) for f in functions} == {("x86_64",)}
-    assert [f["Code"]["S3Key"] for f in functions] == [{"Fn::FindInMap": ["ReleaseArtifacts", "Functions", "Key"]}] * 5
+    assert [f["Code"]["S3Key"] for f in functions] == [
+        {"Fn::FindInMap": ["ReleaseArtifacts", "Functions", "Key"]}
+    ] * len(functions)
 
 
 def test_same_sources_give_the_same_bytes(functions_zip, tmp_path):
@@ -128,7 +130,7 @@ def test_every_handler_imports_from_the_unpacked_zip_in_a_bare_interpreter(funct
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=False, system_site_packages=False).create(env_dir)
     handlers = handlers_named_by_stack()
-    assert len(handlers) == 5
+    assert len(handlers) == launch.LAMBDA_FUNCTIONS
     environment = {
         "PATH": os.environ.get("PATH", ""),
         "AWS_ACCESS_KEY_ID": "testing",

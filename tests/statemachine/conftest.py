@@ -57,12 +57,17 @@ class LambdaScript:
             return json.dumps({"registered": True}).encode()
         self.calls.append((name, payload))
         answer = self.answers[name].popleft()
+        if callable(answer):
+            try:
+                answer = answer(payload)
+            except Exception as error:  # a real handler's exception, reported as Lambda reports it
+                answer = Exception(type(error).__name__, str(error))
         if isinstance(answer, Exception):
             # How Lambda reports an unhandled exception: the header, and the class name as errorType.
             response_headers["x-amz-function-error"] = "Unhandled"
             error_type, message = answer.args
             return json.dumps({"errorType": error_type, "errorMessage": message}).encode()
-        return json.dumps(answer(payload) if callable(answer) else answer).encode()
+        return json.dumps(answer).encode()
 
     def called(self, function: str) -> list[dict[str, Any]]:
         return [payload for name, payload in self.calls if name == function]
@@ -114,10 +119,15 @@ class Workflow:
     def __init__(self, sfn: Any, role: str, arns: dict[str, str]):
         self.sfn, self.role, self.arns = sfn, role, arns
 
-    def create(self, wait_seconds: int = 0, max_polls: int = 5) -> str:
+    def create(self, wait_seconds: int = 0, max_polls: int = 5, ingest_mode: str = "import") -> str:
         definition = render(
             DEFINITION.read_text(),
-            {**self.arns, "WaitSeconds": str(wait_seconds), "MaxPolls": str(max_polls)},
+            {
+                **self.arns,
+                "WaitSeconds": str(wait_seconds),
+                "MaxPolls": str(max_polls),
+                "StackIngestMode": ingest_mode,
+            },
         )
         return self.sfn.create_state_machine(name="ImportWorkflow", definition=definition, roleArn=self.role)[
             "stateMachineArn"

@@ -44,8 +44,10 @@ def test_definition_uses_only_the_contract_placeholders():
         "StartImportJobFunctionArn",
         "CheckStatusFunctionArn",
         "RecordFailureFunctionArn",
+        "StoreBatchFunctionArn",
         "WaitSeconds",
         "MaxPolls",
+        "StackIngestMode",
     }
     states = json.loads(text)["States"]
     for name in ("TriggerImport", "StartImportJob", "WaitForCompletion", "CheckStatus", "IsComplete"):
@@ -60,8 +62,10 @@ def test_statelint_accepts_the_rendered_definition(tmp_path):
             "StartImportJobFunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:StartImportJob",
             "CheckStatusFunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:CheckStatus",
             "RecordFailureFunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:RecordFailure",
+            "StoreBatchFunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:StoreBatch",
             "WaitSeconds": "60",
             "MaxPolls": "240",
+            "StackIngestMode": "stow-batched",
         },
     )
     path = tmp_path / "workflow.asl.json"
@@ -87,6 +91,7 @@ def test_happy_path_polls_until_the_job_completes(workflow, lambda_script):
     assert output["polling"]["importedCount"] == 2
     assert workflow.states_entered(execution["executionArn"]) == [
         "TriggerImport",
+        "ChooseIngest",
         "StartImportJob",
         "WaitForCompletion",
         "CheckStatus",

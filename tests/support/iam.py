@@ -69,6 +69,12 @@ def permissions(call: ApiCall) -> list[Permission]:
             # carries no s3:prefix); anyone else gets 403 AccessDenied, which code expecting 404 treats as an error.
             needed.append(Permission("s3:ListBucket", f"arn:aws:s3:::{p['Bucket']}"))
         return needed
+    if call.service == "dynamodb" and "RequestItems" in p:
+        # One permission per table the request names (the Service Authorization Reference: the table resource).
+        return [
+            Permission(f"dynamodb:{call.operation}", f"arn:aws:dynamodb:{REGION}:{ACCOUNT_ID}:table/{table}")
+            for table in p["RequestItems"]
+        ]
     if call.service == "dynamodb":
         arn = f"arn:aws:dynamodb:{REGION}:{ACCOUNT_ID}:table/{p['TableName']}"
         if "IndexName" in p:

@@ -3,7 +3,8 @@
 ``Pipeline.invoke`` sets the environment variables the rendered template gives that function (and removes
 every other pipeline variable), rebuilds the functions' cached clients, records their API calls, answers
 HealthImaging from the in-memory fake, and calls the handler named by the template. ``run_workflow`` drives
-StartImportJob and CheckStatus the way statemachine/import_workflow.asl.json does.
+StartImportJob and CheckStatus the way statemachine/import_workflow.asl.json does; ``run_stow_workflow`` its
+stow-batched path (StoreBatch until done).
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class LambdaContext:
     memory_limit_in_mb: int = 256
     invoked_function_arn: str = f"arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:function"
     aws_request_id: str = "52fdfc07-2182-154f-163f-5f0f9a621d72"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 900_000  # a fresh invocation of the longest timeout the template gives
 
 
 @dataclass
@@ -106,3 +110,17 @@ class Pipeline:
             state["polling"] = self.invoke("CheckStatusFunction", task_input)
             if state["polling"]["ended"] or state["polling"]["count"] >= max_polls:
                 return state
+
+    def run_stow_workflow(self, execution_input: dict[str, Any], max_runs: int = 20) -> dict[str, Any]:
+        """The TriggerImport state (with the stack's ingest mode, as the template substitutes it), then StoreBatch
+        until it answers done (IsStored), each run's result at ``importJob`` as the ASL puts it."""
+        machine = self.deployment.resource("ImportWorkflow")["Properties"]
+        state = {key: execution_input[key] for key in ("batchId", "bucket", "manifestKey", "prefix")}
+        state["polling"] = {"waitSeconds": 0, "maxPolls": 10, "count": 0}
+        state["ingestMode"] = str(self.deployment.value(machine["DefinitionSubstitutions"]["StackIngestMode"]))
+        assert state["ingestMode"] == "stow-batched", "ChooseIngest would start an import job"
+        for _ in range(max_runs):
+            state["importJob"] = self.invoke("StoreBatchFunction", state)
+            if state["importJob"]["done"]:
+                return state
+        raise AssertionError(f"StoreBatch not done after {max_runs} runs: {state['importJob']}")

@@ -475,9 +475,12 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
         os.environ.update(removed)
 
 
-def render_definition(arns: dict[str, str], poll_seconds: int, max_polls: int) -> dict[str, Any]:
+def render_definition(
+    arns: dict[str, str], poll_seconds: int, max_polls: int, ingest_mode: str = "import"
+) -> dict[str, Any]:
     text = DEFINITION.read_text()
-    for name, value in {**arns, "WaitSeconds": str(poll_seconds), "MaxPolls": str(max_polls)}.items():
+    substitutions = {"WaitSeconds": str(poll_seconds), "MaxPolls": str(max_polls), "StackIngestMode": ingest_mode}
+    for name, value in {**arns, **substitutions}.items():
         text = text.replace("${" + name + "}", value)
     return dict(json.loads(text))
 

@@ -13,9 +13,9 @@ def _stack(template: dict[str, Any], **overrides: str) -> Deployment:
     return Deployment(template, {"PeerCIDR1": "192.0.2.0/24", **overrides})
 
 
-def _granted(stack: Deployment, action: str) -> list[str]:
+def _granted(stack: Deployment, action: str, role: str = "ScpTaskRole") -> list[str]:
     resources: list[str] = []
-    for statement in stack.role_statements("ScpTaskRole"):
+    for statement in stack.role_statements(role):
         actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
         if action in actions:
             found = statement["Resource"]
@@ -61,3 +61,28 @@ def test_stow_mode_may_record_an_outcomes_attributes_and_import_mode_may_not(tem
     assert _put_conditions(_stack(template)) == [list(refusals.ITEM_ATTRIBUTES)]
     # An outcome names its image set, never an import job: the SCP cannot forge the pipeline's items.
     assert "jobId" not in ingest.STOW_ITEM_ATTRIBUTES and "imageSetId" in ingest.STOW_ITEM_ATTRIBUTES
+
+
+def test_stow_batched_mode_grants_store_dicom_to_the_store_step_only(template):
+    batched = _stack(template, IngestMode="stow-batched", ExistingDatastoreID="0123456789abcdef0123456789abcdef")
+    default = _stack(template, ExistingDatastoreID="0123456789abcdef0123456789abcdef")
+
+    [datastore] = _granted(batched, "medical-imaging:StoreDICOM", "StoreBatchRole")
+    assert datastore.endswith(":datastore/0123456789abcdef0123456789abcdef")
+    # It reads the batches' objects (incoming/), nothing else of the bucket's but the manifests every step reads.
+    assert sorted(arn.split("/")[-2] for arn in _granted(batched, "s3:GetObject", "StoreBatchRole")) == [
+        "incoming",
+        "manifests",
+    ]
+    # The SCP lands in S3 as in import mode: the task stores nothing in HealthImaging itself.
+    assert _granted(batched, "medical-imaging:StoreDICOM") == []
+    assert batched.container_environment("ScpTaskDefinition")["INGEST_MODE"] == "stow-batched"
+    env = batched.lambda_environment("StoreBatchFunction")
+    assert env["INGEST_MODE"] == "stow-batched"
+    assert (
+        env["AHI_STOW_URL"]
+        == "https://dicom-medical-imaging.us-east-1.amazonaws.com/datastore/" + "0123456789abcdef0123456789abcdef"
+    )
+    # Import mode: the step's role can neither read the objects nor store them.
+    assert _granted(default, "medical-imaging:StoreDICOM", "StoreBatchRole") == []
+    assert [arn for arn in _granted(default, "s3:GetObject", "StoreBatchRole") if "incoming" in arn] == []

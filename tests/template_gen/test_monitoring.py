@@ -197,3 +197,13 @@ def test_tasks_scale_on_open_associations_as_well_as_cpu(template: dict[str, Any
     assert queries["associations"]["MetricStat"]["Stat"] == "Sum"
     [returned] = [query for query in queries.values() if query["ReturnData"]]
     assert returned["Expression"] == {"Fn::Sub": "100 * associations / tasks / ${MaximumAssociations}"}
+
+
+def test_a_function_metric_never_takes_an_scp_metrics_name_or_constant() -> None:
+    # Both live in one module: a function metric named like an SCP metric (or assigned to its constant) would make
+    # the dashboard's rows and the SCP's counters mean two things.
+    scp_names = {metric.name for metric in m.SCP_METRICS}
+    assert scp_names.isdisjoint(metric.name for metric in m.FUNCTION_METRICS)
+    # Every SCP metric is still the value of its constant (container/dicom_store_scp/metrics.py counts by them).
+    constants = [value for name, value in vars(m).items() if name.isupper() and isinstance(value, m.Metric)]
+    assert all(any(metric is value for value in constants) for metric in m.SCP_METRICS)

@@ -10,6 +10,7 @@ from support.cfn import Deployment
 
 from template_gen import build_template, release
 from template_gen.parameters import HEALTHIMAGING_REGIONS, PARAMETERS
+from template_gen.pipeline import FUNCTIONS
 
 MARKETPLACE_IMAGE = "709825985650.dkr.ecr.us-east-1.amazonaws.com/acme/dicom-store-scp@sha256:" + "a" * 64
 # S3 version ids as S3 writes them: opaque, one per region's object.
@@ -40,7 +41,7 @@ def test_one_template_reads_the_code_from_the_stacks_own_regions_bucket(asl_text
     deployment = Deployment(released(asl_text, artifacts))
     deployment.pseudo["AWS::Region"] = region
     functions = deployment.of_type("AWS::Lambda::Function")
-    assert len(functions) == 5
+    assert len(functions) == len(FUNCTIONS)
     for function in functions.values():
         code = deployment.value(function["Properties"]["Code"])
         # By the object version that region's publish wrote: a later write to the key changes nothing.

@@ -69,6 +69,8 @@ LAMBDA_CONTRACT = {
     "SWEEP_MIN_AGE_MINUTES",
     "LOG_LEVEL",
     "POWERTOOLS_SERVICE_NAME",
+    "INGEST_MODE",
+    "AHI_STOW_URL",
 }
 # Actions that have no resource type, so IAM accepts only "*" for them.
 STAR_ONLY_ACTIONS = {
@@ -354,7 +356,7 @@ def test_data_access_role_reads_only_incoming_and_trusts_only_this_datastore(
 def test_no_wildcard_resource_where_an_arn_is_accepted(template: dict[str, Any]) -> None:
     kms = "arn:aws:kms:us-east-1:111122223333:key/0f6c1d2e-3a4b-4c5d-8e9f-00112233aabb"
     roles = Stack(template, KmsKeyArn=kms).decided("AWS::IAM::Role")
-    assert len(roles) == 9  # one per component
+    assert len(roles) == 10  # one per component
     for name, role in roles.items():
         for statement in _statements(role):
             if "*" in _as_list(statement.get("Resource", [])):
@@ -480,7 +482,11 @@ def test_asl_placeholders_are_exactly_the_definition_substitutions(template: dic
     assert machine["DefinitionString"] == asl_text
     placeholders = set(re.findall(r"\$\{([^}]+)\}", asl_text))
     assert placeholders == set(machine["DefinitionSubstitutions"])
-    assert placeholders == {fn.placeholder for fn in WORKFLOW_FUNCTIONS} | {"WaitSeconds", "MaxPolls"}
+    assert placeholders == {fn.placeholder for fn in WORKFLOW_FUNCTIONS} | {
+        "WaitSeconds",
+        "MaxPolls",
+        "StackIngestMode",
+    }
     # The workflow's role may invoke exactly the functions whose ARNs the definition names.
     (statement,) = [
         s for s in _statements(template["Resources"]["ImportWorkflowRole"]) if s["Action"] == ["lambda:InvokeFunction"]
@@ -641,8 +647,8 @@ def test_every_log_group_and_stateful_resource_is_retained_unless_the_first_crea
     (nothing is in them yet, and each retry would leave another set behind)."""
     stateful = {n: r for n, r in template["Resources"].items() if r["Type"] in STATEFUL}
     assert (
-        len([r for r in stateful.values() if r["Type"] == "AWS::Logs::LogGroup"]) == 8
-    )  # 5 functions, SCP, workflow, audit
+        len([r for r in stateful.values() if r["Type"] == "AWS::Logs::LogGroup"]) == 9
+    )  # 6 functions, SCP, workflow, audit
     for name, resource in stateful.items():
         policies = (resource.get("DeletionPolicy"), resource.get("UpdateReplacePolicy"))
         assert policies == ("RetainExceptOnCreate", "Retain"), name

@@ -1,0 +1,405 @@
+"""StoreBatch (INGEST_MODE=stow-batched): the batch stored into AWS HealthImaging by STOW-RS instead of an import job.
+
+The SCP answered each C-STORE once the instance was in S3 (as in import mode) and wrote the manifest; TriggerImport
+recorded the instances RECEIVED and started the workflow, which calls this step until it answers ``done``. Each run:
+
+- reads the manifest and the instance table (consistently): only instances of this batch still pending (RECEIVED,
+  IMPORTING) are sent, so a run repeated (a retry, a lost Lambda response) stores nothing recorded IMPORTED again;
+- sends them in StoreDICOM requests (``POST <AHI_STOW_URL>/studies``; dicom_store_contract.stow_protocol) of at
+  most MAX_INSTANCES_PER_REQUEST instances and BYTES_PER_STOW_REQUEST bytes, each object streamed from S3 in 1 MiB
+  pieces twice (its SHA-256 for SigV4, then onto the wire; the second read pinned to the first's ETag);
+- records each instance as CheckStatus records an import job's outcome: IMPORTED with the image set the response's
+  Retrieve URL names, FAILED with HealthImaging's reason; and the batch's job item (``stow-<batch id>``);
+- stops before the Lambda's time runs out and returns a cursor (where the next run starts): the workflow loops.
+
+What HealthImaging answers decides what follows: an instance stored or refused (a Failed SOP Sequence entry, or a
+400/413 of a request of that instance alone) is final; a request refused without naming an instance (400/413) is
+split in halves and sent again, so one bad instance never fails the others; throttling (429, a Failure Reason of
+the A7xx family or 0x0110) and unavailability (5xx, a dropped connection, a response that does not list an
+instance) are retried a few times with backoff here, then raised as the import steps' ImportJobThrottled /
+HealthImagingUnavailable, which the workflow retries with its own backoff; 401/403/404 are the deployment's fault
+(ImportJobRejected: the workflow records the batch failed).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Protocol
+
+import boto3
+import urllib3
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.exceptions import ClientError
+from botocore.httpsession import get_cert_path
+from dicom_store_contract import ingest, limits, stow_protocol
+from dicom_store_contract.manifest import Instance
+from dicom_store_contract.metrics import NAMESPACE
+
+from functions.contract import read_manifest, s3_uri
+from functions.healthimaging import HealthImagingUnavailable, ImportJobRejected, ImportJobThrottled
+from functions.settings import Settings, client, settings
+from functions.tracking import PENDING, InstanceState, JobStatus, Tracking, stow_job_id, tracking, utc_now
+from functions.trigger_import import NOT_STORED
+
+logger = Logger()
+metrics = Metrics(namespace=NAMESPACE)
+
+# Ours, not HealthImaging's: a bound on what one refused request costs to split, and on one response's size.
+MAX_INSTANCES_PER_REQUEST = 100
+# Multipart framing per part (its delimiter and header line), kept in hand under the request's byte limit.
+_FRAMING_PER_PART = 256
+# Attempts of a throttled or unanswered request within one run, with jittered backoff, before the workflow's Retry.
+ATTEMPTS = 3
+_BACKOFF_FIRST = 0.5
+_BACKOFF_CAP = 8.0
+# No request starts with less Lambda time left than this: a 1 GB request is read twice from S3 and sent once.
+RESERVE_SECONDS = 120.0
+_CONNECT_TIMEOUT = 5.0
+_READ_TIMEOUT_CAP = 300.0
+
+_AHI_URL = re.compile(r"https://dicom-medical-imaging\.([a-z0-9-]+)\.")
+
+
+class Unanswered(Exception):
+    """The request got no answer (a timeout, a dropped connection): nothing says what was stored."""
+
+
+class MissingObject(Exception):
+    """The instance's object is not under the batch prefix (any more)."""
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+
+
+class StoreDicom(Protocol):
+    def post(self, body: stow_protocol.MultipartBody, timeout: float) -> Response: ...
+
+
+class HttpStoreDicom:
+    """StoreDICOM over HTTPS, SigV4-signed with the function role's credentials, one connection."""
+
+    def __init__(self, base_url: str, region: str, credentials: Callable[[], Any] | None = None) -> None:
+        self.studies_url = base_url.rstrip("/") + "/studies"
+        # An AHI endpoint names its region; another STOW-RS server ignores the signature's.
+        named = _AHI_URL.match(self.studies_url)
+        self.region = named.group(1) if named else region
+        self._credentials = credentials or _role_credentials
+        self._pool = urllib3.PoolManager(num_pools=1, maxsize=1, retries=False, ca_certs=get_cert_path(True))
+
+    def post(self, body: stow_protocol.MultipartBody, timeout: float) -> Response:
+        credentials = self._credentials()
+        if credentials is None:
+            raise ImportJobRejected("StoreDICOM: no AWS credentials in the function's environment")
+        headers = stow_protocol.signed_headers(credentials, self.region, self.studies_url, body)
+        try:
+            response = self._pool.urlopen(
+                "POST",
+                self.studies_url,
+                body=body.stream(),
+                headers=headers,
+                timeout=urllib3.Timeout(connect=min(_CONNECT_TIMEOUT, timeout), read=timeout),
+                retries=False,
+                redirect=False,
+                preload_content=False,
+            )
+            try:
+                answer = response.read(stow_protocol.RESPONSE_LIMIT)
+            finally:
+                response.release_conn()
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            raise Unanswered(f"no answer: {type(error).__name__}: {error}") from error
+        return Response(response.status, answer)
+
+
+def _role_credentials() -> Any:
+    found = boto3.Session().get_credentials()
+    return found.get_frozen_credentials() if found is not None else None
+
+
+class _S3Object:
+    """An instance's object, read in pieces; every read after the first is of the object the first read."""
+
+    def __init__(self, s3: Any, bucket: str, key: str) -> None:
+        self.s3, self.bucket, self.key = s3, bucket, key
+        self.etag = ""
+
+    def open(self) -> Iterator[bytes]:
+        params = {"Bucket": self.bucket, "Key": self.key}
+        if self.etag:
+            params["IfMatch"] = self.etag
+        try:
+            response = self.s3.get_object(**params)
+        except ClientError as error:
+            if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                raise MissingObject(self.key) from None
+            raise
+        self.etag = self.etag or str(response.get("ETag", ""))
+        body = response["Body"]
+        try:
+            yield from body.iter_chunks(stow_protocol.CHUNK)
+        finally:
+            body.close()
+
+
+class Later(Enum):
+    """Why an instance is still to be sent: the error the workflow retries it under, if this run cannot."""
+
+    THROTTLED = "throttled"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass
+class _Run:
+    """One run of the step over one batch."""
+
+    batch_id: str
+    bucket: str
+    job_id: str
+    s3: Any
+    store: StoreDicom
+    repository: Tracking
+    remaining: Callable[[], float]  # seconds of Lambda time left
+    stored: int = 0
+    failed: int = 0
+    requests: int = 0
+
+    # outcomes
+
+    def record_stored(self, instance: Instance, listed: stow_protocol.Listed) -> None:
+        image_set = {"imageSetId": listed.image_set_id} if listed.image_set_id else {}
+        self.repository.update_instance(
+            self.batch_id,
+            instance.sop_instance_uid,
+            InstanceState.IMPORTED,
+            pending_only=True,
+            jobId=self.job_id,
+            **image_set,
+        )
+        self.stored += 1
+
+    def record_failed(self, instance: Instance, reason: str) -> None:
+        self.repository.update_instance(
+            self.batch_id,
+            instance.sop_instance_uid,
+            InstanceState.FAILED,
+            pending_only=True,
+            jobId=self.job_id,
+            failureReason=reason,
+        )
+        self.failed += 1
+
+    def record_refused(self, instance: Instance, detail: str) -> None:
+        # The words stow mode's SCP records (dicom_store_scp/stow.py record_of): one reason, whichever mode sent it.
+        self.record_failed(instance, f"AWS HealthImaging refused it (STOW-RS): {detail}")
+
+    # requests
+
+    def body(self, group: list[Instance]) -> tuple[list[Instance], stow_protocol.MultipartBody | None]:
+        """The request of the group's instances whose objects are stored (the others recorded FAILED)."""
+        while group:
+            objects = [_S3Object(self.s3, self.bucket, instance.key) for instance in group]
+            try:
+                parts = [stow_protocol.Part(o.key, o.open) for o in objects]
+                return group, stow_protocol.MultipartBody(parts)
+            except MissingObject as missing:
+                lost = next(i for i in group if i.key == str(missing))
+                self.record_failed(lost, f"{lost.key}: {NOT_STORED}")
+                group = [i for i in group if i is not lost]
+        return group, None
+
+    def send(self, group: list[Instance]) -> list[tuple[Instance, Later, str]]:
+        """Send the group once; the instances it leaves to a later attempt, with why."""
+        group, body = self.body(group)
+        if body is None:
+            return []
+        self.requests += 1
+        timeout = max(1.0, min(_READ_TIMEOUT_CAP, self.remaining() - 10.0))
+        try:
+            response = self.store.post(body, timeout)
+        except Unanswered as error:
+            return [(instance, Later.UNAVAILABLE, str(error)) for instance in group]
+        listed = stow_protocol.listings(response.body)
+        later: list[tuple[Instance, Later, str]] = []
+        unlisted = []
+        for instance in group:
+            entry = listed.get(instance.sop_instance_uid)
+            if entry is None:
+                unlisted.append(instance)
+            elif entry.stored:
+                self.record_stored(instance, entry)
+            elif stow_protocol.retry_later(entry.failure_reason):
+                later.append((instance, Later.THROTTLED, stow_protocol.describe_failure(response.status, entry)))
+            else:
+                self.record_refused(instance, stow_protocol.describe_failure(response.status, entry))
+        if unlisted:
+            later += self.unlisted(unlisted, response)
+        return later
+
+    def unlisted(self, group: list[Instance], response: Response) -> list[tuple[Instance, Later, str]]:
+        """The instances a response does not name, by its HTTP status."""
+        status = response.status
+        message = f"HTTP {status}: {stow_protocol.error_message(response.body)}".rstrip(": ")
+        if status == 429:
+            return [(instance, Later.THROTTLED, message) for instance in group]
+        if status >= 500:
+            return [(instance, Later.UNAVAILABLE, message) for instance in group]
+        if status in (400, 409, 413, 422):
+            # The request refused, no instance named: halves until the one refused is alone (at most log2 of
+            # MAX_INSTANCES_PER_REQUEST splits deep), so the others are stored.
+            if len(group) == 1:
+                self.record_refused(group[0], message)
+                return []
+            middle = len(group) // 2
+            return self.send(group[:middle]) + self.send(group[middle:])
+        if 400 <= status < 500:
+            raise ImportJobRejected(f"StoreDICOM refused the request: {message}")
+        return [(instance, Later.UNAVAILABLE, f"HTTP {status}: the response does not list it") for instance in group]
+
+
+def request_groups(instances: list[Instance], run: _Run) -> Iterator[list[Instance]]:
+    """Requests in manifest order, each within the instance and byte bounds; an instance larger than one request
+    takes is recorded FAILED (import mode's limits let through what a StoreDICOM request cannot carry)."""
+    most = limits.BYTES_PER_STOW_REQUEST.whole
+    group: list[Instance] = []
+    size = _FRAMING_PER_PART
+    for instance in instances:
+        own = instance.size + _FRAMING_PER_PART
+        if own + _FRAMING_PER_PART > most:
+            run.record_failed(instance, f"{instance.size} bytes: more than one StoreDICOM request takes ({most})")
+            continue
+        if group and (len(group) >= MAX_INSTANCES_PER_REQUEST or size + own > most):
+            yield group
+            group, size = [], _FRAMING_PER_PART
+        group.append(instance)
+        size += own
+    if group:
+        yield group
+
+
+def store_batch(
+    execution: dict[str, Any],
+    *,
+    s3: Any,
+    store: StoreDicom,
+    repository: Tracking,
+    config: Settings,
+    remaining: Callable[[], float],
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    batch_id, bucket = execution["batchId"], execution["bucket"]
+    manifest = read_manifest(s3, bucket, execution["manifestKey"], config.dicom_prefix)
+    instances = list(manifest.instances)
+    cursor = int((execution.get("importJob") or {}).get("cursor", 0)) % max(len(instances), 1)
+    job_id = stow_job_id(batch_id)
+    repository.put_job(
+        {
+            "jobId": job_id,
+            "jobStatus": JobStatus.IN_PROGRESS,
+            "submittedAt": utc_now(),
+            "inputS3Uri": s3_uri(bucket, manifest.prefix),
+            "datastoreId": config.datastore_id,
+            "studyDate": manifest.shared("study_date"),
+            "studyInstanceUID": manifest.shared("study_instance_uid"),
+            "seriesInstanceUID": manifest.shared("series_instance_uid"),
+            "batchId": batch_id,
+            "instanceCount": len(instances),
+            "rejectedCount": len(manifest.rejected),
+            "importedCount": 0,
+            "failedCount": 0,
+            "message": f"stored by STOW-RS ({ingest.STOW_BATCHED})",
+        }
+    )
+    run = _Run(batch_id, bucket, job_id, s3, store, repository, remaining)
+    states = repository.instance_states(i.sop_instance_uid for i in instances)
+    # From the cursor on, then those before it (left for later by the run before): each instance still pending.
+    order = instances[cursor:] + instances[:cursor]
+    todo = [instance for instance in order if _pending(states.get(instance.sop_instance_uid), batch_id)]
+    position = {id(instance): number for number, instance in enumerate(instances)}
+
+    later: list[tuple[Instance, Later, str]] = []
+    for group in request_groups(todo, run):
+        if run.requests and remaining() < RESERVE_SECONDS:
+            return _report(run, manifest.batch_id, cursor=position[id(group[0])], done=False)
+        later += run.send(group)
+    attempt = 1
+    while later:
+        if attempt >= ATTEMPTS:
+            _give_back(run, later)
+        delay = random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_FIRST * 2 ** (attempt - 1)))  # noqa: S311 (jitter)
+        if remaining() < RESERVE_SECONDS + delay:
+            return _report(run, manifest.batch_id, cursor=position[id(later[0][0])], done=False)
+        sleep(delay)
+        attempt += 1
+        retry, later = [instance for instance, _, _ in later], []
+        for group in request_groups(retry, run):
+            later += run.send(group)
+
+    final = repository.instance_states(i.sop_instance_uid for i in instances)
+    ours = [state for state, owner in final.values() if owner == batch_id]
+    imported = sum(state in (InstanceState.IMPORTED, InstanceState.IMPORTED_WITH_WARNINGS) for state in ours)
+    failed = sum(state == InstanceState.FAILED for state in ours)
+    repository.update_job(job_id, JobStatus.COMPLETED, endedAt=utc_now(), importedCount=imported, failedCount=failed)
+    result = _report(run, batch_id, cursor=0, done=True)
+    result.update(importedCount=imported, failedCount=failed)
+    return result
+
+
+def _pending(state: tuple[str, str] | None, batch_id: str) -> bool:
+    """Still to be stored by this batch: an item of this batch (a later batch may hold the instance now) that has
+    no outcome yet."""
+    return state is not None and state[1] == batch_id and state[0] in PENDING
+
+
+def _give_back(run: _Run, later: list[tuple[Instance, Later, str]]) -> None:
+    """Attempts spent: the error the workflow retries under (what this run recorded stays recorded)."""
+    _count(run)
+    throttled = any(why is Later.THROTTLED for _, why, _ in later)
+    message = f"{len(later)} instances not stored yet: {later[0][2]}"
+    logger.warning("batch store left to the workflow's retry", extra={"batchId": run.batch_id, "reason": message})
+    raise (ImportJobThrottled if throttled else HealthImagingUnavailable)(message)
+
+
+def _count(run: _Run) -> None:
+    metrics.add_metric(name="BatchInstancesStored", unit=MetricUnit.Count, value=run.stored)
+    metrics.add_metric(name="BatchInstancesNotStored", unit=MetricUnit.Count, value=run.failed)
+    metrics.add_metric(name="StoreDicomRequests", unit=MetricUnit.Count, value=run.requests)
+
+
+def _report(run: _Run, batch_id: str, *, cursor: int, done: bool) -> dict[str, Any]:
+    _count(run)
+    logger.info(
+        "batch stored" if done else "batch store continues",
+        extra={"batchId": batch_id, "stored": run.stored, "failed": run.failed, "requests": run.requests},
+    )
+    return {"jobId": run.job_id, "done": done, "cursor": cursor, "storedNow": run.stored, "failedNow": run.failed}
+
+
+def store_dicom(config: Settings) -> StoreDicom:
+    region = boto3.Session().region_name or "us-east-1"
+    return HttpStoreDicom(config.ahi_stow_url, region)
+
+
+@metrics.log_metrics
+@logger.inject_lambda_context
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    config = settings()
+    if config.ingest_mode != ingest.STOW_BATCHED:
+        raise ImportJobRejected(f"StoreBatch runs with INGEST_MODE={ingest.STOW_BATCHED}, not {config.ingest_mode!r}")
+    return store_batch(
+        event,
+        s3=client("s3"),
+        store=store_dicom(config),
+        repository=tracking(),
+        config=config,
+        remaining=lambda: context.get_remaining_time_in_millis() / 1000.0,
+    )

@@ -1,0 +1,262 @@
+"""StoreBatch (INGEST_MODE=stow-batched) against the StoreDICOM fake over loopback, with moto's S3 and DynamoDB.
+
+The step reads the batch's objects from S3 and sends them by real HTTP to tests/support/fake_stow.py, which checks
+the request as HealthImaging would (SigV4, the payload's SHA-256, the multipart framing) and holds what it stored;
+the tests read what the fake holds and what the step recorded in the tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+from support.fake_stow import FakeStow
+
+from functions import store_batch as step
+from functions.contract import read_manifest
+from functions.healthimaging import HealthImagingUnavailable, ImportJobRejected, ImportJobThrottled
+from functions.tracking import stow_job_id
+
+from .conftest import DATASTORE_ID, DICOM_BUCKET, DICOM_PREFIX, store_batch
+
+
+@pytest.fixture
+def fake():
+    server = FakeStow(DATASTORE_ID)
+    yield server
+    server.stop()
+
+
+class Sleeps(list):
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+def received(s3, tracking, count: int):
+    """A batch as TriggerImport leaves it: objects and manifest in S3, its instances RECEIVED."""
+    batch = store_batch(s3, count=count)
+    tracking.record_received(read_manifest(s3, DICOM_BUCKET, batch.manifest_key, DICOM_PREFIX))
+    return batch
+
+
+def run(batch, s3, tracking, environment, fake, *, previous=None, remaining=lambda: 900.0, sleeps=None):
+    execution: dict[str, Any] = dict(batch.execution_input(), ingestMode="stow-batched")
+    if previous is not None:
+        execution["importJob"] = previous
+    return step.store_batch(
+        execution,
+        s3=s3,
+        store=step.HttpStoreDicom(fake.base_url, "us-east-1"),
+        repository=tracking,
+        config=environment,
+        remaining=remaining,
+        sleep=sleeps if sleeps is not None else Sleeps(),
+    )
+
+
+def states(tracking, batch) -> dict[str, tuple[str, str, str]]:
+    items = {uid: tracking.get_instance(uid) or {} for uid in batch.sop_instance_uids}
+    return {
+        uid: (item.get("state", ""), item.get("imageSetId", ""), item.get("failureReason", ""))
+        for uid, item in items.items()
+    }
+
+
+def stored_bytes(s3, batch) -> dict[str, bytes]:
+    return {
+        record["sopInstanceUID"]: s3.get_object(Bucket=DICOM_BUCKET, Key=record["key"])["Body"].read()
+        for record in batch.manifest["instances"]
+    }
+
+
+def image_set_of(batch) -> str:
+    # The fake names the image set after the study, in each stored instance's Retrieve URL.
+    study = batch.manifest["instances"][0]["studyInstanceUID"]
+    return hashlib.md5(study.encode()).hexdigest()  # noqa: S324
+
+
+def test_a_batch_is_stored_in_one_request_and_recorded_imported(s3, tracking, environment, fake):
+    batch = received(s3, tracking, 3)
+    result = run(batch, s3, tracking, environment, fake)
+    assert result["done"] is True and result["importedCount"] == 3 and result["failedCount"] == 0
+    # One request, signed and framed as HealthImaging requires (the fake answers 400 to anything else).
+    [request] = fake.requests
+    assert request.problems == [] and request.sop_instance_uids == batch.sop_instance_uids
+    assert fake.held == stored_bytes(s3, batch)
+    assert set(states(tracking, batch).values()) == {("IMPORTED", image_set_of(batch), "")}
+    job = tracking.get_job(stow_job_id(batch.batch_id))
+    assert job["jobStatus"] == "COMPLETED" and job["importedCount"] == 3 and job["failedCount"] == 0
+    assert job["batchId"] == batch.batch_id and job["instanceCount"] == 3 and job["endedAt"]
+    assert tracking.get_instance(batch.sop_instance_uids[0])["jobId"] == stow_job_id(batch.batch_id)
+
+
+def test_refused_instances_are_failed_with_healthimagings_reason_and_the_others_stored(
+    s3, tracking, environment, fake, monkeypatch
+):
+    monkeypatch.setattr(step, "MAX_INSTANCES_PER_REQUEST", 2)
+    batch = received(s3, tracking, 5)
+    fake.script = ["store", "fail:C000"]  # the third request: the default, store
+    result = run(batch, s3, tracking, environment, fake)
+    assert [len(r.sop_instance_uids) for r in fake.requests] == [2, 2, 1]
+    assert result["done"] is True and result["importedCount"] == 3 and result["failedCount"] == 2
+    uids = batch.sop_instance_uids
+    recorded = states(tracking, batch)
+    refused = ("FAILED", "", "AWS HealthImaging refused it (STOW-RS): HTTP 409, Failure Reason 0xC000")
+    assert [recorded[uid] for uid in uids[2:4]] == [refused, refused]
+    assert {recorded[uid][0] for uid in uids[:2] + uids[4:]} == {"IMPORTED"}
+    assert sorted(fake.held) == sorted(uids[:2] + uids[4:])
+    assert tracking.get_job(stow_job_id(batch.batch_id))["failedCount"] == 2
+
+
+def test_throttled_then_stored(s3, tracking, environment, fake):
+    batch = received(s3, tracking, 3)
+    fake.script = ["http:429"]
+    sleeps = Sleeps()
+    result = run(batch, s3, tracking, environment, fake, sleeps=sleeps)
+    assert result["done"] is True and result["importedCount"] == 3
+    assert [r.behaviour for r in fake.requests] == ["http:429", "store"] and len(sleeps) == 1
+    assert sorted(fake.held) == sorted(batch.sop_instance_uids)
+
+
+def test_a_busy_failure_reason_is_sent_again(s3, tracking, environment, fake):
+    # Failure Reason A700 (out of resources): not a refusal of the instance, a "later".
+    batch = received(s3, tracking, 2)
+    fake.script = ["fail:A700"]
+    result = run(batch, s3, tracking, environment, fake)
+    assert result["importedCount"] == 2 and len(fake.requests) == 2
+
+
+def test_unavailable_until_the_attempts_are_spent_raises_the_workflows_retry_error(s3, tracking, environment, fake):
+    batch = received(s3, tracking, 3)
+    fake.default = "http:503"
+    with pytest.raises(HealthImagingUnavailable, match="3 instances not stored yet: HTTP 503"):
+        run(batch, s3, tracking, environment, fake)
+    assert len(fake.requests) == step.ATTEMPTS and fake.held == {}
+    assert {state for state, _, _ in states(tracking, batch).values()} == {"RECEIVED"}
+    # The workflow's Retry runs the step again, with the same input: HealthImaging is back.
+    fake.default = "store"
+    result = run(batch, s3, tracking, environment, fake)
+    assert result["done"] is True and result["importedCount"] == 3
+
+
+def test_throttled_until_the_attempts_are_spent_raises_throttled(s3, tracking, environment, fake):
+    batch = received(s3, tracking, 1)
+    fake.default = "http:429"
+    with pytest.raises(ImportJobThrottled):
+        run(batch, s3, tracking, environment, fake)
+
+
+def test_a_dropped_connection_is_sent_again(s3, tracking, environment, fake):
+    batch = received(s3, tracking, 3)
+    fake.script = ["drop"]
+    result = run(batch, s3, tracking, environment, fake)
+    assert result["done"] is True and result["importedCount"] == 3
+    assert [r.behaviour for r in fake.requests] == ["drop", "store"]
+    assert sorted(fake.held) == sorted(batch.sop_instance_uids)
+
+
+def test_a_413_is_split_until_the_instance_it_refuses_is_alone(s3, tracking, environment, fake):
+    batch = received(s3, tracking, 4)
+    a, b, c, d = batch.sop_instance_uids
+    # [a b c d] 413 -> [a b] stored, [c d] 413 -> [c] 413, [d] stored.
+    fake.script = ["http:413", "store", "http:413", "http:413", "store"]
+    result = run(batch, s3, tracking, environment, fake)
+    assert [r.sop_instance_uids for r in fake.requests] == [[a, b, c, d], [a, b], [c, d], [c], [d]]
+    assert result["importedCount"] == 3 and result["failedCount"] == 1
+    recorded = states(tracking, batch)
+    assert recorded[c] == (
+        "FAILED",
+        "",
+        "AWS HealthImaging refused it (STOW-RS): HTTP 413: fake PayloadTooLargeException",
+    )
+    assert sorted(fake.held) == sorted([a, b, d])
+
+
+def test_forbidden_is_the_deployments_fault_not_the_instances(s3, tracking, environment, fake):
+    batch = received(s3, tracking, 2)
+    fake.default = "http:403"
+    with pytest.raises(ImportJobRejected, match="HTTP 403"):
+        run(batch, s3, tracking, environment, fake)
+    assert len(fake.requests) == 1
+    assert {state for state, _, _ in states(tracking, batch).values()} == {"RECEIVED"}
+
+
+def test_running_twice_stores_nothing_twice(s3, tracking, environment, fake):
+    batch = received(s3, tracking, 3)
+    first = run(batch, s3, tracking, environment, fake)
+    # A lost Lambda response: the workflow runs the step again with the input it had.
+    second = run(batch, s3, tracking, environment, fake)
+    assert len(fake.requests) == 1
+    assert second["done"] is True and second["storedNow"] == 0 and second["importedCount"] == first["importedCount"]
+
+
+def test_an_instance_sent_again_in_a_later_batch_is_left_to_that_batch(s3, tracking, environment, fake):
+    batch = received(s3, tracking, 2)
+    later = store_batch(s3, batch_id="20261123T200000Z-" + "1" * 32, count=0)
+    # The first instance arrived again later: its item belongs to the later batch now.
+    tracking.update_instance(batch.batch_id, batch.sop_instance_uids[0], "RECEIVED", batchId=later.batch_id)
+    run(batch, s3, tracking, environment, fake)
+    assert [r.sop_instance_uids for r in fake.requests] == [batch.sop_instance_uids[1:]]
+
+
+def test_a_missing_object_fails_alone(s3, tracking, environment, fake):
+    batch = received(s3, tracking, 3)
+    s3.delete_object(Bucket=DICOM_BUCKET, Key=batch.manifest["instances"][1]["key"])
+    result = run(batch, s3, tracking, environment, fake)
+    assert result["importedCount"] == 2 and result["failedCount"] == 1
+    state, _, reason = states(tracking, batch)[batch.sop_instance_uids[1]]
+    assert state == "FAILED" and "not stored under the batch prefix" in reason
+
+
+def test_it_stops_before_the_lambdas_time_runs_out_and_resumes_from_its_cursor(
+    s3, tracking, environment, fake, monkeypatch
+):
+    monkeypatch.setattr(step, "MAX_INSTANCES_PER_REQUEST", 2)
+    batch = received(s3, tracking, 5)
+    # Plenty of time for the first request; then less than a request may need.
+    first = run(batch, s3, tracking, environment, fake, remaining=lambda: 900.0 if not fake.requests else 60.0)
+    assert first["done"] is False and first["cursor"] == 2 and len(fake.requests) == 1
+    assert tracking.get_job(stow_job_id(batch.batch_id))["jobStatus"] == "IN_PROGRESS"
+    second = run(batch, s3, tracking, environment, fake, previous=first)
+    assert second["done"] is True and second["importedCount"] == 5
+    assert [r.sop_instance_uids for r in fake.requests][1:] == [
+        batch.sop_instance_uids[2:4],
+        batch.sop_instance_uids[4:],
+    ]
+
+
+def test_the_request_bounds(tracking, environment, monkeypatch):
+    from dicom_store_contract import limits
+    from dicom_store_contract.manifest import Instance
+
+    most = limits.BYTES_PER_STOW_REQUEST.whole
+    failed = []
+
+    class Recorder:
+        def record_failed(self, instance, reason):
+            failed.append((instance.sop_instance_uid, reason))
+
+    sizes = [most // 2, most // 2, 10, most + 1] + [1] * 150
+    uids = {"sop_class_uid": "1.2", "study_instance_uid": "1.3", "series_instance_uid": "1.4"}
+    instances = [Instance(key=f"k{n}", sop_instance_uid=f"1.{n}", size=size, **uids) for n, size in enumerate(sizes)]
+    groups = list(step.request_groups(instances, Recorder()))  # type: ignore[arg-type]
+    # Two halves of the limit do not fit one request with their framing; more than the limit never goes.
+    assert [len(g) for g in groups] == [1, 100, 52]
+    assert failed == [("1.3", f"{most + 1} bytes: more than one StoreDICOM request takes ({most})")]
+    assert all(sum(i.size for i in g) < most for g in groups)
+
+
+def test_an_object_is_read_in_bounded_pieces_and_the_second_read_is_of_the_object_first_read(s3, environment):
+    from botocore.exceptions import ClientError
+    from dicom_store_contract import stow_protocol
+
+    key = "site a/incoming/large.dcm"
+    s3.put_object(Bucket=DICOM_BUCKET, Key=key, Body=b"\x01" * (3 * stow_protocol.CHUNK + 5))
+    source = step._S3Object(s3, DICOM_BUCKET, key)
+    first = [len(piece) for piece in source.open()]
+    assert sum(first) == 3 * stow_protocol.CHUNK + 5 and max(first) <= stow_protocol.CHUNK
+    # Replaced between the pass that hashed it and the pass that sends it: not sent as signed.
+    s3.put_object(Bucket=DICOM_BUCKET, Key=key, Body=b"\x02" * 10)
+    with pytest.raises(ClientError, match="PreconditionFailed"):
+        list(source.open())

@@ -7,10 +7,11 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from dicom_store_contract.executions import FOLLOWED_JOB
 from dicom_store_contract.metrics import NAMESPACE
 
 from functions.contract import read_manifest, s3_uri
-from functions.healthimaging import ImportJobs, import_jobs
+from functions.healthimaging import ImportJob, ImportJobRejected, ImportJobs, import_jobs
 from functions.settings import Settings, client, settings
 from functions.tracking import InstanceState, Tracking, tracking
 
@@ -31,12 +32,16 @@ def start_import_job(
     manifest = read_manifest(s3, bucket, execution["manifestKey"], config.dicom_prefix)
     input_uri = s3_uri(bucket, manifest.prefix)
     output_uri = s3_uri(config.results_bucket, f"{batch_id}/")
-    job = jobs.start_import_job(
-        job_name=batch_id,
-        client_token=client_token(batch_id),
-        input_s3_uri=input_uri,
-        output_s3_uri=output_uri,
-    )
+    followed = execution.get(FOLLOWED_JOB)
+    if followed:
+        job = _followed_job(jobs, str(followed), input_uri)
+    else:
+        job = jobs.start_import_job(
+            job_name=batch_id,
+            client_token=client_token(batch_id),
+            input_s3_uri=input_uri,
+            output_s3_uri=output_uri,
+        )
     single = manifest.instances[0] if len(manifest.instances) == 1 else None
     repository.put_job(
         {
@@ -77,6 +82,15 @@ def start_import_job(
         "outputS3Uri": output_uri,
         "instanceCount": len(manifest.instances),
     }
+
+
+def _followed_job(jobs: ImportJobs, job_id: str, input_uri: str) -> ImportJob:
+    """The job a re-drive names (the job table recorded it for this batch): read, never started again."""
+    job = jobs.get_import_job(job_id)
+    # A job of another batch would record this batch's instances with that batch's outcomes.
+    if job.input_s3_uri and job.input_s3_uri.rstrip("/") != input_uri.rstrip("/"):
+        raise ImportJobRejected(f"import job {job_id} imports {job.input_s3_uri}, not this batch's {input_uri}")
+    return job
 
 
 @metrics.log_metrics

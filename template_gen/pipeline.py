@@ -255,7 +255,8 @@ FUNCTIONS = (
              (_READ_OBJECTS, _TABLES, _DEAD_LETTERS)),
     Function("StartImportJob", "functions.start_import_job.handler", "start-import-job", 60, 256,
              (*_COMMON_ENV, "DATASTORE_ID", "DATA_ACCESS_ROLE_ARN", "RESULTS_BUCKET"), Invoker.WORKFLOW,
-             (read_manifests, start_import),
+             # get_import: a re-drive's execution names the job to follow (dicom_store_contract.executions).
+             (read_manifests, start_import, get_import),
              (TableAccess(c.JOB_TABLE, (ddb.PutItem,)), TableAccess(c.INSTANCE_TABLE, (ddb.UpdateItem,))),
              (_READ_OBJECTS, _TABLES, _START_IMPORT)),
     Function("CheckStatus", "functions.check_status.handler", "check-status", 300, 512,

@@ -6,6 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
+# The workflow input's key naming an import job the execution follows instead of starting one: set by
+# ``dicom-store-scp redrive`` when the job table records a job for the batch that HealthImaging still has, so a
+# re-drive never depends on HealthImaging remembering the batch's clientToken. StartImportJob reads it.
+FOLLOWED_JOB = "importJobId"
+
 
 def execution_arn(state_machine_arn: str, name: str) -> str:
     return f"{state_machine_arn.replace(':stateMachine:', ':execution:', 1)}:{name}"

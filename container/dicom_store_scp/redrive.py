@@ -10,14 +10,18 @@ What it looks for, since a given time:
 What it does, using only what the pipeline already makes idempotent:
 
 - a failed execution: a new execution of the state machine with the same input, named ``<batch-id>-redrive-<n>``.
-  Its StartImportJob asks HealthImaging with the batch's own clientToken (the batch id), so where a job exists for
-  the batch (the workflow stopped waiting for it) the re-drive follows that job instead of starting another;
+  Before it starts one, it reads the job table: where a job is recorded for the batch (the workflow stopped waiting
+  for it, or gave up after it started), it asks HealthImaging for that job (GetDICOMImportJob) and the re-drive
+  follows it (the execution's input names it, and StartImportJob reads it instead of starting a job), so nothing
+  depends on HealthImaging still answering the batch's clientToken with its job. A recorded job that HealthImaging
+  ended FAILED holds the batch, as below. Without the job table the re-drive relies on the clientToken alone;
 - a manifest never picked up: the TriggerImport function invoked with the S3 event its manifest should have sent.
   TriggerImport names the execution after the batch, so a second trigger finds it and does nothing.
 
-A batch whose HealthImaging job ended FAILED (the execution's error is ImportJobFailed) is listed but not re-driven:
-under the same clientToken HealthImaging returns that same failed job. Its instances are FAILED with the job's
-message; once the cause is fixed (often the data access role or a KMS key), the sender sends them again.
+A batch whose HealthImaging job ended FAILED (the execution's error is ImportJobFailed, or GetDICOMImportJob says so
+of the job the job table records) is listed but not re-driven: under the same clientToken HealthImaging returns that
+same failed job. Its instances are FAILED with the job's message; once the cause is fixed (often the data access
+role or a KMS key), the sender sends them again.
 
 ``--dry-run`` reads only. Names of the stack's resources come from options or the environment (the stack's outputs:
 StateMachineArn, DICOMBucketName, ImportJobTableName, TriggerImportFunctionName), as ``status`` takes its tables.
@@ -30,7 +34,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -38,7 +42,7 @@ from typing import Any
 from urllib.parse import quote_plus
 
 from dicom_store_contract import layout, tables
-from dicom_store_contract.executions import execution_arn, execution_exists
+from dicom_store_contract.executions import FOLLOWED_JOB, execution_arn, execution_exists
 
 # Exit statuses.
 EXIT_DONE = 0  # every batch found was re-driven (or none was found)
@@ -83,6 +87,10 @@ class Batch:
     redrives: int = 0  # the highest <n> of the batch's "-redrive-<n>" executions seen
     manifest_key: str = ""
     manifest_size: int = 0
+    # The import job the job table records for the batch and HealthImaging still has: the re-drive follows it.
+    job_id: str = ""
+    # Why the recorded job could not be checked (HealthImaging unreachable, no access): the batch is left alone.
+    unchecked: str = ""
     # What this run did: the execution it started, or why it did not.
     action: str = ""
     started: str = ""
@@ -190,16 +198,59 @@ def _abandoned_because(sfn: Any, execution_arn: str) -> tuple[str, str] | None:
     return None
 
 
-def _has_job(dynamodb: Any, job_table: str, batch_id: str) -> bool:
+def recorded_jobs(dynamodb: Any, job_table: str, batch_id: str) -> list[dict[str, str]]:
+    """The import jobs the job table records for a batch (jobId, datastoreId, submittedAt), latest first."""
     response = dynamodb.query(
         TableName=job_table,
         IndexName=tables.JOBS_BY_BATCH.name,
         KeyConditionExpression="#batch = :batch",
         ExpressionAttributeNames={"#batch": tables.JOBS_BY_BATCH.partition_key},
         ExpressionAttributeValues={":batch": {"S": batch_id}},
-        Limit=1,
     )
-    return bool(response.get("Items"))
+    jobs = [
+        {name: str(item.get(name, {}).get("S", "")) for name in (tables.JOB_ID, "datastoreId", "submittedAt")}
+        for item in response.get("Items", [])
+    ]
+    return sorted(jobs, key=lambda job: job["submittedAt"], reverse=True)
+
+
+# Makes the reader of a data store's import jobs: ``functions.healthimaging``'s ImportJobs over a medical-imaging
+# client (the same interface the workflow's functions use). Tests put HealthImaging's fake here.
+ImportJobsFor = Callable[[str], Any]
+
+
+def import_jobs_for(session: Any, endpoint_url: str | None) -> ImportJobsFor:
+    try:
+        from functions.healthimaging import HealthImagingImportJobs
+    except ImportError:  # the SCP's image ships the SCP only; the command comes with the project's package
+        raise RedriveError(
+            "reading import jobs needs the project's functions package (pip install the project)"
+        ) from None
+
+    client = session.client("medical-imaging", endpoint_url=endpoint_url)
+    return lambda datastore_id: HealthImagingImportJobs(client, datastore_id, data_access_role_arn="")
+
+
+def follow_recorded_job(batch: Batch, dynamodb: Any, job_table: str, import_jobs: ImportJobsFor) -> None:
+    """Before a batch is started again: the job the job table records for it, as HealthImaging reports it now."""
+    recorded = recorded_jobs(dynamodb, job_table, batch.batch_id)
+    if not recorded:
+        return  # no job was ever started: the re-drive starts one
+    job_id, datastore_id = recorded[0][tables.JOB_ID], recorded[0]["datastoreId"]
+    try:
+        job = import_jobs(datastore_id).get_import_job(job_id)
+    except Exception as error:  # functions.healthimaging's errors, botocore's
+        text = f"{type(error).__name__}: {error}"
+        if "ResourceNotFoundException" in text:
+            batch.detail = ": ".join(p for p in (batch.detail, f"HealthImaging has no job {job_id}") if p)
+            return  # the recorded job is gone from the data store: nothing to follow, nothing imported twice
+        batch.unchecked = f"import job {job_id} could not be read: {text}"
+        return
+    if str(job.job_status) == "FAILED":
+        batch.why = Why.JOB_FAILED
+        batch.detail = f"import job {job_id} FAILED: {job.message}".rstrip(": ")
+        return
+    batch.job_id = job_id
 
 
 def unstarted_batches(
@@ -219,27 +270,39 @@ def unstarted_batches(
             # Its execution may have started before `since` (a manifest rewritten): ask for it by name.
             if execution_exists(sfn, execution_arn(stack.state_machine_arn, batch_id)):
                 continue
-            if dynamodb is not None and stack.job_table and _has_job(dynamodb, stack.job_table, batch_id):
+            if dynamodb is not None and stack.job_table and recorded_jobs(dynamodb, stack.job_table, batch_id):
                 continue
             found.append(Batch(batch_id, Why.NEVER_STARTED, manifest_key=item["Key"], manifest_size=item["Size"]))
     return found
 
 
 def find(
-    *, sfn: Any, s3: Any | None, dynamodb: Any | None, stack: Stack, since: datetime, only: Sequence[str] = ()
+    *,
+    sfn: Any,
+    s3: Any | None,
+    dynamodb: Any | None,
+    stack: Stack,
+    since: datetime,
+    only: Sequence[str] = (),
+    import_jobs: ImportJobsFor | None = None,
 ) -> list[Batch]:
-    """Every batch since ``since`` (of ``only``, when given) whose workflow ended without importing."""
+    """Every batch since ``since`` (of ``only``, when given) whose workflow ended without importing; for those a
+    re-drive would start again, the job the job table records (``import_jobs``: HealthImaging's, by data store)."""
     from botocore.exceptions import ClientError
 
     try:
         batches, started = failed_batches(sfn, stack, since)
         if s3 is not None and stack.dicom_bucket:
             batches += unstarted_batches(s3, sfn, dynamodb, stack, since, started)
+        if only:
+            batches = [batch for batch in batches if batch.batch_id in set(only)]
+        if dynamodb is not None and stack.job_table and import_jobs is not None:
+            for batch in batches:
+                if batch.why not in (Why.JOB_FAILED, Why.NEVER_STARTED):
+                    follow_recorded_job(batch, dynamodb, stack.job_table, import_jobs)
     except ClientError as error:
         details = error.response.get("Error", {})
         raise RedriveError(f"{details.get('Code', 'error')}: {details.get('Message', '')}") from None
-    if only:
-        batches = [batch for batch in batches if batch.batch_id in set(only)]
     return sorted(batches, key=lambda batch: batch.batch_id)
 
 
@@ -253,6 +316,8 @@ def _restart(sfn: Any, stack: Stack, batch: Batch) -> None:
     if execution_input.get("batchId") != batch.batch_id:
         batch.ok, batch.action = False, "not re-driven: its execution's input names another batch"
         return
+    if batch.job_id:
+        execution_input[FOLLOWED_JOB] = batch.job_id
     for number in range(batch.redrives + 1, batch.redrives + 1 + _NAME_ATTEMPTS):
         name = redrive_name(batch.batch_id, number)
         try:
@@ -265,7 +330,7 @@ def _restart(sfn: Any, stack: Stack, batch: Batch) -> None:
                 continue  # taken by a closed execution this run did not list (older than --since)
             batch.ok, batch.action = False, f"not re-driven: {_client_error(error)}"
             return
-        batch.action = f"started execution {name}"
+        batch.action = f"started execution {name}" + (f", following import job {batch.job_id}" if batch.job_id else "")
         return
     batch.ok, batch.action = False, "not re-driven: every re-drive name tried is taken"
 
@@ -326,6 +391,8 @@ def redrive(batches: Sequence[Batch], *, sfn: Any, awslambda: Any | None, stack:
                 "held: HealthImaging's job for this batch FAILED and the same clientToken returns it; fix the cause,"
                 " then send the instances again"
             )
+        elif batch.unchecked:
+            batch.ok, batch.action = False, f"not re-driven: {batch.unchecked}"
         elif batch.why == Why.NEVER_STARTED:
             _trigger(awslambda, stack, batch, region)
         else:
@@ -363,8 +430,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicom-store-scp redrive",
         description="Start again the batches whose import workflow ended without importing (ImportAbandoned, a "
-        "failed, timed-out or aborted execution, a manifest no workflow picked up). Idempotent: a batch keeps its "
-        "clientToken, so HealthImaging never gets a second job for it.",
+        "failed, timed-out or aborted execution, a manifest no workflow picked up). Idempotent: a batch whose job the "
+        "job table records follows that job, and one without keeps its clientToken, so HealthImaging never gets a "
+        "second job for it.",
         epilog="Exit status: 0 every batch found re-driven (or none found), 1 a batch held or not re-driven, "
         "2 bad arguments or the stack could not be read.",
     )
@@ -398,7 +466,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--dicom-prefix", metavar="PREFIX", default=None, help="the stack's DICOMPrefix [DICOM_PREFIX]")
     parser.add_argument(
-        "--job-table", metavar="NAME", default=None, help="the stack's ImportJobTableName output [JOB_TABLE_NAME]"
+        "--job-table",
+        metavar="NAME",
+        default=None,
+        help="the stack's ImportJobTableName output [JOB_TABLE_NAME]; unset: re-drives rely on the clientToken alone",
     )
     parser.add_argument(
         "--trigger-function",
@@ -428,7 +499,15 @@ def _stack(args: argparse.Namespace, environ: Mapping[str, str]) -> Stack:
 def render_table(since: datetime, batches: Sequence[Batch], dry_run: bool, notes: Sequence[str]) -> str:
     lines = [f"{len(batches)} batch(es) since {since.isoformat()} ended without importing" + (":" if batches else "")]
     for batch in batches:
-        action = batch.action or ("held" if batch.held else "would be re-driven" if dry_run else "")
+        action = batch.action or (
+            "held"
+            if batch.held
+            else f"not re-driven: {batch.unchecked}"
+            if batch.unchecked
+            else ("would be re-driven" + (f", following import job {batch.job_id}" if batch.job_id else ""))
+            if dry_run
+            else ""
+        )
         lines.append(f"  {batch.batch_id}  {batch.why.value}" + (f" ({batch.detail})" if batch.detail else ""))
         lines.append(f"      {action}")
     lines += [f"note: {note}" for note in notes]
@@ -456,6 +535,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     notes = []
     if not stack.dicom_bucket:
         notes.append("manifests never picked up were not searched: give --dicom-bucket")
+    if not stack.job_table:
+        notes.append(
+            "the job table was not read: a re-drive relies on HealthImaging still knowing the batch's clientToken;"
+            " give --job-table"
+        )
     region = args.region or environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or None
     try:
         import boto3
@@ -468,7 +552,16 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         sfn = client("stepfunctions")
         s3 = client("s3") if stack.dicom_bucket else None
         dynamodb = client("dynamodb") if stack.job_table else None
-        batches = find(sfn=sfn, s3=s3, dynamodb=dynamodb, stack=stack, since=args.since, only=args.batch)
+        import_jobs = import_jobs_for(session, args.endpoint_url) if stack.job_table else None
+        batches = find(
+            sfn=sfn,
+            s3=s3,
+            dynamodb=dynamodb,
+            stack=stack,
+            since=args.since,
+            only=args.batch,
+            import_jobs=import_jobs,
+        )
         if not args.dry_run:
             awslambda = client("lambda") if stack.trigger_function else None
             redrive(batches, sfn=sfn, awslambda=awslambda, stack=stack, region=session.region_name or "")

@@ -1,9 +1,10 @@
 """StartImportJob, CheckStatus and RecordFailure handlers against moto and the HealthImaging fake."""
 
 import pytest
+from dicom_store_contract.executions import FOLLOWED_JOB
 
 from functions import check_status, record_failure, start_import_job, trigger_import
-from functions.healthimaging import ImportJobThrottled
+from functions.healthimaging import ImportJobRejected, ImportJobThrottled
 from functions.tracking import InstanceState, JobStatus
 
 from .conftest import (
@@ -78,6 +79,26 @@ def test_start_twice_gives_one_import_job(triggered, fake_ahi, tracking, context
     assert first["jobId"] == second["jobId"]
     assert len(fake_ahi.jobs) == 1
     assert [job["jobId"] for job in tracking.jobs_for_batch(BATCH_ID)] == [first["jobId"]]
+
+
+def test_a_re_drive_follows_the_job_it_names_without_starting_one(triggered, fake_ahi, tracking, context, clock):
+    first = start(triggered, context)
+    fake_ahi.by_client_token.clear()  # HealthImaging no longer answers the batch's clientToken with its job
+    clock.now += 1
+    followed = start_import_job.handler({**triggered.execution_input(), FOLLOWED_JOB: first["jobId"]}, context)
+    assert followed["jobId"] == first["jobId"]
+    assert fake_ahi.start_calls == 1
+    assert [len(jobs) for jobs in fake_ahi.jobs_by_input.values()] == [1]
+    for uid in triggered.sop_instance_uids:
+        assert tracking.get_instance(uid)["jobId"] == first["jobId"]
+
+
+def test_a_re_drive_never_follows_another_batchs_job(triggered, environment, s3, fake_ahi, context, clock):
+    other = store_batch(s3, batch_id=OTHER_BATCHES[0], count=1)
+    others_job = start(other, context)["jobId"]
+    with pytest.raises(ImportJobRejected, match="not this batch"):
+        start_import_job.handler({**triggered.execution_input(), FOLLOWED_JOB: others_job}, context)
+    assert fake_ahi.start_calls == 1
 
 
 def test_start_faster_than_the_quota_raises_the_retryable_error(environment, s3, fake_ahi, context, clock):

@@ -132,6 +132,10 @@ def functions(pipeline: Pipeline, deployment: Deployment, monkeypatch: pytest.Mo
         return json.dumps(result).encode()
 
     monkeypatch.setattr(LambdaSimpleBackend, "invoke", invoke)
+    # The command reads import jobs through the same interface, from the same HealthImaging.
+    monkeypatch.setattr(
+        redrive, "import_jobs_for", lambda session, endpoint_url: lambda datastore_id: pipeline.fake_healthimaging
+    )
     return pipeline
 
 
@@ -378,3 +382,57 @@ def test_the_stack_output_names_the_function_the_command_invokes(template: dict[
     output = template["Outputs"]["TriggerImportFunctionName"]["Value"]
     assert output == {"Ref": "TriggerImportFunction"}
     assert Path(ASL_PATH).exists()
+
+
+SLOW_THEN_FAILED = "20261204T120500Z-00000000000000000000000000000006"  # its job FAILED after the bound
+
+
+def test_redrive_follows_the_job_the_job_table_records_when_healthimaging_forgot_the_token(
+    functions: Pipeline, deployment: Deployment, s3: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = functions.fake_healthimaging
+    for batch in (SLOW, SLOW_THEN_FAILED):
+        fake.held_polls[batch] = MAX_POLLS  # each job outlasts the polling bound by one poll
+    uids = {batch: store_and_trigger(functions, s3, batch) for batch in (SLOW, SLOW_THEN_FAILED)}
+    jobs = {batch: fake.by_client_token[batch] for batch in (SLOW, SLOW_THEN_FAILED)}
+    # Meanwhile HealthImaging ends one job FAILED, and no longer answers a start by its clientToken with its job.
+    fake.fail_with = "the data access role cannot decrypt the input"
+    while fake.get_import_job(jobs[SLOW_THEN_FAILED]).job_status != "FAILED":
+        pass
+    fake.by_client_token.clear()
+
+    code, report = run_redrive(capsys, "--since", SINCE, *stack_flags(deployment))
+    final = wait_for_executions(deployment)
+
+    # Not one job started again: every batch prefix got exactly one job, whatever HealthImaging remembers.
+    assert sorted(len(ids) for ids in fake.jobs_by_input.values()) == [1, 1]
+    found = {batch["batch_id"]: batch for batch in report["batches"]}
+    assert found[SLOW]["job_id"] == jobs[SLOW]
+    assert found[SLOW]["action"] == f"started execution {SLOW}-redrive-1, following import job {jobs[SLOW]}"
+    assert found[SLOW_THEN_FAILED]["why"] == redrive.Why.JOB_FAILED
+    assert "cannot decrypt" in found[SLOW_THEN_FAILED]["detail"] and found[SLOW_THEN_FAILED]["started"] == ""
+    assert code == redrive.EXIT_SOME_LEFT
+    assert {e["name"]: e["status"] for e in final} == {
+        SLOW: "FAILED",
+        f"{SLOW}-redrive-1": "SUCCEEDED",
+        SLOW_THEN_FAILED: "FAILED",
+    }
+    states = instance_states(deployment)
+    assert {states[uid] for uid in uids[SLOW]} == {(SLOW, InstanceState.IMPORTED)}
+    assert {states[uid][1] for uid in uids[SLOW_THEN_FAILED]} == {InstanceState.TIMED_OUT}
+
+
+def test_dry_run_names_the_job_a_re_drive_would_follow(
+    functions: Pipeline, deployment: Deployment, s3: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = functions.fake_healthimaging
+    fake.held_polls[SLOW] = MAX_POLLS
+    store_and_trigger(functions, s3, SLOW)
+    before = everything(deployment, s3, fake)
+
+    code, report = run_redrive(capsys, "--since", SINCE, "--dry-run", *stack_flags(deployment))
+
+    assert code == redrive.EXIT_DONE
+    (batch,) = report["batches"]
+    assert batch["job_id"] == fake.by_client_token[SLOW] and batch["started"] == ""
+    assert everything(deployment, s3, fake) == before

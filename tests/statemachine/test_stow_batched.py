@@ -105,6 +105,7 @@ def test_the_workflow_stores_the_batch_by_stow_rs_until_every_instance_is_final(
     assert execution["status"] == "SUCCEEDED", execution
     assert workflow.states_entered(execution["executionArn"]) == [
         "TriggerImport",
+        "IngestMode",
         "ChooseIngest",
         *["StoreBatch", "IsStored"] * 2,
         "StoreBatch",  # HealthImagingUnavailable, retried by the state's Retry (one state entered)

@@ -91,6 +91,7 @@ def test_happy_path_polls_until_the_job_completes(workflow, lambda_script):
     assert output["polling"]["importedCount"] == 2
     assert workflow.states_entered(execution["executionArn"]) == [
         "TriggerImport",
+        "IngestMode",
         "ChooseIngest",
         "StartImportJob",
         "WaitForCompletion",

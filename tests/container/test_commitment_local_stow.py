@@ -16,6 +16,7 @@ from typing import Any
 
 import pydicom
 import pytest
+from dicom_store_contract import layout
 from dicom_store_scp import statuses, stow
 from dicom_store_scp.commitment import commitment_offered, local, model
 from dicom_store_scp.config import load
@@ -162,3 +163,25 @@ def test_storage_commitment_is_offered_wherever_stow_mode_records_healthimagings
     # Stored to S3 with no table: the answers are recorded nowhere, so nothing could be committed.
     assert not commitment_offered(load([*stow_mode, "--dicom-bucket", "b"], environ={}))
     assert commitment_offered(load([], environ={}))
+
+
+def test_local_import_mode_reads_its_stored_files_by_the_same_rule(tmp_path: Path) -> None:
+    # commitment.local.LocalOutcomes: a file under the referenced SOP class commits, under another is a conflict,
+    # none is "no such object instance" at once (stored before the answer: nothing is on its way); a file whose SOP
+    # class cannot be read is no usable copy and commits nothing.
+    (good,) = ct_files(tmp_path / "sent", 1)
+    uid = str(pydicom.dcmread(good).SOPInstanceUID)
+    for sop_instance_uid, source in ((uid, good.read_bytes()), ("1.2.3.1.9", b"not DICOM")):
+        target = tmp_path / "store" / layout.instance_key("", BATCH, STUDY, SERIES, sop_instance_uid)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(source)
+    transaction = _transaction([uid, "1.2.3.1.9", "1.2.3.1.8"], 0)
+    transaction.references.append(model.Reference(MR, uid))
+
+    reasons = local.LocalOutcomes(tmp_path / "store").evaluate(transaction).reasons
+    assert list(reasons.values()) == [
+        0,
+        model.NO_SUCH_OBJECT_INSTANCE,
+        model.NO_SUCH_OBJECT_INSTANCE,
+        model.CLASS_INSTANCE_CONFLICT,
+    ]

@@ -501,8 +501,8 @@ SETTINGS: tuple[Setting, ...] = (
         "commitment_missing_seconds",
         _seconds,
         "900",
-        "with DICOM_BUCKET: seconds after a storage commitment request an instance absent from the instance table is"
-        " reported as never received",
+        "with DICOM_BUCKET or INGEST_MODE=stow: seconds after a storage commitment request an instance with no outcome"
+        " recorded (in the instance table; in stow mode without one, under STORAGE_DIR) is reported as never received",
     ),
     Setting(
         "INSTANCE_TABLE_NAME",
@@ -518,7 +518,7 @@ SETTINGS: tuple[Setting, ...] = (
         _text,
         "",
         "with DICOM_BUCKET or INGEST_MODE=stow: the table storage commitment transactions are recorded in (both set:"
-        " SOP class offered)",
+        " SOP class offered; in stow mode without INSTANCE_TABLE_NAME and DICOM_BUCKET, offered from STORAGE_DIR)",
     ),
     Setting("WORKERS", "workers", _integer, "0", "receiving processes sharing the port (0: one per available CPU)"),
     Setting("TLS_CERT_FILE", "tls_cert_file", _existing_file, "", "PEM certificate (chain): enables TLS"),

@@ -28,8 +28,9 @@ from dicom_store_contract import layout, refusals, tables
 
 from . import stow_outcomes
 
-# What a local instance's state is: its file is durably in the store (local mode ends here).
-LOCAL_STORED = "STORED"
+# What a local instance's state is: its file is durably in the store (local mode ends here; Storage Commitment
+# commits it, commitment.model owns the name).
+from .commitment.model import STORED as LOCAL_STORED
 
 # Exit statuses.
 EXIT_FOUND = 0  # at least one instance matched
@@ -250,26 +251,13 @@ class LocalStore:
         items = [self._item(path) for path in incoming.glob(instances + layout.INSTANCE_SUFFIX) if path.is_file()]
         stored = [item for item in items if item is not None]
         # Stow mode's: what HealthImaging answered for each instance (stow_outcomes.py), laid out as incoming/ is.
-        stored += self._outcomes(outcomes, instances)
+        stored += list(stow_outcomes.standing(self.root, instances).values())
         if lookup.attribute == tables.BATCH_ID:
             return stored  # a refused instance is in no batch
         held = {item[tables.SOP_INSTANCE_UID] for item in stored}
         return stored + [
             item for item in self._refusals(refused, level, lookup.value) if item[tables.SOP_INSTANCE_UID] not in held
         ]
-
-    @staticmethod
-    def _outcomes(outcomes: Path, pattern: str) -> list[dict[str, Any]]:
-        """The outcome that stands for each instance the lookup names (``pattern``: their files, suffix aside)."""
-        records = []
-        for path in outcomes.glob(pattern + layout.OUTCOME_SUFFIX):
-            try:
-                record = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue  # not ours
-            if isinstance(record, dict) and record.get(tables.SOP_INSTANCE_UID) == path.stem:
-                records.append(record)
-        return list(stow_outcomes.latest(records).values())
 
     def _refusals(self, refused: Path, level: int, value: str) -> list[dict[str, Any]]:
         """The latest refusal of each instance the lookup names (refused/<day>/<study>/<series>/<sop>.json)."""

@@ -11,13 +11,14 @@ type="application/dicom"`` body of one part, the spool file as received. What th
   deployment's fault (credentials, policy, data store id), also "retry later"; 400 and 413 are about the instance;
 - a timeout, a dropped connection, a response that does not list the instance: not confirmed, never a success.
 
-What the answer was is recorded in the instance table (``INSTANCE_TABLE_NAME``), where ``dicom-store-scp status``
-and Storage Commitment read it: IMPORTED with the image set for a stored instance, FAILED with HealthImaging's
-reason for one it refused (dicom_store_contract.ingest names the item). The C-STORE answer is HealthImaging's
-truth and never waits for, or depends on, that write: the record is queued and written by one thread per receiving
-process (refusals.RecordWriter), a conditional PutItem retried with backoff, which never replaces a later record
-(``updatedAt``) nor a stored instance's with a refusal of another copy. A record lost (the queue full, DynamoDB
-down for its retries) is logged; the instance is then missing from the table, never recorded as what it is not.
+What the answer was is recorded in the instance table (``INSTANCE_TABLE_NAME``; without one, in the local store:
+stow_outcomes.py), where ``dicom-store-scp status`` and Storage Commitment read it: IMPORTED with the image set for a
+stored instance, FAILED with HealthImaging's reason for one it refused (dicom_store_contract.ingest names the item).
+The C-STORE answer is HealthImaging's truth and never waits for, or depends on, that write: the record is queued and
+written by one thread per receiving process (refusals.RecordWriter), a conditional PutItem retried with backoff,
+which never replaces a later record (``updatedAt``) nor a stored instance's with a refusal of another copy. A record
+lost (the queue full, DynamoDB down for its retries) is logged; the instance is then missing from the table, never
+recorded as what it is not.
 
 Memory: the body is streamed from the spool file in 1 MiB pieces, twice (once for the SHA-256 SigV4 signs,
 ``x-amz-content-sha256``, once onto the wire); the Content-Length is the file's size plus the framing.
@@ -45,7 +46,7 @@ import urllib3
 from botocore.httpsession import get_cert_path
 from dicom_store_contract import ingest, layout, refusals, stow_protocol, tables
 
-from . import statuses
+from . import statuses, stow_outcomes
 from .config import Config, ConfigError
 from .metrics import Recorder
 from .refusals import RecordWriter, TableWriter
@@ -308,13 +309,12 @@ class TableStowRecords(TableWriter):
 def build_records(config: Config) -> RecordWriter | None:
     """The writer of stow mode's outcomes: into the instance table when one is named, else into the local store
     (stow_outcomes.py) unless DICOM_BUCKET names S3, where only a table is read for them."""
-    if config.instance_table:
+    where = stow_outcomes.recorded_in(config)
+    if where == stow_outcomes.IN_TABLE:
         return RecordWriter(TableStowRecords(config.instance_table), noun="stow record")
-    if config.dicom_bucket:
-        return None
-    from .stow_outcomes import LocalStowRecords
-
-    return RecordWriter(LocalStowRecords(Path(config.storage_dir)), noun="stow record")
+    if where == stow_outcomes.IN_LOCAL_STORE:
+        return RecordWriter(stow_outcomes.LocalStowRecords(Path(config.storage_dir)), noun="stow record")
+    return None
 
 
 def _utc_now() -> str:

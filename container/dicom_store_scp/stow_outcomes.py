@@ -5,7 +5,8 @@ status`` reads it, as the refusals are recorded under ``refused/`` (refusals.Loc
 
 Written by the records' queue and thread (refusals.RecordWriter): the C-STORE answer never waits for it. One file
 per association that sent the instance, so no write ever has to read or replace another's; the reader picks, as
-the instance table's conditions would, the newest stored outcome, else the newest refusal (status.LocalStore).
+the instance table's conditions would, the newest stored outcome, else the newest refusal (``standing``, which
+status.LocalStore and Storage Commitment's commitment.local.LocalStowOutcomes read).
 """
 
 from __future__ import annotations
@@ -13,11 +14,24 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from dicom_store_contract import ingest, layout, tables
+
+# Where stow mode records HealthImaging's answers (``recorded_in``).
+IN_TABLE = "instance table"
+IN_LOCAL_STORE = "local store"
+
+
+def recorded_in(config: Any) -> str | None:
+    """The instance table when one is named; else the local store (STORAGE_DIR), unless DICOM_BUCKET names S3, where
+    only a table is read for them; None there. What writes the records (stow.build_records) and what reads them
+    (Storage Commitment: commitment.build_commitments) both ask here."""
+    if config.instance_table:
+        return IN_TABLE
+    return None if config.dicom_bucket else IN_LOCAL_STORE
 
 
 class Outcome(Protocol):
@@ -53,6 +67,23 @@ class LocalStowRecords:
         finally:
             partial.unlink(missing_ok=True)
         return True
+
+
+def standing(root: Path, pattern: str = "*/*/*/*", wanted: Container[str] | None = None) -> dict[str, dict[str, Any]]:
+    """SOP Instance UID -> the outcome that stands (``latest``) for each instance recorded under ``root`` whose file
+    matches ``pattern`` (``<batch>/<study>/<series>/<sop>``, the suffix aside) and, when given, is in ``wanted``: what
+    ``dicom-store-scp status`` and Storage Commitment read."""
+    records = []
+    for path in (root / layout.STOW_OUTCOMES).glob(pattern + layout.OUTCOME_SUFFIX):
+        if wanted is not None and path.stem not in wanted:
+            continue
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # not ours
+        if isinstance(record, dict) and record.get(tables.SOP_INSTANCE_UID) == path.stem:
+            records.append(record)
+    return latest(records)
 
 
 def latest(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -262,19 +262,6 @@ def test_judge_reads_the_image_set_from_the_retrieve_url():
     assert stow.judge(200, _listed("00081199", **url), UID).image_set_id == "abc123"
 
 
-def test_storage_commitment_is_offered_in_stow_mode_with_the_tables():
-    # It reads outcomes from the instance table, which stow mode writes (stow.TableStowRecords): without the tables
-    # there is nothing to read (stow mode stores nothing under incoming/ for the local store's outcomes).
-    from dicom_store_scp.commitment import commitment_offered
-    from dicom_store_scp.config import load
-
-    stow_mode = ["--ingest-mode", "stow", "--ahi-stow-url", "http://127.0.0.1:1/x"]
-    tables_named = ["--instance-table-name", "instances", "--commitment-table-name", "commitments"]
-    assert not commitment_offered(load(stow_mode, environ={}))
-    assert commitment_offered(load([*stow_mode, *tables_named], environ={}))
-    assert commitment_offered(load([], environ={}))
-
-
 # -- the record of each outcome (stow.record_of, stow.TableStowRecords) --------------------------------------------
 
 KEY = "stowed/incoming/20261207T120000Z-" + "0" * 32 + "/1.2.3/1.2.3.1/1.2.3.4.dcm"

@@ -6,10 +6,12 @@ N-EVENT-REPORT: Event Type 1 when all are committed, 2 when some failed, each fa
 goes on the requesting association while it is open, otherwise on a new association to the address the calling AE
 title has in ``COMMITMENT_PEERS``; failed deliveries are retried with backoff until ``COMMITMENT_REPORT_TIMEOUT``.
 
-The SCP offers the SOP class in local mode (no ``DICOM_BUCKET``: stored is final) and, with ``DICOM_BUCKET`` or
-``INGEST_MODE=stow``, when ``INSTANCE_TABLE_NAME`` and ``COMMITMENT_TABLE_NAME`` are set (imported is final; in
-stow mode the SCP itself records in the instance table what HealthImaging's STOW-RS response said, stow.py):
-``commitment_offered``.
+The SCP offers the SOP class in local import mode (no ``DICOM_BUCKET``: stored is final), in local stow mode
+(``INGEST_MODE=stow`` with neither ``DICOM_BUCKET`` nor ``INSTANCE_TABLE_NAME``: HealthImaging's answer per instance
+is recorded under the store, stow_outcomes.py) and, with ``DICOM_BUCKET`` or ``INGEST_MODE=stow``, when
+``INSTANCE_TABLE_NAME`` and ``COMMITMENT_TABLE_NAME`` are set (imported is final; in stow mode the SCP itself
+records in the instance table what HealthImaging's STOW-RS response said, stow.py): ``commitment_offered``. Every
+store's outcomes are read by one rule, ``model.failure_reason``.
 
 A request flows through the modules in this order:
 
@@ -21,7 +23,7 @@ A request flows through the modules in this order:
 - ``scheduler``: ``Commitments`` records the request, evaluates it until every instance is final and delivers its
   report once, on its own threads (association threads only record and enqueue); the ``Transactions`` and
   ``Outcomes`` protocols it is built on.
-- ``local``: those protocols over the local store (JSON files, advisory locks, stored files).
+- ``local``: those protocols over the local store (JSON files, advisory locks, stored files or stow outcomes).
 - ``dynamo``: those protocols in the stack (the commitment table with a lease per transaction, the instance table).
 - ``sender``: ``ReportSender``, the N-EVENT-REPORT on the requesting association or a new one.
 """
@@ -34,10 +36,11 @@ from typing import TYPE_CHECKING, Any
 from dicom_store_contract import ingest
 from dicom_store_contract.manifest import EndReason
 
+from .. import stow_outcomes
 from .dynamo import DynamoOutcomes, DynamoTransactions
-from .local import LocalOutcomes, LocalTransactions
+from .local import LocalOutcomes, LocalStowOutcomes, LocalTransactions
 from .model import INVALID_ARGUMENT_VALUE, LOG, NO_SUCH_ACTION, REQUEST_STORAGE_COMMITMENT
-from .scheduler import Commitments
+from .scheduler import Commitments, Outcomes
 from .sender import ReportSender
 
 if TYPE_CHECKING:
@@ -46,22 +49,38 @@ if TYPE_CHECKING:
 __all__ = ["build_commitments", "commitment_offered", "handle_n_action"]
 
 
-def _in_tables(config: Any) -> bool:
-    """Outcomes are read from the instance table: with DICOM_BUCKET (the import pipeline writes them) and in
-    stow mode (the SCP does, from HealthImaging's answers), whatever store keeps the copy."""
-    return bool(config.dicom_bucket) or getattr(config, "ingest_mode", ingest.IMPORT) == ingest.STOW
+# Where a request's outcomes are read (``_outcomes_in``).
+_LOCAL_STORE = "local store"  # local import mode: the stored files
+_LOCAL_STOW = "local stow outcomes"  # stow mode with no instance table: HealthImaging's answers under the store
+_TABLES = "tables"  # the instance table, the transactions in the commitment table
+
+
+def _outcomes_in(config: Any) -> str | None:
+    """In import mode the instance table with DICOM_BUCKET (the import pipeline writes it), else the local store;
+    in stow mode wherever the SCP records HealthImaging's answers (stow_outcomes.recorded_in); None: nowhere."""
+    if getattr(config, "ingest_mode", ingest.IMPORT) != ingest.STOW:
+        return _TABLES if config.dicom_bucket else _LOCAL_STORE
+    where = stow_outcomes.recorded_in(config)
+    if where == stow_outcomes.IN_TABLE:
+        return _TABLES
+    return _LOCAL_STOW if where == stow_outcomes.IN_LOCAL_STORE else None
 
 
 def commitment_offered(config: Any) -> bool:
-    """Local import mode always (stored is final); otherwise when the instance and commitment tables are named."""
-    return not _in_tables(config) or bool(config.instance_table and config.commitment_table)
+    """In the local store always (stored is final, or HealthImaging's answer is recorded there); with the tables
+    when the instance and commitment tables are both named; never where outcomes are recorded nowhere."""
+    where = _outcomes_in(config)
+    if where == _TABLES:
+        return bool(config.instance_table and config.commitment_table)
+    return where is not None
 
 
 def build_commitments(config: Any) -> Commitments:
     sender = ReportSender(
         config.ae_title, config.commitment_peers, config.acse_timeout, config.dimse_timeout, config.network_timeout
     )
-    if _in_tables(config):
+    where = _outcomes_in(config)
+    if where == _TABLES:
         import boto3
 
         dynamodb = boto3.client("dynamodb")
@@ -76,7 +95,10 @@ def build_commitments(config: Any) -> Commitments:
             evaluate_every=1.0 if stow else 5.0,
         )
     root = Path(config.storage_dir).resolve()
-    return Commitments(LocalTransactions(root), LocalOutcomes(root), sender, config.commitment_report_timeout)
+    outcomes: Outcomes = (
+        LocalStowOutcomes(root, config.commitment_missing_seconds) if where == _LOCAL_STOW else LocalOutcomes(root)
+    )
+    return Commitments(LocalTransactions(root), outcomes, sender, config.commitment_report_timeout)
 
 
 def handle_n_action(request: NActionRequest, commitments: Commitments, sessions: Any) -> int:

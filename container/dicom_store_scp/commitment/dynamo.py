@@ -15,28 +15,15 @@ import time
 import uuid
 from typing import Any
 
-from dicom_store_contract import refusals, tables
+from dicom_store_contract import tables
 
 from ..storage import StorageError
-from .model import (
-    CLASS_INSTANCE_CONFLICT,
-    NO_SUCH_OBJECT_INSTANCE,
-    PROCESSING_FAILURE,
-    RETENTION,
-    Outcome,
-    Reference,
-    Transaction,
-    _now,
-    _parse_iso,
-)
+from .model import RETENTION, Outcome, Reference, Transaction, _now, _parse_iso, failure_reason
 
 # A task owns a transaction it reports for this long after its last write; a task that stops leaves it to the next
 # one that starts. Far longer than one delivery attempt (SAME_ASSOCIATION_WAIT_SECONDS + a connection timeout), so
 # two tasks never send one report: the ownership is a conditional write.
 LEASE_SECONDS = 300
-# Instance states (functions/tracking.py InstanceState) that are an outcome: imported, or not.
-IMPORTED_STATES = frozenset({"IMPORTED", "IMPORTED_WITH_WARNINGS"})
-NOT_IMPORTED_STATES = frozenset({"FAILED", "TIMED_OUT"})
 
 
 def _condition_failed(error: Exception) -> bool:
@@ -174,7 +161,7 @@ class DynamoTransactions:
 
 
 class DynamoOutcomes:
-    """An instance is committed once the instance table says HealthImaging imported it."""
+    """An instance is committed once the instance table says HealthImaging imported it (model.failure_reason)."""
 
     def __init__(self, dynamodb: Any, instance_table: str, missing_seconds: float) -> None:
         self.dynamodb = dynamodb
@@ -186,23 +173,11 @@ class DynamoOutcomes:
         waited = (_now() - _parse_iso(transaction.received_at)).total_seconds()
         reasons: dict[Reference, int | None] = {}
         for reference in transaction.references:
-            item = items.get(reference.sop_instance_uid)
-            if item is not None and item.get("state", {}).get("S", "") == refusals.REFUSED:
-                item = None
-            if item is None:
-                # Not recorded yet (its batch is sealed when its association ends) or never received.
-                reasons[reference] = NO_SUCH_OBJECT_INSTANCE if waited >= self.missing_seconds else None
-                continue
+            # Absent: not recorded yet (its batch is sealed when its association ends) or never received.
+            item = items.get(reference.sop_instance_uid) or {}
             state = item.get("state", {}).get("S", "")
             sop_class = item.get("sopClassUID", {}).get("S", "")
-            if sop_class and sop_class != reference.sop_class_uid:
-                reasons[reference] = CLASS_INSTANCE_CONFLICT
-            elif state in IMPORTED_STATES:
-                reasons[reference] = 0
-            elif state in NOT_IMPORTED_STATES:
-                reasons[reference] = PROCESSING_FAILURE
-            else:
-                reasons[reference] = None  # RECEIVED, IMPORTING: the import has not reported yet
+            reasons[reference] = failure_reason(reference, state, sop_class, waited, self.missing_seconds)
         return Outcome(reasons)
 
     def _items(self, uids: list[str]) -> dict[str, dict[str, Any]]:

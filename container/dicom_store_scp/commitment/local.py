@@ -1,9 +1,10 @@
 """Local mode (no ``DICOM_BUCKET``): transactions and their outcomes in the local store (``STORAGE_DIR``).
 
 Transactions live in ``<STORAGE_DIR>/commitments/<Transaction UID>.json``; a process that received or recovered one
-holds an advisory lock on it, so several worker processes never report one transaction twice. Local mode has no
-import, so an instance is final once it is stored: committed if its file is in the store with the referenced SOP
-class, failed otherwise.
+holds an advisory lock on it, so several worker processes never report one transaction twice. Local import mode has
+no import, so an instance is final once it is stored: committed if its file is in the store with the referenced SOP
+class, failed otherwise (``LocalOutcomes``). In stow mode with no instance table the outcomes are HealthImaging's
+answers, recorded under the store by stow_outcomes.py (``LocalStowOutcomes``).
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import threading
 import uuid
 from pathlib import Path
 
-from dicom_store_contract import layout
+from dicom_store_contract import ingest, layout
 from pydicom.filereader import read_file_meta_info
 
+from .. import stow_outcomes
 from ..storage import StorageError, _fsync_dir
-from .model import CLASS_INSTANCE_CONFLICT, NO_SUCH_OBJECT_INSTANCE, Outcome, Reference, Transaction
+from .model import STORED, Outcome, Reference, Transaction, _now, _parse_iso, failure_reason
 
 # -- where transactions are recorded -----------------------------------------------------------------------------------
 
@@ -116,7 +118,8 @@ class LocalTransactions:
 
 
 class LocalOutcomes:
-    """An instance is committed once its file is in the local store under the referenced SOP class."""
+    """An instance is committed once its file is in the local store under the referenced SOP class: stored before
+    the C-STORE was answered, so absence is final at once (model.failure_reason)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -125,13 +128,12 @@ class LocalOutcomes:
         stored = self._stored({reference.sop_instance_uid for reference in transaction.references})
         reasons: dict[Reference, int | None] = {}
         for reference in transaction.references:
-            paths = stored.get(reference.sop_instance_uid)
-            if not paths:
-                reasons[reference] = NO_SUCH_OBJECT_INSTANCE
-            elif any(self._sop_class(path) == reference.sop_class_uid for path in paths):
-                reasons[reference] = 0
-            else:
-                reasons[reference] = CLASS_INSTANCE_CONFLICT
+            # An instance may be stored in several batches (sent again); one under the referenced class commits it.
+            # A file whose SOP class cannot be read is no usable copy: it commits nothing.
+            classes = {self._sop_class(path) for path in stored.get(reference.sop_instance_uid, [])} - {""}
+            state = STORED if classes else ""
+            sop_class = reference.sop_class_uid if reference.sop_class_uid in classes else min(classes, default="")
+            reasons[reference] = failure_reason(reference, state, sop_class, 0.0, 0.0)
         return Outcome(reasons)
 
     def _stored(self, wanted: set[str]) -> dict[str, list[Path]]:
@@ -154,3 +156,28 @@ class LocalOutcomes:
             return str(read_file_meta_info(path).get("MediaStorageSOPClassUID", "")).strip()
         except Exception:  # an unreadable file commits nothing
             return ""
+
+
+# -- what HealthImaging answered (stow mode with no instance table) ----------------------------------------------------
+
+
+class LocalStowOutcomes:
+    """Stow mode's outcomes in the local store (stow_outcomes.py): an instance is committed once HealthImaging's
+    STOW-RS response listed it as stored, failed where it refused it, by the rule the instance table's outcomes are
+    read with (model.failure_reason). The record is written after the C-STORE answer, off the receiving thread: an
+    instance without one is not final until ``missing_seconds`` after the request, as in the table."""
+
+    def __init__(self, root: Path, missing_seconds: float) -> None:
+        self.root = root
+        self.missing_seconds = missing_seconds
+
+    def evaluate(self, transaction: Transaction) -> Outcome:
+        wanted = {reference.sop_instance_uid for reference in transaction.references}
+        records = stow_outcomes.standing(self.root, wanted=wanted)
+        waited = (_now() - _parse_iso(transaction.received_at)).total_seconds()
+        reasons: dict[Reference, int | None] = {}
+        for reference in transaction.references:
+            record = records.get(reference.sop_instance_uid, {})
+            state, sop_class = str(record.get("state", "")), str(record.get(ingest.SOP_CLASS_UID, ""))
+            reasons[reference] = failure_reason(reference, state, sop_class, waited, self.missing_seconds)
+        return Outcome(reasons)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from dicom_store_contract import refusals
 from dicom_store_contract.uids import is_uid
 
 # One logger for the whole subpackage: its log lines keep the name they always had.
@@ -198,6 +199,38 @@ class Outcome:
     @property
     def final(self) -> bool:
         return all(reason is not None for reason in self.reasons.values())
+
+
+# -- what an instance's record means: the one rule every store's evaluation applies ---------------------------------
+
+# Local import mode's one state: the instance's file is in the store, and local mode has no import to wait for
+# (``dicom-store-scp status`` prints it).
+STORED = "STORED"
+# States that are an outcome (functions/tracking.py InstanceState, which stow mode's records reuse: ingest.STOW_*):
+# HealthImaging holds the instance (or, in local import mode, the store does), or it will not.
+IMPORTED_STATES = frozenset({"IMPORTED", "IMPORTED_WITH_WARNINGS"})
+COMMITTED_STATES = IMPORTED_STATES | {STORED}
+NOT_IMPORTED_STATES = frozenset({"FAILED", "TIMED_OUT"})
+
+
+def failure_reason(
+    reference: Reference, state: str, sop_class_uid: str, waited: float, missing_seconds: float
+) -> int | None:
+    """One referenced instance's Failure Reason (0: committed; None: not final yet) from what the store records about
+    it: its ``state`` ("" when nothing is recorded) and the SOP class it was recorded under ("" when not known).
+
+    A refusal's record (nothing was stored: the sender may still send a good copy) or no record at all is "never
+    received" once ``missing_seconds`` have passed since the request (0 where the record is written before the
+    C-STORE answer), and not final before: the record of an answer already given may still be on its way."""
+    if not state or state == refusals.REFUSED:
+        return NO_SUCH_OBJECT_INSTANCE if waited >= missing_seconds else None
+    if sop_class_uid and sop_class_uid != reference.sop_class_uid:
+        return CLASS_INSTANCE_CONFLICT
+    if state in COMMITTED_STATES:
+        return 0
+    if state in NOT_IMPORTED_STATES:
+        return PROCESSING_FAILURE
+    return None  # RECEIVED, IMPORTING: the import has not reported yet
 
 
 # -- the report --------------------------------------------------------------------------------------------------------

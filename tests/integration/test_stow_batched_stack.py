@@ -2,13 +2,15 @@
 (moto_server over HTTP) and answers as in import mode; the manifest's event starts TriggerImport, and the workflow's
 stow-batched path (StoreBatch until done, each function with exactly its template environment) stores the batch into
 the StoreDICOM fake (support/fake_stow.py) over loopback. The instance table, `dicom-store-scp status` (its own
-process, as an operator runs it) and what the fake holds then agree.
+process, as an operator runs it), a Storage Commitment report the SCP sends afterwards, and what the fake holds then
+agree.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,8 @@ import boto3
 import pytest
 from dicom_store_contract import layout
 from dicom_store_scp import statuses
+from dicom_store_scp.commitment import model
+from pydicom import dcmread
 from support.cfn import REGION, Deployment
 from support.fake_stow import FakeStow
 from support.moto import MotoServer, aws_env
@@ -143,3 +147,71 @@ def test_a_study_sent_in_stow_batched_mode_ends_in_healthimaging_by_stow_rs(
         TableName=batched.resources["DicomImportJobTable"], Key={"jobId": {"S": "stow-" + batch["batchId"]}}
     )["Item"]
     assert (job["jobStatus"]["S"], job["importedCount"]["N"], job["failedCount"]["N"]) == ("COMPLETED", "2", "2")
+
+    # Storage Commitment, asked of the SCP (stow-batched, both tables) afterwards, commits what the fake holds and
+    # fails what HealthImaging refused and what was never sent.
+    assert commitment_report(
+        tmp_path, batched, moto_server, [*uids, NEVER_SENT], str(dcmread(sources[0]).SOPClassUID)
+    ) == (
+        {uids[0], uids[1]},
+        {
+            (uids[2], model.PROCESSING_FAILURE),
+            (uids[3], model.PROCESSING_FAILURE),
+            (NEVER_SENT, model.NO_SUCH_OBJECT_INSTANCE),
+        },
+    )
+
+
+NEVER_SENT = "1.2.826.0.1.3680043.8.498.2599"
+
+
+def commitment_report(
+    tmp_path: Path, batched: Deployment, moto_server: MotoServer, references: list[str], sop_class: str
+) -> tuple[set[str], set[tuple[str, int]]]:
+    """Ask a stow-batched SCP for commitment of ``references`` and wait for its N-EVENT-REPORT on the same
+    association: (the committed UIDs, the failed ones with their Failure Reasons)."""
+    from pydicom.dataset import Dataset
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+    from pynetdicom import AE, evt
+
+    scp = launch_scp(
+        tmp_path,
+        *("--ingest-mode", "stow-batched", "--dicom-bucket", batched.output("DICOMBucketName")),
+        *("--dicom-prefix", DICOM_PREFIX, "--instance-table-name", batched.output("InstanceTableName")),
+        *("--commitment-table-name", batched.output("CommitmentTableName")),
+        env=aws_env(moto_server.endpoint, AWS_DEFAULT_REGION=REGION, COMMITMENT_MISSING_SECONDS="3"),
+    )
+    reports: list[Any] = []
+
+    def take(event: Any) -> tuple[int, None]:
+        reports.append(event.event_information)
+        return 0x0000, None
+
+    push_model = model.STORAGE_COMMITMENT_PUSH_MODEL
+    ae = AE(ae_title="REQUESTER")
+    ae.add_requested_context(push_model, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    ae.dimse_timeout = 60
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="STORESCP", evt_handlers=[(evt.EVT_N_EVENT_REPORT, take)])
+    try:
+        assert assoc.is_established
+        information = Dataset()
+        information.TransactionUID = generate_uid()
+        information.ReferencedSOPSequence = []
+        for uid in references:
+            item = Dataset()
+            item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sop_class, uid
+            information.ReferencedSOPSequence.append(item)
+        action_status, _ = assoc.send_n_action(information, 1, push_model, model.STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE)
+        assert action_status.Status == model.SUCCESS
+        deadline = time.monotonic() + 30
+        while not reports:
+            assert time.monotonic() < deadline, "no report"
+            time.sleep(0.1)
+    finally:
+        assoc.release()
+        scp.stop()
+    [report] = reports
+    return (
+        {str(item.ReferencedSOPInstanceUID) for item in report.get("ReferencedSOPSequence", [])},
+        {(str(item.ReferencedSOPInstanceUID), int(item.FailureReason)) for item in report.FailedSOPSequence},
+    )

@@ -10,7 +10,10 @@ recorded the instances RECEIVED and started the workflow, which calls this step 
   pieces twice (its SHA-256 for SigV4, then onto the wire; the second read pinned to the first's ETag);
 - records each instance as CheckStatus records an import job's outcome: IMPORTED with the image set the response's
   Retrieve URL names, FAILED with HealthImaging's reason; and the batch's job item (``stow-<batch id>``);
-- stops before the Lambda's time runs out and returns a cursor (where the next run starts): the workflow loops.
+- stops before the Lambda's time runs out and returns a cursor (where the next run starts): the workflow loops;
+- once the whole batch has its outcomes (the run that answers ``done``), writes them to the audit log group as
+  CheckStatus does for an import job (dicom_store_contract.audit_ingest, road HEALTHIMAGING_STOW): one message per
+  study, read from the instance table so that every run's outcomes are in it, never failing or repeating the step.
 
 What HealthImaging answers decides what follows: an instance stored or refused (a Failed SOP Sequence entry, or a
 400/413 of a request of that instance alone) is final; a request refused without naming an instance (400/413) is
@@ -30,6 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import boto3
 import urllib3
@@ -38,13 +42,13 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
 from botocore.httpsession import get_cert_path
-from dicom_store_contract import ingest, limits, stow_protocol
-from dicom_store_contract.manifest import Instance
+from dicom_store_contract import audit_ingest, ingest, limits, stow_protocol, tables
+from dicom_store_contract.manifest import Instance, Manifest
 from dicom_store_contract.metrics import NAMESPACE
 
 from functions.contract import read_manifest, s3_uri
 from functions.healthimaging import HealthImagingUnavailable, ImportJobRejected, ImportJobThrottled
-from functions.settings import Settings, client, settings
+from functions.settings import Settings, audit_logs, client, settings
 from functions.tracking import PENDING, InstanceState, JobStatus, Tracking, stow_job_id, tracking, utc_now
 from functions.trigger_import import NOT_STORED
 
@@ -295,7 +299,9 @@ def store_batch(
     config: Settings,
     remaining: Callable[[], float],
     sleep: Callable[[float], None] = time.sleep,
+    logs: Any = None,
 ) -> dict[str, Any]:
+    """``logs``: the CloudWatch Logs client the batch's ingest audit messages are written with (None: not written)."""
     batch_id, bucket = execution["batchId"], execution["bucket"]
     manifest = read_manifest(s3, bucket, execution["manifestKey"], config.dicom_prefix)
     instances = list(manifest.instances)
@@ -344,14 +350,71 @@ def store_batch(
         for group in request_groups(retry, run):
             later += run.send(group)
 
-    final = repository.instance_states(i.sop_instance_uid for i in instances)
-    ours = [state for state, owner in final.values() if owner == batch_id]
-    imported = sum(state in (InstanceState.IMPORTED, InstanceState.IMPORTED_WITH_WARNINGS) for state in ours)
-    failed = sum(state == InstanceState.FAILED for state in ours)
+    # Every run's outcomes, not this run's alone: the table holds what the runs before recorded.
+    final = repository.instance_records((i.sop_instance_uid for i in instances), "imageSetId", "failureReason")
+    ours = {uid: record for uid, record in final.items() if record.get(tables.BATCH_ID) == batch_id}
+    imported = sum(record.get("state") in _IMPORTED for record in ours.values())
+    failed = sum(record.get("state") == InstanceState.FAILED for record in ours.values())
     repository.update_job(job_id, JobStatus.COMPLETED, endedAt=utc_now(), importedCount=imported, failedCount=failed)
+    if logs is not None and config.audit_log_group:
+        _audit(logs, config, execution, manifest, ours)
     result = _report(run, batch_id, cursor=0, done=True)
     result.update(importedCount=imported, failedCount=failed)
     return result
+
+
+_IMPORTED = (InstanceState.IMPORTED, InstanceState.IMPORTED_WITH_WARNINGS)
+
+
+def _audit(
+    logs: Any, config: Settings, execution: dict[str, Any], manifest: Manifest, records: dict[str, dict[str, Any]]
+) -> None:
+    """The batch's outcome in the audit log group, one message per study, as CheckStatus writes an import job's
+    (check_status._audit): the same origin (the batch folder, the SCP's AE title), the data store at the DICOMweb
+    endpoint this step posts to, road HEALTHIMAGING_STOW (as the SCP's stow mode) and no import job to name.
+
+    ``records``: the instance table's items of this batch's instances (an instance a later batch holds now is that
+    batch's to report). Never fails the step; what is given up is logged (counts and the error, not the messages)
+    and counted in AuditMessagesNotWritten.
+    """
+    outcomes = []
+    for instance in manifest.instances:
+        record = records.get(instance.sop_instance_uid) or {}
+        state = record.get("state")
+        if state in _IMPORTED:
+            outcomes.append(
+                audit_ingest.InstanceOutcome(
+                    instance.study_instance_uid,
+                    instance.sop_class_uid,
+                    True,
+                    image_set_id=str(record.get("imageSetId", "")),
+                    warnings=state == InstanceState.IMPORTED_WITH_WARNINGS,
+                )
+            )
+        elif state == InstanceState.FAILED:
+            reason = str(record.get("failureReason", "")) or "failed"
+            outcomes.append(
+                audit_ingest.InstanceOutcome(
+                    instance.study_instance_uid, instance.sop_class_uid, False, failure_reason=reason
+                )
+            )
+    origin = audit_ingest.Node(manifest.called_ae, "", process=s3_uri(execution["bucket"], manifest.prefix))
+    endpoint = urlsplit(config.ahi_stow_url).hostname or config.ahi_stow_url
+    data_store = audit_ingest.data_store_node(config.datastore_id, endpoint)
+    delivery = audit_ingest.write_outcome(
+        logs, config.audit_log_group, outcomes, origin, data_store, road=audit_ingest.HEALTHIMAGING_STOW
+    )
+    if delivery.given_up:
+        metrics.add_metric(name="AuditMessagesNotWritten", unit=MetricUnit.Count, value=delivery.given_up)
+        logger.error(
+            "ingest audit messages not written",
+            extra={
+                "batchId": manifest.batch_id,
+                "written": delivery.written,
+                "notWritten": delivery.given_up,
+                "error": delivery.error,
+            },
+        )
 
 
 def _pending(state: tuple[str, str] | None, batch_id: str) -> bool:
@@ -402,4 +465,5 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         repository=tracking(),
         config=config,
         remaining=lambda: context.get_remaining_time_in_millis() / 1000.0,
+        logs=audit_logs() if config.audit_log_group else None,
     )

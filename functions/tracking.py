@@ -241,29 +241,32 @@ class Tracking:
     def instance_states(self, sop_instance_uids: Iterable[str]) -> dict[str, tuple[str, str]]:
         """(state, batchId) of each instance the table holds, read consistently (100 keys a call, BatchGetItem's
         most), so a step that just recorded an outcome sees it on its next run."""
+        return {
+            uid: (str(values.get("state", "")), str(values.get(tables.BATCH_ID, "")))
+            for uid, values in self.instance_records(sop_instance_uids).items()
+        }
+
+    def instance_records(self, sop_instance_uids: Iterable[str], *attributes: str) -> dict[str, dict[str, Any]]:
+        """state, batchId and the ``attributes`` named of each instance the table holds, read consistently as
+        :meth:`instance_states` reads them."""
         uids = list(dict.fromkeys(sop_instance_uids))
-        found: dict[str, tuple[str, str]] = {}
+        names = {f"#a{number}": name for number, name in enumerate(dict.fromkeys(attributes))}
+        names.update({"#key": tables.SOP_INSTANCE_UID, "#state": "state", "#batch": tables.BATCH_ID})
+        found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(uids), 100):
             request: dict[str, Any] = {
                 self.instance_table: {
                     "Keys": [to_item({tables.SOP_INSTANCE_UID: uid}) for uid in uids[start : start + 100]],
                     "ConsistentRead": True,
-                    "ProjectionExpression": "#key, #state, #batch",
-                    "ExpressionAttributeNames": {
-                        "#key": tables.SOP_INSTANCE_UID,
-                        "#state": "state",
-                        "#batch": tables.BATCH_ID,
-                    },
+                    "ProjectionExpression": ", ".join(names),
+                    "ExpressionAttributeNames": names,
                 }
             }
             while request:
                 response = self.dynamodb.batch_get_item(RequestItems=request)
                 for item in response.get("Responses", {}).get(self.instance_table, []):
                     values = from_item(item)
-                    found[values[tables.SOP_INSTANCE_UID]] = (
-                        str(values.get("state", "")),
-                        str(values.get(tables.BATCH_ID, "")),
-                    )
+                    found[values[tables.SOP_INSTANCE_UID]] = values
                 # Keys DynamoDB left for later (its throughput): asked again; the client's retries back off.
                 request = response.get("UnprocessedKeys") or {}
         return found

@@ -11,10 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from awacs import kms
 from awacs.aws import Allow, ArnLike, Condition, PolicyDocument, Principal, Statement, StringEquals
 from awacs.sts import AssumeRole
 from dicom_store_contract import ingest, layout
 from troposphere import (
+    And,
     AWSHelperFn,
     Equals,
     GetAtt,
@@ -30,6 +32,7 @@ from troposphere import (
     iam,
     logs,
 )
+from troposphere import Condition as ConditionRef
 
 from template_gen import parameters as p
 
@@ -45,6 +48,10 @@ ENABLE_FLOW_LOGS = "EnableFlowLogs"
 CREATE_ECS_SERVICE_LINKED_ROLE = "CreatesEcsServiceLinkedRole"
 INGEST_BY_STOW = "IngestByStow"
 INGEST_BY_STOW_BATCHED = "IngestByStowBatched"
+# A mode that stores into the data store by StoreDICOM, with KmsKeyArn given (the data store's key when the stack
+# creates it): the caller of StoreDICOM uses the key through HealthImaging (DATA_STORE_KEY).
+STOWS_WITH_KMS_KEY = "StowsWithKmsKey"
+STOWS_BATCHED_WITH_KMS_KEY = "StowsBatchedWithKmsKey"
 
 # Logical ids referred to across groups.
 ACCESS_LOG_BUCKET = "AccessLogBucket"
@@ -90,6 +97,10 @@ def add_conditions(template: Template) -> None:
     template.add_condition(CREATE_DATASTORE, Equals(Ref(p.EXISTING_DATASTORE_ID), ""))
     template.add_condition(INGEST_BY_STOW, Equals(Ref(p.INGEST_MODE), ingest.STOW))
     template.add_condition(INGEST_BY_STOW_BATCHED, Equals(Ref(p.INGEST_MODE), ingest.STOW_BATCHED))
+    template.add_condition(STOWS_WITH_KMS_KEY, And(ConditionRef(HAS_KMS_KEY), ConditionRef(INGEST_BY_STOW)))
+    template.add_condition(
+        STOWS_BATCHED_WITH_KMS_KEY, And(ConditionRef(HAS_KMS_KEY), ConditionRef(INGEST_BY_STOW_BATCHED))
+    )
     template.add_condition(HAS_ALARM_TOPIC, Not(Equals(Ref(p.ALARM_TOPIC_ARN), "")))
     template.add_condition(ENABLE_FLOW_LOGS, Equals(Ref(p.ENABLE_VPC_FLOW_LOGS), "true"))
     template.add_condition(CREATE_ECS_SERVICE_LINKED_ROLE, Equals(Ref(p.CREATE_ECS_SERVICE_LINKED_ROLE), "true"))
@@ -190,26 +201,36 @@ class KeyUse:
     actions: tuple[Any, ...]
 
 
-def kms_key_policy(name: str, uses: Sequence[KeyUse]) -> If:
-    """An inline policy allowing each use of the stack's KMS key, present only when a key is given."""
+# HealthImaging's use of the data store's key for a caller that stores into it (StartDICOMImportJob, StoreDICOM). The
+# developer guide (Data encryption) lists what a data store under a customer managed key needs of the key:
+# kms:DescribeKey for all operations, kms:GenerateDataKey for all write operations, kms:Decrypt for reads (the stored
+# data key); its CloudTrail examples show HealthImaging making those calls as the calling role (invokedBy
+# medical-imaging.amazonaws.com), so the caller's role must allow them. Not kms:ReEncrypt* nor the grants, which are
+# for re-encrypting and for creating the data store.
+DATA_STORE_KEY = KeyUse("medical-imaging", (kms.DescribeKey, kms.Decrypt, kms.GenerateDataKey))
+
+
+def key_statements(uses: Sequence[KeyUse]) -> list[Statement]:
+    """One statement per use of the stack's key, each through its service only (kms:ViaService)."""
+    return [
+        Statement(
+            Effect=Allow,
+            Action=list(use.actions),
+            Resource=[Ref(p.KMS_KEY_ARN)],
+            Condition=Condition(StringEquals("kms:ViaService", Sub(use.service + ".${AWS::Region}.amazonaws.com"))),
+        )
+        for use in uses
+    ]
+
+
+def kms_key_policy(name: str, uses: Sequence[KeyUse], condition: str = HAS_KMS_KEY) -> If:
+    """An inline policy allowing each use of the stack's KMS key, present only when a key is given (``condition``:
+    one that implies HAS_KMS_KEY)."""
     return If(
-        HAS_KMS_KEY,
+        condition,
         iam.Policy(
             PolicyName=name,
-            PolicyDocument=PolicyDocument(
-                Version="2012-10-17",
-                Statement=[
-                    Statement(
-                        Effect=Allow,
-                        Action=list(use.actions),
-                        Resource=[Ref(p.KMS_KEY_ARN)],
-                        Condition=Condition(
-                            StringEquals("kms:ViaService", Sub(use.service + ".${AWS::Region}.amazonaws.com"))
-                        ),
-                    )
-                    for use in uses
-                ],
-            ),
+            PolicyDocument=PolicyDocument(Version="2012-10-17", Statement=key_statements(uses)),
         ),
         NoValue,
     )

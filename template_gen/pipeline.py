@@ -186,6 +186,11 @@ def store_batches() -> list[Statement]:
     ]
 
 
+def use_data_store_key() -> list[Statement]:
+    # StoreDICOM into a data store under the stack's key (common.DATA_STORE_KEY), through HealthImaging only.
+    return c.key_statements([c.DATA_STORE_KEY])
+
+
 def wake_workflow() -> list[Statement]:
     # SendTaskSuccess has no resource type (the task token names the execution): it can only be granted on "*".
     return [Statement(Effect=Allow, Action=[states.SendTaskSuccess], Resource=["*"])]
@@ -242,7 +247,7 @@ _READ_OBJECTS = c.KeyUse("s3", (kms.Decrypt,))
 _WRITE_OBJECTS = c.KeyUse("s3", (kms.Decrypt, kms.GenerateDataKey))
 _TABLES = c.KeyUse("dynamodb", (kms.Decrypt,))
 _DEAD_LETTERS = c.KeyUse("sqs", (kms.Decrypt, kms.GenerateDataKey))
-_START_IMPORT = c.KeyUse("medical-imaging", (kms.DescribeKey, kms.Decrypt, kms.GenerateDataKey))
+_START_IMPORT = c.DATA_STORE_KEY
 _READ_IMPORT = c.KeyUse("medical-imaging", (kms.DescribeKey, kms.Decrypt))
 
 # Environment per function: what each reads. STATE_MACHINE_ARN only where no cycle arises (the state machine
@@ -267,13 +272,17 @@ FUNCTIONS = (
              (_READ_OBJECTS, _TABLES, _READ_IMPORT), job_events=True),
     # 900 s (Lambda's most): it stops itself before the end and the workflow calls it again (a cursor). 1 GB of
     # memory for the network and CPU share that hashes and sends up to 1 GB per request, streamed.
+    # In stow-batched mode: the batch's ingest outcome in the audit log group (as CheckStatus writes an import job's),
+    # and, with KmsKeyArn, HealthImaging's use of the data store's key on its StoreDICOM calls.
     Function("StoreBatch", "functions.store_batch.handler", "store-batch", 900, 1024,
-             (*_COMMON_ENV, "DATASTORE_ID", "INGEST_MODE", "AHI_STOW_URL"), Invoker.WORKFLOW,
+             (*_COMMON_ENV, "DATASTORE_ID", "INGEST_MODE", "AHI_STOW_URL", "AUDIT_LOG_GROUP"), Invoker.WORKFLOW,
              (read_manifests,),
              (TableAccess(c.JOB_TABLE, (ddb.PutItem, ddb.UpdateItem)),
               TableAccess(c.INSTANCE_TABLE, (ddb.BatchGetItem, ddb.UpdateItem))),
              (_READ_OBJECTS, _TABLES),
-             conditional=((c.INGEST_BY_STOW_BATCHED, "store-batches-in-healthimaging", store_batches),)),
+             conditional=((c.INGEST_BY_STOW_BATCHED, "store-batches-in-healthimaging", store_batches),
+                          (c.INGEST_BY_STOW_BATCHED, "write-ingest-audit-messages", write_audit),
+                          (c.STOWS_BATCHED_WITH_KMS_KEY, "use-data-store-key", use_data_store_key))),
     Function("RecordFailure", "functions.record_failure.handler", "record-failure", 300, 256,
              _COMMON_ENV, Invoker.WORKFLOW,
              (read_manifests,),

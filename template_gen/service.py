@@ -247,6 +247,9 @@ def task_role() -> iam.Role:
                 ),
                 NoValue,
             ),
+            # Stow mode with KmsKeyArn: HealthImaging uses the data store's key on the task's StoreDICOM calls
+            # (common.DATA_STORE_KEY), through HealthImaging only.
+            c.kms_key_policy("use-data-store-key", [c.DATA_STORE_KEY], condition=c.STOWS_WITH_KMS_KEY),
             # Multipart uploads under SSE-KMS need Decrypt as well as GenerateDataKey. Storage commitment reads and
             # writes the commitment table and reads the instance table, both encrypted with the key when one is given.
             audit.task_policy(),

@@ -1,15 +1,16 @@
 """The ingest outcome in AWS HealthImaging as DICOM audit messages, and their delivery to the stack's audit log group.
 
 Whichever step learns what HealthImaging made of a batch calls :func:`write_outcome` with one
-:class:`InstanceOutcome` per instance: CheckStatus when an import job ended (functions/check_status.py), and any
-other step that stores a batch into HealthImaging (a STOW-RS batch step). It writes one message per study of the
-batch (audit_messages.ingest_outcome) to ``AUDIT_LOG_GROUP``, one per log event. The SCP's stow mode builds the
-same messages (dicom_store_scp/audit/ingest.py) and sends them through its own sinks.
+:class:`InstanceOutcome` per instance: CheckStatus when an import job ended (functions/check_status.py), and StoreBatch
+when it has stored a batch by STOW-RS (functions/store_batch.py, INGEST_MODE=stow-batched). It writes one message
+per study of the batch (audit_messages.ingest_outcome) to ``AUDIT_LOG_GROUP``, one per log event. The SCP's stow
+mode builds the same messages (dicom_store_scp/audit/ingest.py) and sends them through its own sinks.
 
 An audit write never fails the step that calls it: throttling and server errors are retried with backoff for a
 few seconds; what still fails is given up and said in the result (the caller logs it, without the messages, and
-counts it in the AuditMessagesDropped metric). A step run again (a re-driven execution) writes its messages again:
-each names the import job, so a reader can tell a repeat; a missing message would be worse than a repeated one.
+counts it in the AuditMessagesNotWritten metric). A step run again (a re-driven execution) writes its messages again:
+each names the import job (a STOW-RS batch: its folder in S3, the origin), so a reader can tell a repeat; a missing
+message would be worse than a repeated one.
 
 Standard library only (the Lambda zip and the SCP image ship this package): the CloudWatch Logs client is passed in.
 """

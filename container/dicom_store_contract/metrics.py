@@ -155,6 +155,7 @@ MANIFEST_ENTRIES_REJECTED = FunctionMetric(
 BATCHES_FAILED = FunctionMetric("BatchesFailed", "record_failure", "batches whose import workflow failed")
 BATCHES_TIMED_OUT = FunctionMetric("BatchesTimedOut", "record_failure", "batches whose import job did not end in time")
 BATCHES_SWEPT = FunctionMetric("BatchesSwept", "sweeper", "abandoned batches the sweeper sealed")
+# StoreBatch (stow-batched) publishes it too, under its own service (``<stack>-store-batch``).
 AUDIT_MESSAGES_NOT_WRITTEN = FunctionMetric(
     "AuditMessagesNotWritten", "check_status", "ingest audit messages given up after PutLogEvents retries"
 )

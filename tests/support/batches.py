@@ -35,14 +35,17 @@ def write_batch(
     count: int,
     corrupt: int = 0,
     write_manifest: bool = True,
+    studies: int = 1,
 ) -> tuple[str, dict[str, Any]]:
     """Objects first, then (unless told not to) the manifest; the first ``corrupt`` objects are not DICOM.
 
+    ``studies``: the instances split in that many studies (a series each), in consecutive runs of the manifest.
     Returns the manifest's key and its content.
     """
-    study, series = generate_uid(), generate_uid()
+    uids = [(generate_uid(), generate_uid()) for _ in range(max(studies, 1))]
     instances = []
     for number in range(count):
+        study, series = uids[number * len(uids) // count]
         sop = generate_uid()
         body = part10(study, series, sop) if number >= corrupt else b"not a DICOM file" * 10
         key = layout.instance_key(prefix, batch_id, study, series, sop)

@@ -33,7 +33,17 @@ def test_encrypted_with_the_stacks_key_exactly_when_one_is_given(template: dict[
     assert "KmsKeyId" not in without
 
 
-def test_the_task_and_check_status_are_told_the_group_and_may_only_write_to_it(template: dict[str, Any]) -> None:
+def _policy_name(policy: dict[str, Any]) -> str:
+    """An inline policy's name, and the condition it exists under (an Fn::If's)."""
+    if "Fn::If" in policy:
+        condition, present, _ = policy["Fn::If"]
+        return f"{present['PolicyName']} (if {condition})"
+    return str(policy["PolicyName"])
+
+
+def test_the_task_check_status_and_store_batch_are_told_the_group_and_may_only_write_to_it(
+    template: dict[str, Any],
+) -> None:
     (container,) = template["Resources"]["ScpTaskDefinition"]["Properties"]["ContainerDefinitions"]
     environment = {e["Name"]: e["Value"] for e in container["Environment"]}
     assert environment["AUDIT_LOG_GROUP"] == {"Ref": "AuditLogGroup"}
@@ -43,15 +53,20 @@ def test_the_task_and_check_status_are_told_the_group_and_may_only_write_to_it(t
         if resource["Type"] == "AWS::Lambda::Function"
         and resource["Properties"]["Environment"]["Variables"].get("AUDIT_LOG_GROUP") == {"Ref": "AuditLogGroup"}
     }
-    assert told == {"CheckStatusFunction"}
+    # StoreBatch: a batch stored by STOW-RS (stow-batched), CheckStatus: an import job.
+    assert told == {"CheckStatusFunction", "StoreBatchFunction"}
     writers = [
-        (role, policy["PolicyName"])
+        (role, _policy_name(policy))
         for role, resource in template["Resources"].items()
         if resource["Type"] == "AWS::IAM::Role"
         for policy in resource["Properties"].get("Policies", [])
         if isinstance(policy, dict) and "GetAtt" in str(policy) and "'AuditLogGroup'" in str(policy)
     ]
-    assert writers == [("CheckStatusRole", "check-status"), ("ScpTaskRole", "write-audit-messages")]
+    assert sorted(writers) == [
+        ("CheckStatusRole", "check-status"),
+        ("ScpTaskRole", "write-audit-messages"),
+        ("StoreBatchRole", "write-ingest-audit-messages (if IngestByStowBatched)"),
+    ]
     (grant,) = [
         statement
         for statement in template["Resources"]["CheckStatusRole"]["Properties"]["Policies"][0]["PolicyDocument"][

@@ -86,3 +86,62 @@ def test_stow_batched_mode_grants_store_dicom_to_the_store_step_only(template):
     # Import mode: the step's role can neither read the objects nor store them.
     assert _granted(default, "medical-imaging:StoreDICOM", "StoreBatchRole") == []
     assert [arn for arn in _granted(default, "s3:GetObject", "StoreBatchRole") if "incoming" in arn] == []
+
+
+KMS_KEY = "arn:aws:kms:us-east-1:111122223333:key/0f6c1d2e-3a4b-4c5d-8e9f-00112233aabb"
+# HealthImaging's use of a customer managed key on a caller's write (developer guide, Data encryption).
+DATA_STORE_KEY_ACTIONS = {"kms:DescribeKey", "kms:GenerateDataKey", "kms:Decrypt"}
+
+
+def _key_grants(stack: Deployment, role: str) -> list[tuple[set[str], Any, dict[str, Any]]]:
+    """(actions, resources, condition) of each statement of the role that grants use of a KMS key."""
+    found = []
+    for statement in stack.role_statements(role):
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        if any(str(action).startswith("kms:") for action in actions):
+            found.append((set(actions), statement["Resource"], statement.get("Condition", {})))
+    return found
+
+
+def _through_healthimaging(stack: Deployment, role: str) -> list[tuple[set[str], Any, dict[str, Any]]]:
+    via = "medical-imaging.us-east-1.amazonaws.com"
+    return [g for g in _key_grants(stack, role) if g[2].get("StringEquals", {}).get("kms:ViaService") == via]
+
+
+def test_a_store_dicom_caller_may_use_the_data_stores_key_through_healthimaging_only_when_a_key_is_given(template):
+    store = {"ExistingDatastoreID": "0123456789abcdef0123456789abcdef"}
+    for mode, role in (("stow", "ScpTaskRole"), ("stow-batched", "StoreBatchRole")):
+        keyed = _stack(template, IngestMode=mode, KmsKeyArn=KMS_KEY, **store)
+        # Exactly HealthImaging's use of the key, on the key given, through HealthImaging (kms:ViaService).
+        assert _through_healthimaging(keyed, role) == [
+            (
+                DATA_STORE_KEY_ACTIONS,
+                [KMS_KEY],
+                {"StringEquals": {"kms:ViaService": "medical-imaging.us-east-1.amazonaws.com"}},
+            )
+        ], mode
+        # No key: no KMS permission at all for the store step (the task keeps none either).
+        assert _key_grants(_stack(template, IngestMode=mode, **store), role) == [], mode
+
+    # Not in the other modes: the task stores into HealthImaging only in stow mode, StoreBatch only in stow-batched.
+    for mode in ("import", "stow-batched"):
+        assert (
+            _through_healthimaging(_stack(template, IngestMode=mode, KmsKeyArn=KMS_KEY, **store), "ScpTaskRole") == []
+        )
+    for mode in ("import", "stow"):
+        keyed = _stack(template, IngestMode=mode, KmsKeyArn=KMS_KEY, **store)
+        assert _through_healthimaging(keyed, "StoreBatchRole") == []
+
+
+def test_store_batch_writes_the_audit_log_group_in_stow_batched_mode_only(template):
+    batched = _stack(template, IngestMode="stow-batched", ExistingDatastoreID="0123456789abcdef0123456789abcdef")
+    default = _stack(template, ExistingDatastoreID="0123456789abcdef0123456789abcdef")
+
+    group = "arn:aws:placeholder:us-east-1:123456789012:AuditLogGroup.Arn"  # as the evaluator renders GetAtt
+    assert _granted(batched, "logs:PutLogEvents", "StoreBatchRole").count(group) == 1
+    assert _granted(batched, "logs:CreateLogStream", "StoreBatchRole").count(group) == 1
+    assert group not in _granted(default, "logs:PutLogEvents", "StoreBatchRole")
+    assert (
+        batched.lambda_environment("StoreBatchFunction")["AUDIT_LOG_GROUP"]
+        == batched.lambda_environment("CheckStatusFunction")["AUDIT_LOG_GROUP"]
+    )

@@ -1,18 +1,21 @@
 """Per-association throughput of INGEST_MODE=stow against import mode (issue 25), on loopback.
 
-    PYTHONPATH=container:. .venv/bin/python bench/stow_modes.py --instances 100 --delays 0,0.02,0.1 --s3
+    cd bench && PYTHONPATH=../container:.. ../.venv/bin/python stow_modes.py --instances 300 --delays 0,0.02,0.1 --s3
 
 One DCMTK storescu association sends N synthetic 512x512 CT instances to this SCP: in import mode (local folder:
 the C-STORE success means fsync'd) and in stow mode against tests/support/fake_stow.py (in this process) adding
-each delay to every StoreDICOM request, as a proxy or the region's round trip would; with ``--s3``, import mode
-into S3 (moto_server) too. Besides the rate, the CPU (user + system) the SCP's processes spent over the send,
-per acknowledged instance (the fake and moto_server are not the SCP's processes: not counted). Prints a Markdown
-table.
+each delay to every StoreDICOM request, as a proxy or the region's round trip would. With ``--s3``, import mode into
+S3 (moto_server) too: once straight to moto_server, then, for each delay, through tests/support/brownout.py's proxy
+adding the same delay to every S3 request (one row beside each stow row). Besides the rate, the requests the
+association made (to the fake, or through the proxy) and the CPU (user + system) the SCP's processes spent over the
+send, per acknowledged instance (the fake, the proxy and moto_server are not the SCP's processes: not counted).
+Prints a Markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -22,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import harness
+from support.brownout import BrownoutProxy, Phase
 from support.fake_stow import FakeStow
 
 # Seconds the SCP is watched doing nothing before the send: its background CPU (the housekeeping loop) per second.
@@ -54,9 +58,16 @@ def one_association(files: list[Path], storage: Path, *args: str, **env: str) ->
     return Run(seconds, user_after - user, system_after - system, idle)
 
 
-def row(mode: str, added: str, count: int, run: Run) -> str:
+def into_s3(files: list[Path], storage: Path, endpoint: str) -> Run:
+    """Import mode into the bench's bucket at ``endpoint`` (moto_server, or the proxy in front of it)."""
+    return one_association(
+        files, storage, "--dicom-bucket", harness.BUCKET, AWS_ENDPOINT_URL=endpoint, AWS_DEFAULT_REGION="us-east-1"
+    )
+
+
+def row(mode: str, added: str, count: int, run: Run, requests: str = "-") -> str:
     return (
-        f"| {mode} | {added} | {count} | {run.seconds:.2f} | {count / run.seconds:.1f} | {run.user:.2f} |"
+        f"| {mode} | {added} | {count} | {run.seconds:.2f} | {count / run.seconds:.1f} | {requests} | {run.user:.2f} |"
         f" {run.system:.2f} | {run.per_instance_ms(count):.1f} | {run.idle * 1000:.0f} |"
         f" {run.per_instance_ms(count, less_idle=True):.1f} |"
     )
@@ -65,31 +76,30 @@ def row(mode: str, added: str, count: int, run: Run) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--instances", type=int, default=100)
-    parser.add_argument("--delays", default="0.02,0.1", help="seconds the fake adds per request, comma list")
-    parser.add_argument("--s3", action="store_true", help="import mode into S3 (moto_server) as well")
+    parser.add_argument(
+        "--delays",
+        default="0.02,0.1",
+        help="seconds added to every StoreDICOM (and, with --s3, S3) request, comma list",
+    )
+    parser.add_argument(
+        "--s3", action="store_true", help="import mode into S3 (moto_server): straight, and through the proxy per delay"
+    )
     args = parser.parse_args()
     rows = [
-        "| mode | added per request | instances | seconds | instances/s | CPU user s | CPU system s |"
+        "| mode | added per request | instances | seconds | instances/s | requests | CPU user s | CPU system s |"
         " CPU ms / instance | idle CPU ms/s | CPU ms / instance less idle |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    with tempfile.TemporaryDirectory(prefix="stow-bench-") as folder:
+    with tempfile.TemporaryDirectory(prefix="stow-bench-") as folder, contextlib.ExitStack() as stack:
         files = harness.write_instances(Path(folder) / "in", args.instances)
         run = one_association(files, Path(folder) / "import")
         stored = len(list((Path(folder) / "import" / "incoming").rglob("*.dcm")))
         assert stored == len(files), stored
         rows.append(row("import (local, fsync)", "-", len(files), run))
         if args.s3:
-            with harness.moto_server() as (endpoint, client):
-                run = one_association(
-                    files,
-                    Path(folder) / "unused",
-                    "--dicom-bucket",
-                    harness.BUCKET,
-                    AWS_ENDPOINT_URL=endpoint,
-                    AWS_DEFAULT_REGION="us-east-1",
-                )
-                stored = harness.empty_bucket(client)
+            endpoint, client = stack.enter_context(harness.moto_server())
+            run = into_s3(files, Path(folder) / "s3", endpoint)
+            stored = harness.empty_bucket(client)
             assert stored == len(files), stored
             rows.append(row("import (S3, moto_server)", "-", len(files), run))
         for delay in (float(d) for d in args.delays.split(",")):
@@ -102,7 +112,19 @@ def main() -> int:
                 assert len(fake.held) == len(files), len(fake.held)
             finally:
                 fake.stop()
-            rows.append(row("stow (fake StoreDICOM)", f"{delay * 1000:.0f} ms", len(files), run))
+            rows.append(
+                row("stow (fake StoreDICOM)", f"{delay * 1000:.0f} ms", len(files), run, str(len(fake.requests)))
+            )
+            if args.s3:
+                proxy = BrownoutProxy(int(endpoint.rsplit(":", 1)[1]), [Phase("healthy", 1)], delay=delay)
+                try:
+                    run = into_s3(files, Path(folder) / f"s3-{delay}", proxy.endpoint)
+                finally:
+                    proxy.close()
+                stored = harness.empty_bucket(client)
+                assert stored == len(files), stored
+                requests = " ".join(f"{method} {count}" for method, count in sorted(proxy.requests.items()))
+                rows.append(row("import (S3, moto_server, proxy)", f"{delay * 1000:.0f} ms", len(files), run, requests))
     print("\n".join(rows))
     return 0
 

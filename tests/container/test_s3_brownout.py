@@ -8,9 +8,12 @@ same with 20 s phases and records the rates.
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from io import BytesIO
 from pathlib import Path
 
+import boto3
 import pytest
 from dicom_store_scp import statuses
 from dicom_store_scp.config import Config
@@ -18,7 +21,7 @@ from dicom_store_scp.s3 import S3Settings, worst_case_store_seconds
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 from support.brownout import SLOW, SLOWDOWN, BrownoutProxy, Phase, keep_sending, rates
-from support.moto import aws_env, bucket_objects
+from support.moto import FAKE_CREDENTIALS, REGION, aws_env, bucket_objects
 from support.scp import sample_file
 
 pytestmark = pytest.mark.slow
@@ -111,3 +114,35 @@ def test_the_proxy_keeps_its_schedule(moto_server):
         assert proxy.duration == 4
     finally:
         proxy.close()
+
+
+def test_the_proxy_adds_its_delay_to_every_request(s3_bucket, moto_server):
+    direct, bucket = s3_bucket
+    # One healthy phase: no fault, only the delay every request waits (uploads, reads and listings alike).
+    proxy = BrownoutProxy(moto_server.port, [Phase("healthy", 1)], delay=0.3)
+    try:
+        client = boto3.session.Session(
+            aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            region_name=REGION,
+        ).client("s3", endpoint_url=proxy.endpoint)
+        proxy.start()
+        calls = {
+            "put": lambda: client.put_object(Bucket=bucket, Key="a/b.dcm", Body=b"instance bytes"),
+            "head": lambda: client.head_object(Bucket=bucket, Key="a/b.dcm"),
+            "get": lambda: client.get_object(Bucket=bucket, Key="a/b.dcm")["Body"].read(),
+            "list": lambda: client.list_objects_v2(Bucket=bucket)["KeyCount"],
+        }
+        took, answers = {}, {}
+        for name, call in calls.items():
+            started = time.monotonic()
+            answers[name] = call()
+            took[name] = time.monotonic() - started
+    finally:
+        proxy.close()
+
+    assert all(seconds >= 0.3 for seconds in took.values()), took
+    assert proxy.requests == Counter({"PUT": 1, "HEAD": 1, "GET": 2}), proxy.requests
+    # Delayed, not altered: what went through is what S3 holds and answers.
+    assert answers["get"] == b"instance bytes" and answers["list"] == 1
+    assert direct.get_object(Bucket=bucket, Key="a/b.dcm")["Body"].read() == b"instance bytes"

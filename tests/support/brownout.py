@@ -3,12 +3,15 @@
 ``BrownoutProxy`` forwards every request to moto_server; while its schedule says so it holds each upload (PutObject,
 UploadPart) for a random 2-5 s before passing it on, or answers a share of them ``503 SlowDown`` at once, as S3 does
 when a prefix is asked for more than it serves. Other requests (reads, listings) pass untouched. A request is
-forwarded whole or refused whole, so "stored" and "answered success" stay comparable.
+forwarded whole or refused whole, so "stored" and "answered success" stay comparable. ``delay`` adds the same
+seconds to every request, whatever the phase (a round trip to the region: bench/stow_modes.py); ``requests`` counts
+them by method.
 
 ``keep_sending`` runs DCMTK storescu senders in a loop, a few instances per association, re-queueing what was
 refused (a sender retries later), and timestamps every response as storescu prints it.
 
-Used by tests/container/test_s3_brownout.py (short phases) and bench/s3_brownout.py (20 s phases).
+Used by tests/container/test_s3_brownout.py (short phases), bench/s3_brownout.py (20 s phases) and
+bench/stow_modes.py (one healthy phase, a delay per request).
 """
 
 from __future__ import annotations
@@ -53,8 +56,11 @@ class BrownoutProxy:
         latency: tuple[float, float] = (2.0, 5.0),
         slowdown_share: float = 0.5,
         seed: int = 26,
+        delay: float = 0.0,
     ) -> None:
         self.upstream_port = upstream_port
+        # Seconds every request waits, after it arrived whole and before it is forwarded or refused.
+        self.delay = delay
         self.phases = phases
         self.latency = latency
         self.slowdown_share = slowdown_share
@@ -65,6 +71,8 @@ class BrownoutProxy:
         self.forwarded: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()
         self.refused_paths: Counter[str] = Counter()
+        # Every request received, by method (PUT, GET, POST, ...).
+        self.requests: Counter[str] = Counter()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
@@ -139,6 +147,10 @@ class BrownoutProxy:
                 body = self.rfile.read(length) if length else b""
                 path = urlsplit(self.path).path
                 upload = self.command == "PUT" and path.count("/") >= 2  # an object, not a bucket
+                with proxy._lock:
+                    proxy.requests[self.command] += 1
+                if proxy.delay:
+                    time.sleep(proxy.delay)
                 action, delay = proxy._decide(upload)
                 phase = proxy.phase_at(time.monotonic()).name
                 if upload:

@@ -283,11 +283,13 @@ FUNCTIONS = (
              conditional=((c.INGEST_BY_STOW_BATCHED, "store-batches-in-healthimaging", store_batches),
                           (c.INGEST_BY_STOW_BATCHED, "write-ingest-audit-messages", write_audit),
                           (c.STOWS_BATCHED_WITH_KMS_KEY, "use-data-store-key", use_data_store_key))),
+    # The batch's ingest outcome in the audit log group (its instances never reached HealthImaging), read back from
+    # the instance table; DATASTORE_ID and AHI_STOW_URL name the destination, as CheckStatus and StoreBatch do.
     Function("RecordFailure", "functions.record_failure.handler", "record-failure", 300, 256,
-             _COMMON_ENV, Invoker.WORKFLOW,
-             (read_manifests,),
+             (*_COMMON_ENV, "DATASTORE_ID", "AHI_STOW_URL", "AUDIT_LOG_GROUP"), Invoker.WORKFLOW,
+             (read_manifests, write_audit),
              (TableAccess(c.JOB_TABLE, (ddb.GetItem, ddb.UpdateItem)),
-              TableAccess(c.INSTANCE_TABLE, (ddb.UpdateItem,))),
+              TableAccess(c.INSTANCE_TABLE, (ddb.BatchGetItem, ddb.UpdateItem))),
              (_READ_OBJECTS, _TABLES)),
     Function("Sweeper", "functions.sweeper.handler", "sweeper", 300, 256,
              (*_COMMON_ENV, "SWEEP_MIN_AGE_MINUTES"), Invoker.SCHEDULE,

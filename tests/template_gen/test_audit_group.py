@@ -41,7 +41,7 @@ def _policy_name(policy: dict[str, Any]) -> str:
     return str(policy["PolicyName"])
 
 
-def test_the_task_check_status_and_store_batch_are_told_the_group_and_may_only_write_to_it(
+def test_the_task_and_the_steps_that_record_an_ingest_outcome_are_told_the_group_and_may_only_write_to_it(
     template: dict[str, Any],
 ) -> None:
     (container,) = template["Resources"]["ScpTaskDefinition"]["Properties"]["ContainerDefinitions"]
@@ -53,8 +53,8 @@ def test_the_task_check_status_and_store_batch_are_told_the_group_and_may_only_w
         if resource["Type"] == "AWS::Lambda::Function"
         and resource["Properties"]["Environment"]["Variables"].get("AUDIT_LOG_GROUP") == {"Ref": "AuditLogGroup"}
     }
-    # StoreBatch: a batch stored by STOW-RS (stow-batched), CheckStatus: an import job.
-    assert told == {"CheckStatusFunction", "StoreBatchFunction"}
+    # StoreBatch: a batch stored by STOW-RS (stow-batched), CheckStatus: an import job, RecordFailure: a batch given up.
+    assert told == {"CheckStatusFunction", "StoreBatchFunction", "RecordFailureFunction"}
     writers = [
         (role, _policy_name(policy))
         for role, resource in template["Resources"].items()
@@ -64,21 +64,21 @@ def test_the_task_check_status_and_store_batch_are_told_the_group_and_may_only_w
     ]
     assert sorted(writers) == [
         ("CheckStatusRole", "check-status"),
+        ("RecordFailureRole", "record-failure"),
         ("ScpTaskRole", "write-audit-messages"),
         ("StoreBatchRole", "write-ingest-audit-messages (if IngestByStowBatched)"),
     ]
-    (grant,) = [
-        statement
-        for statement in template["Resources"]["CheckStatusRole"]["Properties"]["Policies"][0]["PolicyDocument"][
-            "Statement"
+    for role in ("CheckStatusRole", "RecordFailureRole"):
+        (grant,) = [
+            statement
+            for statement in template["Resources"][role]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+            if statement["Resource"] == [{"Fn::GetAtt": ["AuditLogGroup", "Arn"]}]
         ]
-        if statement["Resource"] == [{"Fn::GetAtt": ["AuditLogGroup", "Arn"]}]
-    ]
-    assert grant == {
-        "Effect": "Allow",
-        "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
-        "Resource": [{"Fn::GetAtt": ["AuditLogGroup", "Arn"]}],
-    }
+        assert grant == {
+            "Effect": "Allow",
+            "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+            "Resource": [{"Fn::GetAtt": ["AuditLogGroup", "Arn"]}],
+        }
 
 
 # --- the audit repository (AuditSyslogURL) --------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """The ingest outcome in AWS HealthImaging as DICOM audit messages, and their delivery to the stack's audit log group.
 
 Whichever step learns what HealthImaging made of a batch calls :func:`write_outcome` with one
-:class:`InstanceOutcome` per instance: CheckStatus when an import job ended (functions/check_status.py), and StoreBatch
-when it has stored a batch by STOW-RS (functions/store_batch.py, INGEST_MODE=stow-batched). It writes one message
+:class:`InstanceOutcome` per instance: CheckStatus when an import job ended (functions/check_status.py), StoreBatch
+when it has stored a batch by STOW-RS (functions/store_batch.py, INGEST_MODE=stow-batched), and RecordFailure when
+the workflow gave up on a batch (functions/record_failure.py: what it recorded FAILED). It writes one message
 per study of the batch (audit_messages.ingest_outcome) to ``AUDIT_LOG_GROUP``, one per log event. The SCP's stow
 mode builds the same messages (dicom_store_scp/audit/ingest.py) and sends them through its own sinks.
 

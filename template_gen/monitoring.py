@@ -19,7 +19,7 @@ from troposphere import applicationautoscaling as aas
 
 from template_gen import common as c
 from template_gen import parameters as p
-from template_gen.pipeline import FUNCTIONS, powertools_service
+from template_gen.pipeline import FUNCTIONS, Function, powertools_service
 
 DASHBOARD = "ScpDashboard"
 
@@ -41,11 +41,20 @@ _SUB_VALUES: dict[str, object] = {
 _STACK = "${AWS::StackName}"
 
 
-def function_service(metric: m.FunctionMetric) -> str:
+def function_service(metric: m.FunctionMetric, module: str = "") -> str:
     """The ``service`` dimension Powertools gives a function's metrics: its POWERTOOLS_SERVICE_NAME (in Sub's
-    syntax: the stack's name, then the function's service name)."""
-    [fn] = [fn for fn in FUNCTIONS if fn.handler.startswith(f"functions.{metric.module}.")]
-    return powertools_service(fn)
+    syntax: the stack's name, then the function's service name). ``module``: which of the functions publishing it
+    (default: its first, ``metric.module``)."""
+    module = module or metric.module
+    if module not in metric.modules:
+        raise ValueError(f"functions/{module}.py does not publish {metric.name}")
+    return powertools_service(_function_named(module))
+
+
+def _function_named(module: str) -> Function:
+    """The function whose handler is in functions/<module>.py."""
+    [fn] = [fn for fn in FUNCTIONS if fn.handler.startswith(f"functions.{module}.")]
+    return fn
 
 
 # -- metric rows of the dashboard's widgets (CloudWatch's [namespace, name, dim, value, ..., {options}]) ---------
@@ -60,8 +69,20 @@ def scp(metric: m.Metric, stat: str = "Sum", **options: Any) -> list[Any]:
     return [m.NAMESPACE, metric.name, *dimensions, {"stat": stat, **extra}]
 
 
-def function(metric: m.FunctionMetric, **options: Any) -> list[Any]:
-    return [m.NAMESPACE, metric.name, m.SERVICE, function_service(metric), {"stat": "Sum", **options}]
+def function(metric: m.FunctionMetric, module: str = "", **options: Any) -> list[Any]:
+    return [m.NAMESPACE, metric.name, m.SERVICE, function_service(metric, module), {"stat": "Sum", **options}]
+
+
+def audit_messages_lost() -> list[list[Any]]:
+    """Audit messages that never reached a destination: the SCP's dropped (a destination's queue full while it was
+    down) and each ingest step's not written (PutLogEvents given up). Each one is a gap in the audit trail."""
+    return [
+        scp(m.AUDIT_MESSAGES_DROPPED, label="dropped by the SCP (queue full)"),
+        *(
+            function(m.AUDIT_MESSAGES_NOT_WRITTEN, module, label=f"not written: {_function_named(module).name}")
+            for module in m.AUDIT_MESSAGES_NOT_WRITTEN.modules
+        ),
+    ]
 
 
 def aws(namespace: str, name: str, dimensions: dict[str, str], stat: str = "Sum", **options: Any) -> list[Any]:
@@ -133,7 +154,6 @@ def ingest_widgets() -> list[Widget]:
                     for reason in m.REJECTION_REASONS
                 ),
                 scp(m.PROTOCOL_ABORTS, label="protocol aborts"),
-                scp(m.AUDIT_MESSAGES_DROPPED, label="audit messages dropped"),
             ],
         ),
         Widget(
@@ -223,6 +243,7 @@ def health_widgets() -> list[Widget]:
             [aws("AWS/SQS", "ApproximateNumberOfMessagesVisible", {"QueueName": "${DeadLetterQueue}"}, "Maximum")],
             period=300,
         ),
+        Widget("Audit messages lost (gaps in the audit trail: should stay 0)", audit_messages_lost(), period=300),
     ]
 
 
@@ -306,6 +327,8 @@ class Alarm:
     means: str
     check_first: str
     metric: list[Any]  # a dashboard metric row: namespace, name, dimension pairs, {"stat": ...}
+    # More rows: the alarm is then on their sum (metric math over all of them, missing data counted as 0).
+    more: tuple[list[Any], ...] = ()
     threshold: float = 1
     comparison: str = "GreaterThanOrEqualToThreshold"
     period: int = 300
@@ -387,6 +410,19 @@ def alarms() -> list[Alarm]:
             aws("AWS/SQS", "ApproximateNumberOfMessagesVisible", {"QueueName": "${DeadLetterQueue}"}, "Maximum"),
         ),
         Alarm(
+            "AuditMessagesLostAlarm",
+            "Audit messages were lost: the audit trail (the audit log group, the audit repository) misses them, and"
+            " nothing sends them again.",
+            'the dashboard\'s "Audit messages lost" by source. Dropped by the SCP: the audit repository'
+            " (AuditSyslogURL) was unreachable longer than its queue holds (the SCP log group's audit-dropped lines;"
+            " its network, certificate, AUDIT_QUEUE_LIMIT). Not written by a function: that function's log group,"
+            ' "ingest audit messages not written" (AccessDeniedException: its role or the audit group\'s KMS key;'
+            " ThrottlingException: the account's PutLogEvents quota); the batch's outcome is still in the instance"
+            " table.",
+            audit_messages_lost()[0],
+            more=tuple(audit_messages_lost()[1:]),
+        ),
+        Alarm(
             "NoHealthyScpTaskAlarm",
             "No healthy SCP task is behind the DICOM endpoint: senders cannot connect.",
             "the ECS service's events and stopped tasks (stop reason, exit code 1 or 3 with a start-failed or"
@@ -416,17 +452,38 @@ def _resolve(value: str) -> object:
     return value
 
 
+def _metric_stat(row: list[Any], period: int) -> cloudwatch.MetricStat:
+    metric = cloudwatch.Metric(Namespace=row[0], MetricName=row[1], Dimensions=_dimension_values(row))
+    return cloudwatch.MetricStat(Metric=metric, Period=period, Stat=row[-1]["stat"])
+
+
+def _what_is_measured(alarm: Alarm) -> dict[str, Any]:
+    """One metric's properties, or (``alarm.more``) the sum of its rows as metric math."""
+    if not alarm.more:
+        return {
+            "Namespace": alarm.metric[0],
+            "MetricName": alarm.metric[1],
+            "Dimensions": _dimension_values(alarm.metric),
+            "Statistic": alarm.metric[-1]["stat"],
+            "Period": alarm.period,
+        }
+    rows = (alarm.metric, *alarm.more)
+    queries = [
+        cloudwatch.MetricDataQuery(Id=f"m{number}", MetricStat=_metric_stat(row, alarm.period), ReturnData=False)
+        for number, row in enumerate(rows)
+    ]
+    # A source that published nothing in the period is 0, not a gap that hides the others.
+    total = cloudwatch.MetricDataQuery(Id="total", Expression="SUM(FILL(METRICS(), 0))", Label="total", ReturnData=True)
+    return {"Metrics": [*queries, total]}
+
+
 def _add_alarm(template: Template, alarm: Alarm) -> None:
     actions = If(c.HAS_ALARM_TOPIC, [Ref(p.ALARM_TOPIC_ARN)], NoValue)
     template.add_resource(
         cloudwatch.Alarm(
             alarm.logical_id,
             AlarmDescription=Sub("${AWS::StackName}: ${Text}", Text=alarm.description),
-            Namespace=alarm.metric[0],
-            MetricName=alarm.metric[1],
-            Dimensions=_dimension_values(alarm.metric),
-            Statistic=alarm.metric[-1]["stat"],
-            Period=alarm.period,
+            **_what_is_measured(alarm),
             EvaluationPeriods=alarm.evaluation_periods,
             Threshold=alarm.threshold,
             ComparisonOperator=alarm.comparison,

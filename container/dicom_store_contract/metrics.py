@@ -129,6 +129,12 @@ class FunctionMetric:
     name: str
     module: str  # functions/<module>.py
     meaning: str
+    # Other functions/<module>.py that publish it too, each under its own service.
+    also: tuple[str, ...] = ()
+
+    @property
+    def modules(self) -> tuple[str, ...]:
+        return (self.module, *self.also)
 
 
 INSTANCES_IMPORTED = FunctionMetric("InstancesImported", "check_status", "instances an import job imported")
@@ -155,9 +161,12 @@ MANIFEST_ENTRIES_REJECTED = FunctionMetric(
 BATCHES_FAILED = FunctionMetric("BatchesFailed", "record_failure", "batches whose import workflow failed")
 BATCHES_TIMED_OUT = FunctionMetric("BatchesTimedOut", "record_failure", "batches whose import job did not end in time")
 BATCHES_SWEPT = FunctionMetric("BatchesSwept", "sweeper", "abandoned batches the sweeper sealed")
-# StoreBatch (stow-batched) publishes it too, under its own service (``<stack>-store-batch``).
+# Every step that writes an ingest outcome to the audit log group (dicom_store_contract.audit_ingest) publishes it.
 AUDIT_MESSAGES_NOT_WRITTEN = FunctionMetric(
-    "AuditMessagesNotWritten", "check_status", "ingest audit messages given up after PutLogEvents retries"
+    "AuditMessagesNotWritten",
+    "check_status",
+    "ingest audit messages given up after PutLogEvents retries",
+    also=("store_batch", "record_failure"),
 )
 
 FUNCTION_METRICS: tuple[FunctionMetric, ...] = (

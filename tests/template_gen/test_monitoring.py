@@ -76,6 +76,13 @@ def dashboard(template: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
     return json.loads(body), values
 
 
+def alarm_metrics(props: dict[str, Any]) -> list[dict[str, Any]]:
+    """The metrics an alarm is on: its own, or those of its metric math."""
+    if "Metrics" in props:
+        return [query["MetricStat"]["Metric"] for query in props["Metrics"] if "MetricStat" in query]
+    return [{name: props[name] for name in ("Namespace", "MetricName", "Dimensions")}]
+
+
 def named_metrics(template: dict[str, Any]) -> list[tuple[str, str, dict[str, Any], str]]:
     """(namespace, name, dimensions, where) of every metric a widget or an alarm names."""
     found = []
@@ -91,8 +98,9 @@ def named_metrics(template: dict[str, Any]) -> list[tuple[str, str, dict[str, An
     for logical_id, resource in template["Resources"].items():
         if resource["Type"] == "AWS::CloudWatch::Alarm":
             props = resource["Properties"]
-            dimensions = {d["Name"]: d["Value"] for d in props["Dimensions"]}
-            found.append((props["Namespace"], props["MetricName"], dimensions, logical_id))
+            for metric in alarm_metrics(props):
+                dimensions = {d["Name"]: d["Value"] for d in metric["Dimensions"]}
+                found.append((metric["Namespace"], metric["MetricName"], dimensions, logical_id))
         if resource["Type"] == "AWS::ApplicationAutoScaling::ScalingPolicy":
             tracking = resource["Properties"]["TargetTrackingScalingPolicyConfiguration"]
             for query in tracking.get("CustomizedMetricSpecification", {}).get("Metrics", []):
@@ -124,11 +132,10 @@ def test_every_named_metric_is_emitted(template: dict[str, Any]) -> None:
             emitted = functions[name]
             service = dimensions[m.SERVICE]
             service = service["Fn::Sub"] if isinstance(service, dict) else service  # an alarm's, or the dashboard's
-            assert dimensions == {m.SERVICE: dimensions[m.SERVICE]} and service == function_service(emitted), (
-                where,
-                name,
-            )
-            assert name in published.get(emitted.module, set()), f"functions/{emitted.module}.py no longer emits {name}"
+            publishers = [module for module in emitted.modules if service == function_service(emitted, module)]
+            assert dimensions == {m.SERVICE: dimensions[m.SERVICE]} and publishers, (where, name)
+            (module,) = publishers
+            assert name in published.get(module, set()), f"functions/{module}.py no longer emits {name}"
 
 
 def test_every_metric_the_scp_writes_is_on_the_dashboard(template: dict[str, Any]) -> None:
@@ -164,6 +171,7 @@ def test_dashboard_widgets_do_not_overlap(template: dict[str, Any]) -> None:
         "InstanceImportFailuresAlarm",
         "ImportEventDeadLettersAlarm",
         "NoHealthyScpTaskAlarm",
+        "AuditMessagesLostAlarm",
     ],
 )
 def test_alarms_for_a_person_say_what_to_check_first(template: dict[str, Any], alarm: str) -> None:
@@ -177,6 +185,53 @@ def test_store_failures_page_only_after_minutes_in_a_row(template: dict[str, Any
     props = template["Resources"]["ScpStoreFailuresAlarm"]["Properties"]
     assert (props["MetricName"], props["Period"], props["EvaluationPeriods"]) == ("StoresFailed", 60, 5)
     assert props["Dimensions"] == [{"Name": m.SERVICE, "Value": {"Ref": "AWS::StackName"}}]
+
+
+def test_every_function_publishing_a_metric_is_listed_with_it() -> None:
+    # A function metric's dashboard rows and alarms name the services of the functions listed with it: one
+    # publishing it unlisted would be on no widget and under no alarm.
+    published = published_by_functions()
+    for metric in m.FUNCTION_METRICS:
+        publishers = {module for module, names in published.items() if metric.name in names}
+        assert publishers == set(metric.modules), metric.name
+
+
+AUDIT_LOST = [
+    ("AuditMessagesDropped", {"Ref": "AWS::StackName"}),
+    ("AuditMessagesNotWritten", {"Fn::Sub": "${AWS::StackName}-check-status"}),
+    ("AuditMessagesNotWritten", {"Fn::Sub": "${AWS::StackName}-store-batch"}),
+    ("AuditMessagesNotWritten", {"Fn::Sub": "${AWS::StackName}-record-failure"}),
+]
+
+
+def test_audit_messages_lost_by_the_scp_or_any_function_are_on_the_dashboard(template: dict[str, Any]) -> None:
+    body, _ = dashboard(template)
+    (widget,) = [w for w in body["widgets"] if w["properties"].get("title", "").startswith("Audit messages lost")]
+    rows = [(row[1], row[3]) for row in widget["properties"]["metrics"]]
+    assert rows == [(name, service.get("Fn::Sub", "${AWS::StackName}")) for name, service in AUDIT_LOST]
+    assert all(row[-1]["stat"] == "Sum" for row in widget["properties"]["metrics"])
+
+
+def test_one_audit_message_lost_anywhere_raises_the_alarm(template: dict[str, Any]) -> None:
+    props = template["Resources"]["AuditMessagesLostAlarm"]["Properties"]
+    *queries, total = props["Metrics"]
+    measured = [
+        (q["MetricStat"]["Metric"]["MetricName"], q["MetricStat"]["Metric"]["Dimensions"][0]["Value"]) for q in queries
+    ]
+    assert measured == AUDIT_LOST
+    assert {(q["MetricStat"]["Stat"], q["MetricStat"]["Period"], q["ReturnData"]) for q in queries} == {
+        ("Sum", 300, False)
+    }
+    # The sum over every source, a quiet one counted as 0: one message lost anywhere is >= 1.
+    assert (total["Expression"], total["ReturnData"]) == ("SUM(FILL(METRICS(), 0))", True)
+    assert (props["Threshold"], props["ComparisonOperator"], props["EvaluationPeriods"]) == (
+        1,
+        "GreaterThanOrEqualToThreshold",
+        1,
+    )
+    assert props["TreatMissingData"] == "notBreaching"
+    assert props["OKActions"] == props["AlarmActions"]
+    assert not {"Namespace", "MetricName", "Dimensions", "Statistic", "Period"} & set(props)
 
 
 def test_tasks_scale_on_open_associations_as_well_as_cpu(template: dict[str, Any]) -> None:

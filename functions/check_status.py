@@ -177,7 +177,7 @@ def _audit(
 
     Never fails the step: the outcome is recorded in the tables above, and a retried CheckStatus would only write
     the messages again. What is given up after the retries is logged (counts and the error, not the messages) and
-    counted in AuditMessagesNotWritten, which the operator can alarm on.
+    counted in AuditMessagesNotWritten (AuditMessagesLostAlarm).
     """
     origin = audit_ingest.Node(manifest.called_ae, "", process=s3_uri(execution["bucket"], manifest.prefix))
     data_store = audit_ingest.data_store_node(config.datastore_id, f"medical-imaging.{config.region}.amazonaws.com")

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.exceptions import ClientError
 from dicom_store_contract import audit_ingest, ingest, tables
 from dicom_store_contract.manifest import Manifest
 from dicom_store_contract.metrics import NAMESPACE
@@ -84,7 +85,13 @@ def _audit(
     is given up is logged (counts and the error, not the messages) and counted in AuditMessagesNotWritten.
     """
     uids = [instance.sop_instance_uid for instance in manifest.instances]
-    records = repository.instance_records(uids, "imageSetId", "failureReason")
+    try:
+        records = repository.instance_records(uids, "imageSetId", "failureReason")
+    except ClientError as error:
+        # The outcomes are recorded (above); only their messages are lost: one per study of the batch.
+        studies = len({i.study_instance_uid for i in manifest.instances if i.study_instance_uid})
+        _not_written(manifest, job_id, audit_ingest.Delivery(0, studies, f"{error.response['Error']['Code']}: {error}"))
+        return
     outcomes = []
     for instance in manifest.instances:
         record = records.get(instance.sop_instance_uid) or {}
@@ -121,17 +128,21 @@ def _audit(
         logs, config.audit_log_group, outcomes, origin, data_store, road=road, job_id=job
     )
     if delivery.given_up:
-        metrics.add_metric(name="AuditMessagesNotWritten", unit=MetricUnit.Count, value=delivery.given_up)
-        logger.error(
-            "ingest audit messages not written",
-            extra={
-                "batchId": manifest.batch_id,
-                "jobId": job_id,
-                "written": delivery.written,
-                "notWritten": delivery.given_up,
-                "error": delivery.error,
-            },
-        )
+        _not_written(manifest, job_id, delivery)
+
+
+def _not_written(manifest: Manifest, job_id: str | None, delivery: audit_ingest.Delivery) -> None:
+    metrics.add_metric(name="AuditMessagesNotWritten", unit=MetricUnit.Count, value=delivery.given_up)
+    logger.error(
+        "ingest audit messages not written",
+        extra={
+            "batchId": manifest.batch_id,
+            "jobId": job_id,
+            "written": delivery.written,
+            "notWritten": delivery.given_up,
+            "error": delivery.error,
+        },
+    )
 
 
 @metrics.log_metrics

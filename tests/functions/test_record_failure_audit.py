@@ -9,11 +9,12 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from dicom_store_contract import audit_ingest
 
 from functions import record_failure, trigger_import
 from functions import settings as runtime
-from functions.tracking import InstanceState, JobStatus
+from functions.tracking import InstanceState, JobStatus, Tracking
 
 from .conftest import BATCH_ID, DATASTORE_ID, DICOM_BUCKET, OTHER_BATCH_IDS, REGION, load_event, store_batch
 from .test_import_job import start
@@ -181,3 +182,23 @@ def test_an_audit_group_that_cannot_be_written_leaves_the_steps_result_as_it_is(
         assert said_once.error.startswith("ThrottlingException") and "ParticipantObject" not in said_once.error
     else:
         assert said == []
+
+
+def test_a_table_read_that_fails_loses_only_the_messages_and_says_so(
+    triggered, tracking, context, audit_group, monkeypatch, caplog
+):
+    def throttled(self, *args: Any, **kwargs: Any) -> Any:
+        raise ClientError(
+            {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}},
+            "BatchGetItem",
+        )
+
+    monkeypatch.setattr(Tracking, "instance_records", throttled)
+    result = record_failure.handler(_rejected(triggered), context)
+
+    assert (result["state"], result["instances"], result["message"]) == (InstanceState.FAILED, 3, REASON)
+    assert {tracking.get_instance(uid)["state"] for uid in triggered.sop_instance_uids} == {"FAILED"}
+    assert _messages(audit_group) == []
+    (said,) = [record for record in caplog.records if record.getMessage() == "ingest audit messages not written"]
+    assert (said.levelname, said.notWritten, said.written) == ("ERROR", 1, 0)  # one study: one message lost
+    assert said.error.startswith("ProvisionedThroughputExceededException")

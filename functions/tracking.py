@@ -15,7 +15,7 @@ from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
-from dicom_store_contract import refusals, tables
+from dicom_store_contract import ingest, refusals, tables
 from dicom_store_contract.manifest import Manifest, RejectedEntry
 
 from functions.settings import client, settings
@@ -67,7 +67,7 @@ def awaiting_outcome(record: Mapping[str, Any] | None, batch_id: str) -> bool:
 
 def stow_job_id(batch_id: str) -> str:
     """The job item of a batch stored by STOW-RS (INGEST_MODE=stow-batched): no import job, so the id is ours."""
-    return f"stow-{batch_id}"
+    return ingest.stow_job_id(batch_id)
 
 
 _SERIALIZER = TypeSerializer()

@@ -499,6 +499,9 @@ def test_redrive_stores_a_stow_batched_batch_the_workflow_gave_up_on(
     stored = Counter(uid for r in fake.requests if r.behaviour == "store" for uid in r.sop_instance_uids)
     assert sorted(fake.held) == sorted(uids) and stored == Counter(uids)
     assert functions.fake_healthimaging.start_calls == 0
+    # The batch's job item is StoreBatch's, not HealthImaging's: asked about it, HealthImaging refuses the id.
+    with pytest.raises(ImportJobRejected, match="ValidationException"):
+        functions.fake_healthimaging.get_import_job(f"stow-{STOW_BATCHED}")
     job = boto3.client("dynamodb", region_name=REGION).get_item(
         TableName=deployment.output("ImportJobTableName"), Key={"jobId": {"S": f"stow-{STOW_BATCHED}"}}
     )["Item"]

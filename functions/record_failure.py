@@ -46,10 +46,13 @@ def record_failure(
     if job_id:
         repository.update_job(job_id, JobStatus.TIMED_OUT if timed_out else JobStatus.FAILED, message=message)
     manifest = read_manifest(s3, execution["bucket"], execution["manifestKey"], config.dicom_prefix)
-    attributes: dict[str, Any] = {"failureReason": message}
+    # Marked given up, not refused: a re-drive of the batch sends them again (StoreBatch) or records what the job
+    # reports of them (StartImportJob, CheckStatus), and records of HealthImaging's own refusals stay as they are.
+    attributes: dict[str, Any] = {"failureReason": message, tables.WORKFLOW_GAVE_UP: True}
     if job_id:
         attributes["jobId"] = job_id
-    # Instances CheckStatus already settled keep their outcome.
+    # Instances CheckStatus or StoreBatch already settled keep their outcome; those an earlier give-up marked take
+    # this one's reason.
     uids = (i.sop_instance_uid for i in manifest.instances)
     marked = repository.update_instances(batch_id, uids, state, pending_only=True, **attributes)
     if logs is not None and config.audit_log_group:

@@ -4,7 +4,8 @@ The SCP answered each C-STORE once the instance was in S3 (as in import mode) an
 recorded the instances RECEIVED and started the workflow, which calls this step until it answers ``done``. Each run:
 
 - reads the manifest and the instance table (consistently): only instances of this batch still pending (RECEIVED,
-  IMPORTING) are sent, so a run repeated (a retry, a lost Lambda response) stores nothing recorded IMPORTED again;
+  IMPORTING, or FAILED/TIMED_OUT by RecordFailure when the workflow gave up: a re-drive) are sent, so a run repeated
+  (a retry, a lost Lambda response, a re-drive) stores nothing recorded IMPORTED again;
 - sends them in StoreDICOM requests (``POST <AHI_STOW_URL>/studies``; dicom_store_contract.stow_protocol) of at
   most MAX_INSTANCES_PER_REQUEST instances and BYTES_PER_STOW_REQUEST bytes, each object streamed from S3 in 1 MiB
   pieces twice (its SHA-256 for SigV4, then onto the wire; the second read pinned to the first's ETag);
@@ -49,7 +50,7 @@ from dicom_store_contract.metrics import NAMESPACE
 from functions.contract import read_manifest, s3_uri
 from functions.healthimaging import HealthImagingUnavailable, ImportJobRejected, ImportJobThrottled
 from functions.settings import Settings, audit_logs, client, settings
-from functions.tracking import PENDING, InstanceState, JobStatus, Tracking, stow_job_id, tracking, utc_now
+from functions.tracking import InstanceState, JobStatus, Tracking, awaiting_outcome, stow_job_id, tracking, utc_now
 from functions.trigger_import import NOT_STORED
 
 logger = Logger()
@@ -326,10 +327,10 @@ def store_batch(
         }
     )
     run = _Run(batch_id, bucket, job_id, s3, store, repository, remaining)
-    states = repository.instance_states(i.sop_instance_uid for i in instances)
+    records = repository.instance_records((i.sop_instance_uid for i in instances), tables.WORKFLOW_GAVE_UP)
     # From the cursor on, then those before it (left for later by the run before): each instance still pending.
     order = instances[cursor:] + instances[:cursor]
-    todo = [instance for instance in order if _pending(states.get(instance.sop_instance_uid), batch_id)]
+    todo = [instance for instance in order if _pending(records.get(instance.sop_instance_uid), batch_id)]
     position = {id(instance): number for number, instance in enumerate(instances)}
 
     later: list[tuple[Instance, Later, str]] = []
@@ -417,10 +418,11 @@ def _audit(
         )
 
 
-def _pending(state: tuple[str, str] | None, batch_id: str) -> bool:
+def _pending(record: dict[str, Any] | None, batch_id: str) -> bool:
     """Still to be stored by this batch: an item of this batch (a later batch may hold the instance now) that has
-    no outcome yet."""
-    return state is not None and state[1] == batch_id and state[0] in PENDING
+    no outcome yet, or that the workflow gave up on (RecordFailure: a re-drive sends it again; what HealthImaging
+    refused stays refused)."""
+    return awaiting_outcome(record, batch_id)
 
 
 def _give_back(run: _Run, later: list[tuple[Instance, Later, str]]) -> None:

@@ -7,7 +7,7 @@ and read back as numbers.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -15,7 +15,7 @@ from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
-from dicom_store_contract import refusals, tables
+from dicom_store_contract import ingest, refusals, tables
 from dicom_store_contract.manifest import Manifest, RejectedEntry
 
 from functions.settings import client, settings
@@ -51,11 +51,23 @@ class JobStatus(StrEnum):
 
 # The states an instance has until its import job reports on it.
 PENDING = (InstanceState.RECEIVED, InstanceState.IMPORTING)
+# The states RecordFailure records when the workflow gives up on a batch. Marked tables.WORKFLOW_GAVE_UP they are
+# not the batch's outcome (HealthImaging never answered for the instance): a re-drive's steps take them as pending.
+GIVEN_UP = (InstanceState.FAILED, InstanceState.TIMED_OUT)
+
+
+def awaiting_outcome(record: Mapping[str, Any] | None, batch_id: str) -> bool:
+    """Still to get its outcome from this batch, as ``update_instance(..., pending_only=True)`` writes it: an item
+    of this batch (a later batch may hold the instance now) that is pending, or that the workflow gave up on."""
+    if record is None or record.get(tables.BATCH_ID) != batch_id:
+        return False
+    state = record.get("state")
+    return state in PENDING or (state in GIVEN_UP and record.get(tables.WORKFLOW_GAVE_UP) is True)
 
 
 def stow_job_id(batch_id: str) -> str:
     """The job item of a batch stored by STOW-RS (INGEST_MODE=stow-batched): no import job, so the id is ours."""
-    return f"stow-{batch_id}"
+    return ingest.stow_job_id(batch_id)
 
 
 _SERIALIZER = TypeSerializer()
@@ -201,16 +213,36 @@ class Tracking:
     ) -> bool:
         """Set the state and attributes of one instance of this batch; False when it now belongs to another.
 
-        ``pending_only`` leaves instances alone that already have an outcome (IMPORTED or FAILED).
+        ``pending_only`` leaves instances alone that already have an outcome (IMPORTED, or FAILED by HealthImaging or
+        by TriggerImport): it writes only where :func:`awaiting_outcome` holds. The workflow's give-up mark
+        (tables.WORKFLOW_GAVE_UP) goes with any state written without it, and a failure reason with any state that
+        is not a failure (a re-drive that stores a given-up instance leaves no stale reason).
         """
-        update = _set({"state": InstanceState(state), **attributes, "updatedAt": utc_now()})
+        state = InstanceState(state)
+        update = _set({"state": state, **attributes, "updatedAt": utc_now()})
+        removed = [] if tables.WORKFLOW_GAVE_UP in attributes else [tables.WORKFLOW_GAVE_UP]
+        if state not in GIVEN_UP and "failureReason" not in attributes:
+            removed.append("failureReason")
+        if removed:
+            update["ExpressionAttributeNames"].update({f"#r{n}": name for n, name in enumerate(removed)})
+            update["UpdateExpression"] += " REMOVE " + ", ".join(f"#r{n}" for n in range(len(removed)))
         update["ExpressionAttributeValues"][":batch"] = to_attribute(batch_id)
         condition = f"{tables.BATCH_ID} = :batch"
         if pending_only:
-            update["ExpressionAttributeNames"]["#state"] = "state"
+            update["ExpressionAttributeNames"].update({"#state": "state", "#gaveUp": tables.WORKFLOW_GAVE_UP})
+            values = update["ExpressionAttributeValues"]
             for number, pending in enumerate(PENDING):
-                update["ExpressionAttributeValues"][f":pending{number}"] = to_attribute(pending)
-            condition += " AND #state IN (" + ", ".join(f":pending{n}" for n in range(len(PENDING))) + ")"
+                values[f":pending{number}"] = to_attribute(pending)
+            for number, given_up in enumerate(GIVEN_UP):
+                values[f":givenUp{number}"] = to_attribute(given_up)
+            values[":true"] = to_attribute(True)
+            condition += (
+                " AND (#state IN ("
+                + ", ".join(f":pending{n}" for n in range(len(PENDING)))
+                + ") OR (#state IN ("
+                + ", ".join(f":givenUp{n}" for n in range(len(GIVEN_UP)))
+                + ") AND #gaveUp = :true))"
+            )
         try:
             self.dynamodb.update_item(
                 TableName=self.instance_table,

@@ -22,6 +22,21 @@ MODES: tuple[str, ...] = (IMPORT, STOW, STOW_BATCHED)
 S3_FIRST: tuple[str, ...] = (IMPORT, STOW_BATCHED)
 DEFAULT = IMPORT
 
+# The job item of a stow-batched batch (StoreBatch writes it; no import job): its jobId is ours, and never one of
+# HealthImaging's (JobId: [0-9a-z]{1,32}, no hyphen), so no reader asks HealthImaging about it.
+STOW_JOB_PREFIX = "stow-"
+
+
+def stow_job_id(batch_id: str) -> str:
+    """The jobId of the job item StoreBatch writes for the batch."""
+    return f"{STOW_JOB_PREFIX}{batch_id}"
+
+
+def is_stow_job(job_id: str) -> bool:
+    """A job item StoreBatch wrote, not a HealthImaging import job."""
+    return job_id.startswith(STOW_JOB_PREFIX)
+
+
 # SigV4 signing name of the DICOMweb APIs (STORING_PAGE's examples sign with aws:amz:<region>:medical-imaging).
 SIGNING_SERVICE = "medical-imaging"
 # The IAM action of StoreDICOM and StoreDICOMStudy; on the data store only, for the task role in stow mode and for

@@ -14,6 +14,10 @@ SOP_INSTANCE_UID = "sopInstanceUID"
 STUDY_INSTANCE_UID = "studyInstanceUID"
 SERIES_INSTANCE_UID = "seriesInstanceUID"
 BATCH_ID = "batchId"
+# Present (true) on an instance the workflow gave up on (RecordFailure: FAILED or TIMED_OUT) rather than one
+# HealthImaging refused: no outcome of the batch's, so a re-drive of the batch sends it again. Every other write of
+# the instance's state removes it (functions/tracking.py).
+WORKFLOW_GAVE_UP = "workflowGaveUp"
 
 # Job table: one item per import job.
 JOB_ID = "jobId"

@@ -14,7 +14,9 @@ What it does, using only what the pipeline already makes idempotent:
   for it, or gave up after it started), it asks HealthImaging for that job (GetDICOMImportJob) and the re-drive
   follows it (the execution's input names it, and StartImportJob reads it instead of starting a job), so nothing
   depends on HealthImaging still answering the batch's clientToken with its job. A recorded job that HealthImaging
-  ended FAILED holds the batch, as below. Without the job table the re-drive relies on the clientToken alone;
+  ended FAILED holds the batch, as below. Without the job table the re-drive relies on the clientToken alone.
+  A stow-batched batch's job item (``stow-<batch id>``, StoreBatch's own) is no HealthImaging job and is never asked
+  about: the batch is started again, and its StoreBatch sends what the instance table holds as still to be stored;
 - a manifest never picked up: the TriggerImport function invoked with the S3 event its manifest should have sent.
   TriggerImport names the execution after the batch, so a second trigger finds it and does nothing.
 
@@ -41,7 +43,7 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import quote_plus
 
-from dicom_store_contract import layout, tables
+from dicom_store_contract import ingest, layout, tables
 from dicom_store_contract.executions import FOLLOWED_JOB, execution_arn, execution_exists
 
 # Exit statuses.
@@ -232,10 +234,16 @@ def import_jobs_for(session: Any, endpoint_url: str | None) -> ImportJobsFor:
 
 
 def follow_recorded_job(batch: Batch, dynamodb: Any, job_table: str, import_jobs: ImportJobsFor) -> None:
-    """Before a batch is started again: the job the job table records for it, as HealthImaging reports it now."""
-    recorded = recorded_jobs(dynamodb, job_table, batch.batch_id)
+    """Before a batch is started again: the job the job table records for it, as HealthImaging reports it now.
+
+    The job item StoreBatch writes for a stow-batched batch (ingest.stow_job_id) is not HealthImaging's, which would
+    refuse its id (ValidationException): such a batch is started again as it is, and its StoreBatch sends what the
+    instance table holds as still to be stored."""
+    recorded = [
+        job for job in recorded_jobs(dynamodb, job_table, batch.batch_id) if not ingest.is_stow_job(job[tables.JOB_ID])
+    ]
     if not recorded:
-        return  # no job was ever started: the re-drive starts one
+        return  # no import job was ever started: the re-drive starts one (or stores the batch, stow-batched)
     job_id, datastore_id = recorded[0][tables.JOB_ID], recorded[0]["datastoreId"]
     try:
         job = import_jobs(datastore_id).get_import_job(job_id)

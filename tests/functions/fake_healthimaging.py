@@ -2,7 +2,8 @@
 
 - Jobs go SUBMITTED -> IN_PROGRESS -> COMPLETED (or FAILED), one step per GetDICOMImportJob call.
 - The same clientToken returns the same job (StartDICOMImportJob is idempotent on it); a token outside the API's
-  pattern ([A-Za-z0-9._-]+, 1-64 characters) is a ValidationException.
+  pattern ([A-Za-z0-9._-]+, 1-64 characters) is a ValidationException, and so is a GetDICOMImportJob of a jobId
+  outside its shape in botocore's model (JobId: [0-9a-z]+, 1-32 characters), before any lookup.
 - StartDICOMImportJob is throttled at AHI's current rate and burst (limits.START_IMPORT_JOB_RATE / _BURST, token
   bucket on an injectable clock); tests that want to meet the throttle pass smaller ones.
 - A data store runs at most ``concurrent_jobs`` jobs (SUBMITTED or IN_PROGRESS) at once (limits.
@@ -45,6 +46,7 @@ from functions.healthimaging import ImportJob, ImportJobRejected, ImportJobSlots
 from functions.tracking import JobStatus
 
 _CLIENT_TOKEN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_JOB_ID = re.compile(r"^[0-9a-z]{1,32}$")  # botocore's medical-imaging model, shape JobId
 # What a codestream starts with, for the transfer syntaxes AHI transcodes (the fake checks no more than this).
 _CODESTREAM_STARTS = {
     "1.2.840.10008.1.2.4.51": (b"\xff\xd8",),
@@ -196,6 +198,8 @@ class FakeHealthImaging:
         return None
 
     def get_import_job(self, job_id: str) -> ImportJob:
+        if not _JOB_ID.match(job_id):
+            raise ImportJobRejected(f"ValidationException: jobId {job_id!r} must match [0-9a-z]+, 1-32 characters")
         if job_id not in self.jobs:
             raise ImportJobRejected(f"ResourceNotFoundException: no job {job_id}")
         entry = self.jobs[job_id]

@@ -436,3 +436,73 @@ def test_dry_run_names_the_job_a_re_drive_would_follow(
     (batch,) = report["batches"]
     assert batch["job_id"] == fake.by_client_token[SLOW] and batch["started"] == ""
     assert everything(deployment, s3, fake) == before
+
+
+STOW_BATCHED = "20261204T120600Z-00000000000000000000000000000007"  # HealthImaging's StoreDICOM down past retries
+
+
+@pytest.fixture
+def stow_batched(
+    functions: Pipeline, deployment: Deployment, template: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    """The stack with IngestMode stow-batched: the functions take its environment, the workflow its StoreBatch road,
+    and StoreBatch posts to the StoreDICOM fake over loopback. No waits: the workflow's Retry intervals and the
+    step's own backoff are not what is tested here."""
+    from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
+    from support.fake_stow import FakeStow
+
+    from functions import store_batch as step
+
+    batched = Deployment(
+        template,
+        {"DICOMPrefix": DICOM_PREFIX, "IngestMode": "stow-batched", "ExistingDatastoreID": DATASTORE_ID},
+        resources=deployment.resources,
+    )
+    functions.deployment = batched
+    arns = {fn.placeholder: deployment.resources[f"{fn.logical_id}.Arn"] for fn in WORKFLOW_FUNCTIONS}
+    definition = _asl(arns).replace("${StackIngestMode}", "stow-batched")
+    _sfn().update_state_machine(stateMachineArn=deployment.resources["ImportWorkflow"], definition=definition)
+    monkeypatch.setattr(retrier_decl, "time", type("Clock", (), {"sleep": staticmethod(lambda seconds: None)}))
+    monkeypatch.setattr(step, "_BACKOFF_FIRST", 0.001)
+    fake = FakeStow(DATASTORE_ID)
+    monkeypatch.setattr(step, "store_dicom", lambda config: step.HttpStoreDicom(fake.base_url, REGION))
+    yield fake
+    fake.stop()
+
+
+def test_redrive_stores_a_stow_batched_batch_the_workflow_gave_up_on(
+    functions: Pipeline, deployment: Deployment, s3: Any, stow_batched: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = stow_batched
+    fake.default = "http:503"
+    uids = store_and_trigger(functions, s3, STOW_BATCHED)
+    # The SCP answered success for each; HealthImaging stayed unavailable past every retry: the workflow gave up.
+    assert {e["name"]: e["status"] for e in executions(deployment)} == {STOW_BATCHED: "FAILED"}
+    assert {instance_states(deployment)[uid] for uid in uids} == {(STOW_BATCHED, InstanceState.FAILED)}
+    assert fake.held == {} and fake.requests
+
+    fake.default = "store"
+    code, report = run_redrive(capsys, "--since", SINCE, *stack_flags(deployment))
+    final = wait_for_executions(deployment)
+
+    assert code == redrive.EXIT_DONE
+    (batch,) = report["batches"]
+    assert (batch["batch_id"], batch["why"]) == (STOW_BATCHED, redrive.Why.ABANDONED)
+    assert "HealthImagingUnavailable" in batch["detail"]
+    assert batch["action"] == f"started execution {STOW_BATCHED}-redrive-1"
+    assert {e["name"]: e["status"] for e in final} == {
+        STOW_BATCHED: "FAILED",
+        f"{STOW_BATCHED}-redrive-1": "SUCCEEDED",
+    }
+    assert {instance_states(deployment)[uid] for uid in uids} == {(STOW_BATCHED, InstanceState.IMPORTED)}
+    # HealthImaging holds each instance, stored once; no import job was ever started for the batch.
+    stored = Counter(uid for r in fake.requests if r.behaviour == "store" for uid in r.sop_instance_uids)
+    assert sorted(fake.held) == sorted(uids) and stored == Counter(uids)
+    assert functions.fake_healthimaging.start_calls == 0
+    # The batch's job item is StoreBatch's, not HealthImaging's: asked about it, HealthImaging refuses the id.
+    with pytest.raises(ImportJobRejected, match="ValidationException"):
+        functions.fake_healthimaging.get_import_job(f"stow-{STOW_BATCHED}")
+    job = boto3.client("dynamodb", region_name=REGION).get_item(
+        TableName=deployment.output("ImportJobTableName"), Key={"jobId": {"S": f"stow-{STOW_BATCHED}"}}
+    )["Item"]
+    assert (job["jobStatus"]["S"], job["importedCount"]["N"], job["failedCount"]["N"]) == ("COMPLETED", "3", "0")

@@ -40,7 +40,7 @@ import urllib3
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 from botocore.httpsession import get_cert_path
 from dicom_store_contract import audit_ingest, ingest, limits, stow_protocol, tables
 from dicom_store_contract.manifest import Instance, Manifest
@@ -77,6 +77,17 @@ class Unanswered(Exception):
 
 class MissingObject(Exception):
     """The instance's object is not under the batch prefix (any more)."""
+
+
+class ObjectUnavailable(Exception):
+    """S3 did not give an instance's object this time: throttled (SlowDown) or failing (5xx) past botocore's own
+    retries, a read timed out or broke off mid-body, access denied, or the object replaced between the read that
+    hashed it and the read that sends it (412 to the second read's IfMatch). Its request is sent again, later."""
+
+
+class BatchObjectsUnavailable(Exception):
+    """The workflow's retry error of a batch whose objects S3 did not give within the step's attempts (the StoreBatch
+    state's Retry names it; what the step recorded stays recorded)."""
 
 
 @dataclass(frozen=True)
@@ -144,13 +155,23 @@ class _S3Object:
         try:
             response = self.s3.get_object(**params)
         except ClientError as error:
-            if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
+            code = error.response["Error"]["Code"]
+            if code in ("NoSuchKey", "404"):
                 raise MissingObject(self.key) from None
-            raise
+            if code in ("PreconditionFailed", "412"):
+                raise ObjectUnavailable(f"{self.key}: replaced since it was first read") from error
+            # AccessDenied too: without s3:ListBucket it may mean a missing key, but it may as well be a denial
+            # that ends (a key policy, an SCP being edited); nothing here tells them apart, so never FAILED.
+            raise ObjectUnavailable(f"{self.key}: S3 GetObject: {code}") from error
+        except (BotoCoreError, OSError) as error:
+            raise ObjectUnavailable(f"{self.key}: S3 GetObject: {type(error).__name__}") from error
         self.etag = self.etag or str(response.get("ETag", ""))
         body = response["Body"]
         try:
             yield from body.iter_chunks(stow_protocol.CHUNK)
+        except (BotoCoreError, OSError, urllib3.exceptions.HTTPError) as error:
+            # ResponseStreamingError and ReadTimeoutError are botocore's, not OSErrors: a body that broke off.
+            raise ObjectUnavailable(f"{self.key}: S3 read broke off: {type(error).__name__}") from error
         finally:
             body.close()
 
@@ -160,6 +181,7 @@ class Later(Enum):
 
     THROTTLED = "throttled"
     UNAVAILABLE = "unavailable"
+    OBJECTS_UNAVAILABLE = "objects unavailable"  # S3, not HealthImaging
 
 
 @dataclass
@@ -223,7 +245,11 @@ class _Run:
 
     def send(self, group: list[Instance]) -> list[tuple[Instance, Later, str]]:
         """Send the group once; the instances it leaves to a later attempt, with why."""
-        group, body = self.body(group)
+        try:
+            group, body = self.body(group)
+        except ObjectUnavailable as error:
+            # While hashing: nothing sent, the whole request again later (its object may be back by then).
+            return [(instance, Later.OBJECTS_UNAVAILABLE, str(error)) for instance in group]
         if body is None:
             return []
         self.requests += 1
@@ -232,6 +258,10 @@ class _Run:
             response = self.store.post(body, timeout)
         except Unanswered as error:
             return [(instance, Later.UNAVAILABLE, str(error)) for instance in group]
+        except (ObjectUnavailable, MissingObject) as error:
+            # While sending (the second read): the request broke off unfinished, its payload hash unmatched, so
+            # HealthImaging stored none of it. Sent again later; an object gone since is found missing then.
+            return [(instance, Later.OBJECTS_UNAVAILABLE, f"{error}") for instance in group]
         listed = stow_protocol.listings(response.body)
         later: list[tuple[Instance, Later, str]] = []
         unlisted = []
@@ -426,10 +456,14 @@ def _pending(state: tuple[str, str] | None, batch_id: str) -> bool:
 def _give_back(run: _Run, later: list[tuple[Instance, Later, str]]) -> None:
     """Attempts spent: the error the workflow retries under (what this run recorded stays recorded)."""
     _count(run)
-    throttled = any(why is Later.THROTTLED for _, why, _ in later)
+    whys = {why for _, why, _ in later}
     message = f"{len(later)} instances not stored yet: {later[0][2]}"
     logger.warning("batch store left to the workflow's retry", extra={"batchId": run.batch_id, "reason": message})
-    raise (ImportJobThrottled if throttled else HealthImagingUnavailable)(message)
+    if Later.THROTTLED in whys:
+        raise ImportJobThrottled(message)
+    if Later.UNAVAILABLE in whys:
+        raise HealthImagingUnavailable(message)
+    raise BatchObjectsUnavailable(message)
 
 
 def _count(run: _Run) -> None:

@@ -22,6 +22,12 @@ the A7xx family or 0x0110) and unavailability (5xx, a dropped connection, a resp
 instance) are retried a few times with backoff here, then raised as the import steps' ImportJobThrottled /
 HealthImagingUnavailable, which the workflow retries with its own backoff; 401/403/404 are the deployment's fault
 (ImportJobRejected: the workflow records the batch failed).
+
+What S3 answers the reads: an object that is not there (NoSuchKey, or AccessDenied to GetObject for a key a
+listing of incoming/ does not show: S3's answer to a role that may not list the whole bucket) fails its instance
+alone; any other fault on either read (throttling, 5xx, access denied, a timeout, a body broken off, the object
+replaced between the two reads) is a "later" for the request it hit, retried here and then raised as
+BatchObjectsUnavailable, which the workflow retries as HealthImagingUnavailable.
 """
 
 from __future__ import annotations
@@ -148,6 +154,14 @@ class _S3Object:
         self.s3, self.bucket, self.key = s3, bucket, key
         self.etag = ""
 
+    def listed(self) -> bool:
+        """Whether the key is in the bucket (True when S3 cannot say: a denial is never taken for a missing key)."""
+        try:
+            listing = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=self.key, MaxKeys=1)
+        except (ClientError, BotoCoreError, OSError):
+            return True
+        return any(item.get("Key") == self.key for item in listing.get("Contents", []))
+
     def open(self) -> Iterator[bytes]:
         params = {"Bucket": self.bucket, "Key": self.key}
         if self.etag:
@@ -160,8 +174,10 @@ class _S3Object:
                 raise MissingObject(self.key) from None
             if code in ("PreconditionFailed", "412"):
                 raise ObjectUnavailable(f"{self.key}: replaced since it was first read") from error
-            # AccessDenied too: without s3:ListBucket it may mean a missing key, but it may as well be a denial
-            # that ends (a key policy, an SCP being edited); nothing here tells them apart, so never FAILED.
+            if code in ("AccessDenied", "403") and not self.listed():
+                # S3 answers a missing key with 403 to a role without s3:ListBucket (GetObject's reference); this
+                # role may list incoming/ only (s3:prefix, which a GetObject does not carry), so it asks a listing.
+                raise MissingObject(self.key) from None
             raise ObjectUnavailable(f"{self.key}: S3 GetObject: {code}") from error
         except (BotoCoreError, OSError) as error:
             raise ObjectUnavailable(f"{self.key}: S3 GetObject: {type(error).__name__}") from error

@@ -270,8 +270,8 @@ class FlakyS3:
     """The batch's S3 client with faults injected into GetObject of instance objects (never the manifest's):
     ``faults`` maps the number of an instance GetObject call (1 is the first) to what happens instead."""
 
-    def __init__(self, s3: Any, faults: dict[int, Any]) -> None:
-        self.s3, self.faults, self.reads = s3, faults, 0
+    def __init__(self, s3: Any, faults: dict[int, Any], denied: tuple[str, ...] = ()) -> None:
+        self.s3, self.faults, self.reads, self.denied = s3, faults, 0, denied
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.s3, name)
@@ -280,7 +280,7 @@ class FlakyS3:
         if params["Key"].endswith(".json"):
             return self.s3.get_object(**params)
         self.reads += 1
-        fault = self.faults.get(self.reads)
+        fault = s3_error("AccessDenied", 403) if params["Key"] in self.denied else self.faults.get(self.reads)
         if fault is None:
             return self.s3.get_object(**params)
         return fault(self.s3, params)
@@ -384,3 +384,22 @@ def test_s3_failing_past_the_attempts_raises_the_workflows_retry_error_and_fails
     definition = json.loads((Path(__file__).parents[2] / "statemachine/import_workflow.asl.json").read_text())
     retried = [e for r in definition["States"]["StoreBatch"]["Retry"] for e in r["ErrorEquals"]]
     assert "BatchObjectsUnavailable" in retried and "States.ALL" not in retried
+
+
+def test_access_denied_to_a_missing_object_fails_that_instance_alone(s3, tracking, environment, fake):
+    # Real S3 answers GetObject of a missing key with 403 to a role without s3:ListBucket on the whole bucket.
+    batch = received(s3, tracking, 3)
+    gone = batch.manifest["instances"][1]["key"]
+    s3.delete_object(Bucket=DICOM_BUCKET, Key=gone)
+    result = run(batch, FlakyS3(s3, {}, denied=(gone,)), tracking, environment, fake)
+    assert result["done"] is True and result["importedCount"] == 2 and result["failedCount"] == 1
+    state, _, reason = states(tracking, batch)[batch.sop_instance_uids[1]]
+    assert state == "FAILED" and "not stored under the batch prefix" in reason
+    assert [r.sop_instance_uids for r in fake.requests] == [batch.sop_instance_uids[::2]]
+
+
+def test_access_denied_to_an_object_that_is_there_is_retried_not_failed(s3, tracking, environment, fake):
+    batch = received(s3, tracking, 3)
+    result = run(batch, FlakyS3(s3, {2: s3_error("AccessDenied", 403)}), tracking, environment, fake)
+    assert result["done"] is True and result["importedCount"] == 3 and result["failedCount"] == 0
+    assert fake.held == stored_bytes(s3, batch)

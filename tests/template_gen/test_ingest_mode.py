@@ -88,6 +88,21 @@ def test_stow_batched_mode_grants_store_dicom_to_the_store_step_only(template):
     assert [arn for arn in _granted(default, "s3:GetObject", "StoreBatchRole") if "incoming" in arn] == []
 
 
+def test_stow_batched_mode_lets_the_store_step_list_the_batches_prefix_only(template):
+    # S3 answers GetObject of a missing key with 403 to a role that may not list: StoreBatch lists the key to tell
+    # a missing object (FAILED alone) from a denial (retried), and may list nothing outside incoming/.
+    batched = _stack(template, IngestMode="stow-batched", ExistingDatastoreID="0123456789abcdef0123456789abcdef")
+    default = _stack(template, ExistingDatastoreID="0123456789abcdef0123456789abcdef")
+
+    lists = [s for s in batched.role_statements("StoreBatchRole") if "s3:ListBucket" in s["Action"]]
+    assert len(lists) == 1
+    [listing] = lists
+    [bucket] = listing["Resource"] if isinstance(listing["Resource"], list) else [listing["Resource"]]
+    assert bucket.startswith("arn:aws:s3:::") and "/" not in bucket
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["incoming/*"]}}
+    assert [s for s in default.role_statements("StoreBatchRole") if "s3:ListBucket" in s["Action"]] == []
+
+
 KMS_KEY = "arn:aws:kms:us-east-1:111122223333:key/0f6c1d2e-3a4b-4c5d-8e9f-00112233aabb"
 # HealthImaging's use of a customer managed key on a caller's write (developer guide, Data encryption).
 DATA_STORE_KEY_ACTIONS = {"kms:DescribeKey", "kms:GenerateDataKey", "kms:Decrypt"}

@@ -18,10 +18,10 @@ recorded the instances RECEIVED and started the workflow, which calls this step 
 What HealthImaging answers decides what follows: an instance stored or refused (a Failed SOP Sequence entry, or a
 400/413 of a request of that instance alone) is final; a request refused without naming an instance (400/413) is
 split in halves and sent again, so one bad instance never fails the others; throttling (429, a Failure Reason of
-the A7xx family or 0x0110) and unavailability (5xx, a dropped connection, a response that does not list an
-instance) are retried a few times with backoff here, then raised as the import steps' ImportJobThrottled /
-HealthImagingUnavailable, which the workflow retries with its own backoff; 401/403/404 are the deployment's fault
-(ImportJobRejected: the workflow records the batch failed).
+the A7xx family or 0x0110) and unavailability (5xx, a 409 or 422 that lists no instance, a dropped connection, a
+response that does not list an instance) are retried a few times with backoff here, then raised as the import
+steps' ImportJobThrottled / HealthImagingUnavailable, which the workflow retries with its own backoff; 401/403/404
+are the deployment's fault (ImportJobRejected: the workflow records the batch failed).
 
 What S3 answers the reads: an object that is not there (NoSuchKey, or AccessDenied to GetObject for a key a
 listing of incoming/ does not show: S3's answer to a role that may not list the whole bucket) fails its instance
@@ -301,9 +301,11 @@ class _Run:
         message = f"HTTP {status}: {stow_protocol.error_message(response.body)}".rstrip(": ")
         if status == 429:
             return [(instance, Later.THROTTLED, message) for instance in group]
-        if status >= 500:
+        if status >= 500 or status in (409, 422):
+            # 409 unlisting every instance is HealthImaging's ConflictException, a state conflict of the data store,
+            # not a word on an instance (422 likewise names none): the sender already had success, so never FAILED.
             return [(instance, Later.UNAVAILABLE, message) for instance in group]
-        if status in (400, 409, 413, 422):
+        if status in (400, 413):
             # The request refused, no instance named: halves until the one refused is alone (at most log2 of
             # MAX_INSTANCES_PER_REQUEST splits deep), so the others are stored.
             if len(group) == 1:

@@ -124,9 +124,7 @@ class Tracking:
     again later lands in a newer batch, and the older batch's outcome must not overwrite the newer state.
     """
 
-    def __init__(
-        self, dynamodb: Any, job_table: str, instance_table: str, sleep: Callable[[float], None] = time.sleep
-    ):
+    def __init__(self, dynamodb: Any, job_table: str, instance_table: str, sleep: Callable[[float], None] = time.sleep):
         self.dynamodb = dynamodb
         self.job_table = job_table
         self.instance_table = instance_table

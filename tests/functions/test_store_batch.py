@@ -403,3 +403,23 @@ def test_access_denied_to_an_object_that_is_there_is_retried_not_failed(s3, trac
     result = run(batch, FlakyS3(s3, {2: s3_error("AccessDenied", 403)}), tracking, environment, fake)
     assert result["done"] is True and result["importedCount"] == 3 and result["failedCount"] == 0
     assert fake.held == stored_bytes(s3, batch)
+
+
+@pytest.mark.parametrize("status", [409, 422])
+def test_a_conflict_naming_no_instance_is_sent_again_not_split_and_failed(s3, tracking, environment, fake, status):
+    # HealthImaging's ConflictException (409): the data store's state, not the instances'. The sender had success.
+    batch = received(s3, tracking, 2)
+    fake.script = [f"http:{status}"]
+    result = run(batch, s3, tracking, environment, fake)
+    assert result["done"] is True and result["importedCount"] == 2 and result["failedCount"] == 0
+    assert [r.sop_instance_uids for r in fake.requests] == [batch.sop_instance_uids] * 2
+
+
+def test_a_conflict_past_the_attempts_is_the_workflows_retry_with_every_instance_still_pending(
+    s3, tracking, environment, fake
+):
+    batch = received(s3, tracking, 2)
+    fake.default = "http:409"
+    with pytest.raises(HealthImagingUnavailable, match="HTTP 409"):
+        run(batch, s3, tracking, environment, fake)
+    assert {state for state, _, _ in states(tracking, batch).values()} == {"RECEIVED"}

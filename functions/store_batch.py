@@ -246,26 +246,31 @@ class _Run:
 
     # requests
 
-    def body(self, group: list[Instance]) -> tuple[list[Instance], stow_protocol.MultipartBody | None]:
-        """The request of the group's instances whose objects are stored (the others recorded FAILED)."""
+    def body(
+        self, group: list[Instance]
+    ) -> tuple[list[Instance], stow_protocol.MultipartBody | None, ObjectUnavailable | None]:
+        """The request of the group's instances whose objects are stored (the others recorded FAILED), or, where S3
+        did not give an object this time, no request and why (the instances left, for a later attempt)."""
         while group:
             objects = [_S3Object(self.s3, self.bucket, instance.key) for instance in group]
             try:
                 parts = [stow_protocol.Part(o.key, o.open) for o in objects]
-                return group, stow_protocol.MultipartBody(parts)
+                return group, stow_protocol.MultipartBody(parts), None
             except MissingObject as missing:
                 lost = next(i for i in group if i.key == str(missing))
                 self.record_failed(lost, f"{lost.key}: {NOT_STORED}")
                 group = [i for i in group if i is not lost]
-        return group, None
+            except ObjectUnavailable as error:
+                return group, None, error
+        return group, None, None
 
     def send(self, group: list[Instance]) -> list[tuple[Instance, Later, str]]:
         """Send the group once; the instances it leaves to a later attempt, with why."""
-        try:
-            group, body = self.body(group)
-        except ObjectUnavailable as error:
-            # While hashing: nothing sent, the whole request again later (its object may be back by then).
-            return [(instance, Later.OBJECTS_UNAVAILABLE, str(error)) for instance in group]
+        group, body, unavailable = self.body(group)
+        if unavailable is not None:
+            # While hashing: nothing sent, the request again later (its object may be back by then); the
+            # instances found missing before stay recorded FAILED and are not in it.
+            return [(instance, Later.OBJECTS_UNAVAILABLE, str(unavailable)) for instance in group]
         if body is None:
             return []
         self.requests += 1

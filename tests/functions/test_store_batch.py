@@ -423,3 +423,16 @@ def test_a_conflict_past_the_attempts_is_the_workflows_retry_with_every_instance
     with pytest.raises(HealthImagingUnavailable, match="HTTP 409"):
         run(batch, s3, tracking, environment, fake)
     assert {state for state, _, _ in states(tracking, batch).values()} == {"RECEIVED"}
+
+
+def test_a_missing_object_and_an_s3_fault_in_one_request_fail_the_missing_one_once_and_store_the_rest(
+    s3, tracking, environment, fake
+):
+    batch = received(s3, tracking, 3)
+    s3.delete_object(Bucket=DICOM_BUCKET, Key=batch.manifest["instances"][0]["key"])
+    # Read 1 finds the first missing (FAILED); reads 2-3 hash the others afresh, read 3 is throttled: all later.
+    result = run(batch, FlakyS3(s3, {3: s3_error("SlowDown", 503)}), tracking, environment, fake)
+    assert result["done"] is True and result["importedCount"] == 2 and result["failedCount"] == 1
+    # Recorded once, in the run's own count too: the missing instance is not in the request sent again.
+    assert result["failedNow"] == 1 and result["storedNow"] == 2
+    assert [r.sop_instance_uids for r in fake.requests] == [batch.sop_instance_uids[1:]]

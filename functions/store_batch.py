@@ -19,10 +19,16 @@ recorded the instances RECEIVED and started the workflow, which calls this step 
 What HealthImaging answers decides what follows: an instance stored or refused (a Failed SOP Sequence entry, or a
 400/413 of a request of that instance alone) is final; a request refused without naming an instance (400/413) is
 split in halves and sent again, so one bad instance never fails the others; throttling (429, a Failure Reason of
-the A7xx family or 0x0110) and unavailability (5xx, a dropped connection, a response that does not list an
-instance) are retried a few times with backoff here, then raised as the import steps' ImportJobThrottled /
-HealthImagingUnavailable, which the workflow retries with its own backoff; 401/403/404 are the deployment's fault
-(ImportJobRejected: the workflow records the batch failed).
+the A7xx family or 0x0110) and unavailability (5xx, a 409 or 422 that lists no instance, a dropped connection, a
+response that does not list an instance) are retried a few times with backoff here, then raised as the import
+steps' ImportJobThrottled / HealthImagingUnavailable, which the workflow retries with its own backoff; 401/403/404
+are the deployment's fault (ImportJobRejected: the workflow records the batch failed).
+
+What S3 answers the reads: an object that is not there (NoSuchKey, or AccessDenied to GetObject for a key a
+listing of incoming/ does not show: S3's answer to a role that may not list the whole bucket) fails its instance
+alone; any other fault on either read (throttling, 5xx, access denied, a timeout, a body broken off, the object
+replaced between the two reads) is a "later" for the request it hit, retried here and then raised as
+BatchObjectsUnavailable, which the workflow retries as HealthImagingUnavailable.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ import urllib3
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 from botocore.httpsession import get_cert_path
 from dicom_store_contract import audit_ingest, ingest, limits, stow_protocol, tables
 from dicom_store_contract.manifest import Instance, Manifest
@@ -78,6 +84,17 @@ class Unanswered(Exception):
 
 class MissingObject(Exception):
     """The instance's object is not under the batch prefix (any more)."""
+
+
+class ObjectUnavailable(Exception):
+    """S3 did not give an instance's object this time: throttled (SlowDown) or failing (5xx) past botocore's own
+    retries, a read timed out or broke off mid-body, access denied, or the object replaced between the read that
+    hashed it and the read that sends it (412 to the second read's IfMatch). Its request is sent again, later."""
+
+
+class BatchObjectsUnavailable(Exception):
+    """The workflow's retry error of a batch whose objects S3 did not give within the step's attempts (the StoreBatch
+    state's Retry names it; what the step recorded stays recorded)."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +155,14 @@ class _S3Object:
         self.s3, self.bucket, self.key = s3, bucket, key
         self.etag = ""
 
+    def listed(self) -> bool:
+        """Whether the key is in the bucket (True when S3 cannot say: a denial is never taken for a missing key)."""
+        try:
+            listing = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=self.key, MaxKeys=1)
+        except (ClientError, BotoCoreError, OSError):
+            return True
+        return any(item.get("Key") == self.key for item in listing.get("Contents", []))
+
     def open(self) -> Iterator[bytes]:
         params = {"Bucket": self.bucket, "Key": self.key}
         if self.etag:
@@ -145,13 +170,25 @@ class _S3Object:
         try:
             response = self.s3.get_object(**params)
         except ClientError as error:
-            if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
+            code = error.response["Error"]["Code"]
+            if code in ("NoSuchKey", "404"):
                 raise MissingObject(self.key) from None
-            raise
+            if code in ("PreconditionFailed", "412"):
+                raise ObjectUnavailable(f"{self.key}: replaced since it was first read") from error
+            if code in ("AccessDenied", "403") and not self.listed():
+                # S3 answers a missing key with 403 to a role without s3:ListBucket (GetObject's reference); this
+                # role may list incoming/ only (s3:prefix, which a GetObject does not carry), so it asks a listing.
+                raise MissingObject(self.key) from None
+            raise ObjectUnavailable(f"{self.key}: S3 GetObject: {code}") from error
+        except (BotoCoreError, OSError) as error:
+            raise ObjectUnavailable(f"{self.key}: S3 GetObject: {type(error).__name__}") from error
         self.etag = self.etag or str(response.get("ETag", ""))
         body = response["Body"]
         try:
             yield from body.iter_chunks(stow_protocol.CHUNK)
+        except (BotoCoreError, OSError, urllib3.exceptions.HTTPError) as error:
+            # ResponseStreamingError and ReadTimeoutError are botocore's, not OSErrors: a body that broke off.
+            raise ObjectUnavailable(f"{self.key}: S3 read broke off: {type(error).__name__}") from error
         finally:
             body.close()
 
@@ -161,6 +198,7 @@ class Later(Enum):
 
     THROTTLED = "throttled"
     UNAVAILABLE = "unavailable"
+    OBJECTS_UNAVAILABLE = "objects unavailable"  # S3, not HealthImaging
 
 
 @dataclass
@@ -209,22 +247,31 @@ class _Run:
 
     # requests
 
-    def body(self, group: list[Instance]) -> tuple[list[Instance], stow_protocol.MultipartBody | None]:
-        """The request of the group's instances whose objects are stored (the others recorded FAILED)."""
+    def body(
+        self, group: list[Instance]
+    ) -> tuple[list[Instance], stow_protocol.MultipartBody | None, ObjectUnavailable | None]:
+        """The request of the group's instances whose objects are stored (the others recorded FAILED), or, where S3
+        did not give an object this time, no request and why (the instances left, for a later attempt)."""
         while group:
             objects = [_S3Object(self.s3, self.bucket, instance.key) for instance in group]
             try:
                 parts = [stow_protocol.Part(o.key, o.open) for o in objects]
-                return group, stow_protocol.MultipartBody(parts)
+                return group, stow_protocol.MultipartBody(parts), None
             except MissingObject as missing:
                 lost = next(i for i in group if i.key == str(missing))
                 self.record_failed(lost, f"{lost.key}: {NOT_STORED}")
                 group = [i for i in group if i is not lost]
-        return group, None
+            except ObjectUnavailable as error:
+                return group, None, error
+        return group, None, None
 
     def send(self, group: list[Instance]) -> list[tuple[Instance, Later, str]]:
         """Send the group once; the instances it leaves to a later attempt, with why."""
-        group, body = self.body(group)
+        group, body, unavailable = self.body(group)
+        if unavailable is not None:
+            # While hashing: nothing sent, the request again later (its object may be back by then); the
+            # instances found missing before stay recorded FAILED and are not in it.
+            return [(instance, Later.OBJECTS_UNAVAILABLE, str(unavailable)) for instance in group]
         if body is None:
             return []
         self.requests += 1
@@ -233,6 +280,10 @@ class _Run:
             response = self.store.post(body, timeout)
         except Unanswered as error:
             return [(instance, Later.UNAVAILABLE, str(error)) for instance in group]
+        except (ObjectUnavailable, MissingObject) as error:
+            # While sending (the second read): the request broke off unfinished, its payload hash unmatched, so
+            # HealthImaging stored none of it. Sent again later; an object gone since is found missing then.
+            return [(instance, Later.OBJECTS_UNAVAILABLE, f"{error}") for instance in group]
         listed = stow_protocol.listings(response.body)
         later: list[tuple[Instance, Later, str]] = []
         unlisted = []
@@ -256,9 +307,11 @@ class _Run:
         message = f"HTTP {status}: {stow_protocol.error_message(response.body)}".rstrip(": ")
         if status == 429:
             return [(instance, Later.THROTTLED, message) for instance in group]
-        if status >= 500:
+        if status >= 500 or status in (409, 422):
+            # 409 unlisting every instance is HealthImaging's ConflictException, a state conflict of the data store,
+            # not a word on an instance (422 likewise names none): the sender already had success, so never FAILED.
             return [(instance, Later.UNAVAILABLE, message) for instance in group]
-        if status in (400, 409, 413, 422):
+        if status in (400, 413):
             # The request refused, no instance named: halves until the one refused is alone (at most log2 of
             # MAX_INSTANCES_PER_REQUEST splits deep), so the others are stored.
             if len(group) == 1:
@@ -428,10 +481,14 @@ def _pending(record: dict[str, Any] | None, batch_id: str) -> bool:
 def _give_back(run: _Run, later: list[tuple[Instance, Later, str]]) -> None:
     """Attempts spent: the error the workflow retries under (what this run recorded stays recorded)."""
     _count(run)
-    throttled = any(why is Later.THROTTLED for _, why, _ in later)
+    whys = {why for _, why, _ in later}
     message = f"{len(later)} instances not stored yet: {later[0][2]}"
     logger.warning("batch store left to the workflow's retry", extra={"batchId": run.batch_id, "reason": message})
-    raise (ImportJobThrottled if throttled else HealthImagingUnavailable)(message)
+    if Later.THROTTLED in whys:
+        raise ImportJobThrottled(message)
+    if Later.UNAVAILABLE in whys:
+        raise HealthImagingUnavailable(message)
+    raise BatchObjectsUnavailable(message)
 
 
 def _count(run: _Run) -> None:

@@ -7,7 +7,9 @@ and read back as numbers.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -70,6 +72,18 @@ def stow_job_id(batch_id: str) -> str:
     return ingest.stow_job_id(batch_id)
 
 
+# BatchGetItem answers 200 with UnprocessedKeys when the table's throughput is spent, which botocore does not retry:
+# asked again after a jittered wait doubling from 50 ms (at most 5 s), a bounded number of passes (about 20 s of
+# waits at most), then InstanceTableThrottled, which the workflow retries with its own backoff.
+UNPROCESSED_PASSES = 10
+_UNPROCESSED_FIRST = 0.05
+_UNPROCESSED_CAP = 5.0
+
+
+class InstanceTableThrottled(Exception):
+    """The instance table left keys unread past UNPROCESSED_PASSES passes (its throughput): the workflow retries."""
+
+
 _SERIALIZER = TypeSerializer()
 _DESERIALIZER = TypeDeserializer()
 
@@ -122,10 +136,11 @@ class Tracking:
     again later lands in a newer batch, and the older batch's outcome must not overwrite the newer state.
     """
 
-    def __init__(self, dynamodb: Any, job_table: str, instance_table: str):
+    def __init__(self, dynamodb: Any, job_table: str, instance_table: str, sleep: Callable[[float], None] = time.sleep):
         self.dynamodb = dynamodb
         self.job_table = job_table
         self.instance_table = instance_table
+        self.sleep = sleep
 
     # instances
 
@@ -294,13 +309,23 @@ class Tracking:
                     "ExpressionAttributeNames": names,
                 }
             }
-            while request:
+            for attempt in range(UNPROCESSED_PASSES):
+                if attempt:
+                    ceiling = min(_UNPROCESSED_CAP, _UNPROCESSED_FIRST * 2 ** (attempt - 1))
+                    self.sleep(random.uniform(0, ceiling))  # noqa: S311 (jitter)
                 response = self.dynamodb.batch_get_item(RequestItems=request)
                 for item in response.get("Responses", {}).get(self.instance_table, []):
                     values = from_item(item)
                     found[values[tables.SOP_INSTANCE_UID]] = values
-                # Keys DynamoDB left for later (its throughput): asked again; the client's retries back off.
+                # Keys DynamoDB left for later (its throughput): asked again after a wait.
                 request = response.get("UnprocessedKeys") or {}
+                if not request:
+                    break
+            else:
+                left = len(request.get(self.instance_table, {}).get("Keys", []))
+                raise InstanceTableThrottled(
+                    f"{left} instance items unread after {UNPROCESSED_PASSES} BatchGetItem passes (UnprocessedKeys)"
+                )
         return found
 
     def get_instance(self, sop_instance_uid: str) -> dict[str, Any] | None:

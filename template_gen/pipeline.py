@@ -180,8 +180,11 @@ def get_import() -> list[Statement]:
 def store_batches() -> list[Statement]:
     # stow-batched: StoreBatch reads the batch's objects and stores them by StoreDICOM (POST .../studies) into the
     # data store, and no other.
+    # It lists an object's own key (incoming/ only) when GetObject answers 403: S3 answers a missing key so to a
+    # role without s3:ListBucket on the whole bucket, and a missing object fails its instance alone.
     return [
         Statement(Effect=Allow, Action=[s3_actions.GetObject], Resource=[c.dicom_bucket_arn("incoming/*")]),
+        *list_incoming(),
         Statement(Effect=Allow, Action=[medical_imaging.StoreDICOM], Resource=[c.datastore_arn()]),
     ]
 

@@ -22,8 +22,9 @@ UNRECOGNIZED_OPERATION = 0x0211
 OUT_OF_RESOURCES_STORAGE = 0xA700
 # Refused, out of resources: the association ended before the instance could be recorded in a batch.
 OUT_OF_RESOURCES_CLOSING = 0xA701
-# INGEST_MODE=stow (stow.py): AWS HealthImaging throttled the store or was unavailable (HTTP 429/5xx, a Failure
-# Reason of out of resources or processing failure) after retries within the time budget; nothing stored.
+# INGEST_MODE=stow (stow.py): AWS HealthImaging throttled the store, was unavailable or in conflict (HTTP 429/5xx, a
+# 409 naming no instance, a Failure Reason of out of resources or processing failure) after retries within the time
+# budget; nothing stored.
 STOW_BUSY = 0xA702
 # INGEST_MODE=stow: the store was not permitted (HTTP 401/403/404 or another 4xx about the request, no credentials):
 # the deployment's fault (role policy, data store id, AHI_STOW_URL), not the instance's; retry once fixed.

@@ -6,9 +6,10 @@ type="application/dicom"`` body of one part, the spool file as received. What th
 - success (0x0000) only when the response's Referenced SOP Sequence (0008,1199) lists the instance;
 - its Failed SOP Sequence (0008,1198) entry's Failure Reason (0008,1197) decides the failure: out of resources
   (A7xx) and processing failure (0x0110) are worth retrying, anything else is AHI refusing the instance;
-- HTTP 429 and 5xx (throttled, unavailable) are retried with jittered backoff while the time budget (half the DIMSE
-  timeout, as for S3) allows, then answered "retry later"; 401/403/404 and other 4xx about the request are the
-  deployment's fault (credentials, policy, data store id), also "retry later"; 400 and 413 are about the instance;
+- HTTP 429, 5xx and a 409 that lists no instance (throttled, unavailable, HealthImaging's ConflictException) are
+  retried with jittered backoff while the time budget (half the DIMSE timeout, as for S3) allows, then answered
+  "retry later"; 401/403/404 and other 4xx about the request are the deployment's fault (credentials, policy, data
+  store id), also "retry later"; 400 and 413 are about the instance;
 - a timeout, a dropped connection, a response that does not list the instance: not confirmed, never a success.
 
 What the answer was is recorded in the instance table (``INSTANCE_TABLE_NAME``; without one, in the local store:
@@ -115,11 +116,12 @@ def judge(http_status: int, body: bytes, sop_instance_uid: str) -> Outcome:
             return Outcome(Verdict.BUSY, text, http_status, code, sop_class_uid=listed.sop_class_uid)
         return Outcome(Verdict.REFUSED, text, http_status, code, sop_class_uid=listed.sop_class_uid)
     message = f"HTTP {http_status}: {stow_protocol.error_message(body)}".rstrip(": ")
-    if http_status == 429 or http_status >= 500:
+    # 409 naming no instance: HealthImaging's ConflictException (the data store's state), a "later", not a refusal.
+    if http_status in (409, 429) or http_status >= 500:
         return Outcome(Verdict.BUSY, message, http_status)
     if http_status == 413:
         return Outcome(Verdict.TOO_LARGE, message, http_status)
-    if http_status in (400, 409, 422):
+    if http_status == 400:
         return Outcome(Verdict.REFUSED, message, http_status)
     if 400 <= http_status < 500:
         return Outcome(Verdict.NOT_PERMITTED, message, http_status)

@@ -102,6 +102,27 @@ def test_throttling_is_retried_within_the_budget_then_stored(start_scp, fake):
     assert set(fake.held) == {_uid(sample_file("CT_small.dcm"))}
 
 
+def test_a_conflict_is_retried_within_the_budget_then_stored(start_scp, fake):
+    # HealthImaging's ConflictException (409, no instance named): the data store's state, not a refusal.
+    fake.script = ["http:409"]
+    scp = _start(start_scp, fake)
+
+    result = storescu(scp.port, sample_file("CT_small.dcm"))
+
+    assert result.statuses == [statuses.SUCCESS], result.output
+    assert [request.behaviour for request in fake.requests] == ["http:409", "store"]
+
+
+def test_a_conflict_that_outlasts_the_budget_is_retry_later_not_refused(start_scp, fake):
+    fake.default = "http:409"
+    scp = _start(start_scp, fake, dimse_timeout="4")
+
+    result = storescu(scp.port, sample_file("CT_small.dcm"))
+
+    assert result.statuses == [statuses.STOW_BUSY], result.output
+    assert len(fake.requests) >= 2 and fake.held == {}
+
+
 def test_throttling_that_outlasts_the_budget_is_retry_later(start_scp, fake):
     fake.default = "http:429"
     # Half the DIMSE timeout is the budget: 2 s.
@@ -235,6 +256,9 @@ def _listed(sequence: str, **extra: Any) -> bytes:
         (409, _listed("00081198", **{"00081197": {"vr": "US", "Value": [0xA700]}}), stow.Verdict.BUSY),
         (202, _listed("00081198", **{"00081197": {"vr": "US", "Value": [0x0110]}}), stow.Verdict.BUSY),
         (409, _listed("00081198"), stow.Verdict.REFUSED),
+        # A 409 naming no instance is HealthImaging's ConflictException (a state conflict): "retry later".
+        (409, b'{"message": "Conflict"}', stow.Verdict.BUSY),
+        (422, b'{"message": "unprocessable"}', stow.Verdict.NOT_PERMITTED),
         (200, b"{}", stow.Verdict.UNCONFIRMED),
         (200, b"", stow.Verdict.UNCONFIRMED),
         (200, b"<html>ok</html>", stow.Verdict.UNCONFIRMED),

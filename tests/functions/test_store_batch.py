@@ -258,5 +258,181 @@ def test_an_object_is_read_in_bounded_pieces_and_the_second_read_is_of_the_objec
     assert sum(first) == 3 * stow_protocol.CHUNK + 5 and max(first) <= stow_protocol.CHUNK
     # Replaced between the pass that hashed it and the pass that sends it: not sent as signed.
     s3.put_object(Bucket=DICOM_BUCKET, Key=key, Body=b"\x02" * 10)
-    with pytest.raises(ClientError, match="PreconditionFailed"):
+    with pytest.raises(step.ObjectUnavailable, match="replaced since it was first read") as raised:
         list(source.open())
+    assert isinstance(raised.value.__cause__, ClientError)
+
+
+# --- S3 faults: each is "later" for the request it hit, never a FAILED instance -----------------------------
+
+
+class FlakyS3:
+    """The batch's S3 client with faults injected into GetObject of instance objects (never the manifest's):
+    ``faults`` maps the number of an instance GetObject call (1 is the first) to what happens instead."""
+
+    def __init__(self, s3: Any, faults: dict[int, Any], denied: tuple[str, ...] = ()) -> None:
+        self.s3, self.faults, self.reads, self.denied = s3, faults, 0, denied
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.s3, name)
+
+    def get_object(self, **params: Any) -> Any:
+        if params["Key"].endswith(".json"):
+            return self.s3.get_object(**params)
+        self.reads += 1
+        fault = s3_error("AccessDenied", 403) if params["Key"] in self.denied else self.faults.get(self.reads)
+        if fault is None:
+            return self.s3.get_object(**params)
+        return fault(self.s3, params)
+
+
+def s3_error(code: str, status: int):
+    from botocore.exceptions import ClientError
+
+    def raise_it(s3, params):
+        raise ClientError(
+            {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject"
+        )
+
+    return raise_it
+
+
+def read_timeout(s3, params):
+    from botocore.exceptions import ReadTimeoutError
+
+    raise ReadTimeoutError(endpoint_url="https://s3.us-east-1.amazonaws.com")
+
+
+class _BrokenBody:
+    """A body that gives its first piece, then breaks off as botocore reports it (not an OSError)."""
+
+    def __init__(self, body) -> None:
+        self.body = body
+
+    def iter_chunks(self, size):
+        from botocore.exceptions import ResponseStreamingError
+
+        yield self.body.read(10)
+        raise ResponseStreamingError(error="Connection broken: IncompleteRead")
+
+    def close(self) -> None:
+        self.body.close()
+
+
+def broken_off(s3, params):
+    response = s3.get_object(**params)
+    return {**response, "Body": _BrokenBody(response["Body"])}
+
+
+def replaced_before(s3, params):
+    # Another write of the key between the read that hashed it and this one: S3 answers the IfMatch with 412.
+    import io
+
+    from pydicom import dcmread
+
+    dataset = dcmread(io.BytesIO(s3.get_object(Bucket=params["Bucket"], Key=params["Key"])["Body"].read()))
+    dataset.ImageComments = "written again"
+    replaced = io.BytesIO()
+    dataset.save_as(replaced)
+    s3.put_object(Bucket=params["Bucket"], Key=params["Key"], Body=replaced.getvalue())
+    return s3.get_object(**params)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [s3_error("SlowDown", 503), s3_error("InternalError", 500), read_timeout, broken_off],
+    ids=["SlowDown", "InternalError", "ReadTimeout", "ResponseStreamingError"],
+)
+@pytest.mark.parametrize("read", [2, 5], ids=["while hashing", "while sending"])
+def test_an_s3_fault_on_either_read_sends_the_request_again_and_fails_no_instance(
+    s3, tracking, environment, fake, fault, read
+):
+    # Three instances: reads 1-3 hash them, reads 4-6 send them; the fault hits the second instance's read.
+    batch = received(s3, tracking, 3)
+    flaky = FlakyS3(s3, {read: fault})
+    sleeps = Sleeps()
+    result = run(batch, flaky, tracking, environment, fake, sleeps=sleeps)
+    assert result["done"] is True and result["importedCount"] == 3 and result["failedCount"] == 0
+    assert {state for state, _, _ in states(tracking, batch).values()} == {"IMPORTED"}
+    assert fake.held == stored_bytes(s3, batch) and len(sleeps) == 1
+    # Broken off while sending: the fake saw a request that never ended, and stored none of it.
+    assert all(r.behaviour == "store" for r in fake.requests)
+
+
+def test_an_object_replaced_between_its_two_reads_is_read_again_and_sent_as_it_is_now(s3, tracking, environment, fake):
+    batch = received(s3, tracking, 2)
+    # Reads 1-2 hash, read 3 (the first object, IfMatch the ETag read 1 saw) finds it replaced.
+    result = run(batch, FlakyS3(s3, {3: replaced_before}), tracking, environment, fake)
+    assert result["done"] is True and result["importedCount"] == 2 and result["failedCount"] == 0
+    assert fake.held == stored_bytes(s3, batch)
+    assert b"written again" in fake.held[batch.sop_instance_uids[0]]
+
+
+def test_s3_failing_past_the_attempts_raises_the_workflows_retry_error_and_fails_nothing(
+    s3, tracking, environment, fake
+):
+    import json
+    from pathlib import Path
+
+    batch = received(s3, tracking, 3)
+    always = {n: s3_error("InternalError", 500) for n in range(1, 100)}
+    with pytest.raises(step.BatchObjectsUnavailable, match=r"3 instances not stored yet: .*InternalError"):
+        run(batch, FlakyS3(s3, always), tracking, environment, fake)
+    assert fake.requests == []
+    assert {state for state, _, _ in states(tracking, batch).values()} == {"RECEIVED"}
+    # The StoreBatch state retries it (before its Catch sends the batch to RecordFailure).
+    definition = json.loads((Path(__file__).parents[2] / "statemachine/import_workflow.asl.json").read_text())
+    retried = [e for r in definition["States"]["StoreBatch"]["Retry"] for e in r["ErrorEquals"]]
+    assert "BatchObjectsUnavailable" in retried and "States.ALL" not in retried
+
+
+def test_access_denied_to_a_missing_object_fails_that_instance_alone(s3, tracking, environment, fake):
+    # Real S3 answers GetObject of a missing key with 403 to a role without s3:ListBucket on the whole bucket.
+    batch = received(s3, tracking, 3)
+    gone = batch.manifest["instances"][1]["key"]
+    s3.delete_object(Bucket=DICOM_BUCKET, Key=gone)
+    result = run(batch, FlakyS3(s3, {}, denied=(gone,)), tracking, environment, fake)
+    assert result["done"] is True and result["importedCount"] == 2 and result["failedCount"] == 1
+    state, _, reason = states(tracking, batch)[batch.sop_instance_uids[1]]
+    assert state == "FAILED" and "not stored under the batch prefix" in reason
+    assert [r.sop_instance_uids for r in fake.requests] == [batch.sop_instance_uids[::2]]
+
+
+def test_access_denied_to_an_object_that_is_there_is_retried_not_failed(s3, tracking, environment, fake):
+    batch = received(s3, tracking, 3)
+    result = run(batch, FlakyS3(s3, {2: s3_error("AccessDenied", 403)}), tracking, environment, fake)
+    assert result["done"] is True and result["importedCount"] == 3 and result["failedCount"] == 0
+    assert fake.held == stored_bytes(s3, batch)
+
+
+@pytest.mark.parametrize("status", [409, 422])
+def test_a_conflict_naming_no_instance_is_sent_again_not_split_and_failed(s3, tracking, environment, fake, status):
+    # HealthImaging's ConflictException (409): the data store's state, not the instances'. The sender had success.
+    batch = received(s3, tracking, 2)
+    fake.script = [f"http:{status}"]
+    result = run(batch, s3, tracking, environment, fake)
+    assert result["done"] is True and result["importedCount"] == 2 and result["failedCount"] == 0
+    assert [r.sop_instance_uids for r in fake.requests] == [batch.sop_instance_uids] * 2
+
+
+def test_a_conflict_past_the_attempts_is_the_workflows_retry_with_every_instance_still_pending(
+    s3, tracking, environment, fake
+):
+    batch = received(s3, tracking, 2)
+    fake.default = "http:409"
+    with pytest.raises(HealthImagingUnavailable, match="HTTP 409"):
+        run(batch, s3, tracking, environment, fake)
+    assert {state for state, _, _ in states(tracking, batch).values()} == {"RECEIVED"}
+
+
+def test_a_missing_object_and_an_s3_fault_in_one_request_fail_the_missing_one_once_and_store_the_rest(
+    s3, tracking, environment, fake
+):
+    batch = received(s3, tracking, 3)
+    s3.delete_object(Bucket=DICOM_BUCKET, Key=batch.manifest["instances"][0]["key"])
+    # Read 1 finds the first missing (FAILED); reads 2-3 hash the others afresh, read 3 is throttled: all later.
+    result = run(batch, FlakyS3(s3, {3: s3_error("SlowDown", 503)}), tracking, environment, fake)
+    assert result["done"] is True and result["importedCount"] == 2 and result["failedCount"] == 1
+    # Recorded once, in the run's own count too: the missing instance is not in the request sent again.
+    assert result["failedNow"] == 1 and result["storedNow"] == 2
+    assert [r.sop_instance_uids for r in fake.requests] == [batch.sop_instance_uids[1:]]

@@ -47,3 +47,51 @@ def test_contracts_doc_lists_every_state_and_status():
     job_part, instance_part = section.split("- Instance table", 1)
     assert all(status.value in job_part for status in JobStatus)
     assert all(state.value in instance_part for state in InstanceState)
+
+
+class _Unprocessing:
+    """A DynamoDB client whose BatchGetItem leaves every key unprocessed ``times`` times, then answers them all."""
+
+    def __init__(self, times: int) -> None:
+        self.times, self.calls = times, 0
+
+    def batch_get_item(self, RequestItems):
+        self.calls += 1
+        [(table, request)] = RequestItems.items()
+        if self.calls <= self.times:
+            return {"Responses": {table: []}, "UnprocessedKeys": RequestItems}
+        items = [{**key, "state": {"S": "RECEIVED"}, "batchId": {"S": "b"}} for key in request["Keys"]]
+        return {"Responses": {table: items}, "UnprocessedKeys": {}}
+
+
+class _Sleeps(list):
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+def test_unprocessed_keys_are_asked_again_after_jittered_growing_waits():
+    from functions.tracking import Tracking
+
+    client, sleeps = _Unprocessing(times=4), _Sleeps()
+    found = Tracking(client, "jobs", "instances", sleep=sleeps).instance_states(["1.2.3", "1.2.4"])
+    assert found == {"1.2.3": ("RECEIVED", "b"), "1.2.4": ("RECEIVED", "b")}
+    assert client.calls == 5 and len(sleeps) == 4
+    # Full jitter under a ceiling doubling from 50 ms.
+    assert all(0 <= wait <= 0.05 * 2**n for n, wait in enumerate(sleeps))
+
+
+def test_unprocessed_keys_past_the_bound_raise_the_workflows_retry_error():
+    import json
+    from pathlib import Path
+
+    from functions.tracking import UNPROCESSED_PASSES, InstanceTableThrottled, Tracking
+
+    client, sleeps = _Unprocessing(times=1000), _Sleeps()
+    with pytest.raises(InstanceTableThrottled, match="2 instance items unread"):
+        Tracking(client, "jobs", "instances", sleep=sleeps).instance_records(["1.2.3", "1.2.4"])
+    assert client.calls == UNPROCESSED_PASSES and len(sleeps) == UNPROCESSED_PASSES - 1
+    assert max(sleeps) <= 5.0
+    # StoreBatch reads the table with it (RecordFailure too, which retries every error): its state retries it.
+    definition = json.loads((Path(__file__).parents[2] / "statemachine/import_workflow.asl.json").read_text())
+    retried = [e for r in definition["States"]["StoreBatch"]["Retry"] for e in r["ErrorEquals"]]
+    assert "InstanceTableThrottled" in retried

@@ -41,6 +41,7 @@ _ERROR_TYPES = {
     400: "ValidationException",
     403: "AccessDeniedException",
     404: "ResourceNotFoundException",
+    409: "ConflictException",
     413: "PayloadTooLargeException",
     429: "ThrottlingException",
     500: "InternalServerException",

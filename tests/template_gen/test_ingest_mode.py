@@ -88,6 +88,39 @@ def test_stow_batched_mode_grants_store_dicom_to_the_store_step_only(template):
     assert [arn for arn in _granted(default, "s3:GetObject", "StoreBatchRole") if "incoming" in arn] == []
 
 
+def test_stow_batched_mode_lets_the_store_step_list_the_batches_prefix_only(template):
+    # S3 answers GetObject of a missing key with 403 to a role that may not list: StoreBatch lists the key to tell
+    # a missing object (FAILED alone) from a denial (retried), and may list nothing outside incoming/.
+    batched = _stack(template, IngestMode="stow-batched", ExistingDatastoreID="0123456789abcdef0123456789abcdef")
+    default = _stack(template, ExistingDatastoreID="0123456789abcdef0123456789abcdef")
+
+    lists = [s for s in batched.role_statements("StoreBatchRole") if "s3:ListBucket" in s["Action"]]
+    assert len(lists) == 1
+    [listing] = lists
+    [bucket] = listing["Resource"] if isinstance(listing["Resource"], list) else [listing["Resource"]]
+    assert bucket.startswith("arn:aws:s3:::") and "/" not in bucket
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["incoming/*"]}}
+    assert [s for s in default.role_statements("StoreBatchRole") if "s3:ListBucket" in s["Action"]] == []
+
+
+def test_the_store_steps_listing_of_an_objects_key_is_allowed_and_a_404_would_not_be(template):
+    from support.iam import ApiCall, denied
+
+    batched = Deployment(
+        template,
+        {"PeerCIDR1": "192.0.2.0/24", "IngestMode": "stow-batched", "DICOMPrefix": "site-a/"},
+    )
+    statements = batched.role_statements("StoreBatchRole")
+    bucket = batched.output("DICOMBucketName")
+    key = "site-a/incoming/20261123T190501Z-0f6c1d2e3a4b4c5d8e9f00112233aabb/1.2/1.3/1.4.dcm"
+    # What functions.store_batch asks when GetObject answers 403.
+    listing = ApiCall("s3", "ListObjectsV2", {"Bucket": bucket, "Prefix": key, "MaxKeys": 1})
+    assert denied(statements, [listing]) == []
+    assert denied(statements, [ApiCall("s3", "ListObjectsV2", {"Bucket": bucket, "Prefix": "site-a/manifests/"})])
+    # S3's 404 for a missing key needs s3:ListBucket without a prefix: the role still hears 403 there.
+    assert denied(statements, [ApiCall("s3", "GetObject", {"Bucket": bucket, "Key": key}, status=404)])
+
+
 KMS_KEY = "arn:aws:kms:us-east-1:111122223333:key/0f6c1d2e-3a4b-4c5d-8e9f-00112233aabb"
 # HealthImaging's use of a customer managed key on a caller's write (developer guide, Data encryption).
 DATA_STORE_KEY_ACTIONS = {"kms:DescribeKey", "kms:GenerateDataKey", "kms:Decrypt"}

@@ -580,3 +580,57 @@ def test_no_report_goes_to_a_peer_that_did_not_grant_the_scp_role(
     given_up = wait_for_record_state(scp, transaction_uid, "undelivered", timeout=30)
     assert "did not accept this SCP's role" in given_up["lastError"]
     assert requester.reports.empty()
+
+
+class _Unprocessed:
+    """A DynamoDB client whose BatchGetItem leaves every key unprocessed ``times`` times, then answers them."""
+
+    def __init__(self, table: str, times: int) -> None:
+        self.table, self.times, self.calls = table, times, 0
+
+    def batch_get_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:
+        self.calls += 1
+        if self.calls <= self.times:
+            return {"Responses": {self.table: []}, "UnprocessedKeys": RequestItems}
+        keys = RequestItems[self.table]["Keys"]
+        items = [{**key, "state": {"S": "IMPORTED"}, "sopClassUID": {"S": "1.2.840.10008.5.1.4.1.1.2"}} for key in keys]
+        return {"Responses": {self.table: items}}
+
+
+def _one_reference_transaction() -> Any:
+    from dicom_store_scp.commitment import model
+
+    return model.Transaction(
+        transaction_uid="1.2.3.9",
+        references=[model.Reference("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4")],
+        calling_ae="STORESCU",
+        called_ae="STORESCP",
+        peer_address="127.0.0.1",
+        peer_port=50000,
+        received_at="2026-12-07T12:00:00.000Z",
+        deadline="2999-01-01T00:00:00.000Z",
+    )
+
+
+def test_unprocessed_keys_are_asked_again_after_growing_jittered_waits() -> None:
+    from dicom_store_scp.commitment import dynamo
+
+    slept: list[float] = []
+    client = _Unprocessed("instances", times=4)
+    outcomes = dynamo.DynamoOutcomes(client, "instances", missing_seconds=60, sleep=slept.append)
+    outcome = outcomes.evaluate(_one_reference_transaction())
+    assert list(outcome.reasons.values()) == [0]
+    assert client.calls == 5 and len(slept) == 4
+    assert all(0 <= pause <= ceiling for pause, ceiling in zip(slept, (0.1, 0.2, 0.4, 0.8), strict=True))
+
+
+def test_a_table_that_never_answers_its_keys_is_a_storage_error_after_bounded_passes() -> None:
+    from dicom_store_scp.commitment import dynamo
+    from dicom_store_scp.storage import StorageError
+
+    slept: list[float] = []
+    client = _Unprocessed("instances", times=10**6)
+    outcomes = dynamo.DynamoOutcomes(client, "instances", missing_seconds=60, sleep=slept.append)
+    with pytest.raises(StorageError, match="left keys unread"):
+        outcomes.evaluate(_one_reference_transaction())
+    assert client.calls == dynamo.UNPROCESSED_PASSES and all(pause <= 5.0 for pause in slept)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import time
 import uuid
 from typing import Any
@@ -160,13 +161,22 @@ class DynamoTransactions:
         pass  # the table's time to live removes items (expiresAt)
 
 
+# BatchGetItem answers 200 with UnprocessedKeys when the table's throughput is spent, which botocore does not retry:
+# asked again after a jittered wait doubling from 0.1 s (at most 5 s), a bounded number of passes, then a
+# StorageError: the scheduler logs the step and evaluates the transaction again later.
+UNPROCESSED_PASSES = 10
+_UNPROCESSED_FIRST = 0.1
+_UNPROCESSED_CAP = 5.0
+
+
 class DynamoOutcomes:
     """An instance is committed once the instance table says HealthImaging imported it (model.failure_reason)."""
 
-    def __init__(self, dynamodb: Any, instance_table: str, missing_seconds: float) -> None:
+    def __init__(self, dynamodb: Any, instance_table: str, missing_seconds: float, sleep: Any = time.sleep) -> None:
         self.dynamodb = dynamodb
         self.instance_table = instance_table
         self.missing_seconds = missing_seconds
+        self._sleep = sleep
 
     def evaluate(self, transaction: Transaction) -> Outcome:
         items = self._items([r.sop_instance_uid for r in transaction.references])
@@ -187,11 +197,19 @@ class DynamoOutcomes:
         for start in range(0, len(unique), 100):
             keys = [{tables.SOP_INSTANCE_UID: {"S": uid}} for uid in unique[start : start + 100]]
             request: dict[str, Any] = {self.instance_table: {"Keys": keys, "ConsistentRead": True}}
-            while request:
+            for unprocessed_pass in range(UNPROCESSED_PASSES):
+                if unprocessed_pass:
+                    ceiling = min(_UNPROCESSED_CAP, _UNPROCESSED_FIRST * 2 ** (unprocessed_pass - 1))
+                    self._sleep(random.uniform(0, ceiling))  # noqa: S311 (jitter, not a secret)
                 response = self.dynamodb.batch_get_item(RequestItems=request)
                 for item in response.get("Responses", {}).get(self.instance_table, []):
                     found[item[tables.SOP_INSTANCE_UID]["S"]] = item
                 request = response.get("UnprocessedKeys") or {}
-                if request:
-                    time.sleep(0.1)
+                if not request:
+                    break
+            else:
+                raise StorageError(
+                    f"the instance table {self.instance_table} left keys unread after {UNPROCESSED_PASSES} passes"
+                    " (its throughput is spent)"
+                )
         return found

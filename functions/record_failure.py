@@ -20,7 +20,7 @@ from dicom_store_contract.metrics import NAMESPACE
 
 from functions.contract import read_manifest, s3_uri
 from functions.settings import Settings, audit_logs, client, settings
-from functions.tracking import InstanceState, JobStatus, Tracking, stow_job_id, tracking
+from functions.tracking import InstanceState, InstanceTableThrottled, JobStatus, Tracking, stow_job_id, tracking
 
 logger = Logger()
 metrics = Metrics(namespace=NAMESPACE)
@@ -90,10 +90,11 @@ def _audit(
     uids = [instance.sop_instance_uid for instance in manifest.instances]
     try:
         records = repository.instance_records(uids, "imageSetId", "failureReason")
-    except ClientError as error:
+    except (ClientError, InstanceTableThrottled) as error:
         # The outcomes are recorded (above); only their messages are lost: one per study of the batch.
         studies = len({i.study_instance_uid for i in manifest.instances if i.study_instance_uid})
-        _not_written(manifest, job_id, audit_ingest.Delivery(0, studies, f"{error.response['Error']['Code']}: {error}"))
+        code = error.response["Error"]["Code"] if isinstance(error, ClientError) else type(error).__name__
+        _not_written(manifest, job_id, audit_ingest.Delivery(0, studies, f"{code}: {error}"))
         return
     outcomes = []
     for instance in manifest.instances:

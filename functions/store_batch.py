@@ -72,6 +72,10 @@ _BACKOFF_FIRST = 0.5
 _BACKOFF_CAP = 8.0
 # No request starts with less Lambda time left than this: a 1 GB request is read twice from S3 and sent once.
 RESERVE_SECONDS = 120.0
+# Runs in a row that ran out of time having stored and failed nothing (every request unanswered, slowly): the next
+# such run raises the error its requests left, so the state's bounded Retry and then RecordFailure take over; the
+# IsStored loop alone would run again without end (each entry resets the state's Retry counts).
+STALLED_RUNS = 3
 _CONNECT_TIMEOUT = 5.0
 _READ_TIMEOUT_CAP = 300.0
 
@@ -357,7 +361,10 @@ def store_batch(
 ) -> dict[str, Any]:
     """``logs``: the CloudWatch Logs client the batch's ingest audit messages are written with (None: not written)."""
     batch_id, bucket = execution["batchId"], execution["bucket"]
-    manifest = read_manifest(s3, bucket, execution["manifestKey"], config.dicom_prefix)
+    try:
+        manifest = read_manifest(s3, bucket, execution["manifestKey"], config.dicom_prefix)
+    except (ClientError, BotoCoreError) as error:  # not a missing manifest (InvalidManifest): S3 throttled or failed
+        raise BatchObjectsUnavailable(f"the manifest s3://{bucket}/{execution['manifestKey']}: {error}") from error
     instances = list(manifest.instances)
     cursor = int((execution.get("importJob") or {}).get("cursor", 0)) % max(len(instances), 1)
     job_id = stow_job_id(batch_id)
@@ -386,10 +393,11 @@ def store_batch(
     todo = [instance for instance in order if _pending(records.get(instance.sop_instance_uid), batch_id)]
     position = {id(instance): number for number, instance in enumerate(instances)}
 
+    stalled = int((execution.get("importJob") or {}).get("stalled", 0))
     later: list[tuple[Instance, Later, str]] = []
     for group in request_groups(todo, run):
         if run.requests and remaining() < RESERVE_SECONDS:
-            return _report(run, manifest.batch_id, cursor=position[id(group[0])], done=False)
+            return _continue(run, manifest.batch_id, position[id(group[0])], stalled, later)
         later += run.send(group)
     attempt = 1
     while later:
@@ -397,7 +405,7 @@ def store_batch(
             _give_back(run, later)
         delay = random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_FIRST * 2 ** (attempt - 1)))  # noqa: S311 (jitter)
         if remaining() < RESERVE_SECONDS + delay:
-            return _report(run, manifest.batch_id, cursor=position[id(later[0][0])], done=False)
+            return _continue(run, manifest.batch_id, position[id(later[0][0])], stalled, later)
         sleep(delay)
         attempt += 1
         retry, later = [instance for instance, _, _ in later], []
@@ -497,13 +505,34 @@ def _count(run: _Run) -> None:
     metrics.add_metric(name="StoreDicomRequests", unit=MetricUnit.Count, value=run.requests)
 
 
-def _report(run: _Run, batch_id: str, *, cursor: int, done: bool) -> dict[str, Any]:
+def _report(run: _Run, batch_id: str, *, cursor: int, done: bool, stalled: int = 0) -> dict[str, Any]:
     _count(run)
     logger.info(
         "batch stored" if done else "batch store continues",
         extra={"batchId": batch_id, "stored": run.stored, "failed": run.failed, "requests": run.requests},
     )
-    return {"jobId": run.job_id, "done": done, "cursor": cursor, "storedNow": run.stored, "failedNow": run.failed}
+    return {
+        "jobId": run.job_id,
+        "done": done,
+        "cursor": cursor,
+        "storedNow": run.stored,
+        "failedNow": run.failed,
+        "stalled": stalled,
+    }
+
+
+def _continue(
+    run: _Run, batch_id: str, cursor: int, stalled: int, later: list[tuple[Instance, Later, str]]
+) -> dict[str, Any]:
+    """Time ran short: the cursor for the next run, unless this is the STALLED_RUNS-th run in a row that stored and
+    failed nothing, which raises what its requests left (the workflow's bounded Retry, then RecordFailure)."""
+    stalled = 0 if run.stored or run.failed else stalled + 1
+    if stalled >= STALLED_RUNS:
+        if later:
+            _give_back(run, later)
+        _count(run)
+        raise HealthImagingUnavailable(f"{stalled} runs in a row stored nothing: every request went unanswered")
+    return _report(run, batch_id, cursor=cursor, done=False, stalled=stalled)
 
 
 def store_dicom(config: Settings) -> StoreDicom:

@@ -436,3 +436,58 @@ def test_a_missing_object_and_an_s3_fault_in_one_request_fail_the_missing_one_on
     # Recorded once, in the run's own count too: the missing instance is not in the request sent again.
     assert result["failedNow"] == 1 and result["storedNow"] == 2
     assert [r.sop_instance_uids for r in fake.requests] == [batch.sop_instance_uids[1:]]
+
+
+def test_runs_that_store_nothing_before_their_time_runs_out_end_in_the_workflows_retry_not_an_endless_loop(
+    s3, tracking, environment, fake
+):
+    """Every request unanswered, slowly (a 503 after each long wait): each run returns a cursor having stored and
+    failed nothing; the IsStored loop alone would run it again for ever. The STALLED_RUNS-th such run raises the
+    error its requests left, which the state's bounded Retry and then RecordFailure take over."""
+    batch = received(s3, tracking, 3)
+    fake.default = "http:503"
+    clock = {"left": 900.0}
+
+    def remaining() -> float:  # each request spends 400 s of the run's time
+        return clock["left"] - 400.0 * len(fake.requests)
+
+    previous = None
+    for stalled in range(1, step.STALLED_RUNS):
+        fake.requests.clear()
+        previous = run(batch, s3, tracking, environment, fake, previous=previous, remaining=remaining)
+        assert (previous["done"], previous["storedNow"], previous["failedNow"]) == (False, 0, 0)
+        assert previous["stalled"] == stalled
+    fake.requests.clear()
+    with pytest.raises(step.HealthImagingUnavailable):
+        run(batch, s3, tracking, environment, fake, previous=previous, remaining=remaining)
+    assert {state for state, _, _ in states(tracking, batch).values()} == {"RECEIVED"}
+
+    # A run that stores something starts the count again.
+    fake.default = "store"
+    fake.requests.clear()
+    result = run(batch, s3, tracking, environment, fake, previous=dict(previous, stalled=step.STALLED_RUNS - 1))
+    assert result["done"] is True and result["stalled"] == 0 and result["importedCount"] == 3
+
+
+class _ManifestUnreadable:
+    """The batch's S3 client whose GetObject of the manifest fails as S3 does after botocore's retries."""
+
+    def __init__(self, s3: Any, fault: Any) -> None:
+        self.s3, self.fault = s3, fault
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.s3, name)
+
+    def get_object(self, **params: Any) -> Any:
+        if params["Key"].endswith(".json"):
+            self.fault(self.s3, params)
+        return self.s3.get_object(**params)
+
+
+@pytest.mark.parametrize("fault", [s3_error("SlowDown", 503), read_timeout], ids=["SlowDown", "ReadTimeout"])
+def test_a_manifest_s3_cannot_read_now_is_the_retried_error_not_a_failed_batch(s3, tracking, environment, fake, fault):
+    batch = received(s3, tracking, 2)
+    with pytest.raises(step.BatchObjectsUnavailable, match="manifest"):
+        run(batch, _ManifestUnreadable(s3, fault), tracking, environment, fake)
+    assert {state for state, _, _ in states(tracking, batch).values()} == {"RECEIVED"}
+    assert fake.requests == []

@@ -170,6 +170,7 @@ def test_an_audit_group_that_cannot_be_written_leaves_the_steps_result_as_it_is(
         "cursor": 0,
         "storedNow": 2,
         "failedNow": 0,
+        "stalled": 0,
         "importedCount": 2,
         "failedCount": 0,
     }

@@ -205,14 +205,7 @@ class LocalRefusals:
             record.get(tables.SERIES_INSTANCE_UID, ""),
             refusal.sop_instance_uid,
         )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Written whole, then renamed: status never reads half a record. Not fsync'd: nothing was acknowledged.
-        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
-        try:
-            partial.write_text(json.dumps(record, indent=1), encoding="utf-8")
-            os.replace(partial, target)
-        finally:
-            partial.unlink(missing_ok=True)
+        write_record(target, record)  # not fsync'd: nothing was acknowledged on its strength
         self._written_today += 1
         return True
 
@@ -321,3 +314,16 @@ def build_refusals(config: Any) -> RefusalLog | None:
     if config.dicom_bucket:
         return RefusalLog(TableRefusals(config.instance_table)) if config.instance_table else None
     return RefusalLog(LocalRefusals(Path(config.storage_dir)))
+
+
+def write_record(target: Path, record: dict[str, Any]) -> None:
+    """A record of the local store as JSON, written whole then renamed (status never reads half of one), its
+    folders made. Not fsync'd: the local records (refusals, stow outcomes) say what happened; none is what a
+    C-STORE success stood on."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
+    try:
+        partial.write_text(json.dumps(record, indent=1), encoding="utf-8")
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)

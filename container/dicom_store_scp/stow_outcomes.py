@@ -12,13 +12,13 @@ status.LocalStore and Storage Commitment's commitment.local.LocalStowOutcomes re
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from collections.abc import Container, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from dicom_store_contract import ingest, layout, tables
+
+from .refusals import write_record
 
 # Where stow mode records HealthImaging's answers (``recorded_in``).
 IN_TABLE = "instance table"
@@ -57,15 +57,8 @@ class LocalStowRecords:
             values.get(tables.SERIES_INSTANCE_UID, ""),
             record.sop_instance_uid,
         )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Written whole, then renamed: status never reads half a record. Not fsync'd: the C-STORE answer was
-        # HealthImaging's word, not this file's (the table's write is not waited for either).
-        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
-        try:
-            partial.write_text(json.dumps(values, indent=1), encoding="utf-8")
-            os.replace(partial, target)
-        finally:
-            partial.unlink(missing_ok=True)
+        # The C-STORE answer was HealthImaging's word, not this file's (the table's write is not waited for either).
+        write_record(target, values)
         return True
 
 

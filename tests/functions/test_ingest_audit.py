@@ -23,17 +23,23 @@ AUDIT_GROUP = "stack-AuditLogGroup-0123"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
-@pytest.fixture
-def audit_group(environment, monkeypatch):
+def open_audit_group(monkeypatch: pytest.MonkeyPatch, function_name: str) -> Any:
+    """The stack's audit log group in moto, named to the step as the template names it (AUDIT_LOG_GROUP), the
+    step running as ``function_name``; its client."""
     logs = boto3.client("logs", region_name=REGION)
     logs.create_log_group(logGroupName=AUDIT_GROUP)
     monkeypatch.setenv("AUDIT_LOG_GROUP", AUDIT_GROUP)
-    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "stack-CheckStatusFunction-abc")
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", function_name)
     monkeypatch.setenv("AWS_LAMBDA_LOG_STREAM_NAME", "2026/12/07/[$LATEST]0123456789abcdef")
     monkeypatch.setattr(audit_ingest, "PAUSE_FIRST_SECONDS", 0.01)
     monkeypatch.setattr(audit_ingest, "_ready_streams", set())  # each test has a fresh moto
     runtime.reset()
     return logs
+
+
+@pytest.fixture
+def audit_group(environment, monkeypatch):
+    return open_audit_group(monkeypatch, "stack-CheckStatusFunction-abc")
 
 
 def _messages(logs) -> list[Any]:

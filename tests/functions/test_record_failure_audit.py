@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
 from dicom_store_contract import audit_ingest
@@ -18,7 +17,7 @@ from functions.tracking import InstanceState, JobStatus, Tracking
 
 from .conftest import BATCH_ID, DATASTORE_ID, DICOM_BUCKET, OTHER_BATCH_IDS, REGION, load_event, store_batch
 from .test_import_job import start
-from .test_ingest_audit import AUDIT_GROUP, CT_IMAGE, Throttled, _messages, _objects
+from .test_ingest_audit import CT_IMAGE, Throttled, _messages, _objects, open_audit_group
 
 REJECTED = {"Error": "ImportJobRejected", "Cause": "ValidationException: role cannot be assumed"}
 REASON = "ImportJobRejected: ValidationException: role cannot be assumed"
@@ -27,16 +26,7 @@ STOW_URL = f"https://dicom-medical-imaging.{REGION}.amazonaws.com/datastore/{DAT
 
 @pytest.fixture
 def audit_group(environment, monkeypatch):
-    """The stack's audit log group in moto, named to the step as the template names it (AUDIT_LOG_GROUP)."""
-    logs = boto3.client("logs", region_name=REGION)
-    logs.create_log_group(logGroupName=AUDIT_GROUP)
-    monkeypatch.setenv("AUDIT_LOG_GROUP", AUDIT_GROUP)
-    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "stack-RecordFailureFunction-abc")
-    monkeypatch.setenv("AWS_LAMBDA_LOG_STREAM_NAME", "2026/12/07/[$LATEST]0123456789abcdef")
-    monkeypatch.setattr(audit_ingest, "PAUSE_FIRST_SECONDS", 0.01)
-    monkeypatch.setattr(audit_ingest, "_ready_streams", set())  # each test has a fresh moto
-    runtime.reset()
-    return logs
+    return open_audit_group(monkeypatch, "stack-RecordFailureFunction-abc")
 
 
 @pytest.fixture

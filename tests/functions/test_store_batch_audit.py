@@ -10,7 +10,6 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
 from dicom_store_contract import audit_ingest
@@ -23,7 +22,7 @@ from functions.contract import read_manifest
 from functions.tracking import stow_job_id
 
 from .conftest import BATCH_ID, DATASTORE_ID, DICOM_BUCKET, DICOM_PREFIX, REGION, Batch
-from .test_ingest_audit import AUDIT_GROUP, CT_IMAGE, Throttled, _messages, _objects
+from .test_ingest_audit import AUDIT_GROUP, CT_IMAGE, Throttled, _messages, _objects, open_audit_group
 
 FUNCTION_NAME = "stack-StoreBatchFunction-abc"
 
@@ -37,16 +36,7 @@ def fake():
 
 @pytest.fixture
 def logs(environment, monkeypatch):
-    """The stack's audit log group in moto, named to the step as the template names it (AUDIT_LOG_GROUP)."""
-    client = boto3.client("logs", region_name=REGION)
-    client.create_log_group(logGroupName=AUDIT_GROUP)
-    monkeypatch.setenv("AUDIT_LOG_GROUP", AUDIT_GROUP)
-    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", FUNCTION_NAME)
-    monkeypatch.setenv("AWS_LAMBDA_LOG_STREAM_NAME", "2026/12/07/[$LATEST]0123456789abcdef")
-    monkeypatch.setattr(audit_ingest, "PAUSE_FIRST_SECONDS", 0.01)
-    monkeypatch.setattr(audit_ingest, "_ready_streams", set())  # each test has a fresh moto
-    runtime.reset()
-    return client
+    return open_audit_group(monkeypatch, FUNCTION_NAME)
 
 
 def received(s3, tracking, count: int, studies: int = 1) -> Batch:

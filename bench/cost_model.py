@@ -197,36 +197,12 @@ def per_million(scale: Mapping[str, Any], landing_rate: float, stack: Stack) -> 
     n = INSTANCES
     each = scale["perInstance"]
     per_batch = 1 / scale["instancesPerBatch"]
-    hours = n / landing_rate / 3600  # the time the minimum of tasks takes to land them, each at the landing rate
-    hours /= stack.tasks
-    task_hours = hours * stack.tasks
+    task_hours = n / landing_rate / 3600  # each task lands at the landing rate
+    hours = task_hours / stack.tasks  # the time the minimum of tasks takes to land them
     gigabytes = n * INSTANCE_BYTES / GIB
     months = stack.landing_retention_days / DAYS_PER_MONTH
     lines = [
-        Line(
-            "Fargate",
-            "vCPU-hours while landing",
-            task_hours * stack.task_vcpu,
-            "vCPU-h",
-            "fargate_vcpu_hour",
-            "measured rate, template default size",
-        ),
-        Line(
-            "Fargate",
-            "GB-hours while landing",
-            task_hours * stack.task_memory_gb,
-            "GB-h",
-            "fargate_gb_hour",
-            "measured rate, template default size",
-        ),
-        Line(
-            "Fargate",
-            "ephemeral storage above 20 GB",
-            task_hours * max(0.0, stack.task_storage_gb - 20),
-            "GB-h",
-            "fargate_storage_gb_hour",
-            "template default",
-        ),
+        *fargate(stack, task_hours, " while landing", "measured rate, template default size"),
         Line("NLB", "load balancer-hours while landing", hours, "h", "nlb_hour", "measured rate"),
         Line(
             "NLB",
@@ -402,28 +378,12 @@ def write_units(scale: Mapping[str, Any]) -> float:
     return units + scale["totals"].get("dynamodbConditionalFailures", 0) / scale["instances"]
 
 
-def per_month(stack: Stack) -> list[Line]:
-    """What the stack costs for being there a month, whether or not anything is sent."""
-    task_hours = HOURS_PER_MONTH * stack.tasks
-    custom_metrics = sum(isinstance(v, metrics.Metric | metrics.FunctionMetric) for v in vars(metrics).values())
-    idle_logs = MEASURED_LOG_BYTES["scp_per_idle_minute"] * 60 * HOURS_PER_MONTH * stack.tasks * stack.task_vcpu / GIB
+def fargate(stack: Stack, task_hours: float, when: str, basis: str) -> list[Line]:
+    """The tasks' vCPU, memory and ephemeral storage above the 20 GB Fargate includes, for ``task_hours``;
+    ``when`` ends the first two lines' labels."""
     return [
-        Line(
-            "Fargate",
-            "vCPU-hours, minimum tasks",
-            task_hours * stack.task_vcpu,
-            "vCPU-h",
-            "fargate_vcpu_hour",
-            "template default",
-        ),
-        Line(
-            "Fargate",
-            "GB-hours, minimum tasks",
-            task_hours * stack.task_memory_gb,
-            "GB-h",
-            "fargate_gb_hour",
-            "template default",
-        ),
+        Line("Fargate", f"vCPU-hours{when}", task_hours * stack.task_vcpu, "vCPU-h", "fargate_vcpu_hour", basis),
+        Line("Fargate", f"GB-hours{when}", task_hours * stack.task_memory_gb, "GB-h", "fargate_gb_hour", basis),
         Line(
             "Fargate",
             "ephemeral storage above 20 GB",
@@ -432,6 +392,16 @@ def per_month(stack: Stack) -> list[Line]:
             "fargate_storage_gb_hour",
             "template default",
         ),
+    ]
+
+
+def per_month(stack: Stack) -> list[Line]:
+    """What the stack costs for being there a month, whether or not anything is sent."""
+    task_hours = HOURS_PER_MONTH * stack.tasks
+    custom_metrics = sum(isinstance(v, metrics.Metric | metrics.FunctionMetric) for v in vars(metrics).values())
+    idle_logs = MEASURED_LOG_BYTES["scp_per_idle_minute"] * 60 * HOURS_PER_MONTH * stack.tasks * stack.task_vcpu / GIB
+    return [
+        *fargate(stack, task_hours, ", minimum tasks", "template default"),
         Line("NLB", "load balancer-hours", HOURS_PER_MONTH, "h", "nlb_hour", "one load balancer"),
         Line(
             "CloudWatch",

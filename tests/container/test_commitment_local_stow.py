@@ -22,10 +22,11 @@ from dicom_store_scp.commitment import commitment_offered, local, model
 from dicom_store_scp.config import load
 from dicom_store_scp.stow_outcomes import LocalStowRecords
 from pydicom.uid import generate_uid
+from support.commitment import Requester
 from support.fake_stow import FakeStow
 from support.scp import storescu
 
-from .test_commitment import CT, MR, Requester, ct_files
+from .test_commitment import CT, MR, ct_files
 from .test_status import run_status
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,9 @@ from dicom_store_contract import layout
 from dicom_store_scp import statuses
 from dicom_store_scp.commitment import model
 from pydicom import dcmread
+from pydicom.uid import generate_uid
 from support.cfn import REGION, Deployment
+from support.commitment import Requester
 from support.fake_stow import FakeStow
 from support.moto import MotoServer, aws_env
 from support.pipeline import Pipeline, manifest_created_event
@@ -168,12 +169,8 @@ NEVER_SENT = "1.2.826.0.1.3680043.8.498.2599"
 def commitment_report(
     tmp_path: Path, batched: Deployment, moto_server: MotoServer, references: list[str], sop_class: str
 ) -> tuple[set[str], set[tuple[str, int]]]:
-    """Ask a stow-batched SCP for commitment of ``references`` and wait for its N-EVENT-REPORT on the same
+    """Ask a stow-batched SCP for commitment of ``references`` and take its N-EVENT-REPORT on the same
     association: (the committed UIDs, the failed ones with their Failure Reasons)."""
-    from pydicom.dataset import Dataset
-    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
-    from pynetdicom import AE, evt
-
     scp = launch_scp(
         tmp_path,
         *("--ingest-mode", "stow-batched", "--dicom-bucket", batched.output("DICOMBucketName")),
@@ -181,37 +178,15 @@ def commitment_report(
         *("--commitment-table-name", batched.output("CommitmentTableName")),
         env=aws_env(moto_server.endpoint, AWS_DEFAULT_REGION=REGION, COMMITMENT_MISSING_SECONDS="3"),
     )
-    reports: list[Any] = []
-
-    def take(event: Any) -> tuple[int, None]:
-        reports.append(event.event_information)
-        return 0x0000, None
-
-    push_model = model.STORAGE_COMMITMENT_PUSH_MODEL
-    ae = AE(ae_title="REQUESTER")
-    ae.add_requested_context(push_model, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    ae.dimse_timeout = 60
-    assoc = ae.associate("127.0.0.1", scp.port, ae_title="STORESCP", evt_handlers=[(evt.EVT_N_EVENT_REPORT, take)])
+    requester = Requester()
     try:
-        assert assoc.is_established
-        information = Dataset()
-        information.TransactionUID = generate_uid()
-        information.ReferencedSOPSequence = []
-        for uid in references:
-            item = Dataset()
-            item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sop_class, uid
-            information.ReferencedSOPSequence.append(item)
-        action_status, _ = assoc.send_n_action(information, 1, push_model, model.STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE)
-        assert action_status.Status == model.SUCCESS
-        deadline = time.monotonic() + 30
-        while not reports:
-            assert time.monotonic() < deadline, "no report"
-            time.sleep(0.1)
+        assoc = requester.associate(scp)
+        try:
+            assert requester.request(assoc, generate_uid(), [(sop_class, uid) for uid in references]) == model.SUCCESS
+            report = requester.next_report(timeout=30)
+        finally:
+            assoc.release()
     finally:
-        assoc.release()
         scp.stop()
-    [report] = reports
-    return (
-        {str(item.ReferencedSOPInstanceUID) for item in report.get("ReferencedSOPSequence", [])},
-        {(str(item.ReferencedSOPInstanceUID), int(item.FailureReason)) for item in report.FailedSOPSequence},
-    )
+    assert report.on_requesting_association
+    return {uid for _, uid in report.committed}, set(report.failed.items())

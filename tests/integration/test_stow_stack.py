@@ -21,6 +21,7 @@ from dicom_store_scp import statuses
 from dicom_store_scp.commitment import dynamo, model
 from pydicom import dcmread
 from support.cfn import REGION, Deployment
+from support.commitment import Requester
 from support.fake_stow import FakeStow
 from support.iam import ApiCall, denied
 from support.moto import MotoServer, aws_env, recorded_calls
@@ -173,9 +174,7 @@ def test_storage_commitment_in_stow_mode_commits_what_healthimaging_stored(
     """A pynetdicom requester stores three instances (HealthImaging stores two, refuses one) and asks for
     commitment of them and one never sent: the report, on its association, commits the two and fails the others."""
     import pydicom
-    from pydicom.dataset import Dataset
-    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
-    from pynetdicom import AE, evt
+    from pydicom.uid import generate_uid
 
     table, commitment_table = stack.output("InstanceTableName"), stack.output("CommitmentTableName")
     stow = Deployment(
@@ -202,45 +201,24 @@ def test_storage_commitment_in_stow_mode_commits_what_healthimaging_stored(
         for n, uid in enumerate(uids)
     ]
     never_sent = generate_uid()
-    reports: list[tuple[int, Any]] = []
-
-    def take(event: Any) -> tuple[int, None]:
-        reports.append((event.event_type, event.event_information))
-        return 0x0000, None
-
-    push_model = model.STORAGE_COMMITMENT_PUSH_MODEL
-    ae = AE(ae_title="REQUESTER")
-    ae.add_requested_context(datasets[0].SOPClassUID, ExplicitVRLittleEndian)
-    ae.add_requested_context(push_model, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    ae.dimse_timeout = 60
-    assoc = ae.associate("127.0.0.1", scp.port, ae_title="STORESCP", evt_handlers=[(evt.EVT_N_EVENT_REPORT, take)])
+    sop_class = str(datasets[0].SOPClassUID)
+    requester = Requester()
     try:
-        assert assoc.is_established
-        answered = [assoc.send_c_store(dataset).Status for dataset in datasets]
-        assert answered == [statuses.SUCCESS, statuses.STOW_REFUSED, statuses.SUCCESS]
-        information = Dataset()
-        information.TransactionUID = generate_uid()
-        information.ReferencedSOPSequence = []
-        for sop_instance in [*uids, never_sent]:
-            item = Dataset()
-            item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = datasets[0].SOPClassUID, sop_instance
-            information.ReferencedSOPSequence.append(item)
-        action_status, _ = assoc.send_n_action(information, 1, push_model, model.STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE)
-        assert action_status.Status == model.SUCCESS
-        deadline = time.monotonic() + 30
-        while not reports:
-            assert time.monotonic() < deadline, "no report"
-            time.sleep(0.1)
+        assoc = requester.associate(scp, True, sop_class)
+        try:
+            answered = [assoc.send_c_store(dataset).Status for dataset in datasets]
+            assert answered == [statuses.SUCCESS, statuses.STOW_REFUSED, statuses.SUCCESS]
+            references = [(sop_class, uid) for uid in [*uids, never_sent]]
+            assert requester.request(assoc, generate_uid(), references) == model.SUCCESS
+            report = requester.next_report(timeout=30)
+        finally:
+            assoc.release()
     finally:
-        assoc.release()
         scp.stop()
 
-    [(event_type, report)] = reports
-    assert event_type == model.EVENT_FAILURES_EXIST
-    assert {str(item.ReferencedSOPInstanceUID) for item in report.ReferencedSOPSequence} == {uids[0], uids[2]}
-    assert sorted((str(i.ReferencedSOPInstanceUID), int(i.FailureReason)) for i in report.FailedSOPSequence) == sorted(
-        [(uids[1], model.PROCESSING_FAILURE), (never_sent, model.NO_SUCH_OBJECT_INSTANCE)]
-    )
+    assert report.event_type == model.EVENT_FAILURES_EXIST and report.on_requesting_association
+    assert report.committed == {(sop_class, uids[0]), (sop_class, uids[2])}
+    assert report.failed == {uids[1]: model.PROCESSING_FAILURE, never_sent: model.NO_SUCH_OBJECT_INSTANCE}
     # The commitment's calls, and the outcomes' writes, are all the stow-mode task role allows.
     calls = recorded_calls(moto_server.recording, SCP_APP_ID) if moto_server.recording else []
     assert {("dynamodb", "PutItem"), ("dynamodb", "BatchGetItem")} <= {(c.service, c.operation) for c in calls}
